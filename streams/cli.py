@@ -1,0 +1,97 @@
+"""The `partner-guard` command line (also `python -m streams`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from streams.core.rules.loader import RulesetError, load_ruleset
+from streams.core.rules.ruleset import Ruleset
+from streams.runtime.secrets import MissingKeyError, load_keys
+
+app = typer.Typer(help="partner-guard: only what the privacy statement promises reaches ad partners.",
+                  no_args_is_help=True, add_completion=False)
+rules_app = typer.Typer(help="Check and test partner allow-rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+err = Console(stderr=True)
+
+RulesDir = Annotated[Path, typer.Argument(help="rules directory")]
+RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]
+
+
+def _load_or_exit(rules_dir: Path) -> Ruleset:
+    try:
+        return load_ruleset(rules_dir)
+    except RulesetError as exc:
+        err.print(f"[red]rules refused[/red] ({len(exc.problems)} problem(s)):", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+
+
+@rules_app.command("check")
+def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
+    """Validate rules; refuse any that could forward a tagged field or a content event type."""
+    ruleset = _load_or_exit(rules_dir)
+    for rule in ruleset.rules:
+        types = ", ".join(rule.events)
+        print(f"ok  {rule.partner}  ({rule.rule_id}) -> {rule.topic}: {types}")
+    print(f"ruleset digest {ruleset.digest}")
+
+
+@rules_app.command("test")
+def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
+    """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
+    from streams.offline.ruletests import run_rule_tests
+
+    ruleset = _load_or_exit(rules_dir)
+    results = run_rule_tests(rules_dir, ruleset)
+    failed = False
+    for result in results:
+        status = "ok  " if result.ok else "FAIL"
+        print(f"{status} {result.partner}: {result.passed} passed, {len(result.failures)} failed")
+        for failure in result.failures:
+            print(f"     {failure}")
+        if result.uncovered:
+            print(f"     reason codes no case produces: {', '.join(result.uncovered)}")
+        failed = failed or not result.ok
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("decide")
+def decide_command(
+    rules: RulesOpt = Path("rules"),
+    dev: Annotated[bool, typer.Option("--dev", help="local run: ephemeral keys if none are set")] = False,
+    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="add rule id, digest and details")] = False,
+) -> None:
+    """Offline: JSON Lines of cases on stdin, one JSON line per (case, partner) on stdout."""
+    from streams.offline.cases import decide_line, decision_json
+
+    ruleset = _load_or_exit(rules)
+    try:
+        loaded = load_keys(ruleset.partners, keys_dir, dev)
+    except MissingKeyError as exc:
+        err.print(f"[red]refusing to start:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if loaded.ephemeral:
+        err.print(f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
+                  "pseudonyms change every run[/yellow]")
+    keyed = ruleset.with_keys(loaded.keys)
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        for decision in decide_line(line.rstrip(b"\r\n"), keyed):
+            out.write(orjson.dumps(decision_json(decision, explain)) + b"\n")
+    out.flush()
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

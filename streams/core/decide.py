@@ -1,0 +1,200 @@
+"""`decide(record, snapshot, ruleset) -> decisions`: the pure heart of partner-guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from streams.core.consent import EEA, EffectiveConsent, effective_consent
+from streams.core.leakscan import raw_values_of
+from streams.core.models import Decision, Event, Malformed, StateSnapshot
+from streams.core.reasons import Reason
+from streams.core.rules.ruleset import CompiledRule, Ruleset
+from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
+from streams.core.transforms import project
+
+_EEA_LIKE = EEA | {"EU", "EEA"}
+
+
+def _block(rule: CompiledRule, ruleset: Ruleset, event_id: str | None,
+           reasons: list[str], details: list[str] | tuple[str, ...] = ()) -> Decision:
+    return Decision(
+        partner=rule.partner,
+        rule_id=rule.rule_id,
+        ruleset_digest=ruleset.digest,
+        event_id=event_id,
+        verdict="block",
+        reasons=tuple(dict.fromkeys(str(r) for r in reasons)),
+        details=tuple(details),
+    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield str(value)
+
+
+def sensitive_values(event: Event) -> frozenset[str]:
+    """The event's own raw identifiers and content values, which must never appear in output."""
+    device, context, user = event.device, event.context, event.user
+    values: list[str | None] = [event.event_id, event.account_id, event.profile_id]
+    if device:
+        values.append(device.device_id)
+    if context:
+        values += [context.ip, context.page_url, context.referrer_url, context.user_agent]
+    if user:
+        values += [user.email, user.phone]
+    tags = privacy_tags()
+    for name, value in event.properties.items():
+        if tags.tag(f"properties.{name}") in FORBIDDEN_TAGS:
+            values.extend(_strings(value))
+    return raw_values_of(values)
+
+
+def _in_scope(jurisdiction: str, scope: tuple[str, ...]) -> bool:
+    return jurisdiction in scope or ("EEA" in scope and jurisdiction in _EEA_LIKE)
+
+
+def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent,
+                     details: list[str]) -> Iterator[str]:
+    """Opt-outs every rule honours (P3), then the consent this rule requires."""
+    need = rule.source.consent
+    if consent.unparseable:
+        details.append("consent_unparseable: " + ",".join(consent.unparseable))
+        yield Reason.CONSENT_UNPARSEABLE
+    if consent.gpc:
+        yield Reason.CONSENT_GPC
+    if consent.do_not_sell_or_share:
+        yield Reason.CONSENT_DO_NOT_SELL
+    if consent.us_privacy_opt_out:
+        yield Reason.CONSENT_US_PRIVACY_OPT_OUT
+    if consent.gpp_opt_out:
+        yield Reason.CONSENT_GPP_OPT_OUT
+    if consent.gpp_known_child:
+        yield Reason.CONSENT_GPP_KNOWN_CHILD
+    if consent.gpp_unsupported_sections:
+        details.append("gpp sections " + ",".join(map(str, consent.gpp_unsupported_sections)))
+        yield Reason.CONSENT_GPP_SECTION_UNSUPPORTED
+    if need.honour_dnt and consent.dnt:
+        yield Reason.CONSENT_DNT
+    if consent.interest_based_ads == "denied":
+        yield Reason.CONSENT_INTEREST_BASED_ADS_DENIED
+    elif consent.interest_based_ads is None and need.interest_based_ads == "required":
+        details.append("consent_missing: interest_based_ads")
+        yield Reason.CONSENT_MISSING
+    signals = event.context.consent if event.context else None
+    web = bool(event.device and event.device.platform == "web")
+    if consent.ad_cookies == "denied" and (web or (signals and signals.ad_cookies == "denied")):
+        yield Reason.CONSENT_AD_COOKIES_DECLINED
+    elif web and consent.ad_cookies is None and need.ad_cookies_on_web == "required":
+        details.append("consent_missing: ad_cookies")
+        yield Reason.CONSENT_MISSING
+    if need.tcf is not None and consent.gdpr_applies and "tcf" not in consent.unparseable:
+        if consent.tcf is None:
+            details.append("consent_missing: tcf")
+            yield Reason.CONSENT_MISSING
+        else:
+            denied = [p for p in need.tcf.purposes if not consent.tcf.allows(need.tcf.vendor_id, p)]
+            if denied:
+                details.append(f"tcf purposes without legal basis: {denied}")
+                yield Reason.CONSENT_TCF_DENIED
+
+
+def _condition_holds(rule: CompiledRule, event: Event, consent: EffectiveConsent,
+                     snapshot: StateSnapshot) -> Reason | None:
+    if rule.condition is None:
+        return None
+    status = snapshot.signup_status.status if snapshot.signup_status else ""
+    context = {
+        "event": event.model_dump(mode="json", exclude_none=True),
+        "consent": {
+            "jurisdiction": consent.jurisdiction or "",
+            "gdpr_applies": consent.gdpr_applies,
+            "limit_ad_tracking": consent.limit_ad_tracking,
+        },
+        "status": status,
+    }
+    try:
+        result = rule.condition.execute(context)
+    except Exception:  # CEL raises on missing keys and type errors: fail closed
+        return Reason.RULE_CONDITION_ERROR
+    return None if result is True else Reason.RULE_CONDITION_FALSE
+
+
+def decide_for_rule(event: Event, snapshot: StateSnapshot, rule: CompiledRule, ruleset: Ruleset,
+                    consent: EffectiveConsent, raw_values: frozenset[str]) -> Decision:
+    """The decision of one partner for one valid event."""
+    event_spec = rule.events.get(event.event_type)
+    if event_spec is None:
+        return _block(rule, ruleset, event.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED])
+    reasons: list[str] = []
+    details: list[str] = []
+    if snapshot.stale:
+        reasons.append(Reason.CONSENT_STALE)
+    user = event.user
+    if user and user.kids_profile:
+        reasons.append(Reason.KIDS_PROFILE)
+    if user and user.age_band == "minor":
+        reasons.append(Reason.MINOR)
+    if consent.jurisdiction is None:
+        reasons.append(Reason.JURISDICTION_UNKNOWN)
+    elif not _in_scope(consent.jurisdiction, rule.source.jurisdictions):
+        reasons.append(Reason.JURISDICTION_OUT_OF_SCOPE)
+    reasons.extend(_consent_reasons(rule, event, consent, details))
+    allowed_status = event_spec.signup_status or (
+        frozenset(rule.source.signup_status.allowed) if rule.source.signup_status else None
+    )
+    if allowed_status is not None:
+        status = snapshot.signup_status
+        if status is None or status.account_id != event.account_id:
+            if rule.source.signup_status is None or rule.source.signup_status.when_missing == "block":
+                reasons.append(Reason.SIGNUP_STATUS_MISSING)
+        elif status.status not in allowed_status:
+            reasons.append(Reason.SIGNUP_STATUS_NOT_ALLOWED)
+    if not reasons:
+        condition = _condition_holds(rule, event, consent, snapshot)
+        if condition is not None:
+            reasons.append(condition)
+    if reasons:
+        return _block(rule, ruleset, event.event_id, reasons, details)
+
+    projection = project(event, event_spec.fields, consent, rule.source.identifiers,
+                         ruleset.keys.get(rule.partner))
+    if projection.missing_required:
+        return _block(rule, ruleset, event.event_id, [Reason.REQUIRED_FIELD_MISSING],
+                      [f"required: {', '.join(projection.missing_required)}", *projection.stripped])
+    findings = ruleset.leak_scanner.scan(projection.record, raw_values)
+    if findings:
+        return _block(rule, ruleset, event.event_id, [Reason.LEAK_DETECTED], findings)
+    return Decision(
+        partner=rule.partner,
+        rule_id=rule.rule_id,
+        ruleset_digest=ruleset.digest,
+        event_id=event.event_id,
+        verdict="forward",
+        record=projection.record,
+        stripped=tuple(projection.stripped),
+    )
+
+
+def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset) -> list[Decision]:
+    """One decision per partner, in rule order. Never raises: any failure is a block."""
+    if isinstance(record, Malformed):
+        return [_block(rule, ruleset, None, [Reason.MALFORMED], [record.error]) for rule in ruleset.rules]
+    try:
+        consent = effective_consent(record, snapshot)
+        raw_values = sensitive_values(record)
+        return [decide_for_rule(record, snapshot, rule, ruleset, consent, raw_values)
+                for rule in ruleset.rules]
+    except Exception as exc:  # defense in depth: a bug must block, never forward or crash
+        return [_block(rule, ruleset, record.event_id, [Reason.INTERNAL_ERROR], [type(exc).__name__])
+                for rule in ruleset.rules]

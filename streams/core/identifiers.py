@@ -1,0 +1,90 @@
+"""Identifier normalization and hashing: email, phone, keyed pseudonyms, IPs, ad ids, times."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import unicodedata
+import uuid
+from datetime import datetime
+from functools import lru_cache
+from typing import Literal
+
+import phonenumbers
+
+ZERO_AD_ID = "00000000-0000-0000-0000-000000000000"
+PhoneStyle = Literal["e164", "digits"]
+Granularity = Literal["minute", "hour", "day"]
+_GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of the UTF-8 text, lowercase hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def normalize_email(raw: str, gmail_remove_dots: bool = False) -> str | None:
+    """NFC, trim, lowercase; optionally drop dots in gmail local parts. None when not an email."""
+    text = unicodedata.normalize("NFC", raw).strip().lower()
+    local, sep, domain = text.rpartition("@")
+    if not sep or not local or "." not in domain or any(c.isspace() for c in text):
+        return None
+    if gmail_remove_dots and domain in _GMAIL_DOMAINS:
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
+@lru_cache(maxsize=65536)
+def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | None:
+    """Parse to E.164 (`+16505551212`) or digits-only (`16505551212`); None when not valid."""
+    try:
+        number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164 if style == "e164" else e164.lstrip("+")
+
+
+def pseudonym(key: bytes, domain: str, value: str) -> str:
+    """A per-partner keyed pseudonym: HMAC-SHA-256 over the field domain and the value."""
+    return hmac.new(key, f"{domain}\x00{value}".encode(), hashlib.sha256).hexdigest()
+
+
+@lru_cache(maxsize=65536)
+def truncate_ip(raw: str) -> str | None:
+    """IPv4 to /24, IPv6 to /48 (mapped IPv4 unwrapped first); None when not an address."""
+    try:
+        address = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def usable_ad_id(raw: str, limit_ad_tracking: bool) -> str | None:
+    """The ad id when it may leave: a real UUID, not zeroed, tracking not limited."""
+    if limit_ad_tracking:
+        return None
+    try:
+        parsed = uuid.UUID(raw.strip())
+    except ValueError:
+        return None
+    if parsed.int == 0:
+        return None
+    return str(parsed)
+
+
+def coarsen_time(moment: datetime, granularity: Granularity) -> str:
+    """Truncate a UTC time to the minute, hour or day, as RFC 3339 with `Z`."""
+    if granularity == "day":
+        moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif granularity == "hour":
+        moment = moment.replace(minute=0, second=0, microsecond=0)
+    else:
+        moment = moment.replace(second=0, microsecond=0)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

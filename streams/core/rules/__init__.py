@@ -1,0 +1,1 @@
+"""Partner allow-rules: the YAML model, loading with line-accurate errors, static checks."""

@@ -1,0 +1,252 @@
+"""Load a rules directory: parse YAML, validate, check statically, compile.
+
+Every problem is reported with the file, the line, what is wrong and how to fix it, and
+the guard refuses to start with a ruleset that has any.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cel
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from streams.core.consent import GDPR_REGIONS
+from streams.core.leakscan import LeakScanner
+from streams.core.rules.model import (
+    ALLOWED_EVENT_TYPES,
+    CONTENT_EVENT_TYPES,
+    TRANSFORMS_BY_TAG,
+    LeakScanFile,
+    RuleFile,
+)
+from streams.core.rules.ruleset import Ruleset, compile_rule, field_spec, ruleset_digest
+from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
+
+M = TypeVar("M", bound=BaseModel)
+LEAK_SCAN_FILE = "_leak-scan.yaml"
+CEL_VARIABLES = frozenset({"event", "consent", "status"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProblem:
+    """One problem in a rules directory."""
+
+    file: str
+    line: int
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message} — fix: {self.fix}"
+
+
+class RulesetError(Exception):
+    """The ruleset cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int:
+    """The 1-based line of the node at `loc` (or of the closest existing parent)."""
+    node = doc
+    line = 1
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            if part in node.lc.data:  # keys merged in with `<<:` have no position of their own
+                line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            if isinstance(node, CommentedMap | CommentedSeq):
+                line = max(line, node.lc.line + 1)
+            break
+    return line
+
+
+def _fix_for(error_type: str, message: str) -> str:
+    if error_type == "extra_forbidden":
+        return "remove the key or correct its spelling (see README, 'Writing a rule')"
+    if error_type == "missing":
+        return "add the missing key"
+    return message[0].lower() + message[1:] if message else "correct the value"
+
+
+def _read_yaml(path: Path, problems: list[RuleProblem]) -> Any | None:
+    try:
+        return YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problems.append(RuleProblem(str(path), line, f"YAML error: {exc.problem}", "fix the YAML syntax"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(RuleProblem(str(path), 1, f"cannot read: {exc}", "make it a UTF-8 text file"))
+    return None
+
+
+def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem]) -> M | None:
+    if not isinstance(doc, CommentedMap):
+        problems.append(RuleProblem(str(path), 1, "not a YAML mapping", "start the file with `partner: <id>`"))
+        return None
+    try:
+        return model.model_validate(_plain(doc))
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "FieldSpec")))
+            where = ".".join(str(p) for p in loc) or "(file)"
+            problems.append(
+                RuleProblem(
+                    str(path),
+                    _line_of(doc, loc),
+                    f"{where}: {err['msg']}",
+                    _fix_for(err["type"], err["msg"]),
+                )
+            )
+    return None
+
+
+def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
+    """Static checks: P2 (no content event types) and P1/P6 (no tagged field leaves raw)."""
+    file = str(path)
+    tags = privacy_tags()
+    if path.stem != rule.partner:
+        yield RuleProblem(file, _line_of(doc, ("partner",)), f"file name does not match partner '{rule.partner}'",
+                          f"rename the file to {rule.partner}.yaml")
+    if rule.topic == "guard.blocked":
+        yield RuleProblem(file, _line_of(doc, ("topic",)), "topic is the blocked-event topic",
+                          "use partner.<id>.events")
+    gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
+    if gdpr and rule.consent.tcf is None:
+        yield RuleProblem(file, _line_of(doc, ("jurisdictions",)),
+                          f"jurisdictions {gdpr} fall under the GDPR but consent.tcf is not set",
+                          "add consent.tcf.vendor_id (the partner's GVL id) and purposes, or drop those jurisdictions")
+    for code in rule.jurisdictions:
+        if not re.fullmatch(r"[A-Z]{2}|EEA", code):
+            yield RuleProblem(file, _line_of(doc, ("jurisdictions",)), f"jurisdiction '{code}' is not an ISO country code",
+                              "use two-letter upper-case codes (US, GB, DE) or EEA")
+    if rule.condition:
+        try:
+            program = cel.compile(rule.condition)
+            unknown = set(program.variables()) - CEL_VARIABLES
+            if unknown:
+                yield RuleProblem(file, _line_of(doc, ("condition",)), f"condition uses unknown variables {sorted(unknown)}",
+                                  "use only event, consent and status")
+        except (ValueError, RuntimeError) as exc:
+            yield RuleProblem(file, _line_of(doc, ("condition",)), f"condition is not valid CEL: {exc}",
+                              "correct the CEL expression")
+    for event_type, spec in rule.events.items():
+        at = _line_of(doc, ("events", event_type))
+        if event_type in CONTENT_EVENT_TYPES:
+            yield RuleProblem(file, at, f"event type '{event_type}' is a content event and can never be forwarded",
+                              "remove it; partners never receive plays, title selections, ratings, searches or page views")
+            continue
+        if event_type not in ALLOWED_EVENT_TYPES:
+            yield RuleProblem(file, at, f"unknown event type '{event_type}'",
+                              f"use one of {sorted(ALLOWED_EVENT_TYPES)}")
+        for name, raw_spec in spec.fields.items():
+            yield from _check_field(file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner)
+
+
+def _check_field(file: str, doc: CommentedMap, event_type: str, name: str, spec: Any,
+                 tag_of: Any, scanner: LeakScanner) -> Iterator[RuleProblem]:
+    at = _line_of(doc, ("events", event_type, "fields", name))
+    tag = tag_of(spec.source)
+    if tag is None:
+        yield RuleProblem(file, at, f"field '{name}' reads '{spec.source}', which the event schema does not declare",
+                          "declare it with a privacy tag in schemas/internal_event.avsc first")
+        return
+    if tag in FORBIDDEN_TAGS:
+        yield RuleProblem(file, at, f"field '{name}' projects '{spec.source}', tagged '{tag}', which never leaves",
+                          "remove the field: title selections, URLs, searches and watch history are never shared")
+        return
+    allowed = TRANSFORMS_BY_TAG.get(tag, frozenset())
+    if spec.transform not in allowed:
+        how = f"use transform {sorted(allowed)}" if allowed else "remove the field; it may never be projected"
+        yield RuleProblem(file, at, f"field '{name}' projects '{spec.source}' (tagged '{tag}') with transform '{spec.transform}'",
+                          how)
+    if (spec.values is not None or spec.pattern) and spec.transform != "keep":
+        yield RuleProblem(file, at, f"field '{name}': values/pattern apply only to transform keep",
+                          "remove values/pattern or use transform keep")
+    if spec.pattern:
+        try:
+            re.compile(spec.pattern)
+        except re.error as exc:
+            yield RuleProblem(file, at, f"field '{name}': pattern is not a valid regex ({exc})", "correct the pattern")
+    key_finding = scanner.key_finding(name)
+    if key_finding:
+        yield RuleProblem(file, at, f"output field name '{name}' looks like forbidden content ({key_finding})",
+                          "choose a neutral output name")
+
+
+def load_ruleset(rules_dir: Path | str) -> Ruleset:
+    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order)."""
+    directory = Path(rules_dir)
+    problems: list[RuleProblem] = []
+    if not directory.is_dir():
+        raise RulesetError([RuleProblem(str(directory), 1, "rules directory not found",
+                                        "pass an existing directory with --rules")])
+    leak_path = directory / LEAK_SCAN_FILE
+    leak_scan: LeakScanFile | None = None
+    if not leak_path.is_file():
+        problems.append(RuleProblem(str(leak_path), 1, "leak-scan vocabulary missing",
+                                    "create it (see rules/_leak-scan.yaml in the repository)"))
+    else:
+        leak_doc = _read_yaml(leak_path, problems)
+        if leak_doc is not None:
+            leak_scan = _validate(LeakScanFile, leak_path, leak_doc, problems)
+        if leak_scan is not None:
+            for pattern in leak_scan.title_id_patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    problems.append(RuleProblem(str(leak_path), _line_of(leak_doc, ("title_id_patterns",)),
+                                                f"title id pattern {pattern!r} is not a valid regex ({exc})",
+                                                "correct the pattern"))
+    scanner = LeakScanner.from_config(leak_scan or LeakScanFile())
+
+    rules: list[RuleFile] = []
+    seen: dict[str, str] = {}
+    files = sorted(p for p in directory.glob("*.y*ml") if p.name != LEAK_SCAN_FILE and p.suffix in (".yaml", ".yml"))
+    for path in files:
+        doc = _read_yaml(path, problems)
+        if doc is None:
+            continue
+        rule = _validate(RuleFile, path, doc, problems)
+        if rule is None:
+            continue
+        problems.extend(_check_rule(rule, path, doc, scanner))
+        if rule.partner in seen:
+            problems.append(RuleProblem(str(path), _line_of(doc, ("partner",)),
+                                        f"partner '{rule.partner}' is also defined in {seen[rule.partner]}",
+                                        "one file per partner"))
+        seen[rule.partner] = str(path)
+        rules.append(rule)
+    if not files:
+        problems.append(RuleProblem(str(directory), 1, "no partner rules found", "add <partner>.yaml files"))
+    if problems or leak_scan is None:
+        raise RulesetError(problems)
+    frozen_rules = tuple(rules)
+    return Ruleset(
+        rules=tuple(compile_rule(r) for r in frozen_rules),
+        leak_scanner=scanner,
+        digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
+    )

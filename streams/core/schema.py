@@ -1,0 +1,59 @@
+"""The internal event schema and its field-level privacy tags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+EVENT_SCHEMA_FILE = "internal_event.avsc"
+
+FORBIDDEN_TAGS = frozenset({"content", "url", "search"})
+RECORD_TAG = "record"
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyTags:
+    """Maps dotted field paths (`device.ad_id`) to their privacy tag."""
+
+    tags: dict[str, str]
+
+    def tag(self, path: str) -> str | None:
+        """The tag of a path, or None when the schema does not declare the field."""
+        return self.tags.get(path)
+
+
+def _walk(fields: list[dict[str, Any]], prefix: str, out: dict[str, str]) -> None:
+    for fld in fields:
+        path = f"{prefix}{fld['name']}"
+        out[path] = fld.get("privacy", "none")
+        types = fld["type"] if isinstance(fld["type"], list) else [fld["type"]]
+        for typ in types:
+            if isinstance(typ, dict) and typ.get("type") == "record":
+                out[path] = RECORD_TAG if out[path] == "none" else out[path]
+                _walk(typ["fields"], path + ".", out)
+
+
+def load_schema_json(schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """The raw event schema, with its privacy attributes."""
+    loaded: dict[str, Any] = json.loads((schema_dir / EVENT_SCHEMA_FILE).read_text())
+    return loaded
+
+
+@cache
+def event_schema() -> Any:
+    """The parsed Avro schema for decoding and encoding."""
+    return fastavro.parse_schema(load_schema_json())
+
+
+@cache
+def privacy_tags() -> PrivacyTags:
+    """The privacy tags of every field of the internal event schema."""
+    out: dict[str, str] = {}
+    _walk(load_schema_json()["fields"], "", out)
+    return PrivacyTags(out)

@@ -1,0 +1,117 @@
+"""Projection: build the partner record from only the fields a rule lists (default deny)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from streams.core.consent import EffectiveConsent
+from streams.core.identifiers import (
+    coarsen_time,
+    normalize_email,
+    normalize_phone,
+    pseudonym,
+    sha256_hex,
+    truncate_ip,
+    usable_ad_id,
+)
+from streams.core.models import Event
+from streams.core.rules.model import IdentifierStyle
+from streams.core.rules.ruleset import CompiledField
+
+_SCALARS = (str, int, float, bool)
+
+
+@dataclass(slots=True)
+class Projection:
+    """The projected record plus what was dropped and why."""
+
+    record: dict[str, Any] = field(default_factory=dict)
+    stripped: list[str] = field(default_factory=list)
+    missing_required: list[str] = field(default_factory=list)
+
+
+def read_path(event: Event, path: tuple[str, ...]) -> Any:
+    """The value at a dotted path of the event, or None when any step is absent."""
+    node: Any = event
+    for part in path:
+        if node is None:
+            return None
+        if isinstance(node, BaseModel):
+            node = getattr(node, part, None)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def _apply(
+    spec: CompiledField,
+    value: Any,
+    event: Event,
+    consent: EffectiveConsent,
+    style: IdentifierStyle,
+    key: bytes | None,
+) -> tuple[Any, str | None]:
+    """Transform one value: (output, None) or (None, why it was dropped)."""
+    transform = spec.spec.transform
+    if transform == "coarsen_time":
+        return coarsen_time(event.occurred_at, spec.spec.granularity), None
+    if transform == "keep":
+        if not isinstance(value, _SCALARS):
+            return None, "not_scalar"
+        text = value if isinstance(value, str) else str(value)
+        if spec.values is not None and text not in spec.values:
+            return None, "value_not_allowed"
+        if spec.pattern is not None and not spec.pattern.fullmatch(text):
+            return None, "pattern_mismatch"
+        return value, None
+    if not isinstance(value, str):
+        return None, "not_text"
+    if transform in ("sha256_email", "sha256_phone"):
+        if consent.matched_identifier_opt_out is not False:
+            return None, "matched_identifier_opt_out"
+        if transform == "sha256_email":
+            normalized = normalize_email(value, style.gmail_remove_dots)
+        else:
+            normalized = normalize_phone(value, style.default_region, style.phone)
+        return (sha256_hex(normalized), None) if normalized else (None, "invalid")
+    if transform == "pseudonym":
+        if key is None:
+            return None, "no_partner_key"
+        return pseudonym(key, spec.spec.source, value), None
+    if transform == "truncate_ip":
+        truncated = truncate_ip(value)
+        return (truncated, None) if truncated else (None, "invalid")
+    if transform == "ad_id":
+        ad_id = usable_ad_id(value, consent.limit_ad_tracking)
+        return (ad_id, None) if ad_id else (None, "limit_ad_tracking_or_invalid")
+    return None, "unknown_transform"
+
+
+def project(
+    event: Event,
+    fields: tuple[CompiledField, ...],
+    consent: EffectiveConsent,
+    style: IdentifierStyle,
+    key: bytes | None,
+) -> Projection:
+    """Project the listed fields with their transforms; everything else is dropped."""
+    out = Projection()
+    for spec in fields:
+        value = read_path(event, spec.path)
+        if value is None:
+            if spec.spec.required:
+                out.missing_required.append(spec.name)
+            continue
+        result, why = _apply(spec, value, event, consent, style, key)
+        if why is not None:
+            out.stripped.append(f"{spec.name}: {why}")
+            if spec.spec.required:
+                out.missing_required.append(spec.name)
+            continue
+        out.record[spec.name] = result
+    return out

@@ -1,0 +1,78 @@
+"""Turning a JSON case — `{"event", "consent", "signup_status", "stale"}` — into decisions.
+
+Shared by `partner-guard decide` and `partner-guard rules test`, so both run exactly the
+core that `run` runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from streams.core.codec import decode_json, event_from_object
+from streams.core.decide import decide
+from streams.core.models import ConsentRecord, Decision, Event, Malformed, SignupStatus, StateSnapshot
+from streams.core.rules.ruleset import Ruleset
+
+EMPTY_SNAPSHOT = StateSnapshot()
+
+
+def _event_of(value: Any) -> Event | Malformed:
+    if isinstance(value, str):
+        return decode_json(value.encode("utf-8"))
+    if isinstance(value, dict):
+        return event_from_object(value, orjson.dumps(value))
+    return Malformed(orjson.dumps(value), "event is missing or not an object")
+
+
+def parse_case(case: Any, raw: bytes) -> tuple[Event | Malformed, StateSnapshot]:
+    """The record and snapshot of one case; anything invalid makes the record malformed."""
+    if not isinstance(case, dict):
+        return Malformed(raw, "case is not a JSON object"), EMPTY_SNAPSHOT
+    record = _event_of(case.get("event"))
+    try:
+        consent = tuple(ConsentRecord.model_validate(c) for c in case.get("consent") or ())
+        status_obj = case.get("signup_status")
+        status = SignupStatus.model_validate(status_obj) if status_obj is not None else None
+        stale = case.get("stale", False)
+        if not isinstance(stale, bool):
+            raise TypeError("stale must be a boolean")
+    except (ValidationError, TypeError):
+        return Malformed(raw, "invalid consent, signup_status or stale"), EMPTY_SNAPSHOT
+    return record, StateSnapshot(consent=consent, signup_status=status, stale=stale)
+
+
+def decide_case(case: Any, raw: bytes, ruleset: Ruleset) -> list[Decision]:
+    """Decide one case for every partner."""
+    record, snapshot = parse_case(case, raw)
+    return decide(record, snapshot, ruleset)
+
+
+def decide_line(line: bytes, ruleset: Ruleset) -> list[Decision]:
+    """Decide one JSON Lines input line; garbage is a block for every partner."""
+    try:
+        case = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return decide(Malformed(line, "line is not valid JSON"), EMPTY_SNAPSHOT, ruleset)
+    return decide_case(case, line, ruleset)
+
+
+def decision_json(decision: Decision, explain: bool = False) -> dict[str, Any]:
+    """The `decide` output object (DESIGN.md §4), with audit fields when `explain` is set."""
+    out: dict[str, Any] = {
+        "event_id": decision.event_id,
+        "partner": decision.partner,
+        "verdict": decision.verdict,
+        "reasons": list(decision.reasons),
+        "record": decision.record,
+    }
+    if explain:
+        out |= {
+            "rule_id": decision.rule_id,
+            "ruleset_digest": decision.ruleset_digest,
+            "details": list(decision.details),
+            "stripped": list(decision.stripped),
+        }
+    return out
