@@ -27,6 +27,7 @@ _IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
 _IPV6_CANDIDATE = re.compile(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 _PHONE = re.compile(r"^\+?[\d\s().\-/]{7,}$")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_SEPARATORS = re.compile(r"[\-_.+~]+")
 _KEY_SPLIT = re.compile(r"[^a-z0-9]+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _MAX_DECODE_ROUNDS = 4
@@ -112,8 +113,9 @@ class LeakScanner:
         has_digit = any(c.isdigit() for c in lowered)
         if has_digit and self._title_ids is not None and self._title_ids.search(lowered):
             return "title_id"
-        if self._title_name_re is not None and any(n in lowered for n in self._title_names):
-            if self._title_name_re.search(lowered):
+        if self._title_name_re is not None:
+            spaced = _SEPARATORS.sub(" ", lowered)  # `stranger-things`, `stranger_things`
+            if any(n in spaced for n in self._title_names) and self._title_name_re.search(spaced):
                 return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"

@@ -1,0 +1,1 @@
+"""Synthetic traffic and consent-string encoders for the demo, tests and benchmarks."""

@@ -1,0 +1,145 @@
+"""Rule loading: every refusal names the file, the line, what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.core.rules.loader import RulesetError, load_ruleset
+from tests.conftest import RULES_DIR
+
+BASE_RULE = """\
+partner: acme
+jurisdictions: [US]
+events:
+  app_install:
+    fields:
+      event_id: {from: event_id, transform: pseudonym}
+      platform: device.platform
+"""
+
+
+def _rules_dir(tmp_path: Path, text: str, name: str = "acme.yaml") -> Path:
+    shutil.copy(RULES_DIR / "_leak-scan.yaml", tmp_path / "_leak-scan.yaml")
+    (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _problems(directory: Path) -> list[str]:
+    with pytest.raises(RulesetError) as info:
+        load_ruleset(directory)
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_rules_load_with_a_stable_digest() -> None:
+    first, second = load_ruleset(RULES_DIR), load_ruleset(RULES_DIR)
+    assert first.digest == second.digest and first.digest.startswith("sha256:")
+    assert first.partners == ("install-attribution", "signup-conversions")
+
+
+def test_minimal_rule_loads(tmp_path: Path) -> None:
+    ruleset = load_ruleset(_rules_dir(tmp_path, BASE_RULE))
+    assert ruleset.rule("acme").topic == "partner.acme.events"
+
+
+@pytest.mark.parametrize("content_type", ["title_selected", "playback_started", "search", "page_view", "title_rated"])
+def test_content_event_type_is_refused(tmp_path: Path, content_type: str) -> None:
+    text = BASE_RULE + f"  {content_type}:\n    fields:\n      platform: device.platform\n"
+    problems = _problems(_rules_dir(tmp_path, text))
+    assert any("acme.yaml:8:" in p and "content event" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("source", "transform", "expected"),
+    [
+        ("properties.title_name", "keep", "tagged 'content'"),
+        ("context.page_url", "keep", "tagged 'url'"),
+        ("properties.search_query", "keep", "tagged 'search'"),
+        ("properties.watch_history", "keep", "tagged 'content'"),
+        ("user.email", "keep", "use transform ['sha256_email']"),
+        ("context.ip", "keep", "use transform ['truncate_ip']"),
+        ("account_id", "keep", "use transform ['pseudonym']"),
+        ("user.phone", "sha256_email", "use transform ['sha256_phone']"),
+        ("context.user_agent", "keep", "may never be projected"),
+        ("device", "keep", "may never be projected"),
+        ("properties.favourite_show", "keep", "does not declare"),
+    ],
+)
+def test_tagged_fields_are_refused(tmp_path: Path, source: str, transform: str, expected: str) -> None:
+    text = BASE_RULE + f"      leaky: {{from: {source}, transform: {transform}}}\n"
+    problems = _problems(_rules_dir(tmp_path, text))
+    assert any("acme.yaml:8:" in p and expected in p for p in problems), problems
+
+
+def test_typo_names_line_and_fix(tmp_path: Path) -> None:
+    text = BASE_RULE.replace("jurisdictions", "jurisdictons")
+    problems = _problems(_rules_dir(tmp_path, text))
+    assert any("acme.yaml:2:" in p and "jurisdictons" in p and "fix:" in p for p in problems), problems
+
+
+def test_bad_transform_value_names_line(tmp_path: Path) -> None:
+    text = BASE_RULE.replace("transform: pseudonym", "transform: md5")
+    problems = _problems(_rules_dir(tmp_path, text))
+    assert any("acme.yaml:6:" in p and "transform" in p for p in problems), problems
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE + "  oops: [unclosed\n"))
+    assert any("acme.yaml:" in p and "YAML error" in p for p in problems), problems
+
+
+def test_gdpr_scope_needs_tcf(tmp_path: Path) -> None:
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE.replace("[US]", "[US, EEA]")))
+    assert any("acme.yaml:2:" in p and "consent.tcf" in p for p in problems), problems
+
+
+def test_content_output_name_is_refused(tmp_path: Path) -> None:
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE + "      page_url: device.platform\n"))
+    assert any("acme.yaml:8:" in p and "output field name" in p for p in problems), problems
+
+
+def test_bad_cel_condition_is_refused(tmp_path: Path) -> None:
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE + "condition: 'event.device.platform =='\n"))
+    assert any("acme.yaml:8:" in p and "CEL" in p for p in problems), problems
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE + "condition: 'secrets.key == 1'\n"))
+    assert any("unknown variables" in p for p in problems), problems
+
+
+def test_file_name_must_match_partner(tmp_path: Path) -> None:
+    problems = _problems(_rules_dir(tmp_path, BASE_RULE, name="other.yaml"))
+    assert any("other.yaml:1:" in p and "rename" in p for p in problems), problems
+
+
+def test_cli_rules_check_refuses_broken_directory(tmp_path: Path) -> None:
+    text = BASE_RULE + "  playback_started:\n    fields:\n      platform: device.platform\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "rules", "check", str(_rules_dir(tmp_path, text))],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path}/acme.yaml:8:" in result.stderr
+    assert "playback_started" in result.stderr
+
+
+def test_cli_rules_check_and_test_pass_on_shipped_rules() -> None:
+    for command in ("check", "test"):
+        result = subprocess.run([sys.executable, "-m", "streams", "rules", command, str(RULES_DIR)],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_rules_test_reports_uncovered_reasons(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE)
+    (directory / "tests").mkdir()
+    (directory / "tests" / "acme.yaml").write_text(
+        "partner: acme\ncases:\n  - name: one\n    event: '{bad'\n    expect: {verdict: block, reasons: [malformed]}\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "streams", "rules", "test", str(directory)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "1 passed, 0 failed" in result.stdout
+    assert "consent_gpc" in result.stdout  # uncovered reason listed
