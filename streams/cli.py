@@ -14,8 +14,11 @@ from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.secrets import MissingKeyError, load_keys
 
-app = typer.Typer(help="partner-guard: only what the privacy statement promises reaches ad partners.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="partner-guard: only what the privacy statement promises reaches ad partners.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 rules_app = typer.Typer(help="Check and test partner allow-rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 err = Console(stderr=True)
@@ -67,7 +70,9 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
 def decide_command(
     rules: RulesOpt = Path("rules"),
     dev: Annotated[bool, typer.Option("--dev", help="local run: ephemeral keys if none are set")] = False,
-    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")] = None,
+    keys_dir: Annotated[
+        Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
+    ] = None,
     explain: Annotated[bool, typer.Option("--explain", help="add rule id, digest and details")] = False,
 ) -> None:
     """Offline: JSON Lines of cases on stdin, one JSON line per (case, partner) on stdout."""
@@ -80,8 +85,10 @@ def decide_command(
         err.print(f"[red]refusing to start:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if loaded.ephemeral:
-        err.print(f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
-                  "pseudonyms change every run[/yellow]")
+        err.print(
+            f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
+            "pseudonyms change every run[/yellow]"
+        )
     keyed = ruleset.with_keys(loaded.keys)
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:

@@ -46,7 +46,9 @@ def test_minimal_rule_loads(tmp_path: Path) -> None:
     assert ruleset.rule("acme").topic == "partner.acme.events"
 
 
-@pytest.mark.parametrize("content_type", ["title_selected", "playback_started", "search", "page_view", "title_rated"])
+@pytest.mark.parametrize(
+    "content_type", ["title_selected", "playback_started", "search", "page_view", "title_rated"]
+)
 def test_content_event_type_is_refused(tmp_path: Path, content_type: str) -> None:
     text = BASE_RULE + f"  {content_type}:\n    fields:\n      platform: device.platform\n"
     problems = _problems(_rules_dir(tmp_path, text))
@@ -118,7 +120,9 @@ def test_cli_rules_check_refuses_broken_directory(tmp_path: Path) -> None:
     text = BASE_RULE + "  playback_started:\n    fields:\n      platform: device.platform\n"
     result = subprocess.run(
         [sys.executable, "-m", "streams", "rules", "check", str(_rules_dir(tmp_path, text))],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert f"{tmp_path}/acme.yaml:8:" in result.stderr
@@ -127,8 +131,12 @@ def test_cli_rules_check_refuses_broken_directory(tmp_path: Path) -> None:
 
 def test_cli_rules_check_and_test_pass_on_shipped_rules() -> None:
     for command in ("check", "test"):
-        result = subprocess.run([sys.executable, "-m", "streams", "rules", command, str(RULES_DIR)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "streams", "rules", command, str(RULES_DIR)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -136,10 +144,15 @@ def test_cli_rules_test_reports_uncovered_reasons(tmp_path: Path) -> None:
     directory = _rules_dir(tmp_path, BASE_RULE)
     (directory / "tests").mkdir()
     (directory / "tests" / "acme.yaml").write_text(
-        "partner: acme\ncases:\n  - name: one\n    event: '{bad'\n    expect: {verdict: block, reasons: [malformed]}\n"
+        "partner: acme\ncases:\n  - name: one\n    event: '{bad'\n"
+        "    expect: {verdict: block, reasons: [malformed]}\n"
     )
-    result = subprocess.run([sys.executable, "-m", "streams", "rules", "test", str(directory)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "rules", "test", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     assert "1 passed, 0 failed" in result.stdout
     assert "consent_gpc" in result.stdout  # uncovered reason listed

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
+from streams.core.identifiers import ZERO_AD_ID
 from streams.core.models import ConsentRecord, Event, StateSnapshot
 from streams.core.signals.bits import SignalError
 from streams.core.signals.gpp import (
@@ -16,10 +18,40 @@ from streams.core.signals.gpp import (
 )
 from streams.core.signals.tcf import TCString, decode_tc_string
 from streams.core.signals.usprivacy import us_privacy_opted_out
-from streams.core.identifiers import ZERO_AD_ID
 
 EEA = frozenset(
-    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE IS LI NO".split()
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+        "IS",
+        "LI",
+        "NO",
+    ]
 )
 GDPR_REGIONS = EEA | {"GB", "CH", "EU", "EEA"}
 
@@ -86,6 +118,52 @@ def _jurisdiction(event: Event, records: tuple[ConsentRecord, ...]) -> str | Non
     return None
 
 
+@lru_cache(maxsize=8192)
+def _tcf(text: str) -> TCString | None:
+    """Decoded TC string, None when unparseable (memoized: CMP strings repeat a lot)."""
+    try:
+        return decode_tc_string(text)
+    except SignalError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _GppView:
+    opted_out: bool
+    known_child: bool
+    gpc: bool
+    tcf_text: str | None
+    us_privacy_texts: tuple[str, ...]
+    unsupported: tuple[int, ...]
+
+
+@lru_cache(maxsize=8192)
+def _gpp(text: str) -> _GppView | None:
+    """What a GPP string says, None when unparseable (memoized)."""
+    opted_out = child = gpc = False
+    tcf_text: str | None = None
+    us_privacy: list[str] = []
+    unsupported: list[int] = []
+    try:
+        for section_id, body in decode_gpp(text).sections.items():
+            if section_id == SECTION_USNAT:
+                usnat = decode_usnat(body)
+                opted_out, child, gpc = (
+                    opted_out or usnat.opted_out,
+                    child or usnat.known_child,
+                    gpc or usnat.gpc,
+                )
+            elif section_id == SECTION_USPV1:
+                us_privacy.append(body)
+            elif section_id == SECTION_TCFEUV2:
+                tcf_text = body
+            else:
+                unsupported.append(section_id)
+    except SignalError:
+        return None
+    return _GppView(opted_out, child, gpc, tcf_text, tuple(us_privacy), tuple(unsupported))
+
+
 def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent:
     """Reduce the event's signals and matching stored records to one restrictive view."""
     subjects = subjects_of(event)
@@ -96,25 +174,12 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
 
     tcf_text = signals.tcf if signals else None
     us_privacy_texts = [signals.us_privacy] if signals and signals.us_privacy else []
-    gpp_opt_out = gpp_child = gpp_gpc = False
-    unsupported: list[int] = []
-    if signals and signals.gpp:
-        try:
-            gpp = decode_gpp(signals.gpp)
-            for section_id, body in gpp.sections.items():
-                if section_id == SECTION_USNAT:
-                    usnat = decode_usnat(body)
-                    gpp_opt_out = gpp_opt_out or usnat.opted_out
-                    gpp_child = gpp_child or usnat.known_child
-                    gpp_gpc = gpp_gpc or usnat.gpc
-                elif section_id == SECTION_USPV1:
-                    us_privacy_texts.append(body)
-                elif section_id == SECTION_TCFEUV2:
-                    tcf_text = tcf_text or body
-                else:
-                    unsupported.append(section_id)
-        except SignalError:
-            unparseable.append("gpp")
+    gpp = _gpp(signals.gpp) if signals and signals.gpp else None
+    if signals and signals.gpp and gpp is None:
+        unparseable.append("gpp")
+    if gpp is not None:
+        us_privacy_texts.extend(gpp.us_privacy_texts)
+        tcf_text = tcf_text or gpp.tcf_text
 
     us_privacy_opt_out = False
     for text in us_privacy_texts:
@@ -123,19 +188,16 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
         except SignalError:
             unparseable.append("us_privacy")
 
-    tcf = None
-    if tcf_text:
-        try:
-            tcf = decode_tc_string(tcf_text)
-        except SignalError:
-            unparseable.append("tcf")
+    tcf = _tcf(tcf_text) if tcf_text else None
+    if tcf_text and tcf is None:
+        unparseable.append("tcf")
 
     ad_id = device.ad_id if device else None
     limit_ad_tracking = bool(device and device.limit_ad_tracking) or ad_id == ZERO_AD_ID
     event_cookies = signals.ad_cookies if signals else None
     return EffectiveConsent(
         records_found=len(records),
-        gpc=bool(signals and signals.gpc) or gpp_gpc,
+        gpc=bool(signals and signals.gpc) or bool(gpp and gpp.gpc),
         dnt=bool(signals and signals.dnt),
         do_not_sell_or_share=_any_true(r.do_not_sell_or_share for r in records),
         interest_based_ads=_most_restrictive_grant(r.interest_based_ads for r in records),
@@ -145,8 +207,8 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
         jurisdiction=_jurisdiction(event, records),
         tcf=tcf,
         us_privacy_opt_out=us_privacy_opt_out,
-        gpp_opt_out=gpp_opt_out,
-        gpp_known_child=gpp_child,
-        gpp_unsupported_sections=tuple(unsupported),
+        gpp_opt_out=bool(gpp and gpp.opted_out),
+        gpp_known_child=bool(gpp and gpp.known_child),
+        gpp_unsupported_sections=gpp.unsupported if gpp else (),
         unparseable=tuple(unparseable),
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cache, partial
 from typing import Any
 
 from streams.core.consent import EEA, EffectiveConsent, effective_consent
 from streams.core.leakscan import raw_values_of
 from streams.core.models import Decision, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
+from streams.core.rules.condition import ConditionError
 from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 from streams.core.transforms import project
@@ -16,8 +18,13 @@ from streams.core.transforms import project
 _EEA_LIKE = EEA | {"EU", "EEA"}
 
 
-def _block(rule: CompiledRule, ruleset: Ruleset, event_id: str | None,
-           reasons: list[str], details: list[str] | tuple[str, ...] = ()) -> Decision:
+def _block(
+    rule: CompiledRule,
+    ruleset: Ruleset,
+    event_id: str | None,
+    reasons: list[str],
+    details: list[str] | tuple[str, ...] = (),
+) -> Decision:
     return Decision(
         partner=rule.partner,
         rule_id=rule.rule_id,
@@ -64,8 +71,9 @@ def _in_scope(jurisdiction: str, scope: tuple[str, ...]) -> bool:
     return jurisdiction in scope or ("EEA" in scope and jurisdiction in _EEA_LIKE)
 
 
-def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent,
-                     details: list[str]) -> Iterator[str]:
+def _consent_reasons(
+    rule: CompiledRule, event: Event, consent: EffectiveConsent, details: list[str]
+) -> Iterator[str]:
     """Opt-outs every rule honours (P3), then the consent this rule requires."""
     need = rule.source.consent
     if consent.unparseable:
@@ -109,33 +117,34 @@ def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent
                 yield Reason.CONSENT_TCF_DENIED
 
 
-def _condition_holds(rule: CompiledRule, event: Event, consent: EffectiveConsent,
-                     snapshot: StateSnapshot) -> Reason | None:
+def _condition_holds(
+    rule: CompiledRule, event: Event, consent: EffectiveConsent, snapshot: StateSnapshot
+) -> Reason | None:
     if rule.condition is None:
         return None
-    status = snapshot.signup_status.status if snapshot.signup_status else ""
-    context = {
-        "event": event.model_dump(mode="json", exclude_none=True),
-        "consent": {
-            "jurisdiction": consent.jurisdiction or "",
-            "gdpr_applies": consent.gdpr_applies,
-            "limit_ad_tracking": consent.limit_ad_tracking,
-        },
-        "status": status,
+    consent_view = {
+        "jurisdiction": consent.jurisdiction or "",
+        "gdpr_applies": consent.gdpr_applies,
+        "limit_ad_tracking": consent.limit_ad_tracking,
     }
+    status = snapshot.signup_status.status if snapshot.signup_status else ""
     try:
-        result = rule.condition.execute(context)
-    except Exception:  # CEL raises on missing keys and type errors: fail closed
+        holds = rule.condition.holds(event.model_dump(mode="json", exclude_none=True), consent_view, status)
+    except ConditionError:
         return Reason.RULE_CONDITION_ERROR
-    return None if result is True else Reason.RULE_CONDITION_FALSE
+    return None if holds else Reason.RULE_CONDITION_FALSE
 
 
-def decide_for_rule(event: Event, snapshot: StateSnapshot, rule: CompiledRule, ruleset: Ruleset,
-                    consent: EffectiveConsent, raw_values: frozenset[str]) -> Decision:
-    """The decision of one partner for one valid event."""
-    event_spec = rule.events.get(event.event_type)
-    if event_spec is None:
-        return _block(rule, ruleset, event.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED])
+def decide_for_rule(
+    event: Event,
+    snapshot: StateSnapshot,
+    rule: CompiledRule,
+    ruleset: Ruleset,
+    consent: EffectiveConsent,
+    raw_values: Callable[[], frozenset[str]],
+) -> Decision:
+    """The decision of one partner for one valid event whose type this rule allows."""
+    event_spec = rule.events[event.event_type]
     reasons: list[str] = []
     details: list[str] = []
     if snapshot.stale:
@@ -167,12 +176,18 @@ def decide_for_rule(event: Event, snapshot: StateSnapshot, rule: CompiledRule, r
     if reasons:
         return _block(rule, ruleset, event.event_id, reasons, details)
 
-    projection = project(event, event_spec.fields, consent, rule.source.identifiers,
-                         ruleset.keys.get(rule.partner))
+    projection = project(
+        event, event_spec.fields, consent, rule.source.identifiers, ruleset.keys.get(rule.partner)
+    )
     if projection.missing_required:
-        return _block(rule, ruleset, event.event_id, [Reason.REQUIRED_FIELD_MISSING],
-                      [f"required: {', '.join(projection.missing_required)}", *projection.stripped])
-    findings = ruleset.leak_scanner.scan(projection.record, raw_values)
+        return _block(
+            rule,
+            ruleset,
+            event.event_id,
+            [Reason.REQUIRED_FIELD_MISSING],
+            [f"required: {', '.join(projection.missing_required)}", *projection.stripped],
+        )
+    findings = ruleset.leak_scanner.scan(projection.record, raw_values())
     if findings:
         return _block(rule, ruleset, event.event_id, [Reason.LEAK_DETECTED], findings)
     return Decision(
@@ -191,10 +206,18 @@ def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset)
     if isinstance(record, Malformed):
         return [_block(rule, ruleset, None, [Reason.MALFORMED], [record.error]) for rule in ruleset.rules]
     try:
-        consent = effective_consent(record, snapshot)
-        raw_values = sensitive_values(record)
-        return [decide_for_rule(record, snapshot, rule, ruleset, consent, raw_values)
-                for rule in ruleset.rules]
+        decisions: list[Decision] = []
+        consent: EffectiveConsent | None = None
+        raw_values = cache(partial(sensitive_values, record))
+        for rule in ruleset.rules:
+            if record.event_type not in rule.events:  # most traffic: content the partners never see
+                decisions.append(_block(rule, ruleset, record.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED]))
+                continue
+            consent = consent or effective_consent(record, snapshot)
+            decisions.append(decide_for_rule(record, snapshot, rule, ruleset, consent, raw_values))
+        return decisions
     except Exception as exc:  # defense in depth: a bug must block, never forward or crash
-        return [_block(rule, ruleset, record.event_id, [Reason.INTERNAL_ERROR], [type(exc).__name__])
-                for rule in ruleset.rules]
+        return [
+            _block(rule, ruleset, record.event_id, [Reason.INTERNAL_ERROR], [type(exc).__name__])
+            for rule in ruleset.rules
+        ]

@@ -25,9 +25,18 @@ _URL = (
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
 _IPV6_CANDIDATE = re.compile(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
-_PHONE = re.compile(r"^\+?[\d\s().\-/]{7,}$")
+# 7 to 15 digits with only separators between them, anywhere in the text
+_PHONE = re.compile(r"\d(?:[\s().\-/_~+]*\d){6,14}")
+# attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
+# (ad ids), IPv4 addresses (already checked for truncation)
+_KNOWN_SHAPE = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:t\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+\-]\d{2}:\d{2})?)?"
+    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+)
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _SEPARATORS = re.compile(r"[\-_.+~]+")
+_TOKEN_SPLIT = re.compile(r"[\s\-_.+~/]+")
 _KEY_SPLIT = re.compile(r"[^a-z0-9]+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _MAX_DECODE_ROUNDS = 4
@@ -77,9 +86,15 @@ class LeakScanner:
     stream values (countries, platforms, coarse times) repeat a lot.
     """
 
-    def __init__(self, url: re.Pattern[str], title_ids: re.Pattern[str] | None,
-                 title_names: tuple[str, ...], forbidden_key_tokens: frozenset[str],
-                 max_words: int) -> None:
+    def __init__(
+        self,
+        url: re.Pattern[str],
+        title_ids: re.Pattern[str] | None,
+        title_names: tuple[str, ...],
+        forbidden_key_tokens: frozenset[str],
+        max_words: int,
+        max_tokens: int,
+    ) -> None:
         self._url = url
         self._title_ids = title_ids
         self._title_names = title_names
@@ -88,6 +103,7 @@ class LeakScanner:
         )
         self.forbidden_key_tokens = forbidden_key_tokens
         self.max_words = max_words
+        self.max_tokens = max_tokens
         self._cache: dict[str, str | None] = {}
 
     @classmethod
@@ -100,6 +116,7 @@ class LeakScanner:
             title_names=tuple(names),
             forbidden_key_tokens=frozenset(t.lower() for t in config.forbidden_key_tokens),
             max_words=config.max_words,
+            max_tokens=config.max_tokens,
         )
 
     def _pattern_finding(self, lowered: str) -> str | None:
@@ -119,10 +136,11 @@ class LeakScanner:
                 return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
-        if has_digit and _PHONE.match(lowered) and not _IPV4.fullmatch(lowered):
-            if sum(c.isdigit() for c in lowered) >= 7:
-                return "phone"
-        if len(lowered.split()) > self.max_words:
+        if _KNOWN_SHAPE.fullmatch(lowered):
+            return None
+        if has_digit and _PHONE.search(lowered):
+            return "phone"
+        if len(lowered.split()) > self.max_words or len(_TOKEN_SPLIT.split(lowered)) > self.max_tokens:
             return "free_text"
         return None
 
@@ -177,9 +195,8 @@ class LeakScanner:
             out.append(f"{path}: nested_value")
             for index, item in enumerate(value):
                 self._walk(item, f"{path}[{index}]", raw_values, out)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            if str(value).lower() in raw_values:
-                out.append(f"{path}: raw_value")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and str(value) in raw_values:
+            out.append(f"{path}: raw_value")
 
 
 def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:

@@ -44,9 +44,7 @@ class BitWriter:
     def render(self) -> str:
         """The bits as base64url, zero-padded to a multiple of six."""
         bits = self.bits + [0] * (-len(self.bits) % 6)
-        return "".join(
-            _ALPHABET[int("".join(map(str, bits[i : i + 6])), 2)] for i in range(0, len(bits), 6)
-        )
+        return "".join(_ALPHABET[int("".join(map(str, bits[i : i + 6])), 2)] for i in range(0, len(bits), 6))
 
 
 def encode_tc_string(
@@ -89,7 +87,10 @@ def encode_tc_string(
 
 
 def encode_usnat(
-    sale: int = 2, sharing: int = 2, targeted: int = 2, known_child: tuple[int, int, int] = (0, 0, 0),
+    sale: int = 2,
+    sharing: int = 2,
+    targeted: int = 2,
+    known_child: tuple[int, int, int] = (0, 0, 0),
     gpc: bool | None = None,
 ) -> str:
     """A usnat v2 section (opt-out values: 0 n/a, 1 opted out, 2 did not opt out)."""

@@ -13,7 +13,14 @@ from pydantic import ValidationError
 
 from streams.core.codec import decode_json, event_from_object
 from streams.core.decide import decide
-from streams.core.models import ConsentRecord, Decision, Event, Malformed, SignupStatus, StateSnapshot
+from streams.core.models import (
+    ConsentRecord,
+    Decision,
+    Event,
+    Malformed,
+    SignupStatus,
+    StateSnapshot,
+)
 from streams.core.rules.ruleset import Ruleset
 
 EMPTY_SNAPSHOT = StateSnapshot()

@@ -108,7 +108,11 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
         if isinstance(case.get("event"), str):
             inputs["event"] = case["event"]
         decision = decide_case(inputs, orjson.dumps(inputs), keyed)[index]
-        got = {"verdict": decision.verdict, "reasons": list(decision.reasons), "record": decision.record}
+        got = {
+            "verdict": decision.verdict,
+            "reasons": list(decision.reasons),
+            "record": decision.record,
+        }
         result.covered.update(decision.reasons)
         problems = _check(case.get("expect") or {}, got)
         if problems:
@@ -128,6 +132,11 @@ def run_rule_tests(rules_dir: Path, ruleset: Ruleset) -> list[PartnerResult]:
     tested = {r.partner for r in results}
     for partner in ruleset.partners:
         if partner not in tested:
-            results.append(PartnerResult(partner, str(test_dir / f"{partner}.yaml"),
-                                         failures=[f"no test file for partner '{partner}'"]))
+            results.append(
+                PartnerResult(
+                    partner,
+                    str(test_dir / f"{partner}.yaml"),
+                    failures=[f"no test file for partner '{partner}'"],
+                )
+            )
     return results

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cel
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -20,6 +19,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
 from streams.core.leakscan import LeakScanner
+from streams.core.rules.condition import Condition
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -105,7 +105,9 @@ def _read_yaml(path: Path, problems: list[RuleProblem]) -> Any | None:
 
 def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem]) -> M | None:
     if not isinstance(doc, CommentedMap):
-        problems.append(RuleProblem(str(path), 1, "not a YAML mapping", "start the file with `partner: <id>`"))
+        problems.append(
+            RuleProblem(str(path), 1, "not a YAML mapping", "start the file with `partner: <id>`")
+        )
         return None
     try:
         return model.model_validate(_plain(doc))
@@ -129,72 +131,134 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
     file = str(path)
     tags = privacy_tags()
     if path.stem != rule.partner:
-        yield RuleProblem(file, _line_of(doc, ("partner",)), f"file name does not match partner '{rule.partner}'",
-                          f"rename the file to {rule.partner}.yaml")
+        yield RuleProblem(
+            file,
+            _line_of(doc, ("partner",)),
+            f"file name does not match partner '{rule.partner}'",
+            f"rename the file to {rule.partner}.yaml",
+        )
     if rule.topic == "guard.blocked":
-        yield RuleProblem(file, _line_of(doc, ("topic",)), "topic is the blocked-event topic",
-                          "use partner.<id>.events")
+        yield RuleProblem(
+            file,
+            _line_of(doc, ("topic",)),
+            "topic is the blocked-event topic",
+            "use partner.<id>.events",
+        )
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
     if gdpr and rule.consent.tcf is None:
-        yield RuleProblem(file, _line_of(doc, ("jurisdictions",)),
-                          f"jurisdictions {gdpr} fall under the GDPR but consent.tcf is not set",
-                          "add consent.tcf.vendor_id (the partner's GVL id) and purposes, or drop those jurisdictions")
+        yield RuleProblem(
+            file,
+            _line_of(doc, ("jurisdictions",)),
+            f"jurisdictions {gdpr} fall under the GDPR but consent.tcf is not set",
+            "add consent.tcf.vendor_id (the partner's GVL id) and purposes, or drop those jurisdictions",
+        )
     for code in rule.jurisdictions:
         if not re.fullmatch(r"[A-Z]{2}|EEA", code):
-            yield RuleProblem(file, _line_of(doc, ("jurisdictions",)), f"jurisdiction '{code}' is not an ISO country code",
-                              "use two-letter upper-case codes (US, GB, DE) or EEA")
+            yield RuleProblem(
+                file,
+                _line_of(doc, ("jurisdictions",)),
+                f"jurisdiction '{code}' is not an ISO country code",
+                "use two-letter upper-case codes (US, GB, DE) or EEA",
+            )
     if rule.condition:
         try:
-            program = cel.compile(rule.condition)
-            unknown = set(program.variables()) - CEL_VARIABLES
+            unknown = set(Condition(rule.condition).variables()) - CEL_VARIABLES
             if unknown:
-                yield RuleProblem(file, _line_of(doc, ("condition",)), f"condition uses unknown variables {sorted(unknown)}",
-                                  "use only event, consent and status")
+                yield RuleProblem(
+                    file,
+                    _line_of(doc, ("condition",)),
+                    f"condition uses unknown variables {sorted(unknown)}",
+                    "use only event, consent and status",
+                )
         except (ValueError, RuntimeError) as exc:
-            yield RuleProblem(file, _line_of(doc, ("condition",)), f"condition is not valid CEL: {exc}",
-                              "correct the CEL expression")
+            yield RuleProblem(
+                file,
+                _line_of(doc, ("condition",)),
+                f"condition is not valid CEL: {exc}",
+                "correct the CEL expression",
+            )
     for event_type, spec in rule.events.items():
         at = _line_of(doc, ("events", event_type))
         if event_type in CONTENT_EVENT_TYPES:
-            yield RuleProblem(file, at, f"event type '{event_type}' is a content event and can never be forwarded",
-                              "remove it; partners never receive plays, title selections, ratings, searches or page views")
+            yield RuleProblem(
+                file,
+                at,
+                f"event type '{event_type}' is a content event and can never be forwarded",
+                "remove it; partners never receive plays, title selections, ratings, searches or page views",
+            )
             continue
         if event_type not in ALLOWED_EVENT_TYPES:
-            yield RuleProblem(file, at, f"unknown event type '{event_type}'",
-                              f"use one of {sorted(ALLOWED_EVENT_TYPES)}")
+            yield RuleProblem(
+                file,
+                at,
+                f"unknown event type '{event_type}'",
+                f"use one of {sorted(ALLOWED_EVENT_TYPES)}",
+            )
         for name, raw_spec in spec.fields.items():
             yield from _check_field(file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner)
 
 
-def _check_field(file: str, doc: CommentedMap, event_type: str, name: str, spec: Any,
-                 tag_of: Any, scanner: LeakScanner) -> Iterator[RuleProblem]:
+def _check_field(
+    file: str,
+    doc: CommentedMap,
+    event_type: str,
+    name: str,
+    spec: Any,
+    tag_of: Any,
+    scanner: LeakScanner,
+) -> Iterator[RuleProblem]:
     at = _line_of(doc, ("events", event_type, "fields", name))
     tag = tag_of(spec.source)
     if tag is None:
-        yield RuleProblem(file, at, f"field '{name}' reads '{spec.source}', which the event schema does not declare",
-                          "declare it with a privacy tag in schemas/internal_event.avsc first")
+        yield RuleProblem(
+            file,
+            at,
+            f"field '{name}' reads '{spec.source}', which the event schema does not declare",
+            "declare it with a privacy tag in schemas/internal_event.avsc first",
+        )
         return
     if tag in FORBIDDEN_TAGS:
-        yield RuleProblem(file, at, f"field '{name}' projects '{spec.source}', tagged '{tag}', which never leaves",
-                          "remove the field: title selections, URLs, searches and watch history are never shared")
+        yield RuleProblem(
+            file,
+            at,
+            f"field '{name}' projects '{spec.source}', tagged '{tag}', which never leaves",
+            "remove the field: title selections, URLs, searches and watch history are never shared",
+        )
         return
     allowed = TRANSFORMS_BY_TAG.get(tag, frozenset())
     if spec.transform not in allowed:
         how = f"use transform {sorted(allowed)}" if allowed else "remove the field; it may never be projected"
-        yield RuleProblem(file, at, f"field '{name}' projects '{spec.source}' (tagged '{tag}') with transform '{spec.transform}'",
-                          how)
+        yield RuleProblem(
+            file,
+            at,
+            f"field '{name}' projects '{spec.source}' (tagged '{tag}') with transform '{spec.transform}'",
+            how,
+        )
     if (spec.values is not None or spec.pattern) and spec.transform != "keep":
-        yield RuleProblem(file, at, f"field '{name}': values/pattern apply only to transform keep",
-                          "remove values/pattern or use transform keep")
+        yield RuleProblem(
+            file,
+            at,
+            f"field '{name}': values/pattern apply only to transform keep",
+            "remove values/pattern or use transform keep",
+        )
     if spec.pattern:
         try:
             re.compile(spec.pattern)
         except re.error as exc:
-            yield RuleProblem(file, at, f"field '{name}': pattern is not a valid regex ({exc})", "correct the pattern")
+            yield RuleProblem(
+                file,
+                at,
+                f"field '{name}': pattern is not a valid regex ({exc})",
+                "correct the pattern",
+            )
     key_finding = scanner.key_finding(name)
     if key_finding:
-        yield RuleProblem(file, at, f"output field name '{name}' looks like forbidden content ({key_finding})",
-                          "choose a neutral output name")
+        yield RuleProblem(
+            file,
+            at,
+            f"output field name '{name}' looks like forbidden content ({key_finding})",
+            "choose a neutral output name",
+        )
 
 
 def load_ruleset(rules_dir: Path | str) -> Ruleset:
@@ -202,13 +266,27 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
-        raise RulesetError([RuleProblem(str(directory), 1, "rules directory not found",
-                                        "pass an existing directory with --rules")])
+        raise RulesetError(
+            [
+                RuleProblem(
+                    str(directory),
+                    1,
+                    "rules directory not found",
+                    "pass an existing directory with --rules",
+                )
+            ]
+        )
     leak_path = directory / LEAK_SCAN_FILE
     leak_scan: LeakScanFile | None = None
     if not leak_path.is_file():
-        problems.append(RuleProblem(str(leak_path), 1, "leak-scan vocabulary missing",
-                                    "create it (see rules/_leak-scan.yaml in the repository)"))
+        problems.append(
+            RuleProblem(
+                str(leak_path),
+                1,
+                "leak-scan vocabulary missing",
+                "create it (see rules/_leak-scan.yaml in the repository)",
+            )
+        )
     else:
         leak_doc = _read_yaml(leak_path, problems)
         if leak_doc is not None:
@@ -218,14 +296,21 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    problems.append(RuleProblem(str(leak_path), _line_of(leak_doc, ("title_id_patterns",)),
-                                                f"title id pattern {pattern!r} is not a valid regex ({exc})",
-                                                "correct the pattern"))
+                    problems.append(
+                        RuleProblem(
+                            str(leak_path),
+                            _line_of(leak_doc, ("title_id_patterns",)),
+                            f"title id pattern {pattern!r} is not a valid regex ({exc})",
+                            "correct the pattern",
+                        )
+                    )
     scanner = LeakScanner.from_config(leak_scan or LeakScanFile())
 
     rules: list[RuleFile] = []
     seen: dict[str, str] = {}
-    files = sorted(p for p in directory.glob("*.y*ml") if p.name != LEAK_SCAN_FILE and p.suffix in (".yaml", ".yml"))
+    files = sorted(
+        p for p in directory.glob("*.y*ml") if p.name != LEAK_SCAN_FILE and p.suffix in (".yaml", ".yml")
+    )
     for path in files:
         doc = _read_yaml(path, problems)
         if doc is None:
@@ -235,9 +320,14 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
             continue
         problems.extend(_check_rule(rule, path, doc, scanner))
         if rule.partner in seen:
-            problems.append(RuleProblem(str(path), _line_of(doc, ("partner",)),
-                                        f"partner '{rule.partner}' is also defined in {seen[rule.partner]}",
-                                        "one file per partner"))
+            problems.append(
+                RuleProblem(
+                    str(path),
+                    _line_of(doc, ("partner",)),
+                    f"partner '{rule.partner}' is also defined in {seen[rule.partner]}",
+                    "one file per partner",
+                )
+            )
         seen[rule.partner] = str(path)
         rules.append(rule)
     if not files:

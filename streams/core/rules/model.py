@@ -122,3 +122,4 @@ class LeakScanFile(_Strict):
     title_id_patterns: tuple[str, ...] = ()
     forbidden_key_tokens: tuple[str, ...] = ()
     max_words: int = Field(2, ge=1)
+    max_tokens: int = Field(4, ge=1)

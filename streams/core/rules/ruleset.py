@@ -6,12 +6,11 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-import cel
 import orjson
 
 from streams.core.leakscan import LeakScanner
+from streams.core.rules.condition import Condition
 from streams.core.rules.model import FieldSpec, LeakScanFile, RuleFile
 
 
@@ -42,7 +41,7 @@ class CompiledRule:
     rule_id: str
     topic: str
     events: Mapping[str, CompiledEvent]
-    condition: Any | None  # a compiled CEL program
+    condition: Condition | None
 
     @property
     def partner(self) -> str:
@@ -80,7 +79,7 @@ def compile_rule(rule: RuleFile) -> CompiledRule:
         rule_id=rule.rule_id or rule.partner,
         topic=rule.topic or f"partner.{rule.partner}.events",
         events=events,
-        condition=cel.compile(rule.condition) if rule.condition else None,
+        condition=Condition(rule.condition) if rule.condition else None,
     )
 
 

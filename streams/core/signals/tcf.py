@@ -44,11 +44,7 @@ class TCString:
                     return False
                 required_basis = restriction.restriction_type
         consent = purpose in self.purposes_consent and vendor_id in self.vendor_consent
-        li = (
-            purpose in LI_PURPOSES
-            and purpose in self.purposes_li
-            and vendor_id in self.vendor_li
-        )
+        li = purpose in LI_PURPOSES and purpose in self.purposes_li and vendor_id in self.vendor_li
         if required_basis == 1:
             return consent
         if required_basis == 2:

@@ -1,0 +1,99 @@
+"""Pure `decide` cost per event on a realistic mix, against a JSON strip baseline measured in
+the same run. Usage: `python benchmarks/bench_decide.py [EVENTS]` (or `make bench`).
+
+Prints µs per event, µs per (event, partner) pair, and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from streams.core.codec import decode_json
+from streams.core.decide import decide
+from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
+from streams.core.rules.loader import load_ruleset
+from streams.gen.traffic import TrafficGenerator
+
+ROOT = Path(__file__).resolve().parents[1]
+DROP = ("context", "user", "properties")
+
+
+def _best_of(runs: int, work: Callable[[], None]) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(count: int = 50_000) -> None:
+    """Run the benchmark and print the figures."""
+    ruleset = load_ruleset(ROOT / "rules").with_keys(
+        {"install-attribution": b"a" * 32, "signup-conversions": b"b" * 32}
+    )
+    generator = TrafficGenerator(seed=11, population=5_000)
+    consent: dict[str, list[ConsentRecord]] = {}
+    for keyed in generator.consent_records():
+        key = (keyed.key or b"").decode()
+        if keyed.value is None:
+            consent.pop(key, None)
+        else:
+            consent.setdefault(key, []).append(ConsentRecord.model_validate_json(keyed.value))
+    status = {s.key: SignupStatus.model_validate_json(s.value or b"") for s in generator.signup_statuses()}
+    raw = [e.value or b"" for e in generator.events(count)]
+
+    def snapshot_for(record: Event | Malformed) -> StateSnapshot:
+        if isinstance(record, Malformed):
+            return StateSnapshot()
+        keys = [f"account:{record.account_id}", f"profile:{record.profile_id}"]
+        if record.device and record.device.device_id:
+            keys.append(f"device:{record.device.device_id}")
+        found = tuple(r for k in keys for r in consent.get(k, ()))
+        return StateSnapshot(consent=found, signup_status=status.get((record.account_id or "").encode()))
+
+    decoded = [decode_json(r) for r in raw]
+    snapshots = [snapshot_for(d) for d in decoded]
+    verdicts: Counter[str] = Counter()
+    for event, snap in zip(decoded, snapshots, strict=True):
+        for decision in decide(event, snap, ruleset):
+            verdicts[decision.verdict] += 1
+
+    def strip_baseline() -> None:
+        for value in raw:
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                for name in DROP:
+                    obj.pop(name, None)
+                orjson.dumps(obj)
+
+    def decide_only() -> None:
+        for record, snap in zip(decoded, snapshots, strict=True):
+            decide(record, snap, ruleset)
+
+    def decode_and_decide() -> None:
+        for value, snap in zip(raw, snapshots, strict=True):
+            decide(decode_json(value), snap, ruleset)
+
+    baseline = _best_of(3, strip_baseline)
+    pure = _best_of(3, decide_only)
+    full = _best_of(3, decode_and_decide)
+    pairs = count * len(ruleset.partners)
+    print(f"events: {count}, partners: {len(ruleset.partners)}, verdicts: {dict(verdicts)}")
+    print(f"json strip baseline      {baseline / count * 1e6:7.2f} µs/event")
+    print(f"decide (pre-decoded)     {pure / count * 1e6:7.2f} µs/event  {pure / pairs * 1e6:6.2f} µs/pair")
+    print(f"decode + decide          {full / count * 1e6:7.2f} µs/event  {full / pairs * 1e6:6.2f} µs/pair")
+    print(f"ratio decode+decide / json strip: {full / baseline:.2f}x the baseline's cost")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000)
