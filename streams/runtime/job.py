@@ -1,0 +1,325 @@
+"""`partner-guard run`: consume, decide, produce and commit offsets in one transaction a batch.
+
+The loop is single-threaded: rebalance callbacks run inside `consume()`, between
+transactions, so no transaction ever spans a revoke. An abortable error aborts the
+transaction and rewinds the consumer to the batch start; a fatal one stops the job with a
+non-zero exit (a supervisor restarts it and the transactional id fences the old instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.core.codec import decode_avro, decode_json
+from streams.core.decide import decide
+from streams.core.models import Decision, Event, Malformed
+from streams.core.reasons import Reason
+from streams.core.rules.ruleset import Ruleset
+from streams.core.schema import event_schema
+from streams.runtime.config import Settings
+from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.records import SourceRef, blocked_record, partner_record
+from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.state_reader import StateReader
+from streams.runtime.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+INIT_TIMEOUT_S = 30.0
+
+
+@dataclass
+class BatchTally:
+    """Counts of one batch, applied to the metrics only once the transaction commits."""
+
+    records_in: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stripped: Counter[str] = field(default_factory=Counter)
+    leaks: Counter[str] = field(default_factory=Counter)
+    timestamps_ms: list[int] = field(default_factory=list)
+
+
+class GuardJob:
+    """One guard instance."""
+
+    def __init__(self, settings: Settings, ruleset: Ruleset, metrics: GuardMetrics | None = None) -> None:
+        self.settings = settings
+        self.ruleset = ruleset
+        self.metrics = metrics or GuardMetrics()
+        self.heartbeat = Heartbeat()
+        self.stopping = False
+        self.ready = False
+        self.consent = ConsentTable()
+        self.status = SignupStatusTable()
+        self._schema = event_schema()
+        self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
+        self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        """Signal handler: finish the open batch, then exit cleanly."""
+        log.info("signal %s received: finishing the current batch", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        s = self.settings
+        self.metrics.ruleset.info(
+            {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
+        )
+        server = serve_http(
+            self.metrics, s.metrics_host, s.metrics_port, lambda: self.ready, self.heartbeat.alive
+        )
+        try:
+            if s.create_topics:
+                ensure_topics(
+                    self.kafka_base,
+                    [*s.input_topics, *self._topic_by_partner.values(), s.blocked_topic],
+                    [s.consent_topic, s.signup_status_topic],
+                    s.partitions,
+                )
+            return self._run_loop()
+        finally:
+            server.shutdown()
+
+    def _load_state(self) -> StateReader:
+        s = self.settings
+        reader = StateReader(
+            self.kafka_base,
+            {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
+            self.metrics,
+        )
+        while not self.stopping:
+            self.heartbeat.beat()
+            if reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
+                break
+        self._update_state_gauges()
+        log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
+        return reader
+
+    def _update_state_gauges(self) -> None:
+        self.metrics.state_entries.labels("consent").set(len(self.consent))
+        self.metrics.state_entries.labels("signup_status").set(len(self.status))
+
+    def _run_loop(self) -> int:
+        s = self.settings
+        reader = self._load_state()
+        transactional_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{os.getpid()}"
+        producer = Producer(
+            {
+                **self.kafka_base,
+                "transactional.id": transactional_id,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+            }
+        )
+        producer.init_transactions(INIT_TIMEOUT_S)
+        consumer = Consumer(
+            {
+                **self.kafka_base,
+                "group.id": s.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": s.session_timeout_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+        consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: deciding %s for %s", s.input_topics, list(self.ruleset.partners))
+        exit_code = 0
+        last_lag_update = 0.0
+        try:
+            while not self.stopping:
+                self.heartbeat.beat()
+                messages = consumer.consume(s.batch_size, s.batch_timeout_ms / 1000)
+                if messages:
+                    self._process_batch(messages, consumer, producer, reader)
+                else:
+                    reader.poll()
+                if time.monotonic() - last_lag_update > 5:
+                    last_lag_update = time.monotonic()
+                    self._update_consumer_lag(consumer)
+                    self._update_state_gauges()
+        except KafkaException as exc:
+            log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
+            exit_code = 3
+        finally:
+            self.ready = False
+            self.metrics.ready.set(0)
+            consumer.close()
+            producer.flush(10)
+            reader.close()
+            log.info("stopped")
+        return exit_code
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %d partition(s)", len(partitions))
+
+    def _update_consumer_lag(self, consumer: Consumer) -> None:
+        try:
+            assignment = consumer.assignment()
+            for tp in consumer.position(assignment):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - tp.offset)
+                    )
+        except KafkaException:
+            pass  # a metric, never a reason to stop
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _decode(self, message: Message, topic: str) -> Event | Malformed:
+        value = message.value()
+        if self.settings.topic_format(topic) == "avro":
+            return decode_avro(value, self._schema)
+        return decode_json(value)
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    def _emit(
+        self,
+        producer: Producer,
+        decision: Decision,
+        source: SourceRef,
+        raw: bytes,
+        snapshot_json: bytes,
+        tally: BatchTally,
+    ) -> None:
+        s = self.settings
+        if decision.forwarded:
+            key, value = partner_record(decision)
+            if len(value) <= s.max_record_bytes:
+                self._produce(producer, self._topic_by_partner[decision.partner], key, value)
+                tally.decisions[(decision.partner, "forward")] += 1
+                if decision.stripped:
+                    tally.stripped[decision.partner] += len(decision.stripped)
+                return
+            extra: tuple[str, ...] = (Reason.RECORD_TOO_LARGE.value,)
+        else:
+            extra = ()
+        value, headers = blocked_record(decision, snapshot_json, source, raw, s.max_record_bytes, extra)
+        self._produce(producer, s.blocked_topic, source.key, value, headers)
+        tally.decisions[(decision.partner, "block")] += 1
+        for reason in (*decision.reasons, *extra):
+            tally.reasons[(decision.partner, reason)] += 1
+        if Reason.LEAK_DETECTED in decision.reasons:
+            tally.leaks[decision.partner] += 1
+
+    def _process_batch(
+        self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
+    ) -> None:
+        s = self.settings
+        started = time.monotonic()
+        missing = reader.catch_up(s.state_catchup_timeout_ms / 1000)  # P9: after the fetch
+        stale = missing > s.max_state_lag_records or (
+            time.monotonic() - reader.last_caught_up > s.max_state_silence_ms / 1000
+        )
+        if stale:
+            log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
+        tally = BatchTally()
+        first_offsets: dict[tuple[str, int], int] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
+        producer.begin_transaction()
+        for message in messages:
+            error = message.error()
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if error is not None or topic is None or partition is None or offset is None:
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", error.str())
+                continue
+            first_offsets.setdefault((topic, partition), offset)
+            next_offsets[(topic, partition)] = offset + 1
+            raw = message.value() or b""
+            record = self._decode(message, topic)
+            snapshot = snapshot_for(record, self.consent, self.status, stale)
+            decisions = decide(record, snapshot, self.ruleset)
+            kind, ts = message.timestamp()
+            source = SourceRef(
+                topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
+            )
+            snapshot_json = dumps_snapshot(snapshot) if any(not d.forwarded for d in decisions) else b"null"
+            for decision in decisions:
+                self._emit(producer, decision, source, raw, snapshot_json, tally)
+            tally.records_in[topic] += 1
+            if kind:
+                tally.timestamps_ms.append(ts)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        if self._commit(producer, consumer, offsets):
+            self._record(tally, started)
+        else:
+            for (topic, partition), offset in first_offsets.items():
+                consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _commit(self, producer: Producer, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
+        """Send offsets and commit; False when the transaction had to be aborted."""
+        try:
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            while True:
+                try:
+                    producer.commit_transaction(60)
+                    self.metrics.transactions.labels("committed").inc()
+                    return True
+                except KafkaException as exc:
+                    if not exc.args[0].retriable():
+                        raise
+                    log.warning("retrying commit: %s", exc.args[0].str())
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                log.warning("aborting transaction and replaying the batch: %s", error.str())
+                producer.abort_transaction(60)
+                self.metrics.transactions.labels("aborted").inc()
+                return False
+            raise
+
+    def _record(self, tally: BatchTally, started: float) -> None:
+        m = self.metrics
+        for topic, count in tally.records_in.items():
+            m.records_in.labels(topic).inc(count)
+        for (partner, verdict), count in tally.decisions.items():
+            m.decisions.labels(partner, verdict).inc(count)
+        for (partner, reason), count in tally.reasons.items():
+            m.block_reasons.labels(partner, reason).inc(count)
+        for partner, count in tally.stripped.items():
+            m.fields_stripped.labels(partner).inc(count)
+        for partner, count in tally.leaks.items():
+            m.leaks_caught.labels(partner).inc(count)
+        now_ms = time.time() * 1000
+        for ts in tally.timestamps_ms:
+            m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
+        m.batch_seconds.observe(time.monotonic() - started)

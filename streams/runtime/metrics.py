@@ -1,0 +1,129 @@
+"""Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints on one port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GuardMetrics:
+    """All metrics of one guard instance, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter(
+            "partner_guard_records_in_total", "Input records consumed.", ["topic"], registry=r
+        )
+        self.decisions = Counter(
+            "partner_guard_decisions_total",
+            "Decisions per partner and verdict.",
+            ["partner", "verdict"],
+            registry=r,
+        )
+        self.block_reasons = Counter(
+            "partner_guard_block_reasons_total",
+            "Blocked decisions per partner and reason code.",
+            ["partner", "reason"],
+            registry=r,
+        )
+        self.fields_stripped = Counter(
+            "partner_guard_fields_stripped_total",
+            "Listed fields dropped from forwarded records by a transform.",
+            ["partner"],
+            registry=r,
+        )
+        self.leaks_caught = Counter(
+            "partner_guard_leaks_caught_total",
+            "Records the leak scan stopped after projection.",
+            ["partner"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "partner_guard_batch_duration_seconds",
+            "Time to decide and commit one batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "partner_guard_end_to_end_latency_seconds",
+            "From input record timestamp to committed output.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.state_entries = Gauge(
+            "partner_guard_state_entries", "Entries in a state table.", ["table"], registry=r
+        )
+        self.state_lag = Gauge(
+            "partner_guard_state_lag_records",
+            "State-topic records not yet applied at the last catch-up.",
+            ["topic"],
+            registry=r,
+        )
+        self.state_invalid = Counter(
+            "partner_guard_state_invalid_records_total",
+            "State records that could not be decoded (stored fail-closed).",
+            ["topic"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "partner_guard_consumer_lag_records",
+            "Input records not yet consumed.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "partner_guard_ready", "1 when state is loaded and the job is deciding.", registry=r
+        )
+        self.ruleset = Info("partner_guard_ruleset", "The ruleset in force.", registry=r)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def serve_http(
+    metrics: GuardMetrics, host: str, port: int, is_ready: Callable[[], bool], is_healthy: Callable[[], bool]
+) -> WSGIServer:
+    """Serve `/metrics`, `/healthz` and `/readyz` in a daemon thread; returns the server."""
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/healthz", "/readyz"):
+            ok = is_healthy() if path == "/healthz" else is_ready()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"not ready\n"]
+        result: Iterable[bytes] = metrics_app(environ, start_response)
+        return result
+
+    server = make_server(host, port, app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+class Heartbeat:
+    """The main loop's pulse, for `/healthz`."""
+
+    def __init__(self, max_silence_s: float = 60.0) -> None:
+        self.max_silence_s = max_silence_s
+        self._last = time.monotonic()
+
+    def beat(self) -> None:
+        """Record that the loop is alive."""
+        self._last = time.monotonic()
+
+    def alive(self) -> bool:
+        """True when the loop beat recently."""
+        return time.monotonic() - self._last < self.max_silence_s

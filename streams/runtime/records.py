@@ -1,0 +1,107 @@
+"""Output records: partner records and the documented blocked-record format.
+
+Blocked record (topic `guard.blocked`, JSON, one per blocked (input, partner) pair):
+
+    {"format": "partner-guard.blocked.v1", "partner", "rule_id", "ruleset_digest",
+     "reasons": [...], "details": [...], "event_id",
+     "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool},
+     "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"},
+     "original_b64": raw input bytes (base64) | null when reduced,
+     "original_size", "original_sha256", "reduced": bool}
+
+Headers: pg-partner, pg-reasons (comma-separated), pg-rule, pg-ruleset-digest,
+pg-source-topic, pg-source-partition, pg-source-offset. A record too large for the broker
+is reduced (original dropped, its hash and size kept, `record_too_large` added) before it
+is produced, so one record can never poison a transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+import orjson
+
+from streams.core.models import Decision
+from streams.core.reasons import Reason
+
+BLOCKED_FORMAT = "partner-guard.blocked.v1"
+Headers = list[tuple[str, str | bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where an input record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    input_format: str
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return base64.b64encode(raw).decode() if raw is not None else None
+
+
+def blocked_record(
+    decision: Decision,
+    snapshot_json: bytes,
+    source: SourceRef,
+    raw: bytes,
+    max_bytes: int,
+    extra_reasons: tuple[str, ...] = (),
+) -> tuple[bytes, Headers]:
+    """The blocked record and its headers, reduced when it would exceed `max_bytes`."""
+    reasons = list(dict.fromkeys((*decision.reasons, *extra_reasons)))
+    body = {
+        "format": BLOCKED_FORMAT,
+        "partner": decision.partner,
+        "rule_id": decision.rule_id,
+        "ruleset_digest": decision.ruleset_digest,
+        "reasons": reasons,
+        "details": list(decision.details),
+        "event_id": decision.event_id,
+        "snapshot": orjson.Fragment(snapshot_json),
+        "source": {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "timestamp_ms": source.timestamp_ms,
+            "key_b64": _b64(source.key),
+            "format": source.input_format,
+        },
+        "original_b64": _b64(raw),
+        "original_size": len(raw),
+        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "reduced": False,
+    }
+    value = orjson.dumps(body)
+    if len(value) > max_bytes:
+        reasons.append(Reason.RECORD_TOO_LARGE.value)
+        body |= {
+            "original_b64": None,
+            "reduced": True,
+            "reasons": reasons,
+            "snapshot": orjson.Fragment(snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"),
+        }
+        value = orjson.dumps(body)
+    headers: Headers = [
+        ("pg-partner", decision.partner.encode()),
+        ("pg-reasons", ",".join(reasons).encode()),
+        ("pg-rule", decision.rule_id.encode()),
+        ("pg-ruleset-digest", decision.ruleset_digest.encode()),
+        ("pg-source-topic", source.topic.encode()),
+        ("pg-source-partition", str(source.partition).encode()),
+        ("pg-source-offset", str(source.offset).encode()),
+    ]
+    return value, headers
+
+
+def partner_record(decision: Decision) -> tuple[bytes | None, bytes]:
+    """Key (the pseudonymous event id, when projected) and value of a forwarded record."""
+    record = decision.record or {}
+    key = record.get("event_id")
+    return (key.encode() if isinstance(key, str) else None), orjson.dumps(record)
