@@ -1,0 +1,245 @@
+"""`partner-guard run` as a real process against the embedded broker (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.broker.embedded import EmbeddedBroker
+from streams.core.codec import decode_json
+from streams.core.models import Event
+from streams.core.identifiers import pseudonym
+from streams.gen.traffic import KeyedRecord, TrafficGenerator
+from streams.runtime.topics import ensure_topics
+from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, GuardProcess, produce, read_topic, start_guard
+
+pytestmark = pytest.mark.integration
+
+INPUT = "internal.events"
+STATE_TOPICS = ["privacy.consent", "member.signup-status"]
+PARTNER_KEYS = {
+    "install-attribution": KEY_ENV["PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION"].encode(),
+    "signup-conversions": KEY_ENV["PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS"].encode(),
+}
+FORBIDDEN = re.compile(
+    r"acct-\d|prof-\d|dev-[0-9a-f]|@|example\.com|https?:|/title/|stranger things|squid game|the crown"
+    r"|\b203\.0\.\d{1,3}\.(?!0\b)\d{1,3}\b|650 555|watch_history|search_query|title_id",
+    re.IGNORECASE,
+)
+
+
+def _prepare(broker: EmbeddedBroker, population: int = 2000, seed: int = 5) -> TrafficGenerator:
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
+    generator = TrafficGenerator(seed=seed, population=population)
+    produce(broker.bootstrap, "privacy.consent", generator.consent_records())
+    produce(broker.bootstrap, "member.signup-status", generator.signup_statuses())
+    return generator
+
+
+def _wait_consumed(guard: GuardProcess, count: int, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if guard.metric_value("partner_guard_records_in_total") >= count:
+            return
+        if guard.process.poll() is not None:
+            raise AssertionError(f"guard died: {guard.log()}")
+        time.sleep(0.25)
+    raise AssertionError(f"guard consumed {guard.metric_value('partner_guard_records_in_total')} of {count}")
+
+
+def _event_ids(records: list[KeyedRecord]) -> list[str | None]:
+    """The event id of each valid input; None for malformed inputs (blocked by offset)."""
+    decoded = (decode_json(record.value) for record in records)
+    return [d.event_id if isinstance(d, Event) else None for d in decoded]
+
+
+def _wait_idle(guard: GuardProcess, idle_s: float = 3.0, timeout_s: float = 240.0) -> None:
+    """Wait until the guard has consumed something and then nothing more for `idle_s`."""
+    deadline = time.monotonic() + timeout_s
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        current = guard.metric_value("partner_guard_records_in_total")
+        if current != last:
+            last, since = current, time.monotonic()
+        elif current > 0 and time.monotonic() - since > idle_s:
+            return
+        time.sleep(0.25)
+    raise AssertionError("guard never went idle")
+
+
+def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Counter[str]]:
+    """Per partner: how often each input (by source offset-free identity) was forwarded or blocked."""
+    ids = [i for i in _event_ids(inputs) if isinstance(i, str)]
+    outcomes: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
+    for partner in PARTNERS:
+        by_pseudonym = {pseudonym(PARTNER_KEYS[partner], "event_id", i): i for i in ids}
+        for _, value, _ in read_topic(broker.bootstrap, f"partner.{partner}.events"):
+            record = orjson.loads(value or b"{}")
+            outcomes[partner][by_pseudonym[record["event_id"]]] += 1
+    for _, value, _ in read_topic(broker.bootstrap, "guard.blocked"):
+        blocked = orjson.loads(value or b"{}")
+        source = blocked["source"]
+        outcomes[blocked["partner"]][blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"] += 1
+    return outcomes
+
+
+def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    generator = _prepare(broker)
+    events = list(generator.events(20_000))
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "conservation", transactional_id="guard-c-0")
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, events)
+        _wait_consumed(guard, len(events))
+        forwarded = {p: read_topic(broker.bootstrap, f"partner.{p}.events") for p in PARTNERS}
+        blocked = read_topic(broker.bootstrap, "guard.blocked")
+        blocked_by_partner = Counter(dict(headers)["pg-partner"].decode() for _, _, headers in blocked)
+        for partner in PARTNERS:
+            assert len(forwarded[partner]) + blocked_by_partner[partner] == len(events), partner
+            assert len(forwarded[partner]) > 100  # the mix really forwards something
+            assert guard.metric_value("partner_guard_decisions_total", partner=partner, verdict="forward") == len(
+                forwarded[partner])
+            assert guard.metric_value("partner_guard_decisions_total", partner=partner, verdict="block") == (
+                blocked_by_partner[partner])
+            for _, value, _ in forwarded[partner]:
+                assert not FORBIDDEN.search((value or b"").decode()), value
+        assert guard.metric_value("partner_guard_records_in_total") == len(events)
+        reasons = Counter(r for _, _, h in blocked for r in dict(h)["pg-reasons"].decode().split(","))
+        for expected in ("event_type_not_allowed", "malformed", "consent_gpc", "kids_profile",
+                         "consent_interest_based_ads_denied", "consent_us_privacy_opt_out", "consent_tcf_denied"):
+            assert reasons[expected] > 0, (expected, reasons)
+        per_reason = guard.metric_value("partner_guard_block_reasons_total", reason="malformed")
+        assert per_reason == reasons["malformed"]
+    finally:
+        assert guard.stop() == 0
+
+
+def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
+    accounts = [f"ryr-{i:03d}" for i in range(120)]
+    grant = [KeyedRecord(f"account:{a}".encode(), orjson.dumps(
+        {"subject": f"account:{a}", "interest_based_ads": "granted", "ad_cookies": "granted"})) for a in accounts]
+    produce(broker.bootstrap, "privacy.consent", grant)
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "ryr", transactional_id="guard-ryr-0",
+                        extra_env={"PARTNER_GUARD_BATCH_TIMEOUT_MS": "20"})
+    try:
+        guard.wait_ready()
+
+        def install(account: str) -> KeyedRecord:
+            event = {"event_id": f"ev-{account}", "event_type": "app_install", "event_time": "2026-11-28T10:00:00Z",
+                     "account_id": account, "device": {"platform": "ios", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
+                     "context": {"country": "US"}, "properties": {"campaign_id": "ryr"}}
+            return KeyedRecord(account.encode(), orjson.dumps(event))
+
+        for account in accounts[:100]:  # revocation produced (and acknowledged), then at once the event
+            produce(broker.bootstrap, "privacy.consent", [KeyedRecord(f"account:{account}".encode(), orjson.dumps(
+                {"subject": f"account:{account}", "interest_based_ads": "denied"}))])
+            produce(broker.bootstrap, INPUT, [install(account)])
+        produce(broker.bootstrap, INPUT, [install(a) for a in accounts[100:]])  # controls: still granted
+        _wait_consumed(guard, len(accounts))
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        revoked = {b["event_id"]: b["reasons"] for b in blocked if b["partner"] == "install-attribution"}
+        for account in accounts[:100]:
+            assert revoked.get(f"ev-{account}") == ["consent_interest_based_ads_denied"], account
+        forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
+        assert len(forwarded) == 20  # the controls, and only them
+    finally:
+        assert guard.stop() == 0
+
+
+def test_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    generator = _prepare(broker, population=1000, seed=9)
+    events = list(generator.events(20_000))
+    first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", transactional_id="guard-kill-0")
+    first.wait_ready()
+    produce(broker.bootstrap, INPUT, events)
+    _wait_consumed(first, 4_000)
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", transactional_id="guard-kill-0")
+    try:
+        second.wait_ready()
+        _wait_idle(second)
+        outcomes = _outcomes(broker, events)
+        ids = _event_ids(events)
+        malformed = sum(1 for i in ids if i is None)
+        for partner in PARTNERS:
+            seen = outcomes[partner]
+            missing = [i for i in ids if i is not None and seen[i] == 0]
+            assert not missing, (partner, len(missing))
+            assert sum(1 for key in seen if key.startswith("offset:")) == malformed
+            duplicates = sum(n - 1 for n in seen.values() if n > 1)
+            print(f"{partner}: {duplicates} duplicate outputs after SIGKILL (embedded broker keeps aborted records)")
+    finally:
+        assert second.stop() == 0
+
+
+def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    generator = _prepare(broker, population=500, seed=13)
+    events = list(generator.events(12_000))
+    first = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
+    first.wait_ready()
+    produce(broker.bootstrap, INPUT, events)
+    _wait_consumed(first, 3_000)
+    started = time.monotonic()
+    assert first.stop(timeout_s=10) == 0
+    assert time.monotonic() - started < 10
+    second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
+    try:
+        second.wait_ready()
+        _wait_idle(second)
+        outcomes = _outcomes(broker, events)
+        for partner in PARTNERS:  # every input exactly once: the first instance committed all it wrote
+            assert sum(outcomes[partner].values()) == len(events), partner
+            assert max(outcomes[partner].values()) == 1, partner
+    finally:
+        assert second.stop() == 0
+
+
+def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 1)
+    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:p1", orjson.dumps(
+        {"subject": "account:p1", "interest_based_ads": "granted"}))])
+    good = {"event_id": "ev-good", "event_type": "app_open", "event_time": 1795000000000, "account_id": "p1",
+            "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
+            "context": {"country": "US"}}
+    oversized = dict(good, event_id="ev-big", properties={"campaign_id": "x" * 60_000})
+    poison = [
+        KeyedRecord(b"p1", b"{not json"),
+        KeyedRecord(None, orjson.dumps(dict(good, event_id="ev-keyless", event_type="brand_new_type"))),
+        KeyedRecord(b"p1", b""),
+        KeyedRecord(b"p1", None),
+        KeyedRecord(b"p1", orjson.dumps(oversized)),
+        KeyedRecord(b"p1", b"\xff\xfe\x00\x01"),
+    ]
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "poison", transactional_id="guard-poison-0",
+                        extra_env={"PARTNER_GUARD_MAX_RECORD_BYTES": "40000"})
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, [*poison, KeyedRecord(b"p1", orjson.dumps(good))])
+        _wait_consumed(guard, len(poison) + 1)
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        mine = [b for b in blocked if b["partner"] == "install-attribution"]
+        by_offset = {b["source"]["offset"]: b for b in mine}
+        assert sorted(by_offset) == [0, 1, 2, 3, 5]  # offset 4 forwards: its oversized campaign is dropped
+        assert by_offset[0]["reasons"] == ["malformed"] and by_offset[0]["original_b64"]
+        assert by_offset[1]["reasons"] == ["event_type_not_allowed"] and by_offset[1]["source"]["key_b64"] is None
+        assert by_offset[2]["reasons"] == ["malformed"] and by_offset[3]["reasons"] == ["malformed"]
+        assert by_offset[5]["reasons"] == ["malformed"]
+        other = {b["source"]["offset"]: b for b in blocked if b["partner"] == "signup-conversions"}
+        assert sorted(other) == [0, 1, 2, 3, 4, 5, 6]
+        assert other[4]["reduced"] and other[4]["reasons"] == ["event_type_not_allowed", "record_too_large"]
+        assert other[4]["original_b64"] is None and other[4]["original_size"] > 60_000
+        forwarded = [orjson.loads(v or b"") for _, v, _ in
+                     read_topic(broker.bootstrap, "partner.install-attribution.events", expect=2)]
+        assert len(forwarded) == 2 and all("campaign_id" not in f for f in forwarded)
+        assert guard.status("/healthz") == 200 and guard.process.poll() is None
+    finally:
+        assert guard.stop() == 0
