@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import cache, partial
 from typing import Any
 
 from streams.core.consent import EEA, EffectiveConsent, effective_consent
@@ -201,6 +200,29 @@ def decide_for_rule(
     )
 
 
+class _Lazy:
+    """A value computed on first use (the leak scan's raw values, only for forwards)."""
+
+    __slots__ = ("_compute", "_value")
+
+    def __init__(self, compute: Callable[[], frozenset[str]]) -> None:
+        self._compute = compute
+        self._value: frozenset[str] | None = None
+
+    def __call__(self) -> frozenset[str]:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+
+def consults_state(record: Event | Malformed, ruleset: Ruleset) -> bool:
+    """True when some rule gets past the event-type check, so the decision reads state.
+
+    The shell skips building a state snapshot otherwise (most traffic is content).
+    """
+    return isinstance(record, Event) and any(record.event_type in rule.events for rule in ruleset.rules)
+
+
 def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset) -> list[Decision]:
     """One decision per partner, in rule order. Never raises: any failure is a block."""
     if isinstance(record, Malformed):
@@ -208,7 +230,7 @@ def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset)
     try:
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
-        raw_values = cache(partial(sensitive_values, record))
+        raw_values = _Lazy(lambda: sensitive_values(record))
         for rule in ruleset.rules:
             if record.event_type not in rule.events:  # most traffic: content the partners never see
                 decisions.append(_block(rule, ruleset, record.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED]))

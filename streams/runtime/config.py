@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     transactional_id: str | None = Field(None, description="unique per instance; default group-host-pid")
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9108, ge=0, le=65535)
-    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_size: int = Field(2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(100, ge=1)
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
@@ -147,9 +147,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if env_kafka:
         values["kafka"] = {**values.get("kafka", {}), **env_kafka}
     try:
-        settings = Settings(**values)
         explicit = {k: v for k, v in overrides.items() if v is not None}
-        return Settings.model_validate({**settings.model_dump(), **explicit}) if explicit else settings
+        settings = Settings(**{**values, **explicit})  # the environment wins over these ...
+        return (
+            Settings.model_validate({**settings.model_dump(), **explicit}) if explicit else settings
+        )  # ... not these
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

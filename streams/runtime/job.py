@@ -8,6 +8,8 @@ non-zero exit (a supervisor restarts it and the transactional id fences the old 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import signal
@@ -18,23 +20,25 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.core.codec import decode_avro, decode_json
-from streams.core.decide import decide
-from streams.core.models import Decision, Event, Malformed
+from streams.core.decide import consults_state, decide
+from streams.core.models import Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
-from streams.runtime.records import SourceRef, blocked_record, partner_record
+from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
+NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
 
 
 @dataclass
@@ -210,34 +214,57 @@ class GuardJob:
             except BufferError:
                 producer.poll(0.05)
 
-    def _emit(
-        self,
-        producer: Producer,
-        decision: Decision,
-        source: SourceRef,
-        raw: bytes,
-        snapshot_json: bytes,
-        tally: BatchTally,
+    def _emit_input(
+        self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
     ) -> None:
+        """Decode, decide and produce the outputs of one input record (one per partner)."""
         s = self.settings
-        if decision.forwarded:
-            key, value = partner_record(decision)
-            if len(value) <= s.max_record_bytes:
-                self._produce(producer, self._topic_by_partner[decision.partner], key, value)
-                tally.decisions[(decision.partner, "forward")] += 1
-                if decision.stripped:
-                    tally.stripped[decision.partner] += len(decision.stripped)
-                return
-            extra: tuple[str, ...] = (Reason.RECORD_TOO_LARGE.value,)
-        else:
-            extra = ()
-        value, headers = blocked_record(decision, snapshot_json, source, raw, s.max_record_bytes, extra)
-        self._produce(producer, s.blocked_topic, source.key, value, headers)
-        tally.decisions[(decision.partner, "block")] += 1
-        for reason in (*decision.reasons, *extra):
-            tally.reasons[(decision.partner, reason)] += 1
-        if Reason.LEAK_DETECTED in decision.reasons:
-            tally.leaks[decision.partner] += 1
+        raw = message.value() or b""
+        record = self._decode(message, source.topic)
+        snapshot = (
+            snapshot_for(record, self.consent, self.status, stale)
+            if consults_state(record, self.ruleset)
+            else None
+        )
+        decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
+        shared: tuple[bytes, orjson.Fragment, str, str] | None = None
+        for decision in decisions:
+            extra: tuple[str, ...] = ()
+            if decision.forwarded:
+                key, value = partner_record(decision)
+                if len(value) <= s.max_record_bytes:
+                    self._produce(producer, self._topic_by_partner[decision.partner], key, value)
+                    tally.decisions[(decision.partner, "forward")] += 1
+                    if decision.stripped:
+                        tally.stripped[decision.partner] += len(decision.stripped)
+                    continue
+                extra = (Reason.RECORD_TOO_LARGE.value,)
+            if shared is None:  # built once per input, shared by every partner's blocked copy
+                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
+                shared = (
+                    snapshot_json,
+                    source_fragment(source, raw),
+                    base64.b64encode(raw).decode(),
+                    hashlib.sha256(raw).hexdigest(),
+                )
+            snapshot_json, source_json, raw_b64, raw_sha256 = shared
+            value, headers = blocked_record(
+                decision,
+                snapshot_json,
+                source,
+                source_json,
+                raw,
+                raw_b64,
+                raw_sha256,
+                s.max_record_bytes,
+                extra,
+            )
+            self._produce(producer, s.blocked_topic, source.key, value, headers)
+            tally.decisions[(decision.partner, "block")] += 1
+            for reason in (*decision.reasons, *extra):
+                tally.reasons[(decision.partner, reason)] += 1
+            if Reason.LEAK_DETECTED in decision.reasons:
+                tally.leaks[decision.partner] += 1
 
     def _process_batch(
         self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
@@ -263,17 +290,11 @@ class GuardJob:
                 continue
             first_offsets.setdefault((topic, partition), offset)
             next_offsets[(topic, partition)] = offset + 1
-            raw = message.value() or b""
-            record = self._decode(message, topic)
-            snapshot = snapshot_for(record, self.consent, self.status, stale)
-            decisions = decide(record, snapshot, self.ruleset)
             kind, ts = message.timestamp()
             source = SourceRef(
                 topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
             )
-            snapshot_json = dumps_snapshot(snapshot) if any(not d.forwarded for d in decisions) else b"null"
-            for decision in decisions:
-                self._emit(producer, decision, source, raw, snapshot_json, tally)
+            self._emit_input(producer, message, source, stale, tally)
             tally.records_in[topic] += 1
             if kind:
                 tally.timestamps_ms.append(ts)

@@ -4,7 +4,8 @@ Blocked record (topic `guard.blocked`, JSON, one per blocked (input, partner) pa
 
     {"format": "partner-guard.blocked.v1", "partner", "rule_id", "ruleset_digest",
      "reasons": [...], "details": [...], "event_id",
-     "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool},
+     "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool}
+                | null when no rule allowed the event type (the decision read no state),
      "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"},
      "original_b64": raw input bytes (base64) | null when reduced,
      "original_size", "original_sha256", "reduced": bool}
@@ -18,7 +19,6 @@ is produced, so one record can never poison a transaction.
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
 
 import orjson
@@ -46,11 +46,30 @@ def _b64(raw: bytes | None) -> str | None:
     return base64.b64encode(raw).decode() if raw is not None else None
 
 
+def source_fragment(source: SourceRef, raw: bytes) -> orjson.Fragment:
+    """The parts of a blocked record shared by every partner's copy (built once per input)."""
+    return orjson.Fragment(
+        orjson.dumps(
+            {
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "timestamp_ms": source.timestamp_ms,
+                "key_b64": _b64(source.key),
+                "format": source.input_format,
+            }
+        )
+    )
+
+
 def blocked_record(
     decision: Decision,
     snapshot_json: bytes,
     source: SourceRef,
+    source_json: orjson.Fragment,
     raw: bytes,
+    raw_b64: str,
+    raw_sha256: str,
     max_bytes: int,
     extra_reasons: tuple[str, ...] = (),
 ) -> tuple[bytes, Headers]:
@@ -65,27 +84,21 @@ def blocked_record(
         "details": list(decision.details),
         "event_id": decision.event_id,
         "snapshot": orjson.Fragment(snapshot_json),
-        "source": {
-            "topic": source.topic,
-            "partition": source.partition,
-            "offset": source.offset,
-            "timestamp_ms": source.timestamp_ms,
-            "key_b64": _b64(source.key),
-            "format": source.input_format,
-        },
-        "original_b64": _b64(raw),
+        "source": source_json,
+        "original_b64": raw_b64,
         "original_size": len(raw),
-        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "original_sha256": raw_sha256,
         "reduced": False,
     }
     value = orjson.dumps(body)
     if len(value) > max_bytes:
         reasons.append(Reason.RECORD_TOO_LARGE.value)
+        small_snapshot = snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"
         body |= {
             "original_b64": None,
             "reduced": True,
             "reasons": reasons,
-            "snapshot": orjson.Fragment(snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"),
+            "snapshot": orjson.Fragment(small_snapshot),
         }
         value = orjson.dumps(body)
     headers: Headers = [

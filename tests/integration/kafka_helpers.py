@@ -19,8 +19,10 @@ from streams.gen.traffic import KeyedRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTNERS = ("install-attribution", "signup-conversions")
-KEY_ENV = {"PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "integration-key-install-0001",
-           "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "integration-key-signup-00001"}
+KEY_ENV = {
+    "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "integration-key-install-0001",
+    "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "integration-key-signup-00001",
+}
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) -> int:
@@ -39,15 +41,22 @@ def produce(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) -> int:
     return count
 
 
-def read_topic(bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 3.0,
-               timeout_s: float = 120.0) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+def read_topic(
+    bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 3.0, timeout_s: float = 120.0
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
     """Every record of a topic (all partitions) as (key, value, headers).
 
     Stops once `expect` records arrived, or after `idle_s` without new records.
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     metadata = consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
     out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
@@ -61,7 +70,8 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, idle_s: fl
         batch = consumer.consume(10_000, 0.5)
         for message in batch:
             if message.error() is None:
-                out.append((message.key(), message.value(), list(message.headers() or [])))
+                headers = [(k, v if isinstance(v, bytes) else b"") for k, v in message.headers() or []]
+                out.append((message.key(), message.value(), headers))
         if batch:
             last_new = time.monotonic()
     consumer.close()
@@ -128,13 +138,20 @@ class GuardProcess:
         return int(self.process.returncode)
 
 
-def start_guard(bootstrap: str, tmp: Path, input_topics: str, group: str, extra_env: dict[str, str] | None = None,
-                transactional_id: str | None = None) -> GuardProcess:
+def start_guard(
+    bootstrap: str,
+    tmp: Path,
+    input_topics: str,
+    group: str,
+    extra_env: dict[str, str] | None = None,
+    transactional_id: str | None = None,
+) -> GuardProcess:
     """Start `partner-guard run --create-topics` against the broker."""
     port = free_port()
     log_path = tmp / f"guard-{port}.log"
     env = {
-        **os.environ, **KEY_ENV,
+        **os.environ,
+        **KEY_ENV,
         "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
         "PARTNER_GUARD_INPUT_TOPICS": input_topics,
         "PARTNER_GUARD_GROUP_ID": group,
@@ -147,6 +164,11 @@ def start_guard(bootstrap: str, tmp: Path, input_topics: str, group: str, extra_
     }
     if transactional_id:
         env["PARTNER_GUARD_TRANSACTIONAL_ID"] = transactional_id
-    process = subprocess.Popen([sys.executable, "-m", "streams", "run", "--create-topics"], env=env,
-                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams", "run", "--create-topics"],
+        env=env,
+        stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     return GuardProcess(process, port, log_path)

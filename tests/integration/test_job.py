@@ -14,8 +14,8 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.codec import decode_json
-from streams.core.models import Event
 from streams.core.identifiers import pseudonym
+from streams.core.models import Event
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.topics import ensure_topics
 from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, GuardProcess, produce, read_topic, start_guard
@@ -86,7 +86,9 @@ def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Co
     for _, value, _ in read_topic(broker.bootstrap, "guard.blocked"):
         blocked = orjson.loads(value or b"{}")
         source = blocked["source"]
-        outcomes[blocked["partner"]][blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"] += 1
+        outcomes[blocked["partner"]][
+            blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"
+        ] += 1
     return outcomes
 
 
@@ -104,16 +106,26 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
         for partner in PARTNERS:
             assert len(forwarded[partner]) + blocked_by_partner[partner] == len(events), partner
             assert len(forwarded[partner]) > 100  # the mix really forwards something
-            assert guard.metric_value("partner_guard_decisions_total", partner=partner, verdict="forward") == len(
-                forwarded[partner])
-            assert guard.metric_value("partner_guard_decisions_total", partner=partner, verdict="block") == (
-                blocked_by_partner[partner])
+            assert guard.metric_value(
+                "partner_guard_decisions_total", partner=partner, verdict="forward"
+            ) == len(forwarded[partner])
+            assert (
+                guard.metric_value("partner_guard_decisions_total", partner=partner, verdict="block")
+                == (blocked_by_partner[partner])
+            )
             for _, value, _ in forwarded[partner]:
                 assert not FORBIDDEN.search((value or b"").decode()), value
         assert guard.metric_value("partner_guard_records_in_total") == len(events)
         reasons = Counter(r for _, _, h in blocked for r in dict(h)["pg-reasons"].decode().split(","))
-        for expected in ("event_type_not_allowed", "malformed", "consent_gpc", "kids_profile",
-                         "consent_interest_based_ads_denied", "consent_us_privacy_opt_out", "consent_tcf_denied"):
+        for expected in (
+            "event_type_not_allowed",
+            "malformed",
+            "consent_gpc",
+            "kids_profile",
+            "consent_interest_based_ads_denied",
+            "consent_us_privacy_opt_out",
+            "consent_tcf_denied",
+        ):
             assert reasons[expected] > 0, (expected, reasons)
         per_reason = guard.metric_value("partner_guard_block_reasons_total", reason="malformed")
         assert per_reason == reasons["malformed"]
@@ -124,23 +136,50 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
 def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path) -> None:
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
     accounts = [f"ryr-{i:03d}" for i in range(120)]
-    grant = [KeyedRecord(f"account:{a}".encode(), orjson.dumps(
-        {"subject": f"account:{a}", "interest_based_ads": "granted", "ad_cookies": "granted"})) for a in accounts]
+    grant = [
+        KeyedRecord(
+            f"account:{a}".encode(),
+            orjson.dumps(
+                {"subject": f"account:{a}", "interest_based_ads": "granted", "ad_cookies": "granted"}
+            ),
+        )
+        for a in accounts
+    ]
     produce(broker.bootstrap, "privacy.consent", grant)
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "ryr", transactional_id="guard-ryr-0",
-                        extra_env={"PARTNER_GUARD_BATCH_TIMEOUT_MS": "20"})
+    guard = start_guard(
+        broker.bootstrap,
+        tmp_path,
+        INPUT,
+        "ryr",
+        transactional_id="guard-ryr-0",
+        extra_env={"PARTNER_GUARD_BATCH_TIMEOUT_MS": "20"},
+    )
     try:
         guard.wait_ready()
 
         def install(account: str) -> KeyedRecord:
-            event = {"event_id": f"ev-{account}", "event_type": "app_install", "event_time": "2026-11-28T10:00:00Z",
-                     "account_id": account, "device": {"platform": "ios", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-                     "context": {"country": "US"}, "properties": {"campaign_id": "ryr"}}
+            event = {
+                "event_id": f"ev-{account}",
+                "event_type": "app_install",
+                "event_time": "2026-11-28T10:00:00Z",
+                "account_id": account,
+                "device": {"platform": "ios", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
+                "context": {"country": "US"},
+                "properties": {"campaign_id": "ryr"},
+            }
             return KeyedRecord(account.encode(), orjson.dumps(event))
 
         for account in accounts[:100]:  # revocation produced (and acknowledged), then at once the event
-            produce(broker.bootstrap, "privacy.consent", [KeyedRecord(f"account:{account}".encode(), orjson.dumps(
-                {"subject": f"account:{account}", "interest_based_ads": "denied"}))])
+            produce(
+                broker.bootstrap,
+                "privacy.consent",
+                [
+                    KeyedRecord(
+                        f"account:{account}".encode(),
+                        orjson.dumps({"subject": f"account:{account}", "interest_based_ads": "denied"}),
+                    )
+                ],
+            )
             produce(broker.bootstrap, INPUT, [install(account)])
         produce(broker.bootstrap, INPUT, [install(a) for a in accounts[100:]])  # controls: still granted
         _wait_consumed(guard, len(accounts))
@@ -176,7 +215,10 @@ def test_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path
             assert not missing, (partner, len(missing))
             assert sum(1 for key in seen if key.startswith("offset:")) == malformed
             duplicates = sum(n - 1 for n in seen.values() if n > 1)
-            print(f"{partner}: {duplicates} duplicate outputs after SIGKILL (embedded broker keeps aborted records)")
+            print(
+                f"{partner}: {duplicates} duplicate outputs after SIGKILL "
+                "(the embedded broker does not hide aborted transactions)"
+            )
     finally:
         assert second.stop() == 0
 
@@ -205,11 +247,23 @@ def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBr
 
 def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBroker, tmp_path: Path) -> None:
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 1)
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:p1", orjson.dumps(
-        {"subject": "account:p1", "interest_based_ads": "granted"}))])
-    good = {"event_id": "ev-good", "event_type": "app_open", "event_time": 1795000000000, "account_id": "p1",
-            "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-            "context": {"country": "US"}}
+    produce(
+        broker.bootstrap,
+        "privacy.consent",
+        [
+            KeyedRecord(
+                b"account:p1", orjson.dumps({"subject": "account:p1", "interest_based_ads": "granted"})
+            )
+        ],
+    )
+    good = {
+        "event_id": "ev-good",
+        "event_type": "app_open",
+        "event_time": 1795000000000,
+        "account_id": "p1",
+        "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
+        "context": {"country": "US"},
+    }
     oversized = dict(good, event_id="ev-big", properties={"campaign_id": "x" * 60_000})
     poison = [
         KeyedRecord(b"p1", b"{not json"),
@@ -219,8 +273,14 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
         KeyedRecord(b"p1", orjson.dumps(oversized)),
         KeyedRecord(b"p1", b"\xff\xfe\x00\x01"),
     ]
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "poison", transactional_id="guard-poison-0",
-                        extra_env={"PARTNER_GUARD_MAX_RECORD_BYTES": "40000"})
+    guard = start_guard(
+        broker.bootstrap,
+        tmp_path,
+        INPUT,
+        "poison",
+        transactional_id="guard-poison-0",
+        extra_env={"PARTNER_GUARD_MAX_RECORD_BYTES": "40000"},
+    )
     try:
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, [*poison, KeyedRecord(b"p1", orjson.dumps(good))])
@@ -230,15 +290,20 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
         by_offset = {b["source"]["offset"]: b for b in mine}
         assert sorted(by_offset) == [0, 1, 2, 3, 5]  # offset 4 forwards: its oversized campaign is dropped
         assert by_offset[0]["reasons"] == ["malformed"] and by_offset[0]["original_b64"]
-        assert by_offset[1]["reasons"] == ["event_type_not_allowed"] and by_offset[1]["source"]["key_b64"] is None
+        assert (
+            by_offset[1]["reasons"] == ["event_type_not_allowed"]
+            and by_offset[1]["source"]["key_b64"] is None
+        )
         assert by_offset[2]["reasons"] == ["malformed"] and by_offset[3]["reasons"] == ["malformed"]
         assert by_offset[5]["reasons"] == ["malformed"]
         other = {b["source"]["offset"]: b for b in blocked if b["partner"] == "signup-conversions"}
         assert sorted(other) == [0, 1, 2, 3, 4, 5, 6]
         assert other[4]["reduced"] and other[4]["reasons"] == ["event_type_not_allowed", "record_too_large"]
         assert other[4]["original_b64"] is None and other[4]["original_size"] > 60_000
-        forwarded = [orjson.loads(v or b"") for _, v, _ in
-                     read_topic(broker.bootstrap, "partner.install-attribution.events", expect=2)]
+        forwarded = [
+            orjson.loads(v or b"")
+            for _, v, _ in read_topic(broker.bootstrap, "partner.install-attribution.events", expect=2)
+        ]
         assert len(forwarded) == 2 and all("campaign_id" not in f for f in forwarded)
         assert guard.status("/healthz") == 200 and guard.process.poll() is None
     finally:
