@@ -70,7 +70,9 @@ def read_topic(
         batch = consumer.consume(10_000, 0.5)
         for message in batch:
             if message.error() is None:
-                headers = [(k, v if isinstance(v, bytes) else b"") for k, v in message.headers() or []]
+                raw_headers = message.headers() or []
+                pairs = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
+                headers = [(k, v if isinstance(v, bytes) else b"") for k, v in pairs]
                 out.append((message.key(), message.value(), headers))
         if batch:
             last_new = time.monotonic()
