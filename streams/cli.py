@@ -134,6 +134,24 @@ def run_command(
     raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys)).run())
 
 
+@app.command("demo")
+def demo_command(
+    events: Annotated[int, typer.Option("--events", "-n", help="events to produce", min=1)] = 20_000,
+    rate: Annotated[float, typer.Option("--rate", help="events per second (0 = as fast as possible)")] = 0.0,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="keep producing, metrics exposed")
+    ] = False,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="guard metrics port (0 = free)")] = 0,
+    rules: RulesOpt = Path("rules"),
+    seed: Annotated[int, typer.Option("--seed", help="generator seed")] = 7,
+) -> None:
+    """First run: embedded broker, synthetic traffic, the real guard, a summary and a leak scan."""
+    from streams.demo.run import run_demo
+
+    _load_or_exit(rules)
+    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed))
+
+
 @app.command("broker")
 def broker_command(
     port: Annotated[int, typer.Option("--port", help="loopback port")] = 9092,

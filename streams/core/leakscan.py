@@ -123,6 +123,8 @@ class LeakScanner:
         """Findings that depend on the text alone (memoized)."""
         if _HEX_DIGEST.fullmatch(lowered):
             return None  # a SHA-256/HMAC output: nothing readable can hide in it
+        if _KNOWN_SHAPE.fullmatch(lowered):  # a time, a UUID or an IPv4 address: nothing else fits
+            return "ip" if _leaky_ip(lowered) else None
         if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.search(lowered):
             return "url"
         if "@" in lowered and _EMAIL.search(lowered):
@@ -136,8 +138,6 @@ class LeakScanner:
                 return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
-        if _KNOWN_SHAPE.fullmatch(lowered):
-            return None
         if has_digit and _PHONE.search(lowered):
             return "phone"
         if len(lowered.split()) > self.max_words or len(_TOKEN_SPLIT.split(lowered)) > self.max_tokens:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.codec import decode_json
@@ -169,18 +170,17 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path) 
             }
             return KeyedRecord(account.encode(), orjson.dumps(event))
 
-        for account in accounts[:100]:  # revocation produced (and acknowledged), then at once the event
-            produce(
-                broker.bootstrap,
-                "privacy.consent",
-                [
-                    KeyedRecord(
-                        f"account:{account}".encode(),
-                        orjson.dumps({"subject": f"account:{account}", "interest_based_ads": "denied"}),
-                    )
-                ],
+        consent_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+        event_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+        for account in accounts[:100]:  # revocation produced and acknowledged, then at once the event
+            revocation = {"subject": f"account:{account}", "interest_based_ads": "denied"}
+            consent_producer.produce(
+                "privacy.consent", orjson.dumps(revocation), f"account:{account}".encode()
             )
-            produce(broker.bootstrap, INPUT, [install(account)])
+            assert consent_producer.flush(10) == 0
+            event = install(account)
+            event_producer.produce(INPUT, event.value, event.key)
+            assert event_producer.flush(10) == 0
         produce(broker.bootstrap, INPUT, [install(a) for a in accounts[100:]])  # controls: still granted
         _wait_consumed(guard, len(accounts))
         blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
