@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     state_catchup_timeout_ms: int = Field(2000, ge=1)
     max_state_silence_ms: int = Field(30_000, ge=100, description="block when state unconfirmed this long")
     max_record_bytes: int = Field(900_000, ge=10_000)
+    blocked_payload: Literal["full", "redacted", "encrypted"] = Field(
+        "full", description="how blocked records keep the original: full, redacted or encrypted"
+    )
+    payload_keys_file: Path | None = Field(None, description="file of id:base64 AES-256 keys")
     keys_dir: Path | None = None
     dev: bool = False
     create_topics: bool = False

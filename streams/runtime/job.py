@@ -8,7 +8,6 @@ non-zero exit (a supervisor restarts it and the transactional id fences the old 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -31,6 +30,7 @@ from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
@@ -56,11 +56,18 @@ class BatchTally:
 class GuardJob:
     """One guard instance."""
 
-    def __init__(self, settings: Settings, ruleset: Ruleset, metrics: GuardMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Ruleset,
+        metrics: GuardMetrics | None = None,
+        payload: PayloadProtector | None = None,
+    ) -> None:
         self.settings = settings
         self.ruleset = ruleset
         self.metrics = metrics or GuardMetrics()
         self.heartbeat = Heartbeat()
+        self.payload = payload or PayloadProtector("full")
         self.stopping = False
         self.ready = False
         self.consent = ConsentTable()
@@ -227,7 +234,7 @@ class GuardJob:
             else None
         )
         decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: tuple[bytes, orjson.Fragment, str, str] | None = None
+        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
         for decision in decisions:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
@@ -241,20 +248,21 @@ class GuardJob:
                 extra = (Reason.RECORD_TOO_LARGE.value,)
             if shared is None:  # built once per input, shared by every partner's blocked copy
                 snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
+                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
                 shared = (
                     snapshot_json,
                     source_fragment(source, raw),
-                    base64.b64encode(raw).decode(),
+                    self.payload.protect(raw, source_ref),
                     hashlib.sha256(raw).hexdigest(),
                 )
-            snapshot_json, source_json, raw_b64, raw_sha256 = shared
+            snapshot_json, source_json, payload, raw_sha256 = shared
             value, headers = blocked_record(
                 decision,
                 snapshot_json,
                 source,
                 source_json,
                 raw,
-                raw_b64,
+                payload,
                 raw_sha256,
                 s.max_record_bytes,
                 extra,

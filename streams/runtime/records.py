@@ -7,7 +7,10 @@ Blocked record (topic `guard.blocked`, JSON, one per blocked (input, partner) pa
      "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool}
                 | null when no rule allowed the event type (the decision read no state),
      "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"},
-     "original_b64": raw input bytes (base64) | null when reduced,
+     "payload_mode": "full" | "redacted" | "encrypted",
+     "original_b64": raw input bytes (base64; full mode) | null,
+     "original_redacted": the event with tagged values as keyed hashes (redacted mode),
+     "key_id", "nonce_b64", "ciphertext_b64": AES-256-GCM of the raw bytes (encrypted mode),
      "original_size", "original_sha256", "reduced": bool}
 
 Headers: pg-partner, pg-reasons (comma-separated), pg-rule, pg-ruleset-digest,
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -68,7 +72,7 @@ def blocked_record(
     source: SourceRef,
     source_json: orjson.Fragment,
     raw: bytes,
-    raw_b64: str,
+    payload: dict[str, Any],
     raw_sha256: str,
     max_bytes: int,
     extra_reasons: tuple[str, ...] = (),
@@ -85,7 +89,7 @@ def blocked_record(
         "event_id": decision.event_id,
         "snapshot": orjson.Fragment(snapshot_json),
         "source": source_json,
-        "original_b64": raw_b64,
+        **payload,
         "original_size": len(raw),
         "original_sha256": raw_sha256,
         "reduced": False,
@@ -94,6 +98,9 @@ def blocked_record(
     if len(value) > max_bytes:
         reasons.append(Reason.RECORD_TOO_LARGE.value)
         small_snapshot = snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"
+        body = {
+            k: v for k, v in body.items() if k not in ("original_redacted", "ciphertext_b64", "nonce_b64")
+        }
         body |= {
             "original_b64": None,
             "reduced": True,

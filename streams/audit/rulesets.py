@@ -1,0 +1,78 @@
+"""Finding the ruleset that decided a record, by digest: given directories, then git history."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+from streams.core.rules.loader import RulesetError, load_ruleset
+from streams.core.rules.ruleset import Ruleset
+
+RULES_PATH = "rules"
+
+
+def with_replay_keys(ruleset: Ruleset) -> Ruleset:
+    """The ruleset with random partner keys.
+
+    Blocked decisions never depend on key values (pseudonyms are only computed once every
+    gate passed, and the leak scan ignores hex digests), so replay needs keys, not the keys.
+    """
+    return ruleset.with_keys({partner: secrets.token_bytes(32) for partner in ruleset.partners})
+
+
+def ruleset_at_ref(repo: Path, ref: str, workdir: Path) -> Ruleset:
+    """Load `rules/` as it was at a git ref (commit, tag, branch)."""
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref, RULES_PATH], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise RulesetError([])  # no such ref or no rules there
+    target = workdir / ref.replace("/", "_")
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return with_replay_keys(load_ruleset(target / RULES_PATH))
+
+
+class RulesetLibrary:
+    """Rulesets by digest, loaded lazily from directories and the repository's history."""
+
+    def __init__(self, directories: list[Path], repo: Path | None = None, max_commits: int = 200) -> None:
+        self._directories = list(directories)
+        self._repo = repo
+        self._max_commits = max_commits
+        self._by_digest: dict[str, Ruleset] = {}
+        self._history_loaded = False
+        self._tmp = tempfile.TemporaryDirectory(prefix="partner-guard-rulesets-")
+        for directory in self._directories:
+            try:
+                ruleset = load_ruleset(directory)
+            except RulesetError:
+                continue
+            self._by_digest.setdefault(ruleset.digest, with_replay_keys(ruleset))
+
+    def _load_history(self) -> None:
+        self._history_loaded = True
+        if self._repo is None:
+            return
+        log = subprocess.run(
+            ["git", "-C", str(self._repo), "log", f"-{self._max_commits}", "--format=%H", "--", RULES_PATH],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for commit in log.stdout.split():
+            try:
+                ruleset = ruleset_at_ref(self._repo, commit, Path(self._tmp.name))
+            except RulesetError:
+                continue
+            self._by_digest.setdefault(ruleset.digest, with_replay_keys(ruleset))
+
+    def find(self, digest: str) -> Ruleset | None:
+        """The ruleset with this digest, or None."""
+        if digest not in self._by_digest and not self._history_loaded:
+            self._load_history()
+        return self._by_digest.get(digest)

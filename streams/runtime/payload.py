@@ -1,0 +1,167 @@
+"""How the blocked topic holds the original record: `full`, `redacted` or `encrypted`.
+
+- full: the raw input bytes, base64.
+- redacted: the event as JSON with every tagged field (content, url, search, pii,
+  identifier) and every undeclared property replaced by a keyed hash; undecodable input is
+  kept only as its SHA-256. Replay cannot re-decide these exactly (see README).
+- encrypted: AES-256-GCM over the raw bytes, the source reference as associated data, the
+  key id recorded so keys can rotate; replay decrypts with the keyring.
+
+Keys come from the environment (`PARTNER_GUARD_PAYLOAD_KEYS="id:base64,..."`, the first
+one encrypts) or a file of such lines, never from rules or the blocked topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
+
+PayloadMode = Literal["full", "redacted", "encrypted"]
+KEYS_ENV = "PARTNER_GUARD_PAYLOAD_KEYS"
+_SENSITIVE_PREFIXES = ("pii:", "identifier:")
+
+
+class PayloadKeyError(Exception):
+    """Payload keys are missing or malformed."""
+
+
+class PayloadTamperedError(PayloadKeyError):
+    """An encrypted payload failed authentication: altered, or not ours."""
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """AES-256 keys by id; `current` encrypts, any of them decrypts."""
+
+    keys: Mapping[str, bytes]
+    current: str
+
+    def __repr__(self) -> str:
+        return f"Keyring(ids={sorted(self.keys)}, current={self.current!r})"
+
+    @classmethod
+    def parse(cls, text: str) -> Keyring:
+        """Parse `id:base64key` entries separated by commas or newlines."""
+        keys: dict[str, bytes] = {}
+        order: list[str] = []
+        for entry in text.replace("\n", ",").split(","):
+            if not entry.strip():
+                continue
+            key_id, sep, encoded = entry.strip().partition(":")
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if not sep or len(key) != 32:
+                raise PayloadKeyError(f"payload key '{key_id}' must be 'id:<base64 of 32 bytes>'")
+            keys[key_id] = key
+            order.append(key_id)
+        if not keys:
+            raise PayloadKeyError(f"no payload keys: set {KEYS_ENV} or a keys file")
+        return cls(keys, order[0])
+
+    @classmethod
+    def load(cls, keys_file: Path | None = None) -> Keyring:
+        """From the environment, else from the file."""
+        text = os.environ.get(KEYS_ENV, "")
+        if not text and keys_file is not None:
+            text = keys_file.read_text()
+        return cls.parse(text)
+
+    @classmethod
+    def ephemeral(cls) -> Keyring:
+        """A random key for local runs (`--dev`)."""
+        return cls({"dev": secrets.token_bytes(32)}, "dev")
+
+
+def _associated_data(source: Mapping[str, Any]) -> bytes:
+    return f"{source.get('topic')}/{source.get('partition')}/{source.get('offset')}".encode()
+
+
+def _redact_value(key: bytes, value: Any) -> str:
+    digest = hmac.new(key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS), hashlib.sha256).hexdigest()
+    return "redacted:" + digest[:32]
+
+
+def _sensitive(tag: str | None) -> bool:
+    return tag is None or tag in FORBIDDEN_TAGS or tag.startswith(_SENSITIVE_PREFIXES)
+
+
+def _redact(node: Any, path: str, key: bytes) -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v, f"{path}.{k}" if path else str(k), key) for k, v in node.items()}
+    return _redact_value(key, node) if _sensitive(privacy_tags().tag(path)) else node
+
+
+def redact_event(raw: bytes, key: bytes) -> dict[str, Any] | None:
+    """The event with sensitive values replaced by keyed hashes; None when not a JSON object."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return _redact(event, "", key) if isinstance(event, dict) else None
+
+
+class PayloadProtector:
+    """Builds the `original*` members of a blocked record for the configured mode."""
+
+    def __init__(self, mode: PayloadMode, keyring: Keyring | None = None) -> None:
+        if mode != "full" and keyring is None:
+            raise PayloadKeyError(f"payload mode '{mode}' needs keys: set {KEYS_ENV}")
+        self.mode = mode
+        self.keyring = keyring
+
+    def protect(self, raw: bytes, source: Mapping[str, Any]) -> dict[str, Any]:
+        """Members to merge into the blocked record."""
+        if self.mode == "full" or self.keyring is None:
+            return {"payload_mode": "full", "original_b64": base64.b64encode(raw).decode()}
+        key = self.keyring.keys[self.keyring.current]
+        if self.mode == "redacted":
+            return {
+                "payload_mode": "redacted",
+                "original_b64": None,
+                "original_redacted": redact_event(raw, key),
+                "key_id": self.keyring.current,
+            }
+        nonce = secrets.token_bytes(12)
+        ciphertext = AESGCM(key).encrypt(nonce, raw, _associated_data(source))
+        return {
+            "payload_mode": "encrypted",
+            "original_b64": None,
+            "key_id": self.keyring.current,
+            "nonce_b64": base64.b64encode(nonce).decode(),
+            "ciphertext_b64": base64.b64encode(ciphertext).decode(),
+        }
+
+
+def reveal(blocked: Mapping[str, Any], keyring: Keyring | None) -> bytes | None:
+    """The original bytes of a blocked record; None when redacted or reduced."""
+    mode = blocked.get("payload_mode", "full")
+    if blocked.get("original_b64") is not None:
+        return base64.b64decode(blocked["original_b64"])
+    if mode != "encrypted" or not blocked.get("ciphertext_b64"):
+        return None
+    if keyring is None or blocked.get("key_id") not in keyring.keys:
+        raise PayloadKeyError(f"no payload key with id '{blocked.get('key_id')}' to decrypt with")
+    try:
+        return AESGCM(keyring.keys[blocked["key_id"]]).decrypt(
+            base64.b64decode(blocked["nonce_b64"]),
+            base64.b64decode(blocked["ciphertext_b64"]),
+            _associated_data(blocked.get("source") or {}),
+        )
+    except InvalidTag as exc:
+        raise PayloadTamperedError("encrypted payload failed authentication (tampered or wrong key)") from exc

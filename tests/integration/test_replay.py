@@ -1,0 +1,330 @@
+"""Auditor replay against blocked records written by a real guard run on the embedded broker."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.broker.embedded import EmbeddedBroker
+from streams.gen.traffic import TrafficGenerator
+from streams.runtime.topics import ensure_topics
+from tests.integration.kafka_helpers import KEY_ENV, ROOT, produce, read_topic, start_guard
+from tests.integration.test_job import _wait_consumed
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = ROOT / "test-artifacts"
+PAYLOAD_KEYS = "k1:" + base64.b64encode(b"\x01" * 32).decode()
+
+
+def _run_guard_once(
+    broker: EmbeddedBroker, tmp: Path, events: int, env: dict[str, str] | None = None
+) -> None:
+    ensure_topics(
+        {"bootstrap.servers": broker.bootstrap},
+        ["internal.events"],
+        ["privacy.consent", "member.signup-status"],
+        3,
+    )
+    generator = TrafficGenerator(seed=17, population=400)
+    produce(broker.bootstrap, "privacy.consent", generator.consent_records())
+    produce(broker.bootstrap, "member.signup-status", generator.signup_statuses())
+    guard = start_guard(
+        broker.bootstrap, tmp, "internal.events", "replay", transactional_id="guard-replay-0", extra_env=env
+    )
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, "internal.events", generator.events(events))
+        _wait_consumed(guard, events)
+    finally:
+        assert guard.stop() == 0
+
+
+def _cli(
+    broker: EmbeddedBroker | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **KEY_ENV, "COLUMNS": "200", **(env or {})}
+    if broker is not None:
+        full_env["PARTNER_GUARD_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedBroker, Path]]:
+    """A broker whose blocked topic holds a real run's records (payload mode full)."""
+    tmp = tmp_path_factory.mktemp("replay")
+    with EmbeddedBroker.start(log_path=tmp / "tansu.log") as broker:
+        _run_guard_once(broker, tmp, 3000)
+        yield broker, tmp
+
+
+def test_verify_reproduces_every_decision(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = full_run
+    report = tmp / "verify.jsonl"
+    result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _jsonl(report)
+    assert len(rows) > 2000 and {r["status"] for r in rows} == {"match"}
+
+
+def test_verify_catches_a_tampered_record_and_an_unknown_ruleset(
+    full_run: tuple[EmbeddedBroker, Path],
+) -> None:
+    broker, tmp = full_run
+    exported = tmp / "export.jsonl"
+    result = _cli(broker, "replay", "export", "--out", str(exported))
+    assert result.returncode == 0, result.stderr
+    records = _jsonl(exported)
+    tampered_index = next(i for i, r in enumerate(records) if r["reasons"] == ["kids_profile"])
+    records[tampered_index]["reasons"] = ["consent_gpc"]
+    records[tampered_index + 1]["ruleset_digest"] = "sha256:" + "0" * 64
+    tampered = tmp / "tampered.jsonl"
+    tampered.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    report = tmp / "tampered-report.jsonl"
+    result = _cli(None, "replay", "--from-file", str(tampered), "--no-git", "--jsonl", str(report))
+    assert result.returncode == 1
+    rows = _jsonl(report)
+    bad = {(i, r["status"]) for i, r in enumerate(rows) if r["status"] != "match"}
+    assert bad == {(tampered_index, "mismatch"), (tampered_index + 1, "ruleset_not_found")}
+    assert "mismatch" in result.stdout
+
+
+def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = full_run
+    out = tmp / "filtered.jsonl"
+    assert (
+        _cli(
+            broker,
+            "replay",
+            "export",
+            "--out",
+            str(out),
+            "--partner",
+            "signup-conversions",
+            "--reason",
+            "minor",
+        ).returncode
+        == 0
+    )
+    rows = _jsonl(out)
+    assert rows and all(r["partner"] == "signup-conversions" and "minor" in r["reasons"] for r in rows)
+    assert _cli(broker, "replay", "export", "--out", str(out), "--since", "2999-01-01").returncode == 0
+    assert _jsonl(out) == []
+    assert (
+        _cli(
+            broker,
+            "replay",
+            "export",
+            "--out",
+            str(out),
+            "--until",
+            "2999-01-01",
+            "--rule",
+            "install-attribution-v1",
+        ).returncode
+        == 0
+    )
+    assert _jsonl(out) and all(r["rule_id"] == "install-attribution-v1" for r in _jsonl(out))
+
+
+def _rules_without_condition(tmp: Path) -> Path:
+    proposed = tmp / "proposed-rules"
+    if not proposed.exists():
+        shutil.copytree(ROOT / "rules", proposed)
+        text = (proposed / "install-attribution.yaml").read_text()
+        (proposed / "install-attribution.yaml").write_text(
+            "\n".join(line for line in text.splitlines() if not line.startswith("condition:")) + "\n"
+        )
+        tests = proposed / "tests"
+        shutil.rmtree(tests)
+    return proposed
+
+
+def test_whatif_reports_exactly_what_a_rule_change_lets_through(
+    full_run: tuple[EmbeddedBroker, Path],
+) -> None:
+    broker, tmp = full_run
+    report = tmp / "whatif.jsonl"
+    result = _cli(
+        broker, "replay", "--no-git", "--rules", str(_rules_without_condition(tmp)), "--jsonl", str(report)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _jsonl(report)
+    newly = [r for r in rows if r["whatif"]["change"] == "newly_forwarded"]
+    only_condition = [r for r in rows if r["recorded_reasons"] == ["rule_condition_false"]]
+    assert newly and {(r["source"]["partition"], r["source"]["offset"]) for r in newly} == {
+        (r["source"]["partition"], r["source"]["offset"]) for r in only_condition
+    }
+    assert all(r["partner"] == "install-attribution" for r in newly)
+    # exactly which fields would leave: tv and web are not among the platform values, so never platform
+    assert all("event_id" in r["whatif"]["fields"] and "platform" not in r["whatif"]["fields"] for r in newly)
+    assert "newly_forwarded" in result.stdout
+
+
+def test_rules_diff_shows_the_change(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    _, tmp = full_run
+    sample = tmp / "sample.jsonl"
+    tv_install = {
+        "event": {
+            "event_id": "tv-1",
+            "event_type": "app_install",
+            "event_time": "2026-11-28T10:00:00Z",
+            "account_id": "a",
+            "device": {"platform": "tv"},
+            "context": {"country": "US"},
+        },
+        "consent": [{"subject": "account:a", "interest_based_ads": "granted"}],
+    }
+    sample.write_bytes(orjson.dumps(tv_install) + b"\n")
+    result = _cli(None, "rules", "diff", "rules", str(_rules_without_condition(tmp)), "--sample", str(sample))
+    assert result.returncode == 0, result.stderr
+    assert "~ condition:" in result.stdout and "signup-conversions: unchanged" in result.stdout
+    assert "1 decision(s) change" in result.stdout and '"verdict":"forward"' in result.stdout
+
+
+def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = full_run
+    proposed = str(_rules_without_condition(tmp))
+    before = len(read_topic(broker.bootstrap, "partner.install-attribution.events"))
+    dry = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would send" in dry.stdout
+    assert len(read_topic(broker.bootstrap, "partner.install-attribution.events")) == before
+    first = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
+    assert first.returncode == 0, first.stdout + first.stderr
+    sent = int(first.stdout.split("; sent ")[1].split(";")[0])
+    assert sent > 0
+    second = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
+    assert "; sent 0;" in second.stdout and f"already sent {sent}" in second.stdout
+    after = read_topic(broker.bootstrap, "partner.install-attribution.events")
+    assert len(after) == before + sent
+    assert sum(1 for _, _, h in after if dict(h).get("pg-republished") == b"1") == sent
+
+
+def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = full_run
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    page = tmp / "report.html"
+    result = _cli(
+        broker, "replay", "--no-git", "--html", str(page), "--rules", str(_rules_without_condition(tmp))
+    )
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # opens offline
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dom.stdout.count("<svg") >= 4 and "Top block reasons" in dom.stdout
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "replay-report.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_encrypted_payloads_replay_with_the_key_only(tmp_path: Path) -> None:
+    with EmbeddedBroker.start(log_path=tmp_path / "tansu.log") as broker:
+        _run_guard_once(
+            broker,
+            tmp_path,
+            600,
+            {"PARTNER_GUARD_BLOCKED_PAYLOAD": "encrypted", "PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
+        )
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        assert blocked and all(b["original_b64"] is None and b["ciphertext_b64"] for b in blocked)
+        assert all(b["key_id"] == "k1" and b["payload_mode"] == "encrypted" for b in blocked)
+        with_key = tmp_path / "with-key.jsonl"
+        result = _cli(
+            broker,
+            "replay",
+            "--no-git",
+            "--jsonl",
+            str(with_key),
+            env={"PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert {r["status"] for r in _jsonl(with_key)} == {"match"}
+        without = tmp_path / "without-key.jsonl"
+        result = _cli(
+            broker, "replay", "--no-git", "--jsonl", str(without), env={"PARTNER_GUARD_PAYLOAD_KEYS": ""}
+        )
+        assert {r["status"] for r in _jsonl(without)} == {"unverifiable"}
+        exported = tmp_path / "enc.jsonl"
+        _cli(broker, "replay", "export", "--out", str(exported))
+        records = _jsonl(exported)
+        records[0]["ciphertext_b64"] = base64.b64encode(b"\x00" * 40).decode()
+        exported.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        result = _cli(
+            None,
+            "replay",
+            "--no-git",
+            "--from-file",
+            str(exported),
+            env={"PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
+        )
+        assert result.returncode == 1  # a tampered ciphertext is a mismatch, not a pass
+
+
+def test_redacted_payloads_hide_tagged_fields(tmp_path: Path) -> None:
+    with EmbeddedBroker.start(log_path=tmp_path / "tansu.log") as broker:
+        _run_guard_once(
+            broker,
+            tmp_path,
+            400,
+            {"PARTNER_GUARD_BLOCKED_PAYLOAD": "redacted", "PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
+        )
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        redacted = [b["original_redacted"] for b in blocked if b.get("original_redacted")]
+        assert redacted and all(b["original_b64"] is None for b in blocked)
+        text = orjson.dumps(redacted).decode()
+        assert (
+            "@" not in text and "acct-" not in text and "example.com" not in text and "Stranger" not in text
+        )
+        events = [r for r in redacted if "event_type" in r]  # some malformed inputs are objects too
+        assert events and all(str(r["event_id"]).startswith("redacted:") for r in events)
+        assert any(r.get("context", {}).get("country") for r in events)  # untagged attributes stay readable
+        report = tmp_path / "redacted.jsonl"
+        result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+        assert result.returncode == 0
+        assert {r["status"] for r in _jsonl(report)} == {"unverifiable"}
