@@ -16,9 +16,9 @@ import orjson
 
 from streams.core.codec import decode_json
 from streams.core.decide import decide
-from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 from streams.core.rules.loader import load_ruleset
 from streams.gen.traffic import TrafficGenerator
+from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DROP = ("context", "user", "properties")
@@ -39,27 +39,15 @@ def main(count: int = 50_000) -> None:
         {"install-attribution": b"a" * 32, "signup-conversions": b"b" * 32}
     )
     generator = TrafficGenerator(seed=11, population=5_000)
-    consent: dict[str, list[ConsentRecord]] = {}
+    consent, status = ConsentTable(), SignupStatusTable()
     for keyed in generator.consent_records():
-        key = (keyed.key or b"").decode()
-        if keyed.value is None:
-            consent.pop(key, None)
-        else:
-            consent.setdefault(key, []).append(ConsentRecord.model_validate_json(keyed.value))
-    status = {s.key: SignupStatus.model_validate_json(s.value or b"") for s in generator.signup_statuses()}
+        consent.apply(keyed.key or b"", keyed.value)
+    for keyed in generator.signup_statuses():
+        status.apply(keyed.key or b"", keyed.value)
     raw = [e.value or b"" for e in generator.events(count)]
 
-    def snapshot_for(record: Event | Malformed) -> StateSnapshot:
-        if isinstance(record, Malformed):
-            return StateSnapshot()
-        keys = [f"account:{record.account_id}", f"profile:{record.profile_id}"]
-        if record.device and record.device.device_id:
-            keys.append(f"device:{record.device.device_id}")
-        found = tuple(r for k in keys for r in consent.get(k, ()))
-        return StateSnapshot(consent=found, signup_status=status.get((record.account_id or "").encode()))
-
     decoded = [decode_json(r) for r in raw]
-    snapshots = [snapshot_for(d) for d in decoded]
+    snapshots = [snapshot_for(d, consent, status, False) for d in decoded]
     verdicts: Counter[str] = Counter()
     for event, snap in zip(decoded, snapshots, strict=True):
         for decision in decide(event, snap, ruleset):

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, Producer
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import TrafficGenerator
+from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +43,7 @@ def _produce_input(bootstrap: str, count: int) -> TrafficGenerator:
         (INPUT, generator.events(count)),
     ):
         for record in records:
-            while True:
-                try:
-                    producer.produce(topic, record.value, record.key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, topic, record.value, record.key)
     producer.flush(120)
     return generator
 
@@ -75,12 +71,7 @@ def _copy(bootstrap: str, count: int, out_topic: str, transform: Callable[[bytes
                 continue
             value = transform(message.value() or b"")
             if value is not None:
-                while True:
-                    try:
-                        producer.produce(out_topic, value, message.key())
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce(producer, out_topic, value, message.key())
             seen += 1
         consumer.commit(asynchronous=True)
     producer.flush(60)

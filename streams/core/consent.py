@@ -82,16 +82,16 @@ class EffectiveConsent:
         return self.jurisdiction in GDPR_REGIONS
 
 
-def subjects_of(event: Event) -> frozenset[str]:
-    """The consent-table keys that concern this event."""
-    keys = set()
+def subjects_of(event: Event) -> tuple[str, ...]:
+    """The consent-table keys that concern this event, in a fixed order (account, profile, device)."""
+    keys = []
     if event.account_id:
-        keys.add(f"account:{event.account_id}")
+        keys.append(f"account:{event.account_id}")
     if event.profile_id:
-        keys.add(f"profile:{event.profile_id}")
+        keys.append(f"profile:{event.profile_id}")
     if event.device and event.device.device_id:
-        keys.add(f"device:{event.device.device_id}")
-    return frozenset(keys)
+        keys.append(f"device:{event.device.device_id}")
+    return tuple(keys)
 
 
 def _most_restrictive_grant(values: Iterable[str | None]) -> str | None:

@@ -28,6 +28,7 @@ from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.core.rules.loader import load_ruleset
 from streams.gen.audit import find_leaks
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
+from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
 INPUT_TOPIC = "internal.events"
@@ -62,12 +63,7 @@ def _producer(bootstrap: str) -> Producer:
 
 
 def _produce(producer: Producer, topic: str, record: KeyedRecord) -> None:
-    while True:
-        try:
-            producer.produce(topic, record.value, record.key)
-            return
-        except BufferError:
-            producer.poll(0.05)
+    produce(producer, topic, record.value, record.key)
 
 
 def _metric(port: int, name: str, label: str = "") -> float:

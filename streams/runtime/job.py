@@ -29,6 +29,7 @@ from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
+from streams.runtime.kafka_io import produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
@@ -206,21 +207,6 @@ class GuardJob:
             return decode_avro(value, self._schema)
         return decode_json(value)
 
-    def _produce(
-        self,
-        producer: Producer,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers)
-                return
-            except BufferError:
-                producer.poll(0.05)
-
     def _emit_input(
         self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
     ) -> None:
@@ -240,7 +226,7 @@ class GuardJob:
             if decision.forwarded:
                 key, value = partner_record(decision)
                 if len(value) <= s.max_record_bytes:
-                    self._produce(producer, self._topic_by_partner[decision.partner], key, value)
+                    produce(producer, self._topic_by_partner[decision.partner], key, value)
                     tally.decisions[(decision.partner, "forward")] += 1
                     if decision.stripped:
                         tally.stripped[decision.partner] += len(decision.stripped)
@@ -267,7 +253,7 @@ class GuardJob:
                 s.max_record_bytes,
                 extra,
             )
-            self._produce(producer, s.blocked_topic, source.key, value, headers)
+            produce(producer, s.blocked_topic, source.key, value, headers)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1

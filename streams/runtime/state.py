@@ -14,6 +14,7 @@ from typing import Literal
 import orjson
 from pydantic import ValidationError
 
+from streams.core.consent import subjects_of
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 
 _GRANT = {None: 0, "granted": 1, "denied": 2}
@@ -155,14 +156,7 @@ def snapshot_for(
     """The state a decision about `record` uses (and the blocked record will carry)."""
     if isinstance(record, Malformed):
         return StateSnapshot(stale=stale)
-    keys = []
-    if record.account_id:
-        keys.append(f"account:{record.account_id}")
-    if record.profile_id:
-        keys.append(f"profile:{record.profile_id}")
-    if record.device and record.device.device_id:
-        keys.append(f"device:{record.device.device_id}")
-    found = [c for c in (consent.get(k.encode()) for k in keys) if c is not None]
+    found = [c for c in (consent.get(k.encode()) for k in subjects_of(record)) if c is not None]
     signup = status.get(record.account_id) if record.account_id else None
     return StateSnapshot.model_construct(consent=tuple(found), signup_status=signup, stale=stale)
 

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.broker.embedded import free_port
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.kafka_io import produce as produce_one
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTNERS = ("install-attribution", "signup-conversions")
@@ -30,12 +31,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) -> int:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     count = 0
     for record in records:
-        while True:
-            try:
-                producer.produce(topic, record.value, record.key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_one(producer, topic, record.value, record.key)
         count += 1
     producer.flush(30)
     return count
