@@ -6,7 +6,8 @@ Pipelines, one process each, reading the same input topic (3 partitions):
   passthrough   confluent-kafka consume -> produce, bytes untouched
   json strip    orjson decode, drop context/user/properties, encode
   guard         `partner-guard run` (real rules, transactions on, realistic mix)
-Prints records/s for each and the guard's ratio to the json-strip baseline.
+Prints records/s for each and the guard's ratio to the json-strip baseline, then offers the
+guard half of its measured peak for 20 s and prints the p99 end-to-end latency.
 """
 
 from __future__ import annotations
@@ -97,7 +98,29 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
-def _guard(bootstrap: str, count: int, workdir: Path) -> float:
+def _histogram(port: int, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram, by upper bound."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile's bucket upper bound over the records observed between two scrapes."""
+    deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1]
+    for bound, cumulative in deltas:
+        if total and cumulative >= q * total:
+            return bound
+    return float("nan")
+
+
+def _start_guard(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
@@ -111,7 +134,7 @@ def _guard(bootstrap: str, count: int, workdir: Path) -> float:
         "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "bench-key-install-attribution",
         "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "bench-key-signup-conversions",
     }
-    log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - closed below
+    log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - the child owns it
     process = subprocess.Popen(
         [sys.executable, "-m", "streams", "run", "--create-topics"],
         env=env,
@@ -119,24 +142,42 @@ def _guard(bootstrap: str, count: int, workdir: Path) -> float:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    try:
-        first_seen = 0.0
-        while True:
-            time.sleep(0.2)
-            if process.poll() is not None:
-                raise RuntimeError((workdir / "guard.log").read_text()[-3000:])
-            try:
-                done = _metric(port, "partner_guard_records_in_total")
-            except OSError:
-                continue
-            if done and not first_seen:
-                first_seen, first_count = time.perf_counter(), done
-            if done >= count:
-                return (done - first_count) / (time.perf_counter() - first_seen)
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+    return process, port
+
+
+def _guard_throughput(process: subprocess.Popen[bytes], port: int, count: int, workdir: Path) -> float:
+    first_seen, first_count = 0.0, 0.0
+    while True:
+        time.sleep(0.2)
+        if process.poll() is not None:
+            raise RuntimeError((workdir / "guard.log").read_text()[-3000:])
+        try:
+            done = _metric(port, "partner_guard_records_in_total")
+        except OSError:
+            continue
+        if done and not first_seen:
+            first_seen, first_count = time.perf_counter(), done
+        if done >= count:
+            return (done - first_count) / (time.perf_counter() - first_seen)
+
+
+def _latency_at(bootstrap: str, port: int, generator: TrafficGenerator, rate: float, seconds: float) -> float:
+    """p99 end-to-end latency (record timestamp to committed output) at a steady offered rate."""
+    name = "partner_guard_end_to_end_latency_seconds"
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    before = _histogram(port, name)
+    begin = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - begin) < seconds:
+        while sent < rate * elapsed:
+            record = generator.event(epoch_ms=int(time.time() * 1000))
+            produce(producer, INPUT, record.value, record.key)
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.002)
+    producer.flush(30)
+    time.sleep(3)  # let the last batches commit
+    return _quantile(before, _histogram(port, name), 0.99)
 
 
 def main(count: int = 200_000) -> None:
@@ -149,16 +190,26 @@ def main(count: int = 200_000) -> None:
             ["privacy.consent", "member.signup-status"],
             3,
         )
-        _produce_input(broker.bootstrap, count)
+        generator = _produce_input(broker.bootstrap, count)
         passthrough = _copy(broker.bootstrap, count, "bench.passthrough", lambda v: v)
         strip = _copy(broker.bootstrap, count, "bench.strip", _strip)
-        guard = _guard(broker.bootstrap, count, Path(tmp))
+        process, port = _start_guard(broker.bootstrap, Path(tmp))
+        try:
+            guard = _guard_throughput(process, port, count, Path(tmp))
+            p99 = _latency_at(broker.bootstrap, port, generator, guard / 2, 20.0)
+        finally:
+            process.terminate()
+            process.wait(30)
     print(f"records: {count} (~{count // 1000}k), 3 partitions, embedded broker, one process each")
     print(f"passthrough (bytes untouched)   {passthrough:10,.0f} records/s")
     print(f"json strip                      {strip:10,.0f} records/s")
     print(f"partner-guard (tx, real rules)  {guard:10,.0f} records/s")
     print(f"ratio guard / json strip: {guard / strip:.3f}   (target >= 0.6)")
     print(f"ratio guard / passthrough: {guard / passthrough:.3f}")
+    print(
+        f"p99 end-to-end latency at half of peak ({guard / 2:,.0f} records/s): <= {p99 * 1000:.0f} ms "
+        "(histogram bucket bound; target <= 250 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ class GuardJob:
             if decision.forwarded:
                 key, value = partner_record(decision)
                 if len(value) <= s.max_record_bytes:
-                    produce(producer, self._topic_by_partner[decision.partner], key, value)
+                    produce(producer, self._topic_by_partner[decision.partner], value, key=key)
                     tally.decisions[(decision.partner, "forward")] += 1
                     if decision.stripped:
                         tally.stripped[decision.partner] += len(decision.stripped)
@@ -253,7 +253,7 @@ class GuardJob:
                 s.max_record_bytes,
                 extra,
             )
-            produce(producer, s.blocked_topic, source.key, value, headers)
+            produce(producer, s.blocked_topic, value, key=source.key, headers=headers)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1
