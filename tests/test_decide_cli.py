@@ -47,6 +47,7 @@ def test_garbage_gives_a_block_per_line_and_partner_and_exit_0() -> None:
         b"[]",
         b"42",
         b'{"event": "raw bytes"}',
+        b'{"event": "{\\"event_id\\": \\"x\\", \\"event_type\\": \\"app_open\\", \\"event_time\\": 1}"}',
         b'{"event": {"event_id": 1}}',
         b'{"event": {"event_id": "x", "event_type": "app_open", "event_time": "yesterday"}}',
         b'{"event": {}, "consent": "nope"}',

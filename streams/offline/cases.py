@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.core.codec import decode_json, event_from_object
+from streams.core.codec import event_from_object
 from streams.core.decide import decide
 from streams.core.models import (
     ConsentRecord,
@@ -27,8 +27,8 @@ EMPTY_SNAPSHOT = StateSnapshot()
 
 
 def _event_of(value: Any) -> Event | Malformed:
-    if isinstance(value, str):
-        return decode_json(value.encode("utf-8"))
+    if isinstance(value, str):  # DESIGN.md §4: a raw string stands for bytes that could not be decoded
+        return Malformed(value.encode("utf-8"), "event given as raw bytes (a string)")
     if isinstance(value, dict):
         return event_from_object(value, orjson.dumps(value))
     return Malformed(orjson.dumps(value), "event is missing or not an object")
