@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9108, ge=0, le=65535)
     batch_size: int = Field(2000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(100, ge=1)
+    batch_timeout_ms: int = Field(25, ge=1, description="longest wait to fill a batch (latency at low load)")
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
     state_catchup_timeout_ms: int = Field(2000, ge=1)

@@ -142,6 +142,7 @@ class GuardJob:
         producer.init_transactions(INIT_TIMEOUT_S)
         consumer = Consumer(
             {
+                "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
                 **self.kafka_base,
                 "group.id": s.group_id,
                 "enable.auto.commit": False,
