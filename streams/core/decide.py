@@ -128,7 +128,7 @@ def _condition_holds(
     }
     status = snapshot.signup_status.status if snapshot.signup_status else ""
     try:
-        holds = rule.condition.holds(event.model_dump(mode="json", exclude_none=True), consent_view, status)
+        holds = rule.condition.holds(event, consent_view, status)
     except ConditionError:
         return Reason.RULE_CONDITION_ERROR
     return None if holds else Reason.RULE_CONDITION_FALSE

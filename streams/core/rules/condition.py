@@ -13,6 +13,7 @@ from typing import Any
 
 import cel
 import orjson
+from pydantic import BaseModel
 
 _EVENT_FIELD = re.compile(r"\bevent\s*\.\s*([A-Za-z_]\w*)")
 _BARE_EVENT = re.compile(r"\bevent\b(?!\s*\.)")
@@ -30,22 +31,20 @@ class Condition:
         self.expression = expression
         self._program = cel.compile(expression)
         bare = bool(_BARE_EVENT.search(expression))
-        self._event_fields: frozenset[str] | None = (
-            None if bare else frozenset(_EVENT_FIELD.findall(expression))
-        )
+        self._event_fields: set[str] | None = None if bare else set(_EVENT_FIELD.findall(expression))
         self._cache: dict[bytes, bool | None] = {}
 
     def variables(self) -> list[str]:
         """Names of the variables the expression reads."""
         return list(self._program.variables())
 
-    def holds(self, event: dict[str, Any], consent: dict[str, Any], status: str) -> bool:
-        """True when the expression evaluates to exactly `true`; raises `ConditionError`."""
-        visible = (
-            event
-            if self._event_fields is None
-            else {k: v for k, v in event.items() if k in self._event_fields}
-        )
+    def holds(self, event: BaseModel, consent: dict[str, Any], status: str) -> bool:
+        """True when the expression evaluates to exactly `true`; raises `ConditionError`.
+
+        Only the event fields the expression names are serialized (all of them when it uses
+        `event` as a whole).
+        """
+        visible = event.model_dump(mode="json", exclude_none=True, include=self._event_fields)
         context = {"event": visible, "consent": consent, "status": status}
         key = orjson.dumps(context, option=orjson.OPT_SORT_KEYS)
         try:
