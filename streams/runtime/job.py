@@ -73,6 +73,7 @@ class GuardJob:
         self.ready = False
         self.consent = ConsentTable()
         self.status = SignupStatusTable()
+        self._invalid_reported: dict[str, int] = {}
         self._schema = event_schema()
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
@@ -123,8 +124,13 @@ class GuardJob:
         return reader
 
     def _update_state_gauges(self) -> None:
-        self.metrics.state_entries.labels("consent").set(len(self.consent))
-        self.metrics.state_entries.labels("signup_status").set(len(self.status))
+        s, m = self.settings, self.metrics
+        m.state_entries.labels("consent").set(len(self.consent))
+        m.state_entries.labels("signup_status").set(len(self.status))
+        for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
+            counted = m.state_invalid.labels(topic)
+            counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
+            self._invalid_reported[topic] = table.invalid_records
 
     def _run_loop(self) -> int:
         s = self.settings

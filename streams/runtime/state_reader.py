@@ -26,6 +26,9 @@ from streams.runtime.metrics import GuardMetrics
 
 log = logging.getLogger(__name__)
 Applier = Callable[[bytes, bytes | None], None]
+# More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
+# small enough that a flood of state records cannot keep one catch-up from ending.
+MAX_DRAIN = 20_000
 
 
 class StateReader:
@@ -103,8 +106,9 @@ class StateReader:
         targets = self._targets()
         while self.lag(targets) > 0 and time.monotonic() < deadline:
             self._apply(self._consumer.consume(5000, 0.05))
-        while self._apply(self._consumer.consume(5000, 0)):
-            pass  # drain what was already fetched with the last batch
+        drained = 0  # the rest of the last record batch is already fetched: apply it, boundedly
+        while drained < MAX_DRAIN and (applied := self._apply(self._consumer.consume(5000, 0))):
+            drained += applied
         missing = self.lag(targets)
         by_topic: dict[str, int] = {}
         for (topic, partition), end in targets.items():

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -183,3 +185,51 @@ def test_a_fenced_instance_stops(tmp_path: Path) -> None:
     finally:
         first.stop()
         assert second.stop() == 0
+
+
+def test_state_lag_fails_closed(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    topics = ["privacy.consent", "member.signup-status"]
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, ["internal.events"], topics, 3)
+    grant = {"subject": "account:lag-1", "interest_based_ads": "granted"}
+    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:lag-1", orjson.dumps(grant))])
+    env = {"PARTNER_GUARD_STATE_CATCHUP_TIMEOUT_MS": "1"}
+    guard = start_guard(
+        broker.bootstrap, tmp_path, "internal.events", "lag", env, transactional_id="guard-lag-0"
+    )
+    try:
+        guard.wait_ready()
+        started = threading.Event()
+
+        def flood() -> None:  # state records arrive faster than one catch-up may apply them
+            def records() -> Iterator[KeyedRecord]:
+                started.set()
+                for i in range(1_500_000):
+                    subject = f"account:filler-{i}"
+                    yield KeyedRecord(subject.encode(), orjson.dumps({"subject": subject}))
+
+            produce(broker.bootstrap, "privacy.consent", records())
+
+        threading.Thread(target=flood, daemon=True).start()
+        started.wait()
+        time.sleep(1.0)
+        install = {
+            "event_type": "app_install",
+            "event_time": 1,
+            "account_id": "lag-1",
+            "device": {"platform": "ios"},
+            "context": {"country": "US"},
+        }
+        events = [KeyedRecord(b"lag-1", orjson.dumps(install | {"event_id": f"lag-{i}"})) for i in range(200)]
+        for start in range(0, len(events), 20):
+            produce(broker.bootstrap, "internal.events", events[start : start + 20])
+            time.sleep(0.2)
+        _wait_consumed(guard, len(events))
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        mine = [b for b in blocked if b["partner"] == "install-attribution"]
+        stale = [b for b in mine if "consent_stale" in b["reasons"]]
+        assert stale, "the state was behind, yet nothing was blocked as consent_stale"
+        assert all(b["snapshot"]["stale"] for b in stale)
+        forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
+        assert len(forwarded) + len(mine) == len(events)
+    finally:
+        assert guard.stop() == 0
