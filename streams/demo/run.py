@@ -170,11 +170,11 @@ def summarize(bootstrap: str, partners: dict[str, str], produced: int, metrics_p
 def print_summary(console: Console, summary: Summary, elapsed: float) -> None:
     """The per-partner summary table and the leak-scan result."""
     table = Table(title=f"partner-guard demo: {summary.produced:,} events in {elapsed:.1f} s")
-    table.add_column("partner")
+    table.add_column("partner", no_wrap=True)
     table.add_column("forwarded", justify="right")
     table.add_column("blocked", justify="right")
-    table.add_column("fields stripped", justify="right")
-    table.add_column("top block reason")
+    table.add_column("stripped", justify="right")
+    table.add_column("top block reason", overflow="fold")
     for partner, forwarded in summary.forwarded.items():
         reasons = ", ".join(f"{r} {n:,}" for r, n in summary.blocked[partner].most_common(1))
         table.add_row(
