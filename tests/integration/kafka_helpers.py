@@ -15,8 +15,9 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.broker.embedded import free_port
-from streams.gen.traffic import KeyedRecord
+from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.kafka_io import produce as produce_one
+from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTNERS = ("install-attribution", "signup-conversions")
@@ -35,6 +36,17 @@ def produce(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) -> int:
         count += 1
     producer.flush(30)
     return count
+
+
+def seed_population(bootstrap: str, input_topic: str, population: int, seed: int) -> TrafficGenerator:
+    """Create the input and state topics and seed consent and sign-up status for a population."""
+    ensure_topics(
+        {"bootstrap.servers": bootstrap}, [input_topic], ["privacy.consent", "member.signup-status"], 3
+    )
+    generator = TrafficGenerator(seed=seed, population=population)
+    produce(bootstrap, "privacy.consent", generator.consent_records())
+    produce(bootstrap, "member.signup-status", generator.signup_statuses())
+    return generator
 
 
 def read_topic(

@@ -10,23 +10,15 @@ import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.gen.traffic import KeyedRecord, TrafficGenerator
-from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import produce, start_guard
+from streams.gen.traffic import KeyedRecord
+from tests.integration.kafka_helpers import produce, seed_population, start_guard
 from tests.test_deploy import dashboard_metrics
 
 pytestmark = pytest.mark.integration
 
 
 def test_dashboard_queries_only_exported_metrics(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    ensure_topics(
-        {"bootstrap.servers": broker.bootstrap},
-        ["internal.events"],
-        ["privacy.consent", "member.signup-status"],
-        3,
-    )
-    generator = TrafficGenerator(seed=2, population=300)
-    produce(broker.bootstrap, "privacy.consent", generator.consent_records())
+    generator = seed_population(broker.bootstrap, "internal.events", 300, 2)
     guard = start_guard(
         broker.bootstrap, tmp_path, "internal.events", "dash", transactional_id="guard-dash-0"
     )

@@ -20,9 +20,16 @@ from streams.broker.embedded import EmbeddedBroker
 from streams.core.codec import decode_json
 from streams.core.identifiers import pseudonym
 from streams.core.models import Event
-from streams.gen.traffic import KeyedRecord, TrafficGenerator
+from streams.gen.traffic import KeyedRecord
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    produce,
+    read_topic,
+    seed_population,
+    start_guard,
+)
 from tests.integration.test_job import _wait_consumed, _wait_idle
 
 pytestmark = pytest.mark.integration
@@ -32,16 +39,6 @@ needs_real_kafka = pytest.mark.skipif(
     reason="needs a broker that hides aborted records and fences producers: set PARTNER_GUARD_TEST_BOOTSTRAP "
     "(e.g. `docker compose up kafka`); the embedded broker lacks both",
 )
-
-
-def _seed(bootstrap: str, input_topic: str, population: int, seed: int) -> TrafficGenerator:
-    ensure_topics(
-        {"bootstrap.servers": bootstrap}, [input_topic], ["privacy.consent", "member.signup-status"], 3
-    )
-    generator = TrafficGenerator(seed=seed, population=population)
-    produce(bootstrap, "privacy.consent", generator.consent_records())
-    produce(bootstrap, "member.signup-status", generator.signup_statuses())
-    return generator
 
 
 def _per_partner_outputs(
@@ -74,7 +71,7 @@ def _assert_nothing_lost(outputs: dict[str, Counter[str]], events: list[KeyedRec
 
 
 def test_broker_paused_mid_stream(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    generator = _seed(broker.bootstrap, "internal.events", 500, 23)
+    generator = seed_population(broker.bootstrap, "internal.events", 500, 23)
     events = list(generator.events(8000))
     guard = start_guard(
         broker.bootstrap, tmp_path, "internal.events", "pause", transactional_id="guard-pause-0"
@@ -97,7 +94,7 @@ def test_broker_paused_mid_stream(broker: EmbeddedBroker, tmp_path: Path) -> Non
 
 
 def test_rebalance_with_two_instances(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    generator = _seed(broker.bootstrap, "internal.events", 500, 29)
+    generator = seed_population(broker.bootstrap, "internal.events", 500, 29)
     events = list(generator.events(12_000))
     first = start_guard(
         broker.bootstrap, tmp_path, "internal.events", "pair", transactional_id="guard-pair-0"
@@ -141,7 +138,7 @@ def test_sigkill_on_real_kafka_gives_exactly_once(tmp_path: Path) -> None:
     bootstrap = str(EXTERNAL)
     run = uuid.uuid4().hex[:8]
     input_topic, blocked_topic = f"eos-in-{run}", f"eos-blocked-{run}"
-    generator = _seed(bootstrap, input_topic, 500, 31)
+    generator = seed_population(bootstrap, input_topic, 500, 31)
     events = list(generator.events(10_000))
     env = {"PARTNER_GUARD_BLOCKED_TOPIC": blocked_topic}
     first = start_guard(
@@ -169,7 +166,7 @@ def test_sigkill_on_real_kafka_gives_exactly_once(tmp_path: Path) -> None:
 def test_a_fenced_instance_stops(tmp_path: Path) -> None:
     bootstrap = str(EXTERNAL)
     run = uuid.uuid4().hex[:8]
-    _seed(bootstrap, f"fence-in-{run}", 100, 37)
+    seed_population(bootstrap, f"fence-in-{run}", 100, 37)
     first = start_guard(
         bootstrap, tmp_path, f"fence-in-{run}", f"fence-{run}", transactional_id=f"fence-{run}"
     )

@@ -19,7 +19,15 @@ from streams.core.identifiers import pseudonym
 from streams.core.models import Event
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, GuardProcess, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    GuardProcess,
+    produce,
+    read_topic,
+    seed_population,
+    start_guard,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +45,7 @@ FORBIDDEN = re.compile(
 
 
 def _prepare(broker: EmbeddedBroker, population: int = 2000, seed: int = 5) -> TrafficGenerator:
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
-    generator = TrafficGenerator(seed=seed, population=population)
-    produce(broker.bootstrap, "privacy.consent", generator.consent_records())
-    produce(broker.bootstrap, "member.signup-status", generator.signup_statuses())
-    return generator
+    return seed_population(broker.bootstrap, INPUT, population, seed)
 
 
 def _wait_consumed(guard: GuardProcess, count: int, timeout_s: float = 240.0) -> None:

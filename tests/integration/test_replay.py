@@ -15,9 +15,7 @@ import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.gen.traffic import TrafficGenerator
-from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, ROOT, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import KEY_ENV, ROOT, produce, read_topic, seed_population, start_guard
 from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
@@ -28,15 +26,7 @@ PAYLOAD_KEYS = "k1:" + base64.b64encode(b"\x01" * 32).decode()
 def _run_guard_once(
     broker: EmbeddedBroker, tmp: Path, events: int, env: dict[str, str] | None = None
 ) -> None:
-    ensure_topics(
-        {"bootstrap.servers": broker.bootstrap},
-        ["internal.events"],
-        ["privacy.consent", "member.signup-status"],
-        3,
-    )
-    generator = TrafficGenerator(seed=17, population=400)
-    produce(broker.bootstrap, "privacy.consent", generator.consent_records())
-    produce(broker.bootstrap, "member.signup-status", generator.signup_statuses())
+    generator = seed_population(broker.bootstrap, "internal.events", 400, 17)
     guard = start_guard(
         broker.bootstrap, tmp, "internal.events", "replay", transactional_id="guard-replay-0", extra_env=env
     )
