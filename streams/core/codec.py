@@ -6,7 +6,6 @@ import io
 from typing import Any
 
 import fastavro
-import orjson
 from pydantic import ValidationError
 
 from streams.core.models import Event, Malformed
@@ -31,14 +30,18 @@ def event_from_object(obj: Any, raw: bytes) -> Event | Malformed:
 
 
 def decode_json(raw: bytes | None) -> Event | Malformed:
-    """Decode one JSON event."""
+    """Decode one JSON event (parsed and validated in one pass by pydantic-core)."""
     if not raw:
         return Malformed(raw or b"", "empty record")
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Malformed(raw, "not valid JSON")
-    return event_from_object(obj, raw)
+        return Event.model_validate_json(raw)
+    except ValidationError as exc:
+        kinds = {err["type"] for err in exc.errors()}
+        if "json_invalid" in kinds:
+            return Malformed(raw, "not valid JSON")
+        if "model_type" in kinds:
+            return Malformed(raw, "event is not a JSON object")
+        return Malformed(raw, _error_summary(exc))
 
 
 def drop_nulls(value: Any) -> Any:
