@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +24,7 @@ from streams.runtime.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
+    ROOT,
     GuardProcess,
     produce,
     read_topic,
@@ -310,5 +313,61 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
         ]
         assert len(forwarded) == 2 and all("campaign_id" not in f for f in forwarded)
         assert guard.status("/healthz") == 200 and guard.process.poll() is None
+    finally:
+        assert guard.stop() == 0
+
+
+def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    from streams.core.codec import encode_avro
+    from streams.core.schema import event_schema
+
+    avro_topic = "internal.events.avro"
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, [avro_topic], STATE_TOPICS, 1)
+    consent = {"subject": "account:av-1", "interest_based_ads": "granted"}
+    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:av-1", orjson.dumps(consent))])
+    install = {
+        "event_id": "av-ok",
+        "event_type": "app_install",
+        "event_time": "2026-11-28T10:00:00Z",
+        "account_id": "av-1",
+        "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
+        "context": {"country": "US"},
+        "properties": {"title_name": "Dark", "campaign_id": "winter"},
+    }
+    play = dict(install, event_id="av-play", event_type="playback_started")
+    records = [KeyedRecord(b"av-1", encode_avro(e, event_schema())) for e in (install, play)]
+    records.append(KeyedRecord(b"av-1", orjson.dumps(install)))  # JSON on an Avro topic is malformed
+    guard = start_guard(
+        broker.bootstrap,
+        tmp_path,
+        avro_topic,
+        "avro",
+        transactional_id="guard-avro-0",
+        extra_env={"PARTNER_GUARD_INPUT_FORMATS": f"{avro_topic}=avro"},
+    )
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, avro_topic, records)
+        _wait_consumed(guard, len(records))
+        forwarded = [
+            orjson.loads(v or b"")
+            for _, v, _ in read_topic(broker.bootstrap, "partner.install-attribution.events", expect=1)
+        ]
+        assert len(forwarded) == 1 and forwarded[0]["campaign_id"] == "winter"
+        assert "title_name" not in forwarded[0] and "Dark" not in orjson.dumps(forwarded[0]).decode()
+        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        mine = {b["source"]["offset"]: b for b in blocked if b["partner"] == "install-attribution"}
+        assert mine[1]["reasons"] == ["event_type_not_allowed"] and mine[1]["source"]["format"] == "avro"
+        assert mine[2]["reasons"] == ["malformed"]
+        replay = subprocess.run(  # auditors re-decide Avro originals with the same decoder
+            [sys.executable, "-m", "streams", "replay", "--no-git"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PARTNER_GUARD_BOOTSTRAP_SERVERS": broker.bootstrap},
+            timeout=120,
+            check=False,
+        )
+        assert replay.returncode == 0, replay.stdout + replay.stderr
     finally:
         assert guard.stop() == 0
