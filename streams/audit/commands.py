@@ -1,0 +1,183 @@
+"""`partner-guard replay` and `partner-guard replay export`: the auditors' commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from streams.cli_support import err, load_ruleset_or_exit
+from streams.core.rules.loader import RulesetError
+from streams.core.rules.ruleset import Ruleset
+from streams.runtime.secrets import MissingKeyError, load_keys
+
+replay_app = typer.Typer(
+    help="Auditors: re-decide blocked records (verify by default), what-if, reports, republish.",
+    invoke_without_command=True,
+)
+FromFile = Annotated[
+    Path | None, typer.Option("--from-file", help="exported JSON Lines instead of the topic")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (Kafka, topics)")]
+Since = Annotated[str | None, typer.Option("--since", help="ISO time: withheld at or after")]
+Until = Annotated[str | None, typer.Option("--until", help="ISO time: withheld before")]
+Partner = Annotated[str | None, typer.Option("--partner", help="only this partner")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="only records with this reason code")]
+RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")]
+PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
+
+
+def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any) -> Any:
+    from streams.audit.source import read_file, read_topic
+    from streams.runtime.config import ConfigError, load_settings
+
+    if from_file is not None:
+        return read_file(from_file, wanted), None
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    return read_topic(kafka, settings.blocked_topic, wanted), settings
+
+
+def _filter(
+    since: str | None, until: str | None, partner: str | None, reason: str | None, rule: str | None
+) -> Any:
+    from streams.audit.source import BlockedFilter, parse_time
+
+    try:
+        return BlockedFilter(parse_time(since), parse_time(until), partner, reason, rule)
+    except ValueError as exc:
+        err.print(f"--since/--until: {exc}")
+        raise typer.Exit(2) from None
+
+
+@replay_app.callback()
+def replay_command(
+    ctx: typer.Context,
+    from_file: FromFile = None,
+    config: ConfigOpt = None,
+    since: Since = None,
+    until: Until = None,
+    partner: Partner = None,
+    reason: ReasonOpt = None,
+    rule: RuleOpt = None,
+    verify_rules: Annotated[
+        list[Path] | None,
+        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+    ] = None,
+    git_history: Annotated[
+        bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
+    ] = True,
+    whatif_rules: Annotated[
+        Path | None, typer.Option("--rules", help="what-if: a proposed rules directory")
+    ] = None,
+    whatif_ref: Annotated[
+        str | None, typer.Option("--rules-ref", help="what-if: rules/ at a git ref")
+    ] = None,
+    jsonl: Annotated[Path | None, typer.Option("--jsonl", help="write one JSON line per record")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained HTML report")
+    ] = None,
+    payload_keys_file: PayloadKeys = None,
+    republish_records: Annotated[
+        bool,
+        typer.Option(
+            "--republish", help="send on what the --rules ruleset now forwards (fresh consent check)"
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="with --republish: only say what would go")
+    ] = False,
+    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="partner keys for --republish")] = None,
+) -> None:
+    """Re-decide blocked records under the ruleset that decided them; exit 1 on any mismatch."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import tempfile
+
+    from streams.audit.replay import replay
+    from streams.audit.report import print_summary, write_html, write_jsonl
+    from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
+
+    records, settings = _blocked_records(from_file, config, _filter(since, until, partner, reason, rule))
+    library = RulesetLibrary(verify_rules or [Path("rules")], Path(".") if git_history else None)
+    whatif = None
+    if whatif_rules is not None:
+        whatif = with_replay_keys(load_ruleset_or_exit(whatif_rules))
+    elif whatif_ref is not None:
+        try:
+            whatif = ruleset_at_ref(Path("."), whatif_ref, Path(tempfile.mkdtemp()))
+        except RulesetError as exc:
+            err.print(f"--rules-ref {whatif_ref}: cannot load rules there ({exc})")
+            raise typer.Exit(2) from None
+    keyring = _replay_keyring(payload_keys_file)
+    result = replay(records, library, keyring, whatif)
+    console = Console()
+    print_summary(console, result, whatif is not None)
+    if jsonl:
+        write_jsonl(result, jsonl)
+    if html_out:
+        write_html(result, html_out)
+    if republish_records:
+        _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+def _replay_keyring(keys_file: Path | None) -> Any:
+    from streams.runtime.payload import Keyring, PayloadKeyError
+
+    try:
+        return Keyring.load(keys_file)
+    except PayloadKeyError:
+        return None  # encrypted payloads will be reported as unverifiable
+
+
+def _republish(
+    result: Any,
+    settings: Any,
+    whatif: Ruleset | None,
+    keyring: Any,
+    keys_dir: Path | None,
+    dry_run: bool,
+    console: Console,
+) -> None:
+    from streams.audit.republish import republish
+
+    if whatif is None or settings is None:
+        err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")
+        raise typer.Exit(2)
+    try:
+        loaded = load_keys(whatif.partners, keys_dir or settings.keys_dir, False)
+    except MissingKeyError as exc:
+        err.print(f"refusing to republish: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    outcome = republish(result.outcomes, settings, whatif.with_keys(loaded.keys), keyring, dry_run)
+    verb = "would send" if dry_run else "sent"
+    count = len(outcome.planned) if dry_run else outcome.sent
+    console.print(
+        f"republish: {outcome.candidates} candidate(s); {verb} {count}; "
+        f"already sent {outcome.already_sent}; refused by fresh consent/status check "
+        f"{outcome.refused_by_fresh_check}; loop-guarded {outcome.loop_guarded}"
+    )
+
+
+@replay_app.command("export")
+def replay_export(
+    out: Annotated[Path, typer.Option("--out", help="JSON Lines file to write")],
+    config: ConfigOpt = None,
+    since: Since = None,
+    until: Until = None,
+    partner: Partner = None,
+    reason: ReasonOpt = None,
+    rule: RuleOpt = None,
+) -> None:
+    """Export blocked records (filtered) from the blocked topic to a JSON Lines file."""
+    from streams.audit.source import export
+
+    records, _ = _blocked_records(None, config, _filter(since, until, partner, reason, rule))
+    print(f"exported {export(records, out):,} blocked record(s) to {out}")
