@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -142,7 +142,7 @@ class Decision:
     reasons: tuple[str, ...] = ()
     record: dict[str, Any] | None = None
     details: tuple[str, ...] = ()
-    stripped: tuple[str, ...] = field(default=())
+    stripped: tuple[str, ...] = ()
 
     @property
     def forwarded(self) -> bool:

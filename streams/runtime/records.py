@@ -29,9 +29,9 @@ import orjson
 
 from streams.core.models import Decision
 from streams.core.reasons import Reason
+from streams.runtime.kafka_io import Headers
 
 BLOCKED_FORMAT = "partner-guard.blocked.v1"
-Headers = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
