@@ -18,7 +18,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
-from streams.core.leakscan import LeakScanner
+from streams.core.leakscan import LeakScanner, scanner_for
+from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.condition import Condition
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
@@ -292,19 +293,20 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         if leak_doc is not None:
             leak_scan = _validate(LeakScanFile, leak_path, leak_doc, problems)
         if leak_scan is not None:
-            for pattern in leak_scan.title_id_patterns:
+            for index, pattern in enumerate(leak_scan.title_id_patterns):
                 try:
-                    re.compile(pattern)
-                except re.error as exc:
+                    compile_linear(pattern)
+                except LinearRegexError as exc:
                     problems.append(
                         RuleProblem(
                             str(leak_path),
-                            _line_of(leak_doc, ("title_id_patterns",)),
-                            f"title id pattern {pattern!r} is not a valid regex ({exc})",
-                            "correct the pattern",
+                            _line_of(leak_doc, ("title_id_patterns", index)),
+                            f"title id pattern {pattern!r} cannot run in linear time (RE2: {exc})",
+                            "correct the pattern; RE2 has no backreferences or lookaround",
                         )
                     )
-    scanner = LeakScanner.from_config(leak_scan or LeakScanFile())
+                    leak_scan = None
+    scanner = LeakScanner.from_config(leak_scan or LeakScanFile())  # for output names
 
     rules: list[RuleFile] = []
     seen: dict[str, str] = {}
@@ -337,6 +339,6 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
     frozen_rules = tuple(rules)
     return Ruleset(
         rules=tuple(compile_rule(r) for r in frozen_rules),
-        leak_scanner=scanner,
+        leak_scanner=scanner_for(leak_scan, frozen_rules),
         digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
     )
