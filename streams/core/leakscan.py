@@ -54,10 +54,11 @@ _KNOWN_SHAPE = compile_linear(
     r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     r"|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
 )
-_HEX_DIGEST = compile_linear(r"[0-9a-f]{64}")
-_TOKEN_SPLIT = compile_linear(r"[\s\-_.+~/]+")
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _NOT_LETTERS = compile_linear(r"[^\pL]+")
-_NOT_ALNUM = compile_linear(r"[^\pL\pN]+")
+# token separators besides white space: `best-sci-fi-shows` and `best_sci_fi_shows` are 4 tokens
+_SEPARATORS_TO_SPACE = str.maketrans(dict.fromkeys("-_.+~/", " "))
+_ASCII_NON_LETTERS_TO_SPACE = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalpha()})
 _KEY_SPLIT = compile_linear(r"[^a-z0-9]+")
 _CAMEL = compile_linear(r"([\pL\d])(\p{Lu})")
 _MAX_DECODE_ROUNDS = 4
@@ -97,7 +98,19 @@ def _decoded(text: str) -> str:
 
 def _compact(lowered: str) -> str:
     """Letters and digits only: the spelling-independent form raw values are compared in."""
-    return lowered if lowered.isalnum() else _NOT_ALNUM.sub("", lowered)
+    return lowered if lowered.isalnum() else "".join(filter(str.isalnum, lowered))
+
+
+def _tokens(lowered: str) -> list[str]:
+    """Tokens split at white space and at `-`, `_`, `.`, `+`, `~`, `/`."""
+    return lowered.translate(_SEPARATORS_TO_SPACE).split()
+
+
+def _letter_runs(lowered: str) -> str:
+    """The runs of letters in a text, one space between them (`strangerthings4` → `strangerthings`)."""
+    if lowered.isascii():
+        return " ".join(lowered.translate(_ASCII_NON_LETTERS_TO_SPACE).split())
+    return " ".join(_NOT_LETTERS.sub(" ", lowered).split())
 
 
 def _leaky_ipv6(address: ipaddress.IPv6Address) -> bool:
@@ -135,8 +148,7 @@ def _title_name_pattern(names: Iterable[str]) -> LinearPattern | None:
     """
     forms = set()
     for name in names:
-        words = _NOT_LETTERS.split(_fold(name).lower())
-        words = [w for w in words if w]
+        words = _letter_runs(_fold(name).lower()).split()
         if words:
             forms.add(" ?".join(words))
     if not forms:
@@ -249,7 +261,7 @@ class LeakScanner:
 
     def _pattern_finding(self, text: str, lowered: str, words_are_text: bool) -> str | None:
         """Findings that depend on the text alone."""
-        if _HEX_DIGEST.fullmatch(lowered):
+        if len(lowered) == 64 and _HEX_DIGITS.issuperset(lowered):
             return None  # a SHA-256/HMAC output: nothing readable can hide in it
         if _KNOWN_SHAPE.fullmatch(lowered):  # a time, a UUID or an IPv4 address: nothing else fits
             return "ip" if _leaky_ip(lowered) else None
@@ -260,7 +272,7 @@ class LeakScanner:
         has_digit = any(c.isdigit() for c in lowered)
         if has_digit and self._title_ids is not None and self._title_ids.search(lowered):
             return "title_id"
-        if self._title_names is not None and self._title_names.search(_NOT_LETTERS.sub(" ", lowered)):
+        if self._title_names is not None and self._title_names.search(_letter_runs(lowered)):
             return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
@@ -268,11 +280,11 @@ class LeakScanner:
             return "phone"
         if lowered in self.vocabulary:
             return None
-        if len(lowered.split()) > self.max_words or len(_TOKEN_SPLIT.split(lowered)) > self.max_tokens:
+        if len(lowered.split()) > self.max_words or len(_tokens(lowered)) > self.max_tokens:
             return "free_text"
         if words_are_text:
             spaced = _CAMEL.sub(r"\1 \2", text).lower() if not text.islower() else lowered
-            words = [t for t in _TOKEN_SPLIT.split(spaced) if len(t) >= _WORD_MIN and t.isalpha()]
+            words = [t for t in _tokens(spaced) if len(t) >= _WORD_MIN and t.isalpha()]
             if len(words) > self.max_words:
                 return "free_text"
         return None
@@ -283,7 +295,10 @@ class LeakScanner:
             return "oversized_value", ""
         decoded = _decoded(text)
         lowered = decoded.lower()
-        return self._pattern_finding(decoded, lowered, words_are_text), _compact(lowered)
+        finding = self._pattern_finding(decoded, lowered, words_are_text)
+        # a value the rules enumerate says nothing beyond the rule's own choice: not compared
+        # with the event's raw values (an empty compact form never matches one)
+        return finding, "" if lowered in self.vocabulary else _compact(lowered)
 
     def _scan_value(self, text: str, raw_values: frozenset[str], check_raw: bool = True) -> str | None:
         try:
@@ -383,7 +398,9 @@ def _has_raw(compact: str, raw_values: frozenset[str]) -> bool:
         return False
     if compact in raw_values:
         return True
-    return any(len(raw) >= _SUBSTRING_MIN and raw in compact for raw in raw_values)
+    if len(compact) < _SUBSTRING_MIN:
+        return False
+    return any(raw in compact for raw in raw_values if len(raw) >= _SUBSTRING_MIN)
 
 
 def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
