@@ -21,6 +21,7 @@ from streams.core.consent import GDPR_REGIONS
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.condition import Condition
+from streams.core.rules.linkage import ad_id_linkages
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -128,7 +129,7 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
 
 
 def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
-    """Static checks: P2 (no content event types) and P1/P6 (no tagged field leaves raw)."""
+    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10."""
     file = str(path)
     tags = privacy_tags()
     if path.stem != rule.partner:
@@ -178,6 +179,8 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
                 f"condition is not valid CEL: {exc}",
                 "correct the CEL expression",
             )
+    for linkage in ad_id_linkages(rule, tags.tag, field_spec):  # P10
+        yield RuleProblem(file, _line_of(doc, ("events", linkage.event_type)), linkage.message, linkage.fix)
     for event_type, spec in rule.events.items():
         at = _line_of(doc, ("events", event_type))
         if event_type in CONTENT_EVENT_TYPES:
