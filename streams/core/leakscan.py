@@ -47,6 +47,8 @@ _IPV4 = compile_linear(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
 _IPV6_CANDIDATE = compile_linear(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 # 7 to 15 digits with only separators between them, anywhere in the text
 _PHONE = compile_linear(r"\d(?:[\s().\-/_~+]*\d){6,14}")
+_PHONE_MIN_DIGITS = 7
+_UUID_CHARS = 36
 # attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
 # (ad ids), IPv4 addresses (already checked for truncation)
 _KNOWN_SHAPE = compile_linear(
@@ -146,7 +148,7 @@ def _title_name_pattern(names: Iterable[str]) -> LinearPattern | None:
     `Stranger Things` matches `stranger things`, `stranger_things`, `StrangerThings4`,
     `stranger.things.s04`, but not `strangers` or `darkness` for `Dark`.
     """
-    forms = set()
+    forms: set[str] = set()
     for name in names:
         words = _letter_runs(_fold(name).lower()).split()
         if words:
@@ -156,40 +158,44 @@ def _title_name_pattern(names: Iterable[str]) -> LinearPattern | None:
     return compile_linear("(?:^| )(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")(?: |$)")
 
 
-@lru_cache(maxsize=65536)
 def _digests(text: str) -> tuple[str, ...]:
     data = text.encode("utf-8")
     return tuple(h(data).hexdigest() for h in _HASHES)
 
 
-def _email_spellings(email: str) -> Iterable[str]:
-    for gmail_remove_dots in (False, True):
-        normalized = normalize_email(email, gmail_remove_dots)
-        if normalized:
-            yield from _digests(normalized)
+@lru_cache(maxsize=65536)
+def _email_spellings(email: str) -> tuple[str, ...]:
+    """Digests of the normalized email, with and without gmail dot removal."""
+    forms = {normalize_email(email, remove_dots) for remove_dots in (False, True)}
+    return tuple(d for form in sorted(f for f in forms if f) for d in _digests(form))
 
 
-def _phone_spellings(phone: str, regions: Iterable[str]) -> Iterable[str]:
+@lru_cache(maxsize=65536)
+def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
+    """Digests of the phone in E.164 and as digits, parsed in each region."""
+    forms: set[str] = set()
     for region in regions:
         e164 = normalize_phone(phone, region, "e164")
         if e164:
-            yield from _digests(e164)
-            yield from _digests(e164.lstrip("+"))
+            forms.update((e164, e164.lstrip("+")))
+    return tuple(d for form in sorted(forms) for d in _digests(form))
 
 
-def _ip_spellings(ip: str) -> Iterable[str]:
+@lru_cache(maxsize=65536)
+def _ip_spellings(ip: str) -> tuple[str, ...]:
+    """An IP address as hex digits (IPv6 exploded) and an IPv4 one as an integer."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
-        return
+        return ()
+    forms = []
     if isinstance(address, ipaddress.IPv6Address):
-        yield address.exploded.replace(":", "")
+        forms.append(address.exploded.replace(":", ""))
         carried = embedded_ipv4(address)
         if carried is None:
-            return
+            return tuple(forms)
         address = carried
-    yield str(int(address))  # 3405803971 for 203.0.113.195
-    yield address.packed.hex()
+    return (*forms, str(int(address)), address.packed.hex())  # 3405803971 for 203.0.113.195
 
 
 def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
@@ -215,6 +221,7 @@ class LeakScanner:
         url: LinearPattern,
         title_ids: LinearPattern | None,
         title_names: LinearPattern | None,
+        title_first_words: tuple[str, ...],
         forbidden_key_tokens: frozenset[str],
         max_words: int,
         max_tokens: int,
@@ -224,6 +231,8 @@ class LeakScanner:
         self._url = url
         self._title_ids = title_ids
         self._title_names = title_names
+        # cheap prefilter: a title's letter runs begin with the first letters of one of them
+        self._title_first_words = title_first_words
         self.forbidden_key_tokens = forbidden_key_tokens
         self.max_words = max_words
         self.max_tokens = max_tokens
@@ -244,10 +253,12 @@ class LeakScanner:
         `phone_regions` the regions the rules parse national phone numbers in.
         """
         title_ids = "|".join(f"(?:{p})" for p in config.title_id_patterns)
+        names = [n for n in config.title_names if n.strip()]
         return cls(
             url=compile_linear(_URL),
             title_ids=compile_linear(title_ids) if title_ids else None,
-            title_names=_title_name_pattern(n for n in config.title_names if n.strip()),
+            title_names=_title_name_pattern(names),
+            title_first_words=tuple(sorted({_letter_runs(_fold(n).lower()).split(" ")[0] for n in names})),
             forbidden_key_tokens=frozenset(t.lower() for t in config.forbidden_key_tokens),
             max_words=config.max_words,
             max_tokens=config.max_tokens,
@@ -263,27 +274,32 @@ class LeakScanner:
         """Findings that depend on the text alone."""
         if len(lowered) == 64 and _HEX_DIGITS.issuperset(lowered):
             return None  # a SHA-256/HMAC output: nothing readable can hide in it
-        if _KNOWN_SHAPE.fullmatch(lowered):  # a time, a UUID or an IPv4 address: nothing else fits
+        # a time, a UUID or an IPv4 address: nothing else fits (all but UUIDs start with a digit)
+        if (lowered[:1].isdigit() or len(lowered) == _UUID_CHARS) and _KNOWN_SHAPE.fullmatch(lowered):
             return "ip" if _leaky_ip(lowered) else None
         if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.search(lowered):
             return "url"
         if "@" in lowered and _EMAIL.search(lowered):
             return "email"
-        has_digit = any(c.isdigit() for c in lowered)
+        digits = sum(c.isdigit() for c in lowered)
+        has_digit = digits > 0
         if has_digit and self._title_ids is not None and self._title_ids.search(lowered):
             return "title_id"
-        if self._title_names is not None and self._title_names.search(_letter_runs(lowered)):
-            return "title_name"
+        if self._title_names is not None:
+            runs = _letter_runs(lowered)
+            if any(w in runs for w in self._title_first_words) and self._title_names.search(runs):
+                return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
-        if has_digit and _PHONE.search(lowered):
+        if digits >= _PHONE_MIN_DIGITS and _PHONE.search(lowered):
             return "phone"
         if lowered in self.vocabulary:
             return None
         if len(lowered.split()) > self.max_words or len(_tokens(lowered)) > self.max_tokens:
             return "free_text"
         if words_are_text:
-            spaced = _CAMEL.sub(r"\1 \2", text).lower() if not text.islower() else lowered
+            mixed_case = not (text.islower() or text.isupper())
+            spaced = _CAMEL.sub(r"\1 \2", text).lower() if mixed_case else lowered
             words = [t for t in _tokens(spaced) if len(t) >= _WORD_MIN and t.isalpha()]
             if len(words) > self.max_words:
                 return "free_text"
@@ -301,6 +317,9 @@ class LeakScanner:
         return finding, "" if lowered in self.vocabulary else _compact(lowered)
 
     def _scan_value(self, text: str, raw_values: frozenset[str], check_raw: bool = True) -> str | None:
+        if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
+            # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
+            return "raw_value" if check_raw and _has_raw(text.lower(), raw_values) else None
         try:
             finding, compact = self._memo[text]
         except KeyError:
@@ -330,7 +349,7 @@ class LeakScanner:
         region the rules use) and the IP address as an integer or hex digits; `raw_values_of`
         covers the raw values themselves.
         """
-        spellings: list[str | None] = []
+        spellings: list[str] = []  # lowercase letters and digits already
         if event.user is not None:
             if event.user.email:
                 spellings.extend(_email_spellings(event.user.email))
@@ -338,7 +357,7 @@ class LeakScanner:
                 spellings.extend(_phone_spellings(event.user.phone, self.phone_regions))
         if event.context is not None and event.context.ip:
             spellings.extend(_ip_spellings(event.context.ip))
-        return raw_values_of(spellings)
+        return frozenset(spellings)
 
     def scan(
         self,
