@@ -57,6 +57,31 @@ GRANTED = orjson.dumps(
 )
 SIGNUP = orjson.dumps({"account_id": ACCOUNT, "status": "prospect"})
 RAW_IDENTIFIERS = (ACCOUNT, f"{ACCOUNT}-p1", f"dev-{ACCOUNT}", f"ev-{ACCOUNT}")
+PERSON_DIGESTS = frozenset(
+    hashlib.new(algorithm, text.encode()).hexdigest()
+    for algorithm in ("sha256", "sha1", "md5")
+    for text in ("person@example.com", "+16505551212", "16505551212")
+)
+PERMISSIVE_RULE = """\
+partner: permissive
+jurisdictions: [US, CA]
+consent: {interest_based_ads: required, ad_cookies_on_web: not_required}
+events:
+""" + "".join(
+    f"""\
+  {event_type}:
+    fields:
+      event_id: {{from: event_id, transform: pseudonym}}
+      campaign_id: properties.campaign_id
+      install_source: properties.install_source
+      step: properties.step
+      plan: properties.plan
+      platform: device.platform
+      country: context.country
+      region: context.region
+"""
+    for event_type in ("app_install", "app_open", "signup_started", "site_visit")
+)
 _B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -166,7 +191,14 @@ def _check_forward(decision: Decision, ruleset: Ruleset, event: Event, reading: 
     for value in record.values():
         assert isinstance(value, str | int | float | bool), decision
     assert ruleset.leak_scanner.scan(record) == [], decision  # the scan agrees with itself
+    hashing = {f.name for f in rule.events[event.event_type].fields if f.spec.transform.startswith("sha256")}
+    for name, value in record.items():
+        if name not in hashing:  # the person's hashed email or phone leaves only as that field
+            assert str(value).lower() not in PERSON_DIGESTS, (decision.partner, name, value)
     for text in _strings(record):
+        compact = "".join(filter(str.isalnum, text.lower()))
+        for raw in RAW_IDENTIFIERS:  # ids in any spelling: `acct_000123`, `ACCT000123`
+            assert "".join(filter(str.isalnum, raw)) not in compact, (decision.partner, text, raw)
         if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
             continue  # a hash or pseudonym: random hex holds digit runs like `7946` by chance
         readable = _readable(text)
@@ -288,6 +320,20 @@ UNICODE_TRICKS = [
     "٦٥٠٥٥٥١٢١٢",  # Arabic-Indic digits
     "\U0001f600",
     "\x00",
+]
+# the person's own identifiers respelled, and content shapes the first checks missed
+PLANTED = [
+    "StrangerThings4",
+    "squid_game_2",
+    "how-to-watch-free",
+    "acct_000123",
+    "ACCT000123",
+    "devacct000123",
+    "542d240129883c019e106e3b1b2d3f3cb3537c43c425364de8e951d5a3083345",  # SHA-256 of the email
+    "2002:cb00:71c3::",
+    "3405803971",
+    "6505551212",
+    "title-801001",
 ]
 huge_numbers = st.sampled_from(
     [
@@ -444,8 +490,11 @@ def structured_case(draw: st.DrawFn, leave_out: frozenset[str] = frozenset()) ->
     tree["context"]["consent"] = {"gpc": False}
     document: Any = tree
     for _ in range(draw(st.integers(0, 3))):
-        how = draw(st.sampled_from(["swap", "swap", "consent", "consent", "unknown key", "drop"]))
-        if how == "swap":
+        how = draw(st.sampled_from(["swap", "swap", "plant", "plant", "consent", "unknown key", "drop"]))
+        if how == "plant":  # forwardable fields carrying what must never leave, in any spelling
+            name = draw(st.sampled_from(["campaign_id", "install_source", "step", "plan"]))
+            _set(tree, ("properties", name), draw(st.one_of(forbidden_scalar, st.sampled_from(PLANTED))))
+        elif how == "swap":
             _set(tree, draw(st.sampled_from(leaf_paths)), _odd_value(draw))
         elif how == "consent":
             _set(tree, draw(st.sampled_from(CONSENT_PATHS)), draw(mutated_consent_string()))

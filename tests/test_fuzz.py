@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
+from tests.conftest import RULES_DIR
 from tests.fuzzing import (
     HOSTILE_DIR,
     OPEN_CLASSES,
+    PERMISSIVE_RULE,
     FuzzCase,
     byte_case,
     check_case,
@@ -38,6 +42,21 @@ def test_mutated_events_keep_every_invariant(ruleset: Ruleset, case: FuzzCase) -
 @given(byte_case())
 def test_raw_bytes_keep_every_invariant(ruleset: Ruleset, case: FuzzCase) -> None:
     check_case(case, ruleset)
+
+
+@pytest.fixture(scope="module")
+def permissive(tmp_path_factory: pytest.TempPathFactory) -> Ruleset:
+    """Untagged fields kept as they are: the leak scan is the only defense."""
+    directory = tmp_path_factory.mktemp("fuzz-permissive")
+    shutil.copy(RULES_DIR / "_leak-scan.yaml", directory / "_leak-scan.yaml")
+    (directory / "permissive.yaml").write_text(PERMISSIVE_RULE)
+    return load_ruleset(directory).with_keys({"permissive": b"p" * 32})
+
+
+@SHORT
+@given(structured_case(leave_out=OPEN_CLASSES))
+def test_leak_scan_alone_keeps_every_invariant(permissive: Ruleset, case: FuzzCase) -> None:
+    check_case(case, permissive)
 
 
 def _saved() -> list[Any]:
