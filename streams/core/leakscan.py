@@ -70,7 +70,6 @@ MAX_SCANNED_CHARS = 4096  # no partner attribute is this long; longer values are
 _MEMO_MAX_CHARS = 256  # memoize only short texts: stream values repeat, long ones rarely do
 _MEMO_LIMIT = 100_000
 _HASHES = (hashlib.sha256, hashlib.sha1, hashlib.md5)  # the digests partners match on
-_PHONE_STYLES = ("e164", "digits")
 
 
 def _fold(text: str) -> str:
@@ -310,6 +309,8 @@ class LeakScanner:
         if len(text) > MAX_SCANNED_CHARS:
             return "oversized_value", ""
         decoded = _decoded(text)
+        if len(decoded) > MAX_SCANNED_CHARS:  # NFKC can expand a character up to 18 times
+            return "oversized_value", ""
         lowered = decoded.lower()
         finding = self._pattern_finding(decoded, lowered, words_are_text)
         # a value the rules enumerate says nothing beyond the rule's own choice: not compared
