@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 from streams.core.identifiers import embedded_ipv4, normalize_email, normalize_phone
 from streams.core.models import Event
-from streams.core.regex import LinearPattern, compile_linear
+from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.model import LeakScanFile, RuleFile
 
 _URL = (
@@ -49,6 +49,8 @@ _IPV6_CANDIDATE = compile_linear(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 _PHONE = compile_linear(r"\d(?:[\s().\-/_~+]*\d){6,14}")
 _PHONE_MIN_DIGITS = 7
 _UUID_CHARS = 36
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
+_ASCII_DROP_NON_ALNUM = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalnum()))
 # attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
 # (ad ids), IPv4 addresses (already checked for truncation)
 _KNOWN_SHAPE = compile_linear(
@@ -99,7 +101,9 @@ def _decoded(text: str) -> str:
 
 def _compact(lowered: str) -> str:
     """Letters and digits only: the spelling-independent form raw values are compared in."""
-    return lowered if lowered.isalnum() else "".join(filter(str.isalnum, lowered))
+    if lowered.isascii():
+        return lowered.translate(_ASCII_DROP_NON_ALNUM)
+    return "".join(filter(str.isalnum, lowered))
 
 
 def _tokens(lowered: str) -> list[str]:
@@ -141,7 +145,7 @@ def _leaky_ip(text: str) -> bool:
     return False
 
 
-def _title_name_pattern(names: Iterable[str]) -> LinearPattern | None:
+def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
     """Whole titles in a text reduced to its letter runs, separators optional between words.
 
     `Stranger Things` matches `stranger things`, `stranger_things`, `StrangerThings4`,
@@ -201,7 +205,7 @@ def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
     """Normalize an event's raw sensitive values for `LeakScanner.scan` (compacted)."""
     out = set()
     for text in strings:
-        if text and text.strip():
+        if text:
             compact = _compact(_decoded(text).lower())
             if compact:
                 out.add(compact)
@@ -217,10 +221,9 @@ class LeakScanner:
 
     def __init__(
         self,
-        url: LinearPattern,
-        title_ids: LinearPattern | None,
-        title_names: LinearPattern | None,
-        title_first_words: tuple[str, ...],
+        url: LinearRegex,
+        title_ids: LinearRegex | None,
+        title_names: LinearRegex | None,
         forbidden_key_tokens: frozenset[str],
         max_words: int,
         max_tokens: int,
@@ -230,8 +233,6 @@ class LeakScanner:
         self._url = url
         self._title_ids = title_ids
         self._title_names = title_names
-        # cheap prefilter: a title's letter runs begin with the first letters of one of them
-        self._title_first_words = title_first_words
         self.forbidden_key_tokens = forbidden_key_tokens
         self.max_words = max_words
         self.max_tokens = max_tokens
@@ -257,7 +258,6 @@ class LeakScanner:
             url=compile_linear(_URL),
             title_ids=compile_linear(title_ids) if title_ids else None,
             title_names=_title_name_pattern(names),
-            title_first_words=tuple(sorted({_letter_runs(_fold(n).lower()).split(" ")[0] for n in names})),
             forbidden_key_tokens=frozenset(t.lower() for t in config.forbidden_key_tokens),
             max_words=config.max_words,
             max_tokens=config.max_tokens,
@@ -274,23 +274,22 @@ class LeakScanner:
         if len(lowered) == 64 and _HEX_DIGITS.issuperset(lowered):
             return None  # a SHA-256/HMAC output: nothing readable can hide in it
         # a time, a UUID or an IPv4 address: nothing else fits (all but UUIDs start with a digit)
-        if (lowered[:1].isdigit() or len(lowered) == _UUID_CHARS) and _KNOWN_SHAPE.fullmatch(lowered):
-            return "ip" if _leaky_ip(lowered) else None
-        if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.search(lowered):
+        if (lowered[:1].isdigit() or len(lowered) == _UUID_CHARS) and _KNOWN_SHAPE.matches_whole(lowered):
+            is_ipv4 = "." in lowered and "-" not in lowered and ":" not in lowered
+            return "ip" if is_ipv4 and _leaky_ip(lowered) else None
+        if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.contains(lowered):
             return "url"
-        if "@" in lowered and _EMAIL.search(lowered):
+        if "@" in lowered and _EMAIL.contains(lowered):
             return "email"
-        digits = sum(c.isdigit() for c in lowered)
+        digits = len(lowered) - len(lowered.translate(_DROP_DIGITS))  # ASCII digits once folded
         has_digit = digits > 0
-        if has_digit and self._title_ids is not None and self._title_ids.search(lowered):
+        if has_digit and self._title_ids is not None and self._title_ids.contains(lowered):
             return "title_id"
-        if self._title_names is not None:
-            runs = _letter_runs(lowered)
-            if any(w in runs for w in self._title_first_words) and self._title_names.search(runs):
-                return "title_name"
+        if self._title_names is not None and self._title_names.contains(_letter_runs(lowered)):
+            return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
-        if digits >= _PHONE_MIN_DIGITS and _PHONE.search(lowered):
+        if digits >= _PHONE_MIN_DIGITS and _PHONE.contains(lowered):
             return "phone"
         if lowered in self.vocabulary:
             return None
