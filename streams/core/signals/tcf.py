@@ -96,9 +96,7 @@ class TCString:
         required basis must be present (both, when both are required).
         """
         required = {
-            r.restriction_type
-            for r in self.restrictions
-            if r.purpose == purpose and vendor_id in r.vendors
+            r.restriction_type for r in self.restrictions if r.purpose == purpose and vendor_id in r.vendors
         }
         if RESTRICTION_NOT_ALLOWED in required:
             return False
