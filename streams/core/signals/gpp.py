@@ -30,6 +30,9 @@ _TRI_STATE = frozenset({0, 1, 2})
 _YES_NO = frozenset({1, 2})
 USNAT_VERSIONS = frozenset({1, 2})
 USNAT_SUBSECTION_GPC = 1
+# Why 8: GPC is the only subsection type usnat defines; a few repeats are read (any "yes"
+# counts), more are refused before the string is split.
+MAX_USNAT_SUBSECTIONS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,10 @@ def decode_header(header: str) -> tuple[int, ...]:
 
 def decode_gpp(value: str) -> GppString:
     """Split a GPP string; the number of sections must match the header."""
-    header, *bodies = value.split("~")
+    header, _, rest = value.partition("~")
     ids = decode_header(header)
-    if len(bodies) != len(ids):
+    bodies = rest.split("~", len(ids)) if ids else ([rest] if rest else [])  # never more than announced
+    if len(bodies) != len(ids) or (not ids and "~" in value):
         raise SignalError("GPP section count does not match its header")
     return GppString(ids, dict(zip(ids, bodies, strict=True)))
 
@@ -103,6 +107,8 @@ def _read_fields(reader: BitReader, count: int, allowed: frozenset[int]) -> tupl
 
 def decode_usnat(section: str) -> UsNat:
     """Decode a usnat section (v1 or v2) with its GPC subsections; any GPC set counts."""
+    if section.count(".") > MAX_USNAT_SUBSECTIONS:
+        raise SignalError("too many usnat subsections")
     core, *subsections = section.split(".")
     reader = BitReader(core)
     version = reader.read(6)

@@ -178,6 +178,8 @@ def _check_other_segments(segments: list[str]) -> None:
 
 def decode_tc_string(tc_string: str) -> TCString:
     """Decode a TC string (v2); raise `SignalError` on anything truncated, undefined or unsupported."""
+    if tc_string.count(".") > len(SEGMENT_TYPES):
+        raise SignalError("more TC string segments than segment types")
     core, *others = tc_string.split(".")
     reader = BitReader(core)
     version = reader.read(6)
