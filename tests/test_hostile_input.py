@@ -9,6 +9,7 @@ import contextlib
 import copy
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -147,13 +148,14 @@ def test_more_distinct_jurisdictions_than_the_table_can_intern_never_raise() -> 
 
 def test_replay_never_raises_on_a_blocked_record_it_cannot_read(ruleset: Ruleset) -> None:
     library = RulesetLibrary([RULES_DIR])
-    for blocked in (
+    unreadable: list[dict[str, Any]] = [
         {"original_b64": "!!!", "ruleset_digest": ruleset.digest, "partner": "install-attribution"},
         {"original_b64": None, "payload_mode": "encrypted", "ciphertext_b64": 5, "key_id": []},
         {"snapshot": {"consent": "x"}, "original_b64": "e30="},
         {"original_b64": "e30=", "source": "not an object"},
         {"original_b64": "e30=", "snapshot": None, "reasons": 5, "ruleset_digest": ruleset.digest},
-    ):
+    ]
+    for blocked in unreadable:
         assert verify_one(blocked, library, None).status in ("mismatch", "unverifiable")
 
 
@@ -278,7 +280,7 @@ def test_valid_but_maximal_tc_strings_decode_in_bounded_memory() -> None:
     writer.write(0, 12)
     full_bitfields = writer.render()
     for text in (widest, full_bitfields):
-        assert _peak_bytes(lambda text=text: decode_tc_string(text)) < 2 * len(text) + 512 * 1024
+        assert _peak_bytes(partial(decode_tc_string, text)) < 2 * len(text) + 512 * 1024
     tc = decode_tc_string(widest)
     assert len(tc.restrictions) == 72 and not tc.allows(65535, 7)
     assert 65535 in decode_tc_string(full_bitfields).vendor_consent
