@@ -115,9 +115,9 @@ def _read_ranges(reader: BitReader) -> VendorSet:
         raise SignalError("more vendor ranges than bits")
     spans: list[tuple[int, int]] = []
     for _ in range(entries):
-        is_range = reader.read_bool()
-        start = reader.read(16)
-        end = reader.read(16) if is_range else start
+        head = reader.read(17)  # IsARange (1 bit), then the start (or only) vendor id (16 bits)
+        start = head & 0xFFFF
+        end = reader.read(16) if head >> 16 else start
         if end < start or start == 0:
             raise SignalError("bad vendor range")
         spans.append((start, end))
