@@ -5,8 +5,12 @@ Each test names the class it closes; every one of them failed before the fix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
+import json
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +30,7 @@ from streams.core.signals.tcf import decode_tc_string
 from streams.core.signals.usprivacy import us_privacy_opted_out
 from streams.gen.signals import BitWriter, encode_gpp, encode_tc_string, encode_usnat
 from streams.offline.cases import decide_case, decide_line, decision_json
+from streams.runtime.records import CONTAINED_ERROR_DETAIL
 from streams.runtime.state import ConsentTable, SignupStatusTable
 from tests.conftest import RULES_DIR
 
@@ -455,3 +460,35 @@ def test_internal_ids_with_invisible_characters_or_out_of_bounds_are_malformed(
 @pytest.mark.parametrize("field", ["event_id", "profile_id", "device.device_id"])
 def test_every_internal_id_is_checked(ruleset: Ruleset, field: str) -> None:
     assert _install(ruleset, _case({field: "x\u2060"})).reasons == ("malformed",)
+
+
+def test_the_decide_command_writes_one_line_per_partner_for_every_crash_class() -> None:
+    lines = [
+        json.dumps(_case({"event_time": "0001-01-01T00:00:00+01:00"})),
+        json.dumps(_case({"properties.campaign_id": 2**70})),
+        json.dumps(_case(consent=[{**GRANTED, "updated_at": 10**30}])),
+        '{"event": {"event_id": "e", "event_id": "f"}}',
+        '{"event": ' + "[" * 5000 + "]" * 5000 + "}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "decide", "--rules", str(RULES_DIR), "--dev", "--explain"],
+        input="\n".join(lines).encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert len(outputs) == 2 * len(lines)
+    assert outputs[0]["reasons"] == ["malformed"] and outputs[6]["reasons"] == ["malformed"]
+
+
+def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Ruleset) -> None:
+    blocked = {
+        "partner": "install-attribution",
+        "reasons": ["internal_error"],
+        "details": [f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError"],
+        "ruleset_digest": ruleset.digest,
+        "original_b64": base64.b64encode(orjson.dumps(_case()["event"])).decode(),
+    }
+    outcome = verify_one(blocked, RulesetLibrary([RULES_DIR]), None)
+    assert outcome.status == "unverifiable"

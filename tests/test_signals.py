@@ -179,3 +179,21 @@ def test_bit_reader_never_reads_past_the_end(segment: str, width: int) -> None:
             reader.read(width)
     else:
         assert reader.read(width) < 2**width
+
+
+def test_vendor_ranges_are_kept_as_ranges_never_expanded() -> None:
+    tc = decode_tc_string(TCF_2)
+    assert tc.vendor_consent.starts == (23, 42, 126, 587, 613, 626)  # 126..128 merged into one range
+    assert 127 in tc.vendor_consent and 129 not in tc.vendor_consent and 0 not in tc.vendor_consent
+    bitfield = decode_tc_string(TCF_1).vendor_li
+    assert bitfield.width == 113 and 110 in bitfield and 113 in bitfield and 112 not in bitfield
+    assert 114 not in bitfield
+
+
+@pytest.mark.parametrize("value", [1, 2, 3, 4, 5, 12, 89, 10**6])
+def test_fibonacci_codes_round_trip(value: int) -> None:
+    from streams.gen.signals import BitWriter
+
+    writer = BitWriter()
+    writer.write_fibonacci(value)
+    assert BitReader(writer.render()).read_fibonacci() == value
