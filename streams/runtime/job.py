@@ -297,7 +297,7 @@ class GuardJob:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
                 key, value = partner_record(decision)
-                if len(value) <= s.max_record_bytes:
+                if len(value) + len(key or b"") <= s.max_record_bytes:
                     outputs.add(
                         self._topic_by_partner[decision.partner], value, key, None, s.max_record_bytes
                     )
