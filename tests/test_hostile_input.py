@@ -369,6 +369,17 @@ def test_tcf_undefined_restriction_types_and_purposes_are_unparseable(ruleset: R
     assert decision.reasons == ("consent_unparseable",)
 
 
+@pytest.mark.parametrize("offset", [108, 114, 201, 207])  # consent language, publisher country
+def test_tcf_letters_outside_a_to_z_are_unparseable(offset: int) -> None:
+    writer = BitWriter()
+    writer.bits = _bits_of(encode_tc_string({1, 7}, {755}))
+    writer.bits[offset : offset + 6] = [1, 1, 1, 1, 1, 1]  # 63: no letter
+    with pytest.raises(SignalError):
+        decode_tc_string(writer.render())
+    writer.bits[offset : offset + 6] = [0, 1, 1, 0, 0, 1]  # 25: Z
+    decode_tc_string(writer.render())
+
+
 def test_restrictions_requiring_both_bases_need_both() -> None:
     core_bits = _tc_with_restrictions([(7, 1, [(755, 755)]), (7, 2, [(755, 755)])])
     tc = decode_tc_string(core_bits)

@@ -164,7 +164,11 @@ def _read_restrictions(reader: BitReader) -> tuple[PublisherRestriction, ...]:
 
 
 def _letters(value: int) -> str:
-    return chr(ord("A") + (value >> 6)) + chr(ord("A") + (value & 0x3F))
+    """Two letters, six bits each, 0 = A .. 25 = Z; 26-63 are undefined."""
+    first, second = value >> 6, value & 0x3F
+    if first > 25 or second > 25:
+        raise SignalError("a letter outside A-Z")
+    return chr(ord("A") + first) + chr(ord("A") + second)
 
 
 def _check_other_segments(segments: list[str]) -> None:
@@ -191,7 +195,7 @@ def decode_tc_string(tc_string: str) -> TCString:
     cmp_id = reader.read(12)
     cmp_version = reader.read(12)
     reader.read(6)  # consent screen
-    reader.read(12)  # consent language
+    _letters(reader.read(12))  # consent language
     vendor_list_version = reader.read(12)
     policy_version = reader.read(6)
     reader.read(1)  # is service specific
