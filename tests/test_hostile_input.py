@@ -82,6 +82,7 @@ def test_the_baseline_case_forwards(ruleset: Ruleset) -> None:
         True,  # a boolean where a time is expected (was read as 1970)
         "20261128T104217Z",  # ISO 8601 basic form: not RFC 3339, parsers disagree
         "2026-11-28T10:42:17",  # no offset
+        "２０２６-11-28T10:42:17Z",  # digits that are not ASCII
     ],
 )
 def test_event_times_outside_the_datetime_range_are_malformed(ruleset: Ruleset, event_time: Any) -> None:

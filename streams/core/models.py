@@ -28,7 +28,7 @@ Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-
 MIN_EPOCH_MS = -62_135_596_800_000
 MAX_EPOCH_MS = 253_402_300_799_999
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII)
 # Why 64: a key name is reported in details; longer names are cut, never carried whole.
 _MAX_REPORTED_KEY_CHARS = 64
 
