@@ -8,7 +8,8 @@ import uuid
 import orjson
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.runtime.metrics import GuardMetrics
