@@ -2,6 +2,10 @@
 
 Time filters work on brokers that cannot look offsets up by time: the reader starts at the
 beginning and filters on each record's timestamp (when it was withheld).
+
+Whatever is in the topic or file is passed on, never dropped: bytes that are not a JSON
+object come out as `{"_invalid": why, ...where it was read}`, which replay reports as an
+`invalid_record`, whatever the partner, reason or rule filters (only time filters apply).
 """
 
 from __future__ import annotations
@@ -28,16 +32,23 @@ class BlockedFilter:
     reason: str | None = None
     rule_id: str | None = None
 
-    def accepts(self, blocked: dict[str, Any]) -> bool:
-        """True when the record passes every filter."""
+    def accepts(self, blocked: Any) -> bool:
+        """True when the record passes every filter (any JSON value: never raises)."""
+        if not isinstance(blocked, dict):
+            return not (self.partner or self.reason or self.rule_id or self.since_ms or self.until_ms)
         stamp = blocked.get("_timestamp_ms")
+        if not isinstance(stamp, int) or isinstance(stamp, bool):
+            stamp = None
         if self.since_ms is not None and (stamp is None or stamp < self.since_ms):
             return False
         if self.until_ms is not None and (stamp is None or stamp >= self.until_ms):
             return False
+        if "_invalid" in blocked:
+            return True  # unattributable: never hidden by partner, reason or rule filters
         if self.partner and blocked.get("partner") != self.partner:
             return False
-        if self.reason and self.reason not in blocked.get("reasons", ()):
+        reasons = blocked.get("reasons")
+        if self.reason and not (isinstance(reasons, list) and self.reason in reasons):
             return False
         return not (self.rule_id and blocked.get("rule_id") != self.rule_id)
 
@@ -78,25 +89,33 @@ def read_topic(
             for message in batch:
                 if message.error() is not None:
                     continue
-                try:
-                    blocked = orjson.loads(message.value() or b"")
-                except orjson.JSONDecodeError:
-                    continue
                 kind, stamp = message.timestamp()
-                blocked["_timestamp_ms"] = stamp if kind else None
-                blocked["_offset"] = message.offset()
+                where = {"_timestamp_ms": stamp if kind else None, "_partition": message.partition()}
+                where["_offset"] = message.offset()
+                blocked = _parse(message.value() or b"", where)
                 if wanted.accepts(blocked):
                     yield blocked
     finally:
         consumer.close()
 
 
+def _parse(raw: bytes, where: dict[str, Any]) -> dict[str, Any]:
+    """A blocked record with where it was read; an `_invalid` marker when not a JSON object."""
+    try:
+        blocked = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"_invalid": "not JSON", **where}
+    if not isinstance(blocked, dict):
+        return {"_invalid": f"not a JSON object ({type(blocked).__name__})", **where}
+    return {**blocked, **where} if where.get("_offset") is not None else {**where, **blocked}
+
+
 def read_file(path: Path, wanted: BlockedFilter) -> Iterator[dict[str, Any]]:
-    """Blocked records from an exported JSON Lines file."""
+    """Blocked records from an exported JSON Lines file (one per non-blank line)."""
     with path.open("rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if line.strip():
-                blocked = orjson.loads(line)
+                blocked = _parse(line, {"_line": number})
                 if wanted.accepts(blocked):
                     yield blocked
 
