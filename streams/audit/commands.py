@@ -177,7 +177,9 @@ def _republish(
     console.print(
         f"republish: {outcome.candidates} candidate(s); {verb} {count}; "
         f"already sent {outcome.already_sent}; refused by fresh consent/status check "
-        f"{outcome.refused_by_fresh_check}; loop-guarded {outcome.loop_guarded}"
+        f"{outcome.refused_by_fresh_check}; loop-guarded {outcome.loop_guarded}; "
+        f"not verified {outcome.unverified}; original not at its source {outcome.source_mismatch}; "
+        f"duplicates {outcome.duplicates}"
     )
 
 
