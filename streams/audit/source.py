@@ -23,6 +23,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 # How long a reader waits for a slow broker before it gives up (and the command cannot run).
 READ_TIMEOUT_S = 120.0
+# After the end offsets are reached: how long to keep taking what was already fetched.
+DRAIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def read_to_end(
     Ends are looked up first; a partition is done when the consumer's position (which
     steps over transaction markers) reaches its end. What is already fetched past it is
     drained too (Tansu answers the base offset of the last batch + 1 as the end). A slow
-    broker is waited for, up to `timeout_s`; then `RuntimeError` (the caller could not run).
+    broker is waited for, up to `timeout_s` without progress; then `RuntimeError` (the
+    caller could not run).
     `stop_at` ends partitions earlier (exclusive offsets).
     """
     ends = {}
@@ -89,14 +92,18 @@ def read_to_end(
     pending = {key for key, end in ends.items() if end > 0}
     while pending:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f} s reading {sorted({t for t, _ in pending})}")
-        for message in consumer.consume(5000, 0.3):
+            raise RuntimeError(f"no progress for {timeout_s:.0f} s reading {sorted({t for t, _ in pending})}")
+        batch = consumer.consume(5000, 0.3)
+        if batch:
+            deadline = time.monotonic() + timeout_s  # a stall, not a long topic, is the failure
+        for message in batch:
             if message.error() is None:
                 yield message
         for tp in consumer.position([TopicPartition(t, p) for t, p in pending]):
             if tp.offset >= ends[(tp.topic, tp.partition)]:
                 pending.discard((tp.topic, tp.partition))
-    while time.monotonic() < deadline and (batch := consumer.consume(5000, 0.2)):
+    drain_until = time.monotonic() + DRAIN_S  # a live topic keeps growing: drain briefly
+    while time.monotonic() < drain_until and (batch := consumer.consume(5000, 0.2)):
         yield from (m for m in batch if m.error() is None)
 
 
