@@ -235,8 +235,10 @@ class ConsentTable(_Table):
         if value is None:  # a tombstone: consent unknown again for what the key named
             if subject is not None and canonical_subject(subject):
                 self._store.pop(subject.encode(), None)
-            else:
+            else:  # neither keeps a grant nor loses a denial: restricts what the key names
                 self._count_invalid("tombstone key is not a canonical subject")
+                for name in _named_subjects(subject):
+                    self._put(name.encode(), _MOST_RESTRICTIVE, None, _TIME_SHIFT)
             return
         try:
             self._apply_valid(subject, value)
@@ -299,8 +301,10 @@ class SignupStatusTable(_Table):
         if value is None:  # a tombstone deletes what the key named
             if account is not None and _is_canonical_id(account):
                 self._store.pop(account.encode(), None)
-            else:
+            else:  # the status of what the key names becomes unknown
                 self._count_invalid("tombstone key is not a canonical account id")
+                for name in _named_account(account):
+                    self._put(name.encode(), _STATUS_UNKNOWN, None, _STATUS_BITS)
             return
         try:
             try:
