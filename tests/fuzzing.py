@@ -15,7 +15,7 @@ and asserts the invariants:
   and none of the event's raw identifiers (P1, P6);
 - every forward respects the opt-outs an independent reading of the raw JSON finds —
   every value of a duplicated key counts (P3, P4); limit-ad-tracking never sends an ad id;
-- in `make fuzz`, each record is decided within `PARTNER_GUARD_FUZZ_MAX_MS`.
+- in `make fuzz`, each record is decided within `PARTNER_GUARD_FUZZ_MAX_MS` of CPU time.
 """
 
 from __future__ import annotations
@@ -227,11 +227,11 @@ def check_case(case: FuzzCase, ruleset: Ruleset) -> list[Decision]:
     for value in case.consent:
         consent.apply(CONSENT_KEY, value)
     status.apply(ACCOUNT.encode(), SIGNUP)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other processes on the machine do not count
     record = decode_json(case.event)
     snapshot = snapshot_for(record, consent, status, False)
     decisions = decide(record, snapshot, ruleset)
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    elapsed_ms = (time.process_time() - started) * 1000
     assert [d.partner for d in decisions] == list(ruleset.partners)
     assert decide(record, snapshot, ruleset) == decisions  # P7
     reading = _independent_reading(case.event) if any(d.forwarded for d in decisions) else None
@@ -244,7 +244,7 @@ def check_case(case: FuzzCase, ruleset: Ruleset) -> list[Decision]:
             assert decision.reasons and decision.record is None, decision
     limit = _max_ms()
     if limit is not None:  # only in `make fuzz`: the test suite has no timed assertions
-        assert elapsed_ms <= limit, f"decided in {elapsed_ms:.0f} ms (bound {limit:.0f} ms)"
+        assert elapsed_ms <= limit, f"decided in {elapsed_ms:.0f} ms of CPU (bound {limit:.0f} ms)"
     return decisions
 
 
