@@ -29,8 +29,8 @@ FIELD_POOL: dict[str, tuple[str, bool | None]] = {
     "ph": ("{from: user.phone, transform: sha256_phone}", True),
     "event_key": ("{from: event_id, transform: pseudonym}", False),
     "client_ip": ("{from: context.ip, transform: truncate_ip}", False),
-    "platform": ("device.platform", False),
-    "country": ("context.country", False),
+    "platform": ("{from: device.platform, values: [ios, android]}", False),
+    "country": ("{from: context.country, pattern: '[A-Z]{2}'}", False),
     "event_hour": ("{from: event_time, transform: coarsen_time}", False),
 }
 HEADER = """\
