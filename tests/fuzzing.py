@@ -72,13 +72,13 @@ events:
   {event_type}:
     fields:
       event_id: {{from: event_id, transform: pseudonym}}
-      campaign_id: {{from: properties.campaign_id, pattern: '(?s).{{0,1024}}'}}
-      install_source: {{from: properties.install_source, pattern: '(?s).{{0,1024}}'}}
-      step: {{from: properties.step, pattern: '(?s).{{0,1024}}'}}
-      plan: {{from: properties.plan, pattern: '(?s).{{0,1024}}'}}
-      platform: {{from: device.platform, pattern: '(?s).{{0,1024}}'}}
-      country: {{from: context.country, pattern: '(?s).{{0,1024}}'}}
-      region: {{from: context.region, pattern: '(?s).{{0,1024}}'}}
+      campaign_id: {{from: properties.campaign_id, pattern: '(?s).{{0,1000}}'}}
+      install_source: {{from: properties.install_source, pattern: '(?s).{{0,1000}}'}}
+      step: {{from: properties.step, pattern: '(?s).{{0,1000}}'}}
+      plan: {{from: properties.plan, pattern: '(?s).{{0,1000}}'}}
+      platform: {{from: device.platform, pattern: '(?s).{{0,1000}}'}}
+      country: {{from: context.country, pattern: '(?s).{{0,1000}}'}}
+      region: {{from: context.region, pattern: '(?s).{{0,1000}}'}}
 """
     for event_type in ("app_install", "app_open", "signup_started", "site_visit")
 )

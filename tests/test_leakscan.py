@@ -34,16 +34,16 @@ PERMISSIVE_FIELDS = """\
       event_id: {{from: event_id, transform: pseudonym}}
       em: {{from: user.email, transform: sha256_email}}
       client_ip: {{from: context.ip, transform: truncate_ip}}
-      campaign_id: {{from: properties.campaign_id, pattern: '(?s).{{0,1024}}'}}
-      install_source: {{from: properties.install_source, pattern: '(?s).{{0,1024}}'}}
+      campaign_id: {{from: properties.campaign_id, pattern: '(?s).{{0,1000}}'}}
+      install_source: {{from: properties.install_source, pattern: '(?s).{{0,1000}}'}}
       plan: {{from: properties.plan, values: [basic, standard_with_ads]}}
-      platform: {{from: device.platform, pattern: '(?s).{{0,1024}}'}}
+      platform: {{from: device.platform, pattern: '(?s).{{0,1000}}'}}
 """
 
 
 @pytest.fixture(scope="module")
 def permissive(tmp_path_factory: Any) -> Ruleset:
-    """Keeps untagged fields as they are (any text up to 1024 characters): the leak scan is the
+    """Keeps untagged fields as they are (any text up to 1000 characters): the leak scan is the
     only defense."""
     directory: Path = tmp_path_factory.mktemp("permissive-scan")
     shutil.copy(RULES_DIR / "_leak-scan.yaml", directory / "_leak-scan.yaml")
