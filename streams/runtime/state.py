@@ -203,10 +203,20 @@ class _Table:
 class ConsentTable(_Table):
     """`account:<id>` / `profile:<id>` / `device:<id>` → packed consent choices and time."""
 
-    def __init__(self, store: KeyValueStore | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: KeyValueStore | None = None,
+        clock: Callable[[], float] = time.time,
+        jurisdictions: list[str | None] | None = None,
+    ) -> None:
+        """`jurisdictions`: the interned names a persistent store was written with (index 0 is none)."""
         super().__init__(store, "consent", clock)
-        self._jurisdictions: list[str | None] = [None]
-        self._jurisdiction_index: dict[str | None, int] = {None: 0}
+        self._jurisdictions: list[str | None] = list(jurisdictions or [None])
+        self._jurisdiction_index: dict[str | None, int] = {n: i for i, n in enumerate(self._jurisdictions)}
+
+    def jurisdiction_names(self) -> list[str | None]:
+        """The interned jurisdiction names by index (what a persistent store must keep)."""
+        return self._jurisdictions
 
     def _intern(self, jurisdiction: str | None) -> int:
         index = self._jurisdiction_index.get(jurisdiction)
@@ -241,7 +251,9 @@ class ConsentTable(_Table):
             self._apply_valid(subject, value)
         except _Invalid as exc:
             self._count_invalid(str(exc))
-            named = dict.fromkeys([*_named_subjects(subject), *_named_subjects(_loose_field(value, "subject"))])
+            named = dict.fromkeys(
+                [*_named_subjects(subject), *_named_subjects(_loose_field(value, "subject"))]
+            )
             stamp = self._usable_time(value)
             for name in named:
                 self._put(name.encode(), _MOST_RESTRICTIVE, stamp, _TIME_SHIFT)
@@ -312,7 +324,9 @@ class SignupStatusTable(_Table):
             self._put(account.encode(), _STATUS_CODE[status.status], stamp, _STATUS_BITS)
         except _Invalid as exc:
             self._count_invalid(str(exc))
-            named = dict.fromkeys([*_named_account(account), *_named_account(_loose_field(value, "account_id"))])
+            named = dict.fromkeys(
+                [*_named_account(account), *_named_account(_loose_field(value, "account_id"))]
+            )
             stamp = self._usable_time(value)
             for name in named:
                 self._put(name.encode(), _STATUS_UNKNOWN, stamp, _STATUS_BITS)

@@ -26,6 +26,7 @@ from streams.runtime.metrics import GuardMetrics
 
 log = logging.getLogger(__name__)
 Applier = Callable[[bytes, bytes | None], None]
+Checkpointer = Callable[[dict[tuple[str, int], int]], None]
 # More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
 # small enough that a flood of state records cannot keep one catch-up from ending.
 MAX_DRAIN = 20_000
@@ -40,7 +41,13 @@ class StateReader:
         appliers: dict[str, Applier],
         metrics: GuardMetrics,
         watermark_timeout_s: float = 5.0,
+        start_offsets: dict[tuple[str, int], int] | None = None,
+        checkpoint: Checkpointer | None = None,
     ) -> None:
+        """`start_offsets`: where a checkpointed store resumes (else the beginning);
+        `checkpoint`: called with the positions after every applied chunk of records."""
+        start = start_offsets or {}
+        self._checkpoint = checkpoint
         config = {
             **kafka_config,
             "group.id": f"partner-guard-state-{uuid.uuid4().hex[:12]}",  # never commits
@@ -61,8 +68,11 @@ class StateReader:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
                 raise RuntimeError(f"state topic '{topic}' does not exist (use --create-topics)")
             for partition in metadata.topics[topic].partitions:
-                partitions.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-                self.positions[(topic, partition)] = 0
+                resume = start.get((topic, partition))
+                partitions.append(
+                    TopicPartition(topic, partition, OFFSET_BEGINNING if resume is None else resume)
+                )
+                self.positions[(topic, partition)] = resume or 0
         self._consumer.assign(partitions)
 
     def _apply(self, messages: list[Message]) -> int:
@@ -79,6 +89,8 @@ class StateReader:
             self._appliers[topic](message.key() or b"", message.value())
             self.positions[(topic, partition)] = offset + 1
             applied += 1
+        if applied and self._checkpoint is not None:
+            self._checkpoint(self.positions)
         return applied
 
     def _targets(self) -> dict[tuple[str, int], int]:
