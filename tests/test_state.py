@@ -186,7 +186,9 @@ def test_jurisdiction_table_is_bounded() -> None:
     table = ConsentTable(clock=lambda: NOW_S)
     for i in range(MAX_JURISDICTIONS + 10):
         subject = f"account:j{i}"
-        table.apply(subject.encode(), _consent(subject, 1, interest_based_ads="granted", jurisdiction=f"X{i}"))
+        table.apply(
+            subject.encode(), _consent(subject, 1, interest_based_ads="granted", jurisdiction=f"X{i}")
+        )
     assert len(table) == MAX_JURISDICTIONS + 10 and table.invalid_records == 10  # loading went on
     last = table.get(f"account:j{MAX_JURISDICTIONS + 9}".encode())
     assert last is not None and last.interest_based_ads == "denied" and last.jurisdiction is None

@@ -8,7 +8,6 @@ non-zero exit (a supervisor restarts it and the transactional id fences the old 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.core.codec import decode_avro, decode_json
@@ -32,8 +30,8 @@ from streams.runtime.config import Settings
 from streams.runtime.kafka_io import produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
-from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.records import BlockedInput, SourceRef, blocked_input, blocked_record, partner_record
+from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.state_store import StateTables, open_configured_tables, report_store_metrics
 from streams.runtime.topics import ensure_topics
@@ -237,7 +235,7 @@ class GuardJob:
             else None
         )
         decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
+        shared: BlockedInput | None = None
         for decision in decisions:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
@@ -250,27 +248,9 @@ class GuardJob:
                     continue
                 extra = (Reason.RECORD_TOO_LARGE.value,)
             if shared is None:  # built once per input, shared by every partner's blocked copy
-                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
-                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-                shared = (
-                    snapshot_json,
-                    source_fragment(source, raw),
-                    self.payload.protect(raw, source_ref),
-                    hashlib.sha256(raw).hexdigest(),
-                )
-            snapshot_json, source_json, payload, raw_sha256 = shared
-            value, headers = blocked_record(
-                decision,
-                snapshot_json,
-                source,
-                source_json,
-                raw,
-                payload,
-                raw_sha256,
-                s.max_record_bytes,
-                extra,
-            )
-            produce(producer, s.blocked_topic, value, key=source.key, headers=headers)
+                shared = blocked_input(source, raw, snapshot, decision.event_id, self.payload)
+            blocked_key, value, headers = blocked_record(decision, shared, source, s.max_record_bytes, extra)
+            produce(producer, s.blocked_topic, value, key=blocked_key, headers=headers)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1

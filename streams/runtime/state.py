@@ -76,7 +76,7 @@ _LOGGED_INVALID = 10  # log the first few invalid records, then every 1000th
 KeyValueStore = MutableMapping[bytes, int]
 
 
-class _Invalid(Exception):
+class _InvalidRecordError(Exception):
     """Why a state record is invalid (never contains identifiers or payload)."""
 
 
@@ -110,23 +110,24 @@ def _named_account(text: str | None) -> list[str]:
 def updated_at_ms(value: Any, now_ms: int) -> int:
     """Epoch ms of `updated_at` (RFC 3339 with offset, or epoch ms); 0 when absent.
 
-    Raises `_Invalid` for anything unreadable, negative or more than a day in the future.
+    Raises `_InvalidRecordError` for anything unreadable, negative or more than a day in the future.
     """
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid("updated_at has the wrong type")
+        raise _InvalidRecordError("updated_at has the wrong type")
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            raise _Invalid("updated_at is not RFC 3339") from None
+            raise _InvalidRecordError("updated_at is not RFC 3339") from None
         if moment.tzinfo is None:
-            raise _Invalid("updated_at has no UTC offset")
+            raise _InvalidRecordError("updated_at has no UTC offset")
         value = int(moment.timestamp() * 1000)
-    if not 0 <= value <= now_ms + MAX_FUTURE_SKEW_MS:
-        raise _Invalid("updated_at out of range")
-    return value
+    stamp: int = value
+    if not 0 <= stamp <= now_ms + MAX_FUTURE_SKEW_MS:
+        raise _InvalidRecordError("updated_at out of range")
+    return stamp
 
 
 def _loose_field(value: bytes, name: str) -> str | None:
@@ -192,7 +193,7 @@ class _Table:
             parsed = orjson.loads(value)
             stamp = parsed.get("updated_at") if isinstance(parsed, dict) else None
             return updated_at_ms(stamp, self._now_ms()) if stamp is not None else None
-        except (orjson.JSONDecodeError, _Invalid):
+        except (orjson.JSONDecodeError, _InvalidRecordError):
             return None
 
     def _merge(self, old: int, new: int) -> int:
@@ -222,10 +223,10 @@ class ConsentTable(_Table):
         index = self._jurisdiction_index.get(jurisdiction)
         if index is None:
             if jurisdiction is not None and len(jurisdiction) > MAX_JURISDICTION_CHARS:
-                raise _Invalid("jurisdiction too long")
+                raise _InvalidRecordError("jurisdiction too long")
             index = len(self._jurisdictions)
             if index > MAX_JURISDICTIONS:
-                raise _Invalid("jurisdiction table full")
+                raise _InvalidRecordError("jurisdiction table full")
             self._jurisdictions.append(jurisdiction)
             self._jurisdiction_index[jurisdiction] = index
         return index
@@ -249,24 +250,24 @@ class ConsentTable(_Table):
             return
         try:
             self._apply_valid(subject, value)
-        except _Invalid as exc:
+        except _InvalidRecordError as exc:
             self._count_invalid(str(exc))
             named = dict.fromkeys(
                 [*_named_subjects(subject), *_named_subjects(_loose_field(value, "subject"))]
             )
-            stamp = self._usable_time(value)
+            usable = self._usable_time(value)
             for name in named:
-                self._put(name.encode(), _MOST_RESTRICTIVE, stamp, _TIME_SHIFT)
+                self._put(name.encode(), _MOST_RESTRICTIVE, usable, _TIME_SHIFT)
 
     def _apply_valid(self, subject: str | None, value: bytes) -> None:
         try:
             record = ConsentRecord.model_validate_json(value, strict=True)
         except ValidationError:
-            raise _Invalid("not a valid consent record") from None
+            raise _InvalidRecordError("not a valid consent record") from None
         if subject is None or not canonical_subject(subject):
-            raise _Invalid("key is not a canonical subject")
+            raise _InvalidRecordError("key is not a canonical subject")
         if record.subject != subject:
-            raise _Invalid("key and subject differ")
+            raise _InvalidRecordError("key and subject differ")
         stamp = updated_at_ms(record.updated_at, self._now_ms())
         packed = (
             _GRANT[record.interest_based_ads]
@@ -315,21 +316,21 @@ class SignupStatusTable(_Table):
             try:
                 status = SignupStatus.model_validate_json(value, strict=True)
             except ValidationError:
-                raise _Invalid("not a valid sign-up status record") from None
+                raise _InvalidRecordError("not a valid sign-up status record") from None
             if account is None or not _is_canonical_id(account):
-                raise _Invalid("key is not a canonical account id")
+                raise _InvalidRecordError("key is not a canonical account id")
             if status.account_id != account:
-                raise _Invalid("key and account_id differ")
+                raise _InvalidRecordError("key and account_id differ")
             stamp = updated_at_ms(status.updated_at, self._now_ms())
             self._put(account.encode(), _STATUS_CODE[status.status], stamp, _STATUS_BITS)
-        except _Invalid as exc:
+        except _InvalidRecordError as exc:
             self._count_invalid(str(exc))
             named = dict.fromkeys(
                 [*_named_account(account), *_named_account(_loose_field(value, "account_id"))]
             )
-            stamp = self._usable_time(value)
+            usable = self._usable_time(value)
             for name in named:
-                self._put(name.encode(), _STATUS_UNKNOWN, stamp, _STATUS_BITS)
+                self._put(name.encode(), _STATUS_UNKNOWN, usable, _STATUS_BITS)
 
     def get(self, account_id: str) -> SignupStatus | None:
         """The status of one account; None when unknown, invalid or conflicting."""
