@@ -128,7 +128,7 @@ class RocksStore(MutableMapping[bytes, int]):
         for key, value in self._pending.items():
             if value is not None:
                 yield key
-        for stored in self._db:
+        for stored in self._db.keys():  # noqa: SIM118 (Rdict has no __iter__)
             if (
                 isinstance(stored, bytes)
                 and not stored.startswith(_META_PREFIX)
