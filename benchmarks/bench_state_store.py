@@ -196,28 +196,34 @@ def main(entries: int) -> None:
     def mark(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    print(f"memory store start to /readyz:  {memory_s:8.1f} s   RSS {memory_rss:.0f} MiB (every start)")
-    print(
-        f"cold build to /readyz:          {cold_s:8.1f} s   ({entries / cold_s:,.0f} entries/s), RSS {cold_rss:.0f} MiB"
-    )
-    print(
-        f"restart from checkpoint:        {restart_s:8.1f} s   target <= {RESTART_TARGET_S:.0f} s: "
-        f"{mark(restart_s <= RESTART_TARGET_S)}"
-    )
-    print(
-        f"RSS at ready after restart:     {restart_rss:8.0f} MiB target <= {RSS_TARGET_MIB:.0f}: {mark(restart_rss <= RSS_TARGET_MIB)}"
-    )
-    print(f"disk:                           {disk / entries:8.1f} B/entry ({disk / 2**20:,.0f} MiB)")
-    print(
-        f"lookup per decision, memory:    p50 {_percentile(memory_ns, 0.5):.2f} µs, p99 {_percentile(memory_ns, 0.99):.2f} µs"
-    )
-    print(
-        f"lookup per decision, rocksdb:   p50 {_percentile(disk_ns, 0.5):.2f} µs, p99 {_percentile(disk_ns, 0.99):.2f} µs "
-        f"(first touch p99 {cold_lookup:.1f} µs)"
-    )
-    print(
-        f"added per decision (warm):      p50 {added_p50:.2f} µs, p99 {added_p99:.2f} µs  target <= {LOOKUP_TARGET_US:.0f}: {mark(added_p99 <= LOOKUP_TARGET_US)}"
-    )
+    def pct(samples: list[int]) -> str:
+        return f"p50 {_percentile(samples, 0.5):.2f} µs, p99 {_percentile(samples, 0.99):.2f} µs"
+
+    rows = [
+        ("memory store start to /readyz", f"{memory_s:.1f} s, RSS {memory_rss:.0f} MiB (on every start)"),
+        (
+            "cold build to /readyz",
+            f"{cold_s:.1f} s ({entries / cold_s:,.0f} entries/s), RSS {cold_rss:.0f} MiB",
+        ),
+        (
+            "restart from checkpoint",
+            f"{restart_s:.1f} s; target <= {RESTART_TARGET_S:.0f} s: {mark(restart_s <= RESTART_TARGET_S)}",
+        ),
+        (
+            "RSS at ready after restart",
+            f"{restart_rss:.0f} MiB; target <= {RSS_TARGET_MIB:.0f}: {mark(restart_rss <= RSS_TARGET_MIB)}",
+        ),
+        ("disk", f"{disk / entries:.1f} B/entry ({disk / 2**20:,.0f} MiB)"),
+        ("lookups per decision, memory", pct(memory_ns)),
+        ("lookups per decision, rocksdb", f"{pct(disk_ns)} (first touch p99 {cold_lookup:.1f} µs)"),
+        (
+            "added per decision (warm)",
+            f"p50 {added_p50:.2f} µs, p99 {added_p99:.2f} µs; "
+            f"target <= {LOOKUP_TARGET_US:.0f}: {mark(added_p99 <= LOOKUP_TARGET_US)}",
+        ),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':32} {value}")
 
 
 if __name__ == "__main__":

@@ -182,12 +182,31 @@ def test_signup_status_key_must_match_and_its_tombstone_deletes_what_the_key_nam
     assert status.get("a7") is None
 
 
+def test_a_grant_never_outlives_a_tombstone_however_keyed() -> None:
+    table = ConsentTable(clock=lambda: NOW_S)
+    table.apply(b"account:g1", _consent("account:g1", "2026-11-01T00:00:00Z", interest_based_ads="granted"))
+    table.apply(b"account:g1 ", None)  # a careless producer deletes with a trailing space
+    stored = table.get(b"account:g1")
+    assert stored is not None and stored.interest_based_ads == "denied" and table.invalid_records == 1
+    status = SignupStatusTable(clock=lambda: NOW_S)
+    status.apply(b"a8", orjson.dumps({"account_id": "a8", "status": "prospect"}))
+    status.apply(b" a8", None)
+    assert status.get("a8") is None
+
+
+def _distinct_jurisdiction(i: int) -> str:
+    """A well-formed jurisdiction code, different for every i below 676,000 (`AB-123`)."""
+    first, second = divmod(i // 1000 % 676, 26)
+    return f"{chr(65 + first)}{chr(65 + second)}-{i % 1000}"
+
+
 def test_jurisdiction_table_is_bounded() -> None:
     table = ConsentTable(clock=lambda: NOW_S)
     for i in range(MAX_JURISDICTIONS + 10):
         subject = f"account:j{i}"
         table.apply(
-            subject.encode(), _consent(subject, 1, interest_based_ads="granted", jurisdiction=f"X{i}")
+            subject.encode(),
+            _consent(subject, 1, interest_based_ads="granted", jurisdiction=_distinct_jurisdiction(i)),
         )
     assert len(table) == MAX_JURISDICTIONS + 10 and table.invalid_records == 10  # loading went on
     last = table.get(f"account:j{MAX_JURISDICTIONS + 9}".encode())

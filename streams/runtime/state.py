@@ -25,15 +25,15 @@ record still replaces it.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
-from pydantic import ValidationError
 
+from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 
@@ -64,7 +64,7 @@ MAX_ID_CHARS = 512
 # Producers' clocks drift; a record stamped more than this ahead of ours is not believable.
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
 SUBJECT_KINDS = ("account", "profile", "device")
-_SUBJECT = re.compile(r"(account|profile|device):(.+)", re.DOTALL)
+_SUBJECT_KINDS = frozenset(SUBJECT_KINDS)
 _MOST_RESTRICTIVE = (
     _GRANT["denied"] | _BOOL[True] << 2 | _BOOL[True] << 4 | _GRANT["denied"] << 6
 )  # jurisdiction index 0 (unknown)
@@ -86,8 +86,8 @@ def _is_canonical_id(text: str) -> bool:
 
 def canonical_subject(text: str) -> bool:
     """True when `text` is a canonical consent subject (`account|profile|device:<id>`)."""
-    match = _SUBJECT.fullmatch(text)
-    return match is not None and _is_canonical_id(match.group(2))
+    kind, _, ident = text.partition(":")
+    return kind in _SUBJECT_KINDS and _is_canonical_id(ident)
 
 
 def _named_subjects(text: str | None) -> list[str]:
@@ -107,6 +107,16 @@ def _named_account(text: str | None) -> list[str]:
     return [trimmed] if trimmed else []
 
 
+@lru_cache(maxsize=4096)
+def _rfc3339_ms(text: str) -> int | None:
+    """Epoch ms of an RFC 3339 time with an offset; None otherwise (memoized: times repeat)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1000) if moment.tzinfo is not None else None
+
+
 def updated_at_ms(value: Any, now_ms: int) -> int:
     """Epoch ms of `updated_at` (RFC 3339 with offset, or epoch ms); 0 when absent.
 
@@ -116,15 +126,9 @@ def updated_at_ms(value: Any, now_ms: int) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _InvalidRecordError("updated_at has the wrong type")
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise _InvalidRecordError("updated_at is not RFC 3339") from None
-        if moment.tzinfo is None:
-            raise _InvalidRecordError("updated_at has no UTC offset")
-        value = int(moment.timestamp() * 1000)
-    stamp: int = value
+    stamp = _rfc3339_ms(value) if isinstance(value, str) else value
+    if stamp is None:
+        raise _InvalidRecordError("updated_at is not RFC 3339 with a UTC offset")
     if not 0 <= stamp <= now_ms + MAX_FUTURE_SKEW_MS:
         raise _InvalidRecordError("updated_at out of range")
     return stamp
@@ -245,8 +249,10 @@ class ConsentTable(_Table):
         if value is None:  # a tombstone: consent unknown again for what the key named
             if subject is not None and canonical_subject(subject):
                 self._store.pop(subject.encode(), None)
-            else:
+            else:  # neither keeps a grant nor loses a denial: restricts what the key names
                 self._count_invalid("tombstone key is not a canonical subject")
+                for name in _named_subjects(subject):
+                    self._put(name.encode(), _MOST_RESTRICTIVE, None, _TIME_SHIFT)
             return
         try:
             self._apply_valid(subject, value)
@@ -261,8 +267,8 @@ class ConsentTable(_Table):
 
     def _apply_valid(self, subject: str | None, value: bytes) -> None:
         try:
-            record = ConsentRecord.model_validate_json(value, strict=True)
-        except ValidationError:
+            record = decode_state_record(value, ConsentRecord)
+        except Exception:  # strict JSON (no duplicate keys) and strict types; anything else is invalid
             raise _InvalidRecordError("not a valid consent record") from None
         if subject is None or not canonical_subject(subject):
             raise _InvalidRecordError("key is not a canonical subject")
@@ -309,13 +315,15 @@ class SignupStatusTable(_Table):
         if value is None:  # a tombstone deletes what the key named
             if account is not None and _is_canonical_id(account):
                 self._store.pop(account.encode(), None)
-            else:
+            else:  # the status of what the key names becomes unknown
                 self._count_invalid("tombstone key is not a canonical account id")
+                for name in _named_account(account):
+                    self._put(name.encode(), _STATUS_UNKNOWN, None, _STATUS_BITS)
             return
         try:
             try:
-                status = SignupStatus.model_validate_json(value, strict=True)
-            except ValidationError:
+                status = decode_state_record(value, SignupStatus)
+            except Exception:  # strict JSON (no duplicate keys) and strict types
                 raise _InvalidRecordError("not a valid sign-up status record") from None
             if account is None or not _is_canonical_id(account):
                 raise _InvalidRecordError("key is not a canonical account id")

@@ -1,7 +1,8 @@
-"""Inputs that used to stop the job for good: an oversized key, an oversized event id."""
+"""Inputs that used to stop the job for good: an oversized key or event id, an updated_at of 2^64."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import orjson
@@ -28,12 +29,17 @@ def _event(event_id: str, event_type: str = "title_selected") -> bytes:
     )
 
 
-def test_oversized_key_and_event_id_are_blocked_not_fatal(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_oversized_key_event_id_and_updated_at_are_blocked_not_fatal(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     seed_population(broker.bootstrap, "internal.events", 50, 3)
+    far = json.dumps({"subject": "account:acct-big", "updated_at": 2**64, "interest_based_ads": "granted"})
+    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:acct-big", far.encode())])
     inputs = [
         KeyedRecord(b"k" * 500_000, _event("big-key")),  # today: the blocked record is ~2.3x the key
         KeyedRecord(b"acct-big", _event("e" * 250_000, "app_install")),
         KeyedRecord(b"acct-big", _event("after")),
+        KeyedRecord(b"acct-big", _event("reads-state", "app_install")),  # its snapshot: that consent
     ]
     guard = start_guard(
         broker.bootstrap,
@@ -46,6 +52,7 @@ def test_oversized_key_and_event_id_are_blocked_not_fatal(broker: EmbeddedBroker
         guard.wait_ready()
         produce(broker.bootstrap, "internal.events", inputs)
         _wait_consumed(guard, len(inputs))
+        guard_invalid_state = guard.metric_value("partner_guard_state_invalid_records_total")
     finally:
         assert guard.stop() == 0, guard.log()
     blocked = read_topic(broker.bootstrap, "guard.blocked", expect=2 * len(inputs))
@@ -61,3 +68,6 @@ def test_oversized_key_and_event_id_are_blocked_not_fatal(broker: EmbeddedBroker
     big_id = [r for r in records if str(r["event_id"]).startswith("sha256:")]
     assert len(big_id) == 2 and all(r["reduced"] and "record_too_large" in r["reasons"] for r in big_id)
     assert all(r["original_b64"] is None and r["snapshot"] is None for r in big_id)
+    stored = [c for r in records if r["event_id"] == "reads-state" for c in r["snapshot"]["consent"]]
+    assert stored and all(c["interest_based_ads"] == "denied" and c["updated_at"] is None for c in stored)
+    assert guard_invalid_state >= 1
