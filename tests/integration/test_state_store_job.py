@@ -106,6 +106,8 @@ def test_a_damaged_store_is_rebuilt_before_the_guard_is_ready(broker: EmbeddedBr
     state_dir = tmp_path / "state"
     first = _guard(broker, tmp_path, state_dir)
     first.wait_ready()
+    produce(broker.bootstrap, INPUT, [_install("dmg-1", "0")])
+    _wait_records_in(first, 1)  # joined the group: a member that leaves mid-join stalls Tansu's group
     assert first.stop() == 0
     for manifest in (state_dir / "consent").glob("MANIFEST-*"):
         manifest.write_bytes(b"garbage")
