@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
@@ -29,6 +29,9 @@ Applier = Callable[[bytes, bytes | None], None]
 # More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
 # small enough that a flood of state records cannot keep one catch-up from ending.
 MAX_DRAIN = 20_000
+# What `catch_up` reports when the end offsets cannot be looked up (broker unreachable): more
+# than any lag bound, so the batch is decided as stale (fail closed) and the job carries on.
+UNKNOWN_LAG = 1 << 62
 
 
 class StateReader:
@@ -103,7 +106,11 @@ class StateReader:
     def catch_up(self, timeout_s: float) -> int:
         """Apply records up to the current end offsets; returns the records still missing."""
         deadline = time.monotonic() + timeout_s
-        targets = self._targets()
+        try:
+            targets = self._targets()
+        except KafkaException as exc:
+            log.warning("state end offsets unavailable, deciding as stale: %s", exc.args[0].str())
+            return UNKNOWN_LAG
         while self.lag(targets) > 0 and time.monotonic() < deadline:
             self._apply(self._consumer.consume(5000, 0.05))
         drained = 0  # the rest of the last record batch is already fetched: apply it, boundedly

@@ -29,7 +29,7 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, ROOT, produce, read_topic
+from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, ROOT, GuardProcess, produce, read_topic
 from tests.integration.test_job import FORBIDDEN
 
 # The guard's librdkafka client.id in these tests; the fault proxy aims at it.
@@ -74,16 +74,26 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def wait_all_committed(bootstrap: str, group: str, topic: str, total: int, timeout_s: float = 240.0) -> None:
+def wait_all_committed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    total: int,
+    timeout_s: float = 240.0,
+    guards: Iterable[GuardProcess] = (),
+) -> None:
     """Block until the group's committed offsets add up to `total` (the records produced).
 
     (Not the watermarks: the embedded broker's high watermark is the base offset of the last
     record batch + 1, short of the true end.)
     """
-    deadline = time.monotonic() + timeout_s
+    deadline, watched = time.monotonic() + timeout_s, list(guards)
     while time.monotonic() < deadline:
         if sum(committed_offsets(bootstrap, group, topic).values()) >= total:
             return
+        for guard in watched:
+            if guard.process.poll() is not None:
+                raise AssertionError(f"guard exited with {guard.process.returncode}: {guard.log()}")
         time.sleep(0.5)
     raise AssertionError(f"committed {committed_offsets(bootstrap, group, topic)}, expected {total} in all")
 
@@ -218,3 +228,25 @@ def account(
         ledger.lost[partner] = len(ids - seen) + max(0, malformed - len(by_offset))
         ledger.duplicated[partner] = sum(n - 1 for n in outputs[partner].values() if n > 1)
     return ledger
+
+
+def consent_record(account: str, interest_based_ads: str, updated_at: str) -> KeyedRecord:
+    """A consent record for `account:<account>`."""
+    subject = f"account:{account}"
+    value = {"subject": subject, "updated_at": updated_at, "interest_based_ads": interest_based_ads}
+    return KeyedRecord(subject.encode(), orjson.dumps(value))
+
+
+def installs(account: str, count: int, prefix: str) -> list[KeyedRecord]:
+    """App installs an attribution partner receives while the account's consent is granted."""
+    event = {
+        "event_type": "app_install",
+        "event_time": 1_795_000_000_000,
+        "account_id": account,
+        "device": {"platform": "ios"},
+        "context": {"country": "US"},
+    }
+    return [
+        KeyedRecord(account.encode(), orjson.dumps(event | {"event_id": f"{prefix}-{i}"}))
+        for i in range(count)
+    ]

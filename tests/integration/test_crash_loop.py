@@ -45,6 +45,14 @@ def _kill(guard: GuardProcess) -> None:
     guard.process.wait()
 
 
+def _wait_consuming(guard: GuardProcess, timeout_s: float = 120.0) -> None:
+    """Wait until the guard has committed its first batch (it holds partitions and works)."""
+    deadline = time.monotonic() + timeout_s
+    while guard.metric_value("partner_guard_records_in_total") == 0:
+        assert time.monotonic() < deadline, guard.log()
+        time.sleep(0.05)
+
+
 def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
     """Start a guard and SIGKILL it after its HTTP port is up but before the state is loaded."""
     for _ in range(5):
@@ -71,9 +79,12 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
     for _ in range(KILLS):
         guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
         guard.wait_ready(120)
-        time.sleep(rng.uniform(0.2, 2.0))
+        started = time.monotonic()
+        _wait_consuming(guard)
+        time.sleep(rng.uniform(0.0, 1.0))
         _kill(guard)
         progress.append(sum(committed_offsets(broker.bootstrap, group, INPUT).values()))
+        print(f"cycle: {time.monotonic() - started:.1f}s to first commit + kill; committed {progress[-1]}")
     assert progress[-1] < len(events), "the kills came too late: all was committed before the last one"
     last = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
     try:
