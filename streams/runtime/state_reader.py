@@ -35,7 +35,10 @@ UNKNOWN_LAG = 1 << 62
 
 
 class StateReader:
-    """Assigns every partition of the state topics (no consumer group) and applies records."""
+    """Assigns every partition of the state topics (no consumer group) and applies records.
+
+    Its clients identify as `<client.id>-state` (broker logs, quotas, fault tests).
+    """
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class StateReader:
         metrics: GuardMetrics,
         watermark_timeout_s: float = 5.0,
     ) -> None:
+        kafka_config = {**kafka_config, "client.id": f"{kafka_config.get('client.id', 'rdkafka')}-state"}
         config = {
             **kafka_config,
             "group.id": f"partner-guard-state-{uuid.uuid4().hex[:12]}",  # never commits

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +200,7 @@ def account(
     events: list[KeyedRecord],
     allowed: dict[str, set[str]],
     blocked_topic: str = "guard.blocked",
+    keys: Mapping[str, bytes] = PARTNER_KEYS,
 ) -> Ledger:
     """Read every output (read_committed) and fill the ledger; see the module docstring."""
     decoded = [decode_json(e.value) for e in events]
@@ -208,7 +209,7 @@ def account(
     ledger = Ledger(scenario, len(events))
     outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
     for partner in PARTNERS:
-        back = {pseudonym(PARTNER_KEYS[partner], "event_id", i): i for i in ids}
+        back = {pseudonym(keys[partner], "event_id", i): i for i in ids}
         for _, value, _ in read_topic(bootstrap, f"partner.{partner}.events"):
             text = (value or b"").decode("utf-8", "replace")
             event_id = back.get(orjson.loads(value or b"{}").get("event_id"), "?")
