@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo bench soak reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,24 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_decide.py
+
+# Faults over time (not in CI): the soak, then the fault scenarios in their long variants.
+SOAK_MINUTES ?= 30
+SOAK_OUT ?= soak-results
+RELIABILITY_TESTS := tests/integration/test_crash_loop.py tests/integration/test_flaky_network.py \
+	tests/integration/test_zombie.py tests/integration/test_state_faults.py \
+	tests/integration/test_logs_and_secrets.py
+
+soak: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,soak]'
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES) --out $(SOAK_OUT)
+	PARTNER_GUARD_SOAK=1 $(MAKE) reliability
+
+# The fault scenarios alone, each ledger appended to $(SOAK_OUT)/reliability.jsonl.
+reliability: $(STAMP)
+	mkdir -p $(SOAK_OUT)
+	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s -p no:randomly \
+		-o timeout=3600 $(RELIABILITY_TESTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from tests.integration.kafka_helpers import produce, start_guard
+from tests.integration.kafka_helpers import GuardProcess, produce, start_guard
 from tests.integration.reliability import (
     account,
     committed_offsets,
@@ -49,10 +49,10 @@ class OffsetWatch(threading.Thread):
             time.sleep(0.2)
 
 
-def _wait_stopped(pid: int, timeout_s: float = 120.0) -> None:
+def _wait_stopped(guard: GuardProcess, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
-        assert time.monotonic() < deadline, "the zombie never froze"
+    while psutil.Process(guard.process.pid).status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, f"the zombie never froze: {guard.log()}"
         time.sleep(0.05)
 
 
@@ -69,7 +69,7 @@ def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path
     watch = OffsetWatch(bootstrap)
     survivor = None
     try:
-        _wait_stopped(zombie.process.pid)  # frozen after producing batch 3, before committing it
+        _wait_stopped(zombie)  # frozen after producing batch 3, before committing it
         frozen_at = dict(committed_offsets(bootstrap, GROUP, INPUT))
         watch.start()
         survivor = start_guard(bootstrap, tmp_path, INPUT, GROUP, env, "zombie-b")
@@ -90,7 +90,8 @@ def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path
         time.sleep(1)
     finally:
         watch.done.set()
-        watch.join(10)
+        if watch.ident is not None:
+            watch.join(10)
         for guard in (zombie, survivor):
             if guard is not None:
                 os.kill(guard.process.pid, signal.SIGCONT) if guard.process.poll() is None else None
