@@ -48,7 +48,7 @@ soak: $(STAMP)
 # The fault scenarios alone, each ledger appended to $(SOAK_OUT)/reliability.jsonl.
 reliability: $(STAMP)
 	mkdir -p $(SOAK_OUT)
-	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s -p no:randomly \
+	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
 		-o timeout=3600 $(RELIABILITY_TESTS)
 
 clean:

@@ -17,6 +17,7 @@ from streams.gen.traffic import KeyedRecord
 from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
 from tests.integration.reliability import (
     SOAK,
+    TIMEOUT_S,
     account,
     committed_offsets,
     guard_env,
@@ -66,6 +67,7 @@ def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
     raise AssertionError("never caught the guard while it loaded its state")
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: Path) -> None:
     seeded = seed_state(broker.bootstrap, INPUT, 2000, 41)
     filler = _filler()
@@ -101,6 +103,7 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
     ledger.assert_sound()
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_exception_before_commit_leaves_offsets_and_the_batch_is_redone(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from tests.integration.kafka_helpers import produce, read_topic, start_guard
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
     SOAK,
+    TIMEOUT_S,
     account,
     consent_record,
     guard_env,
@@ -43,7 +44,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
         broker.stop()
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(TIMEOUT_S)
 def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_topic, start_guard
 from tests.integration.reliability import (
+    TIMEOUT_S,
     account,
     consent_record,
     guard_env,
@@ -56,7 +57,7 @@ def _needles(records: list[KeyedRecord]) -> set[str]:
     return {n for n in found if len(n) >= 6}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(TIMEOUT_S)
 def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBroker, tmp_path: Path) -> None:
     bootstrap = broker.bootstrap
     seeded = seed_state(bootstrap, INPUT, 300, 61)

@@ -18,6 +18,7 @@ from tests.faultproxy import FaultProxy, start_broker_behind_proxy
 from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
+    TIMEOUT_S,
     account,
     consent_record,
     guard_env,
@@ -63,7 +64,7 @@ def _install_outcomes(bootstrap: str, prefix: str) -> tuple[int, Counter[str]]:
     return len(blocked), Counter(r for b in blocked for r in b["reasons"])
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(TIMEOUT_S)
 def test_unreadable_state_record_then_state_unreachable(
     state_proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from tests.integration.kafka_helpers import GuardProcess, produce, start_guard
 from tests.integration.reliability import (
+    TIMEOUT_S,
     account,
     committed_offsets,
     guard_env,
@@ -56,7 +57,7 @@ def _wait_stopped(guard: GuardProcess, timeout_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(TIMEOUT_S)
 def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path: Path) -> None:
     bootstrap = broker.bootstrap
     seeded = seed_state(bootstrap, INPUT, 500, 53)
