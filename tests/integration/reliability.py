@@ -11,10 +11,11 @@ there; on a broker with real transactions they are invisible.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ GUARD_CLIENT_ID = "guard"
 # Knobs for `make soak`: the same scenarios, longer.
 SOAK = os.environ.get("PARTNER_GUARD_SOAK", "") == "1"
 TIMEOUT_S = 3600 if SOAK else 900  # generous: up to eight engineers' suites share two cores
+HTTP_UNAVAILABLE = 503
 CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
 PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
 
@@ -230,6 +232,44 @@ def account(
         ledger.lost[partner] = len(ids - seen) + max(0, malformed - len(by_offset))
         ledger.duplicated[partner] = sum(n - 1 for n in outputs[partner].values() if n > 1)
     return ledger
+
+
+class Supervisor:
+    """Keeps a guard running the way a process supervisor with a liveness probe does.
+
+    A guard that exits, or whose `/healthz` fails (its loop stopped beating), is killed and
+    started again; each restart is recorded with its cause.
+    """
+
+    def __init__(self, start: Callable[[], GuardProcess]) -> None:
+        self._start = start
+        self.guard = start()
+        self.restarts: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                guard = self.guard
+                exited = guard.process.poll()
+                if exited is None and guard.status("/healthz") != HTTP_UNAVAILABLE:
+                    continue
+                cause = f"exit {exited}" if exited is not None else "liveness (/healthz 503)"
+                if exited is None:
+                    guard.process.kill()
+                    guard.process.wait()
+                self.restarts.append(cause)
+                self.guard = self._start()
+
+    def stop(self) -> int:
+        """Stop watching and SIGTERM the current guard; returns its exit code."""
+        self._stop.set()
+        self._thread.join(10)
+        with self._lock:
+            return self.guard.stop()
 
 
 def consent_record(account: str, interest_based_ads: str, updated_at: str) -> KeyedRecord:

@@ -53,7 +53,7 @@ class OffsetWatch(threading.Thread):
 def _wait_stopped(guard: GuardProcess, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while psutil.Process(guard.process.pid).status() != psutil.STATUS_STOPPED:
-        assert time.monotonic() < deadline, f"the zombie never froze: {guard.log()}"
+        assert time.monotonic() < deadline and guard.process.poll() is None, f"never froze: {guard.log()}"
         time.sleep(0.05)
 
 
@@ -63,7 +63,11 @@ def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path
     seeded = seed_state(bootstrap, INPUT, 500, 53)
     events = list(seeded.generator.events(8000))
     produce(bootstrap, INPUT, events[:4000])
-    env = guard_env(PARTNER_GUARD_KAFKA_MAX_POLL_INTERVAL_MS="7000", PARTNER_GUARD_BATCH_SIZE="500")
+    env = guard_env(
+        PARTNER_GUARD_KAFKA_MAX_POLL_INTERVAL_MS="7000",
+        PARTNER_GUARD_KAFKA_SESSION_TIMEOUT_MS="6000",  # state reader too (<= max poll interval)
+        PARTNER_GUARD_BATCH_SIZE="500",
+    )
     zombie = start_guard(
         bootstrap, tmp_path, INPUT, GROUP, {**env, "PARTNER_GUARD_FAULT_BEFORE_COMMIT": "stop@3"}, "zombie-a"
     )
