@@ -88,19 +88,30 @@ class StateReader:
             applied += 1
         return applied
 
-    def _targets(self) -> dict[tuple[str, int], int]:
+    def _targets(self) -> dict[tuple[str, int], int] | None:
         """End offsets of every state partition: one ListOffsets request for all of them.
 
         (The admin client's own connection answers in well under a millisecond; the
         consumer's `get_watermark_offsets` queues behind its long-poll fetch, ~0.5 s.)
+        None when the broker does not answer: a timed-out ListOffsets raises, or (measured,
+        confluent-kafka 2.16) resolves to offset -1001, which must not pass for "caught up".
         """
         request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in self.positions}  # type: ignore[no-untyped-call]
-        futures = self._admin.list_offsets(request, request_timeout=self._timeout)
         targets = {}
-        for tp, future in futures.items():
-            listed = future.result().offset
-            _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
-            targets[(tp.topic, tp.partition)] = max(listed, fetched if fetched > 0 else 0)
+        try:
+            futures = self._admin.list_offsets(request, request_timeout=self._timeout)
+            for tp, future in futures.items():
+                listed = future.result().offset
+                if listed < 0:
+                    log.warning(
+                        "state end offsets unavailable, deciding as stale: no answer for %s", tp.topic
+                    )
+                    return None
+                _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
+                targets[(tp.topic, tp.partition)] = max(listed, fetched if fetched > 0 else 0)
+        except KafkaException as exc:
+            log.warning("state end offsets unavailable, deciding as stale: %s", exc.args[0].str())
+            return None
         return targets
 
     def lag(self, targets: dict[tuple[str, int], int]) -> int:
@@ -110,10 +121,8 @@ class StateReader:
     def catch_up(self, timeout_s: float) -> int:
         """Apply records up to the current end offsets; returns the records still missing."""
         deadline = time.monotonic() + timeout_s
-        try:
-            targets = self._targets()
-        except KafkaException as exc:
-            log.warning("state end offsets unavailable, deciding as stale: %s", exc.args[0].str())
+        targets = self._targets()
+        if targets is None:
             return UNKNOWN_LAG
         while self.lag(targets) > 0 and time.monotonic() < deadline:
             self._apply(self._consumer.consume(5000, 0.05))
