@@ -11,7 +11,8 @@
    consumer lag into `soak.csv`; draws `soak.png` at the end (matplotlib, `.[soak]` extra).
 4. Fails (exit 1) when memory keeps growing (median RSS of the last quarter more than 20 %
    and 20 MB above the second quarter's), when a later minute's p99 exceeds 2x the first
-   minute's, or when an input is not accounted for (forwarded + blocked per partner = in).
+   minute's, when the consumer lag keeps growing (the guard falls behind the offered rate),
+   or when an input is not accounted for (forwarded + blocked per partner = in).
 
 The embedded broker keeps every record in memory and has no retention, so on it the rate is
 also capped to keep the broker under `--broker-memory-gb` for the whole run (printed when it
@@ -267,6 +268,10 @@ def _verdict(rows: list[Sample], minute_p99: list[float]) -> list[str]:
         last = statistics.median(r.rss_mb for r in rows[-quarter:])
         if last > second * 1.2 and last - second > 20:
             problems.append(f"memory grows: median RSS {second:.0f} MB -> {last:.0f} MB")
+        lag_second = statistics.median(r.consumer_lag for r in rows[quarter : 2 * quarter])
+        lag_last = statistics.median(r.consumer_lag for r in rows[-quarter:])
+        if lag_last > 2 * lag_second and lag_last > 10_000:
+            problems.append(f"falls behind: consumer lag {lag_second:.0f} -> {lag_last:.0f} records")
     if minute_p99 and minute_p99[0] == minute_p99[0]:  # not NaN
         for index, value in enumerate(minute_p99[1:], start=2):
             if value > 2 * minute_p99[0]:
