@@ -97,6 +97,7 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     ledger.notes.append(
         f"{ROUNDS} round(s): 150 ms latency, 3 cuts mid-request, {BLACKHOLE_S:.0f} s black-hole"
     )
+    ledger.notes.append(f"restarts by the liveness supervisor: {len(supervisor.restarts)}")
     ledger.report()
     ledger.assert_sound()
     revoked = [
@@ -104,4 +105,5 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
         for b in (orjson.loads(v or b"{}") for _, v, _ in read_topic(bootstrap, "guard.blocked"))
         if b["partner"] == "install-attribution" and str(b["event_id"]).startswith("flaky-after-revoke")
     ]
-    assert revoked and all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[:1]
+    assert len(revoked) == 50, len(revoked)  # the revocation is honoured for every install after it
+    assert all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[:1]
