@@ -105,5 +105,5 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
         for b in (orjson.loads(v or b"{}") for _, v, _ in read_topic(bootstrap, "guard.blocked"))
         if b["partner"] == "install-attribution" and str(b["event_id"]).startswith("flaky-after-revoke")
     ]
-    assert len(revoked) == 50, len(revoked)  # the revocation is honoured for every install after it
+    assert len({b["event_id"] for b in revoked}) == 50  # honoured for every install after it
     assert all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[:1]
