@@ -204,6 +204,7 @@ def account(
     allowed: dict[str, set[str]],
     blocked_topic: str = "guard.blocked",
     keys: Mapping[str, bytes] = PARTNER_KEYS,
+    blocked_id: Callable[[str], str | None] = lambda event_id: event_id,
 ) -> Ledger:
     """Read every output (read_committed) and fill the ledger; see the module docstring."""
     decoded = [decode_json(e.value) for e in events]
@@ -220,10 +221,11 @@ def account(
             ledger.forwarded[partner] += 1
             if event_id not in allowed[partner] or FORBIDDEN.search(text):
                 ledger.leaked[partner] += 1
+    blocked_back = {blocked_id(i): i for i in ids}  # redacted/encrypted modes hash the event id
     for _, value, _ in read_topic(bootstrap, blocked_topic):
         blocked = orjson.loads(value or b"{}")
         source = blocked["source"]
-        key = blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"
+        key = blocked_back.get(blocked["event_id"]) or f"offset:{source['partition']}:{source['offset']}"
         outputs[blocked["partner"]][key] += 1
         ledger.blocked_reasons.update(blocked["reasons"])
     for partner in PARTNERS:
