@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench fuzz clean
+.PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,3 +48,24 @@ fuzz: $(STAMP)
 		PARTNER_GUARD_FUZZ_MAX_MS=$(FUZZ_MAX_MS) $(BIN)/python tests/fuzz_atheris.py \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1 || status=1; fi; \
 	exit $$status
+
+# Faults over time (not in CI): the soak, then the fault scenarios in their long variants.
+SOAK_MINUTES ?= 30
+SOAK_OUT ?= soak-results
+RELIABILITY_TESTS := tests/integration/test_crash_loop.py tests/integration/test_flaky_network.py \
+	tests/integration/test_zombie.py tests/integration/test_state_faults.py \
+	tests/integration/test_logs_and_secrets.py
+
+soak: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,soak]'
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES) --out $(SOAK_OUT)
+	PARTNER_GUARD_SOAK=1 $(MAKE) reliability
+
+# The fault scenarios alone, each ledger appended to $(SOAK_OUT)/reliability.jsonl.
+reliability: $(STAMP)
+	mkdir -p $(SOAK_OUT)
+	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
+		-o timeout=3600 $(RELIABILITY_TESTS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

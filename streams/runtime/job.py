@@ -29,6 +29,7 @@ from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
+from streams.runtime.faults import BeforeCommitFault
 from streams.runtime.kafka_io import Headers, produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
@@ -113,6 +114,7 @@ class GuardJob:
         self._undeclared_labels: set[str] = set()
         self._schema = event_schema()
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
+        self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -404,6 +406,7 @@ class GuardJob:
             if kind:
                 tally.timestamps_ms.append(ts)
         offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        self.fault.before_commit()
         if self._commit(producer, consumer, offsets):
             self._record(tally, started)
         else:
