@@ -510,3 +510,45 @@ def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Rules
     _, value, _ = blocked_record(decision, shared, source, 900_000)
     outcome = verify_one(orjson.loads(value), RulesetLibrary([RULES_DIR]), None)
     assert outcome.status == "unverifiable"
+
+
+class _RecordingProducer:
+    """Collects what the job produces (no broker: this tests the job's per-record containment)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Any = None) -> None:
+        self.records.append((topic, value))
+
+
+class _Message:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_the_job_blocks_an_input_whose_outputs_raise_for_every_partner(
+    ruleset: Ruleset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.runtime.config import Settings
+    from streams.runtime.job import BatchTally, GuardJob
+
+    job = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset)
+
+    def explode(*args: Any) -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(job, "_build_outputs", explode)
+    producer, tally = _RecordingProducer(), BatchTally()
+    source = SourceRef("internal.events", 0, 7, None, b"k", "json")
+    job._emit_input(producer, _Message(orjson.dumps(_case()["event"])), source, False, tally)  # type: ignore[arg-type]
+    assert [topic for topic, _ in producer.records] == ["guard.blocked"] * len(ruleset.partners)
+    for _, value in producer.records:
+        blocked = orjson.loads(value or b"")
+        assert blocked["reasons"] == ["internal_error"]
+        assert blocked["details"] == [f"{CONTAINED_ERROR_DETAIL}ZeroDivisionError"]
+        assert blocked["event_id"] and blocked["original_b64"]
+    assert sum(tally.decisions.values()) == len(ruleset.partners)

@@ -18,9 +18,6 @@ Verdict = Literal["forward", "block"]
 MAX_ID_CHARS = 128
 INTERNAL_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$"
 InternalId = Annotated[str, StringConstraints(pattern=INTERNAL_ID_PATTERN)]
-SubjectKey = Annotated[
-    str, StringConstraints(pattern=rf"^(account|profile|device):[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$")
-]
 # ISO 3166 country (or EU/EEA), optionally with a subdivision: US, US-CA, EU.
 Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,3})?$")]
 
@@ -171,7 +168,10 @@ class Event(_Section):
 class ConsentRecord(_Frozen):
     """A stored consent choice for one subject (`account:<id>`, `profile:<id>`, `device:<id>`)."""
 
-    subject: SubjectKey
+    # Not pattern-checked here: the state tables check a record's key and subject, and a
+    # recorded snapshot may carry subjects as keyed hashes (redacted and encrypted modes).
+    # A subject that is not a valid id matches no event, whose ids are checked strictly.
+    subject: str
     updated_at: OptionalTime = None
     interest_based_ads: Grant | None = None
     do_not_sell_or_share: bool | None = None
