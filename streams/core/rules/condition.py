@@ -1,23 +1,27 @@
 """Optional per-rule conditions in CEL (Common Expression Language), compiled once.
 
 Variables: `event` (the event as JSON, nulls omitted), `consent` (`jurisdiction`,
-`gdpr_applies`, `limit_ad_tracking`) and `status` (sign-up status or ""). CEL is pure, so
-results are memoized on the exact part of the input the expression can see: a condition
-that reads `event.device` is evaluated once per distinct device object.
+`gdpr_applies`, `limit_ad_tracking`) and `status` (sign-up status or ""). The condition is
+handed only the event fields it can read, as resolved from its syntax tree by `celreach`
+(so a field it does not name cannot influence it, whatever the CEL engine does). CEL is
+pure, so results are memoized on exactly that view: a condition that reads
+`event.device.platform` is evaluated once per distinct platform. Views larger than
+`_CACHE_KEY_LIMIT` bytes are evaluated without memoizing, so hostile events cannot grow the
+memo beyond `_CACHE_LIMIT x _CACHE_KEY_LIMIT` bytes.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import cel
 import orjson
 from pydantic import BaseModel
 
-_EVENT_FIELD = re.compile(r"\bevent\s*\.\s*([A-Za-z_]\w*)")
-_BARE_EVENT = re.compile(r"\bevent\b(?!\s*\.)")
+from streams.core.rules.celreach import Reach, reach
+
 _CACHE_LIMIT = 50_000
+_CACHE_KEY_LIMIT = 4_096
 
 
 class ConditionError(Exception):
@@ -28,10 +32,11 @@ class Condition:
     """A compiled CEL condition with a memo of its results."""
 
     def __init__(self, expression: str) -> None:
+        """Parse (raises `CelSubsetError` outside the allowed subset) and compile."""
         self.expression = expression
+        self.reach: Reach = reach(expression)
+        self._include = self.reach.include()
         self._program = cel.compile(expression)
-        bare = bool(_BARE_EVENT.search(expression))
-        self._event_fields: set[str] | None = None if bare else set(_EVENT_FIELD.findall(expression))
         self._cache: dict[bytes, bool | None] = {}
 
     def variables(self) -> list[str]:
@@ -41,10 +46,9 @@ class Condition:
     def holds(self, event: BaseModel, consent: dict[str, Any], status: str) -> bool:
         """True when the expression evaluates to exactly `true`; raises `ConditionError`.
 
-        Only the event fields the expression names are serialized (all of them when it uses
-        `event` as a whole).
+        Only the event fields the expression can read are serialized and passed in.
         """
-        visible = event.model_dump(mode="json", exclude_none=True, include=self._event_fields)
+        visible = event.model_dump(mode="json", exclude_none=True, include=self._include)
         context = {"event": visible, "consent": consent, "status": status}
         key = orjson.dumps(context, option=orjson.OPT_SORT_KEYS)
         try:
@@ -54,9 +58,10 @@ class Condition:
                 result = self._program.execute(context) is True
             except Exception:  # the binding raises several types for missing keys and bad types
                 result = None
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = result
+            if len(key) <= _CACHE_KEY_LIMIT:
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[key] = result
         if result is None:
             raise ConditionError(self.expression)
         return result
