@@ -139,7 +139,8 @@ def _tokens(expression: str) -> list[tuple[str, str]]:
         match = _TOKEN.match(expression, position)
         if match is None:
             raise CelSubsetError(
-                f"condition is not valid CEL here: unsupported character {expression[position]!r} at column {position + 1}",
+                f"condition is not valid CEL here: unsupported character {expression[position]!r} "
+                f"at column {position + 1}",
                 "use only the CEL subset listed in README, 'Conditions'",
             )
         kind = match.lastgroup or ""
@@ -180,11 +181,14 @@ class _Parser:
 
     def _take(self, expected: str | None = None) -> tuple[str, str]:
         if self.position >= len(self.tokens):
-            raise CelSubsetError("condition is not valid CEL here: unexpected end of expression", "complete the expression")
+            raise CelSubsetError(
+                "condition is not valid CEL here: unexpected end of expression", "complete the expression"
+            )
         token = self.tokens[self.position]
         if expected is not None and token[1] != expected:
             raise CelSubsetError(
-                f"condition is not valid CEL here: expected {expected!r}, found {token[1]!r}", "correct the CEL syntax"
+                f"condition is not valid CEL here: expected {expected!r}, found {token[1]!r}",
+                "correct the CEL syntax",
             )
         self.position += 1
         return token
@@ -207,7 +211,8 @@ class _Parser:
         node = self.expression()
         if self.position != len(self.tokens):
             raise CelSubsetError(
-                f"condition is not valid CEL here: unexpected {self.tokens[self.position][1]!r}", "correct the CEL syntax"
+                f"condition is not valid CEL here: unexpected {self.tokens[self.position][1]!r}",
+                "correct the CEL syntax",
             )
         return node
 
@@ -249,11 +254,11 @@ class _Parser:
             if self._take()[1] == ".":
                 kind, name = self._take()
                 if kind != "ident" or name in _RESERVED:
-                    raise CelSubsetError(f"condition is not valid CEL here: '.{name}' is not a field name", "correct the CEL syntax")
-                if self._peek() == "(":
-                    node = Call(node, name, self._arguments())
-                else:
-                    node = Select(node, name)
+                    raise CelSubsetError(
+                        f"condition is not valid CEL here: '.{name}' is not a field name",
+                        "correct the CEL syntax",
+                    )
+                node = Call(node, name, self._arguments()) if self._peek() == "(" else Select(node, name)
             else:
                 key = self.expression()
                 self._take("]")
@@ -281,7 +286,9 @@ class _Parser:
             return Lit({"true": True, "false": False, "null": None}[text])
         if kind == "ident":
             if text in _RESERVED:
-                raise CelSubsetError(f"condition is not valid CEL here: '{text}' is reserved", "correct the CEL syntax")
+                raise CelSubsetError(
+                    f"condition is not valid CEL here: '{text}' is reserved", "correct the CEL syntax"
+                )
             if self._peek() == "(":
                 return Call(None, text, self._arguments())
             return Ident(text)
@@ -294,7 +301,9 @@ class _Parser:
         if text == "[":
             self.position -= 1
             return ListLit(self._arguments("]"))
-        raise CelSubsetError(f"condition is not valid CEL here: unexpected {text!r}", "correct the CEL syntax")
+        raise CelSubsetError(
+            f"condition is not valid CEL here: unexpected {text!r}", "correct the CEL syntax"
+        )
 
 
 def parse(expression: str) -> Node:
@@ -351,12 +360,12 @@ def _event_path(node: Node) -> tuple[str, ...] | None:
             node = node.operand
         elif isinstance(node, Index):
             if not (isinstance(node.key, Lit) and isinstance(node.key.value, str)):
-                root = node
+                root: Node = node
                 while isinstance(root, Select | Index):
                     root = root.operand
                 if isinstance(root, Ident) and root.name == "event":
                     raise CelSubsetError(
-                        "condition indexes the event with a computed key, so what it reads cannot be resolved",
+                        "condition indexes the event with a computed key: what it reads cannot be resolved",
                         'use a field path or a string literal key (event.properties["step"])',
                     )
                 return None
@@ -383,16 +392,16 @@ def _visit(node: Node, walk: _Walk) -> None:
     if isinstance(node, Ident):
         if node.name not in ROOT_VARIABLES | walk.bound:
             raise CelSubsetError(
-                f"condition uses unknown variable '{node.name}'", "use only event, consent and status"
+                f"condition uses unknown variables ['{node.name}']", "use only event, consent and status"
             )
         return
     if isinstance(node, Select):
-        if isinstance(node.operand, Ident) and node.operand.name == "consent":
-            if node.name not in CONSENT_FIELDS:
-                raise CelSubsetError(
-                    f"condition reads consent.{node.name}, which does not exist",
-                    f"use one of {sorted(CONSENT_FIELDS)}",
-                )
+        consent_field = isinstance(node.operand, Ident) and node.operand.name == "consent"
+        if consent_field and node.name not in CONSENT_FIELDS:
+            raise CelSubsetError(
+                f"condition reads consent.{node.name}, which does not exist",
+                f"use one of {sorted(CONSENT_FIELDS)}",
+            )
         _visit(node.operand, walk)
         return
     if isinstance(node, Index):
@@ -409,7 +418,9 @@ def _visit(node: Node, walk: _Walk) -> None:
 def _visit_call(node: Call, walk: _Walk) -> None:
     if node.target is None and node.name == "has":
         if len(node.args) != 1 or not isinstance(node.args[0], Select):
-            raise CelSubsetError("condition is not valid CEL here: has() takes one field selection", "write has(event.a.b)")
+            raise CelSubsetError(
+                "condition is not valid CEL here: has() takes one field selection", "write has(event.a.b)"
+            )
         path = _event_path(node.args[0])
         if path is None:
             _visit(node.args[0], walk)
@@ -426,7 +437,9 @@ def _visit_call(node: Call, walk: _Walk) -> None:
             f"condition calls '{node.name}', which rules may not use", f"use only {', '.join(allowed)}"
         )
     if len(node.args) != arity:
-        raise CelSubsetError(f"condition is not valid CEL here: {node.name}() takes {arity} argument(s)", "correct the call")
+        raise CelSubsetError(
+            f"condition is not valid CEL here: {node.name}() takes {arity} argument(s)", "correct the call"
+        )
     if node.target is not None:
         _visit(node.target, walk)
     for arg in node.args:
@@ -449,9 +462,15 @@ def _visit_macro(node: Call, target: Node, walk: _Walk) -> None:
     expected = (2, 3) if node.name == "map" else (2,)
     variable = node.args[0] if node.args else None
     if len(node.args) not in expected or not isinstance(variable, Ident):
-        raise CelSubsetError(f"condition is not valid CEL here: {node.name}() takes a variable and a predicate", "write list.exists(x, p)")
+        raise CelSubsetError(
+            f"condition is not valid CEL here: {node.name}() takes a variable and a predicate",
+            "write list.exists(x, p)",
+        )
     if variable.name in ROOT_VARIABLES or variable.name in _RESERVED:
-        raise CelSubsetError(f"condition is not valid CEL here: '{variable.name}' cannot name an iteration variable", "rename it")
+        raise CelSubsetError(
+            f"condition is not valid CEL here: '{variable.name}' cannot name an iteration variable",
+            "rename it",
+        )
     for item in target.items:
         _visit(item, walk)
     walk.declared.add(variable.name)

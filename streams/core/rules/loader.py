@@ -220,12 +220,10 @@ def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple
                 "remove that part of the condition; the guard applies consent itself (use consent.*)",
             )
         elif tag == RECORD_TAG and path in reach.values:
-            hidden = sorted(
-                p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t)
-            )
+            hidden = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t))
             if hidden:
                 yield (
-                    f"condition reads the whole record event.{dotted}, which reaches {', '.join(hidden)} (P11)",
+                    f"condition reads the whole record event.{dotted}, reaching {', '.join(hidden)} (P11)",
                     f"read only the fields needed (event.{dotted}.<field>) or test has(event.{dotted})",
                 )
 
@@ -243,7 +241,10 @@ def _check_condition(expression: str, file: str, line: int, tags: PrivacyTags) -
     unknown = set(condition.variables()) - CEL_VARIABLES - condition.reach.iteration_variables
     if unknown:
         yield RuleProblem(
-            file, line, f"condition uses unknown variables {sorted(unknown)}", "use only event, consent and status"
+            file,
+            line,
+            f"condition uses unknown variables {sorted(unknown)}",
+            "use only event, consent and status",
         )
     for message, fix in _condition_reach_problems(condition.reach, tags):
         yield RuleProblem(file, line, message, fix)

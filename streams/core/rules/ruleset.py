@@ -20,7 +20,6 @@ from streams.core.leakscan import LeakScanner
 from streams.core.rules.condition import Condition
 from streams.core.rules.model import FieldSpec, LeakScanFile, RuleFile
 
-
 MAX_KEPT_LENGTH = 1_024  # longest kept string a rule may allow; longer values are dropped
 _UNBOUNDED = 1 << 32
 
