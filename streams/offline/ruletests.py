@@ -5,23 +5,30 @@ under each case's `event`, `consent`, `signup_status`, `stale`; a `null` deletes
 and `cases`, each with `name`, the inputs and `expect`: `verdict`, `reasons` (exact list),
 and optionally `fields` (exact values), `record_keys` (exact key set) and `absent`.
 Pseudonyms use the fixed test key `rules-test-key:<partner>`.
+
+Every case with an event is also checked for P11 non-interference
+(`streams.offline.noninterference`): a fixed-seed set of variants of its protected fields
+must leave the partner's decision unchanged. Test files load within the same YAML bounds
+as rule files.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.coverage import possible_reasons
+from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.ruleset import Ruleset
 from streams.offline.cases import decide_case
+from streams.offline.noninterference import run_property
 
 TESTS_SUBDIR = "tests"
 
@@ -58,6 +65,7 @@ class PartnerResult:
     failures: list[str] = field(default_factory=list)
     covered: set[str] = field(default_factory=set)
     uncovered: list[str] = field(default_factory=list)
+    noninterference_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -86,7 +94,9 @@ def _check(expect: Mapping[str, Any], got: dict[str, Any]) -> list[str]:
 def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
     """Run the cases of one test file against the partner it names."""
     try:
-        doc = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        doc = load_bounded(path)
+    except YamlBoundError as exc:
+        return PartnerResult("?", str(path), failures=[f"{path}:{exc.line}: {exc.message}"])
     except MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         return PartnerResult("?", str(path), failures=[f"{path}:{line}: YAML error: {exc.problem}"])
@@ -100,6 +110,7 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
     keyed = ruleset.with_keys({p: test_key(p) for p in ruleset.partners})
     defaults = _plain(doc.get("defaults") or {})
     index = ruleset.partners.index(partner)
+    property_cases: list[tuple[int, str, dict[str, Any]]] = []
     for position, case_node in enumerate(doc["cases"]):
         line = doc["cases"].lc.item(position)[0] + 1
         case = _plain(case_node)
@@ -107,6 +118,7 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
         inputs = deep_merge(defaults, {k: v for k, v in case.items() if k not in ("name", "expect")})
         if isinstance(case.get("event"), str):
             inputs["event"] = case["event"]
+        property_cases.append((line, name, inputs))
         decision = decide_case(inputs, orjson.dumps(inputs), keyed)[index]
         got = {
             "verdict": decision.verdict,
@@ -121,6 +133,11 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
         else:
             result.passed += 1
     result.uncovered = sorted(possible_reasons(ruleset.rule(partner)) - result.covered)
+    for line, name, inputs in property_cases:
+        seed = zlib.crc32(name.encode())  # a case's variants do not move when others are added
+        checked, failures = run_property(keyed, [inputs], seed=seed, partner=partner)
+        result.noninterference_checked += checked
+        result.failures.extend(f"{path}:{line}: {name}: {failure}" for failure in failures)
     return result
 
 
