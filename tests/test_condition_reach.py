@@ -90,7 +90,13 @@ def test_condition_is_handed_only_the_fields_it_reads() -> None:
     """Defense in depth: even a CEL engine bug cannot let an unread field influence the result."""
     condition = Condition('has(event.device) && event.context.country == "US"')
     seen: list[object] = []
-    condition._program = type("Spy", (), {"execute": lambda self, ctx: seen.append(ctx) or True})()
+
+    class Spy:
+        def execute(self, context: object) -> bool:
+            seen.append(context)
+            return True
+
+    condition._program = Spy()
     event = Event.model_validate(
         {
             "event_id": "e",

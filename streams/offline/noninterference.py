@@ -209,5 +209,7 @@ def run_property(
             checked += 1
             for difference in check_case(ruleset, case, values, partner):
                 changed = ", ".join(p for p, v in values.items() if v is not None) or "(all removed)"
-                failures.append(f"P11 non-interference: {difference} when protected fields changed ({changed})")
+                failures.append(
+                    f"P11 non-interference: {difference} when protected fields changed ({changed})"
+                )
     return checked, failures
