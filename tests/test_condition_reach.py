@@ -96,7 +96,7 @@ def test_condition_is_handed_only_the_fields_it_reads() -> None:
             seen.append(context)
             return True
 
-    condition._program = Spy()
+    condition._program = Spy()  # type: ignore[assignment]
     event = Event.model_validate(
         {
             "event_id": "e",

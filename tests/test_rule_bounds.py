@@ -16,7 +16,7 @@ from streams.core.decide import decide
 from streams.core.models import ConsentRecord, Event, StateSnapshot
 from streams.core.rules import boundedyaml
 from streams.core.rules.celreach import MAX_DEPTH, MAX_EXPRESSION_CHARS, CelSubsetError, reach
-from streams.core.rules.condition import Condition
+from streams.core.rules.condition import Condition, ConditionError
 from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.model import FieldSpec
 from streams.core.rules.ruleset import MAX_KEPT_LENGTH, compile_field, compile_pattern, kept_max_length
@@ -197,6 +197,8 @@ def test_merge_keys_still_work() -> None:
         ("1 == 1 && " * 300 + "true", f"over {MAX_EXPRESSION_CHARS}"),
         ("!" * (MAX_DEPTH + 1) + "true", f"deeper than {MAX_DEPTH}"),
         (" || ".join(["1"] * 300), "more than"),
+        ('event.properties.step + "x" == "ax"', "uses `\\+`"),
+        ("[" + ",".join(["1"] * 33) + "].all(x, x == size(event.properties.step))", "more than 32 times"),
     ],
 )
 def test_unbounded_condition_is_refused(condition: str, expected: str) -> None:
@@ -204,11 +206,13 @@ def test_unbounded_condition_is_refused(condition: str, expected: str) -> None:
         reach(condition)
 
 
-def test_condition_memo_skips_huge_views() -> None:
-    """A 1 MB value is evaluated without being kept: the memo cannot grow by megabytes per event."""
+def test_condition_over_a_huge_value_fails_closed_unevaluated() -> None:
+    """A 1 MB value never reaches CEL (nor the memo): the rule blocks as rule_condition_error."""
     condition = Condition('event.properties.campaign_id.contains("spring")')
     base = {"event_id": "e", "event_type": "app_install", "event_time": 1}
     huge = Event.model_validate({**base, "properties": {"campaign_id": "x" * 1_000_000 + "spring"}})
     small = Event.model_validate({**base, "properties": {"campaign_id": "spring"}})
-    assert condition.holds(huge, {}, "") and condition.holds(small, {}, "")
+    with pytest.raises(ConditionError, match="inputs over"):
+        condition.holds(huge, {}, "")
+    assert condition.holds(small, {}, "")
     assert len(condition._cache) == 1

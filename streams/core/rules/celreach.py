@@ -12,16 +12,18 @@ condition can read, as a dotted path:
 - a bare `event`, or an index whose key is computed (`event.properties[x]`), cannot be
   resolved to fields and is refused.
 
-Cost is bounded by construction: the expression is at most `MAX_EXPRESSION_CHARS` long and
-`MAX_DEPTH` deep, and the only iteration (the macros `all`, `exists`, `exists_one`, `map`,
-`filter`) runs over a list literal written in the rule (at most `MAX_LITERAL_LIST` items,
-never nested), never over a list the event supplies. Every operation left (comparison,
-`contains`, `startsWith`, `endsWith`, `size`, `+`, conversions) is linear in its operands,
-so a condition costs O(expression length x event size).
+Cost is bounded by construction: the expression is at most `MAX_EXPRESSION_CHARS` long,
+`MAX_DEPTH` deep and `MAX_NODES` terms; the only iteration (the macros `all`, `exists`,
+`exists_one`, `map`, `filter`) runs over a list literal written in the rule (at most
+`MAX_LITERAL_LIST` items, never nested), never over a list the event supplies; event fields
+are read at most `MAX_EVENT_READS` times, a macro's body counting once per item; and no
+operator builds values larger than its operands (`+` is refused). Every operation left
+(comparison, `in`, `contains`, `startsWith`, `endsWith`, `size`, conversions) is linear in
+its operands, so a condition costs at most O(MAX_EVENT_READS x event size).
 
 The subset (anything else is refused): literals (`true`, `false`, `null`, integers,
 decimals, single- or double-quoted strings with `\\\\ \\' \\" \\n \\t \\r` escapes); list
-literals; `! - * / % + < <= > >= == != in && || ?:`; field selection and indexing; the
+literals; `! - * / % < <= > >= == != in && || ?:`; field selection and indexing; the
 functions `has size int double string` and the methods `contains startsWith endsWith size`
 plus the macros above. Map literals, message construction, bytes, raw and triple-quoted
 strings, `matches` and timestamp functions are refused.
@@ -37,6 +39,9 @@ MAX_EXPRESSION_CHARS = 2_000
 MAX_DEPTH = 32  # nesting of brackets, calls and unary operators; CEL evaluates recursively
 MAX_NODES = 256  # operators, selections, calls and literals in one condition
 MAX_LITERAL_LIST = 64  # items a macro may iterate over
+# Each read of an event field costs the CEL binding about a copy of the value (measured
+# ~0.5-1 ms per read of a 1 MB value), so reads are counted, a macro's body once per item.
+MAX_EVENT_READS = 32
 
 ROOT_VARIABLES = frozenset({"event", "consent", "status"})
 CONSENT_FIELDS = frozenset({"jurisdiction", "gdpr_applies", "limit_ad_tracking"})
@@ -349,6 +354,17 @@ class _Walk:
     bound: set[str] = field(default_factory=set)
     in_macro: bool = False
     declared: set[str] = field(default_factory=set)
+    reads: list[int] = field(default_factory=lambda: [0])  # shared with nested walks
+    weight: int = 1  # how often this part runs: a macro's body runs once per list item
+
+    def read(self) -> None:
+        self.reads[0] += self.weight
+        if self.reads[0] > MAX_EVENT_READS:
+            raise CelSubsetError(
+                f"condition reads event fields more than {MAX_EVENT_READS} times "
+                "(a macro's body counts once per list item)",
+                "read each field once; test membership with `event.a in [...]`",
+            )
 
 
 def _event_path(node: Node) -> tuple[str, ...] | None:
@@ -386,6 +402,7 @@ def _visit(node: Node, walk: _Walk) -> None:
                 "read only the fields the condition needs (event.device.platform)",
             )
         walk.values.add(path)
+        walk.read()
         return
     if isinstance(node, Lit):
         return
@@ -408,6 +425,11 @@ def _visit(node: Node, walk: _Walk) -> None:
         _visit(node.operand, walk)
         _visit(node.key, walk)
         return
+    if isinstance(node, Op) and node.op == "+" and len(node.operands) == 2:
+        raise CelSubsetError(
+            "condition uses `+`, which builds new strings and lists from event data",
+            "compare values instead of concatenating them",
+        )
     if isinstance(node, ListLit | Op):
         for child in node.items if isinstance(node, ListLit) else node.operands:
             _visit(child, walk)
@@ -426,6 +448,7 @@ def _visit_call(node: Call, walk: _Walk) -> None:
             _visit(node.args[0], walk)
         else:
             walk.presence.add(path)
+            walk.read()
         return
     if node.target is not None and node.name in MACROS:
         _visit_macro(node, node.target, walk)
@@ -474,7 +497,15 @@ def _visit_macro(node: Call, target: Node, walk: _Walk) -> None:
     for item in target.items:
         _visit(item, walk)
     walk.declared.add(variable.name)
-    inner = _Walk(walk.values, walk.presence, walk.bound | {variable.name}, True, walk.declared)
+    inner = _Walk(
+        walk.values,
+        walk.presence,
+        walk.bound | {variable.name},
+        True,
+        walk.declared,
+        walk.reads,
+        len(target.items),
+    )
     for arg in node.args[1:]:
         _visit(arg, inner)
 

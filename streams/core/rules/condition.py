@@ -5,9 +5,13 @@ Variables: `event` (the event as JSON, nulls omitted), `consent` (`jurisdiction`
 handed only the event fields it can read, as resolved from its syntax tree by `celreach`
 (so a field it does not name cannot influence it, whatever the CEL engine does). CEL is
 pure, so results are memoized on exactly that view: a condition that reads
-`event.device.platform` is evaluated once per distinct platform. Views larger than
-`_CACHE_KEY_LIMIT` bytes are evaluated without memoizing, so hostile events cannot grow the
-memo beyond `_CACHE_LIMIT x _CACHE_KEY_LIMIT` bytes.
+`event.device.platform` is evaluated once per distinct platform.
+
+The view is length-bounded before evaluation: when the fields a condition reads serialize
+to more than `MAX_VIEW_BYTES`, the condition is not evaluated and the rule blocks
+(`rule_condition_error`, fail closed). That bounds both the evaluation (at most
+`MAX_EVENT_READS` reads of at most that many bytes) and the memo (`_CACHE_LIMIT` entries of
+at most that many bytes), however large the event.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from pydantic import BaseModel
 
 from streams.core.rules.celreach import Reach, reach
 
+MAX_VIEW_BYTES = 8_192  # the fields a condition reads; shipped conditions read a few bytes
 _CACHE_LIMIT = 50_000
-_CACHE_KEY_LIMIT = 4_096
 
 
 class ConditionError(Exception):
@@ -46,11 +50,14 @@ class Condition:
     def holds(self, event: BaseModel, consent: dict[str, Any], status: str) -> bool:
         """True when the expression evaluates to exactly `true`; raises `ConditionError`.
 
-        Only the event fields the expression can read are serialized and passed in.
+        Only the event fields the expression can read are serialized and passed in, and
+        only when they fit in `MAX_VIEW_BYTES`.
         """
         visible = event.model_dump(mode="json", exclude_none=True, include=self._include)
         context = {"event": visible, "consent": consent, "status": status}
         key = orjson.dumps(context, option=orjson.OPT_SORT_KEYS)
+        if len(key) > MAX_VIEW_BYTES:
+            raise ConditionError(f"{self.expression} (inputs over {MAX_VIEW_BYTES} bytes)")
         try:
             result = self._cache[key]
         except KeyError:
@@ -58,10 +65,9 @@ class Condition:
                 result = self._program.execute(context) is True
             except Exception:  # the binding raises several types for missing keys and bad types
                 result = None
-            if len(key) <= _CACHE_KEY_LIMIT:
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[key] = result
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = result
         if result is None:
             raise ConditionError(self.expression)
         return result
