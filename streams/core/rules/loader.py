@@ -7,7 +7,7 @@ the guard refuses to start with a ruleset that has any.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,7 +217,9 @@ def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple
             yield (
                 f"condition {how} event.{dotted}, tagged '{tag}': partners would learn it from "
                 "which events arrive (P11)",
-                "remove that part of the condition; the guard applies consent itself (use consent.*)",
+                "the guard applies consent itself; read its result (consent.*) instead"
+                if tag == "consent"
+                else "remove that part; decide only on untagged fields (device.platform, context.country)",
             )
         elif tag == RECORD_TAG and path in reach.values:
             hidden = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t))
@@ -258,7 +260,7 @@ def _check_field(
     spec: Any,
     tag_of: Any,
     scanner: LeakScanner,
-    event_types: Any = (),
+    event_types: Collection[str] = (),
 ) -> Iterator[RuleProblem]:
     at = _line_of(doc, ("events", event_type, "fields", name))
     tag = tag_of(spec.source)
@@ -287,12 +289,12 @@ def _check_field(
             f"field '{name}' projects '{spec.source}' (tagged '{tag}') with transform '{spec.transform}'",
             how,
         )
-    if (spec.values is not None or spec.pattern) and spec.transform != "keep":
+    if (spec.values is not None or spec.pattern or spec.max_length) and spec.transform != "keep":
         yield RuleProblem(
             file,
             at,
-            f"field '{name}': values/pattern apply only to transform keep",
-            "remove values/pattern or use transform keep",
+            f"field '{name}': values/pattern/max_length apply only to transform keep",
+            "remove values/pattern/max_length or use transform keep",
         )
     if spec.pattern:
         try:
