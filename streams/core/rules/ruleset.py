@@ -11,7 +11,7 @@ import re
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import re2
@@ -24,19 +24,37 @@ MAX_KEPT_LENGTH = 1_024  # longest kept string a rule may allow; longer values a
 _UNBOUNDED = 1 << 32
 
 
-class Matcher(Protocol):
-    """A compiled RE2 pattern (the binding ships no type hints)."""
-
-    def fullmatch(self, text: str) -> Any:
-        """A match object, or None."""
+_NO_MATCH = (-1, -1)
 
 
-def compile_pattern(pattern: str) -> Matcher:
-    """Compile with RE2; raises `re2.error` for what RE2 refuses (backreferences, lookaround)."""
-    options = re2.Options()
-    options.log_errors = False
-    compiled: Matcher = re2.compile(pattern, options)
-    return compiled
+class FullMatcher:
+    """An RE2 pattern that answers one question: does it match the whole text?
+
+    Uses the binding's RE2 object directly: its `re`-compatible wrapper builds match objects
+    and maps byte offsets back to characters, about 20 µs a call against 1.3 µs here.
+    """
+
+    __slots__ = ("_regexp",)
+
+    def __init__(self, pattern: str) -> None:
+        """Compile; raises `re2.error` for what RE2 refuses (backreferences, lookaround)."""
+        options = re2.Options()
+        options.log_errors = False
+        options.never_capture = True
+        self._regexp: Any = re2._re2.RE2(pattern.encode("utf-8"), options)
+        if not self._regexp.ok():
+            raise re2.error(self._regexp.error())
+
+    def fullmatch(self, text: str) -> bool:
+        """True when the whole text matches (in time linear in its length)."""
+        data = text.encode("utf-8", "surrogatepass")  # never raises; RE2 reads invalid UTF-8 as no match
+        spans = self._regexp.Match(re2._re2.RE2.Anchor.ANCHOR_BOTH, data, 0, len(data))
+        return bool(spans[0] != _NO_MATCH)
+
+
+def compile_pattern(pattern: str) -> FullMatcher:
+    """Compile a rule pattern with RE2; raises `re2.error` for what RE2 refuses."""
+    return FullMatcher(pattern)
 
 
 def pattern_max_length(pattern: str) -> int | None:
@@ -73,7 +91,7 @@ class CompiledField:
     name: str
     path: tuple[str, ...]
     spec: FieldSpec
-    pattern: Matcher | None
+    pattern: FullMatcher | None
     values: frozenset[str] | None
     max_length: int = MAX_KEPT_LENGTH
 
