@@ -117,7 +117,7 @@ def test_shipped_rules_need_no_new_keys() -> None:
     """Every kept field of the shipped rules is bounded by its values, pattern or event types."""
     ruleset = load_ruleset(RULES_DIR)
     bounds = {f.name: f.max_length for r in ruleset.rules for e in r.events.values() for f in e.fields}
-    assert bounds["country"] == 2 and bounds["campaign_id"] == 64 and bounds["event_type"] <= 21
+    assert bounds["country"] == 2 and bounds["campaign_id"] <= 64 and bounds["event_type"] <= 21
 
 
 # --- YAML loading is bounded -------------------------------------------------------------
