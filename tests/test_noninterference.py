@@ -31,6 +31,7 @@ from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import RECORD_TAG, privacy_tags
 from streams.offline.cases import decide_case
 from streams.offline.noninterference import (
+    CONSENT_NEUTRAL,
     LEAK_EXCEPTION,
     SAMPLE_TEXT,
     check_case,
@@ -41,8 +42,8 @@ from streams.offline.noninterference import (
 from streams.offline.ruletests import run_file
 from tests.conftest import RULES_DIR
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-GENERATED_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+GENERATED_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 CAMPAIGNS = ["fall-launch-2026", "spring", "stranger", "80100172", "us"]
 ACCOUNT = "acct-000123"
 
@@ -57,6 +58,7 @@ def _text(kind: str) -> st.SearchStrategy[Any]:
 
 protected_values = st.fixed_dictionaries(
     {path: st.one_of(st.none(), _text(kind)) for path, kind in protected_fields().items()}
+    | {path: st.sampled_from([None, neutral]) for path, neutral in CONSENT_NEUTRAL.items()}
 )
 
 
@@ -70,7 +72,7 @@ def valid_case(draw: st.DrawFn) -> dict[str, Any]:
         "event_time": "2026-11-28T10:42:17Z",
         "account_id": ACCOUNT,
         "device": {"device_id": "dev-1", "platform": draw(st.sampled_from(["ios", "android", "web", "tv"]))},
-        "context": {"country": draw(st.sampled_from(["US", "CA", "GB"])), "region": "CA"},
+        "context": {"country": draw(st.sampled_from(["US", "CA", "GB"])), "region": "CA", "consent": {}},
         "user": {"kids_profile": False, "age_band": "adult"},
         "properties": {
             "campaign_id": draw(st.sampled_from(CAMPAIGNS)),

@@ -2,8 +2,11 @@
 
 For an event, every *protected* field — tagged `content`, `url`, `search` or `pii:*` in the
 event schema — is given other values (or removed), keeping the event valid and the consent
-state (consent-tagged fields, stored consent records, sign-up status) fixed. Every
-partner's verdict, reasons and record must stay the same, with two stated exceptions:
+state (stored consent records, sign-up status, the effective consent) fixed: the
+consent-tagged signals whose absence and `false` mean the same to the guard
+(`CONSENT_NEUTRAL`) only switch between the two, so a rule that read their presence would
+show. Every partner's verdict, reasons and record must stay the same, with two stated
+exceptions:
 
 - **the allowed transform of a PII field**: output fields projected from a `pii:*` field
   (a hashed email, a truncated IP) carry that transform of the new value, so they are
@@ -36,6 +39,8 @@ from streams.offline.cases import decide_case
 PROTECTED_TAGS = frozenset({"content", "url", "search"})
 LEAK_EXCEPTION = "leak_detected"
 DEFAULT_SEED = 11
+# Consent signals the guard reads as `bool(value)`: absent and false are the same consent.
+CONSENT_NEUTRAL: Mapping[str, Any] = {"context.consent.gpc": False, "context.consent.dnt": False}
 DEFAULT_VARIANTS_PER_CASE = 8
 
 # Values a data engineer's rule must be indifferent to; a mix of the protected kinds and
@@ -100,7 +105,8 @@ def with_values(event: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str
     """A copy of `event` with protected fields set (None removes them).
 
     Only fields whose parent object exists are touched, so the presence of records
-    (`device`, `context`) — which conditions may test — stays as it was.
+    (`device`, `context`) — which conditions may test — stays as it was; a
+    `CONSENT_NEUTRAL` signal is touched only when it is absent or neutral already.
     """
     out = copy.deepcopy(dict(event))
     for path, value in values.items():
@@ -110,6 +116,8 @@ def with_values(event: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict):
             continue
+        if path in CONSENT_NEUTRAL and node.get(leaf) not in (None, CONSENT_NEUTRAL[path]):
+            continue  # a signal that says something (gpc: true) is consent state: kept
         if value is None:
             node.pop(leaf, None)
         else:
@@ -129,6 +137,8 @@ def random_values(rng: random.Random) -> dict[str, Any]:
             values[path] = rng.sample(SAMPLE_TEXT, rng.randint(0, 3))
         else:
             values[path] = rng.randint(0, 10**9)
+    for path, neutral in CONSENT_NEUTRAL.items():
+        values[path] = rng.choice((None, neutral))
     return values
 
 
