@@ -159,12 +159,13 @@ def test_alias_bomb_in_rule_test_file_is_refused(tmp_path: Path) -> None:
     ("text", "line", "message"),
     [
         ("partner: acme\nx: " + "[" * 40 + "]" * 40 + "\n", 2, f"deeper than {boundedyaml.MAX_DEPTH}"),
+        ("partner: acme\nx:\n  " + "[" * 5000 + "]" * 5000 + "\n", 3, f"deeper than {boundedyaml.MAX_DEPTH}"),
         ("partner: acme\nx: &x\n  - *x\n", 2, "refers to itself"),
         (
             "partner: acme\n"
             + "".join(f"l{i}: &l{i} [*l{i - 1}]\n" if i else "l0: &l0 [x]\n" for i in range(40)),
             33,
-            "once aliases are resolved",
+            "(aliases expanded)",
         ),
     ],
 )

@@ -5,12 +5,14 @@ aliases expand to billions of nodes ("billion laughs"); everything downstream of
 parser (validation, hashing) walks the expanded tree. Loading therefore goes:
 
 1. the file size is checked (`MAX_FILE_BYTES`) before the text is read;
-2. the parser's event stream is walked once for nesting depth (`MAX_DEPTH`) — the
-   composer is recursive, so depth is refused before composing;
-3. the composed node graph is measured as if every alias were expanded, in linear time
-   (each distinct node measured once, iteratively): more than `MAX_NODES` nodes, more than
-   `MAX_DEPTH` levels after resolution, or an alias that contains itself is refused, naming
-   the line of the first node that crosses the bound;
+2. the text is composed into a node graph, where an alias is a reference to its anchor's
+   node, so composing is linear in the text; the composer is recursive, so nesting deep
+   enough to exhaust Python's stack is caught, and the parser's (flat) event stream is then
+   walked to name the line;
+3. the graph is measured as if every alias were expanded, in linear time (each distinct
+   node measured once, iteratively): more than `MAX_NODES` nodes, more than `MAX_DEPTH`
+   levels, or an alias that contains itself is refused, naming the line of the first node
+   that crosses the bound;
 4. only then is the graph constructed into Python objects (merge keys `<<:` work as usual).
 """
 
@@ -47,6 +49,7 @@ def _children(node: Node) -> list[Node]:
 
 
 def _check_nesting(text: str) -> None:
+    """Walk the parser's events (no recursion) and refuse the first collection too deep."""
     depth = 0
     for event in YAML(typ="rt").parse(text):
         if isinstance(event, CollectionStartEvent):
@@ -95,7 +98,7 @@ def _check_expansion(root: Node) -> None:
         if depth[key] > MAX_DEPTH:
             raise YamlBoundError(
                 line,
-                f"YAML nests deeper than {MAX_DEPTH} levels once aliases are resolved",
+                f"YAML nests deeper than {MAX_DEPTH} levels (aliases expanded)",
                 "flatten the structure",
             )
 
@@ -104,9 +107,14 @@ def load_bounded_text(text: str) -> Any:
     """Parse YAML (round-trip, keeping line numbers) within the bounds; raises `YamlBoundError`."""
     if len(text) > MAX_FILE_BYTES:
         raise YamlBoundError(1, f"file is larger than {MAX_FILE_BYTES} bytes", "split or shorten it")
-    _check_nesting(text)
     yaml = YAML(typ="rt")
-    root = yaml.compose(text)
+    try:
+        root = yaml.compose(text)
+    except RecursionError:
+        _check_nesting(text)
+        raise YamlBoundError(
+            1, f"YAML nests deeper than {MAX_DEPTH} levels", "flatten the structure"
+        ) from None
     if root is None:
         return None
     _check_expansion(root)
