@@ -48,6 +48,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
         print(f"{status} {result.partner}: {result.passed} passed, {len(result.failures)} failed")
         for failure in result.failures:
             print(f"     {failure}")
+        print(f"     P11 non-interference: {result.noninterference_checked} variants of protected fields")
         if result.uncovered:
             print("     reason codes this rule can give that no case produces:")
             for reason, why in result.uncovered.items():
