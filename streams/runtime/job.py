@@ -1,9 +1,11 @@
 """`partner-guard run`: consume, decide, produce and commit offsets in one transaction a batch.
 
 The loop is single-threaded: rebalance callbacks run inside `consume()`, between
-transactions, so no transaction ever spans a revoke. An abortable error aborts the
-transaction and rewinds the consumer to the batch start; a fatal one stops the job with a
-non-zero exit (a supervisor restarts it and the transactional id fences the old instance).
+transactions, so no transaction ever spans a revoke. The transaction's lifecycle (begin,
+produce, send offsets, commit, bounded retry, abort and rewind) lives in
+`streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
+the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
+old instance).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -29,13 +32,13 @@ from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
-from streams.runtime.kafka_io import produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
+from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFatalError
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
@@ -63,12 +66,14 @@ class GuardJob:
         ruleset: Ruleset,
         metrics: GuardMetrics | None = None,
         payload: PayloadProtector | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.ruleset = ruleset
         self.metrics = metrics or GuardMetrics()
         self.heartbeat = Heartbeat()
         self.payload = payload or PayloadProtector("full")
+        self.clock = clock
         self.stopping = False
         self.ready = False
         self.consent = ConsentTable()
@@ -164,18 +169,22 @@ class GuardJob:
         log.info("ready: deciding %s for %s", s.input_topics, list(self.ruleset.partners))
         exit_code = 0
         last_lag_update = 0.0
+        transaction = BatchTransaction(producer, consumer, self.clock)
         try:
             while not self.stopping:
                 self.heartbeat.beat()
                 messages = consumer.consume(s.batch_size, s.batch_timeout_ms / 1000)
                 if messages:
-                    self._process_batch(messages, consumer, producer, reader)
+                    self._process_batch(messages, transaction, reader)
                 else:
                     reader.poll()
-                if time.monotonic() - last_lag_update > 5:
-                    last_lag_update = time.monotonic()
+                if self.clock() - last_lag_update > 5:
+                    last_lag_update = self.clock()
                     self._update_consumer_lag(consumer)
                     self._update_state_gauges()
+        except TransactionFatalError as exc:
+            log.error("fatal transaction error, stopping: %s", exc)
+            exit_code = 3
         except KafkaException as exc:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
             exit_code = 3
@@ -215,7 +224,12 @@ class GuardJob:
         return decode_json(value)
 
     def _emit_input(
-        self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
+        self,
+        transaction: BatchTransaction,
+        message: Message,
+        source: SourceRef,
+        stale: bool,
+        tally: BatchTally,
     ) -> None:
         """Decode, decide and produce the outputs of one input record (one per partner)."""
         s = self.settings
@@ -233,7 +247,7 @@ class GuardJob:
             if decision.forwarded:
                 key, value = partner_record(decision)
                 if len(value) <= s.max_record_bytes:
-                    produce(producer, self._topic_by_partner[decision.partner], value, key=key)
+                    transaction.produce(self._topic_by_partner[decision.partner], value, key=key)
                     tally.decisions[(decision.partner, "forward")] += 1
                     if decision.stripped:
                         tally.stripped[decision.partner] += len(decision.stripped)
@@ -260,7 +274,7 @@ class GuardJob:
                 s.max_record_bytes,
                 extra,
             )
-            produce(producer, s.blocked_topic, value, key=source.key, headers=headers)
+            transaction.produce(s.blocked_topic, value, key=source.key, headers=headers)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1
@@ -268,20 +282,19 @@ class GuardJob:
                 tally.leaks[decision.partner] += 1
 
     def _process_batch(
-        self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
+        self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
     ) -> None:
+        """Decide one batch inside one transaction; its metrics count only once it commits."""
         s = self.settings
-        started = time.monotonic()
+        started = self.clock()
         missing = reader.catch_up(s.state_catchup_timeout_ms / 1000)  # P9: after the fetch
         stale = missing > s.max_state_lag_records or (
-            time.monotonic() - reader.last_caught_up > s.max_state_silence_ms / 1000
+            self.clock() - reader.last_caught_up > s.max_state_silence_ms / 1000
         )
         if stale:
             log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
         tally = BatchTally()
-        first_offsets: dict[tuple[str, int], int] = {}
-        next_offsets: dict[tuple[str, int], int] = {}
-        producer.begin_transaction()
+        transaction.begin()
         for message in messages:
             error = message.error()
             topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -289,45 +302,19 @@ class GuardJob:
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", error.str())
                 continue
-            first_offsets.setdefault((topic, partition), offset)
-            next_offsets[(topic, partition)] = offset + 1
+            transaction.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
             source = SourceRef(
                 topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
             )
-            self._emit_input(producer, message, source, stale, tally)
+            self._emit_input(transaction, message, source, stale, tally)
             tally.records_in[topic] += 1
             if kind:
                 tally.timestamps_ms.append(ts)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-        if self._commit(producer, consumer, offsets):
+        outcome = transaction.commit()
+        self.metrics.transactions.labels(outcome.value).inc()
+        if outcome is Outcome.COMMITTED:
             self._record(tally, started)
-        else:
-            for (topic, partition), offset in first_offsets.items():
-                consumer.seek(TopicPartition(topic, partition, offset))
-
-    def _commit(self, producer: Producer, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
-        """Send offsets and commit; False when the transaction had to be aborted."""
-        try:
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            while True:
-                try:
-                    producer.commit_transaction(60)
-                    self.metrics.transactions.labels("committed").inc()
-                    return True
-                except KafkaException as exc:
-                    if not exc.args[0].retriable():
-                        raise
-                    log.warning("retrying commit: %s", exc.args[0].str())
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                log.warning("aborting transaction and replaying the batch: %s", error.str())
-                producer.abort_transaction(60)
-                self.metrics.transactions.labels("aborted").inc()
-                return False
-            raise
 
     def _record(self, tally: BatchTally, started: float) -> None:
         m = self.metrics
@@ -344,4 +331,4 @@ class GuardJob:
         now_ms = time.time() * 1000
         for ts in tally.timestamps_ms:
             m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
-        m.batch_seconds.observe(time.monotonic() - started)
+        m.batch_seconds.observe(self.clock() - started)
