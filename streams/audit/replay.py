@@ -9,13 +9,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
-from streams.core.codec import decode_avro, decode_json
-from streams.core.decide import decide
-from streams.core.models import Decision, Event, Malformed, StateSnapshot
+from streams.core.codec import decode_avro, decode_json, decode_json_gated
+from streams.core.decide import decide, receivable_types
+from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadTamperedError, reveal
+from streams.runtime.records import BLOCKED_FORMAT_V1
 
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found"]
 SHELL_REASONS = frozenset({Reason.RECORD_TOO_LARGE.value})
@@ -74,14 +75,23 @@ class Outcome:
         return out
 
 
-def original_record(blocked: dict[str, Any], keyring: Keyring | None) -> Event | Malformed | None:
-    """The input the decision saw, decoded as `run` decoded it; None when not recoverable."""
+def original_record(
+    blocked: dict[str, Any], keyring: Keyring | None, gate: Ruleset | None = None
+) -> Event | Envelope | Malformed | None:
+    """The original input decoded; None when not recoverable.
+
+    With `gate` (the ruleset that decided) a v2 record's JSON original is decoded as `run`
+    decoded it, through the envelope gate; without it (or for v1, whose inputs were always
+    validated in full) the event is validated in full, as a what-if or a republish needs.
+    """
     raw = reveal(blocked, keyring)
     if raw is None:
         return None
     source = blocked.get("source") or {}
     if source.get("format") == "avro":
         return decode_avro(raw, event_schema())
+    if gate is not None and blocked.get("format", BLOCKED_FORMAT_V1) != BLOCKED_FORMAT_V1:
+        return decode_json_gated(raw, receivable_types(gate))
     return decode_json(raw)
 
 
@@ -101,8 +111,10 @@ def verify_one(
     """Re-decide one blocked record under the ruleset that decided it (and optionally another)."""
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    ruleset = library.find(str(blocked.get("ruleset_digest")))
     try:
-        record = original_record(blocked, keyring)
+        record = original_record(blocked, keyring, gate=ruleset)
+        full = record if whatif is None or ruleset is None else original_record(blocked, keyring)
         snapshot = recorded_snapshot(blocked)
     except PayloadTamperedError as exc:
         return Outcome(blocked, "mismatch", str(exc))
@@ -110,15 +122,14 @@ def verify_one(
         return Outcome(blocked, "unverifiable", str(exc))
     except ValidationError:
         return Outcome(blocked, "mismatch", "recorded snapshot is not a valid state snapshot")
-    if record is None:
+    if record is None or full is None:
         return Outcome(
             blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
         )
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match")
     if whatif is not None:
-        outcome.whatif = _decision_for(decide(record, snapshot, whatif), partner)
-    ruleset = library.find(str(blocked.get("ruleset_digest")))
+        outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",

@@ -1,5 +1,8 @@
 """Reading blocked records: from the blocked topic (filtered) or from an exported JSON Lines file.
 
+Both formats are read: each record is split into one view per (input, partner)
+(`partner_views`), which is what filters, replay, reports and exports work on.
+
 Time filters work on brokers that cannot look offsets up by time: the reader starts at the
 beginning and filters on each record's timestamp (when it was withheld).
 """
@@ -16,6 +19,8 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
+
+from streams.runtime.records import partner_views
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,11 @@ def read_topic(
                 except orjson.JSONDecodeError:
                     continue
                 kind, stamp = message.timestamp()
-                blocked["_timestamp_ms"] = stamp if kind else None
-                blocked["_offset"] = message.offset()
-                if wanted.accepts(blocked):
-                    yield blocked
+                for view in partner_views(blocked):
+                    view["_timestamp_ms"] = stamp if kind else None
+                    view["_offset"] = message.offset()
+                    if wanted.accepts(view):
+                        yield view
     finally:
         consumer.close()
 
@@ -96,9 +102,7 @@ def read_file(path: Path, wanted: BlockedFilter) -> Iterator[dict[str, Any]]:
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
-                blocked = orjson.loads(line)
-                if wanted.accepts(blocked):
-                    yield blocked
+                yield from (view for view in partner_views(orjson.loads(line)) if wanted.accepts(view))
 
 
 def export(records: Iterator[dict[str, Any]], path: Path) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Container
 from typing import Any
 
 import fastavro
 from pydantic import ValidationError
 
-from streams.core.models import Event, Malformed
+from streams.core.models import Envelope, Event, Malformed
 
 CONFLUENT_MAGIC = 0
 
@@ -42,6 +43,23 @@ def decode_json(raw: bytes | None) -> Event | Malformed:
         if "model_type" in kinds:
             return Malformed(raw, "event is not a JSON object")
         return Malformed(raw, _error_summary(exc))
+
+
+def decode_json_gated(raw: bytes | None, receivable: Container[str]) -> Event | Envelope | Malformed:
+    """Decode one JSON event, validating it in full only when some rule can receive its type.
+
+    The envelope read still parses the whole document (invalid JSON is malformed either way);
+    an event whose type no rule can receive comes back as its `Envelope`, which `decide`
+    blocks for every partner as `event_type_not_allowed` whatever the rest holds. Replay
+    decodes blocked records of format v2 the same way, so decisions reproduce exactly.
+    """
+    if not raw:
+        return Malformed(raw or b"", "empty record")
+    try:
+        envelope = Envelope.model_validate_json(raw)
+    except ValidationError:
+        return decode_json(raw)  # the full decoder says what is wrong
+    return decode_json(raw) if envelope.event_type in receivable else envelope
 
 
 def drop_nulls(value: Any) -> Any:

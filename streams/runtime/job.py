@@ -22,19 +22,18 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.codec import decode_avro, decode_json
-from streams.core.decide import consults_state, decide
-from streams.core.models import Event, Malformed, StateSnapshot
+from streams.core.codec import decode_avro, decode_json_gated
+from streams.core.decide import consults_state, decide, receivable_types
+from streams.core.models import Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
+from streams.runtime.records import SourceRef, Withheld, blocked_record, partner_record, source_fragment
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
@@ -80,6 +79,7 @@ class GuardJob:
         self.status = SignupStatusTable()
         self._invalid_reported: dict[str, int] = {}
         self._schema = event_schema()
+        self._receivable = receivable_types(ruleset)
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
 
@@ -217,11 +217,10 @@ class GuardJob:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _decode(self, message: Message, topic: str) -> Event | Malformed:
-        value = message.value()
-        if self.settings.topic_format(topic) == "avro":
-            return decode_avro(value, self._schema)
-        return decode_json(value)
+    def _decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
+        if input_format == "avro":
+            return decode_avro(raw, self._schema)
+        return decode_json_gated(raw, self._receivable)
 
     def _emit_input(
         self,
@@ -231,55 +230,49 @@ class GuardJob:
         stale: bool,
         tally: BatchTally,
     ) -> None:
-        """Decode, decide and produce the outputs of one input record (one per partner)."""
+        """Decode and decide one input; produce its forwarded records and at most one blocked record."""
         s = self.settings
         raw = message.value() or b""
-        record = self._decode(message, source.topic)
+        record = self._decode(message.value(), source.input_format)
         snapshot = (
             snapshot_for(record, self.consent, self.status, stale)
-            if consults_state(record, self.ruleset)
+            if isinstance(record, Event) and consults_state(record, self.ruleset)
             else None
         )
-        decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
-        for decision in decisions:
-            extra: tuple[str, ...] = ()
-            if decision.forwarded:
-                key, value = partner_record(decision)
-                if len(value) <= s.max_record_bytes:
-                    transaction.produce(self._topic_by_partner[decision.partner], value, key=key)
-                    tally.decisions[(decision.partner, "forward")] += 1
-                    if decision.stripped:
-                        tally.stripped[decision.partner] += len(decision.stripped)
-                    continue
-                extra = (Reason.RECORD_TOO_LARGE.value,)
-            if shared is None:  # built once per input, shared by every partner's blocked copy
-                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
-                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-                shared = (
-                    snapshot_json,
-                    source_fragment(source, raw),
-                    self.payload.protect(raw, source_ref),
-                    hashlib.sha256(raw).hexdigest(),
-                )
-            snapshot_json, source_json, payload, raw_sha256 = shared
-            value, headers = blocked_record(
-                decision,
-                snapshot_json,
-                source,
-                source_json,
-                raw,
-                payload,
-                raw_sha256,
-                s.max_record_bytes,
-                extra,
-            )
-            transaction.produce(s.blocked_topic, value, key=source.key, headers=headers)
-            tally.decisions[(decision.partner, "block")] += 1
-            for reason in (*decision.reasons, *extra):
-                tally.reasons[(decision.partner, reason)] += 1
-            if Reason.LEAK_DETECTED in decision.reasons:
-                tally.leaks[decision.partner] += 1
+        withheld: list[Withheld] = []
+        for decision in decide(record, snapshot or NO_STATE[stale], self.ruleset):
+            if not decision.forwarded:
+                withheld.append(Withheld(decision))
+                continue
+            key, value = partner_record(decision)
+            if len(value) > s.max_record_bytes:
+                withheld.append(Withheld(decision, (Reason.RECORD_TOO_LARGE.value,)))
+                continue
+            transaction.produce(self._topic_by_partner[decision.partner], value, key=key)
+            tally.decisions[(decision.partner, "forward")] += 1
+            if decision.stripped:
+                tally.stripped[decision.partner] += len(decision.stripped)
+        if not withheld:
+            return
+        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        value, headers = blocked_record(
+            withheld,
+            dumps_snapshot(snapshot) if snapshot is not None else b"null",
+            source,
+            source_fragment(source, raw),
+            raw,
+            self.payload.protect(raw, source_ref),
+            hashlib.sha256(raw).hexdigest(),
+            s.max_record_bytes,
+        )
+        transaction.produce(s.blocked_topic, value, key=source.key, headers=headers)
+        for entry in withheld:
+            partner = entry.decision.partner
+            tally.decisions[(partner, "block")] += 1
+            for reason in entry.reasons():
+                tally.reasons[(partner, reason)] += 1
+            if Reason.LEAK_DETECTED in entry.decision.reasons:
+                tally.leaks[partner] += 1
 
     def _process_batch(
         self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
