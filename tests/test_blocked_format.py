@@ -24,7 +24,6 @@ from streams.runtime.records import (
     Withheld,
     blocked_record,
     partner_views,
-    source_fragment,
 )
 from tests.conftest import RULES_DIR
 from tests.hostile import hostile_case
@@ -90,10 +89,9 @@ def test_the_gate_never_changes_what_is_forwarded(ruleset: Ruleset, case: dict[s
 def _v2(ruleset: Ruleset, raw: bytes, max_bytes: int = 900_000) -> dict[str, Any]:
     decisions = _decisions(decode_json_gated(raw, receivable_types(ruleset)), ruleset)
     value, headers = blocked_record(
-        [Withheld(d) for d in decisions],
+        [Withheld.of(d) for d in decisions],
         b"null",
         SOURCE,
-        source_fragment(SOURCE, raw),
         raw,
         {"payload_mode": "full", "original_b64": base64.b64encode(raw).decode()},
         hashlib.sha256(raw).hexdigest(),

@@ -33,7 +33,7 @@ from streams.core.schema import event_schema
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, Withheld, blocked_record, partner_record, source_fragment
+from streams.runtime.records import SourceRef, Withheld, blocked_record, partner_record
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
@@ -49,10 +49,9 @@ class BatchTally:
     """Counts of one batch, applied to the metrics only once the transaction commits."""
 
     records_in: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    forwarded: Counter[str] = field(default_factory=Counter)
+    blocked: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     stripped: Counter[str] = field(default_factory=Counter)
-    leaks: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
 
 
@@ -242,14 +241,14 @@ class GuardJob:
         withheld: list[Withheld] = []
         for decision in decide(record, snapshot or NO_STATE[stale], self.ruleset):
             if not decision.forwarded:
-                withheld.append(Withheld(decision))
+                withheld.append(Withheld.of(decision))
                 continue
             key, value = partner_record(decision)
             if len(value) > s.max_record_bytes:
-                withheld.append(Withheld(decision, (Reason.RECORD_TOO_LARGE.value,)))
+                withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
             transaction.produce(self._topic_by_partner[decision.partner], value, key=key)
-            tally.decisions[(decision.partner, "forward")] += 1
+            tally.forwarded[decision.partner] += 1
             if decision.stripped:
                 tally.stripped[decision.partner] += len(decision.stripped)
         if not withheld:
@@ -259,20 +258,14 @@ class GuardJob:
             withheld,
             dumps_snapshot(snapshot) if snapshot is not None else b"null",
             source,
-            source_fragment(source, raw),
             raw,
             self.payload.protect(raw, source_ref),
             hashlib.sha256(raw).hexdigest(),
             s.max_record_bytes,
         )
         transaction.produce(s.blocked_topic, value, key=source.key, headers=headers)
-        for entry in withheld:
-            partner = entry.decision.partner
-            tally.decisions[(partner, "block")] += 1
-            for reason in entry.reasons():
-                tally.reasons[(partner, reason)] += 1
-            if Reason.LEAK_DETECTED in entry.decision.reasons:
-                tally.leaks[partner] += 1
+        for entry in withheld:  # reasons are expanded into metrics once per batch (_record)
+            tally.blocked[(entry.decision.partner, entry.reasons)] += 1
 
     def _process_batch(
         self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
@@ -313,14 +306,19 @@ class GuardJob:
         m = self.metrics
         for topic, count in tally.records_in.items():
             m.records_in.labels(topic).inc(count)
-        for (partner, verdict), count in tally.decisions.items():
-            m.decisions.labels(partner, verdict).inc(count)
-        for (partner, reason), count in tally.reasons.items():
+        for partner, count in tally.forwarded.items():
+            m.decisions.labels(partner, "forward").inc(count)
+        reasons: Counter[tuple[str, str]] = Counter()
+        for (partner, why), count in tally.blocked.items():
+            m.decisions.labels(partner, "block").inc(count)
+            for reason in why:
+                reasons[(partner, reason)] += count
+            if Reason.LEAK_DETECTED in why:
+                m.leaks_caught.labels(partner).inc(count)
+        for (partner, reason), count in reasons.items():
             m.block_reasons.labels(partner, reason).inc(count)
         for partner, count in tally.stripped.items():
             m.fields_stripped.labels(partner).inc(count)
-        for partner, count in tally.leaks.items():
-            m.leaks_caught.labels(partner).inc(count)
         now_ms = time.time() * 1000
         for ts in tally.timestamps_ms:
             m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))

@@ -65,39 +65,37 @@ def _b64(raw: bytes | None) -> str | None:
     return base64.b64encode(raw).decode() if raw is not None else None
 
 
-def source_fragment(source: SourceRef, raw: bytes) -> orjson.Fragment:
-    """The parts of a blocked record shared by every partner's copy (built once per input)."""
-    return orjson.Fragment(
-        orjson.dumps(
-            {
-                "topic": source.topic,
-                "partition": source.partition,
-                "offset": source.offset,
-                "timestamp_ms": source.timestamp_ms,
-                "key_b64": _b64(source.key),
-                "format": source.input_format,
-            }
-        )
-    )
+def source_json(source: SourceRef) -> dict[str, Any]:
+    """The `source` member of a blocked record."""
+    return {
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "timestamp_ms": source.timestamp_ms,
+        "key_b64": _b64(source.key),
+        "format": source.input_format,
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class Withheld:
-    """One partner's blocking decision, with reasons the shell added (`record_too_large`)."""
+    """One partner's blocking decision and its final reasons (the shell may add `record_too_large`)."""
 
     decision: Decision
-    extra_reasons: tuple[str, ...] = ()
+    reasons: tuple[str, ...]
 
-    def reasons(self) -> list[str]:
+    @classmethod
+    def of(cls, decision: Decision, extra_reasons: tuple[str, ...] = ()) -> Withheld:
         """The decision's reasons then the shell's, without repeats."""
-        return list(dict.fromkeys((*self.decision.reasons, *self.extra_reasons)))
+        if not extra_reasons:
+            return cls(decision, decision.reasons)
+        return cls(decision, tuple(dict.fromkeys((*decision.reasons, *extra_reasons))))
 
 
 def blocked_record(
     withheld: list[Withheld],
     snapshot_json: bytes,
     source: SourceRef,
-    source_json: orjson.Fragment,
     raw: bytes,
     payload: dict[str, Any],
     raw_sha256: str,
@@ -109,8 +107,8 @@ def blocked_record(
         {
             "partner": w.decision.partner,
             "rule_id": w.decision.rule_id,
-            "reasons": w.reasons(),
-            "details": list(w.decision.details),
+            "reasons": w.reasons,
+            "details": w.decision.details,
         }
         for w in withheld
     ]
@@ -120,7 +118,7 @@ def blocked_record(
         "ruleset_digest": first.ruleset_digest,
         "decisions": decisions,
         "snapshot": orjson.Fragment(snapshot_json),
-        "source": source_json,
+        "source": source_json(source),
         **payload,
         "original_size": len(raw),
         "original_sha256": raw_sha256,
@@ -129,17 +127,18 @@ def blocked_record(
     value = orjson.dumps(body)
     if len(value) > max_bytes:
         for entry in decisions:
-            entry["reasons"] = [*entry["reasons"], Reason.RECORD_TOO_LARGE.value]
+            entry["reasons"] = (*entry["reasons"], Reason.RECORD_TOO_LARGE.value)
         small_snapshot = snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"
         body = {
             k: v for k, v in body.items() if k not in ("original_redacted", "ciphertext_b64", "nonce_b64")
         }
         body |= {"original_b64": None, "reduced": True, "snapshot": orjson.Fragment(small_snapshot)}
         value = orjson.dumps(body)
-    reasons = dict.fromkeys(r for entry in decisions for r in entry["reasons"])
+    partners = ",".join(w.decision.partner for w in withheld)
+    reasons = ",".join(dict.fromkeys(r for entry in decisions for r in entry["reasons"]))
     headers: Headers = [
-        ("pg-partners", ",".join(w.decision.partner for w in withheld).encode()),
-        ("pg-reasons", ",".join(reasons).encode()),
+        ("pg-partners", partners.encode()),
+        ("pg-reasons", reasons.encode()),
         ("pg-ruleset-digest", first.ruleset_digest.encode()),
         ("pg-source-topic", source.topic.encode()),
         ("pg-source-partition", str(source.partition).encode()),
