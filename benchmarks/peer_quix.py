@@ -7,7 +7,7 @@ builds `.venv-peers/`) with the repository on `sys.path`. Per input it writes on
 partner: the projected record when forwarded, else a blocked record carrying the reasons and
 the original (base64), as a team wrapping our core in Quix Streams would. No state lookups
 (every decision gets an empty snapshot), so it does less work than the guard. Prints one
-JSON line: {"records_per_s": ...}.
+JSON line: seconds per record, {"wall_s": ..., "cpu_s": ...} (CPU: all threads of the process).
 """
 
 from __future__ import annotations
@@ -55,15 +55,15 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int) -> Non
         return out
 
     seen = 0
-    first = last = 0.0
+    first = last = first_cpu = last_cpu = 0.0
 
     def processed(*_: object) -> None:
-        nonlocal seen, first, last
+        nonlocal seen, first, last, first_cpu, last_cpu
         seen += 1
-        last = time.perf_counter()
         if seen == 1:
-            first = last
+            first, first_cpu = time.perf_counter(), time.process_time()
         if seen >= count:
+            last, last_cpu = time.perf_counter(), time.process_time()
             app.stop()
 
     app = Application(
@@ -81,7 +81,8 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int) -> Non
     frame = frame.apply(outputs, expand=True)
     frame.to_topic(sink)
     app.run()
-    print(orjson.dumps({"records_per_s": (seen - 1) / (last - first) if seen > 1 else 0.0}).decode())
+    done = seen - 1
+    print(orjson.dumps({"wall_s": (last - first) / done, "cpu_s": (last_cpu - first_cpu) / done}).decode())
 
 
 if __name__ == "__main__":
