@@ -142,11 +142,11 @@ class GuardJob:
         transactional_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{os.getpid()}"
         producer = Producer(
             {
+                "linger.ms": 5,
+                "compression.type": "lz4",  # defaults: a librdkafka passthrough property wins
                 **self.kafka_base,
                 "transactional.id": transactional_id,
                 "enable.idempotence": True,
-                "linger.ms": 5,
-                "compression.type": "lz4",
             }
         )
         producer.init_transactions(INIT_TIMEOUT_S)
