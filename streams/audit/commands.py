@@ -116,6 +116,7 @@ def replay_command(
             err.print(f"--rules-ref {whatif_ref}: cannot load rules there ({exc})")
             raise typer.Exit(2) from None
     keyring = _replay_keyring(payload_keys_file)
+    records = _with_originals(list(records), settings, config)
     result = replay(records, library, keyring, whatif)
     console = Console()
     print_summary(console, result, whatif is not None)
@@ -126,6 +127,25 @@ def replay_command(
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _with_originals(
+    records: list[dict[str, Any]], settings: Any, config: Path | None
+) -> list[dict[str, Any]]:
+    """Fetch originals kept by reference from their source topics (when Kafka is configured)."""
+    from streams.audit.source import resolve_references
+    from streams.runtime.config import ConfigError, load_settings
+
+    if not any(r.get("payload_mode") == "reference" for r in records):
+        return records
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError:
+            err.print("originals kept by reference: set the Kafka settings to fetch them from the source")
+            return records
+    resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
+    return records
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:

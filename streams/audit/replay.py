@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
+from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
 from streams.core.codec import decode_avro, decode_json, decode_json_gated
 from streams.core.decide import decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
@@ -18,7 +19,8 @@ from streams.core.schema import event_schema
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadTamperedError, reveal
 from streams.runtime.records import BLOCKED_FORMAT_V1
 
-Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found"]
+Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "source_expired"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 SHELL_REASONS = frozenset({Reason.RECORD_TOO_LARGE.value})
 
 
@@ -111,6 +113,10 @@ def verify_one(
     """Re-decide one blocked record under the ruleset that decided it (and optionally another)."""
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    if blocked.get(SOURCE_EXPIRED):
+        return Outcome(blocked, "source_expired", "the referenced source record is past retention")
+    if blocked.get(SOURCE_MISMATCH):
+        return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
     ruleset = library.find(str(blocked.get("ruleset_digest")))
     try:
         record = original_record(blocked, keyring, gate=ruleset)
@@ -123,6 +129,10 @@ def verify_one(
     except ValidationError:
         return Outcome(blocked, "mismatch", "recorded snapshot is not a valid state snapshot")
     if record is None or full is None:
+        if blocked.get("payload_mode") == "reference":
+            return Outcome(
+                blocked, "unverifiable", "original kept by reference: no source topic to fetch from"
+            )
         return Outcome(
             blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
         )

@@ -15,7 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from streams.audit.replay import Outcome, ReplayResult
+from streams.audit.replay import STATUSES, Outcome, ReplayResult
 
 PALETTE = [
     "#4e79a7",
@@ -37,7 +37,7 @@ def print_summary(console: Console, result: ReplayResult, whatif: bool) -> None:
     verify = Table(title="verification (re-decided under the recorded ruleset and state)")
     verify.add_column("status")
     verify.add_column("records", justify="right")
-    for status in ("match", "mismatch", "unverifiable", "ruleset_not_found"):
+    for status in STATUSES:
         verify.add_row(status, f"{result.count(status):,}")
     console.print(verify)
     reasons: Counter[tuple[str, str]] = Counter()
@@ -189,7 +189,7 @@ def write_html(result: ReplayResult, path: Path, title: str = "partner-guard rep
     """A self-contained HTML report with charts and redacted examples."""
     reasons = Counter(r for o in result.outcomes for r in o.blocked.get("reasons", []))
     partners = Counter(o.partner for o in result.outcomes)
-    status = [(s, result.count(s)) for s in ("match", "mismatch", "unverifiable", "ruleset_not_found")]
+    status: list[tuple[str, int]] = [(s, result.count(s)) for s in STATUSES]
     changes = Counter(o.change() for o in result.outcomes if o.whatif is not None)
     verdict = (
         "<b class=bad>Some decisions did not reproduce.</b>"

@@ -9,6 +9,8 @@ beginning and filters on each record's timestamp (when it was withheld).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.runtime.records import partner_views
 
@@ -113,3 +115,89 @@ def export(records: Iterator[dict[str, Any]], path: Path) -> int:
             handle.write(orjson.dumps(blocked) + b"\n")
             count += 1
     return count
+
+
+SOURCE_EXPIRED = "_source_expired"  # view member: the referenced source record is gone
+SOURCE_MISMATCH = "_source_mismatch"  # view member: what the source holds is not what was decided
+
+
+def resolve_references(
+    views: list[dict[str, Any]], kafka_config: dict[str, Any], idle_s: float = 5.0
+) -> None:
+    """Fetch the originals of `reference`-mode views from their source topics, in place.
+
+    A fetched record whose SHA-256 and size match the reference becomes the view's
+    `original_b64` (replay then verifies it like a copy); a record retention has dropped
+    marks the view `source_expired`; different bytes at that offset mark it a mismatch.
+    Each source partition is read once, from the lowest wanted offset to the highest.
+    """
+    wanted: dict[tuple[str, int], dict[int, list[dict[str, Any]]]] = {}
+    for view in views:
+        source = view.get("source") or {}
+        if view.get("payload_mode") != "reference" or view.get("original_b64") is not None:
+            continue
+        topic, partition, offset = source.get("topic"), source.get("partition"), source.get("offset")
+        if not isinstance(topic, str) or not isinstance(partition, int) or not isinstance(offset, int):
+            view[SOURCE_MISMATCH] = "reference without a valid source position"
+            continue
+        wanted.setdefault((topic, partition), {}).setdefault(offset, []).append(view)
+    if not wanted:
+        return
+    consumer = Consumer(
+        {
+            **kafka_config,
+            "group.id": f"partner-guard-sources-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        for (topic, partition), by_offset in wanted.items():
+            found = _read_offsets(consumer, topic, partition, set(by_offset), idle_s)
+            for offset, offset_views in by_offset.items():
+                raw = found.get(offset)
+                for view in offset_views:
+                    _resolve(view, raw)
+    finally:
+        consumer.close()
+
+
+def _read_offsets(
+    consumer: Consumer, topic: str, partition: int, offsets: set[int], idle_s: float
+) -> dict[int, bytes]:
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    except KafkaException:
+        return {}  # no such topic or partition any more: every reference to it has expired
+    remaining = {o for o in offsets if low <= o < high}
+    found: dict[int, bytes] = {}
+    if not remaining:
+        return found
+    last = max(remaining)
+    consumer.assign([TopicPartition(topic, partition, min(remaining))])
+    idle_since = time.monotonic()
+    while remaining and time.monotonic() - idle_since < idle_s:
+        batch = consumer.consume(5000, 0.3)
+        if batch:
+            idle_since = time.monotonic()
+        for message in batch:
+            offset = message.offset()
+            if message.error() is None and offset in remaining:
+                found[offset] = message.value() or b""
+                remaining.discard(offset)
+        if any(m.error() is None and (m.offset() or 0) >= last for m in batch):
+            break
+    consumer.unassign()
+    return found
+
+
+def _resolve(view: dict[str, Any], raw: bytes | None) -> None:
+    if raw is None:
+        view[SOURCE_EXPIRED] = True
+    elif hashlib.sha256(raw).hexdigest() != view.get("original_sha256") or len(raw) != view.get(
+        "original_size"
+    ):
+        view[SOURCE_MISMATCH] = "the source record at that offset is not the one that was decided"
+    else:
+        view["original_b64"] = base64.b64encode(raw).decode()

@@ -42,6 +42,9 @@ from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFa
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
+# An input no rule can receive, kept by reference: its source position, SHA-256 and size say
+# which record it was; replay fetches it from the source topic while retention keeps it.
+REFERENCE_PAYLOAD: dict[str, Any] = {"payload_mode": "reference", "original_b64": None}
 
 
 @dataclass
@@ -259,7 +262,9 @@ class GuardJob:
             dumps_snapshot(snapshot) if snapshot is not None else b"null",
             source,
             raw,
-            self.payload.protect(raw, source_ref),
+            REFERENCE_PAYLOAD
+            if isinstance(record, Envelope) and s.blocked_original == "reference"
+            else self.payload.protect(raw, source_ref),
             hashlib.sha256(raw).hexdigest(),
             s.max_record_bytes,
         )

@@ -8,11 +8,16 @@ one partner did not receive, listing every withholding partner's decision:
      "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool}
                 | null when no rule allowed the event type (the decision read no state),
      "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"},
-     "payload_mode": "full" | "redacted" | "encrypted",
+     "payload_mode": "full" | "redacted" | "encrypted" | "reference",
      "original_b64": raw input bytes (base64; full mode) | null,
      "original_redacted": the event with tagged values as keyed hashes (redacted mode),
      "key_id", "nonce_b64", "ciphertext_b64": AES-256-GCM of the raw bytes (encrypted mode),
      "original_size", "original_sha256", "reduced": bool}
+
+Payload mode `reference` (setting `blocked_original: reference`, only for inputs no rule can
+receive): nothing of the original is kept; `source`, `original_sha256` and `original_size`
+identify it, and replay fetches it from the source topic (`source_expired` once retention
+has dropped it).
 
 A partner missing from `decisions` received the input (its forwarded record is on its
 topic). In v2 the input was decoded with the envelope gate: an event whose type no rule can
