@@ -8,7 +8,8 @@ generated traffic (realistic mix, ~680 bytes a record):
   json strip      orjson decode, drop context/user/properties, encode
   quix + decide   Quix Streams exactly-once calling this project's decode_json + decide
                   (benchmarks/peer_quix.py, in .venv-peers/; skipped when that is missing)
-  guard           `partner-guard run` (real rules, state tables, transactions on)
+  guard           `partner-guard run` (real rules, state tables, transactions on), with the
+                  default settings, then again keeping blocked content by reference
 Prints a Markdown table of records/s and ratios, the two throughput targets marked met or
 not, then offers the guard half of its measured peak for 20 s and prints the p99
 end-to-end latency (input timestamp to committed output) against its target. Absolute
@@ -147,7 +148,9 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
     return float("nan")
 
 
-def _start_guard(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_guard(
+    bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
@@ -160,6 +163,7 @@ def _start_guard(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes]
         "PARTNER_GUARD_TRANSACTIONAL_ID": "bench-guard-0",
         "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "bench-key-install-attribution",
         "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "bench-key-signup-conversions",
+        **(extra_env or {}),
     }
     log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - the child owns it
     process = subprocess.Popen(
@@ -284,6 +288,14 @@ def main(count: int = 200_000) -> None:
         finally:
             process.terminate()
             process.wait(30)
+        process, port = _start_guard(
+            broker.bootstrap, Path(tmp), {"PARTNER_GUARD_BLOCKED_ORIGINAL": "reference"}
+        )
+        try:
+            guard_reference = _guard_throughput(process, port, count, Path(tmp))
+        finally:
+            process.terminate()
+            process.wait(30)
     print(f"{count:,} records, 3 partitions, embedded broker, one process each; {versions}")
     print()
     print("| pipeline | records/s | vs JSON strip | records per CPU-second | vs JSON strip |")
@@ -293,6 +305,7 @@ def main(count: int = 200_000) -> None:
         ("same + orjson decode, drop fields, encode (JSON strip)", strip),
         ("Quix Streams exactly-once calling decode_json + decide", quix),
         ("`partner-guard run`", guard),
+        ("`partner-guard run`, blocked_original: reference", guard_reference),
     ]
     for name, rate in rows:
         if rate is None:
