@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.runtime.records import partner_views
 
@@ -148,6 +148,7 @@ def resolve_references(
             **kafka_config,
             "group.id": f"partner-guard-sources-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
         }
@@ -166,28 +167,33 @@ def resolve_references(
 def _read_offsets(
     consumer: Consumer, topic: str, partition: int, offsets: set[int], idle_s: float
 ) -> dict[int, bytes]:
+    """The wanted records of one partition, read from the lowest wanted offset to the end.
+
+    Only offsets below the low watermark are known gone up front: the embedded broker's
+    high watermark can trail the true end (see `state_reader`), so the end is found by reading.
+    """
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
     except KafkaException:
         return {}  # no such topic or partition any more: every reference to it has expired
-    remaining = {o for o in offsets if low <= o < high}
+    remaining = {o for o in offsets if o >= low}
     found: dict[int, bytes] = {}
     if not remaining:
         return found
-    last = max(remaining)
     consumer.assign([TopicPartition(topic, partition, min(remaining))])
     idle_since = time.monotonic()
-    while remaining and time.monotonic() - idle_since < idle_s:
+    at_end = False
+    while remaining and not at_end and time.monotonic() - idle_since < idle_s:
         batch = consumer.consume(5000, 0.3)
         if batch:
             idle_since = time.monotonic()
         for message in batch:
-            offset = message.offset()
-            if message.error() is None and offset in remaining:
+            error = message.error()
+            if error is not None:
+                at_end = at_end or error.code() == KafkaError._PARTITION_EOF
+            elif (offset := message.offset()) is not None and offset in remaining:
                 found[offset] = message.value() or b""
                 remaining.discard(offset)
-        if any(m.error() is None and (m.offset() or 0) >= last for m in batch):
-            break
     consumer.unassign()
     return found
 
