@@ -86,6 +86,7 @@ class Settings(BaseSettings):
         " (source topic/partition/offset, SHA-256, size) that replay fetches from the source topic",
     )
     keys_dir: Path | None = None
+    workers: int = Field(1, ge=1, le=64, description="guard processes on this host (one per core)")
     dev: bool = False
     create_topics: bool = False
     partitions: int = Field(3, ge=1)
