@@ -1,6 +1,6 @@
 """End-to-end throughput against the embedded broker: the guard and its peers on the same data, one run.
 
-    python benchmarks/bench_pipeline.py [RECORDS]     (default 200000; `make bench` runs it)
+    python benchmarks/bench_pipeline.py [RECORDS [ROUNDS]]   (default 200000, 2; `make bench` runs it)
 
 Pipelines, one process each, reading the same input topic (3 partitions) of the project's
 generated traffic (realistic mix, ~680 bytes a record):
@@ -40,6 +40,10 @@ from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+PIPELINES = ("passthrough", "strip", "quix", "guard", "guard_reference")
+# Every pipeline runs this many times, interleaved, and its fastest run counts: on a shared
+# machine other work only ever slows a run down, so the fastest is the least disturbed.
+ROUNDS = 2
 INPUT = "bench.events"
 DROP = ("context", "user", "properties")
 
@@ -266,9 +270,27 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def main(count: int = 200_000) -> None:
-    """Run all pipelines and print the figures."""
+def _guard_run(bootstrap: str, count: int, workdir: Path, env: dict[str, str] | None = None) -> Rate:
+    process, port = _start_guard(bootstrap, workdir, env)
+    try:
+        return _guard_throughput(process, port, count, workdir)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _best(rates: list[Rate | None]) -> Rate | None:
+    """The fastest of repeated runs: load from others on a shared machine only ever slows a run."""
+    measured = [r for r in rates if r is not None]
+    if not measured:
+        return None
+    return Rate(min(r.wall_s for r in measured), min(r.cpu_s for r in measured))
+
+
+def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
+    """Run all pipelines (interleaved, `rounds` times) and print the figures."""
     versions = _versions()
+    runs: dict[str, list[Rate | None]] = {name: [] for name in PIPELINES}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker.start() as broker:
         config = {"bootstrap.servers": broker.bootstrap}
         ensure_topics(
@@ -278,25 +300,29 @@ def main(count: int = 200_000) -> None:
             3,
         )
         generator = _produce_input(broker.bootstrap, count)
-        passthrough = _copy(broker.bootstrap, count, "bench.passthrough", lambda v: v)
-        strip = _copy(broker.bootstrap, count, "bench.strip", _strip)
-        quix = _quix_with_decide(broker.bootstrap, count)
-        process, port = _start_guard(broker.bootstrap, Path(tmp))
+        workdir = Path(tmp)
+        for _ in range(rounds):
+            runs["passthrough"].append(_copy(broker.bootstrap, count, "bench.passthrough", lambda v: v))
+            runs["strip"].append(_copy(broker.bootstrap, count, "bench.strip", _strip))
+            runs["quix"].append(_quix_with_decide(broker.bootstrap, count))
+            runs["guard"].append(_guard_run(broker.bootstrap, count, workdir))
+            reference = {"PARTNER_GUARD_BLOCKED_ORIGINAL": "reference"}
+            runs["guard_reference"].append(_guard_run(broker.bootstrap, count, workdir, reference))
+        best = {name: _best(rates) for name, rates in runs.items()}
+        passthrough, strip, quix = best["passthrough"], best["strip"], best["quix"]
+        guard, guard_reference = best["guard"], best["guard_reference"]
+        assert passthrough and strip and guard and guard_reference
+        process, port = _start_guard(broker.bootstrap, workdir)
         try:
-            guard = _guard_throughput(process, port, count, Path(tmp))
+            _guard_throughput(process, port, count, workdir)  # catch up, then offer half of peak
             p99 = _latency_at(broker.bootstrap, port, generator, guard.per_s / 2, 20.0)
         finally:
             process.terminate()
             process.wait(30)
-        process, port = _start_guard(
-            broker.bootstrap, Path(tmp), {"PARTNER_GUARD_BLOCKED_ORIGINAL": "reference"}
-        )
-        try:
-            guard_reference = _guard_throughput(process, port, count, Path(tmp))
-        finally:
-            process.terminate()
-            process.wait(30)
-    print(f"{count:,} records, 3 partitions, embedded broker, one process each; {versions}")
+    print(
+        f"{count:,} records, 3 partitions, embedded broker, one process each, best of {rounds} interleaved"
+        f" runs; {versions}"
+    )
     print()
     print("| pipeline | records/s | vs JSON strip | records per CPU-second | vs JSON strip |")
     print("|---|---|---|---|---|")
@@ -330,4 +356,6 @@ def main(count: int = 200_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 200_000, int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS
+    )
