@@ -18,7 +18,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -26,14 +26,21 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.core.codec import decode_avro, decode_json_gated
 from streams.core.decide import consults_state, decide, receivable_types
-from streams.core.models import Envelope, Event, Malformed, StateSnapshot
+from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.config import Settings
+from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, Withheld, blocked_record, partner_record
+from streams.runtime.records import (
+    CONTAINED_ERROR_DETAIL,
+    SourceRef,
+    Withheld,
+    blocked_record,
+    partner_record,
+)
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
@@ -41,6 +48,9 @@ from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFa
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
+# Why 200: undeclared field paths are chosen by whoever produces the input; past this many
+# distinct ones they are counted as "_other" so the metric's label set stays bounded.
+MAX_UNDECLARED_LABELS = 200
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
 # An input no rule can receive, kept by reference: its source position, SHA-256 and size say
 # which record it was; replay fetches it from the source topic while retention keeps it.
@@ -55,7 +65,35 @@ class BatchTally:
     forwarded: Counter[str] = field(default_factory=Counter)
     blocked: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     stripped: Counter[str] = field(default_factory=Counter)
+    undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+
+    def add(self, outputs: _Outputs) -> None:
+        """Count the decisions of one input's outputs."""
+        for decision in outputs.forwarded:
+            self.forwarded[decision.partner] += 1
+            if decision.stripped:
+                self.stripped[decision.partner] += len(decision.stripped)
+        for entry in outputs.withheld:  # reasons are expanded into metrics once per batch
+            self.blocked[(entry.decision.partner, entry.reasons)] += 1
+
+
+class OutputTooLargeError(Exception):
+    """An output record (key and value) would exceed `max_record_bytes`."""
+
+
+@dataclass(slots=True)
+class _Outputs:
+    """The records one input produces, built completely before any is produced."""
+
+    records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
+    forwarded: list[Decision] = field(default_factory=list)
+    withheld: list[Withheld] = field(default_factory=list)
+
+    def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
+        if len(value) + len(key or b"") > limit:
+            raise OutputTooLargeError(topic)
+        self.records.append((topic, value, key, headers))
 
 
 class GuardJob:
@@ -80,6 +118,7 @@ class GuardJob:
         self.consent = ConsentTable()
         self.status = SignupStatusTable()
         self._invalid_reported: dict[str, int] = {}
+        self._undeclared_labels: set[str] = set()
         self._schema = event_schema()
         self._receivable = receivable_types(ruleset)
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
@@ -232,33 +271,64 @@ class GuardJob:
         stale: bool,
         tally: BatchTally,
     ) -> None:
-        """Decode and decide one input; produce its forwarded records and at most one blocked record."""
-        s = self.settings
+        """Decode and decide one input; produce its forwarded records and at most one blocked record.
+
+        Every output is built before any is produced, so an exception while building them
+        (decoding, deciding, projecting, serializing) ends as an `internal_error` block for
+        every partner of this input, never as a crash of the job or a partial set of outputs.
+        """
         raw = message.value() or b""
-        record = self._decode(message.value(), source.input_format)
+        outputs = _Outputs()
+        record: Event | Envelope | Malformed | None = None
+        try:
+            record = self._decode(message.value(), source.input_format)
+            self._build_outputs(record, raw, source, stale, outputs)
+        except Exception as exc:
+            log.warning(
+                "internal error building the outputs of %s[%d]@%d: %s; blocked for every partner",
+                source.topic,
+                source.partition,
+                source.offset,
+                type(exc).__name__,
+            )
+            event_id = record.event_id if isinstance(record, Event | Envelope) else None
+            outputs = self._contained_outputs(raw, source, event_id, exc)
+        for topic, value, key, headers in outputs.records:
+            transaction.produce(topic, value, key=key, headers=headers)
+        tally.add(outputs)
+        if isinstance(record, Event):
+            for path in record.undeclared_fields:
+                tally.undeclared[self._undeclared_label(path)] += 1
+
+    def _build_outputs(
+        self,
+        record: Event | Envelope | Malformed,
+        raw: bytes,
+        source: SourceRef,
+        stale: bool,
+        outputs: _Outputs,
+    ) -> None:
+        s = self.settings
         snapshot = (
             snapshot_for(record, self.consent, self.status, stale)
             if isinstance(record, Event) and consults_state(record, self.ruleset)
             else None
         )
-        withheld: list[Withheld] = []
         for decision in decide(record, snapshot or NO_STATE[stale], self.ruleset):
             if not decision.forwarded:
-                withheld.append(Withheld.of(decision))
+                outputs.withheld.append(Withheld.of(decision))
                 continue
             key, value = partner_record(decision)
-            if len(value) > s.max_record_bytes:
-                withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
+            if len(value) + len(key or b"") > s.max_record_bytes:
+                outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
-            transaction.produce(self._topic_by_partner[decision.partner], value, key=key)
-            tally.forwarded[decision.partner] += 1
-            if decision.stripped:
-                tally.stripped[decision.partner] += len(decision.stripped)
-        if not withheld:
+            outputs.add(self._topic_by_partner[decision.partner], value, key, None, s.max_record_bytes)
+            outputs.forwarded.append(decision)
+        if not outputs.withheld:
             return
         source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
         value, headers = blocked_record(
-            withheld,
+            outputs.withheld,
             dumps_snapshot(snapshot) if snapshot is not None else b"null",
             source,
             raw,
@@ -268,9 +338,52 @@ class GuardJob:
             hashlib.sha256(raw).hexdigest(),
             s.max_record_bytes,
         )
-        transaction.produce(s.blocked_topic, value, key=source.key, headers=headers)
-        for entry in withheld:  # reasons are expanded into metrics once per batch (_record)
-            tally.blocked[(entry.decision.partner, entry.reasons)] += 1
+        outputs.add(s.blocked_topic, value, source.key, headers, s.max_record_bytes)
+
+    def _contained_outputs(
+        self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
+    ) -> _Outputs:
+        """One blocked record, `internal_error` for every partner, built from nothing but the raw bytes."""
+        s = self.settings
+        if len(source.key or b"") > s.max_record_bytes // 4:  # a key that cannot travel is dropped
+            source = replace(source, key=None)
+        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        try:
+            payload = self.payload.protect(raw, source_ref)
+        except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
+            payload = {"payload_mode": self.payload.mode, "original_b64": None}
+        outputs = _Outputs()
+        for rule in self.ruleset.rules:
+            decision = Decision(
+                partner=rule.partner,
+                rule_id=rule.rule_id,
+                ruleset_digest=self.ruleset.digest,
+                event_id=event_id,
+                verdict="block",
+                reasons=(Reason.INTERNAL_ERROR.value,),
+                details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
+            )
+            outputs.withheld.append(Withheld.of(decision))
+        value, headers = blocked_record(
+            outputs.withheld,
+            b"null",
+            source,
+            raw,
+            payload,
+            hashlib.sha256(raw).hexdigest(),
+            s.max_record_bytes,
+        )
+        outputs.records.append((s.blocked_topic, value, source.key, headers))
+        return outputs
+
+    def _undeclared_label(self, path: str) -> str:
+        """The metric label for an undeclared field path, bounded in number (attackers pick keys)."""
+        if path in self._undeclared_labels:
+            return path
+        if len(self._undeclared_labels) >= MAX_UNDECLARED_LABELS:
+            return "_other"
+        self._undeclared_labels.add(path)
+        return path
 
     def _process_batch(
         self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
@@ -324,6 +437,8 @@ class GuardJob:
             m.block_reasons.labels(partner, reason).inc(count)
         for partner, count in tally.stripped.items():
             m.fields_stripped.labels(partner).inc(count)
+        for path, count in tally.undeclared.items():
+            m.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
         for ts in tally.timestamps_ms:
             m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))

@@ -52,6 +52,9 @@ BLOCKED_FORMAT_V1 = "partner-guard.blocked.v1"
 BLOCKED_FORMAT = "partner-guard.blocked.v2"
 # Members that differ per partner; a v2 record lists them under "decisions".
 PER_PARTNER_MEMBERS = ("partner", "rule_id", "reasons", "details")
+# The details of a block the job made because the outputs of an input could not be built
+# (an exception outside the decision): replay cannot reproduce it by re-deciding.
+CONTAINED_ERROR_DETAIL = "outputs could not be built: "
 
 
 @dataclass(frozen=True, slots=True)
