@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,13 @@ from streams.core.codec import decode_json, decode_json_gated
 from streams.core.decide import decide, receivable_types
 from streams.core.models import Decision, Envelope, Malformed, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
+from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     BLOCKED_FORMAT,
     BLOCKED_FORMAT_V1,
     SourceRef,
     Withheld,
+    blocked_input,
     blocked_record,
     partner_views,
 )
@@ -87,15 +88,11 @@ def test_the_gate_never_changes_what_is_forwarded(ruleset: Ruleset, case: dict[s
 
 
 def _v2(ruleset: Ruleset, raw: bytes, max_bytes: int = 900_000) -> dict[str, Any]:
-    decisions = _decisions(decode_json_gated(raw, receivable_types(ruleset)), ruleset)
-    value, headers = blocked_record(
-        [Withheld.of(d) for d in decisions],
-        b"null",
-        SOURCE,
-        raw,
-        {"payload_mode": "full", "original_b64": base64.b64encode(raw).decode()},
-        hashlib.sha256(raw).hexdigest(),
-        max_bytes,
+    record = decode_json_gated(raw, receivable_types(ruleset))
+    event_id = record.event_id if isinstance(record, Envelope) else None
+    shared = blocked_input(SOURCE, raw, None, event_id, PayloadProtector("full"))
+    _, value, headers = blocked_record(
+        [Withheld.of(d) for d in _decisions(record, ruleset)], shared, SOURCE, max_bytes
     )
     assert dict(headers)["pg-partners"] == ",".join(ruleset.partners).encode()
     blocked: dict[str, Any] = orjson.loads(value)

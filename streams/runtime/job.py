@@ -18,10 +18,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.core.codec import decode_avro, decode_json_gated
@@ -36,12 +37,14 @@ from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
+    BlockedInput,
     SourceRef,
     Withheld,
+    blocked_input,
     blocked_record,
     partner_record,
 )
-from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
 from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFatalError
@@ -52,9 +55,6 @@ INIT_TIMEOUT_S = 30.0
 # distinct ones they are counted as "_other" so the metric's label set stays bounded.
 MAX_UNDECLARED_LABELS = 200
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
-# An input no rule can receive, kept by reference: its source position, SHA-256 and size say
-# which record it was; replay fetches it from the source topic while retention keeps it.
-REFERENCE_PAYLOAD: dict[str, Any] = {"payload_mode": "reference", "original_b64": None}
 
 
 @dataclass
@@ -326,32 +326,30 @@ class GuardJob:
             outputs.forwarded.append(decision)
         if not outputs.withheld:
             return
-        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-        value, headers = blocked_record(
-            outputs.withheld,
-            dumps_snapshot(snapshot) if snapshot is not None else b"null",
-            source,
-            raw,
-            REFERENCE_PAYLOAD
-            if isinstance(record, Envelope) and s.blocked_original == "reference"
-            else self.payload.protect(raw, source_ref),
-            hashlib.sha256(raw).hexdigest(),
-            s.max_record_bytes,
-        )
-        outputs.add(s.blocked_topic, value, source.key, headers, s.max_record_bytes)
+        by_reference = isinstance(record, Envelope) and s.blocked_original == "reference"
+        event_id = record.event_id if isinstance(record, Event | Envelope) else None
+        shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
+        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
+        outputs.add(s.blocked_topic, value, blocked_key, headers, s.max_record_bytes)
 
     def _contained_outputs(
         self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
     ) -> _Outputs:
         """One blocked record, `internal_error` for every partner, built from nothing but the raw bytes."""
         s = self.settings
-        if len(source.key or b"") > s.max_record_bytes // 4:  # a key that cannot travel is dropped
-            source = replace(source, key=None)
-        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
         try:
-            payload = self.payload.protect(raw, source_ref)
+            shared = blocked_input(source, raw, None, event_id, self.payload)
         except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
-            payload = {"payload_mode": self.payload.mode, "original_b64": None}
+            where = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+            shared = BlockedInput(
+                kafka_key=None,
+                event_id=None,
+                snapshot_json=b"null",
+                source_json=orjson.Fragment(orjson.dumps({**where, "format": source.input_format})),
+                payload={"payload_mode": self.payload.mode, "original_b64": None},
+                original_size=len(raw),
+                original_sha256=hashlib.sha256(raw).hexdigest(),
+            )
         outputs = _Outputs()
         for rule in self.ruleset.rules:
             decision = Decision(
@@ -364,16 +362,8 @@ class GuardJob:
                 details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
             )
             outputs.withheld.append(Withheld.of(decision))
-        value, headers = blocked_record(
-            outputs.withheld,
-            b"null",
-            source,
-            raw,
-            payload,
-            hashlib.sha256(raw).hexdigest(),
-            s.max_record_bytes,
-        )
-        outputs.records.append((s.blocked_topic, value, source.key, headers))
+        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
+        outputs.records.append((s.blocked_topic, value, blocked_key, headers))
         return outputs
 
     def _undeclared_label(self, path: str) -> str:

@@ -7,51 +7,67 @@ one partner did not receive, listing every withholding partner's decision:
      "decisions": [{"partner", "rule_id", "reasons": [...], "details": [...]}, ...],
      "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool}
                 | null when no rule allowed the event type (the decision read no state),
-     "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"},
+     "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"}
+               (+ "key_sha256", "key_size" for a key over 1 KiB in full mode,
+                "key_redacted" in redacted/encrypted mode),
      "payload_mode": "full" | "redacted" | "encrypted" | "reference",
      "original_b64": raw input bytes (base64; full mode) | null,
      "original_redacted": the event with tagged values as keyed hashes (redacted mode),
      "key_id", "nonce_b64", "ciphertext_b64": AES-256-GCM of the raw bytes (encrypted mode),
      "original_size", "original_sha256", "reduced": bool}
 
-Payload mode `reference` (setting `blocked_original: reference`, only for inputs no rule can
-receive): nothing of the original is kept; `source`, `original_sha256` and `original_size`
-identify it, and replay fetches it from the source topic (`source_expired` once retention
-has dropped it).
-
 A partner missing from `decisions` received the input (its forwarded record is on its
 topic). In v2 the input was decoded with the envelope gate: an event whose type no rule can
 receive is read only as far as its type and id (`decode_json_gated`), so replay decodes v2
 originals the same way.
 
+Payload mode `reference` (setting `blocked_original: reference`, only for inputs no rule can
+receive): nothing of the original is kept; `source`, `original_sha256` and `original_size`
+identify it, and replay fetches it from the source topic (`source_expired` once retention
+has dropped it).
+
+In redacted and encrypted modes `event_id`, the input key and the snapshot's subjects and
+account id are keyed hashes (see `payload.py`). The blocked record's Kafka key is the
+input key (full mode, up to 1 KiB), else its hash.
+
 Format v1 (written before v2; `replay` still reads it) held one record per blocked
-(input, partner) pair, with `partner`, `rule_id`, `reasons` and `details` at the top level
-and everything else as above; its inputs were always validated in full. `partner_views`
-turns either version into v1-shaped views, one per (input, partner), for the audit tools.
+(input, partner) pair, with `partner`, `rule_id`, `reasons` and `details` (and
+`details_dropped` when reduced) at the top level and everything else as above; its inputs
+were always validated in full. `partner_views` turns either version into v1-shaped views,
+one per (input, partner), for the audit tools.
 
 Headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
-pg-ruleset-digest, pg-source-topic, pg-source-partition, pg-source-offset. A record too large
-for the broker is reduced (original dropped, its hash and size kept, `record_too_large`
-added to every decision) before it is produced, so one record can never poison a
-transaction.
+pg-ruleset-digest, pg-source-topic, pg-source-partition, pg-source-offset. Input headers
+are not copied.
+
+Size. A blocked record whose key, value and headers together exceed the broker limit is
+reduced: `record_too_large` is added to every decision, and everything an input can make
+large is dropped or hashed — the original (its SHA-256 and size stay), the snapshot
+(`snapshot_sha256`), an `event_id` over 256 characters (`sha256:<hex>`), the details
+(`details_dropped` per decision). The reduced form is measured again before it is produced,
+so one record can never poison a transaction.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from streams.core.models import Decision
+from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
 from streams.runtime.kafka_io import Headers
+from streams.runtime.payload import PayloadProtector
 
 BLOCKED_FORMAT_V1 = "partner-guard.blocked.v1"
 BLOCKED_FORMAT = "partner-guard.blocked.v2"
 # Members that differ per partner; a v2 record lists them under "decisions".
-PER_PARTNER_MEMBERS = ("partner", "rule_id", "reasons", "details")
+PER_PARTNER_MEMBERS = ("partner", "rule_id", "reasons", "details", "details_dropped")
+# An input no rule can receive, kept by reference: its source position, SHA-256 and size say
+# which record it was; replay fetches it from the source topic while retention keeps it.
+REFERENCE_PAYLOAD: dict[str, Any] = {"payload_mode": "reference", "original_b64": None}
 # The details of a block the job made because the outputs of an input could not be built
 # (an exception outside the decision): replay cannot reproduce it by re-deciding.
 CONTAINED_ERROR_DETAIL = "outputs could not be built: "
@@ -69,20 +85,71 @@ class SourceRef:
     input_format: str
 
 
-def _b64(raw: bytes | None) -> str | None:
-    return base64.b64encode(raw).decode() if raw is not None else None
+MAX_EVENT_ID_CHARS = 256
+_PAYLOAD_MEMBERS = ("original_b64", "original_redacted", "ciphertext_b64", "nonce_b64")
 
 
-def source_json(source: SourceRef) -> dict[str, Any]:
-    """The `source` member of a blocked record."""
-    return {
+class BlockedRecordTooLargeError(Exception):
+    """Even the reduced form of a blocked record exceeds the limit (a configuration error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedInput:
+    """What every partner's blocked copy of one input shares (built once per input)."""
+
+    kafka_key: bytes | None
+    event_id: str | None
+    snapshot_json: bytes
+    source_json: orjson.Fragment
+    payload: dict[str, Any]
+    original_size: int
+    original_sha256: str
+
+
+def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector) -> bytes:
+    if snapshot is None:
+        return b"null"
+    try:
+        return orjson.dumps(protector.snapshot(snapshot.model_dump(mode="json")))
+    except orjson.JSONEncodeError:  # defence in depth: the state tables bound every value
+        return b"null"
+
+
+def blocked_input(
+    source: SourceRef,
+    raw: bytes,
+    snapshot: StateSnapshot | None,
+    event_id: str | None,
+    protector: PayloadProtector,
+    by_reference: bool = False,
+) -> BlockedInput:
+    """The shared parts of an input's blocked record, identifiers protected per the mode.
+
+    `by_reference`: keep no copy of the original (`blocked_original: reference`).
+    """
+    kafka_key, key_members = protector.input_key(source.key)
+    source_members = {
         "topic": source.topic,
         "partition": source.partition,
         "offset": source.offset,
         "timestamp_ms": source.timestamp_ms,
-        "key_b64": _b64(source.key),
+        **key_members,
         "format": source.input_format,
     }
+    reference = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+    return BlockedInput(
+        kafka_key=kafka_key,
+        event_id=protector.identifier(event_id),
+        snapshot_json=_dumps_snapshot(snapshot, protector),
+        source_json=orjson.Fragment(orjson.dumps(source_members)),
+        payload=REFERENCE_PAYLOAD if by_reference else protector.protect(raw, reference),
+        original_size=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _size(key: bytes | None, value: bytes, headers: Headers) -> int:
+    return len(key or b"") + len(value) + sum(len(k) + len(v or b"") for k, v in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,74 +167,97 @@ class Withheld:
         return cls(decision, tuple(dict.fromkeys((*decision.reasons, *extra_reasons))))
 
 
+def _reduced(body: dict[str, Any], shared: BlockedInput) -> dict[str, Any]:
+    """The record with everything an input can make large dropped or hashed."""
+    event_id = body["event_id"]
+    if isinstance(event_id, str) and len(event_id) > MAX_EVENT_ID_CHARS:
+        event_id = "sha256:" + hashlib.sha256(event_id.encode("utf-8", "replace")).hexdigest()
+    reduced = {k: v for k, v in body.items() if k not in _PAYLOAD_MEMBERS}
+    reduced |= {
+        "decisions": [
+            {
+                **entry,
+                "reasons": [*entry["reasons"], Reason.RECORD_TOO_LARGE.value],
+                "details": [],
+                "details_dropped": len(entry["details"]),
+            }
+            for entry in body["decisions"]
+        ],
+        "event_id": event_id,
+        "snapshot": None,
+        "snapshot_sha256": hashlib.sha256(shared.snapshot_json).hexdigest(),
+        "original_b64": None,
+        "reduced": True,
+    }
+    return reduced
+
+
 def blocked_record(
-    withheld: list[Withheld],
-    snapshot_json: bytes,
-    source: SourceRef,
-    raw: bytes,
-    payload: dict[str, Any],
-    raw_sha256: str,
-    max_bytes: int,
-) -> tuple[bytes, Headers]:
-    """The v2 blocked record of one input and its headers, reduced when over `max_bytes`."""
+    withheld: list[Withheld], shared: BlockedInput, source: SourceRef, max_bytes: int
+) -> tuple[bytes | None, bytes, Headers]:
+    """Kafka key, value and headers of an input's v2 blocked record, reduced when over `max_bytes`."""
     first = withheld[0].decision
-    decisions = [
-        {
-            "partner": w.decision.partner,
-            "rule_id": w.decision.rule_id,
-            "reasons": w.reasons,
-            "details": w.decision.details,
-        }
-        for w in withheld
-    ]
-    body = {
+    body: dict[str, Any] = {
         "format": BLOCKED_FORMAT,
-        "event_id": first.event_id,
+        "event_id": shared.event_id,
         "ruleset_digest": first.ruleset_digest,
-        "decisions": decisions,
-        "snapshot": orjson.Fragment(snapshot_json),
-        "source": source_json(source),
-        **payload,
-        "original_size": len(raw),
-        "original_sha256": raw_sha256,
+        "decisions": [
+            {
+                "partner": w.decision.partner,
+                "rule_id": w.decision.rule_id,
+                "reasons": w.reasons,
+                "details": w.decision.details,
+            }
+            for w in withheld
+        ],
+        "snapshot": orjson.Fragment(shared.snapshot_json),
+        "source": shared.source_json,
+        **shared.payload,
+        "original_size": shared.original_size,
+        "original_sha256": shared.original_sha256,
         "reduced": False,
     }
     value = orjson.dumps(body)
-    if len(value) > max_bytes:
-        for entry in decisions:
-            entry["reasons"] = (*entry["reasons"], Reason.RECORD_TOO_LARGE.value)
-        small_snapshot = snapshot_json if len(snapshot_json) < max_bytes // 2 else b"null"
-        body = {
-            k: v for k, v in body.items() if k not in ("original_redacted", "ciphertext_b64", "nonce_b64")
-        }
-        body |= {"original_b64": None, "reduced": True, "snapshot": orjson.Fragment(small_snapshot)}
-        value = orjson.dumps(body)
-    partners = ",".join(w.decision.partner for w in withheld)
-    reasons = ",".join(dict.fromkeys(r for entry in decisions for r in entry["reasons"]))
-    headers: Headers = [
-        ("pg-partners", partners.encode()),
-        ("pg-reasons", reasons.encode()),
-        ("pg-ruleset-digest", first.ruleset_digest.encode()),
+    headers = _headers(body, source)
+    if _size(shared.kafka_key, value, headers) > max_bytes:
+        reduced = _reduced(body, shared)
+        headers = _headers(reduced, source)
+        value = orjson.dumps(reduced)
+        if _size(shared.kafka_key, value, headers) > max_bytes:
+            raise BlockedRecordTooLargeError(
+                f"a reduced blocked record is {len(value)} bytes; limit {max_bytes}"
+            )
+    return shared.kafka_key, value, headers
+
+
+def _headers(body: dict[str, Any], source: SourceRef) -> Headers:
+    decisions = body["decisions"]
+    reasons = dict.fromkeys(r for entry in decisions for r in entry["reasons"])
+    return [
+        ("pg-partners", ",".join(entry["partner"] for entry in decisions).encode()),
+        ("pg-reasons", ",".join(reasons).encode()),
+        ("pg-ruleset-digest", str(body["ruleset_digest"]).encode()),
         ("pg-source-topic", source.topic.encode()),
         ("pg-source-partition", str(source.partition).encode()),
         ("pg-source-offset", str(source.offset).encode()),
     ]
-    return value, headers
 
 
 def partner_views(blocked: dict[str, Any]) -> list[dict[str, Any]]:
     """One v1-shaped view per (input, partner) of a blocked record of either format.
 
     A v1 record (or a view already) is returned as it is; a v2 record gives one view per
-    decision, each with the shared members and `format` kept, so replay knows how it was decoded.
+    decision, each with the shared members and `format` kept, so replay knows how it was
+    decoded. A v2 record whose decisions are not a list of objects gives one view without a
+    partner, which replay reports as an invalid record.
     """
     decisions = blocked.get("decisions")
-    if not isinstance(decisions, list):
+    if decisions is None:
         return [blocked]
     shared = {k: v for k, v in blocked.items() if k != "decisions"}
-    if not decisions or not all(isinstance(d, dict) for d in decisions):
-        return [shared]  # no partner to verify against: replay reports it as a mismatch
-    return [{**shared, **{k: d.get(k) for k in PER_PARTNER_MEMBERS}} for d in decisions]
+    if not isinstance(decisions, list) or not decisions or not all(isinstance(d, dict) for d in decisions):
+        return [shared]
+    return [{**shared, **{k: d[k] for k in PER_PARTNER_MEMBERS if k in d}} for d in decisions]
 
 
 def partner_record(decision: Decision) -> tuple[bytes | None, bytes]:
