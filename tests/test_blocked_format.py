@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,8 @@ def _v1_views(ruleset: Ruleset, raw: bytes) -> list[dict[str, Any]]:
             "source": {"topic": "internal.events", "partition": 0, "offset": 1, "format": "json"},
             "payload_mode": "full",
             "original_b64": base64.b64encode(raw).decode(),
+            "original_size": len(raw),
+            "original_sha256": hashlib.sha256(raw).hexdigest(),
             "reduced": False,
         }
         for d in _decisions(decode_json(raw), ruleset)
@@ -159,4 +162,4 @@ def test_replay_still_catches_a_forged_v2_decision(ruleset: Ruleset, library: Ru
     outcomes = [verify_one(v, library, None) for v in partner_views(blocked)]
     assert [o.status for o in outcomes] == ["match", "mismatch"]
     blocked["decisions"] = []
-    assert [verify_one(v, library, None).status for v in partner_views(blocked)] == ["mismatch"]
+    assert [verify_one(v, library, None).status for v in partner_views(blocked)] == ["invalid_record"]
