@@ -273,6 +273,12 @@ def _verify_one(
     try:
         record = original_record(blocked, keyring, gate=ruleset)
         full = record if whatif is None or ruleset is None else original_record(blocked, keyring)
+        if record is None or full is None:  # nothing to re-decide, and the snapshot's ids stay hashed
+            if blocked.get("payload_mode") == "reference":
+                why = "original kept by reference: no source to fetch it from"
+            else:
+                why = f"payload mode {blocked.get('payload_mode')}: original not kept"
+            return Outcome(blocked, "unverifiable", why)
         snapshot = recorded_snapshot(blocked, record, keyring)
     except PayloadTamperedError as exc:
         return Outcome(blocked, "mismatch", str(exc))
@@ -282,12 +288,6 @@ def _verify_one(
         return Outcome(reader_members(blocked), "invalid_record", "snapshot is not a valid state snapshot")
     except ValueError as exc:  # bad base64, a nonce of the wrong size
         return Outcome(reader_members(blocked), "invalid_record", str(exc))
-    if record is None or full is None:
-        if blocked.get("payload_mode") == "reference":
-            return Outcome(blocked, "unverifiable", "original kept by reference: no source to fetch it from")
-        return Outcome(
-            blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
-        )
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match")
     if whatif is not None:

@@ -10,6 +10,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.records import partner_views
 from tests.integration.kafka_helpers import produce, read_topic, seed_population, start_guard
 from tests.integration.test_job import _wait_consumed
 
@@ -55,20 +56,22 @@ def test_oversized_key_event_id_and_updated_at_are_blocked_not_fatal(
         guard_invalid_state = guard.metric_value("partner_guard_state_invalid_records_total")
     finally:
         assert guard.stop() == 0, guard.log()
-    blocked = read_topic(broker.bootstrap, "guard.blocked", expect=2 * len(inputs))
-    assert len(blocked) == 2 * len(inputs)  # every input blocked for both partners
+    blocked = read_topic(broker.bootstrap, "guard.blocked", expect=len(inputs))
+    assert len(blocked) == len(inputs)  # one blocked record per input ...
     for key, value, headers in blocked:
         size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
         assert size <= MAX_RECORD_BYTES
-    records = [orjson.loads(value or b"") for _, value, _ in blocked]
+    records = [view for _, value, _ in blocked for view in partner_views(orjson.loads(value or b""))]
+    assert len(records) == 2 * len(inputs)  # ... listing both partners: every input blocked for both
     big_key = [r for r in records if r["event_id"] == "big-key"]
     assert big_key and all(
         r["source"]["key_b64"] is None and r["source"]["key_size"] == 500_000 for r in big_key
     )
-    # a 250,000-character event id is malformed (ids are bounded), and its original is too large
-    # to travel: reduced, with everything unbounded dropped or hashed
-    big_id = [r for r in records if r["reduced"]]
-    assert len(big_id) == 2 and all({"malformed", "record_too_large"} <= set(r["reasons"]) for r in big_id)
+    # an event id of 250,000 characters is malformed (ids are at most 128), and its blocked
+    # record, too large with the original, is reduced
+    big_id = [r for r in records if r["event_id"] is None and r["original_size"] > 250_000]
+    assert len(big_id) == 2 and all(r["reduced"] and "record_too_large" in r["reasons"] for r in big_id)
+    assert all("malformed" in r["reasons"] for r in big_id)
     assert all(r["original_b64"] is None and r["snapshot"] is None for r in big_id)
     stored = [c for r in records if r["event_id"] == "reads-state" for c in r["snapshot"]["consent"]]
     assert stored and all(c["interest_based_ads"] == "denied" and c["updated_at"] is None for c in stored)
