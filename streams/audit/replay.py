@@ -295,7 +295,8 @@ def _verify_one(
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",
-            f"no ruleset with digest {blocked.get('ruleset_digest')}",
+            f"no ruleset with digest {blocked.get('ruleset_digest')} (looked in {library.searched()}; "
+            "point replay at the rules that decided it with --verify-rules DIR or --git-dir REPO)",
         )
         return outcome
     decision = _decision_for(decide(record, snapshot, ruleset), partner)
