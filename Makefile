@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
 
 .PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
@@ -30,8 +32,18 @@ test: lint typecheck
 demo: $(STAMP)
 	$(BIN)/partner-guard demo
 
-bench: $(STAMP)
+# Quix Streams pins confluent-kafka < 2.13: the peer pipelines get their own venv.
+$(PEERS_STAMP): benchmarks/peers-requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/peers-requirements.txt
+	touch $(PEERS_STAMP)
+
+# The whole comparison on the same data in one run, then the pure core and state memory.
+BENCH_RECORDS ?= 200000
+bench: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_RECORDS)
 	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python benchmarks/bench_state_memory.py
 
 # Fuzz for FUZZ_SECONDS with Hypothesis, then as long again with atheris (libFuzzer) when
 # it installs; failing examples are saved in tests/hostile/ and replayed by `make test`.
@@ -68,4 +80,4 @@ reliability: $(STAMP)
 		-o timeout=3600 $(RELIABILITY_TESTS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PEERS) .mypy_cache .pytest_cache .ruff_cache .hypothesis

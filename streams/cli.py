@@ -139,6 +139,9 @@ def run_command(
     keys_dir: Annotated[
         Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, max=64, help="guard processes on this host")
+    ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
     from streams.runtime.config import ConfigError, load_settings
@@ -148,7 +151,12 @@ def run_command(
     configure_logging()
     try:
         settings = load_settings(
-            config, rules_dir=rules, create_topics=create_topics or None, dev=dev or None, keys_dir=keys_dir
+            config,
+            rules_dir=rules,
+            create_topics=create_topics or None,
+            dev=dev or None,
+            keys_dir=keys_dir,
+            workers=workers,
         )
     except ConfigError as exc:
         err.print(f"refusing to start: {exc}", highlight=False, markup=False)
@@ -166,6 +174,11 @@ def run_command(
     except PayloadKeyError as exc:
         err.print(f"refusing to start: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from None
+    if settings.workers > 1:
+        from streams.runtime.workers import Supervisor, worker_arguments
+
+        args = worker_arguments(config, rules, dev, keys_dir)
+        raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
     raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
 
 

@@ -30,7 +30,14 @@ from streams.core.signals.usprivacy import us_privacy_opted_out
 from streams.gen.signals import BitWriter, encode_gpp, encode_tc_string, encode_usnat
 from streams.offline.cases import decide_case, decide_line, decision_json
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import CONTAINED_ERROR_DETAIL, SourceRef, blocked_input, blocked_record
+from streams.runtime.records import (
+    CONTAINED_ERROR_DETAIL,
+    SourceRef,
+    Withheld,
+    blocked_input,
+    blocked_record,
+    partner_views,
+)
 from streams.runtime.state import ConsentTable, SignupStatusTable
 from tests.conftest import RULES_DIR
 
@@ -507,8 +514,8 @@ def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Rules
         details=(f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError",),
     )
     shared = blocked_input(source, raw, None, None, PayloadProtector("full"))
-    _, value, _ = blocked_record(decision, shared, source, 900_000)
-    outcome = verify_one(orjson.loads(value), RulesetLibrary([RULES_DIR]), None)
+    _, value, _ = blocked_record([Withheld.of(decision)], shared, source, 900_000)
+    outcome = verify_one(partner_views(orjson.loads(value))[0], RulesetLibrary([RULES_DIR]), None)
     assert outcome.status == "unverifiable"
 
 
@@ -545,10 +552,11 @@ def test_the_job_blocks_an_input_whose_outputs_raise_for_every_partner(
     producer, tally = _RecordingProducer(), BatchTally()
     source = SourceRef("internal.events", 0, 7, None, b"k", "json")
     job._emit_input(producer, _Message(orjson.dumps(_case()["event"])), source, False, tally)  # type: ignore[arg-type]
-    assert [topic for topic, _ in producer.records] == ["guard.blocked"] * len(ruleset.partners)
-    for _, value in producer.records:
-        blocked = orjson.loads(value or b"")
-        assert blocked["reasons"] == ["internal_error"]
-        assert blocked["details"] == [f"{CONTAINED_ERROR_DETAIL}ZeroDivisionError"]
-        assert blocked["event_id"] and blocked["original_b64"]
-    assert sum(tally.decisions.values()) == len(ruleset.partners)
+    assert [topic for topic, _ in producer.records] == ["guard.blocked"]  # one record lists every partner
+    blocked = orjson.loads(producer.records[0][1] or b"")
+    assert [d["partner"] for d in blocked["decisions"]] == list(ruleset.partners)
+    for decision in blocked["decisions"]:
+        assert decision["reasons"] == ["internal_error"]
+        assert decision["details"] == [f"{CONTAINED_ERROR_DETAIL}ZeroDivisionError"]
+    assert blocked["event_id"] and blocked["original_b64"]
+    assert sum(tally.blocked.values()) == len(ruleset.partners)

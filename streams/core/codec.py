@@ -9,13 +9,14 @@ event model checks types strictly (no boolean for a number or time).
 from __future__ import annotations
 
 import io
+from collections.abc import Container
 from typing import Any, TypeVar
 
 import fastavro
 import jiter
 from pydantic import BaseModel, ValidationError
 
-from streams.core.models import Event, Malformed
+from streams.core.models import Envelope, Event, Malformed
 
 CONFLUENT_MAGIC = 0
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -65,6 +66,32 @@ def decode_json(raw: bytes | None) -> Event | Malformed:
 def decode_state_record(raw: bytes, model: type[_Model]) -> _Model:
     """Strictly decode one state record (consent or sign-up status); raises `ValueError`."""
     return model.model_validate(parse_strict_json(raw))
+
+
+def decode_json_gated(raw: bytes | None, receivable: Container[str]) -> Event | Envelope | Malformed:
+    """Decode one JSON event, validating it in full only when some rule can receive its type.
+
+    The document is parsed as strictly as by `decode_json` (invalid JSON or a duplicate key is
+    malformed either way); an event whose type no rule can receive comes back as its
+    `Envelope`, which `decide` blocks for every partner as `event_type_not_allowed` whatever
+    the rest holds. Replay decodes blocked records of format v2 the same way, so decisions
+    reproduce exactly.
+    """
+    if not raw:
+        return Malformed(raw or b"", "empty record")
+    try:
+        obj = parse_strict_json(raw)
+    except ValueError as exc:
+        return Malformed(raw, _json_error(exc))
+    except Exception as exc:  # defensive: the parser is native code
+        return Malformed(raw, f"not valid JSON: {type(exc).__name__}")
+    event_type = obj.get("event_type") if isinstance(obj, dict) else None
+    if isinstance(event_type, str) and event_type not in receivable:
+        try:
+            return Envelope.model_validate({"event_id": obj.get("event_id"), "event_type": event_type})
+        except ValidationError:
+            pass  # the full validation below says what is wrong
+    return event_from_object(obj, raw)
 
 
 def drop_nulls(value: Any) -> Any:

@@ -165,6 +165,17 @@ class Event(_Section):
         )
 
 
+class Envelope(_Frozen):
+    """The members of an event that decide whether any rule can receive it (the type gate).
+
+    An event whose type no rule can receive is read only this far: it is blocked for every
+    partner as `event_type_not_allowed`, and needs no validated model.
+    """
+
+    event_id: InternalId
+    event_type: str = Field(min_length=1)
+
+
 class ConsentRecord(_Frozen):
     """A stored consent choice for one subject (`account:<id>`, `profile:<id>`, `device:<id>`)."""
 

@@ -87,7 +87,13 @@ class Settings(BaseSettings):
         "full", description="how blocked records keep the original: full, redacted or encrypted"
     )
     payload_keys_file: Path | None = Field(None, description="file of id:base64 AES-256 keys")
+    blocked_original: Literal["copy", "reference"] = Field(
+        "copy",
+        description="inputs no rule can receive: keep a copy of the original, or only a reference"
+        " (source topic/partition/offset, SHA-256, size) that replay fetches from the source topic",
+    )
     keys_dir: Path | None = None
+    workers: int = Field(1, ge=1, le=64, description="guard processes on this host (one per core)")
     dev: bool = False
     create_topics: bool = False
     partitions: int = Field(3, ge=1)

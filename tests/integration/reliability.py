@@ -30,7 +30,15 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, ROOT, GuardProcess, produce, read_topic
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    ROOT,
+    GuardProcess,
+    produce,
+    read_blocked,
+    read_topic,
+)
 from tests.integration.test_job import FORBIDDEN
 
 # The guard's librdkafka client.id in these tests; the fault proxy aims at it.
@@ -222,8 +230,7 @@ def account(
             if event_id not in allowed[partner] or FORBIDDEN.search(text):
                 ledger.leaked[partner] += 1
     blocked_back = {blocked_id(i): i for i in ids}  # redacted/encrypted modes hash the event id
-    for _, value, _ in read_topic(bootstrap, blocked_topic):
-        blocked = orjson.loads(value or b"{}")
+    for blocked in read_blocked(bootstrap, blocked_topic):  # one view per (input, partner)
         source = blocked["source"]
         key = blocked_back.get(blocked["event_id"]) or f"offset:{source['partition']}:{source['offset']}"
         outputs[blocked["partner"]][key] += 1

@@ -8,13 +8,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from tests.faultproxy import FaultProxy, start_broker_behind_proxy
-from tests.integration.kafka_helpers import produce, read_topic, start_guard
+from tests.integration.kafka_helpers import produce, read_blocked, start_guard
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
     SOAK,
@@ -102,7 +101,7 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     ledger.assert_sound()
     revoked = [
         b
-        for b in (orjson.loads(v or b"{}") for _, v, _ in read_topic(bootstrap, "guard.blocked"))
+        for b in read_blocked(bootstrap)
         if b["partner"] == "install-attribution" and str(b["event_id"]).startswith("flaky-after-revoke")
     ]
     assert len({b["event_id"] for b in revoked}) == 50  # honoured for every install after it

@@ -16,7 +16,7 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.payload import Keyring, PayloadProtector
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_blocked, read_topic, start_guard
 from tests.integration.reliability import (
     TIMEOUT_S,
     account,
@@ -137,7 +137,7 @@ def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBrok
     after_ids = {protector.identifier(f"secret-after-{i}") for i in range(10)}  # hashed in this mode
     revoked = [
         b
-        for b in (orjson.loads(v or b"{}") for _, v, _ in read_topic(bootstrap, "guard.blocked"))
+        for b in read_blocked(bootstrap)
         if b["partner"] == "install-attribution" and b["event_id"] in after_ids
     ]
     assert len(revoked) == 10, len(revoked)

@@ -9,13 +9,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from tests.faultproxy import FaultProxy, start_broker_behind_proxy
-from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
     TIMEOUT_S,
@@ -58,7 +57,7 @@ def _install_outcomes(bootstrap: str, prefix: str) -> tuple[int, Counter[str]]:
     """For the attribution partner: how many of the `prefix` installs were blocked, by reason."""
     blocked = [
         b
-        for b in (orjson.loads(v or b"{}") for _, v, _ in read_topic(bootstrap, "guard.blocked"))
+        for b in read_blocked(bootstrap)
         if b["partner"] == "install-attribution" and str(b["event_id"]).startswith(prefix)
     ]
     return len(blocked), Counter(r for b in blocked for r in b["reasons"])

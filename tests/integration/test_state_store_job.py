@@ -13,7 +13,7 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +56,7 @@ def _wait_records_in(guard: GuardProcess, count: int, timeout_s: float = 120.0) 
 def _verdicts(broker: EmbeddedBroker) -> dict[str, list[str]]:
     """install-attribution's block reasons per event id (forwarded ones absent)."""
     out: dict[str, list[str]] = {}
-    for _, value, _ in read_topic(broker.bootstrap, "guard.blocked"):
-        blocked = orjson.loads(value or b"{}")
+    for blocked in read_blocked(broker.bootstrap):  # one view per (input, partner)
         if blocked.get("partner") == "install-attribution":
             out[blocked["event_id"]] = blocked["reasons"]
     return out
