@@ -226,7 +226,7 @@ def consults_state(record: Event | Malformed, ruleset: Ruleset) -> bool:
 def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset) -> list[Decision]:
     """One decision per partner, in rule order. Never raises: any failure is a block."""
     if isinstance(record, Malformed):
-        return [_block(rule, ruleset, None, [Reason.MALFORMED], [record.error]) for rule in ruleset.rules]
+        return [_block(rule, ruleset, None, [record.reason], [record.error]) for rule in ruleset.rules]
     try:
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
