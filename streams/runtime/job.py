@@ -22,16 +22,18 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.codec import decode_avro, decode_json
+from streams.core.codec import decode_json
 from streams.core.decide import consults_state, decide
 from streams.core.models import Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
+from streams.runtime.avro_input import AvroDecoder, avro_decoder
+from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.kafka_io import produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
+from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
@@ -70,13 +72,13 @@ class GuardJob:
         self.heartbeat = Heartbeat()
         self.payload = payload or PayloadProtector("full")
         self.stopping = False
-        self.ready = False
+        self.readiness = Readiness(self.metrics.ready)
         self.consent = ConsentTable()
         self.status = SignupStatusTable()
         self._invalid_reported: dict[str, int] = {}
-        self._schema = event_schema()
+        self._avro: AvroDecoder | None = avro_decoder(settings)
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
-        self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+        self.kafka_base: dict[str, Any] = kafka_client_config(settings)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -94,8 +96,9 @@ class GuardJob:
             {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
         )
         server = serve_http(
-            self.metrics, s.metrics_host, s.metrics_port, lambda: self.ready, self.heartbeat.alive
+            self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
         )
+        watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
             if s.create_topics:
                 ensure_topics(
@@ -106,6 +109,7 @@ class GuardJob:
                 )
             return self._run_loop()
         finally:
+            watch.stop()
             server.shutdown()
 
     def _load_state(self) -> StateReader:
@@ -159,9 +163,18 @@ class GuardJob:
             }
         )
         consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("ready: deciding %s for %s", s.input_topics, list(self.ruleset.partners))
+        self.readiness.set_deciding(True)
+        log.info(
+            "ready: ruleset %s, partners %s, input topics %s, metrics on http://%s:%d, "
+            "state %d consent entries and %d sign-up statuses",
+            self.ruleset.digest,
+            list(self.ruleset.partners),
+            s.input_topics,
+            s.metrics_host,
+            s.metrics_port,
+            len(self.consent),
+            len(self.status),
+        )
         exit_code = 0
         last_lag_update = 0.0
         try:
@@ -180,8 +193,7 @@ class GuardJob:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
             exit_code = 3
         finally:
-            self.ready = False
-            self.metrics.ready.set(0)
+            self.readiness.set_deciding(False)
             consumer.close()
             producer.flush(10)
             reader.close()
@@ -210,8 +222,8 @@ class GuardJob:
 
     def _decode(self, message: Message, topic: str) -> Event | Malformed:
         value = message.value()
-        if self.settings.topic_format(topic) == "avro":
-            return decode_avro(value, self._schema)
+        if self._avro is not None and self.settings.topic_format(topic) == "avro":
+            return self._avro.decode(value)
         return decode_json(value)
 
     def _emit_input(
