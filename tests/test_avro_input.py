@@ -138,7 +138,8 @@ def test_incompatible_schemas_block_as_schema_incompatible(registry: Any) -> Non
         (retyped, {**EVENT, "event_type": 7, "event_time": 1}),
     ):
         decoded = decoder.decode(_encode(event, schema, _register(registry, schema, str(uuid.uuid4()))))
-        assert isinstance(decoded, Malformed) and decoded.reason == "schema_incompatible", decoded.error
+        assert isinstance(decoded, Malformed), decoded
+        assert decoded.reason == "schema_incompatible", decoded.error
 
 
 def test_registry_outage_blocks_fail_closed_and_is_asked_again_later() -> None:
