@@ -1,6 +1,6 @@
 """End-to-end throughput against the embedded broker, with baselines measured in the same run.
 
-    python benchmarks/bench_pipeline.py [RECORDS]     (default 200000; DESIGN.md §6 asks ≥ 500k)
+    python benchmarks/bench_pipeline.py [RECORDS]     (default 200000; measure steady state with ≥ 500k)
 
 Pipelines, one process each, reading the same input topic (3 partitions):
   passthrough   confluent-kafka consume -> produce, bytes untouched
