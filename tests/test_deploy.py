@@ -104,7 +104,6 @@ def test_dockerfile_shape() -> None:
     assert 'ENTRYPOINT ["partner-guard"]' in text
 
 
-
 def test_dockerfile_installs_the_built_wheel_not_the_source_tree() -> None:
     text = (ROOT / "Dockerfile").read_text()
     final = text.split("\nFROM ")[-1]  # the runtime stage
