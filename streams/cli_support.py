@@ -24,16 +24,16 @@ def refuse(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def load_ruleset_or_exit(rules_dir: Path, source: str | None = "--rules") -> Ruleset:
+def load_ruleset_or_exit(rules_dir: Path, source: str | None = None) -> Ruleset:
     """Load a ruleset, or print every problem (file:line: what — fix) and exit 2.
 
-    `source` says where the directory came from (`--rules`, `PARTNER_GUARD_RULES_DIR`, or
-    None for the default), so a missing directory names where the guard looked and why.
+    A missing directory names the absolute path looked at and, when known, where the path
+    came from (`source`: `--rules` or `PARTNER_GUARD_RULES_DIR`).
     """
     if not rules_dir.is_dir():
-        origin = f"from {source}" if source else "the default"
+        origin = f"from {source}, " if source else ""
         err.print(
-            f"rules refused: no rules directory at {rules_dir.resolve()} ({origin}, relative to "
+            f"rules refused: no rules directory at {rules_dir.resolve()} ({origin}working directory "
             f"{Path.cwd()}); the rules are yours to provide: pass --rules DIR or set PARTNER_GUARD_RULES_DIR",
             highlight=False,
             markup=False,

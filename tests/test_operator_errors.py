@@ -190,3 +190,20 @@ def test_variables_read_elsewhere_are_not_called_typos(name: str) -> None:
     from streams.runtime.config import unknown_env_settings
 
     assert unknown_env_settings({name: "x", "PARTNER_GUARD_GROUPID": "g"}) == ["PARTNER_GUARD_GROUPID"]
+
+
+def test_librdkafka_lines_arrive_as_json_log_records(caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from confluent_kafka import Producer
+
+    from streams.runtime.logs import librdkafka_logger
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "logger": librdkafka_logger()})
+    deadline = time.monotonic() + 60  # a hang guard: librdkafka reports the refused connection at once
+    with caplog.at_level(logging.INFO, logger="librdkafka"):
+        while time.monotonic() < deadline and not any(r.name == "librdkafka" for r in caplog.records):
+            producer.poll(0.2)
+    record = next(r for r in caplog.records if r.name == "librdkafka")
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert entry["logger"] == "librdkafka" and "127.0.0.1" in entry["msg"]
