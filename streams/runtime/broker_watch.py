@@ -81,6 +81,7 @@ class BrokerWatch:
     def _loop(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_S):
             self._readiness.set_broker_ok(self.probe())
+            self._admin.poll(0)  # serves queued librdkafka log lines (they wait for a poll)
 
     def stop(self) -> None:
         """Stop probing (returns without waiting for a probe in flight)."""
