@@ -211,3 +211,12 @@ def test_fingerprint_ignores_docs_and_privacy_tags() -> None:
     stripped = json.loads(json.dumps(load_schema_json()).replace('"privacy"', '"other"'))
     assert schema_fingerprint(stripped) == event_schema_fingerprint()
     assert schema_fingerprint(reordered_device()) != event_schema_fingerprint()
+
+
+def test_a_non_avro_schema_id_blocks_as_schema_incompatible(registry: Any) -> None:
+    proto_id: int = registry.register_schema(
+        "other-value", Schema('syntax = "proto3"; message M { string a = 1; }', "PROTOBUF")
+    )
+    decoded = AvroDecoder(registry_lookup(registry)).decode(encode_avro(EVENT, event_schema(), proto_id))
+    assert isinstance(decoded, Malformed) and decoded.reason == "schema_incompatible"
+    assert "PROTOBUF" in decoded.error

@@ -48,6 +48,10 @@ class SchemaLookupError(Exception):
     """The registry could not answer (network, auth, server error): not a verdict on the id."""
 
 
+class NotAvroSchemaError(Exception):
+    """The id names a schema of another type (Protobuf, JSON Schema)."""
+
+
 def schema_fingerprint(schema: dict[str, Any] | str) -> str:
     """SHA-256 (hex) of an Avro schema's Parsing Canonical Form (docs and tags ignored)."""
     parsed = fastavro.parse_schema(schema if isinstance(schema, dict) else json.loads(schema))
@@ -97,8 +101,9 @@ class AvroDecoder:
     """Decodes Confluent-framed Avro records under their own writer schema, cached per id."""
 
     def __init__(self, lookup: Callable[[int], str | None], clock: Callable[[], float] = time.monotonic):
-        """`lookup(id)` returns the writer schema text, None when the id is unknown, or
-        raises `SchemaLookupError` when it cannot tell."""
+        """`lookup(id)` returns the writer schema text or None when the id is unknown; it
+        raises `NotAvroSchemaError` for another schema type, `SchemaLookupError` when it
+        cannot tell."""
         self._lookup = lookup
         self._clock = clock
         self._reader_json = load_schema_json()
@@ -136,6 +141,8 @@ class AvroDecoder:
                 f"schema id {schema_id}: registry unavailable",
                 self._clock() + RETRY_AFTER_S,
             )
+        except NotAvroSchemaError as exc:
+            return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, f"schema id {schema_id} is {exc}, not Avro")
         if text is None:
             return _Resolved(None, Reason.SCHEMA_UNKNOWN, f"schema id {schema_id} is unknown")
         try:
@@ -175,7 +182,7 @@ def registry_lookup(client: Any) -> Callable[[int], str | None]:
         except Exception as exc:  # connection refused, TLS, timeouts: the registry did not answer
             raise SchemaLookupError(type(exc).__name__) from None
         if (schema.schema_type or "AVRO") != "AVRO":
-            return "not avro: " + str(schema.schema_type)  # parses as invalid → schema_incompatible
+            raise NotAvroSchemaError(str(schema.schema_type))
         text: str = schema.schema_str
         return text
 

@@ -72,6 +72,7 @@ class GuardJob:
         self.heartbeat = Heartbeat()
         self.payload = payload or PayloadProtector("full")
         self.stopping = False
+        self._metrics_address = ""
         self.readiness = Readiness(self.metrics.ready)
         self.consent = ConsentTable()
         self.status = SignupStatusTable()
@@ -98,6 +99,7 @@ class GuardJob:
         server = serve_http(
             self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
         )
+        self._metrics_address = f"http://{s.metrics_host}:{server.server_port}"
         watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
             if s.create_topics:
@@ -165,13 +167,12 @@ class GuardJob:
         consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.readiness.set_deciding(True)
         log.info(
-            "ready: ruleset %s, partners %s, input topics %s, metrics on http://%s:%d, "
+            "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
             "state %d consent entries and %d sign-up statuses",
             self.ruleset.digest,
             list(self.ruleset.partners),
             s.input_topics,
-            s.metrics_host,
-            s.metrics_port,
+            self._metrics_address,
             len(self.consent),
             len(self.status),
         )
