@@ -189,7 +189,7 @@ def registry_lookup(client: Any) -> Callable[[int], str | None]:
     return lookup
 
 
-def registry_client(conf: dict[str, str]) -> Any:
+def registry_client(conf: dict[str, Any]) -> Any:
     """A Schema Registry client (`mock://...` URLs give the in-memory mock, for tests)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 

@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 ENV_PREFIX = "PARTNER_GUARD_"
+REGISTRY_TIMEOUT_S = 5
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 SECRET_MARKERS = ("password", "secret", "key", "token", "credentials")
 # Settings the guard owns: a passthrough property may not override them.
@@ -127,9 +128,18 @@ class Settings(BaseSettings):
             )
         return self
 
-    def registry_config(self) -> dict[str, str]:
-        """The confluent-kafka `SchemaRegistryClient` configuration."""
-        conf = {"url": self.schema_registry_url or ""}
+    def registry_config(self) -> dict[str, Any]:
+        """The confluent-kafka `SchemaRegistryClient` configuration.
+
+        The client waits forever by default: a request gets REGISTRY_TIMEOUT_S and one retry,
+        so a stalled registry costs a batch seconds, not the job (the id then blocks as
+        `schema_unknown` and is asked again later).
+        """
+        conf: dict[str, Any] = {
+            "url": self.schema_registry_url or "",
+            "timeout": REGISTRY_TIMEOUT_S,
+            "max.retries": 1,
+        }
         if self.schema_registry_basic_auth is not None:
             conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
         if self.schema_registry_ca_file is not None:
