@@ -161,6 +161,17 @@ def test_registry_outage_blocks_fail_closed_and_is_asked_again_later() -> None:
     assert isinstance(decoder.decode(raw), Event) and calls == [9, 9]
 
 
+def test_an_unknown_id_is_asked_about_again_later(registry: Any) -> None:
+    now = [0.0]
+    decoder = AvroDecoder(registry_lookup(registry), clock=lambda: now[0])
+    raw = encode_avro(EVENT, event_schema(), 1)
+    assert isinstance(decoder.decode(raw), Malformed)
+    assert _register(registry, load_schema_json()) == 1  # registered after the first record
+    assert isinstance(decoder.decode(raw), Malformed)  # the verdict is cached for a while
+    now[0] = 120.0
+    assert isinstance(decoder.decode(raw), Event)
+
+
 def test_lookups_are_cached_per_id(registry: Any) -> None:
     schema_id = _register(registry, load_schema_json())
     calls: list[int] = []

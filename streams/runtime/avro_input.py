@@ -10,7 +10,8 @@ under ours. Two ways to learn the writer schema:
   know blocks as `schema_unknown`; a schema the guard cannot read (another record name, a
   field the guard needs removed without a default, not Avro) blocks as
   `schema_incompatible`. A registry that cannot be reached blocks the record as
-  `schema_unknown` too (fail closed) and is asked again after `RETRY_AFTER_S`.
+  `schema_unknown` too (fail closed) and is asked again after `RETRY_AFTER_S`; an unknown
+  id is asked about again after `UNKNOWN_RECHECK_S`.
 - **Pinned** (no registry): the operator states the one id producers use
   (`avro_schema_id`) and the fingerprint of the schema behind it
   (`avro_schema_fingerprint`); start is refused when that fingerprint is not the guard's,
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 # A registry outage must not cost a network timeout per record: after a failed lookup the
 # same id is blocked without asking again for this long.
 RETRY_AFTER_S = 5.0
+# An id the registry does not know may be registered later (replication between registry
+# instances): it is asked about again after this long.
+UNKNOWN_RECHECK_S = 60.0
 # Bounds the cache of unknown ids a hostile producer could fill with made-up ids.
 MAX_CACHED_UNKNOWN = 10_000
 
@@ -144,7 +148,12 @@ class AvroDecoder:
         except NotAvroSchemaError as exc:
             return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, f"schema id {schema_id} is {exc}, not Avro")
         if text is None:
-            return _Resolved(None, Reason.SCHEMA_UNKNOWN, f"schema id {schema_id} is unknown")
+            return _Resolved(
+                None,
+                Reason.SCHEMA_UNKNOWN,
+                f"schema id {schema_id} is unknown",
+                self._clock() + UNKNOWN_RECHECK_S,
+            )
         try:
             writer_json = json.loads(text)
             writer = fastavro.parse_schema(writer_json)
