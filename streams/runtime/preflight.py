@@ -39,7 +39,10 @@ class _LastLine(logging.Handler):
         self.last: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
+        # confluent-kafka logs ("%s [%s] %s", facility, client name, text); keep the text
+        args = record.args if isinstance(record.args, tuple) else ()
+        text = str(args[2]) if len(args) == 3 else record.getMessage()
+        self.last = re.sub(r"^\[thrd:[^\]]*\]: ", "", text)
 
 
 def _quiet_logger() -> tuple[logging.Logger, _LastLine]:
@@ -85,6 +88,7 @@ def check_kafka_client(settings: Settings, timeout_s: float) -> None:
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException:
+        admin.poll(0)  # librdkafka's log lines wait in its queue until a poll serves them
         cause = f": {keeper.last}" if keeper.last else ""
         raise StartupRefusedError(
             f"cannot reach bootstrap {settings.bootstrap_servers} "
