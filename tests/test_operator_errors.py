@@ -210,3 +210,22 @@ def test_librdkafka_lines_arrive_as_json_log_records(caplog: pytest.LogCaptureFi
     record = next(r for r in caplog.records if r.name == "librdkafka")
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry["logger"] == "librdkafka" and "127.0.0.1" in entry["msg"]
+
+
+def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from streams.runtime.config import ConfigError, load_settings
+
+    for name in [n for n in os.environ if n.startswith("PARTNER_GUARD_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "guard.yaml"
+    config.write_text("bootstrap_servers: k:9092\nkafka: {sasl.password: hunter2, group.id: x}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert "hunter2" not in str(refused.value) and "'sasl.password': '***'" in str(refused.value)
+    monkeypatch.setenv("PARTNER_GUARD_BOOTSTRAP_SERVERS", "k:9092")
+    monkeypatch.setenv("PARTNER_GUARD_INPUT_FORMATS", "internal.events=avro")
+    monkeypatch.setenv("PARTNER_GUARD_SCHEMA_REGISTRY_BASIC_AUTH", "guard:s3cret")
+    monkeypatch.setenv("PARTNER_GUARD_SCHEMA_REGISTRY_URL", "")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "s3cret" not in str(refused.value) and "avro_schema_id" in str(refused.value)

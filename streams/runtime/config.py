@@ -229,8 +229,11 @@ def did_you_mean(name: str, known: list[str]) -> str:
 def _describe(err: Any, file_values: Mapping[str, Any], config_file: Path | None) -> str:
     """One problem: the setting, where it came from, the value (unless secret), what is wrong."""
     loc = [str(p) for p in err["loc"]]
-    setting = ".".join(loc) or "(settings)"
-    top = loc[0] if loc else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across settings: its message names them; the input is everything
+        return message
+    setting = ".".join(loc)
+    top = loc[0]
     env_name = ENV_PREFIX + top.upper()
     if err["type"] == "extra_forbidden":
         where = f" in {config_file}" if config_file else ""
@@ -245,11 +248,17 @@ def _describe(err: Any, file_values: Mapping[str, Any], config_file: Path | None
         source = ""
     shown = ""
     if err["type"] != "missing" and not _is_secret(setting) and "input" in err:
-        shown = f" = {err['input']!r}"
-    message = str(err["msg"]).removeprefix("Value error, ")
+        shown = f" = {_masked(err['input'])!r}"
     if err["type"] == "missing":
         message = f"required: set {env_name} or '{top}' in the config file"
     return f"setting '{setting}'{shown}{source}: {message}"
+
+
+def _masked(value: Any) -> Any:
+    """A value safe to print: members of a mapping whose names look secret are masked."""
+    if isinstance(value, Mapping):
+        return {k: "***" if _is_secret(str(k)) else _masked(v) for k, v in value.items()}
+    return value
 
 
 def _kafka_env_name(prop: str) -> str:
