@@ -112,6 +112,13 @@ def test_reordered_writer_fields_are_read_by_name_not_position(registry: Any) ->
     assert not isinstance(by_position, Event) or by_position.device != by_name.device
 
 
+def test_a_writer_naming_the_record_by_its_full_name_is_compatible(registry: Any) -> None:
+    full = copy.deepcopy(load_schema_json())
+    full["name"] = f"{full.pop('namespace')}.{full['name']}"
+    decoded = AvroDecoder(registry_lookup(registry)).decode(_encode(EVENT, full, _register(registry, full)))
+    assert isinstance(decoded, Event)
+
+
 def test_unknown_id_blocks_as_schema_unknown(registry: Any) -> None:
     _register(registry, load_schema_json())
     decoded = AvroDecoder(registry_lookup(registry)).decode(_encode(EVENT, load_schema_json(), 4242))

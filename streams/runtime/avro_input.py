@@ -68,6 +68,13 @@ def event_schema_fingerprint() -> str:
     return schema_fingerprint(load_schema_json())
 
 
+def _full_name(schema: dict[str, Any], name: str | None = None) -> str:
+    """A named type's full name: `namespace.name` unless the name is already dotted."""
+    name = name or str(schema.get("name", ""))
+    namespace = schema.get("namespace")
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
 def _fields_without_default(schema: dict[str, Any]) -> list[str]:
     return [f["name"] for f in schema.get("fields", []) if "default" not in f]
 
@@ -81,9 +88,9 @@ def incompatibility(writer: dict[str, Any], reader: dict[str, Any]) -> str | Non
     """
     if writer.get("type") != "record":
         return "writer schema is not a record"
-    reader_names = {reader["name"], *reader.get("aliases", [])}
-    if writer["name"] not in reader_names:
-        return f"writer record {writer['name']!r} is not {reader['name']!r}"
+    reader_names = {_full_name(reader), *(_full_name(reader, alias) for alias in reader.get("aliases", []))}
+    if _full_name(writer) not in reader_names:
+        return f"writer record {_full_name(writer)!r} is not {_full_name(reader)!r}"
     writer_fields = {f["name"] for f in writer.get("fields", [])}
     missing = [name for name in _fields_without_default(reader) if name not in writer_fields]
     if missing:
