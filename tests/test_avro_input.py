@@ -219,7 +219,7 @@ def test_avro_input_without_registry_needs_the_guards_fingerprint(monkeypatch: p
     settings = load_settings()
     assert settings.registry_config() == {
         "url": "https://registry.internal:8081",
-        "timeout": 5,
+        "timeout": 5.0,
         "max.retries": 1,
         "basic.auth.user.info": "guard:s3cret",
         "ssl.ca.location": "/etc/ssl/registry-ca.pem",

@@ -20,7 +20,6 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 ENV_PREFIX = "PARTNER_GUARD_"
-REGISTRY_TIMEOUT_S = 5
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 SECRET_MARKERS = ("password", "secret", "key", "token", "credentials")
 # Settings the guard owns: a passthrough property may not override them.
@@ -93,6 +92,7 @@ class Settings(BaseSettings):
     schema_registry_ca_file: Path | None = Field(None, description="CA bundle to verify the registry")
     schema_registry_cert_file: Path | None = Field(None, description="client certificate (PEM)")
     schema_registry_key_file: Path | None = Field(None, description="client private key (PEM)")
+    schema_registry_timeout_ms: int = Field(5000, ge=100, description="per registry request (one retry)")
     avro_schema_id: int | None = Field(None, ge=0, description="without a registry: the one writer id")
     avro_schema_fingerprint: str | None = Field(None, description="without a registry: its SHA-256 PCF")
 
@@ -131,13 +131,13 @@ class Settings(BaseSettings):
     def registry_config(self) -> dict[str, Any]:
         """The confluent-kafka `SchemaRegistryClient` configuration.
 
-        The client waits forever by default: a request gets REGISTRY_TIMEOUT_S and one retry,
-        so a stalled registry costs a batch seconds, not the job (the id then blocks as
-        `schema_unknown` and is asked again later).
+        The client waits forever by default: a request gets `schema_registry_timeout_ms` and
+        one retry, so a stalled registry costs a batch seconds, not the job (the id then
+        blocks as `schema_unknown` and is asked again later).
         """
         conf: dict[str, Any] = {
             "url": self.schema_registry_url or "",
-            "timeout": REGISTRY_TIMEOUT_S,
+            "timeout": self.schema_registry_timeout_ms / 1000,
             "max.retries": 1,
         }
         if self.schema_registry_basic_auth is not None:

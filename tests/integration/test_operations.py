@@ -119,6 +119,7 @@ def test_registry_input_resolves_two_schema_versions_and_blocks_an_unknown_id(
             "PARTNER_GUARD_INPUT_FORMATS": f"{topic}=avro",
             "PARTNER_GUARD_SCHEMA_REGISTRY_URL": registry.url,
             "PARTNER_GUARD_SCHEMA_REGISTRY_BASIC_AUTH": REGISTRY_USER,
+            "PARTNER_GUARD_SCHEMA_REGISTRY_TIMEOUT_MS": "60000",  # a loaded test machine is slow, not down
         },
     )
     try:
