@@ -31,3 +31,21 @@ def test_ready_only_while_deciding_and_the_broker_answers(caplog: pytest.LogCapt
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     readiness.set_deciding(False)
     assert not readiness.is_ready() and _gauge(metrics) == 0
+
+
+def test_one_slow_probe_does_not_flap_readiness_two_in_a_row_do() -> None:
+    from streams.runtime.broker_watch import BrokerWatch
+
+    metrics = GuardMetrics()
+    readiness = Readiness(metrics.ready)
+    readiness.set_deciding(True)
+    watch = BrokerWatch({"bootstrap.servers": "127.0.0.1:1"}, readiness)  # never started: fed by hand
+    watch.record_probe(False)
+    assert readiness.is_ready()
+    watch.record_probe(True)
+    watch.record_probe(False)
+    assert readiness.is_ready()
+    watch.record_probe(False)
+    assert not readiness.is_ready() and _gauge(metrics) == 0
+    watch.record_probe(True)
+    assert readiness.is_ready()

@@ -1,10 +1,12 @@
 """Readiness that follows the broker: `/readyz` and `partner_guard_ready` drop when it is gone.
 
 A daemon thread asks the bootstrap servers for metadata every `PROBE_INTERVAL_S` through
-its own admin client, waiting at most `PROBE_TIMEOUT_S`. A failed probe marks the job
-not ready (and logs one warning); the next successful one marks it ready again (and logs
-that). So readiness follows a lost broker within PROBE_INTERVAL_S + PROBE_TIMEOUT_S
-(≤ 5 s) and a returning one within the same bound plus librdkafka's reconnect backoff
+its own admin client, waiting at most `PROBE_TIMEOUT_S`. `FAILED_PROBES_NOT_READY`
+failed probes in a row mark the job not ready (and log one warning), so one slow answer
+does not flap readiness; the next successful probe marks it ready again (and logs that).
+Readiness therefore follows a lost broker within
+FAILED_PROBES_NOT_READY × (PROBE_INTERVAL_S + PROBE_TIMEOUT_S) = 10 s, and a returning one
+within PROBE_INTERVAL_S + PROBE_TIMEOUT_S plus librdkafka's reconnect backoff
 (`reconnect.backoff.max.ms`, 10 s by default).
 """
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 3.0
+FAILED_PROBES_NOT_READY = 2
 
 
 class Readiness:
@@ -63,6 +66,7 @@ class BrokerWatch:
         self._admin = AdminClient(kafka_config)
         self._readiness = readiness
         self._stop = threading.Event()
+        self._failed_in_a_row = 0
         self._thread = threading.Thread(target=self._loop, name="broker-watch", daemon=True)
 
     def start(self) -> BrokerWatch:
@@ -78,9 +82,14 @@ class BrokerWatch:
         except KafkaException:
             return False
 
+    def record_probe(self, answered: bool) -> None:
+        """Feed one probe's outcome: not ready after FAILED_PROBES_NOT_READY failures in a row."""
+        self._failed_in_a_row = 0 if answered else self._failed_in_a_row + 1
+        self._readiness.set_broker_ok(self._failed_in_a_row < FAILED_PROBES_NOT_READY)
+
     def _loop(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_S):
-            self._readiness.set_broker_ok(self.probe())
+            self.record_probe(self.probe())
             self._admin.poll(0)  # serves queued librdkafka log lines (they wait for a poll)
 
     def stop(self) -> None:

@@ -151,7 +151,7 @@ def test_readiness_drops_when_the_broker_is_lost_and_recovers(broker: EmbeddedBr
     paused = False
     try:
         guard.wait_ready()
-        assert guard.metric_value("partner_guard_ready") == 1
+        _wait_for(lambda: guard.metric_value("partner_guard_ready") == 1, guard.log)
         broker.process.send_signal(signal.SIGSTOP)
         paused = True
         _wait_for(lambda: guard.status("/readyz") == 503, guard.log)
