@@ -9,6 +9,7 @@ class Reason(StrEnum):
     MALFORMED = "malformed"
     SCHEMA_UNKNOWN = "schema_unknown"  # Avro: the writer schema id cannot be resolved
     SCHEMA_INCOMPATIBLE = "schema_incompatible"  # Avro: the writer schema cannot be read as ours
+    UNKNOWN_SIGNAL = "unknown_signal"
     EVENT_TYPE_NOT_ALLOWED = "event_type_not_allowed"
     KIDS_PROFILE = "kids_profile"
     MINOR = "minor"

@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -24,23 +24,32 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.core.codec import decode_json
 from streams.core.decide import consults_state, decide
-from streams.core.models import Event, Malformed, StateSnapshot
+from streams.core.models import Decision, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.avro_input import AvroDecoder, avro_decoder
 from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
-from streams.runtime.kafka_io import produce
+from streams.runtime.kafka_io import Headers, produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.preflight import kafka_client_config
-from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
+from streams.runtime.records import (
+    CONTAINED_ERROR_DETAIL,
+    SourceRef,
+    blocked_record,
+    partner_record,
+    source_fragment,
+)
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
+# Why 200: undeclared field paths are chosen by whoever produces the input; past this many
+# distinct ones they are counted as "_other" so the metric's label set stays bounded.
+MAX_UNDECLARED_LABELS = 200
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
 
 
@@ -53,7 +62,32 @@ class BatchTally:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     stripped: Counter[str] = field(default_factory=Counter)
     leaks: Counter[str] = field(default_factory=Counter)
+    undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+
+    def add(self, other: BatchTally) -> None:
+        """Add the counts of one input's outputs."""
+        self.decisions.update(other.decisions)
+        self.reasons.update(other.reasons)
+        self.stripped.update(other.stripped)
+        self.leaks.update(other.leaks)
+
+
+class OutputTooLargeError(Exception):
+    """An output record (key and value) would exceed `max_record_bytes`."""
+
+
+@dataclass
+class _Outputs:
+    """The records one input produces, built completely before any is produced."""
+
+    records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
+    tally: BatchTally = field(default_factory=BatchTally)
+
+    def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
+        if len(value) + len(key or b"") > limit:
+            raise OutputTooLargeError(topic)
+        self.records.append((topic, value, key, headers))
 
 
 class GuardJob:
@@ -78,6 +112,7 @@ class GuardJob:
         self.status = SignupStatusTable()
         self._invalid_reported: dict[str, int] = {}
         self._avro: AvroDecoder | None = avro_decoder(settings)
+        self._undeclared_labels: set[str] = set()
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self.kafka_base: dict[str, Any] = kafka_client_config(settings)
 
@@ -230,10 +265,40 @@ class GuardJob:
     def _emit_input(
         self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
     ) -> None:
-        """Decode, decide and produce the outputs of one input record (one per partner)."""
-        s = self.settings
+        """Decode, decide and produce the outputs of one input record (one per partner).
+
+        Every output is built before any is produced, so an exception while building them
+        (decoding, deciding, projecting, serializing) ends as one `internal_error` block per
+        partner for this input, never as a crash of the job or a partial set of outputs.
+        """
         raw = message.value() or b""
-        record = self._decode(message, source.topic)
+        outputs = _Outputs()
+        record: Event | Malformed | None = None
+        try:
+            record = self._decode(message, source.topic)
+            self._build_outputs(record, raw, source, stale, outputs)
+        except Exception as exc:
+            log.warning(
+                "internal error building the outputs of %s[%d]@%d: %s; blocked for every partner",
+                source.topic,
+                source.partition,
+                source.offset,
+                type(exc).__name__,
+            )
+            event_id = record.event_id if isinstance(record, Event) else None
+            outputs = self._contained_outputs(raw, source, event_id, exc)
+        for topic, value, key, headers in outputs.records:
+            produce(producer, topic, value, key=key, headers=headers)
+        tally.add(outputs.tally)
+        if isinstance(record, Event):
+            for path in record.undeclared_fields:
+                tally.undeclared[self._undeclared_label(path)] += 1
+
+    def _build_outputs(
+        self, record: Event | Malformed, raw: bytes, source: SourceRef, stale: bool, outputs: _Outputs
+    ) -> None:
+        s = self.settings
+        tally = outputs.tally
         snapshot = (
             snapshot_for(record, self.consent, self.status, stale)
             if consults_state(record, self.ruleset)
@@ -245,8 +310,10 @@ class GuardJob:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
                 key, value = partner_record(decision)
-                if len(value) <= s.max_record_bytes:
-                    produce(producer, self._topic_by_partner[decision.partner], value, key=key)
+                if len(value) + len(key or b"") <= s.max_record_bytes:
+                    outputs.add(
+                        self._topic_by_partner[decision.partner], value, key, None, s.max_record_bytes
+                    )
                     tally.decisions[(decision.partner, "forward")] += 1
                     if decision.stripped:
                         tally.stripped[decision.partner] += len(decision.stripped)
@@ -273,12 +340,54 @@ class GuardJob:
                 s.max_record_bytes,
                 extra,
             )
-            produce(producer, s.blocked_topic, value, key=source.key, headers=headers)
+            outputs.add(s.blocked_topic, value, source.key, headers, s.max_record_bytes)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1
             if Reason.LEAK_DETECTED in decision.reasons:
                 tally.leaks[decision.partner] += 1
+
+    def _contained_outputs(
+        self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
+    ) -> _Outputs:
+        """One `internal_error` block per partner, built from nothing but the raw bytes."""
+        s = self.settings
+        if len(source.key or b"") > s.max_record_bytes // 4:  # a key that cannot travel is dropped
+            source = replace(source, key=None)
+        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        try:
+            payload = self.payload.protect(raw, source_ref)
+        except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
+            payload = {"payload_mode": self.payload.mode, "original_b64": None}
+        source_json = source_fragment(source, raw)
+        raw_sha256 = hashlib.sha256(raw).hexdigest()
+        outputs = _Outputs()
+        for rule in self.ruleset.rules:
+            decision = Decision(
+                partner=rule.partner,
+                rule_id=rule.rule_id,
+                ruleset_digest=self.ruleset.digest,
+                event_id=event_id,
+                verdict="block",
+                reasons=(Reason.INTERNAL_ERROR.value,),
+                details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
+            )
+            value, headers = blocked_record(
+                decision, b"null", source, source_json, raw, payload, raw_sha256, s.max_record_bytes
+            )
+            outputs.records.append((s.blocked_topic, value, source.key, headers))
+            outputs.tally.decisions[(rule.partner, "block")] += 1
+            outputs.tally.reasons[(rule.partner, Reason.INTERNAL_ERROR.value)] += 1
+        return outputs
+
+    def _undeclared_label(self, path: str) -> str:
+        """The metric label for an undeclared field path, bounded in number (attackers pick keys)."""
+        if path in self._undeclared_labels:
+            return path
+        if len(self._undeclared_labels) >= MAX_UNDECLARED_LABELS:
+            return "_other"
+        self._undeclared_labels.add(path)
+        return path
 
     def _process_batch(
         self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
@@ -354,6 +463,8 @@ class GuardJob:
             m.fields_stripped.labels(partner).inc(count)
         for partner, count in tally.leaks.items():
             m.leaks_caught.labels(partner).inc(count)
+        for path, count in tally.undeclared.items():
+            m.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
         for ts in tally.timestamps_ms:
             m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
