@@ -21,6 +21,11 @@ RUN pip install --no-compile /tmp/dist/partner_guard-*.whl && rm -rf /tmp/dist
 COPY rules ./rules
 RUN partner-guard --version --rules rules && partner-guard rules check rules
 
+# the disk state store (state_store: rocksdb) lives on a volume so restarts resume from its checkpoint
+RUN mkdir -p /var/lib/partner-guard && chown guard:guard /var/lib/partner-guard
+ENV PARTNER_GUARD_STATE_DIR=/var/lib/partner-guard/state
+VOLUME /var/lib/partner-guard
+
 USER guard:guard
 ENV PARTNER_GUARD_RULES_DIR=/app/rules
 EXPOSE 9108

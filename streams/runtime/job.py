@@ -44,6 +44,7 @@ from streams.runtime.records import (
 )
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
+from streams.runtime.state_store import StateTables, open_configured_tables, report_store_metrics
 from streams.runtime.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ class GuardJob:
         self.stopping = False
         self._metrics_address = ""
         self.readiness = Readiness(self.metrics.ready)
-        self.consent = ConsentTable()
-        self.status = SignupStatusTable()
+        self.tables = StateTables(ConsentTable(), SignupStatusTable())
+        self.consent, self.status = self.tables.consent, self.tables.status
         self._invalid_reported: dict[str, int] = {}
         self._avro: AvroDecoder | None = avro_decoder(settings)
         self._undeclared_labels: set[str] = set()
@@ -152,10 +153,17 @@ class GuardJob:
 
     def _load_state(self) -> StateReader:
         s = self.settings
+        self.tables = open_configured_tables(s, self.kafka_base)
+        self.consent, self.status = self.tables.consent, self.tables.status
+        for name, table_store in self.tables.stores.items():
+            if table_store.rebuilt_because is not None:
+                self.metrics.state_rebuilds.labels(name).inc()
         reader = StateReader(
             self.kafka_base,
             {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
             self.metrics,
+            start_offsets=self.tables.start_offsets(),
+            checkpoint=self.tables.checkpoint if self.tables.stores else None,
         )
         while not self.stopping:
             self.heartbeat.beat()
@@ -169,6 +177,7 @@ class GuardJob:
         s, m = self.settings, self.metrics
         m.state_entries.labels("consent").set(len(self.consent))
         m.state_entries.labels("signup_status").set(len(self.status))
+        report_store_metrics(self.tables, m, time.time())
         for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
             counted = m.state_invalid.labels(topic)
             counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
@@ -234,6 +243,7 @@ class GuardJob:
             consumer.close()
             producer.flush(10)
             reader.close()
+            self.tables.close()
             log.info("stopped")
         return exit_code
 
