@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +13,7 @@ import orjson
 import typer
 
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit
+from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
 from streams.runtime.secrets import MissingKeyError, load_keys
 
@@ -23,6 +25,28 @@ app = typer.Typer(
 rules_app = typer.Typer(help="Check and test partner allow-rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(replay_app, name="replay")
+
+
+@app.callback(invoke_without_command=True)
+def main_options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="versions, schema fingerprint (and ruleset digest with --rules)")
+    ] = False,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="with --version: the ruleset to show the digest of")
+    ] = None,
+) -> None:
+    """partner-guard: only what the privacy statement promises reaches ad partners."""
+    if version:
+        rules_dir = rules or (
+            Path(os.environ["PARTNER_GUARD_RULES_DIR"]) if os.environ.get("PARTNER_GUARD_RULES_DIR") else None
+        )
+        print(version_text(rules_dir))
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 @rules_app.command("check")
@@ -113,8 +137,7 @@ def decide_command(
     try:
         loaded = load_keys(ruleset.partners, keys_dir, dev)
     except MissingKeyError as exc:
-        err.print(f"[red]refusing to start:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        refuse(str(exc))
     if loaded.ephemeral:
         err.print(
             f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
@@ -144,9 +167,10 @@ def run_command(
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
+    from streams.runtime.preflight import StartupRefusedError, preflight
 
     configure_logging()
     try:
@@ -159,21 +183,27 @@ def run_command(
             workers=workers,
         )
     except ConfigError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    ruleset = load_ruleset_or_exit(settings.rules_dir)
+        refuse(str(exc))
+    for warning in unknown_env_warnings():
+        logging.getLogger("streams.cli").warning("ignoring %s", warning)
+    source = (
+        "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
+    )
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
     try:
         loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
     except MissingKeyError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        refuse(str(exc))
     if loaded.ephemeral:
         err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
     try:
         payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
     except PayloadKeyError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        refuse(str(exc))
+    try:
+        preflight(settings)
+    except StartupRefusedError as exc:
+        refuse(str(exc))
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
@@ -221,9 +251,12 @@ def broker_command(
 
     from streams.broker.embedded import EmbeddedBroker
 
+    def stop_on_sigterm(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)  # unwinds out of wait(); the context manager stops the broker once
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     with EmbeddedBroker.start(port) as broker:
         print(f"embedded broker on {broker.bootstrap} (memory only); Ctrl-C stops it", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: broker.stop())
         with contextlib.suppress(KeyboardInterrupt):
             broker.process.wait()
 

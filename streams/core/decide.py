@@ -245,7 +245,7 @@ def decide(record: Event | Envelope | Malformed, snapshot: StateSnapshot, rulese
     shell should have decoded it in full; fail closed).
     """
     if isinstance(record, Malformed):
-        return [_block(rule, ruleset, None, [Reason.MALFORMED], [record.error]) for rule in ruleset.rules]
+        return [_block(rule, ruleset, None, [record.reason], [record.error]) for rule in ruleset.rules]
     if isinstance(record, Envelope):
         return [
             Decision(rule.partner, rule.rule_id, ruleset.digest, record.event_id, "block", _NOT_ALLOWED)

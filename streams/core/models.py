@@ -1,4 +1,4 @@
-"""Typed models of the data contracts (DESIGN.md §3): events, consent, sign-up status, decisions."""
+"""Typed models of the data contracts (docs/records.md): events, consent, sign-up status, decisions."""
 
 from __future__ import annotations
 
@@ -211,10 +211,15 @@ class StateSnapshot(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """Input that could not be decoded or validated; kept as raw bytes."""
+    """Input that could not be decoded or validated; kept as raw bytes.
+
+    `reason` is the reason code every partner's block carries: `malformed`, or for Avro
+    input `schema_unknown` / `schema_incompatible` when its writer schema cannot be used.
+    """
 
     raw: bytes
     error: str
+    reason: str = "malformed"
 
 
 @dataclass(frozen=True, slots=True)

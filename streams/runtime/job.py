@@ -25,17 +25,19 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.codec import decode_avro, decode_json_gated
+from streams.core.codec import decode_json_gated
 from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
+from streams.runtime.avro_input import AvroDecoder, avro_decoder
+from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.faults import BeforeCommitFault
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
+from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
@@ -116,16 +118,17 @@ class GuardJob:
         self.payload = payload or PayloadProtector("full")
         self.clock = clock
         self.stopping = False
-        self.ready = False
+        self._metrics_address = ""
+        self.readiness = Readiness(self.metrics.ready)
         self.tables = StateTables(ConsentTable(), SignupStatusTable())
         self.consent, self.status = self.tables.consent, self.tables.status
         self._invalid_reported: dict[str, int] = {}
+        self._avro: AvroDecoder | None = avro_decoder(settings)
         self._undeclared_labels: set[str] = set()
-        self._schema = event_schema()
         self._receivable = receivable_types(ruleset)
         self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
-        self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+        self.kafka_base: dict[str, Any] = kafka_client_config(settings)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -143,8 +146,10 @@ class GuardJob:
             {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
         )
         server = serve_http(
-            self.metrics, s.metrics_host, s.metrics_port, lambda: self.ready, self.heartbeat.alive
+            self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
         )
+        self._metrics_address = f"http://{s.metrics_host}:{server.server_port}"
+        watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
             if s.create_topics:
                 ensure_topics(
@@ -155,6 +160,7 @@ class GuardJob:
                 )
             return self._run_loop()
         finally:
+            watch.stop()
             server.shutdown()
 
     def _load_state(self) -> StateReader:
@@ -216,9 +222,17 @@ class GuardJob:
             }
         )
         consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("ready: deciding %s for %s", s.input_topics, list(self.ruleset.partners))
+        self.readiness.set_deciding(True)
+        log.info(
+            "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
+            "state %d consent entries and %d sign-up statuses",
+            self.ruleset.digest,
+            list(self.ruleset.partners),
+            s.input_topics,
+            self._metrics_address,
+            len(self.consent),
+            len(self.status),
+        )
         exit_code = 0
         last_lag_update = 0.0
         transaction = BatchTransaction(producer, consumer, self.clock)
@@ -241,8 +255,7 @@ class GuardJob:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
             exit_code = 3
         finally:
-            self.ready = False
-            self.metrics.ready.set(0)
+            self.readiness.set_deciding(False)
             consumer.close()
             producer.flush(10)
             reader.close()
@@ -271,8 +284,8 @@ class GuardJob:
     # -- one batch ---------------------------------------------------------------------------
 
     def _decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
-        if input_format == "avro":
-            return decode_avro(raw, self._schema)
+        if self._avro is not None and input_format == "avro":
+            return self._avro.decode(raw)
         return decode_json_gated(raw, self._receivable)
 
     def _emit_input(

@@ -325,6 +325,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
 def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Path) -> None:
     from streams.core.codec import encode_avro
     from streams.core.schema import event_schema
+    from streams.runtime.avro_input import event_schema_fingerprint
 
     avro_topic = "internal.events.avro"
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [avro_topic], STATE_TOPICS, 1)
@@ -348,7 +349,11 @@ def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Pa
         avro_topic,
         "avro",
         transactional_id="guard-avro-0",
-        extra_env={"PARTNER_GUARD_INPUT_FORMATS": f"{avro_topic}=avro"},
+        extra_env={
+            "PARTNER_GUARD_INPUT_FORMATS": f"{avro_topic}=avro",
+            "PARTNER_GUARD_AVRO_SCHEMA_ID": "1",  # no registry: the pinned writer schema
+            "PARTNER_GUARD_AVRO_SCHEMA_FINGERPRINT": event_schema_fingerprint(),
+        },
     )
     try:
         guard.wait_ready()
