@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,10 +35,11 @@ from pathlib import Path
 
 import orjson
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from streams.broker.embedded import EmbeddedBroker, free_port
+from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
+from streams.harness import histogram_buckets, metric_sum, read_topic, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
@@ -74,33 +72,6 @@ class Sample:
     revocations: int
 
 
-def scrape(port: int) -> str:
-    """The guard's /metrics text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples matching the labels."""
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def buckets(text: str, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of a histogram by upper bound."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            bound = line.split('le="')[1].split('"')[0]
-            found[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
-    return found
-
-
 def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The q-quantile of what was observed between two scrapes, linear within a bucket."""
     deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
@@ -119,59 +90,34 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 
 
 class Guard:
-    """`partner-guard run` as a child process."""
+    """`partner-guard run` as a child process, with its resource use at hand."""
 
     def __init__(self, bootstrap: str, out: Path) -> None:
-        self.port = free_port()
         env = {
-            **os.environ,
-            "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
-            "PARTNER_GUARD_INPUT_TOPICS": INPUT,
-            "PARTNER_GUARD_METRICS_PORT": str(self.port),
-            "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
-            "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
             "PARTNER_GUARD_GROUP_ID": f"soak-{uuid.uuid4().hex[:8]}",
             "PARTNER_GUARD_TRANSACTIONAL_ID": f"soak-{uuid.uuid4().hex[:8]}",
             "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "soak-key-install-attribution",
             "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "soak-key-signup-conversions",
         }
-        self.log_path = out / "guard.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "run", "--create-topics"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self.ps = psutil.Process(self.process.pid)
+        self.guard = start_guard(bootstrap, INPUT, out / "guard.log", env, cwd=ROOT)
+        self.ps = psutil.Process(self.guard.process.pid)
 
     def metrics(self) -> str:
         """Scrape, failing loudly if the guard died."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"guard exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-        return scrape(self.port)
+        if self.guard.process.poll() is not None:
+            raise RuntimeError(f"guard exited: {self.guard.log()}")
+        return self.guard.metrics()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Until /readyz answers 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                self.metrics()
-            time.sleep(0.2)
-        raise TimeoutError("guard not ready")
+        self.guard.wait_ready(timeout_s)
 
     def wait_consumed(self, count: int, timeout_s: float = 600.0) -> float:
         """Until records_in reaches `count`; returns the rate since the first record."""
         first: tuple[float, float] | None = None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done = metric(self.metrics(), "partner_guard_records_in_total")
+            done = metric_sum(self.metrics(), "partner_guard_records_in_total")
             if done and first is None:
                 first = (time.monotonic(), done)
             if done >= count:
@@ -182,8 +128,7 @@ class Guard:
 
     def stop(self) -> int:
         """SIGTERM and wait."""
-        self.process.terminate()
-        return self.process.wait(60)
+        return self.guard.stop(60)
 
 
 class Storm:
@@ -210,26 +155,8 @@ class Storm:
 
 def _read_partner_topic(bootstrap: str, topic: str) -> tuple[int, int]:
     """(records, records matching FORBIDDEN) in a partner topic, read_committed."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"soak-audit-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    count = bad = 0
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < 5:
-        batch = [m for m in consumer.consume(10_000, 0.5) if m.error() is None]
-        if batch:
-            idle_since = time.monotonic()
-        count += len(batch)
-        bad += sum(1 for m in batch if FORBIDDEN.search(m.value() or b""))
-    consumer.close()
-    return count, bad
+    values = [record.value or b"" for record in read_topic(bootstrap, topic, idle_s=5, timeout_s=3600)]
+    return len(values), sum(1 for value in values if FORBIDDEN.search(value))
 
 
 def _chart(rows: list[Sample], path: Path) -> bool:
@@ -350,9 +277,9 @@ def _steady(
     rows: list[Sample] = []
     minute_marks: list[dict[float, float]] = []
     text = guard.metrics()
-    last_buckets, start = buckets(text, LATENCY), time.monotonic()
+    last_buckets, start = histogram_buckets(text, LATENCY), time.monotonic()
     minute_marks.append(last_buckets)
-    base_in = metric(text, "partner_guard_records_in_total")
+    base_in = metric_sum(text, "partner_guard_records_in_total")
     sent = changes = 0
     next_sample = start + SAMPLE_S
     while (elapsed := time.monotonic() - start) < args.minutes * 60:
@@ -368,17 +295,17 @@ def _steady(
         if time.monotonic() >= next_sample:
             next_sample += SAMPLE_S
             text = guard.metrics()
-            now_buckets = buckets(text, LATENCY)
+            now_buckets = histogram_buckets(text, LATENCY)
             rows.append(
                 Sample(
                     round(elapsed, 1),
                     produced + sent,
-                    metric(text, "partner_guard_records_in_total"),
+                    metric_sum(text, "partner_guard_records_in_total"),
                     guard.ps.memory_info().rss / 1e6,
                     guard.ps.num_fds(),
                     quantile(last_buckets, now_buckets, 0.99),
-                    metric(text, "partner_guard_state_lag_records"),
-                    metric(text, "partner_guard_consumer_lag_records"),
+                    metric_sum(text, "partner_guard_state_lag_records"),
+                    metric_sum(text, "partner_guard_consumer_lag_records"),
                     changes,
                 )
             )
@@ -420,7 +347,7 @@ def _steady(
     charted = _chart(rows, args.out / "soak.png")
 
     problems = _verdict(rows, minute_p99)
-    records_in = metric(text, "partner_guard_records_in_total")
+    records_in = metric_sum(text, "partner_guard_records_in_total")
     summary: dict[str, object] = {
         "scenario": "soak",
         "minutes": args.minutes,
@@ -430,8 +357,8 @@ def _steady(
     }
     lost = leaked = duplicated = 0
     for partner in PARTNERS:
-        forwarded = metric(text, "partner_guard_decisions_total", partner=partner, verdict="forward")
-        blocked = metric(text, "partner_guard_decisions_total", partner=partner, verdict="block")
+        forwarded = metric_sum(text, "partner_guard_decisions_total", partner=partner, verdict="forward")
+        blocked = metric_sum(text, "partner_guard_decisions_total", partner=partner, verdict="block")
         lost += int(total - forwarded - blocked)
         read, bad = _read_partner_topic(bootstrap, f"partner.{partner}.events")
         leaked += bad

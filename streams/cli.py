@@ -52,7 +52,9 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    ruleset = load_ruleset_or_exit(rules_dir)
+    from streams.runtime.config import guard_topics_from_env
+
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     for rule in ruleset.rules:
         types = ", ".join(rule.events)
         print(f"ok  {rule.partner}  ({rule.rule_id}) -> {rule.topic}: {types}")
@@ -63,8 +65,9 @@ def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
 def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
+    from streams.runtime.config import guard_topics_from_env
 
-    ruleset = load_ruleset_or_exit(rules_dir)
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     results = run_rule_tests(rules_dir, ruleset)
     failed = False
     for result in results:
@@ -189,7 +192,7 @@ def run_command(
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
-    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
     try:
         loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
     except MissingKeyError as exc:

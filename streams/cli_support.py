@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -24,11 +25,14 @@ def refuse(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def load_ruleset_or_exit(rules_dir: Path, source: str | None = None) -> Ruleset:
+def load_ruleset_or_exit(
+    rules_dir: Path, source: str | None = None, reserved_topics: Mapping[str, str] | None = None
+) -> Ruleset:
     """Load a ruleset, or print every problem (file:line: what — fix) and exit 2.
 
     A missing directory names the absolute path looked at and, when known, where the path
-    came from (`source`: `--rules` or `PARTNER_GUARD_RULES_DIR`).
+    came from (`source`: `--rules` or `PARTNER_GUARD_RULES_DIR`). A rule writing to one of
+    `reserved_topics` (the guard's own topics) is refused.
     """
     if not rules_dir.is_dir():
         origin = f"from {source}, " if source else ""
@@ -40,7 +44,7 @@ def load_ruleset_or_exit(rules_dir: Path, source: str | None = None) -> Ruleset:
         )
         raise typer.Exit(2)
     try:
-        return load_ruleset(rules_dir)
+        return load_ruleset(rules_dir, reserved_topics)
     except RulesetError as exc:
         err.print(f"[red]rules refused[/red] ({len(exc.problems)} problem(s)):", highlight=False)
         for problem in exc.problems:

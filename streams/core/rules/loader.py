@@ -7,7 +7,7 @@ the guard refuses to start with a ruleset that has any.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,8 +140,11 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
     return None
 
 
-def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
-    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10."""
+def _check_rule(
+    rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner, reserved_topics: Mapping[str, str]
+) -> Iterator[RuleProblem]:
+    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10,
+    and no output to a topic the guard itself reads or writes."""
     file = str(path)
     tags = privacy_tags()
     if path.stem != rule.partner:
@@ -151,11 +154,11 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
             f"file name does not match partner '{rule.partner}'",
             f"rename the file to {rule.partner}.yaml",
         )
-    if rule.topic == "guard.blocked":
+    if rule.topic in reserved_topics:
         yield RuleProblem(
             file,
             _line_of(doc, ("topic",)),
-            "topic is the blocked-event topic",
+            f"topic '{rule.topic}' is {reserved_topics[rule.topic]}",
             "use partner.<id>.events",
         )
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
@@ -328,8 +331,12 @@ def _check_field(
         )
 
 
-def load_ruleset(rules_dir: Path | str) -> Ruleset:
-    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order)."""
+def load_ruleset(rules_dir: Path | str, reserved_topics: Mapping[str, str] | None = None) -> Ruleset:
+    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
+
+    `reserved_topics` maps the topics the guard itself reads or writes (inputs, state, the
+    blocked topic), as configured, to what each one is; a rule writing to one is refused.
+    """
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
@@ -386,7 +393,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         rule = _validate(RuleFile, path, doc, problems)
         if rule is None:
             continue
-        problems.extend(_check_rule(rule, path, doc, scanner))
+        problems.extend(_check_rule(rule, path, doc, scanner, reserved_topics or {}))
         if rule.partner in seen:
             problems.append(
                 RuleProblem(
