@@ -220,3 +220,10 @@ def test_the_guard_topics_are_the_configured_names() -> None:
     }
     assert guard_topics_from_env(environment) == settings.guard_topics()
     assert guard_topics_from_env({})["guard.blocked"] == "the blocked-event topic"
+
+
+def test_the_default_partner_topic_is_checked_too(tmp_path: Path) -> None:
+    with pytest.raises(RulesetError) as info:
+        load_ruleset(_rules_dir(tmp_path, BASE_RULE), {"partner.acme.events": "the blocked-event topic"})
+    messages = [p.message for p in info.value.problems]
+    assert messages == ["topic 'partner.acme.events' is the blocked-event topic"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from streams.core.consent import EEA, EffectiveConsent, effective_consent
+from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
 from streams.core.leakscan import raw_values_of
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
@@ -14,7 +14,6 @@ from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 from streams.core.transforms import project
 
-_EEA_LIKE = EEA | {"EU", "EEA"}
 _NOT_ALLOWED = (Reason.EVENT_TYPE_NOT_ALLOWED.value,)  # the decision of most traffic, built once
 
 
@@ -68,7 +67,7 @@ def sensitive_values(event: Event) -> frozenset[str]:
 
 
 def _in_scope(jurisdiction: str, scope: tuple[str, ...]) -> bool:
-    return jurisdiction in scope or ("EEA" in scope and jurisdiction in _EEA_LIKE)
+    return jurisdiction in scope or ("EEA" in scope and jurisdiction in EEA_REGIONS)
 
 
 def _consent_reasons(

@@ -22,6 +22,7 @@ import cel
 import orjson
 from pydantic import BaseModel
 
+from streams.core.memo import remember
 from streams.core.rules.celreach import Reach, reach
 
 MAX_VIEW_BYTES = 8_192  # the fields a condition reads; shipped conditions read a few bytes
@@ -65,9 +66,7 @@ class Condition:
                 result = self._program.execute(context) is True
             except Exception:  # the binding raises several types for missing keys and bad types
                 result = None
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = result
+            remember(self._cache, key, result, _CACHE_LIMIT)
         if result is None:
             raise ConditionError(self.expression)
         return result

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import re2
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
+from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
 from streams.core.rules.linkage import ad_id_linkages
@@ -74,25 +74,6 @@ def _plain(node: Any) -> Any:
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node
-
-
-def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int:
-    """The 1-based line of the node at `loc` (or of the closest existing parent)."""
-    node = doc
-    line = 1
-    for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            if part in node.lc.data:  # keys merged in with `<<:` have no position of their own
-                line = node.lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line = node.lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            if isinstance(node, CommentedMap | CommentedSeq):
-                line = max(line, node.lc.line + 1)
-            break
-    return line
 
 
 def _fix_for(error_type: str, message: str) -> str:
@@ -154,11 +135,11 @@ def _check_rule(
             f"file name does not match partner '{rule.partner}'",
             f"rename the file to {rule.partner}.yaml",
         )
-    if rule.topic in reserved_topics:
+    if rule.output_topic in reserved_topics:
         yield RuleProblem(
             file,
             _line_of(doc, ("topic",)),
-            f"topic '{rule.topic}' is {reserved_topics[rule.topic]}",
+            f"topic '{rule.output_topic}' is {reserved_topics[rule.output_topic]}",
             "use partner.<id>.events",
         )
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
@@ -306,8 +287,8 @@ def _check_field(
     if spec.pattern:
         try:
             compile_pattern(spec.pattern)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        except LinearRegexError as exc:
+            reason = str(exc)
             yield RuleProblem(
                 file,
                 at,
