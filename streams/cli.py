@@ -12,10 +12,19 @@ from typing import Annotated
 import orjson
 import typer
 
+from streams import exitcodes
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
+from streams.cli_support import (
+    RulesDir,
+    RulesOpt,
+    err,
+    load_keys_or_refuse,
+    load_ruleset_or_exit,
+    report_error,
+    version_text,
+)
+from streams.core.errors import PartnerGuardError
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
-from streams.runtime.secrets import MissingKeyError, load_keys
 
 app = typer.Typer(
     help="partner-guard: only what the privacy statement promises reaches ad partners.",
@@ -81,7 +90,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
             for reason, why in result.uncovered.items():
                 print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
 
 
 @rules_app.command("diff")
@@ -137,16 +146,7 @@ def decide_command(
     from streams.offline.cases import decide_line, decision_json
 
     ruleset = load_ruleset_or_exit(rules)
-    try:
-        loaded = load_keys(ruleset.partners, keys_dir, dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(
-            f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
-            "pseudonyms change every run[/yellow]"
-        )
-    keyed = ruleset.with_keys(loaded.keys)
+    keyed = ruleset.with_keys(load_keys_or_refuse(ruleset.partners, keys_dir, dev))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
@@ -170,49 +170,35 @@ def run_command(
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
+    from streams.runtime.config import load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
-    from streams.runtime.preflight import StartupRefusedError, preflight
+    from streams.runtime.preflight import preflight
 
     configure_logging()
-    try:
-        settings = load_settings(
-            config,
-            rules_dir=rules,
-            create_topics=create_topics or None,
-            dev=dev or None,
-            keys_dir=keys_dir,
-            workers=workers,
-        )
-    except ConfigError as exc:
-        refuse(str(exc))
+    settings = load_settings(
+        config,
+        rules_dir=rules,
+        create_topics=create_topics or None,
+        dev=dev or None,
+        keys_dir=keys_dir,
+        workers=workers,
+    )
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
     ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
-    try:
-        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
-    try:
-        payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
-    except PayloadKeyError as exc:
-        refuse(str(exc))
-    try:
-        preflight(settings)
-    except StartupRefusedError as exc:
-        refuse(str(exc))
+    keys = load_keys_or_refuse(ruleset.partners, settings.keys_dir, settings.dev)
+    payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
+    preflight(settings)
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
         args = worker_arguments(config, rules, dev, keys_dir)
         raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
-    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
+    raise typer.Exit(GuardJob(settings, ruleset.with_keys(keys), payload=payload).run())
 
 
 def _payload_protector(mode: PayloadMode, keys_file: Path | None, dev: bool) -> PayloadProtector:
@@ -265,5 +251,8 @@ def broker_command(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script; the one place the project's own errors are reported."""
+    try:
+        app()
+    except PartnerGuardError as exc:
+        sys.exit(report_error(exc))

@@ -15,6 +15,7 @@ import typer
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from streams import exitcodes
 from streams.cli_support import err, load_ruleset_or_exit
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
@@ -33,10 +34,10 @@ Until = Annotated[str | None, typer.Option("--until", help="ISO time: withheld b
 Partner = Annotated[str | None, typer.Option("--partner", help="only this partner")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="only records with this reason code")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")]
-EXIT_MISMATCH = 1
-EXIT_COULD_NOT_RUN = 2
-EXIT_INVALID_RECORDS = 3
-EXIT_NOTHING_SELECTED = 4
+EXIT_MISMATCH = exitcodes.CHECK_FAILED
+EXIT_COULD_NOT_RUN = exitcodes.REFUSED
+EXIT_INVALID_RECORDS = exitcodes.REPLAY_INVALID_RECORDS
+EXIT_NOTHING_SELECTED = exitcodes.REPLAY_NOTHING_SELECTED
 PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
 
 

@@ -17,6 +17,8 @@ from typing import Protocol, cast
 
 import re2
 
+from streams.core.errors import PartnerGuardError
+
 
 class LinearMatch(Protocol):
     """The part of a match object the guard uses."""
@@ -54,7 +56,7 @@ class LinearPattern(Protocol):
         ...
 
 
-class LinearRegexError(ValueError):
+class LinearRegexError(PartnerGuardError, ValueError):
     """A pattern RE2 cannot compile: a syntax error, a backreference or lookaround."""
 
 

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
+from streams.core.errors import PartnerGuardError
+
 ENV_PREFIX = "PARTNER_GUARD_"
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 SECRET_MARKERS = ("password", "secret", "key", "token", "credentials")
@@ -35,7 +37,7 @@ OWNED_KAFKA_PROPERTIES = frozenset(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(PartnerGuardError):
     """Configuration that cannot be used; the message names the setting and the fix."""
 
 

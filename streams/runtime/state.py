@@ -35,6 +35,7 @@ import orjson
 
 from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
+from streams.core.errors import PartnerGuardError
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ _LOGGED_INVALID = 10  # log the first few invalid records, then every 1000th
 KeyValueStore = MutableMapping[bytes, int]
 
 
-class _InvalidRecordError(Exception):
+class _InvalidRecordError(PartnerGuardError):
     """Why a state record is invalid (never contains identifiers or payload)."""
 
 

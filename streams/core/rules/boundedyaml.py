@@ -32,12 +32,14 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
+from streams.core.errors import PartnerGuardError
+
 MAX_FILE_BYTES = 256 * 1024  # a rule is a page; ruamel parses ~100-250 KB/s, so this loads in 1-3 s
 MAX_DEPTH = 32  # shipped rules nest 5 levels
 MAX_NODES = 100_000  # after alias expansion; shipped rules have a few hundred
 
 
-class YamlBoundError(ValueError):
+class YamlBoundError(PartnerGuardError, ValueError):
     """The file exceeds a loading bound; `line` is 1-based."""
 
     def __init__(self, line: int, message: str, fix: str) -> None:

@@ -22,6 +22,7 @@ import cel
 import orjson
 from pydantic import BaseModel
 
+from streams.core.errors import PartnerGuardError
 from streams.core.memo import remember
 from streams.core.rules.celreach import Reach, reach
 
@@ -29,7 +30,7 @@ MAX_VIEW_BYTES = 8_192  # the fields a condition reads; shipped conditions read 
 _CACHE_LIMIT = 50_000
 
 
-class ConditionError(Exception):
+class ConditionError(PartnerGuardError):
     """The condition could not be evaluated (missing field, type error)."""
 
 
