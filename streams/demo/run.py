@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams import exitcodes
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.rules.loader import load_ruleset
 from streams.gen.audit import find_leaks
@@ -176,7 +177,7 @@ def run_demo(
         finally:
             guard.stop()
             del producer  # disconnect before the broker stops, so librdkafka has nothing to report
-    return 0 if summary.conserved and not summary.leak_count else 1
+    return exitcodes.OK if summary.conserved and not summary.leak_count else exitcodes.CHECK_FAILED
 
 
 def _guard_env(rules: Path) -> dict[str, str]:
