@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
-from streams.harness import GuardProcess, histogram_buckets, start_guard
+from streams.harness import GuardProcess, histogram_buckets, produce_fresh_events, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
@@ -181,10 +181,7 @@ def _latency_at(
     begin = time.monotonic()
     sent = 0
     while (elapsed := time.monotonic() - begin) < seconds:
-        while sent < rate * elapsed:
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            sent += 1
+        sent = produce_fresh_events(producer, INPUT, generator, sent, rate * elapsed)
         producer.poll(0)
         time.sleep(0.002)
     producer.flush(30)

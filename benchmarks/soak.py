@@ -39,7 +39,7 @@ from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
-from streams.harness import histogram_buckets, metric_sum, read_topic, start_guard
+from streams.harness import histogram_buckets, metric_sum, produce_fresh_events, read_topic, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
@@ -242,10 +242,7 @@ def _soak(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker | Non
         guard.wait_ready()
         broker_ps = psutil.Process(broker.process.pid) if broker else None
         broker_before = broker_ps.memory_info().rss if broker_ps else 0
-        for _ in range(PEAK_BACKLOG):
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            producer.poll(0)
+        produce_fresh_events(producer, INPUT, generator, 0, PEAK_BACKLOG)
         producer.flush(60)
         peak = guard.wait_consumed(PEAK_BACKLOG)
         produced = PEAK_BACKLOG
@@ -283,10 +280,7 @@ def _steady(
     sent = changes = 0
     next_sample = start + SAMPLE_S
     while (elapsed := time.monotonic() - start) < args.minutes * 60:
-        while sent < rate * elapsed:
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            sent += 1
+        sent = produce_fresh_events(producer, INPUT, generator, sent, rate * elapsed)
         while changes < args.storm * elapsed:
             key, value = storm.next()
             produce(producer, "privacy.consent", value, key)

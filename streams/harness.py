@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.broker.embedded import free_port
-from streams.gen.traffic import KeyedRecord
+from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.kafka_io import produce
 
 LOOPBACK = "127.0.0.1"
@@ -56,6 +56,18 @@ def produce_all(producer: Producer, topic: str, records: Iterable[KeyedRecord]) 
         produce(producer, topic, record.value, record.key)
         count += 1
     return count
+
+
+def produce_fresh_events(
+    producer: Producer, topic: str, generator: TrafficGenerator, sent: int, due: float
+) -> int:
+    """Produce generated events stamped with the current time until `due` have been sent in
+    all (for offering a steady rate); returns the new count sent."""
+    while sent < due:
+        record = generator.event(epoch_ms=int(time.time() * 1000))
+        produce(producer, topic, record.value, record.key)
+        sent += 1
+    return sent
 
 
 def produce_records(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) -> int:
