@@ -22,7 +22,7 @@ from rich.table import Table
 from streams import exitcodes
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.rules.loader import load_ruleset
-from streams.gen.audit import find_leaks
+from streams.gen.leak_audit import find_leaks
 from streams.gen.traffic import TrafficGenerator
 from streams.harness import LOOPBACK, GuardProcess, new_producer, produce_all, read_topic, start_guard
 from streams.runtime.kafka_io import produce
