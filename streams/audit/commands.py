@@ -52,7 +52,7 @@ def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, p
     except ConfigError as exc:
         err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    kafka = settings.kafka_base()
     return read_topic(kafka, settings.blocked_topic, wanted, progress), settings
 
 
@@ -215,7 +215,7 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
         except ConfigError:
             err.print("originals kept by reference: set the Kafka settings to fetch them from the source")
             return records
-    resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
+    resolve_references(records, settings.kafka_base())
     return records
 
 

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
         """Passthrough properties with secret values masked, for logs."""
         return {k: ("***" if any(m in k for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
 
+    def kafka_base(self) -> dict[str, Any]:
+        """Base configuration of every Kafka client: the bootstrap servers and the passthrough."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
+
     def guard_topics(self) -> dict[str, str]:
         """The topics the guard itself reads or writes, each with what it is (no rule may write there)."""
         return guard_topics(

@@ -29,7 +29,7 @@ class StartupRefusedError(PartnerGuardError):
 
 def kafka_client_config(settings: Settings) -> dict[str, Any]:
     """Base configuration of every Kafka client: bootstrap, passthrough, logs into the JSON stream."""
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka, "logger": librdkafka_logger()}
+    return {**settings.kafka_base(), "logger": librdkafka_logger()}
 
 
 class _LastLine(logging.Handler):
