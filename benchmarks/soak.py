@@ -39,7 +39,9 @@ from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
-from streams.harness import histogram_buckets, metric_sum, produce_fresh_events, read_topic, start_guard
+from streams.harness import histogram_buckets as buckets
+from streams.harness import metric_sum as metric
+from streams.harness import produce_fresh_events, read_topic, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
@@ -117,7 +119,7 @@ class Guard:
         first: tuple[float, float] | None = None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done = metric_sum(self.metrics(), "partner_guard_records_in_total")
+            done = metric(self.metrics(), "partner_guard_records_in_total")
             if done and first is None:
                 first = (time.monotonic(), done)
             if done >= count:
@@ -274,13 +276,16 @@ def _steady(
     rows: list[Sample] = []
     minute_marks: list[dict[float, float]] = []
     text = guard.metrics()
-    last_buckets, start = histogram_buckets(text, LATENCY), time.monotonic()
+    last_buckets, start = buckets(text, LATENCY), time.monotonic()
     minute_marks.append(last_buckets)
-    base_in = metric_sum(text, "partner_guard_records_in_total")
+    base_in = metric(text, "partner_guard_records_in_total")
     sent = changes = 0
     next_sample = start + SAMPLE_S
     while (elapsed := time.monotonic() - start) < args.minutes * 60:
-        sent = produce_fresh_events(producer, INPUT, generator, sent, rate * elapsed)
+        while sent < rate * elapsed:
+            record = generator.event(epoch_ms=int(time.time() * 1000))
+            produce(producer, INPUT, record.value, record.key)
+            sent += 1
         while changes < args.storm * elapsed:
             key, value = storm.next()
             produce(producer, "privacy.consent", value, key)
@@ -289,17 +294,17 @@ def _steady(
         if time.monotonic() >= next_sample:
             next_sample += SAMPLE_S
             text = guard.metrics()
-            now_buckets = histogram_buckets(text, LATENCY)
+            now_buckets = buckets(text, LATENCY)
             rows.append(
                 Sample(
                     round(elapsed, 1),
                     produced + sent,
-                    metric_sum(text, "partner_guard_records_in_total"),
+                    metric(text, "partner_guard_records_in_total"),
                     guard.ps.memory_info().rss / 1e6,
                     guard.ps.num_fds(),
                     quantile(last_buckets, now_buckets, 0.99),
-                    metric_sum(text, "partner_guard_state_lag_records"),
-                    metric_sum(text, "partner_guard_consumer_lag_records"),
+                    metric(text, "partner_guard_state_lag_records"),
+                    metric(text, "partner_guard_consumer_lag_records"),
                     changes,
                 )
             )
@@ -341,7 +346,7 @@ def _steady(
     charted = _chart(rows, args.out / "soak.png")
 
     problems = _verdict(rows, minute_p99)
-    records_in = metric_sum(text, "partner_guard_records_in_total")
+    records_in = metric(text, "partner_guard_records_in_total")
     summary: dict[str, object] = {
         "scenario": "soak",
         "minutes": args.minutes,
@@ -351,8 +356,8 @@ def _steady(
     }
     lost = leaked = duplicated = 0
     for partner in PARTNERS:
-        forwarded = metric_sum(text, "partner_guard_decisions_total", partner=partner, verdict="forward")
-        blocked = metric_sum(text, "partner_guard_decisions_total", partner=partner, verdict="block")
+        forwarded = metric(text, "partner_guard_decisions_total", partner=partner, verdict="forward")
+        blocked = metric(text, "partner_guard_decisions_total", partner=partner, verdict="block")
         lost += int(total - forwarded - blocked)
         read, bad = _read_partner_topic(bootstrap, f"partner.{partner}.events")
         leaked += bad

@@ -20,11 +20,13 @@ from streams.cli_support import (
     err,
     load_keys_or_refuse,
     load_ruleset_or_exit,
+    refuse,
     report_error,
     version_text,
 )
 from streams.core.errors import PartnerGuardError
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
+from streams.runtime.secrets import MissingKeyError, load_keys
 
 app = typer.Typer(
     help="partner-guard: only what the privacy statement promises reaches ad partners.",
@@ -170,35 +172,49 @@ def run_command(
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.config import load_settings, unknown_env_warnings
+    from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
-    from streams.runtime.preflight import preflight
+    from streams.runtime.preflight import StartupRefusedError, preflight
 
     configure_logging()
-    settings = load_settings(
-        config,
-        rules_dir=rules,
-        create_topics=create_topics or None,
-        dev=dev or None,
-        keys_dir=keys_dir,
-        workers=workers,
-    )
+    try:
+        settings = load_settings(
+            config,
+            rules_dir=rules,
+            create_topics=create_topics or None,
+            dev=dev or None,
+            keys_dir=keys_dir,
+            workers=workers,
+        )
+    except ConfigError as exc:
+        refuse(str(exc))
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
     ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
-    keys = load_keys_or_refuse(ruleset.partners, settings.keys_dir, settings.dev)
-    payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
-    preflight(settings)
+    try:
+        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
+    except MissingKeyError as exc:
+        refuse(str(exc))
+    if loaded.ephemeral:
+        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
+    try:
+        payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
+    except PayloadKeyError as exc:
+        refuse(str(exc))
+    try:
+        preflight(settings)
+    except StartupRefusedError as exc:
+        refuse(str(exc))
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
         args = worker_arguments(config, rules, dev, keys_dir)
         raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
-    raise typer.Exit(GuardJob(settings, ruleset.with_keys(keys), payload=payload).run())
+    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
 
 
 def _payload_protector(mode: PayloadMode, keys_file: Path | None, dev: bool) -> PayloadProtector:

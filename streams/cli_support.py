@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +24,15 @@ RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]
 
 class RulesDirMissingError(PartnerGuardError):
     """No rules directory where one was asked for."""
+
+
+class RefusedError(PartnerGuardError):
+    """A command refuses to do its work; the message says why and what to fix."""
+
+
+def refuse(message: str) -> NoReturn:
+    """Refuse with `message`: raised, and reported by the command line's one error handler."""
+    raise RefusedError(message)
 
 
 def report_error(exc: PartnerGuardError) -> int:
@@ -56,7 +65,7 @@ def load_ruleset_or_exit(
             f"no rules directory at {rules_dir.resolve()} ({origin}working directory {Path.cwd()}); "
             "the rules are yours to provide: pass --rules DIR or set PARTNER_GUARD_RULES_DIR"
         )
-    return load_ruleset(rules_dir, reserved_topics)
+    return load_ruleset(rules_dir, reserved_topics=reserved_topics)
 
 
 def load_keys_or_refuse(partners: Sequence[str], keys_dir: Path | None, dev: bool) -> Mapping[str, bytes]:

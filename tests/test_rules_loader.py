@@ -171,7 +171,7 @@ GUARD_TOPICS = {
 def test_a_rule_may_not_write_to_a_topic_of_the_guard_as_configured(tmp_path: Path, topic: str) -> None:
     directory = _rules_dir(tmp_path, BASE_RULE.replace("jurisdictions:", f"topic: {topic}\njurisdictions:"))
     with pytest.raises(RulesetError) as info:
-        load_ruleset(directory, GUARD_TOPICS)
+        load_ruleset(directory, reserved_topics=GUARD_TOPICS)
     expected = f"{directory / 'acme.yaml'}:2: topic '{topic}' is {GUARD_TOPICS[topic]}"
     assert [str(p) for p in info.value.problems] == [expected + " — fix: use partner.<id>.events"]
 
@@ -182,7 +182,7 @@ def test_guard_blocked_is_an_ordinary_topic_when_the_blocked_topic_is_configured
     directory = _rules_dir(
         tmp_path, BASE_RULE.replace("jurisdictions:", "topic: guard.blocked\njurisdictions:")
     )
-    assert load_ruleset(directory, GUARD_TOPICS).rule("acme").topic == "guard.blocked"
+    assert load_ruleset(directory, reserved_topics=GUARD_TOPICS).rule("acme").topic == "guard.blocked"
 
 
 def test_rules_check_refuses_the_blocked_topic_named_in_the_environment(tmp_path: Path) -> None:
@@ -224,6 +224,7 @@ def test_the_guard_topics_are_the_configured_names() -> None:
 
 def test_the_default_partner_topic_is_checked_too(tmp_path: Path) -> None:
     with pytest.raises(RulesetError) as info:
-        load_ruleset(_rules_dir(tmp_path, BASE_RULE), {"partner.acme.events": "the blocked-event topic"})
+        reserved = {"partner.acme.events": "the blocked-event topic"}
+        load_ruleset(_rules_dir(tmp_path, BASE_RULE), reserved_topics=reserved)
     messages = [p.message for p in info.value.problems]
     assert messages == ["topic 'partner.acme.events' is the blocked-event topic"]

@@ -313,7 +313,7 @@ def _check_field(
         )
 
 
-def load_ruleset(rules_dir: Path | str, reserved_topics: Mapping[str, str] | None = None) -> Ruleset:
+def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | None = None) -> Ruleset:
     """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
 
     `reserved_topics` maps the topics the guard itself reads or writes (inputs, state, the
