@@ -24,7 +24,7 @@ from streams.cli_support import (
     report_error,
     version_text,
 )
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
 from streams.runtime.secrets import MissingKeyError, load_keys
 
@@ -267,8 +267,8 @@ def broker_command(
 
 
 def main() -> None:
-    """Entry point of the console script; the one place the project's own errors are reported."""
+    """Entry point of the console script; the one place refusals are reported."""
     try:
         app()
-    except PartnerGuardError as exc:
+    except RefusalError as exc:
         sys.exit(report_error(exc))

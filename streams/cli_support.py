@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from streams import exitcodes
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.secrets import load_keys
@@ -22,11 +22,11 @@ RulesDir = Annotated[Path, typer.Argument(help="rules directory")]
 RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]
 
 
-class RulesDirMissingError(PartnerGuardError):
+class RulesDirMissingError(RefusalError):
     """No rules directory where one was asked for."""
 
 
-class RefusedError(PartnerGuardError):
+class RefusedError(RefusalError):
     """A command refuses to do its work; the message says why and what to fix."""
 
 
@@ -35,7 +35,7 @@ def refuse(message: str) -> NoReturn:
     raise RefusedError(message)
 
 
-def report_error(exc: PartnerGuardError) -> int:
+def report_error(exc: RefusalError) -> int:
     """Print one of the project's own errors the one way the command line does; the exit code.
 
     `refusing to start: <message>` on one line of stderr, never hard-wrapped; a refused

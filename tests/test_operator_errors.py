@@ -247,13 +247,17 @@ def test_every_command_reports_the_projects_errors_one_way(tmp_path: Path) -> No
 
 
 def test_the_projects_errors_share_one_base() -> None:
-    from streams.core.errors import PartnerGuardError
+    from streams.core.errors import PartnerGuardError, RefusalError
     from streams.core.rules.loader import RulesetError
     from streams.core.signals.bits import SignalError
     from streams.runtime.config import ConfigError
+    from streams.runtime.faults import InjectedFaultError
     from streams.runtime.preflight import StartupRefusedError
     from streams.runtime.secrets import KeysDirError, MissingKeyError
 
-    for error in (RulesetError, SignalError, ConfigError, StartupRefusedError, MissingKeyError, KeysDirError):
+    refusals = (RulesetError, ConfigError, StartupRefusedError, MissingKeyError, KeysDirError)
+    for error in (*refusals, SignalError, InjectedFaultError):
         assert issubclass(error, PartnerGuardError), error
+    assert all(issubclass(error, RefusalError) for error in refusals)
+    assert not issubclass(InjectedFaultError, RefusalError)  # raised mid-run: not "refusing to start"
     assert issubclass(SignalError, ValueError)  # what it was before, still

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 
 ENV_PREFIX = "PARTNER_GUARD_"
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
@@ -37,7 +37,7 @@ OWNED_KAFKA_PROPERTIES = frozenset(
 )
 
 
-class ConfigError(PartnerGuardError):
+class ConfigError(RefusalError):
     """Configuration that cannot be used; the message names the setting and the fix."""
 
 

@@ -33,7 +33,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import PartnerGuardError, RefusalError
 from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 
 PayloadMode = Literal["full", "redacted", "encrypted"]
@@ -46,7 +46,7 @@ _SENSITIVE_PREFIXES = ("pii:", "identifier:")
 MAX_KEY_BYTES = 1024
 
 
-class PayloadKeyError(PartnerGuardError):
+class PayloadKeyError(RefusalError):
     """Payload keys are missing or malformed."""
 
 

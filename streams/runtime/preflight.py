@@ -18,12 +18,12 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 from streams.runtime.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
 from streams.runtime.logs import librdkafka_logger
 
 
-class StartupRefusedError(PartnerGuardError):
+class StartupRefusedError(RefusalError):
     """The job cannot start; the message names the setting, its value and the problem."""
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 
 KEY_ENV_PREFIX = "PARTNER_GUARD_KEY_"
 MIN_KEY_BYTES = 16
@@ -18,7 +18,7 @@ KEY_FORMAT = (
 )
 
 
-class MissingKeyError(PartnerGuardError):
+class MissingKeyError(RefusalError):
     """A partner has no key and the run is not explicitly local."""
 
 

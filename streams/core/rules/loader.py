@@ -17,7 +17,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
-from streams.core.errors import PartnerGuardError
+from streams.core.errors import RefusalError
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
@@ -61,7 +61,7 @@ class RuleProblem:
         return f"{self.file}:{self.line}: {self.message} — fix: {self.fix}"
 
 
-class RulesetError(PartnerGuardError):
+class RulesetError(RefusalError):
     """The ruleset cannot be used; `problems` lists every reason."""
 
     def __init__(self, problems: list[RuleProblem]) -> None:
