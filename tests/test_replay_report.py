@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from streams.audit.replay import Outcome, ReplayResult, Status
+from streams.audit.replay import MAX_TIMESTAMP_MS, Outcome, ReplayResult, Status
 from streams.audit.report import print_summary
-from streams.audit.report_html import REASON_COLOURS, render_html, write_html
+from streams.audit.report_html import MAX_SLOT, REASON_COLOURS, lay_out, render_html, write_html
 from streams.audit.report_model import (
     OTHER,
     TOP_REASONS,
     ReplayRun,
     example_groups,
+    timeline_of,
     verdict_of,
     whatif_of,
 )
@@ -175,6 +176,8 @@ def _whatif_result() -> ReplayResult:
             _whatif(_outcome(3), "app_install", None),
             _whatif(_outcome(4, partner="signup-conversions"), "site_visit", nested),
             _whatif(_outcome(5, partner="signup-conversions"), "site_visit", None),
+            _whatif(_outcome(7, partner="signup-conversions"), "title_selected", None),
+            _whatif(_outcome(8, partner="signup-conversions"), "title_selected", None),
             _outcome(6, "unverifiable"),  # no original: not re-decided
         ]
     )
@@ -186,6 +189,7 @@ def test_whatif_table_per_partner_and_event_type_names_the_fields_that_would_lea
     assert [(r.partner, r.event_type, r.newly_forwarded, r.unchanged) for r in summary.rows] == [
         ("install-attribution", "app_install", 2, 1),
         ("signup-conversions", "site_visit", 1, 1),
+        ("signup-conversions", "title_selected", 0, 2),
     ]
     assert summary.rows[0].fields == ("<b>bold</b>", "country", "event_id", "event_type")
     assert summary.rows[1].fields == ("device.platform", "event_id")
@@ -194,13 +198,17 @@ def test_whatif_table_per_partner_and_event_type_names_the_fields_that_would_lea
     section = sections(page)["whatif"]
     assert "install-attribution app_install 2 <b>bold</b>, country, event_id, event_type 0 1" in section
     assert "signup-conversions site_visit 1 device.platform, event_id 0 1" in section
+    assert "title_selected" not in section  # nothing changes there: summed up, not listed
+    note = "Nothing changes for 1 other partner and event type: 2 records stay blocked for the same reasons."
+    assert note in section
     assert "1 record was not re-decided under the proposed ruleset" in section
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page  # a field name is data
     # one computation, two renderings: the terminal shows the same rows
     console = Console(record=True, width=240)
     print_summary(console, result, whatif=True)
     terminal = console.export_text()
-    for row in summary.rows:
+    assert note in " ".join(terminal.split())
+    for row in summary.changed:
         assert re.search(rf"{row.partner}\s*│\s*{row.event_type}\s*│\s*{row.newly_forwarded}\s*│", terminal)
         assert ", ".join(row.fields) in terminal
     without = sections(render_html(result, RUN, whatif=False))["whatif"]
@@ -274,3 +282,14 @@ def test_hostile_values_are_escaped_and_the_page_is_self_contained(tmp_path: Pat
     assert "onerror=alert(1)&gt;" in page
     assert not loading_attributes(page)  # nothing is loaded from anywhere
     assert XSS in sections(page)["examples-mismatch"]  # shown as text, verbatim
+
+
+def test_time_chart_bars_fit_both_a_short_run_and_hostile_far_apart_timestamps() -> None:
+    short = timeline_of(ReplayResult([_outcome(0), _outcome(0)]))
+    assert short is not None and short.bucket_text == "1 s" and len(short.partners[0].buckets) == 1
+    bars = lay_out(short)[0].bars
+    assert bars and all(bar.width <= MAX_SLOT for bar in bars)  # one bar does not fill the chart
+    far = [_outcome(0), _outcome(1)]
+    far[0].blocked["_timestamp_ms"], far[1].blocked["_timestamp_ms"] = 0, MAX_TIMESTAMP_MS
+    wide = timeline_of(ReplayResult(far))
+    assert wide is not None and len(wide.partners[0].buckets) <= 100 and wide.bucket_text.endswith("days")

@@ -69,7 +69,7 @@ def _print_whatif(console: Console, result: ReplayResult) -> None:
         what.add_column(column, justify="right" if column == "newly_forwarded" else "left")
     what.add_column("reason_change", justify="right")
     what.add_column("unchanged", justify="right")
-    for row in summary.rows:
+    for row in summary.changed:
         what.add_row(
             row.partner,
             row.event_type,
@@ -78,7 +78,10 @@ def _print_whatif(console: Console, result: ReplayResult) -> None:
             f"{row.reason_change:,}",
             f"{row.unchanged:,}",
         )
-    console.print(what)
+    if summary.changed:
+        console.print(what)
+    if summary.unchanged_note:
+        console.print(summary.unchanged_note, highlight=False, markup=False)
     if summary.not_redecided:
         console.print(f"{summary.not_redecided:,} record(s) not re-decided under the proposed ruleset")
 

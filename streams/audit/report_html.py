@@ -50,7 +50,10 @@ OTHER_COLOUR = "#bab0ac"
 CHART_WIDTH, CHART_HEIGHT = 880, 132
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 56, 8, 8, 22
 X_LABELS = 6  # about this many time labels under each chart
-DAY_MS = 86_400_000
+MAX_SLOT = 48.0  # a bar is at most this wide, so a short replay's few bars do not fill the chart
+MINUTE_MS, DAY_MS = 60_000, 86_400_000
+# Example columns that read badly when wrapped (short, fixed-shape values).
+NOWRAP_COLUMNS = frozenset({"withheld at (UTC)", "source", "partner", "rule"})
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,11 @@ def lay_out(timeline: Timeline) -> list[PartnerChart]:
     plot_w = CHART_WIDTH - PLOT_LEFT - PLOT_RIGHT
     plot_h = CHART_HEIGHT - PLOT_TOP - PLOT_BOTTOM
     count = max(len(p.buckets) for p in timeline.partners)
-    slot = plot_w / count
-    label_pattern = "%Y-%m-%d" if timeline.bucket_ms >= DAY_MS else "%m-%d %H:%M"
+    slot = min(plot_w / count, MAX_SLOT)
+    if timeline.bucket_ms < MINUTE_MS:
+        label_pattern = "%H:%M:%S"
+    else:
+        label_pattern = "%Y-%m-%d" if timeline.bucket_ms >= DAY_MS else "%m-%d %H:%M"
     step = max(1, math.ceil(count / X_LABELS))
     ticks = tuple(
         Tick(
@@ -115,7 +121,7 @@ def lay_out(timeline: Timeline) -> list[PartnerChart]:
         bars = []
         for index, bucket in enumerate(series.buckets):
             base = float(PLOT_TOP + plot_h)
-            when = format_time(timeline.start_ms + index * timeline.bucket_ms, with_seconds=False)
+            when = format_time(timeline.start_ms + index * timeline.bucket_ms)
             for reason, n in bucket:
                 height = plot_h * n / peak
                 base -= height
@@ -144,6 +150,7 @@ def _environment() -> Environment:
     environment.globals["plural"] = plural
     environment.globals["format_time"] = format_time
     environment.globals["status_nouns"] = STATUS_NOUNS
+    environment.globals["nowrap"] = NOWRAP_COLUMNS
     return environment
 
 

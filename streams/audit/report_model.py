@@ -37,8 +37,10 @@ STATUS_NOUNS: dict[Status, tuple[str, str]] = {
 TOP_REASONS = 7
 OTHER = "other"
 # Bar widths a time chart may use: the smallest that gives at most MAX_BARS bars wins.
-BUCKET_SIZES_MS = tuple(
-    minutes * 60_000 for minutes in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 10_080, 43_200, 525_600)
+# A hostile timestamp can be anywhere from 1970 to 9999: the widest bars keep that chart small too.
+BUCKET_SIZES_MS = tuple(seconds * 1000 for seconds in (1, 5, 15, 30)) + tuple(
+    minutes * 60_000
+    for minutes in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 10_080, 43_200, 525_600, 5_256_000, 52_560_000)
 )
 MAX_BARS = 36
 # Example rows per group: enough to see a pattern, few enough to read (--jsonl has them all).
@@ -69,7 +71,8 @@ def withheld_at(outcome: Outcome) -> int | None:
     """When the record was withheld (epoch ms), from where it was read or its recorded source."""
     source = outcome.blocked.get("source")
     recorded = source.get("timestamp_ms") if isinstance(source, dict) else None
-    return safe_timestamp(outcome.blocked.get("_timestamp_ms")) or safe_timestamp(recorded)
+    read = safe_timestamp(outcome.blocked.get("_timestamp_ms"))
+    return read if read is not None else safe_timestamp(recorded)
 
 
 def format_time(stamp_ms: int | None, with_seconds: bool = True) -> str:
@@ -226,6 +229,24 @@ class WhatIf:
     rows: tuple[WhatIfRow, ...]
     not_redecided: int
 
+    @property
+    def changed(self) -> tuple[WhatIfRow, ...]:
+        """The rows where some decision changes (the rest are summed up, not listed)."""
+        return tuple(row for row in self.rows if row.newly_forwarded or row.reason_change)
+
+    @property
+    def unchanged_note(self) -> str:
+        """What the listed rows leave out: the (partner, event type) pairs where nothing changes."""
+        quiet = [row for row in self.rows if not (row.newly_forwarded or row.reason_change)]
+        if not quiet:
+            return ""
+        count = sum(row.unchanged for row in quiet)
+        stay = f"{plural(count, ('record stays', 'records stay'))} blocked for the same reasons"
+        if len(quiet) == len(self.rows):
+            return f"The proposed ruleset changes no decision: {stay}."
+        pairs = plural(len(quiet), ("other partner and event type", "other partner and event type pairs"))
+        return f"Nothing changes for {pairs}: {stay}."
+
 
 def field_paths(record: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
     """The leaf field names of a partner record (nested objects as dotted paths)."""
@@ -288,8 +309,10 @@ class Timeline:
 
     @property
     def bucket_text(self) -> str:
-        """The bar width in words: `15 min`, `3 h`, `7 days`."""
+        """The bar width in words: `5 s`, `15 min`, `3 h`, `7 days`."""
         minutes = self.bucket_ms // 60_000
+        if minutes == 0:
+            return f"{self.bucket_ms // 1000} s"
         if minutes < 60:
             return f"{minutes} min"
         if minutes < 1440:
@@ -308,10 +331,9 @@ def timeline_of(result: ReplayResult) -> Timeline | None:
     if not timed:
         return None
     totals = Counter(reason for outcome, _ in timed for reason in reasons_of(outcome))
-    named = [reason for reason, _ in totals.most_common(TOP_REASONS)]
-    if len(totals) == TOP_REASONS + 1:  # "other" would stand for one reason: name it instead
-        named = list(totals)
-        named.sort(key=lambda r: (-totals[r], r))
+    by_count = sorted(totals, key=lambda reason: (-totals[reason], reason))
+    # "other" standing for a single reason would hide its name for nothing: name it instead
+    named = by_count if len(by_count) <= TOP_REASONS + 1 else by_count[:TOP_REASONS]
     charted = set(named)
 
     def label(reason: str) -> str:
