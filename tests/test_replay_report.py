@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from streams.audit.replay import MAX_TIMESTAMP_MS, Outcome, ReplayResult, Status
 from streams.audit.report import print_summary
-from streams.audit.report_html import MAX_SLOT, REASON_COLOURS, lay_out, render_html, write_html
+from streams.audit.report_html import LABEL_WIDTH, MAX_SLOT, REASON_COLOURS, lay_out, render_html, write_html
 from streams.audit.report_model import (
     OTHER,
     TOP_REASONS,
@@ -293,3 +294,14 @@ def test_time_chart_bars_fit_both_a_short_run_and_hostile_far_apart_timestamps()
     far[0].blocked["_timestamp_ms"], far[1].blocked["_timestamp_ms"] = 0, MAX_TIMESTAMP_MS
     wide = timeline_of(ReplayResult(far))
     assert wide is not None and len(wide.partners[0].buckets) <= 100 and wide.bucket_text.endswith("days")
+
+
+def test_time_labels_never_overlap() -> None:
+    for spacing_ms in (1000, 60_000, 3_600_000):
+        outcomes = [_outcome(0) for _ in range(30)]
+        for index, outcome in enumerate(outcomes):
+            outcome.blocked["_timestamp_ms"] = START_MS + index * spacing_ms
+        timeline = timeline_of(ReplayResult(outcomes))
+        assert timeline is not None
+        ticks = lay_out(timeline)[0].ticks
+        assert len(ticks) >= 2 and all(b.x - a.x >= LABEL_WIDTH for a, b in itertools.pairwise(ticks))

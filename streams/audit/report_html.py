@@ -50,10 +50,11 @@ OTHER_COLOUR = "#bab0ac"
 CHART_WIDTH, CHART_HEIGHT = 880, 132
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 56, 8, 8, 22
 X_LABELS = 6  # about this many time labels under each chart
+LABEL_WIDTH = 84.0  # room one time label needs, so that labels never overlap
 MAX_SLOT = 48.0  # a bar is at most this wide, so a short replay's few bars do not fill the chart
 MINUTE_MS, DAY_MS = 60_000, 86_400_000
 # Example columns that read badly when wrapped (short, fixed-shape values).
-NOWRAP_COLUMNS = frozenset({"withheld at (UTC)", "source", "partner", "rule"})
+NOWRAP_COLUMNS = frozenset({"event id", "withheld at (UTC)", "source", "partner", "rule", "what-if"})
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def lay_out(timeline: Timeline) -> list[PartnerChart]:
         label_pattern = "%H:%M:%S"
     else:
         label_pattern = "%Y-%m-%d" if timeline.bucket_ms >= DAY_MS else "%m-%d %H:%M"
-    step = max(1, math.ceil(count / X_LABELS))
+    step = max(1, math.ceil(count / X_LABELS), math.ceil(LABEL_WIDTH / slot))
     ticks = tuple(
         Tick(
             PLOT_LEFT + i * slot,
