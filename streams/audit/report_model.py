@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -125,12 +125,17 @@ class ReplayRun:
     """What was replayed and how: the report's header, as the command line gave it."""
 
     source: str
+    generated_at: datetime  # passed in (the command reads the clock), shown in UTC
     filters: tuple[tuple[str, str], ...] = ()
     rulesets_searched: str = ""
     whatif: str | None = None
-    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     version: str = "unknown"
     commit: str | None = None
+
+    @property
+    def generated_text(self) -> str:
+        """When the report was generated, as UTC text."""
+        return self.generated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     @classmethod
     def describe(
@@ -144,7 +149,7 @@ class ReplayRun:
         """The run as the command saw it, stamped with the installed version and commit."""
         version, commit = tool_version()
         given = tuple((name, value) for name, value in filters.items() if value)
-        return cls(source, given, rulesets_searched, whatif, now, version, commit)
+        return cls(source, now, given, rulesets_searched, whatif, version, commit)
 
 
 @dataclass(frozen=True)
