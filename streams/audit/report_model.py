@@ -332,33 +332,33 @@ def bucket_size(span_ms: int) -> int:
 
 def timeline_of(result: ReplayResult) -> Timeline | None:
     """Blocks per reason over time, one series per partner; None when no record has a time."""
-    timed = [(o, s) for o in result.outcomes if (s := withheld_at(o)) is not None and reasons_of(o)]
+    with_reasons = [(o.partner, withheld_at(o), r) for o in result.outcomes if (r := reasons_of(o))]
+    timed = [(partner, stamp, reasons) for partner, stamp, reasons in with_reasons if stamp is not None]
     if not timed:
         return None
-    totals = Counter(reason for outcome, _ in timed for reason in reasons_of(outcome))
+    totals = Counter(reason for _, _, reasons in timed for reason in reasons)
     by_count = sorted(totals, key=lambda reason: (-totals[reason], reason))
     # "other" standing for a single reason would hide its name for nothing: name it instead
     named = by_count if len(by_count) <= TOP_REASONS + 1 else by_count[:TOP_REASONS]
-    charted = set(named)
-
-    def label(reason: str) -> str:
-        return reason if reason in charted else OTHER
-
-    first = min(s for _, s in timed)
-    size = bucket_size(max(s for _, s in timed) - first)
+    label = {reason: reason if reason in named else OTHER for reason in totals}
+    first = min(stamp for _, stamp, _ in timed)
+    last = max(stamp for _, stamp, _ in timed)
+    size = bucket_size(last - first)
     start = first - first % size
-    count = (max(s for _, s in timed) - start) // size + 1
+    count = (last - start) // size + 1
     per_partner: dict[str, list[Counter[str]]] = {}
     records: Counter[str] = Counter()
-    for outcome, stamp in timed:
-        series = per_partner.setdefault(outcome.partner, [Counter() for _ in range(count)])
-        records[outcome.partner] += 1
-        for reason in reasons_of(outcome):
-            series[(stamp - start) // size][label(reason)] += 1
-    legend_names = named + ([OTHER] if any(r not in charted for r in totals) else [])
+    for partner, stamp, reasons in timed:
+        if partner not in per_partner:
+            per_partner[partner] = [Counter() for _ in range(count)]
+        bucket = per_partner[partner][(stamp - start) // size]
+        records[partner] += 1
+        for reason in reasons:
+            bucket[label[reason]] += 1
+    legend_names = named + ([OTHER] if len(named) < len(totals) else [])
     legend_totals = Counter({name: 0 for name in legend_names})
     for reason, total in totals.items():
-        legend_totals[label(reason)] += total
+        legend_totals[label[reason]] += total
     partners = tuple(
         PartnerSeries(
             partner,
@@ -367,7 +367,7 @@ def timeline_of(result: ReplayResult) -> Timeline | None:
         )
         for partner, series in sorted(per_partner.items())
     )
-    untimed = sum(1 for o in result.outcomes if reasons_of(o)) - len(timed)
+    untimed = len(with_reasons) - len(timed)
     return Timeline(start, size, tuple((n, legend_totals[n]) for n in legend_names), partners, untimed)
 
 
