@@ -143,6 +143,7 @@ def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_g
             "amber",
             "No mismatch, but not verified: 1 original past retention.",
         ),
+        ([_outcome(1)], "green", "The 1 selected record verified: its decision reproduced."),
         ([], "amber", "No record selected: nothing was verified."),
     ],
 )

@@ -208,6 +208,8 @@ def verdict_of(result: ReplayResult) -> Verdict:
         return Verdict("red", text + verified, listed)
     if not_verified:
         return Verdict("amber", f"No mismatch, but not verified: {not_verified}. {verified}", listed)
+    if total == 1:
+        return Verdict("green", "The 1 selected record verified: its decision reproduced.", listed)
     text = f"All {total:,} selected records verified: every decision reproduced under its recorded ruleset."
     return Verdict("green", text, listed)
 
