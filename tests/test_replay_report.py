@@ -16,6 +16,7 @@ from streams.audit.replay import MAX_TIMESTAMP_MS, Outcome, ReplayResult, Status
 from streams.audit.report import print_summary
 from streams.audit.report_html import LABEL_WIDTH, MAX_SLOT, REASON_COLOURS, lay_out, render_html, write_html
 from streams.audit.report_model import (
+    DIGESTS_SHOWN,
     OTHER,
     TOP_REASONS,
     ReplayRun,
@@ -108,6 +109,9 @@ def test_header_says_what_was_replayed_with_which_rulesets_when_and_by_which_ver
     header = sections(render_html(ReplayResult([_outcome(1)]), bare, whatif=False))["run"]
     assert "none: every blocked record read" in header and "none (no --rules or --rules-ref given)" in header
     assert "git commit not available" in header
+    many = [_outcome(i, digest=f"sha256:{i:064x}") for i in range(DIGESTS_SHOWN + 3)]
+    header = sections(render_html(ReplayResult(many), RUN, whatif=False))["run"]
+    assert "and 3 more digests (3 records, 0 not found)" in header  # hostile input cannot flood the header
 
 
 def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_given() -> None:

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from streams.audit.replay import ReplayResult
 from streams.audit.report_model import (
+    DIGESTS_SHOWN,
     OTHER,
     STATUS_NOUNS,
     ReplayRun,
@@ -152,6 +153,7 @@ def _environment() -> Environment:
     environment.globals["format_time"] = format_time
     environment.globals["status_nouns"] = STATUS_NOUNS
     environment.globals["nowrap"] = NOWRAP_COLUMNS
+    environment.globals["digests_shown"] = DIGESTS_SHOWN
     return environment
 
 

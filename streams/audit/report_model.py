@@ -59,6 +59,8 @@ EXAMPLE_COLUMNS = (
 IDENTIFYING_COLUMNS = frozenset({"event id", "withheld at (UTC)"})
 # A hostile event id can be megabytes long: shown up to this many characters.
 MAX_SHOWN_CHARS = 120
+# The header lists this many ruleset digests (most records first) and sums up the rest.
+DIGESTS_SHOWN = 10
 NOT_KNOWN = "—"  # an em dash: no value
 
 
@@ -75,12 +77,11 @@ def withheld_at(outcome: Outcome) -> int | None:
     return read if read is not None else safe_timestamp(recorded)
 
 
-def format_time(stamp_ms: int | None, with_seconds: bool = True) -> str:
+def format_time(stamp_ms: int | None) -> str:
     """An epoch-ms timestamp as UTC text."""
     if stamp_ms is None:
         return NOT_KNOWN
-    pattern = "%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M"
-    return datetime.fromtimestamp(stamp_ms / 1000, UTC).strftime(pattern)
+    return datetime.fromtimestamp(stamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def shorten(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
@@ -170,7 +171,7 @@ def digests_seen(result: ReplayResult) -> list[DigestSeen]:
         if isinstance(digest, str):
             records[digest] += 1
             missing[digest] += outcome.status == "ruleset_not_found"
-    return [DigestSeen(d, n, missing[d]) for d, n in records.most_common()]
+    return [DigestSeen(shorten(d), n, missing[d]) for d, n in records.most_common()]
 
 
 def time_range(result: ReplayResult) -> tuple[int, int] | None:
