@@ -6,6 +6,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from streams.audit.report_model import (
     whatif_of,
 )
 from streams.core.models import Decision
+from tests.conftest import ROOT
 from tests.report_dom import loading_attributes, sections
 
 DIGEST = "sha256:" + "a" * 64
@@ -118,8 +120,9 @@ def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_g
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     run = ReplayRun.describe("file x.jsonl", {"--reason": "minor", "--rule": None}, "rules/", None, moment)
     assert run.filters == (("--reason", "minor"),) and run.generated_at == moment
-    assert run.version == "0.1.0"  # the editable install of this checkout
-    assert run.commit  # this checkout is a git work tree
+    assert run.version == metadata.version("partner-guard")
+    if (ROOT / ".git").exists():  # a checkout, not an unpacked archive: the commit is named
+        assert run.commit and re.search(r"[0-9a-f]{12}(-dirty)?$", run.commit)
 
 
 @pytest.mark.parametrize(
