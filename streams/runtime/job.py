@@ -8,50 +8,28 @@ non-zero exit (a supervisor restarts it and the transactional id fences the old 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.codec import decode_avro, decode_json
-from streams.core.decide import consults_state, decide
-from streams.core.models import Event, Malformed, StateSnapshot
-from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
 from streams.runtime.config import Settings
-from streams.runtime.kafka_io import produce
+from streams.runtime.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.kafka_io import Headers, produce
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
-from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.records import SourceRef
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
-NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
-
-
-@dataclass
-class BatchTally:
-    """Counts of one batch, applied to the metrics only once the transaction commits."""
-
-    records_in: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
-    stripped: Counter[str] = field(default_factory=Counter)
-    leaks: Counter[str] = field(default_factory=Counter)
-    timestamps_ms: list[int] = field(default_factory=list)
 
 
 class GuardJob:
@@ -71,12 +49,10 @@ class GuardJob:
         self.payload = payload or PayloadProtector("full")
         self.stopping = False
         self.ready = False
-        self.consent = ConsentTable()
-        self.status = SignupStatusTable()
-        self._invalid_reported: dict[str, int] = {}
-        self._schema = event_schema()
-        self._topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+        self.state = GuardState(settings, self.kafka_base, self.metrics)
+        self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
+        self._topic_by_partner = self.decider.topic_by_partner
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,28 +85,10 @@ class GuardJob:
             server.shutdown()
 
     def _load_state(self) -> StateReader:
-        s = self.settings
-        reader = StateReader(
-            self.kafka_base,
-            {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
-            self.metrics,
-        )
-        while not self.stopping:
-            self.heartbeat.beat()
-            if reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
-                break
-        self._update_state_gauges()
-        log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
-        return reader
+        return self.state.load(lambda: self.stopping, self.heartbeat.beat)
 
     def _update_state_gauges(self) -> None:
-        s, m = self.settings, self.metrics
-        m.state_entries.labels("consent").set(len(self.consent))
-        m.state_entries.labels("signup_status").set(len(self.status))
-        for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
-            counted = m.state_invalid.labels(topic)
-            counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
-            self._invalid_reported[topic] = table.invalid_records
+        self.state.update_gauges()
 
     def _run_loop(self) -> int:
         s = self.settings
@@ -208,76 +166,22 @@ class GuardJob:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _decode(self, message: Message, topic: str) -> Event | Malformed:
-        value = message.value()
-        if self.settings.topic_format(topic) == "avro":
-            return decode_avro(value, self._schema)
-        return decode_json(value)
-
     def _emit_input(
         self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
     ) -> None:
         """Decode, decide and produce the outputs of one input record (one per partner)."""
-        s = self.settings
-        raw = message.value() or b""
-        record = self._decode(message, source.topic)
-        snapshot = (
-            snapshot_for(record, self.consent, self.status, stale)
-            if consults_state(record, self.ruleset)
-            else None
-        )
-        decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
-        for decision in decisions:
-            extra: tuple[str, ...] = ()
-            if decision.forwarded:
-                key, value = partner_record(decision)
-                if len(value) <= s.max_record_bytes:
-                    produce(producer, self._topic_by_partner[decision.partner], value, key=key)
-                    tally.decisions[(decision.partner, "forward")] += 1
-                    if decision.stripped:
-                        tally.stripped[decision.partner] += len(decision.stripped)
-                    continue
-                extra = (Reason.RECORD_TOO_LARGE.value,)
-            if shared is None:  # built once per input, shared by every partner's blocked copy
-                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
-                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-                shared = (
-                    snapshot_json,
-                    source_fragment(source, raw),
-                    self.payload.protect(raw, source_ref),
-                    hashlib.sha256(raw).hexdigest(),
-                )
-            snapshot_json, source_json, payload, raw_sha256 = shared
-            value, headers = blocked_record(
-                decision,
-                snapshot_json,
-                source,
-                source_json,
-                raw,
-                payload,
-                raw_sha256,
-                s.max_record_bytes,
-                extra,
-            )
-            produce(producer, s.blocked_topic, value, key=source.key, headers=headers)
-            tally.decisions[(decision.partner, "block")] += 1
-            for reason in (*decision.reasons, *extra):
-                tally.reasons[(decision.partner, reason)] += 1
-            if Reason.LEAK_DETECTED in decision.reasons:
-                tally.leaks[decision.partner] += 1
+
+        def sink(topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
+            produce(producer, topic, value, key=key, headers=headers)
+
+        self.decider.emit(message.value(), source, stale, tally, sink)
 
     def _process_batch(
         self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
     ) -> None:
         s = self.settings
         started = time.monotonic()
-        missing = reader.catch_up(s.state_catchup_timeout_ms / 1000)  # P9: after the fetch
-        stale = missing > s.max_state_lag_records or (
-            time.monotonic() - reader.last_caught_up > s.max_state_silence_ms / 1000
-        )
-        if stale:
-            log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
+        stale = self.state.catch_up_before_batch(time.monotonic())  # P9: after the fetch
         tally = BatchTally()
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
@@ -296,9 +200,6 @@ class GuardJob:
                 topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
             )
             self._emit_input(producer, message, source, stale, tally)
-            tally.records_in[topic] += 1
-            if kind:
-                tally.timestamps_ms.append(ts)
         offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         if self._commit(producer, consumer, offsets):
             self._record(tally, started)
@@ -330,18 +231,4 @@ class GuardJob:
             raise
 
     def _record(self, tally: BatchTally, started: float) -> None:
-        m = self.metrics
-        for topic, count in tally.records_in.items():
-            m.records_in.labels(topic).inc(count)
-        for (partner, verdict), count in tally.decisions.items():
-            m.decisions.labels(partner, verdict).inc(count)
-        for (partner, reason), count in tally.reasons.items():
-            m.block_reasons.labels(partner, reason).inc(count)
-        for partner, count in tally.stripped.items():
-            m.fields_stripped.labels(partner).inc(count)
-        for partner, count in tally.leaks.items():
-            m.leaks_caught.labels(partner).inc(count)
-        now_ms = time.time() * 1000
-        for ts in tally.timestamps_ms:
-            m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
-        m.batch_seconds.observe(time.monotonic() - started)
+        tally.apply(self.metrics, time.monotonic() - started)

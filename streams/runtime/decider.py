@@ -1,0 +1,215 @@
+"""The work every engine shares: state tables, deciding one input, and a batch's metrics.
+
+Both engines (the confluent-kafka job in `runtime/job.py`, the Faust app in
+`streams/engines/faust_app.py`) own only their Kafka loop and delivery; everything that
+decides what leaves, and in which format, lives here, once:
+
+- `GuardState`: the consent and sign-up tables fed from their compacted topics — loaded
+  before the first decision (readiness), caught up before each batch (read-your-revocation),
+  and judged stale past the configured bounds (`consent_stale`, fail closed);
+- `RecordDecider`: decode → snapshot → `decide` → partner and blocked records, handed to a
+  `Sink` the engine provides;
+- `BatchTally`: one batch's counts, applied to the metrics once the batch is delivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.core.codec import decode_avro, decode_json
+from streams.core.decide import consults_state, decide
+from streams.core.models import Event, Malformed, StateSnapshot
+from streams.core.reasons import Reason
+from streams.core.rules.ruleset import Ruleset
+from streams.core.schema import event_schema
+from streams.runtime.config import Settings
+from streams.runtime.kafka_io import Headers
+from streams.runtime.metrics import GuardMetrics
+from streams.runtime.payload import PayloadProtector
+from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
+from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.state_reader import StateReader
+
+log = logging.getLogger(__name__)
+NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
+
+# Where an engine sends one output record: (topic, value, key, headers).
+Sink = Callable[[str, bytes, bytes | None, Headers | None], None]
+
+
+@dataclass
+class BatchTally:
+    """Counts of one batch, applied to the metrics only once the batch is delivered."""
+
+    records_in: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stripped: Counter[str] = field(default_factory=Counter)
+    leaks: Counter[str] = field(default_factory=Counter)
+    timestamps_ms: list[int] = field(default_factory=list)
+
+    def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
+        """Add this batch to the metrics."""
+        m = metrics
+        for topic, count in self.records_in.items():
+            m.records_in.labels(topic).inc(count)
+        for (partner, verdict), count in self.decisions.items():
+            m.decisions.labels(partner, verdict).inc(count)
+        for (partner, reason), count in self.reasons.items():
+            m.block_reasons.labels(partner, reason).inc(count)
+        for partner, count in self.stripped.items():
+            m.fields_stripped.labels(partner).inc(count)
+        for partner, count in self.leaks.items():
+            m.leaks_caught.labels(partner).inc(count)
+        now_ms = time.time() * 1000
+        for ts in self.timestamps_ms:
+            m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
+        m.batch_seconds.observe(batch_seconds)
+
+
+class GuardState:
+    """The consent and sign-up status tables and the reader that keeps them current."""
+
+    def __init__(self, settings: Settings, kafka_config: dict[str, Any], metrics: GuardMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.consent = ConsentTable()
+        self.status = SignupStatusTable()
+        self._kafka_config = kafka_config
+        self._invalid_reported: dict[str, int] = {}
+        self._reader: StateReader | None = None
+
+    @property
+    def reader(self) -> StateReader:
+        """The state-topic reader (after `load`)."""
+        if self._reader is None:
+            raise RuntimeError("state not loaded")
+        return self._reader
+
+    def load(self, stopping: Callable[[], bool], beat: Callable[[], None]) -> StateReader:
+        """Read both compacted topics to their end before anything is decided (readiness)."""
+        s = self.settings
+        self._reader = StateReader(
+            self._kafka_config,
+            {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
+            self.metrics,
+        )
+        while not stopping():
+            beat()
+            if self._reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
+                break
+        self.update_gauges()
+        log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
+        return self._reader
+
+    def catch_up_before_batch(self, now: float) -> bool:
+        """Catch up to the state topics' current ends (P9: call after the batch was fetched).
+
+        Returns True when the state is stale: more records missing than allowed, or no
+        complete catch-up for longer than allowed. Stale state blocks (`consent_stale`).
+        """
+        s = self.settings
+        missing = self.reader.catch_up(s.state_catchup_timeout_ms / 1000)
+        stale = missing > s.max_state_lag_records or (
+            now - self.reader.last_caught_up > s.max_state_silence_ms / 1000
+        )
+        if stale:
+            log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
+        return stale
+
+    def update_gauges(self) -> None:
+        """Table sizes and newly seen invalid state records."""
+        s, m = self.settings, self.metrics
+        m.state_entries.labels("consent").set(len(self.consent))
+        m.state_entries.labels("signup_status").set(len(self.status))
+        for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
+            counted = m.state_invalid.labels(topic)
+            counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
+            self._invalid_reported[topic] = table.invalid_records
+
+    def close(self) -> None:
+        """Close the reader."""
+        if self._reader is not None:
+            self._reader.close()
+
+
+class RecordDecider:
+    """Decode, decide and render the outputs of one input record (one per partner)."""
+
+    def __init__(self, settings: Settings, ruleset: Ruleset, payload: PayloadProtector, state: GuardState):
+        self.settings = settings
+        self.ruleset = ruleset
+        self.payload = payload
+        self.state = state
+        self._schema = event_schema()
+        self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
+
+    def decode(self, value: bytes | None, topic: str) -> Event | Malformed:
+        """The event in a raw input value, or why it is malformed."""
+        if self.settings.topic_format(topic) == "avro":
+            return decode_avro(value, self._schema)
+        return decode_json(value)
+
+    def emit(
+        self, value: bytes | None, source: SourceRef, stale: bool, tally: BatchTally, sink: Sink
+    ) -> None:
+        """Decide one input record and send its outputs, one per partner, to `sink`."""
+        s = self.settings
+        raw = value or b""
+        record = self.decode(value, source.topic)
+        snapshot = (
+            snapshot_for(record, self.state.consent, self.state.status, stale)
+            if consults_state(record, self.ruleset)
+            else None
+        )
+        decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
+        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
+        for decision in decisions:
+            extra: tuple[str, ...] = ()
+            if decision.forwarded:
+                key, forwarded = partner_record(decision)
+                if len(forwarded) <= s.max_record_bytes:
+                    sink(self.topic_by_partner[decision.partner], forwarded, key, None)
+                    tally.decisions[(decision.partner, "forward")] += 1
+                    if decision.stripped:
+                        tally.stripped[decision.partner] += len(decision.stripped)
+                    continue
+                extra = (Reason.RECORD_TOO_LARGE.value,)
+            if shared is None:  # built once per input, shared by every partner's blocked copy
+                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
+                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+                shared = (
+                    snapshot_json,
+                    source_fragment(source, raw),
+                    self.payload.protect(raw, source_ref),
+                    hashlib.sha256(raw).hexdigest(),
+                )
+            snapshot_json, source_json, payload, raw_sha256 = shared
+            blocked, headers = blocked_record(
+                decision,
+                snapshot_json,
+                source,
+                source_json,
+                raw,
+                payload,
+                raw_sha256,
+                s.max_record_bytes,
+                extra,
+            )
+            sink(s.blocked_topic, blocked, source.key, headers)
+            tally.decisions[(decision.partner, "block")] += 1
+            for reason in (*decision.reasons, *extra):
+                tally.reasons[(decision.partner, reason)] += 1
+            if Reason.LEAK_DETECTED in decision.reasons:
+                tally.leaks[decision.partner] += 1
+        tally.records_in[source.topic] += 1
+        if source.timestamp_ms is not None:
+            tally.timestamps_ms.append(source.timestamp_ms)
