@@ -12,7 +12,6 @@ import typer
 
 from streams.audit.commands import replay_app
 from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit
-from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
 from streams.runtime.secrets import MissingKeyError, load_keys
 
 app = typer.Typer(
@@ -121,46 +120,36 @@ def run_command(
     keys_dir: Annotated[
         Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
     ] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="kafka (confluent-kafka, the default) or faust")
+    ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.config import ConfigError, load_settings
-    from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
+    from streams.runtime.startup import StartupError, prepare
 
     configure_logging()
     try:
-        settings = load_settings(
-            config, rules_dir=rules, create_topics=create_topics or None, dev=dev or None, keys_dir=keys_dir
+        setup = prepare(
+            config,
+            rules_dir=rules,
+            create_topics=create_topics or None,
+            dev=dev or None,
+            keys_dir=keys_dir,
+            engine=engine,
         )
-    except ConfigError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    ruleset = load_ruleset_or_exit(settings.rules_dir)
-    try:
-        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
-    except MissingKeyError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    if loaded.ephemeral:
-        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
-    try:
-        payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
-    except PayloadKeyError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
+        for notice in setup.notices:
+            err.print(notice, highlight=False, markup=False)
+        if setup.settings.engine == "faust":
+            from streams.engines.faust_app import run_worker
 
+            raise typer.Exit(run_worker(setup))
+    except StartupError as exc:
+        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    from streams.runtime.job import GuardJob
 
-def _payload_protector(mode: PayloadMode, keys_file: Path | None, dev: bool) -> PayloadProtector:
-    if mode == "full":
-        return PayloadProtector("full")
-    try:
-        return PayloadProtector(mode, Keyring.load(keys_file))
-    except PayloadKeyError:
-        if not dev:
-            raise
-        err.print(f"--dev: ephemeral payload key for '{mode}' blocked records")
-        return PayloadProtector(mode, Keyring.ephemeral())
+    raise typer.Exit(GuardJob(setup.settings, setup.ruleset, payload=setup.payload).run())
 
 
 @app.command("demo")

@@ -85,9 +85,15 @@ class Settings(BaseSettings):
     create_topics: bool = False
     partitions: int = Field(3, ge=1)
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough")
+    engine: Literal["kafka", "faust"] = Field("kafka", description="kafka (confluent-kafka) or faust")
+    faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    faust_accepted_gaps: Annotated[list[Literal["P8"]], NoDecode] = Field(
+        default_factory=list, description="promises the operator accepts the Faust engine cannot keep"
+    )
 
     _split_topics = field_validator("input_topics", mode="before")(_split_csv)
     _split_formats = field_validator("input_formats", mode="before")(_split_pairs)
+    _split_gaps = field_validator("faust_accepted_gaps", mode="before")(_split_csv)
 
     @field_validator("kafka")
     @classmethod

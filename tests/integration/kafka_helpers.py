@@ -155,8 +155,13 @@ def start_guard(
     group: str,
     extra_env: dict[str, str] | None = None,
     transactional_id: str | None = None,
+    engine: str = "kafka",
 ) -> GuardProcess:
-    """Start `partner-guard run --create-topics` against the broker."""
+    """Start `partner-guard run --create-topics --engine ENGINE` against the broker.
+
+    The Faust engine runs at least once here (the embedded broker refuses aiokafka's
+    transactions), which it only does with promise P8's gap acknowledged.
+    """
     port = free_port()
     log_path = tmp / f"guard-{port}.log"
     env = {
@@ -174,8 +179,10 @@ def start_guard(
     }
     if transactional_id:
         env["PARTNER_GUARD_TRANSACTIONAL_ID"] = transactional_id
+    if engine == "faust":
+        env.setdefault("PARTNER_GUARD_FAUST_ACCEPTED_GAPS", "P8")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "run", "--create-topics"],
+        [sys.executable, "-m", "streams", "run", "--create-topics", "--engine", engine],
         env=env,
         stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
