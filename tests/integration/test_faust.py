@@ -32,3 +32,23 @@ def test_faust_conservation_no_leaks_and_metrics_agree(
     faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     test_job.test_conservation_no_leaks_and_metrics_agree(broker, tmp_path)
+
+
+def test_faust_read_your_revocation_100_times(
+    faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    test_job.test_read_your_revocation_100_times(broker, tmp_path)
+
+
+def test_faust_poison_records_are_blocked_and_the_worker_keeps_running(
+    faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    test_job.test_poison_records_are_blocked_and_the_job_keeps_running(broker, tmp_path)
+
+
+def test_faust_sigkill_mid_stream_loses_nothing(faust_engine: None, broker: EmbeddedBroker, tmp_path: Path) -> None:
+    test_job.test_sigkill_mid_stream_loses_nothing(broker, tmp_path)
+
+
+def test_faust_sigterm_exits_cleanly(faust_engine: None, broker: EmbeddedBroker, tmp_path: Path) -> None:
+    test_job.test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker, tmp_path)
