@@ -27,8 +27,9 @@ test: lint typecheck
 	$(BIN)/partner-guard rules test rules
 	$(BIN)/pytest -q
 
+ENGINE ?= kafka
 demo: $(STAMP)
-	$(BIN)/partner-guard demo
+	$(BIN)/partner-guard demo --engine $(ENGINE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_decide.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,14 @@ import typer
 from streams.audit.commands import replay_app
 from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit
 from streams.runtime.secrets import MissingKeyError, load_keys
+
+
+class Engine(enum.StrEnum):
+    """Which engine runs the guard (both run the same decision path)."""
+
+    KAFKA = "kafka"
+    FAUST = "faust"
+
 
 app = typer.Typer(
     help="partner-guard: only what the privacy statement promises reaches ad partners.",
@@ -121,7 +130,7 @@ def run_command(
         Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
     ] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="kafka (confluent-kafka, the default) or faust")
+        Engine | None, typer.Option("--engine", help="kafka (confluent-kafka, the default) or faust")
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
@@ -136,7 +145,7 @@ def run_command(
             create_topics=create_topics or None,
             dev=dev or None,
             keys_dir=keys_dir,
-            engine=engine,
+            engine=engine.value if engine else None,
         )
         for notice in setup.notices:
             err.print(notice, highlight=False, markup=False)
@@ -162,12 +171,13 @@ def demo_command(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="guard metrics port (0 = free)")] = 0,
     rules: RulesOpt = Path("rules"),
     seed: Annotated[int, typer.Option("--seed", help="generator seed")] = 7,
+    engine: Annotated[Engine, typer.Option("--engine", help="the guard's engine")] = Engine.KAFKA,
 ) -> None:
     """First run: embedded broker, synthetic traffic, the real guard, a summary and a leak scan."""
     from streams.demo.run import run_demo
 
     load_ruleset_or_exit(rules)
-    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed))
+    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed, engine.value))
 
 
 @app.command("broker")

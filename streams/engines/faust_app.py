@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -102,6 +104,7 @@ class FaustGuard:
             processing_guarantee=s.faust_processing_guarantee,
             web_enabled=False,  # /metrics, /healthz, /readyz come from the guard's own server
             store="memory://",
+            datadir=Path(tempfile.gettempdir()) / f"partner-guard-faust-{s.group_id}",  # no tables kept
             autodiscover=False,
             topic_disable_leader=True,
             topic_allow_declare=False,  # `create_topics` creates them, the state topics compacted
@@ -244,7 +247,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     import os
     import sys
-    from pathlib import Path
 
     from streams.runtime.startup import prepare
 
