@@ -6,6 +6,7 @@ Pipelines, one process each, reading the same input topic (3 partitions):
   passthrough   confluent-kafka consume -> produce, bytes untouched
   json strip    orjson decode, drop context/user/properties, encode
   guard         `partner-guard run` (real rules, transactions on, realistic mix)
+  guard, faust  `partner-guard run --engine faust` (same decisions, at least once)
 Prints records/s for each and the guard's ratio to the json-strip baseline, then offers the
 guard half of its measured peak for 20 s and prints the p99 end-to-end latency.
 """
@@ -120,7 +121,7 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
     return float("nan")
 
 
-def _start_guard(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_guard(bootstrap: str, workdir: Path, engine: str = "kafka") -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
@@ -133,10 +134,11 @@ def _start_guard(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes]
         "PARTNER_GUARD_TRANSACTIONAL_ID": "bench-guard-0",
         "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "bench-key-install-attribution",
         "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "bench-key-signup-conversions",
+        "PARTNER_GUARD_FAUST_ACCEPTED_GAPS": "P8",  # the embedded broker: Faust runs at least once
     }
     log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - the child owns it
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "run", "--create-topics"],
+        [sys.executable, "-m", "streams", "run", "--create-topics", "--engine", engine],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -200,11 +202,19 @@ def main(count: int = 200_000) -> None:
         finally:
             process.terminate()
             process.wait(30)
+        process, port = _start_guard(broker.bootstrap, Path(tmp), engine="faust")
+        try:
+            faust = _guard_throughput(process, port, count, Path(tmp))
+        finally:
+            process.terminate()
+            process.wait(30)
     print(f"records: {count} (~{count // 1000}k), 3 partitions, embedded broker, one process each")
     print(f"passthrough (bytes untouched)   {passthrough:10,.0f} records/s")
     print(f"json strip                      {strip:10,.0f} records/s")
     print(f"partner-guard (tx, real rules)  {guard:10,.0f} records/s")
+    print(f"partner-guard, faust engine     {faust:10,.0f} records/s")
     print(f"ratio guard / json strip: {guard / strip:.3f}   (target >= 0.6)")
+    print(f"ratio faust engine / guard: {faust / guard:.3f}")
     print(f"ratio guard / passthrough: {guard / passthrough:.3f}")
     print(
         f"p99 end-to-end latency at half of peak ({guard / 2:,.0f} records/s): <= {p99 * 1000:.0f} ms "
