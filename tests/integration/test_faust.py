@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.broker.embedded import EmbeddedBroker
+from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
 from tests.integration import test_job
-from tests.integration.kafka_helpers import PARTNERS, produce, read_topic, seed_population, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    ROOT,
+    GuardProcess,
+    produce,
+    read_topic,
+    seed_population,
+    start_guard,
+)
 from tests.integration.test_job import INPUT, _event_ids, _outcomes, _wait_consumed, _wait_idle
 
 pytestmark = pytest.mark.integration
@@ -142,11 +153,11 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
 def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
-    events = list(generator.events(12_000))
+    events = list(generator.events(8_000))
     first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
     first.wait_ready()
     produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 3_000)
+    _wait_consumed(first, 2_000)
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
     second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
@@ -173,3 +184,41 @@ def test_faust_refuses_at_least_once_unless_acknowledged(broker: EmbeddedBroker,
     )
     assert guard.process.wait(timeout=60) == 2
     assert "P8" in guard.log() and "faust_accepted_gaps" in guard.log()
+
+
+def test_faust_cli_runs_the_app_from_the_settings(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """`faust -A streams.engines.faust_app worker` builds the guard from PARTNER_GUARD_* and YAML."""
+    generator = seed_population(broker.bootstrap, INPUT, 200, 3)
+    events = list(generator.events(300))
+    port = free_port()
+    config = tmp_path / "guard.yaml"
+    config.write_text(f"group_id: faust-cli\nmetrics_port: {port}\nfaust_accepted_gaps: [P8]\n")
+    env = {
+        **os.environ,
+        **KEY_ENV,
+        "PARTNER_GUARD_CONFIG": str(config),
+        "PARTNER_GUARD_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
+        "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
+        "PARTNER_GUARD_CREATE_TOPICS": "true",
+        "PARTNER_GUARD_RULES_DIR": str(ROOT / "rules"),
+    }
+    log_path = tmp_path / "faust-cli.log"
+    faust_cli = Path(sys.executable).with_name("faust")
+    process = subprocess.Popen(
+        [str(faust_cli), "-A", "streams.engines.faust_app", "worker", "-l", "info"],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
+    guard = GuardProcess(process, port, log_path)
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, events)
+        _wait_consumed(guard, len(events))
+        forwarded = guard.metric_value("partner_guard_decisions_total", verdict="forward")
+        blocked = guard.metric_value("partner_guard_decisions_total", verdict="block")
+        assert forwarded + blocked == len(events) * len(PARTNERS)
+    finally:
+        assert guard.stop() == 0

@@ -1,0 +1,61 @@
+"""The Faust engine's start checks and metadata conversions (no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.engines.faust_app import _timestamp_ms, check_promises
+from streams.runtime.config import load_settings
+from streams.runtime.startup import StartupError, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_at_least_once_refuses_without_the_p8_acknowledgement() -> None:
+    settings = load_settings(bootstrap_servers="b:9092", engine="faust")
+    with pytest.raises(StartupError, match="P8"):
+        check_promises(settings)
+
+
+def test_at_least_once_starts_with_p8_acknowledged_and_exactly_once_needs_none() -> None:
+    check_promises(load_settings(bootstrap_servers="b:9092", faust_accepted_gaps=["P8"]))
+    check_promises(load_settings(bootstrap_servers="b:9092", faust_processing_guarantee="exactly_once"))
+
+
+def test_acknowledged_gaps_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARTNER_GUARD_FAUST_ACCEPTED_GAPS", "P8")
+    assert load_settings(bootstrap_servers="b:9092").faust_accepted_gaps == ["P8"]
+    monkeypatch.setenv("PARTNER_GUARD_FAUST_ACCEPTED_GAPS", "P1")
+    with pytest.raises(Exception, match="faust_accepted_gaps"):
+        load_settings(bootstrap_servers="b:9092")
+
+
+def test_librdkafka_passthrough_refuses_the_faust_engine() -> None:
+    settings = load_settings(
+        bootstrap_servers="b:9092", faust_accepted_gaps=["P8"], kafka={"security.protocol": "SASL_SSL"}
+    )
+    with pytest.raises(StartupError, match=r"security\.protocol"):
+        check_promises(settings)
+
+
+def test_startup_refuses_a_missing_key_for_every_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION", "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StartupError, match="key"):
+        prepare(None, bootstrap_servers="b:9092", rules_dir=ROOT / "rules", engine="faust")
+    assert prepare(None, bootstrap_servers="b:9092", rules_dir=ROOT / "rules", dev=True).notices
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "kind", "expected"),
+    [
+        (1795000000.123, 0, 1795000000123),
+        (1795000000.123, 1, 1795000000123),
+        (None, 0, None),
+        (5.0, -1, None),
+    ],
+)
+def test_faust_timestamps_back_to_epoch_ms(timestamp: float | None, kind: int, expected: int | None) -> None:
+    assert _timestamp_ms(timestamp, kind) == expected
