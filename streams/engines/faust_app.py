@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Sequence
@@ -53,6 +54,7 @@ COMMIT_INTERVAL_S = 1.0
 # How often the idle worker applies new state records (between batches the agent waits).
 STATE_POLL_INTERVAL_S = 0.5
 GAUGE_INTERVAL_S = 5.0
+EXIT_BATCH_FAILED = 3  # as the kafka engine's fatal errors: a supervisor restarts the worker
 # Faust acknowledges a timestamp type of 0 (CreateTime) or 1 (LogAppendTime); none is -1/None.
 NO_TIMESTAMP_MS = -1
 
@@ -163,12 +165,19 @@ class FaustGuard:
     async def _agent(self, stream: StreamT[bytes]) -> None:
         """Load the state, then decide batch after batch."""
         s = self.settings
-        await self._load_state()
         try:
+            await self._load_state()
             assert isinstance(stream, faust.Stream)  # take_events is not on the StreamT interface
             async for events in stream.take_events(s.batch_size, within=s.batch_timeout_ms / 1000):
-                await self._process_batch(events)
-        finally:
+                try:
+                    await self._process_batch(events)
+                except Exception as exc:
+                    # Faust acknowledges a batch's events even when its body raised, and would
+                    # commit them: exit before anything commits, so a restart re-delivers them.
+                    log.error("batch failed (%s): exiting without committing it", type(exc).__name__)
+                    os._exit(EXIT_BATCH_FAILED)
+        finally:  # stopping (or crashing): not ready, and a state load in progress gives up
+            self.stopping = True
             self.ready = False
             self.metrics.ready.set(0)
 
@@ -245,7 +254,6 @@ def __getattr__(name: str) -> Any:
     """`faust -A streams.engines.faust_app` asks for `app`: build it from the settings."""
     if name != "app":
         raise AttributeError(name)
-    import os
     import sys
 
     from streams.runtime.startup import prepare
