@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faust
 import pytest
 
 from streams.engines.faust_app import _timestamp_ms, check_promises
+from streams.engines.faust_auth import broker_credentials
 from streams.runtime.config import load_settings
 from streams.runtime.startup import StartupError, prepare
 
@@ -32,12 +34,28 @@ def test_acknowledged_gaps_read_from_the_environment(monkeypatch: pytest.MonkeyP
         load_settings(bootstrap_servers="b:9092")
 
 
-def test_librdkafka_passthrough_refuses_the_faust_engine() -> None:
-    settings = load_settings(
-        bootstrap_servers="b:9092", faust_accepted_gaps=["P8"], kafka={"security.protocol": "SASL_SSL"}
+def test_security_properties_become_faust_credentials() -> None:
+    assert broker_credentials({}) is None
+    sasl = broker_credentials(
+        {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u"}
     )
-    with pytest.raises(StartupError, match=r"security\.protocol"):
-        check_promises(settings)
+    assert isinstance(sasl, faust.SASLCredentials) and sasl.mechanism.value == "SCRAM-SHA-512"
+    assert sasl.username == "u" and sasl.ssl_context is None
+    tls = broker_credentials({"security.protocol": "SSL"})
+    assert isinstance(tls, faust.SSLCredentials)
+
+
+@pytest.mark.parametrize(
+    "kafka",
+    [
+        {"socket.keepalive.enable": "true"},  # not translated: would silently not apply
+        {"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"},
+        {"security.protocol": "TLS"},
+    ],
+)
+def test_untranslatable_properties_refuse_the_faust_engine(kafka: dict[str, str]) -> None:
+    with pytest.raises(StartupError):
+        broker_credentials(kafka)
 
 
 def test_startup_refuses_a_missing_key_for_every_engine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 
+from streams.engines.faust_auth import broker_credentials
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.kafka_io import Headers
@@ -61,12 +62,6 @@ NO_TIMESTAMP_MS = -1
 
 def check_promises(settings: Settings) -> None:
     """Refuse a Faust start that weakens a promise the operator has not acknowledged."""
-    if settings.kafka:
-        names = ", ".join(sorted(settings.kafka))
-        raise StartupError(
-            f"the Faust engine does not translate librdkafka properties ({names}); "
-            "use the kafka engine, or remove them"
-        )
     if settings.faust_processing_guarantee == "at_least_once" and "P8" not in settings.faust_accepted_gaps:
         raise StartupError(
             "the Faust engine with faust_processing_guarantee=at_least_once re-delivers after a crash "
@@ -94,7 +89,8 @@ class FaustGuard:
         self.heartbeat = Heartbeat()
         self.ready = False
         self.stopping = False
-        self.kafka_base: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers}
+        credentials = broker_credentials(s.kafka)  # refuses properties aiokafka would not apply
+        self.kafka_base: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers, **s.kafka}
         self.state = GuardState(s, self.kafka_base, self.metrics)
         self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state)
         self._state_lock = asyncio.Lock()
@@ -103,6 +99,7 @@ class FaustGuard:
         self.app = faust.App(
             s.group_id,
             broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
+            broker_credentials=credentials,
             processing_guarantee=s.faust_processing_guarantee,
             web_enabled=False,  # /metrics, /healthz, /readyz come from the guard's own server
             store="memory://",
