@@ -56,7 +56,7 @@ COMMIT_INTERVAL_S = 1.0
 STATE_POLL_INTERVAL_S = 0.5
 GAUGE_INTERVAL_S = 5.0
 EXIT_BATCH_FAILED = 3  # as the kafka engine's fatal errors: a supervisor restarts the worker
-# Faust acknowledges a timestamp type of 0 (CreateTime) or 1 (LogAppendTime); none is -1/None.
+# aiokafka's timestamp types: 0 CreateTime, 1 LogAppendTime, -1 (or None) no timestamp.
 NO_TIMESTAMP_MS = -1
 
 
