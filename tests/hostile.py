@@ -224,7 +224,7 @@ def opt_out_case(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     elif kind == "usp":
         signals["us_privacy"] = draw(st.sampled_from(["1YYN", "1NYY", "1-Y-"]))
     elif kind == "gpp":
-        signals["gpp"] = "DBABL~CVVVAAAAAAAA"
+        signals["gpp"] = "DBABL~CVVVAAAAAACA"
     elif kind == "gpp_gpc":
         signals["gpp"] = "DBABLA~CVVVkkkkkpFY.YA"
     elif kind == "kids":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -183,3 +184,61 @@ def test_leak_scan_alone_keeps_p1_and_p6(tmp_path_factory: Any) -> None:
 
     check()
     assert verdicts.get("leak_detected", 0) > 0 and verdicts.get("forward", 0) > 0, verdicts
+
+
+HOSTILE_PATHS = [
+    ("event_time",),
+    ("event_id",),
+    ("account_id",),
+    ("device", "device_id"),
+    ("device", "limit_ad_tracking"),
+    ("context", "country"),
+    ("context", "consent", "gpc"),
+    ("context", "consent", "tcf"),
+    ("context", "consent", "gpp"),
+    ("context", "consent", "us_privacy"),
+    ("user", "kids_profile"),
+    ("properties", "campaign_id"),
+    ("properties", "install_source"),
+]
+hostile_scalar = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30, 253_402_300_800_000, -62_135_596_800_001]),
+    st.floats(),
+    st.text(max_size=40),
+    st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "acct-000123\u200b", " x"]),
+    st.none(),
+)
+hostile_json = st.recursive(
+    hostile_scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hostile_case(),
+    st.lists(st.tuples(st.sampled_from(HOSTILE_PATHS), hostile_json), max_size=3),
+    st.booleans(),
+)
+def test_p5_type_swaps_huge_numbers_and_duplicates_never_raise(
+    ruleset: Ruleset, case: dict[str, Any], swaps: list[tuple[tuple[str, ...], Any]], duplicate: bool
+) -> None:
+    """Whatever a field holds, every partner gets exactly one decision, and forwards serialize."""
+    for path, value in swaps:
+        node = case["event"]
+        for part in path[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part), dict | None) else {}
+        node[path[-1]] = value
+    line = json.dumps(case).encode()  # the standard library writes what orjson cannot (2**80, NaN)
+    if duplicate:  # the same key twice: the guard must not pick the value it likes
+        line = line[:-1] + b',"event":{"event_id":"x","event_type":"app_open","event_time":1}}'
+    decisions = decide_line(line, ruleset)
+    assert [d.partner for d in decisions] == list(ruleset.partners)
+    for decision in decisions:
+        assert decision.forwarded or decision.reasons
+        if duplicate:
+            assert decision.reasons == ("malformed",)
+        orjson.dumps(decision.record)

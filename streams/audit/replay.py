@@ -16,6 +16,7 @@ from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadTamperedError, reveal
+from streams.runtime.records import CONTAINED_ERROR_DETAIL
 
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found"]
 SHELL_REASONS = frozenset({Reason.RECORD_TOO_LARGE.value})
@@ -98,7 +99,26 @@ def _decision_for(decisions: list[Decision], partner: str) -> Decision | None:
 def verify_one(
     blocked: dict[str, Any], library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None = None
 ) -> Outcome:
-    """Re-decide one blocked record under the ruleset that decided it (and optionally another)."""
+    """Re-decide one blocked record under the ruleset that decided it (and optionally another).
+
+    Never raises: a record that cannot be re-decided is reported, and the replay goes on.
+    """
+    try:
+        return _verify_one(blocked, library, keyring, whatif)
+    except Exception as exc:
+        return Outcome(blocked, "mismatch", f"could not re-decide: {type(exc).__name__}")
+
+
+def _contained_by_the_job(blocked: dict[str, Any]) -> bool:
+    details = blocked.get("details") or []
+    return bool(details) and str(details[0]).startswith(CONTAINED_ERROR_DETAIL)
+
+
+def _verify_one(
+    blocked: dict[str, Any], library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None
+) -> Outcome:
+    if _contained_by_the_job(blocked):
+        return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
     try:

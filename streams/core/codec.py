@@ -1,16 +1,34 @@
-"""Decoding input bytes into validated events. Nothing raises: bad input becomes `Malformed`."""
+"""Decoding input bytes into validated events. Nothing raises: bad input becomes `Malformed`.
+
+JSON is parsed strictly, the way no two parsers can read differently: a duplicate key in
+any object, `NaN`/`Infinity`, nesting deeper than 200 levels or a number of more than 4,300
+digits is malformed (jiter refuses them while parsing, before anything is built); then the
+event model checks types strictly (no boolean for a number or time).
+"""
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
-from pydantic import ValidationError
+import jiter
+from pydantic import BaseModel, ValidationError
 
 from streams.core.models import Event, Malformed
 
 CONFLUENT_MAGIC = 0
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_strict_json(raw: bytes) -> Any:
+    """Parse JSON, refusing duplicate keys and non-finite literals; raises `ValueError`."""
+    return jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False)
+
+
+def _json_error(exc: ValueError) -> str:
+    """A payload-free description of a JSON parse error (jiter's message names the key)."""
+    return "duplicate key in a JSON object" if "duplicate key" in str(exc) else "not valid JSON"
 
 
 def _error_summary(exc: ValidationError) -> str:
@@ -27,21 +45,26 @@ def event_from_object(obj: Any, raw: bytes) -> Event | Malformed:
         return Event.model_validate(obj)
     except ValidationError as exc:
         return Malformed(raw, _error_summary(exc))
+    except Exception as exc:  # no input may raise past the codec, whatever a validator does
+        return Malformed(raw, f"invalid event: {type(exc).__name__}")
 
 
 def decode_json(raw: bytes | None) -> Event | Malformed:
-    """Decode one JSON event (parsed and validated in one pass by pydantic-core)."""
+    """Decode one JSON event: strict parse (duplicate keys refused), then strict validation."""
     if not raw:
         return Malformed(raw or b"", "empty record")
     try:
-        return Event.model_validate_json(raw)
-    except ValidationError as exc:
-        kinds = {err["type"] for err in exc.errors()}
-        if "json_invalid" in kinds:
-            return Malformed(raw, "not valid JSON")
-        if "model_type" in kinds:
-            return Malformed(raw, "event is not a JSON object")
-        return Malformed(raw, _error_summary(exc))
+        obj = parse_strict_json(raw)
+    except ValueError as exc:
+        return Malformed(raw, _json_error(exc))
+    except Exception as exc:  # defensive: the parser is native code
+        return Malformed(raw, f"not valid JSON: {type(exc).__name__}")
+    return event_from_object(obj, raw)
+
+
+def decode_state_record(raw: bytes, model: type[_Model]) -> _Model:
+    """Strictly decode one state record (consent or sign-up status); raises `ValueError`."""
+    return model.model_validate(parse_strict_json(raw))
 
 
 def drop_nulls(value: Any) -> Any:

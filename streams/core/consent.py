@@ -56,9 +56,18 @@ EEA = frozenset(
 GDPR_REGIONS = EEA | {"GB", "CH", "EU", "EEA"}
 
 
+# Why 1,024: CMP strings repeat across a user's events and are rarely longer than a few
+# hundred characters; memoizing longer ones would let a few records pin megabytes.
+MEMO_MAX_CHARS = 1_024
+
+
 @dataclass(frozen=True, slots=True)
 class EffectiveConsent:
-    """Everything the consent checks need, already reduced to the most restrictive value."""
+    """Everything the consent checks need, already reduced to the most restrictive value.
+
+    Where several signals answer one question, all of them are kept (`jurisdictions`,
+    `tcf`) or folded so that any "no" wins.
+    """
 
     records_found: int
     gpc: bool
@@ -68,8 +77,8 @@ class EffectiveConsent:
     ad_cookies: str | None
     matched_identifier_opt_out: bool | None
     limit_ad_tracking: bool
-    jurisdiction: str | None
-    tcf: TCString | None
+    jurisdictions: tuple[str, ...]
+    tcf: tuple[TCString, ...]
     us_privacy_opt_out: bool
     gpp_opt_out: bool
     gpp_known_child: bool
@@ -78,8 +87,13 @@ class EffectiveConsent:
 
     @property
     def gdpr_applies(self) -> bool:
-        """True when the event falls under the GDPR (EEA, UK, Switzerland)."""
-        return self.jurisdiction in GDPR_REGIONS
+        """True when any jurisdiction the event falls under is under the GDPR (EEA, UK, Switzerland)."""
+        return any(j in GDPR_REGIONS for j in self.jurisdictions)
+
+    @property
+    def tcf_unparseable(self) -> bool:
+        """True when a TC string was present (alone or inside GPP) but could not be decoded."""
+        return any(u in ("tcf", "gpp.tcfeuv2") for u in self.unparseable)
 
 
 def subjects_of(event: Event) -> tuple[str, ...]:
@@ -108,23 +122,31 @@ def _any_true(values: Iterable[bool | None]) -> bool | None:
     return False if seen else None
 
 
-def _jurisdiction(event: Event, records: tuple[ConsentRecord, ...]) -> str | None:
+def _jurisdictions(event: Event, records: tuple[ConsentRecord, ...]) -> tuple[str, ...]:
+    """Every jurisdiction the event's country and its matching stored records name (event first)."""
+    found: list[str] = []
     country = event.context.country if event.context else None
     if country:
-        return country.strip().upper()
+        found.append(country.strip().upper())
     for record in records:
         if record.jurisdiction:
-            return record.jurisdiction.split("-")[0].strip().upper()
-    return None
+            found.append(record.jurisdiction.split("-")[0].strip().upper())
+    return tuple(dict.fromkeys(found))
 
 
-@lru_cache(maxsize=8192)
-def _tcf(text: str) -> TCString | None:
-    """Decoded TC string, None when unparseable (memoized: CMP strings repeat a lot)."""
+def _decode_tcf(text: str) -> TCString | None:
     try:
         return decode_tc_string(text)
     except SignalError:
         return None
+
+
+_decode_tcf_memo = lru_cache(maxsize=8192)(_decode_tcf)
+
+
+def _tcf(text: str) -> TCString | None:
+    """Decoded TC string, None when unparseable (short strings memoized: CMP strings repeat)."""
+    return _decode_tcf_memo(text) if len(text) <= MEMO_MAX_CHARS else _decode_tcf(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +159,8 @@ class _GppView:
     unsupported: tuple[int, ...]
 
 
-@lru_cache(maxsize=8192)
-def _gpp(text: str) -> _GppView | None:
-    """What a GPP string says, None when unparseable (memoized)."""
+def _decode_gpp(text: str) -> _GppView | None:
+    """What a GPP string says, None when unparseable."""
     opted_out = child = gpc = False
     tcf_text: str | None = None
     us_privacy: list[str] = []
@@ -164,6 +185,14 @@ def _gpp(text: str) -> _GppView | None:
     return _GppView(opted_out, child, gpc, tcf_text, tuple(us_privacy), tuple(unsupported))
 
 
+_decode_gpp_memo = lru_cache(maxsize=8192)(_decode_gpp)
+
+
+def _gpp(text: str) -> _GppView | None:
+    """What a GPP string says, None when unparseable (short strings memoized)."""
+    return _decode_gpp_memo(text) if len(text) <= MEMO_MAX_CHARS else _decode_gpp(text)
+
+
 def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent:
     """Reduce the event's signals and matching stored records to one restrictive view."""
     subjects = subjects_of(event)
@@ -172,14 +201,15 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
     device = event.device
     unparseable: list[str] = []
 
-    tcf_text = signals.tcf if signals else None
+    tcf_texts = [("tcf", signals.tcf)] if signals and signals.tcf else []
     us_privacy_texts = [signals.us_privacy] if signals and signals.us_privacy else []
     gpp = _gpp(signals.gpp) if signals and signals.gpp else None
     if signals and signals.gpp and gpp is None:
         unparseable.append("gpp")
     if gpp is not None:
         us_privacy_texts.extend(gpp.us_privacy_texts)
-        tcf_text = tcf_text or gpp.tcf_text
+        if gpp.tcf_text is not None:  # counted as well as the event's own TC string, never instead
+            tcf_texts.append(("gpp.tcfeuv2", gpp.tcf_text))
 
     us_privacy_opt_out = False
     for text in us_privacy_texts:
@@ -188,9 +218,13 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
         except SignalError:
             unparseable.append("us_privacy")
 
-    tcf = _tcf(tcf_text) if tcf_text else None
-    if tcf_text and tcf is None:
-        unparseable.append("tcf")
+    tcf: list[TCString] = []
+    for source, text in tcf_texts:
+        decoded = _tcf(text)
+        if decoded is None:
+            unparseable.append(source)
+        else:
+            tcf.append(decoded)
 
     ad_id = device.ad_id if device else None
     limit_ad_tracking = bool(device and device.limit_ad_tracking) or ad_id == ZERO_AD_ID
@@ -204,11 +238,11 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
         ad_cookies=_most_restrictive_grant([event_cookies, *(r.ad_cookies for r in records)]),
         matched_identifier_opt_out=_any_true(r.matched_identifier_opt_out for r in records),
         limit_ad_tracking=limit_ad_tracking,
-        jurisdiction=_jurisdiction(event, records),
-        tcf=tcf,
+        jurisdictions=_jurisdictions(event, records),
+        tcf=tuple(tcf),
         us_privacy_opt_out=us_privacy_opt_out,
         gpp_opt_out=bool(gpp and gpp.opted_out),
         gpp_known_child=bool(gpp and gpp.known_child),
         gpp_unsupported_sections=gpp.unsupported if gpp else (),
-        unparseable=tuple(unparseable),
+        unparseable=tuple(dict.fromkeys(unparseable)),
     )

@@ -8,6 +8,7 @@ from streams.core.rules.ruleset import CompiledRule
 ALWAYS_POSSIBLE = frozenset(
     {
         Reason.MALFORMED,
+        Reason.UNKNOWN_SIGNAL,
         Reason.EVENT_TYPE_NOT_ALLOWED,
         Reason.CONSENT_STALE,
         Reason.KIDS_PROFILE,

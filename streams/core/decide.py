@@ -105,12 +105,13 @@ def _consent_reasons(
     elif web and consent.ad_cookies is None and need.ad_cookies_on_web == "required":
         details.append("consent_missing: ad_cookies")
         yield Reason.CONSENT_MISSING
-    if need.tcf is not None and consent.gdpr_applies and "tcf" not in consent.unparseable:
-        if consent.tcf is None:
+    if need.tcf is not None and consent.gdpr_applies and not consent.tcf_unparseable:
+        if not consent.tcf:
             details.append("consent_missing: tcf")
             yield Reason.CONSENT_MISSING
-        else:
-            denied = [p for p in need.tcf.purposes if not consent.tcf.allows(need.tcf.vendor_id, p)]
+        else:  # every TC string the event carries must grant: any one that denies blocks
+            vendor = need.tcf.vendor_id
+            denied = [p for p in need.tcf.purposes if not all(tc.allows(vendor, p) for tc in consent.tcf)]
             if denied:
                 details.append(f"tcf purposes without legal basis: {denied}")
                 yield Reason.CONSENT_TCF_DENIED
@@ -119,19 +120,23 @@ def _consent_reasons(
 def _condition_holds(
     rule: CompiledRule, event: Event, consent: EffectiveConsent, snapshot: StateSnapshot
 ) -> Reason | None:
+    """The condition must hold for every jurisdiction the event falls under (any "no" blocks)."""
     if rule.condition is None:
         return None
-    consent_view = {
-        "jurisdiction": consent.jurisdiction or "",
-        "gdpr_applies": consent.gdpr_applies,
-        "limit_ad_tracking": consent.limit_ad_tracking,
-    }
     status = snapshot.signup_status.status if snapshot.signup_status else ""
-    try:
-        holds = rule.condition.holds(event, consent_view, status)
-    except ConditionError:
-        return Reason.RULE_CONDITION_ERROR
-    return None if holds else Reason.RULE_CONDITION_FALSE
+    for jurisdiction in consent.jurisdictions or ("",):
+        consent_view = {
+            "jurisdiction": jurisdiction,
+            "gdpr_applies": consent.gdpr_applies,
+            "limit_ad_tracking": consent.limit_ad_tracking,
+        }
+        try:
+            holds = rule.condition.holds(event, consent_view, status)
+        except ConditionError:
+            return Reason.RULE_CONDITION_ERROR
+        if not holds:
+            return Reason.RULE_CONDITION_FALSE
+    return None
 
 
 def decide_for_rule(
@@ -153,9 +158,12 @@ def decide_for_rule(
         reasons.append(Reason.KIDS_PROFILE)
     if user and user.age_band == "minor":
         reasons.append(Reason.MINOR)
-    if consent.jurisdiction is None:
+    if event.unknown_signals:
+        reasons.append(Reason.UNKNOWN_SIGNAL)
+        details.append("unknown_signal: " + ", ".join(event.unknown_signals))
+    if not consent.jurisdictions:
         reasons.append(Reason.JURISDICTION_UNKNOWN)
-    elif not _in_scope(consent.jurisdiction, rule.source.jurisdictions):
+    elif not all(_in_scope(j, rule.source.jurisdictions) for j in consent.jurisdictions):
         reasons.append(Reason.JURISDICTION_OUT_OF_SCOPE)
     reasons.extend(_consent_reasons(rule, event, consent, details))
     allowed_status = event_spec.signup_status or (

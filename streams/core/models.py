@@ -2,31 +2,70 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 Grant = Literal["granted", "denied"]
 Verdict = Literal["forward", "block"]
 
+# Internal ids are visible ASCII only (no whitespace, control, invisible or look-alike
+# characters) and at most 128 characters (a UUID is 36): an id that differs from the
+# stored one by an invisible character would miss that person's stored denial.
+MAX_ID_CHARS = 128
+INTERNAL_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$"
+InternalId = Annotated[str, StringConstraints(pattern=INTERNAL_ID_PATTERN)]
+SubjectKey = Annotated[
+    str, StringConstraints(pattern=rf"^(account|profile|device):[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$")
+]
+# ISO 3166 country (or EU/EEA), optionally with a subdivision: US, US-CA, EU.
+Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,3})?$")]
+
+# The datetime range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z.
+MIN_EPOCH_MS = -62_135_596_800_000
+MAX_EPOCH_MS = 253_402_300_799_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII)
+# Why 64: a key name is reported in details; longer names are cut, never carried whole.
+_MAX_REPORTED_KEY_CHARS = 64
+
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    """State records: strict types (no bool for a number, no number for a string)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
 
-class Device(_Frozen):
+class _Section(BaseModel):
+    """A section of the event: strict types; undeclared keys kept so they can be reported."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+
+def reported_key(key: str) -> str:
+    """A key name safe to put in details and metric labels: ASCII-escaped and cut short."""
+    return ascii(key)[1:-1][:_MAX_REPORTED_KEY_CHARS]
+
+
+def _undeclared(prefix: str, section: BaseModel | None) -> list[str]:
+    extra = section.model_extra if section is not None else None
+    return [f"{prefix}{reported_key(k)}" for k in extra] if extra else []
+
+
+class Device(_Section):
     """The device an event came from."""
 
-    device_id: str | None = None
+    device_id: InternalId | None = None
     platform: str | None = None
     ad_id: str | None = None
     limit_ad_tracking: bool | None = None
 
 
-class SignalConsent(_Frozen):
-    """Consent signals carried by the event itself (browser or SDK)."""
+class SignalConsent(_Section):
+    """Consent signals carried by the event itself (browser or SDK). A closed section."""
 
     gpc: bool | None = None
     dnt: bool | None = None
@@ -36,7 +75,7 @@ class SignalConsent(_Frozen):
     gpp: str | None = None
 
 
-class Context(_Frozen):
+class Context(_Section):
     """Request context: network, location, page and consent signals."""
 
     ip: str | None = None
@@ -48,8 +87,8 @@ class Context(_Frozen):
     consent: SignalConsent | None = None
 
 
-class User(_Frozen):
-    """What is known about the person: contact points and age signals."""
+class User(_Section):
+    """What is known about the person: contact points and age signals. A closed section."""
 
     email: str | None = None
     phone: str | None = None
@@ -58,64 +97,101 @@ class User(_Frozen):
 
 
 def parse_event_time(value: str | int) -> datetime:
-    """Parse an RFC 3339 string or epoch milliseconds into an aware UTC datetime."""
-    if isinstance(value, bool):
+    """Parse an RFC 3339 string or epoch milliseconds into an aware UTC datetime.
+
+    Raises `ValueError` for anything else: a boolean, a string that is not RFC 3339 with a
+    UTC offset, or a time outside years 1..9999 (also after applying the offset).
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError("event_time must be an RFC 3339 string or epoch milliseconds")
     if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError("event_time needs a UTC offset (RFC 3339)")
-    return parsed.astimezone(UTC)
+        if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:
+            raise ValueError("epoch milliseconds out of range")
+        return _EPOCH + timedelta(milliseconds=value)
+    if not _RFC3339.fullmatch(value):
+        raise ValueError("not an RFC 3339 time with a UTC offset")
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("not a representable time") from None
 
 
-class Event(_Frozen):
-    """An internal event as produced by the company's services."""
+def _checked_time(value: str | int) -> str | int:
+    parse_event_time(value)
+    return value
 
-    event_id: str = Field(min_length=1)
+
+def _checked_optional_time(value: str | int | None) -> str | int | None:
+    return None if value is None else _checked_time(value)
+
+
+Time = Annotated[str | int, AfterValidator(_checked_time)]
+OptionalTime = Annotated[str | int | None, AfterValidator(_checked_optional_time)]
+
+
+class Event(_Section):
+    """An internal event as produced by the company's services.
+
+    `user` and `context.consent` are closed: a key the guard does not know there is a
+    signal it cannot read (`unknown_signals`). Other sections are open: undeclared keys
+    never leave and are only counted (`undeclared_fields`).
+    """
+
+    event_id: InternalId
     event_type: str = Field(min_length=1)
-    event_time: str | int
-    account_id: str | None = None
-    profile_id: str | None = None
+    event_time: Time
+    account_id: InternalId | None = None
+    profile_id: InternalId | None = None
     device: Device | None = None
     context: Context | None = None
     user: User | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("event_time")
-    @classmethod
-    def _valid_time(cls, value: str | int) -> str | int:
-        parse_event_time(value)
-        return value
 
     @property
     def occurred_at(self) -> datetime:
         """The event time as an aware UTC datetime."""
         return parse_event_time(self.event_time)
 
+    @property
+    def unknown_signals(self) -> tuple[str, ...]:
+        """Paths of undeclared keys in the closed sections `user` and `context.consent`."""
+        consent = self.context.consent if self.context else None
+        return (*_undeclared("user.", self.user), *_undeclared("context.consent.", consent))
+
+    @property
+    def undeclared_fields(self) -> tuple[str, ...]:
+        """Paths of undeclared keys in the open sections (top level, `device`, `context`)."""
+        return (
+            *_undeclared("", self),
+            *_undeclared("device.", self.device),
+            *_undeclared("context.", self.context),
+        )
+
 
 class ConsentRecord(_Frozen):
     """A stored consent choice for one subject (`account:<id>`, `profile:<id>`, `device:<id>`)."""
 
-    subject: str
-    updated_at: str | int | None = None
+    subject: SubjectKey
+    updated_at: OptionalTime = None
     interest_based_ads: Grant | None = None
     do_not_sell_or_share: bool | None = None
     matched_identifier_opt_out: bool | None = None
     ad_cookies: Grant | None = None
-    jurisdiction: str | None = None
+    jurisdiction: Jurisdiction | None = None
 
 
 class SignupStatus(_Frozen):
     """Where an account stands in the sign-up funnel."""
 
-    account_id: str
+    account_id: InternalId
     status: Literal["prospect", "in_signup", "member", "former_member"]
-    updated_at: str | int | None = None
+    updated_at: OptionalTime = None
 
 
-class StateSnapshot(_Frozen):
+class StateSnapshot(BaseModel):
     """The state a decision used: recorded with every blocked record so replay is exact."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     consent: tuple[ConsentRecord, ...] = ()
     signup_status: SignupStatus | None = None

@@ -7,6 +7,7 @@ class Reason(StrEnum):
     """Why a record was withheld from a partner."""
 
     MALFORMED = "malformed"
+    UNKNOWN_SIGNAL = "unknown_signal"
     EVENT_TYPE_NOT_ALLOWED = "event_type_not_allowed"
     KIDS_PROFILE = "kids_profile"
     MINOR = "minor"

@@ -22,6 +22,7 @@ from streams.core.rules.model import IdentifierStyle
 from streams.core.rules.ruleset import CompiledField
 
 _SCALARS = (str, int, float, bool)
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -63,6 +64,8 @@ def _apply(
     if transform == "keep":
         if not isinstance(value, _SCALARS):
             return None, "not_scalar"
+        if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+            return None, "out_of_range"  # no 64-bit JSON writer (nor a partner) can take it
         text = value if isinstance(value, str) else str(value)
         if spec.values is not None and text not in spec.values:
             return None, "value_not_allowed"

@@ -103,7 +103,9 @@ def encode_usnat(
     writer.write(0, 32)
     for value in known_child:
         writer.write(value, 2)
-    writer.write(0, 8)
+    writer.write(0, 2)  # personal data consents: n/a
+    writer.write(2, 2)  # MSPA covered transaction: no (1 yes, 2 no; 0 is undefined)
+    writer.write(0, 4)  # MSPA opt-out option mode, service provider mode: n/a
     section = writer.render()
     if gpc is not None:
         sub = BitWriter()

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.core.codec import event_from_object
+from streams.core.codec import event_from_object, parse_strict_json
 from streams.core.decide import decide
 from streams.core.models import (
     ConsentRecord,
@@ -30,8 +30,16 @@ def _event_of(value: Any) -> Event | Malformed:
     if isinstance(value, str):  # DESIGN.md §4: a raw string stands for bytes that could not be decoded
         return Malformed(value.encode("utf-8"), "event given as raw bytes (a string)")
     if isinstance(value, dict):
-        return event_from_object(value, orjson.dumps(value))
-    return Malformed(orjson.dumps(value), "event is missing or not an object")
+        return event_from_object(value, _dumps(value))
+    return Malformed(_dumps(value), "event is missing or not an object")
+
+
+def _dumps(value: Any) -> bytes:
+    """The value as JSON bytes (the raw record a blocked decision keeps); never raises."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # e.g. an integer beyond 64 bits, which orjson cannot write
+        return repr(value).encode("utf-8", "replace")
 
 
 def parse_case(case: Any, raw: bytes) -> tuple[Event | Malformed, StateSnapshot]:
@@ -40,7 +48,10 @@ def parse_case(case: Any, raw: bytes) -> tuple[Event | Malformed, StateSnapshot]
         return Malformed(raw, "case is not a JSON object"), EMPTY_SNAPSHOT
     record = _event_of(case.get("event"))
     try:
-        consent = tuple(ConsentRecord.model_validate(c) for c in case.get("consent") or ())
+        consent_cases = case.get("consent") or ()
+        if not isinstance(consent_cases, list | tuple):
+            raise TypeError("consent must be a list")
+        consent = tuple(ConsentRecord.model_validate(c) for c in consent_cases)
         status_obj = case.get("signup_status")
         status = SignupStatus.model_validate(status_obj) if status_obj is not None else None
         stale = case.get("stale", False)
@@ -52,17 +63,22 @@ def parse_case(case: Any, raw: bytes) -> tuple[Event | Malformed, StateSnapshot]
 
 
 def decide_case(case: Any, raw: bytes, ruleset: Ruleset) -> list[Decision]:
-    """Decide one case for every partner."""
-    record, snapshot = parse_case(case, raw)
+    """Decide one case for every partner; a case that cannot be read is malformed, never raised."""
+    try:
+        record, snapshot = parse_case(case, raw)
+    except Exception as exc:
+        record, snapshot = Malformed(raw, f"case could not be read: {type(exc).__name__}"), EMPTY_SNAPSHOT
     return decide(record, snapshot, ruleset)
 
 
 def decide_line(line: bytes, ruleset: Ruleset) -> list[Decision]:
-    """Decide one JSON Lines input line; garbage is a block for every partner."""
+    """Decide one JSON Lines input line; garbage (duplicate keys included) blocks every partner."""
     try:
-        case = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return decide(Malformed(line, "line is not valid JSON"), EMPTY_SNAPSHOT, ruleset)
+        case = parse_strict_json(line)
+    except ValueError:
+        return decide(
+            Malformed(line, "line is not valid JSON (or has a duplicate key)"), EMPTY_SNAPSHOT, ruleset
+        )
     return decide_case(case, line, ruleset)
 
 

@@ -19,14 +19,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from streams.core.codec import decode_avro, decode_json
 from streams.core.decide import consults_state, decide
-from streams.core.models import Event, Malformed, StateSnapshot
+from streams.core.models import Decision, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
@@ -34,11 +34,20 @@ from streams.runtime.config import Settings
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, blocked_record, partner_record, source_fragment
+from streams.runtime.records import (
+    CONTAINED_ERROR_DETAIL,
+    SourceRef,
+    blocked_record,
+    partner_record,
+    source_fragment,
+)
 from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
 from streams.runtime.state_reader import StateReader
 
 log = logging.getLogger(__name__)
+# Why 200: undeclared field paths are chosen by whoever produces the input; past this many
+# distinct ones they are counted as "_other" so the metric's label set stays bounded.
+MAX_UNDECLARED_LABELS = 200
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
 
 # Where an engine sends one output record: (topic, value, key, headers).
@@ -54,7 +63,15 @@ class BatchTally:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     stripped: Counter[str] = field(default_factory=Counter)
     leaks: Counter[str] = field(default_factory=Counter)
+    undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+
+    def add(self, other: BatchTally) -> None:
+        """Add the counts of one input's outputs."""
+        self.decisions.update(other.decisions)
+        self.reasons.update(other.reasons)
+        self.stripped.update(other.stripped)
+        self.leaks.update(other.leaks)
 
     def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
         """Add this batch to the metrics."""
@@ -69,10 +86,29 @@ class BatchTally:
             m.fields_stripped.labels(partner).inc(count)
         for partner, count in self.leaks.items():
             m.leaks_caught.labels(partner).inc(count)
+        for path, count in self.undeclared.items():
+            m.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
         for ts in self.timestamps_ms:
             m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
         m.batch_seconds.observe(batch_seconds)
+
+
+class OutputTooLargeError(Exception):
+    """An output record (key and value) would exceed `max_record_bytes`."""
+
+
+@dataclass
+class _Outputs:
+    """The records one input produces, built completely before any is produced."""
+
+    records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
+    tally: BatchTally = field(default_factory=BatchTally)
+
+    def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
+        if len(value) + len(key or b"") > limit:
+            raise OutputTooLargeError(topic)
+        self.records.append((topic, value, key, headers))
 
 
 class GuardState:
@@ -150,6 +186,7 @@ class RecordDecider:
         self.payload = payload
         self.state = state
         self._schema = event_schema()
+        self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
 
     def decode(self, value: bytes | None, topic: str) -> Event | Malformed:
@@ -161,10 +198,43 @@ class RecordDecider:
     def emit(
         self, value: bytes | None, source: SourceRef, stale: bool, tally: BatchTally, sink: Sink
     ) -> None:
-        """Decide one input record and send its outputs, one per partner, to `sink`."""
-        s = self.settings
+        """Decide one input record and send its outputs, one per partner, to `sink`.
+
+        Every output is built before any is sent, so an exception while building them
+        (decoding, deciding, projecting, serializing) ends as one `internal_error` block per
+        partner for this input, never as a crash of the engine or a partial set of outputs.
+        """
         raw = value or b""
-        record = self.decode(value, source.topic)
+        outputs = _Outputs()
+        record: Event | Malformed | None = None
+        try:
+            record = self.decode(value, source.topic)
+            self._build_outputs(record, raw, source, stale, outputs)
+        except Exception as exc:
+            log.warning(
+                "internal error building the outputs of %s[%d]@%d: %s; blocked for every partner",
+                source.topic,
+                source.partition,
+                source.offset,
+                type(exc).__name__,
+            )
+            event_id = record.event_id if isinstance(record, Event) else None
+            outputs = self._contained_outputs(raw, source, event_id, exc)
+        for topic, output, key, headers in outputs.records:
+            sink(topic, output, key, headers)
+        tally.add(outputs.tally)
+        if isinstance(record, Event):
+            for path in record.undeclared_fields:
+                tally.undeclared[self._undeclared_label(path)] += 1
+        tally.records_in[source.topic] += 1
+        if source.timestamp_ms is not None:
+            tally.timestamps_ms.append(source.timestamp_ms)
+
+    def _build_outputs(
+        self, record: Event | Malformed, raw: bytes, source: SourceRef, stale: bool, outputs: _Outputs
+    ) -> None:
+        s = self.settings
+        tally = outputs.tally
         snapshot = (
             snapshot_for(record, self.state.consent, self.state.status, stale)
             if consults_state(record, self.ruleset)
@@ -176,8 +246,10 @@ class RecordDecider:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
                 key, forwarded = partner_record(decision)
-                if len(forwarded) <= s.max_record_bytes:
-                    sink(self.topic_by_partner[decision.partner], forwarded, key, None)
+                if len(forwarded) + len(key or b"") <= s.max_record_bytes:
+                    outputs.add(
+                        self.topic_by_partner[decision.partner], forwarded, key, None, s.max_record_bytes
+                    )
                     tally.decisions[(decision.partner, "forward")] += 1
                     if decision.stripped:
                         tally.stripped[decision.partner] += len(decision.stripped)
@@ -204,12 +276,51 @@ class RecordDecider:
                 s.max_record_bytes,
                 extra,
             )
-            sink(s.blocked_topic, blocked, source.key, headers)
+            outputs.add(s.blocked_topic, blocked, source.key, headers, s.max_record_bytes)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1
             if Reason.LEAK_DETECTED in decision.reasons:
                 tally.leaks[decision.partner] += 1
-        tally.records_in[source.topic] += 1
-        if source.timestamp_ms is not None:
-            tally.timestamps_ms.append(source.timestamp_ms)
+
+    def _contained_outputs(
+        self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
+    ) -> _Outputs:
+        """One `internal_error` block per partner, built from nothing but the raw bytes."""
+        s = self.settings
+        if len(source.key or b"") > s.max_record_bytes // 4:  # a key that cannot travel is dropped
+            source = replace(source, key=None)
+        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        try:
+            payload = self.payload.protect(raw, source_ref)
+        except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
+            payload = {"payload_mode": self.payload.mode, "original_b64": None}
+        source_json = source_fragment(source, raw)
+        raw_sha256 = hashlib.sha256(raw).hexdigest()
+        outputs = _Outputs()
+        for rule in self.ruleset.rules:
+            decision = Decision(
+                partner=rule.partner,
+                rule_id=rule.rule_id,
+                ruleset_digest=self.ruleset.digest,
+                event_id=event_id,
+                verdict="block",
+                reasons=(Reason.INTERNAL_ERROR.value,),
+                details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
+            )
+            value, headers = blocked_record(
+                decision, b"null", source, source_json, raw, payload, raw_sha256, s.max_record_bytes
+            )
+            outputs.records.append((s.blocked_topic, value, source.key, headers))
+            outputs.tally.decisions[(rule.partner, "block")] += 1
+            outputs.tally.reasons[(rule.partner, Reason.INTERNAL_ERROR.value)] += 1
+        return outputs
+
+    def _undeclared_label(self, path: str) -> str:
+        """The metric label for an undeclared field path, bounded in number (attackers pick keys)."""
+        if path in self._undeclared_labels:
+            return path
+        if len(self._undeclared_labels) >= MAX_UNDECLARED_LABELS:
+            return "_other"
+        self._undeclared_labels.add(path)
+        return path

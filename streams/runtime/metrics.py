@@ -46,6 +46,12 @@ class GuardMetrics:
             ["partner"],
             registry=r,
         )
+        self.undeclared_fields = Counter(
+            "partner_guard_undeclared_fields_total",
+            "Input events carrying a key no section declares (top level, device, context), by path.",
+            ["path"],
+            registry=r,
+        )
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
         )

@@ -32,6 +32,9 @@ from streams.core.reasons import Reason
 from streams.runtime.kafka_io import Headers
 
 BLOCKED_FORMAT = "partner-guard.blocked.v1"
+# The details of a block the job made because the outputs of an input could not be built
+# (an exception outside the decision): replay cannot reproduce it by re-deciding.
+CONTAINED_ERROR_DETAIL = "outputs could not be built: "
 
 
 @dataclass(frozen=True, slots=True)

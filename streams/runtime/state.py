@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Literal
 
 import orjson
-from pydantic import ValidationError
 
+from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 
@@ -80,17 +80,28 @@ class ConsentTable:
             self._store.pop(key, None)
             return
         try:
-            record = ConsentRecord.model_validate_json(value)
-        except ValidationError:
+            record = decode_state_record(value, ConsentRecord)
+            packed = self._pack(record)
+        except Exception:  # anything unreadable is stored fail-closed, never raised into the job
             self.invalid_records += 1
-            record = ConsentRecord(
-                subject=key.decode("utf-8", "replace"),
-                interest_based_ads="denied",
-                do_not_sell_or_share=True,
-                matched_identifier_opt_out=True,
-                ad_cookies="denied",
-            )
-        self._store[key] = (
+            packed = self._pack(self._fail_closed(key))
+        self._store[key] = packed
+
+    @staticmethod
+    def _fail_closed(key: bytes) -> ConsentRecord:
+        """The most restrictive record: everything denied or opted out."""
+        return ConsentRecord.model_construct(
+            subject=key.decode("utf-8", "replace"),
+            interest_based_ads="denied",
+            do_not_sell_or_share=True,
+            matched_identifier_opt_out=True,
+            ad_cookies="denied",
+            updated_at=None,
+            jurisdiction=None,
+        )
+
+    def _pack(self, record: ConsentRecord) -> int:
+        return (
             _GRANT[record.interest_based_ads]
             | _BOOL[record.do_not_sell_or_share] << 2
             | _BOOL[record.matched_identifier_opt_out] << 4
@@ -131,8 +142,8 @@ class SignupStatusTable:
             self._store.pop(key, None)
             return
         try:
-            status = SignupStatus.model_validate_json(value)
-        except ValidationError:
+            status = decode_state_record(value, SignupStatus)
+        except Exception:  # unreadable: status unknown (blocks), never raised into the job
             self.invalid_records += 1
             self._store.pop(key, None)
             return

@@ -29,7 +29,7 @@ def test_dashboard_queries_only_exported_metrics(session_broker: EmbeddedBroker,
             "event_id": "e-leak",
             "event_type": "app_open",
             "event_time": 1,
-            "account_id": "acct-0000001",
+            "account_id": "acct-0000002",  # in the US, as its stored jurisdiction says too
             "device": {"platform": "ios"},
             "context": {"country": "US"},
             "properties": {"campaign_id": "title-80100172"},

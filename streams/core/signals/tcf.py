@@ -1,12 +1,66 @@
-"""IAB TCF v2.x TC string decoding and the legal-basis check for one vendor."""
+"""IAB TCF v2.x TC string decoding and the legal-basis check for one vendor.
+
+Read: the core segment (version, CMP, vendor list and policy versions, special features,
+purpose consents and legitimate interests, publisher country, vendor consents and
+legitimate interests, publisher restrictions); of the other segments only their type.
+Every count is checked against the bits actually present before anything is allocated,
+and vendor ids are kept as a bitfield int or as ranges, never expanded: a range that spans
+65,535 vendors costs what one vendor costs.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from streams.core.signals.bits import BitReader, SignalError
 
 LI_PURPOSES = frozenset({2, 7, 8, 9, 10, 11})
+TCF_VERSION = 2
+MAX_PURPOSE_ID = 24  # PurposesConsent is a 24-bit field: no purpose id beyond it exists
+RESTRICTION_NOT_ALLOWED = 0
+RESTRICTION_REQUIRE_CONSENT = 1
+RESTRICTION_REQUIRE_LI = 2
+RESTRICTION_TYPES = frozenset({RESTRICTION_NOT_ALLOWED, RESTRICTION_REQUIRE_CONSENT, RESTRICTION_REQUIRE_LI})
+# Segment types after the core: 1 DisclosedVendors, 2 AllowedVendors, 3 PublisherTC.
+SEGMENT_TYPES = frozenset({1, 2, 3})
+# Smallest encodings, used to refuse a count before looping over it.
+_RANGE_ENTRY_MIN_BITS = 1 + 16  # IsARange, StartOrOnlyVendorId
+_RESTRICTION_MIN_BITS = 6 + 2 + 12  # PurposeId, RestrictionType, NumEntries
+
+
+@dataclass(frozen=True, slots=True)
+class VendorSet:
+    """Vendor ids from a bitfield (kept as one int) or from sorted, merged ranges."""
+
+    bitfield: int = 0
+    width: int = 0
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+
+    def __contains__(self, vendor_id: object) -> bool:
+        if not isinstance(vendor_id, int) or vendor_id < 1:
+            return False
+        if vendor_id <= self.width and self.bitfield >> (self.width - vendor_id) & 1:
+            return True
+        index = bisect_right(self.starts, vendor_id) - 1
+        return index >= 0 and vendor_id <= self.ends[index]
+
+    def __iter__(self) -> Iterator[int]:
+        """Every id (for tests and small sets: a range is expanded here)."""
+        yield from (v for v in range(1, self.width + 1) if self.bitfield >> (self.width - v) & 1)
+        for start, end in zip(self.starts, self.ends, strict=True):
+            yield from range(start, end + 1)
+
+    @property
+    def max_id(self) -> int:
+        """The largest id in the set (0 when empty)."""
+        top = self.ends[-1] if self.ends else 0
+        if self.bitfield:  # the highest id is the lowest set bit
+            lowest_set = (self.bitfield & -self.bitfield).bit_length() - 1
+            top = max(top, self.width - lowest_set)
+        return top
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +69,7 @@ class PublisherRestriction:
 
     purpose: int
     restriction_type: int
-    vendors: frozenset[int]
+    vendors: VendorSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,67 +85,117 @@ class TCString:
     special_features: frozenset[int]
     purposes_consent: frozenset[int]
     purposes_li: frozenset[int]
-    vendor_consent: frozenset[int]
-    vendor_li: frozenset[int]
+    vendor_consent: VendorSet
+    vendor_li: VendorSet
     restrictions: tuple[PublisherRestriction, ...]
 
     def allows(self, vendor_id: int, purpose: int) -> bool:
-        """True when `vendor_id` has a legal basis for `purpose` under this string."""
-        required_basis = None
-        for restriction in self.restrictions:
-            if restriction.purpose == purpose and vendor_id in restriction.vendors:
-                if restriction.restriction_type == 0:
-                    return False
-                required_basis = restriction.restriction_type
+        """True when `vendor_id` has a legal basis for `purpose` under this string.
+
+        Every restriction that covers the vendor counts: "not allowed" denies, and a
+        required basis must be present (both, when both are required).
+        """
+        required = {
+            r.restriction_type for r in self.restrictions if r.purpose == purpose and vendor_id in r.vendors
+        }
+        if RESTRICTION_NOT_ALLOWED in required:
+            return False
         consent = purpose in self.purposes_consent and vendor_id in self.vendor_consent
         li = purpose in LI_PURPOSES and purpose in self.purposes_li and vendor_id in self.vendor_li
-        if required_basis == 1:
-            return consent
-        if required_basis == 2:
-            return li
+        if required:
+            return (RESTRICTION_REQUIRE_CONSENT not in required or consent) and (
+                RESTRICTION_REQUIRE_LI not in required or li
+            )
         return consent or li
 
 
-def _read_ranges(reader: BitReader) -> frozenset[int]:
+def _read_ranges(reader: BitReader) -> VendorSet:
     entries = reader.read(12)
-    ids: set[int] = set()
+    if entries * _RANGE_ENTRY_MIN_BITS > reader.remaining:
+        raise SignalError("more vendor ranges than bits")
+    spans: list[tuple[int, int]] = []
     for _ in range(entries):
-        is_range = reader.read_bool()
-        start = reader.read(16)
-        end = reader.read(16) if is_range else start
+        head = reader.read(17)  # IsARange (1 bit), then the start (or only) vendor id (16 bits)
+        start = head & 0xFFFF
+        end = reader.read(16) if head >> 16 else start
         if end < start or start == 0:
             raise SignalError("bad vendor range")
-        ids.update(range(start, end + 1))
-    return frozenset(ids)
+        spans.append((start, end))
+    spans.sort()
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end in spans:
+        if ends and start <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+    return VendorSet(starts=tuple(starts), ends=tuple(ends))
 
 
-def _read_vendor_section(reader: BitReader) -> frozenset[int]:
+def _read_vendor_section(reader: BitReader) -> VendorSet:
     max_vendor = reader.read(16)
     if reader.read_bool():
         ids = _read_ranges(reader)
-        if any(v > max_vendor for v in ids):
+        if ids.max_id > max_vendor:
             raise SignalError("vendor beyond MaxVendorId")
         return ids
-    return reader.read_set(max_vendor)
+    return VendorSet(bitfield=reader.read(max_vendor), width=max_vendor)
+
+
+def _read_restrictions(reader: BitReader) -> tuple[PublisherRestriction, ...]:
+    count = reader.read(12)
+    if count * _RESTRICTION_MIN_BITS > reader.remaining:
+        raise SignalError("more publisher restrictions than bits")
+    seen: set[tuple[int, int]] = set()
+    restrictions = []
+    for _ in range(count):
+        purpose = reader.read(6)
+        restriction_type = reader.read(2)
+        if not 1 <= purpose <= MAX_PURPOSE_ID:
+            raise SignalError("publisher restriction for an undefined purpose")
+        if restriction_type not in RESTRICTION_TYPES:
+            raise SignalError("undefined publisher restriction type")
+        if (purpose, restriction_type) in seen:  # the spec allows one entry per pair
+            raise SignalError("publisher restriction repeated")
+        seen.add((purpose, restriction_type))
+        restrictions.append(PublisherRestriction(purpose, restriction_type, _read_ranges(reader)))
+    return tuple(restrictions)
 
 
 def _letters(value: int) -> str:
-    return chr(ord("A") + (value >> 6)) + chr(ord("A") + (value & 0x3F))
+    """Two letters, six bits each, 0 = A .. 25 = Z; 26-63 are undefined."""
+    first, second = value >> 6, value & 0x3F
+    if first > 25 or second > 25:
+        raise SignalError("a letter outside A-Z")
+    return chr(ord("A") + first) + chr(ord("A") + second)
+
+
+def _check_other_segments(segments: list[str]) -> None:
+    seen: set[int] = set()
+    for segment in segments:
+        segment_type = BitReader(segment).read(3)
+        if segment_type not in SEGMENT_TYPES or segment_type in seen:
+            raise SignalError("undefined or repeated TC string segment")
+        seen.add(segment_type)
 
 
 def decode_tc_string(tc_string: str) -> TCString:
-    """Decode a TC string (v2); raise `SignalError` on anything truncated or unsupported."""
-    core = tc_string.strip().split(".")[0]
+    """Decode a TC string (v2); raise `SignalError` on anything truncated, undefined or unsupported."""
+    if tc_string.count(".") > len(SEGMENT_TYPES):
+        raise SignalError("more TC string segments than segment types")
+    core, *others = tc_string.split(".")
     reader = BitReader(core)
     version = reader.read(6)
-    if version != 2:
+    if version != TCF_VERSION:
         raise SignalError(f"unsupported TCF version {version}")
+    _check_other_segments(others)
     reader.read(36)  # created
     reader.read(36)  # last updated
     cmp_id = reader.read(12)
     cmp_version = reader.read(12)
     reader.read(6)  # consent screen
-    reader.read(12)  # consent language
+    _letters(reader.read(12))  # consent language
     vendor_list_version = reader.read(12)
     policy_version = reader.read(6)
     reader.read(1)  # is service specific
@@ -103,11 +207,7 @@ def decode_tc_string(tc_string: str) -> TCString:
     publisher_cc = _letters(reader.read(12))
     vendor_consent = _read_vendor_section(reader)
     vendor_li = _read_vendor_section(reader)
-    restrictions = []
-    for _ in range(reader.read(12)):
-        purpose = reader.read(6)
-        restriction_type = reader.read(2)
-        restrictions.append(PublisherRestriction(purpose, restriction_type, _read_ranges(reader)))
+    restrictions = _read_restrictions(reader)
     return TCString(
         version=version,
         cmp_id=cmp_id,
