@@ -23,7 +23,7 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.topics import ensure_topics
-from tests.integration import test_job
+from tests.integration import test_hostile_job, test_job
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
@@ -60,7 +60,8 @@ POISON = [  # malformed and poison inputs: each must end blocked, the same way o
 @pytest.fixture
 def faust_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every `start_guard` of the reused tests starts the Faust engine."""
-    monkeypatch.setattr(test_job, "start_guard", functools.partial(start_guard, engine="faust"))
+    for module in (test_job, test_hostile_job):
+        monkeypatch.setattr(module, "start_guard", functools.partial(start_guard, engine="faust"))
     yield
 
 
@@ -80,6 +81,12 @@ def test_faust_poison_records_are_blocked_and_the_worker_keeps_running(
     faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     test_job.test_poison_records_are_blocked_and_the_job_keeps_running(broker, tmp_path)
+
+
+def test_faust_no_hostile_record_stops_the_worker(
+    faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    test_hostile_job.test_no_record_stops_the_job(broker, tmp_path)
 
 
 def _canonical(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> bytes:
