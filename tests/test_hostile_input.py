@@ -5,7 +5,6 @@ Each test names the class it closes; every one of them failed before the fix.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import json
@@ -22,7 +21,7 @@ import pytest
 from streams.audit.replay import verify_one
 from streams.audit.rulesets import RulesetLibrary
 from streams.core.codec import decode_json
-from streams.core.models import Event, Malformed
+from streams.core.models import Decision, Event, Malformed
 from streams.core.rules.ruleset import Ruleset
 from streams.core.signals.bits import SignalError
 from streams.core.signals.gpp import decode_gpp, decode_usnat
@@ -30,7 +29,8 @@ from streams.core.signals.tcf import decode_tc_string
 from streams.core.signals.usprivacy import us_privacy_opted_out
 from streams.gen.signals import BitWriter, encode_gpp, encode_tc_string, encode_usnat
 from streams.offline.cases import decide_case, decide_line, decision_json
-from streams.runtime.records import CONTAINED_ERROR_DETAIL
+from streams.runtime.payload import PayloadProtector
+from streams.runtime.records import CONTAINED_ERROR_DETAIL, SourceRef, blocked_input, blocked_record
 from streams.runtime.state import ConsentTable, SignupStatusTable
 from tests.conftest import RULES_DIR
 
@@ -162,7 +162,7 @@ def test_replay_never_raises_on_a_blocked_record_it_cannot_read(ruleset: Ruleset
         {"original_b64": "e30=", "snapshot": None, "reasons": 5, "ruleset_digest": ruleset.digest},
     ]
     for blocked in unreadable:
-        assert verify_one(blocked, library, None).status in ("mismatch", "unverifiable")
+        assert verify_one(blocked, library, None).status in ("mismatch", "unverifiable", "invalid_record")
 
 
 # -- 2. bounded cost per record --------------------------------------------------------------
@@ -495,12 +495,18 @@ def test_the_decide_command_writes_one_line_per_partner_for_every_crash_class() 
 
 
 def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Ruleset) -> None:
-    blocked = {
-        "partner": "install-attribution",
-        "reasons": ["internal_error"],
-        "details": [f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError"],
-        "ruleset_digest": ruleset.digest,
-        "original_b64": base64.b64encode(orjson.dumps(_case()["event"])).decode(),
-    }
-    outcome = verify_one(blocked, RulesetLibrary([RULES_DIR]), None)
+    raw = orjson.dumps(_case()["event"])
+    source = SourceRef("internal.events", 0, 7, None, None, "json")
+    decision = Decision(
+        partner="install-attribution",
+        rule_id="install-attribution-v1",
+        ruleset_digest=ruleset.digest,
+        event_id=None,
+        verdict="block",
+        reasons=("internal_error",),
+        details=(f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError",),
+    )
+    shared = blocked_input(source, raw, None, None, PayloadProtector("full"))
+    _, value, _ = blocked_record(decision, shared, source, 900_000)
+    outcome = verify_one(orjson.loads(value), RulesetLibrary([RULES_DIR]), None)
     assert outcome.status == "unverifiable"

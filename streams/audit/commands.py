@@ -1,4 +1,9 @@
-"""`partner-guard replay` and `partner-guard replay export`: the auditors' commands."""
+"""`partner-guard replay` and `partner-guard replay export`: the auditors' commands.
+
+Exit codes of `replay`: 0 every verifiable decision reproduced; 1 a mismatch (or a
+recorded ruleset that cannot be found); 3 no mismatch, but records that are not valid
+blocked records; 2 could not run (settings, broker, topic, file, keys).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams.cli_support import err, load_ruleset_or_exit
@@ -26,6 +32,9 @@ Until = Annotated[str | None, typer.Option("--until", help="ISO time: withheld b
 Partner = Annotated[str | None, typer.Option("--partner", help="only this partner")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="only records with this reason code")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")]
+EXIT_MISMATCH = 1
+EXIT_COULD_NOT_RUN = 2
+EXIT_INVALID_RECORDS = 3
 PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
 
 
@@ -39,7 +48,7 @@ def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any) -
         settings = load_settings(config)
     except ConfigError as exc:
         err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
     return read_topic(kafka, settings.blocked_topic, wanted), settings
 
@@ -53,7 +62,7 @@ def _filter(
         return BlockedFilter(parse_time(since), parse_time(until), partner, reason, rule)
     except ValueError as exc:
         err.print(f"--since/--until: {exc}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
 
 
 @replay_app.callback()
@@ -114,9 +123,13 @@ def replay_command(
             whatif = ruleset_at_ref(Path("."), whatif_ref, Path(tempfile.mkdtemp()))
         except RulesetError as exc:
             err.print(f"--rules-ref {whatif_ref}: cannot load rules there ({exc})")
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     keyring = _replay_keyring(payload_keys_file)
-    result = replay(records, library, keyring, whatif)
+    try:
+        result = replay(records, library, keyring, whatif)
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"replay could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     console = Console()
     print_summary(console, result, whatif is not None)
     if jsonl:
@@ -125,7 +138,9 @@ def replay_command(
         write_html(result, html_out)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
-    raise typer.Exit(1 if result.failed else 0)
+    if result.failed:
+        raise typer.Exit(EXIT_MISMATCH)
+    raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:
@@ -150,19 +165,21 @@ def _republish(
 
     if whatif is None or settings is None:
         err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
     try:
         loaded = load_keys(whatif.partners, keys_dir or settings.keys_dir, False)
     except MissingKeyError as exc:
         err.print(f"refusing to republish: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     outcome = republish(result.outcomes, settings, whatif.with_keys(loaded.keys), keyring, dry_run)
     verb = "would send" if dry_run else "sent"
     count = len(outcome.planned) if dry_run else outcome.sent
     console.print(
         f"republish: {outcome.candidates} candidate(s); {verb} {count}; "
         f"already sent {outcome.already_sent}; refused by fresh consent/status check "
-        f"{outcome.refused_by_fresh_check}; loop-guarded {outcome.loop_guarded}"
+        f"{outcome.refused_by_fresh_check}; loop-guarded {outcome.loop_guarded}; "
+        f"not verified {outcome.unverified}; original not at its source {outcome.source_mismatch}; "
+        f"duplicates {outcome.duplicates}"
     )
 
 
@@ -180,4 +197,9 @@ def replay_export(
     from streams.audit.source import export
 
     records, _ = _blocked_records(None, config, _filter(since, until, partner, reason, rule))
-    print(f"exported {export(records, out):,} blocked record(s) to {out}")
+    try:
+        count = export(records, out)
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"export could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    print(f"exported {count:,} blocked record(s) to {out}")

@@ -1,25 +1,116 @@
-"""Re-deciding blocked records: verify (P7) and what-if, on the same core as `run`."""
+"""Re-deciding blocked records: verify (P7) and what-if, on the same core as `run`.
+
+Anyone who can write to the blocked topic can write anything there, so every record is
+checked against the documented shape first (strict types, known payload mode, a reduced
+record that really dropped its original). A record that fails is an `invalid_record`:
+counted and listed, never a crash.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
 from streams.core.codec import decode_avro, decode_json
+from streams.core.consent import subjects_of
 from streams.core.decide import decide
 from streams.core.models import Decision, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
-from streams.runtime.payload import Keyring, PayloadKeyError, PayloadTamperedError, reveal
-from streams.runtime.records import CONTAINED_ERROR_DETAIL
+from streams.runtime.payload import (
+    Keyring,
+    PayloadKeyError,
+    PayloadTamperedError,
+    redacted_identifier,
+    reveal,
+    unhash_key,
+)
+from streams.runtime.records import BLOCKED_FORMAT, CONTAINED_ERROR_DETAIL
 
-Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found"]
+log = logging.getLogger(__name__)
+Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record"]
+STATUSES: tuple[Status, ...] = ("match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record")
 SHELL_REASONS = frozenset({Reason.RECORD_TOO_LARGE.value})
+# Members a reader adds to say where a record was read (never part of the record itself).
+READER_MEMBERS = ("_timestamp_ms", "_offset", "_partition", "_line", "_invalid")
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
+_STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class _Source(BaseModel):
+    model_config = _STRICT
+    topic: str
+    partition: int = Field(ge=0, lt=2**31)
+    offset: int = Field(ge=0, lt=2**63)
+    timestamp_ms: int | None = None
+    key_b64: str | None = None
+    format: Literal["json", "avro"] = "json"
+
+
+class _BlockedShape(BaseModel):
+    """The documented blocked-record format, checked strictly before anything is re-decided."""
+
+    model_config = _STRICT
+    format: str = Field(pattern=f"^{BLOCKED_FORMAT.replace('.', '[.]')}$")
+    partner: str
+    rule_id: str
+    ruleset_digest: str
+    reasons: list[str]
+    details: list[str]
+    event_id: str | None
+    snapshot: dict[str, Any] | None
+    source: _Source
+    payload_mode: Literal["full", "redacted", "encrypted"]
+    original_b64: str | None
+    original_redacted: dict[str, Any] | None = None
+    key_id: str | None = None
+    nonce_b64: str | None = None
+    ciphertext_b64: str | None = None
+    original_size: int = Field(ge=0)
+    original_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    reduced: bool
+
+
+def shape_problem(blocked: Any) -> str | None:
+    """Why a blocked record is not in the documented format; None when it is."""
+    if not isinstance(blocked, dict):
+        return f"not a JSON object ({type(blocked).__name__})"
+    if "_invalid" in blocked:
+        return str(blocked["_invalid"])
+    try:
+        shape = _BlockedShape.model_validate({k: v for k, v in blocked.items() if k not in READER_MEMBERS})
+    except ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "record" for e in exc.errors()})[:5]
+        return "not a blocked record: " + ", ".join(fields)
+    if shape.reduced and (
+        Reason.RECORD_TOO_LARGE.value not in shape.reasons
+        or shape.original_b64 is not None
+        or shape.ciphertext_b64 is not None
+        or shape.original_redacted is not None
+    ):
+        return "marked reduced but not reduced"
+    return None
+
+
+def reader_members(blocked: Any) -> dict[str, Any]:
+    """Where a record was read, with untrusted values dropped (safe to report)."""
+    if not isinstance(blocked, dict):
+        return {}
+    kept = {k: blocked[k] for k in READER_MEMBERS if k in blocked and k != "_invalid"}
+    return {k: v for k, v in kept.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def safe_timestamp(value: Any) -> int | None:
+    """A timestamp that can be shown as a date; None otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP_MS:
+        return value
+    return None
 
 
 @dataclass
@@ -34,8 +125,9 @@ class Outcome:
 
     @property
     def partner(self) -> str:
-        """The partner the record was withheld from."""
-        return str(self.blocked.get("partner"))
+        """The partner the record was withheld from ("-" for an invalid record)."""
+        partner = self.blocked.get("partner")
+        return partner if isinstance(partner, str) else "-"
 
     def change(self) -> str:
         """How the what-if decision differs: newly_forwarded, reason_change or unchanged."""
@@ -86,10 +178,34 @@ def original_record(blocked: dict[str, Any], keyring: Keyring | None) -> Event |
     return decode_json(raw)
 
 
-def recorded_snapshot(blocked: dict[str, Any]) -> StateSnapshot:
-    """The state snapshot the decision used (empty when it read none)."""
+def recorded_snapshot(
+    blocked: dict[str, Any], record: Event | Malformed | None = None, keyring: Keyring | None = None
+) -> StateSnapshot:
+    """The state snapshot the decision used (empty when it read none).
+
+    In encrypted mode its subjects and account id are keyed hashes: they are mapped back
+    through the decrypted event's own identifiers (an id that maps to none stays hashed).
+    """
     snapshot = blocked.get("snapshot")
-    return StateSnapshot.model_validate(snapshot) if snapshot else StateSnapshot()
+    if not snapshot:
+        return StateSnapshot()
+    key = unhash_key(blocked, keyring) if blocked.get("payload_mode") != "full" else None
+    if key is not None and isinstance(record, Event) and isinstance(snapshot, dict):
+        plain = {redacted_identifier(key, s): s for s in subjects_of(record)}
+        consent = [
+            {**c, "subject": plain.get(str(c.get("subject")), c.get("subject"))} if isinstance(c, dict) else c
+            for c in snapshot.get("consent") or ()
+        ]
+        status = snapshot.get("signup_status")
+        account = record.account_id
+        if (
+            isinstance(status, dict)
+            and account
+            and status.get("account_id") == redacted_identifier(key, account)
+        ):
+            status = {**status, "account_id": account}
+        snapshot = {**snapshot, "consent": consent, "signup_status": status}
+    return StateSnapshot.model_validate(snapshot)
 
 
 def _decision_for(decisions: list[Decision], partner: str) -> Decision | None:
@@ -101,8 +217,12 @@ def verify_one(
 ) -> Outcome:
     """Re-decide one blocked record under the ruleset that decided it (and optionally another).
 
-    Never raises: a record that cannot be re-decided is reported, and the replay goes on.
+    Never raises: a record that is not a blocked record is `invalid_record`, one that cannot
+    be re-decided is reported as a mismatch, and the replay goes on.
     """
+    problem = shape_problem(blocked)
+    if problem is not None:
+        return Outcome(reader_members(blocked), "invalid_record", problem)
     try:
         return _verify_one(blocked, library, keyring, whatif)
     except Exception as exc:
@@ -123,13 +243,15 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
     try:
         record = original_record(blocked, keyring)
-        snapshot = recorded_snapshot(blocked)
+        snapshot = recorded_snapshot(blocked, record, keyring)
     except PayloadTamperedError as exc:
         return Outcome(blocked, "mismatch", str(exc))
     except PayloadKeyError as exc:
         return Outcome(blocked, "unverifiable", str(exc))
     except ValidationError:
-        return Outcome(blocked, "mismatch", "recorded snapshot is not a valid state snapshot")
+        return Outcome(reader_members(blocked), "invalid_record", "snapshot is not a valid state snapshot")
+    except ValueError as exc:  # bad base64, a nonce of the wrong size
+        return Outcome(reader_members(blocked), "invalid_record", str(exc))
     if record is None:
         return Outcome(
             blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
@@ -176,12 +298,29 @@ class ReplayResult:
         """True when any decision did not reproduce or its ruleset is unknown."""
         return any(o.status in ("mismatch", "ruleset_not_found") for o in self.outcomes)
 
+    @property
+    def has_invalid(self) -> bool:
+        """True when any record is not a blocked record the guard could have written."""
+        return any(o.status == "invalid_record" for o in self.outcomes)
+
+
+def _verify_contained(
+    blocked: Any, library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None
+) -> Outcome:
+    try:
+        return verify_one(blocked, library, keyring, whatif)
+    except Exception as exc:  # a hostile record must never stop the audit
+        log.warning("blocked record could not be re-decided: %s", type(exc).__name__)
+        return Outcome(
+            reader_members(blocked), "invalid_record", f"could not be re-decided ({type(exc).__name__})"
+        )
+
 
 def replay(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Any],
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None = None,
 ) -> ReplayResult:
     """Verify every record (and what-if when a second ruleset is given)."""
-    return ReplayResult([verify_one(b, library, keyring, whatif) for b in records])
+    return ReplayResult([_verify_contained(b, library, keyring, whatif) for b in records])

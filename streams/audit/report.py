@@ -15,7 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from streams.audit.replay import Outcome, ReplayResult
+from streams.audit.replay import STATUSES, Outcome, ReplayResult, safe_timestamp
 
 PALETTE = [
     "#4e79a7",
@@ -37,7 +37,7 @@ def print_summary(console: Console, result: ReplayResult, whatif: bool) -> None:
     verify = Table(title="verification (re-decided under the recorded ruleset and state)")
     verify.add_column("status")
     verify.add_column("records", justify="right")
-    for status in ("match", "mismatch", "unverifiable", "ruleset_not_found"):
+    for status in STATUSES:
         verify.add_row(status, f"{result.count(status):,}")
     console.print(verify)
     reasons: Counter[tuple[str, str]] = Counter()
@@ -50,12 +50,12 @@ def print_summary(console: Console, result: ReplayResult, whatif: bool) -> None:
     for (partner, reason), count in sorted(reasons.items()):
         table.add_row(partner, reason, f"{count:,}")
     console.print(table)
-    for outcome in [o for o in result.outcomes if o.status in ("mismatch", "ruleset_not_found")][:20]:
-        source = outcome.blocked.get("source") or {}
+    problems = ("mismatch", "ruleset_not_found", "invalid_record")
+    for outcome in [o for o in result.outcomes if o.status in problems][:20]:
         console.print(
-            f"[red]{outcome.status}[/red] {outcome.partner} {source.get('topic')}/"
-            f"{source.get('partition')}@{source.get('offset')}: {outcome.why}",
+            f"[red]{outcome.status}[/red] {outcome.partner} {_where(outcome)}: {outcome.why}",
             highlight=False,
+            markup=False,
         )
     if whatif:
         changes: Counter[tuple[str, str]] = Counter((o.partner, o.change()) for o in result.outcomes)
@@ -70,6 +70,17 @@ def print_summary(console: Console, result: ReplayResult, whatif: bool) -> None:
             shown = ", ".join(sorted(fields[partner])) if change == "newly_forwarded" else ""
             what.add_row(partner, change, f"{count:,}", shown)
         console.print(what)
+
+
+def _where(outcome: Outcome) -> str:
+    """Where a record came from: its recorded source, or where it was read (invalid records)."""
+    source = outcome.blocked.get("source")
+    if isinstance(source, dict):
+        return f"{source.get('topic')}/{source.get('partition')}@{source.get('offset')}"
+    read = outcome.blocked
+    if "_line" in read:
+        return f"line {read['_line']}"
+    return f"blocked topic {read.get('_partition', '?')}@{read.get('_offset', '?')}"
 
 
 def write_jsonl(result: ReplayResult, path: Path) -> None:
@@ -103,7 +114,8 @@ def _bar_chart(title: str, rows: list[tuple[str, int]], width: int = 640) -> str
 
 def _time_chart(outcomes: list[Outcome], width: int = 900, height: int = 260) -> str:
     stamps = [
-        o.blocked.get("_timestamp_ms") or (o.blocked.get("source") or {}).get("timestamp_ms")
+        safe_timestamp(o.blocked.get("_timestamp_ms"))
+        or safe_timestamp((o.blocked.get("source") or {}).get("timestamp_ms"))
         for o in outcomes
     ]
     known = [s for s in stamps if s is not None]
@@ -163,7 +175,6 @@ def _examples(result: ReplayResult, limit: int) -> list[Outcome]:
 def _example_rows(result: ReplayResult, limit: int = 40) -> str:
     rows = []
     for outcome in _examples(result, limit):
-        source = outcome.blocked.get("source") or {}
         rows.append(
             "<tr>"
             + "".join(
@@ -172,7 +183,7 @@ def _example_rows(result: ReplayResult, limit: int = 40) -> str:
                     outcome.partner,
                     ", ".join(outcome.blocked.get("reasons", [])),
                     outcome.status,
-                    f"{source.get('topic')}/{source.get('partition')}@{source.get('offset')}",
+                    _where(outcome),
                     "[redacted]",
                     outcome.change() if outcome.whatif is not None else "",
                 )
@@ -189,13 +200,16 @@ def write_html(result: ReplayResult, path: Path, title: str = "partner-guard rep
     """A self-contained HTML report with charts and redacted examples."""
     reasons = Counter(r for o in result.outcomes for r in o.blocked.get("reasons", []))
     partners = Counter(o.partner for o in result.outcomes)
-    status = [(s, result.count(s)) for s in ("match", "mismatch", "unverifiable", "ruleset_not_found")]
+    status: list[tuple[str, int]] = [(s, result.count(s)) for s in STATUSES]
     changes = Counter(o.change() for o in result.outcomes if o.whatif is not None)
     verdict = (
         "<b class=bad>Some decisions did not reproduce.</b>"
         if result.failed
         else "<b class=ok>Every verifiable decision reproduced.</b>"
     )
+    if result.has_invalid:
+        invalid = result.count("invalid_record")
+        verdict += f" <b class=bad>{invalid:,} record(s) are not valid blocked records.</b>"
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{len(result.outcomes):,} blocked records re-decided. {verdict}</p>",

@@ -1,28 +1,42 @@
 """Opt-in republish: send on records that a corrected ruleset now forwards.
 
-Never the default. Each record is re-checked against the *current* consent and sign-up
-state before it goes, produced through a transaction together with a marker in the
-compacted `guard.republished` topic (key: partner|topic|partition|offset), so a second run
-republishes nothing. Loop guard: records whose source is a guard output are never sent.
+Never the default. Anyone who can write to the blocked topic can write a blocked record,
+so a record is only a candidate when all of these hold:
+
+1. it verifies (`match`): re-decided under the ruleset its digest names, found in the
+   rules directories or git history, it gives the recorded decision;
+2. its source topic is one of the guard's input topics (and never a guard output);
+3. the original read back from the recorded source topic/partition/offset has the
+   recorded SHA-256 (and so does the payload that verified) — the bytes that are
+   re-decided and sent are the ones read from the source, never the blocked record's;
+4. the corrected ruleset forwards it under the *current* consent and sign-up state.
+
+Each (partner, source record) goes once per run, and once across runs: it is produced
+through a transaction together with a marker in the compacted `guard.republished` topic
+(key: partner|topic|partition|offset), so a second run republishes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streams.audit.replay import Outcome, original_record
+from streams.audit.replay import Outcome
+from streams.audit.source import fetch_records, read_to_end
+from streams.core.codec import decode_avro, decode_json
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
+from streams.core.schema import event_schema
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics
-from streams.runtime.payload import Keyring
+from streams.runtime.payload import Keyring, reveal
 from streams.runtime.records import partner_record
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
@@ -40,6 +54,9 @@ class RepublishResult:
     already_sent: int = 0
     refused_by_fresh_check: int = 0
     loop_guarded: int = 0
+    unverified: int = 0
+    source_mismatch: int = 0
+    duplicates: int = 0
     planned: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -47,6 +64,20 @@ def marker_key(outcome: Outcome) -> str:
     """The idempotency key of one (partner, source record)."""
     source = outcome.blocked.get("source") or {}
     return f"{outcome.partner}|{source.get('topic')}|{source.get('partition')}|{source.get('offset')}"
+
+
+def _position(outcome: Outcome) -> tuple[str, int, int]:
+    source = outcome.blocked["source"]
+    return source["topic"], source["partition"], source["offset"]
+
+
+def _same_original(outcome: Outcome, raw: bytes, keyring: Keyring | None) -> bool:
+    """True when the bytes at the source are the ones recorded, and the ones that verified."""
+    recorded = outcome.blocked.get("original_sha256")
+    if hashlib.sha256(raw).hexdigest() != recorded:
+        return False
+    verified = reveal(outcome.blocked, keyring)
+    return verified is not None and hashlib.sha256(verified).hexdigest() == recorded
 
 
 def _already_republished(kafka: dict[str, Any]) -> set[str]:
@@ -58,21 +89,15 @@ def _already_republished(kafka: dict[str, Any]) -> set[str]:
             "isolation.level": "read_committed",
         }
     )
-    keys: set[str] = set()
     try:
         metadata = consumer.list_topics(REPUBLISHED_TOPIC, timeout=10)
-        consumer.assign(
-            [TopicPartition(REPUBLISHED_TOPIC, p, 0) for p in metadata.topics[REPUBLISHED_TOPIC].partitions]
-        )
-        idle = time.monotonic()
-        while time.monotonic() - idle < 1.5:
-            batch = consumer.consume(5000, 0.3)
-            if batch:
-                idle = time.monotonic()
-            keys.update((m.key() or b"").decode() for m in batch if m.error() is None)
+        partitions = [
+            TopicPartition(REPUBLISHED_TOPIC, p, OFFSET_BEGINNING)
+            for p in metadata.topics[REPUBLISHED_TOPIC].partitions
+        ]
+        return {(m.key() or b"").decode("utf-8", "replace") for m in read_to_end(consumer, partitions)}
     finally:
         consumer.close()
-    return keys
 
 
 def republish(
@@ -82,10 +107,12 @@ def republish(
     kafka: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
     outputs = {settings.blocked_topic, REPUBLISHED_TOPIC, *(rule.topic for rule in ruleset.rules)}
     result = RepublishResult()
-    candidates = [o for o in outcomes if o.whatif is not None and o.whatif.forwarded]
-    result.candidates = len(candidates)
-    if not candidates:
+    forwarded = [o for o in outcomes if o.whatif is not None and o.whatif.forwarded]
+    result.candidates = len(forwarded)
+    if not forwarded:
         return result
+    verified = [o for o in forwarded if o.status == "match"]
+    result.unverified = len(forwarded) - len(verified)
     ensure_topics(kafka, [], [REPUBLISHED_TOPIC], 1)
     done = _already_republished(kafka)
     consent, status = ConsentTable(), SignupStatusTable()
@@ -99,17 +126,35 @@ def republish(
             pass
     finally:
         reader.close()
-    topics = {rule.partner: rule.topic for rule in ruleset.rules}
-    for outcome in candidates:
-        source_topic = (outcome.blocked.get("source") or {}).get("topic")
-        if source_topic in outputs:
+    inputs = set(settings.input_topics)
+    sourced: list[Outcome] = []
+    seen: set[str] = set()
+    for outcome in verified:
+        source_topic = outcome.blocked["source"]["topic"]
+        if source_topic in outputs or source_topic not in inputs:
             result.loop_guarded += 1
             continue
         key = marker_key(outcome)
         if key in done:
             result.already_sent += 1
+        elif key in seen:
+            result.duplicates += 1  # the same (partner, source record) twice in one run: once
+        else:
+            seen.add(key)
+            sourced.append(outcome)
+    originals = fetch_records(kafka, {_position(o) for o in sourced})
+    topics = {rule.partner: rule.topic for rule in ruleset.rules}
+    for outcome in sourced:
+        raw = originals.get(_position(outcome))
+        if raw is None or not _same_original(outcome, raw, keyring):
+            result.source_mismatch += 1
             continue
-        record = original_record(outcome.blocked, keyring)
+        source_topic = outcome.blocked["source"]["topic"]
+        record = (
+            decode_avro(raw, event_schema())
+            if settings.topic_format(source_topic) == "avro"
+            else decode_json(raw)
+        )
         if not isinstance(record, Event):
             result.refused_by_fresh_check += 1
             continue
@@ -124,7 +169,7 @@ def republish(
         record_key, value = partner_record(fresh)
         result.planned.append(
             {
-                "marker": key,
+                "marker": marker_key(outcome),
                 "topic": topics[outcome.partner],
                 "key": record_key,
                 "value": value,

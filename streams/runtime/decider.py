@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -36,12 +36,13 @@ from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
+    BlockedInput,
     SourceRef,
+    blocked_input,
     blocked_record,
     partner_record,
-    source_fragment,
 )
-from streams.runtime.state import ConsentTable, SignupStatusTable, dumps_snapshot, snapshot_for
+from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class RecordDecider:
             else None
         )
         decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: tuple[bytes, orjson.Fragment, dict[str, Any], str] | None = None
+        shared: BlockedInput | None = None
         for decision in decisions:
             extra: tuple[str, ...] = ()
             if decision.forwarded:
@@ -256,27 +257,11 @@ class RecordDecider:
                     continue
                 extra = (Reason.RECORD_TOO_LARGE.value,)
             if shared is None:  # built once per input, shared by every partner's blocked copy
-                snapshot_json = dumps_snapshot(snapshot) if snapshot is not None else b"null"
-                source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-                shared = (
-                    snapshot_json,
-                    source_fragment(source, raw),
-                    self.payload.protect(raw, source_ref),
-                    hashlib.sha256(raw).hexdigest(),
-                )
-            snapshot_json, source_json, payload, raw_sha256 = shared
-            blocked, headers = blocked_record(
-                decision,
-                snapshot_json,
-                source,
-                source_json,
-                raw,
-                payload,
-                raw_sha256,
-                s.max_record_bytes,
-                extra,
+                shared = blocked_input(source, raw, snapshot, decision.event_id, self.payload)
+            blocked_key, blocked, headers = blocked_record(
+                decision, shared, source, s.max_record_bytes, extra
             )
-            outputs.add(s.blocked_topic, blocked, source.key, headers, s.max_record_bytes)
+            outputs.add(s.blocked_topic, blocked, blocked_key, headers, s.max_record_bytes)
             tally.decisions[(decision.partner, "block")] += 1
             for reason in (*decision.reasons, *extra):
                 tally.reasons[(decision.partner, reason)] += 1
@@ -288,15 +273,19 @@ class RecordDecider:
     ) -> _Outputs:
         """One `internal_error` block per partner, built from nothing but the raw bytes."""
         s = self.settings
-        if len(source.key or b"") > s.max_record_bytes // 4:  # a key that cannot travel is dropped
-            source = replace(source, key=None)
-        source_ref = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
         try:
-            payload = self.payload.protect(raw, source_ref)
+            shared = blocked_input(source, raw, None, event_id, self.payload)
         except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
-            payload = {"payload_mode": self.payload.mode, "original_b64": None}
-        source_json = source_fragment(source, raw)
-        raw_sha256 = hashlib.sha256(raw).hexdigest()
+            where = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+            shared = BlockedInput(
+                kafka_key=None,
+                event_id=None,
+                snapshot_json=b"null",
+                source_json=orjson.Fragment(orjson.dumps({**where, "format": source.input_format})),
+                payload={"payload_mode": self.payload.mode, "original_b64": None},
+                original_size=len(raw),
+                original_sha256=hashlib.sha256(raw).hexdigest(),
+            )
         outputs = _Outputs()
         for rule in self.ruleset.rules:
             decision = Decision(
@@ -308,10 +297,8 @@ class RecordDecider:
                 reasons=(Reason.INTERNAL_ERROR.value,),
                 details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
             )
-            value, headers = blocked_record(
-                decision, b"null", source, source_json, raw, payload, raw_sha256, s.max_record_bytes
-            )
-            outputs.records.append((s.blocked_topic, value, source.key, headers))
+            blocked_key, value, headers = blocked_record(decision, shared, source, s.max_record_bytes)
+            outputs.records.append((s.blocked_topic, value, blocked_key, headers))
             outputs.tally.decisions[(rule.partner, "block")] += 1
             outputs.tally.reasons[(rule.partner, Reason.INTERNAL_ERROR.value)] += 1
         return outputs

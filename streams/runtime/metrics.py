@@ -1,16 +1,26 @@
-"""Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints on one port."""
+"""Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints on one port.
+
+The server answers each connection in its own thread, with a socket timeout, and at most
+`MAX_HTTP_CLIENTS` at once (more are closed at once): an idle or slow client never
+blocks a health check, and a flood of connections cannot exhaust threads.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A scraper or probe sends its request at once; a connection silent this long is dropped.
+HTTP_TIMEOUT_S = 5.0
+# Prometheus, a couple of probes and a human: far fewer; more would only be a flood.
+MAX_HTTP_CLIENTS = 32
 
 
 class GuardMetrics:
@@ -95,8 +105,40 @@ class GuardMetrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = HTTP_TIMEOUT_S  # socket timeout of each connection (StreamRequestHandler)
+
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One daemon thread per connection, at most `MAX_HTTP_CLIENTS` of them."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_HTTP_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: close, never queue behind them
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that timed out or hung up is not the guard's error (and logs no payload)
 
 
 def serve_http(
@@ -114,7 +156,7 @@ def serve_http(
         result: Iterable[bytes] = metrics_app(environ, start_response)
         return result
 
-    server = make_server(host, port, app, handler_class=_QuietHandler)
+    server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -5,7 +5,12 @@
   identifier) and every undeclared property replaced by a keyed hash; undecodable input is
   kept only as its SHA-256. Replay cannot re-decide these exactly (see README).
 - encrypted: AES-256-GCM over the raw bytes, the source reference as associated data, the
-  key id recorded so keys can rotate; replay decrypts with the keyring.
+  key id recorded so keys can rotate; replay decrypts with the keyring. Only the
+  ciphertext counts: a record that also carries plaintext is treated as tampered.
+
+In redacted and encrypted modes the identifiers outside the payload are keyed hashes too:
+the input key (`source.key_redacted`, and the blocked record's own Kafka key), the
+`event_id`, and the subjects and account id in the state snapshot.
 
 Keys come from the environment (`PARTNER_GUARD_PAYLOAD_KEYS="id:base64,..."`, the first
 one encrypts) or a file of such lines, never from rules or the blocked topic.
@@ -33,6 +38,9 @@ from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 PayloadMode = Literal["full", "redacted", "encrypted"]
 KEYS_ENV = "PARTNER_GUARD_PAYLOAD_KEYS"
 _SENSITIVE_PREFIXES = ("pii:", "identifier:")
+# Input keys are copied into blocked records only up to this size (then only their hash):
+# a key is as unbounded as a value, and must never make a blocked record too large.
+MAX_KEY_BYTES = 1024
 
 
 class PayloadKeyError(Exception):
@@ -92,6 +100,10 @@ def _associated_data(source: Mapping[str, Any]) -> bytes:
     return f"{source.get('topic')}/{source.get('partition')}/{source.get('offset')}".encode()
 
 
+class PayloadFormatError(ValueError):
+    """A blocked record's payload members are not what its payload mode writes."""
+
+
 def _redact_value(key: bytes, value: Any) -> str:
     digest = hmac.new(key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS), hashlib.sha256).hexdigest()
     return "redacted:" + digest[:32]
@@ -125,6 +137,46 @@ class PayloadProtector:
         self.mode = mode
         self.keyring = keyring
 
+    @property
+    def _hash_key(self) -> bytes | None:
+        """The key of the identifier hashes; None in full mode (identifiers stay readable)."""
+        if self.mode == "full" or self.keyring is None:
+            return None
+        return self.keyring.keys[self.keyring.current]
+
+    def identifier(self, value: str | None) -> str | None:
+        """An identifier as the blocked record may carry it (keyed hash unless full mode)."""
+        key = self._hash_key
+        return value if key is None or value is None else _redact_value(key, value)
+
+    def input_key(self, raw_key: bytes | None) -> tuple[bytes | None, dict[str, Any]]:
+        """The blocked record's Kafka key, and the members describing the input key.
+
+        Full mode keeps a key up to `MAX_KEY_BYTES` (base64), larger ones only as their
+        SHA-256; the other modes keep a keyed hash of any key.
+        """
+        if raw_key is None:
+            return None, {"key_b64": None}
+        key = self._hash_key
+        if key is not None:
+            hashed = "redacted:" + hmac.new(key, raw_key, hashlib.sha256).hexdigest()[:32]
+            return hashed.encode(), {"key_b64": None, "key_redacted": hashed}
+        if len(raw_key) <= MAX_KEY_BYTES:
+            return raw_key, {"key_b64": base64.b64encode(raw_key).decode()}
+        digest = hashlib.sha256(raw_key).hexdigest()
+        return digest.encode(), {"key_b64": None, "key_sha256": digest, "key_size": len(raw_key)}
+
+    def snapshot(self, dumped: dict[str, Any]) -> dict[str, Any]:
+        """A dumped state snapshot with its subjects and account id hashed (unless full mode)."""
+        key = self._hash_key
+        if key is None:
+            return dumped
+        consent = [{**c, "subject": _redact_value(key, c.get("subject"))} for c in dumped.get("consent", ())]
+        status = dumped.get("signup_status")
+        if isinstance(status, dict):
+            status = {**status, "account_id": _redact_value(key, status.get("account_id"))}
+        return {**dumped, "consent": consent, "signup_status": status}
+
     def protect(self, raw: bytes, source: Mapping[str, Any]) -> dict[str, Any]:
         """Members to merge into the blocked record."""
         if self.mode == "full" or self.keyring is None:
@@ -148,20 +200,56 @@ class PayloadProtector:
         }
 
 
+def _b64decode(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise PayloadFormatError(f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadFormatError(f"{what} is not valid base64") from None
+
+
+def unhash_key(blocked: Mapping[str, Any], keyring: Keyring | None) -> bytes | None:
+    """The key that hashed a redacted or encrypted record's identifiers; None when unknown."""
+    if keyring is None:
+        return None
+    return keyring.keys.get(str(blocked.get("key_id")))
+
+
+def redacted_identifier(key: bytes, value: str) -> str:
+    """How `PayloadProtector.identifier` writes `value` under `key` (replay maps back with it)."""
+    return _redact_value(key, value)
+
+
 def reveal(blocked: Mapping[str, Any], keyring: Keyring | None) -> bytes | None:
-    """The original bytes of a blocked record; None when redacted or reduced."""
+    """The original bytes of a blocked record; None when redacted or reduced.
+
+    Only the member of the record's own payload mode counts: plaintext beside a
+    ciphertext (or in a redacted record) is tampering, never a way around the key.
+    """
     mode = blocked.get("payload_mode", "full")
+    if mode == "full":
+        original = blocked.get("original_b64")
+        return None if original is None else _b64decode(original, "original_b64")
     if blocked.get("original_b64") is not None:
-        return base64.b64decode(blocked["original_b64"])
-    if mode != "encrypted" or not blocked.get("ciphertext_b64"):
+        raise PayloadTamperedError(f"plaintext original beside a {mode} payload")
+    if mode == "redacted":
+        return None
+    if mode != "encrypted":
+        raise PayloadFormatError(f"unknown payload mode {mode!r}")
+    if blocked.get("original_redacted") is not None:
+        raise PayloadTamperedError("redacted original beside an encrypted payload")
+    if not blocked.get("ciphertext_b64"):
         return None
     if keyring is None or blocked.get("key_id") not in keyring.keys:
         raise PayloadKeyError(f"no payload key with id '{blocked.get('key_id')}' to decrypt with")
+    nonce = _b64decode(blocked.get("nonce_b64"), "nonce_b64")
+    ciphertext = _b64decode(blocked.get("ciphertext_b64"), "ciphertext_b64")
+    if len(nonce) != 12:
+        raise PayloadFormatError("nonce_b64 is not a 12-byte nonce")
     try:
         return AESGCM(keyring.keys[blocked["key_id"]]).decrypt(
-            base64.b64decode(blocked["nonce_b64"]),
-            base64.b64decode(blocked["ciphertext_b64"]),
-            _associated_data(blocked.get("source") or {}),
+            nonce, ciphertext, _associated_data(blocked.get("source") or {})
         )
     except InvalidTag as exc:
         raise PayloadTamperedError("encrypted payload failed authentication (tampered or wrong key)") from exc

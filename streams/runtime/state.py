@@ -1,15 +1,35 @@
 """Consent and sign-up status tables, packed to stay small at millions of entries.
 
-Each table maps the record key (bytes) to one packed int; a 1M-entry consent table costs
-well under 250 bytes an entry (measured by `tests/test_state.py`). `KeyValueStore` is the
-seam for a disk-backed store when state outgrows one machine's memory.
+Each table maps a subject (bytes) to one packed int; a 1M-entry consent table costs well
+under 250 bytes an entry (measured by `tests/test_state.py`). `KeyValueStore` is the seam
+for a disk-backed store when state outgrows one machine's memory.
+
+Identity. A consent record's Kafka key must be its canonical subject and equal the value's
+`subject`: `account:<id>`, `profile:<id>` or `device:<id>`, the id non-empty, without
+surrounding whitespace or control characters. A sign-up status record's key must equal
+its value's `account_id` (same rules for the id). Anything else is an invalid record: it
+is counted, logged (without identifiers), and stored as the most restrictive record under
+every subject it names (the key and the value's subject, trimmed; a bare id in a consent
+key names the account, profile and device with that id). A denial is never lost to how
+it was keyed, and a grant never outlives its tombstone.
+
+Ordering. Per subject the record with the latest `updated_at` wins, whatever partition it
+came from and whenever it arrives; an older record arriving later is ignored; records
+with equal times merge to the most restrictive. A missing `updated_at` counts as the
+oldest time. An `updated_at` that is unreadable, negative or more than a day ahead of the
+clock makes the record invalid; an invalid record without a usable time takes the stored
+time of the subject, so it merges (restrictively) with what is there and a genuinely newer
+record still replaces it.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import logging
+import time
+from collections.abc import Callable, MutableMapping
 from datetime import datetime
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 import orjson
 
@@ -17,10 +37,14 @@ from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
 
+log = logging.getLogger(__name__)
+
 _GRANT = {None: 0, "granted": 1, "denied": 2}
 _GRANT_BACK: tuple[Literal["granted", "denied"] | None, ...] = (None, "granted", "denied")
 _BOOL = {None: 0, False: 1, True: 2}
 _BOOL_BACK: tuple[bool | None, ...] = (None, False, True)
+# Both 2-bit codes rank the same way: allowing (1) < unknown (0) < refusing (2).
+_RESTRICTIVENESS = (1, 0, 2)
 _STATUS: tuple[Literal["prospect", "in_signup", "member", "former_member"], ...] = (
     "prospect",
     "in_signup",
@@ -28,7 +52,23 @@ _STATUS: tuple[Literal["prospect", "in_signup", "member", "former_member"], ...]
     "former_member",
 )
 _STATUS_CODE = {s: i for i, s in enumerate(_STATUS)}
+_STATUS_UNKNOWN = 4  # an invalid or conflicting status: read back as "no status" (blocks)
+_STATUS_BITS = 3
 _TIME_SHIFT = 24
+_JURISDICTION_MASK = 0xFFFF
+# The packed jurisdiction index has 16 bits; index 0 is "none". Past this, records that
+# name a new jurisdiction are invalid (fail closed) instead of overflowing the table.
+MAX_JURISDICTIONS = (1 << 16) - 1
+MAX_JURISDICTION_CHARS = 64
+MAX_ID_CHARS = 512
+# Producers' clocks drift; a record stamped more than this ahead of ours is not believable.
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+SUBJECT_KINDS = ("account", "profile", "device")
+_SUBJECT_KINDS = frozenset(SUBJECT_KINDS)
+_MOST_RESTRICTIVE = (
+    _GRANT["denied"] | _BOOL[True] << 2 | _BOOL[True] << 4 | _GRANT["denied"] << 6
+)  # jurisdiction index 0 (unknown)
+_LOGGED_INVALID = 10  # log the first few invalid records, then every 1000th
 
 
 # The storage seam: a dict here; anything implementing MutableMapping[bytes, int] (e.g. a
@@ -36,79 +76,203 @@ _TIME_SHIFT = 24
 KeyValueStore = MutableMapping[bytes, int]
 
 
-def epoch_ms(value: str | int | None) -> int:
-    """Epoch milliseconds of an RFC 3339 string or epoch ms; 0 when absent or unreadable."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return max(value, 0)
-    if isinstance(value, str):
-        try:
-            return max(int(datetime.fromisoformat(value).timestamp() * 1000), 0)
-        except ValueError:
-            return 0
-    return 0
+class _InvalidRecordError(Exception):
+    """Why a state record is invalid (never contains identifiers or payload)."""
 
 
-class ConsentTable:
-    """`account:<id>` / `profile:<id>` / `device:<id>` → packed consent choices.
+def _is_canonical_id(text: str) -> bool:
+    return 0 < len(text) <= MAX_ID_CHARS and text == text.strip() and text.isprintable()
 
-    An undecodable consent record is stored as the most restrictive record (everything
-    denied or opted out): fail closed, never open.
+
+def canonical_subject(text: str) -> bool:
+    """True when `text` is a canonical consent subject (`account|profile|device:<id>`)."""
+    kind, _, ident = text.partition(":")
+    return kind in _SUBJECT_KINDS and _is_canonical_id(ident)
+
+
+def _named_subjects(text: str | None) -> list[str]:
+    """The canonical subjects a (possibly malformed) consent key or subject names."""
+    if not text:
+        return []
+    trimmed = text.strip()[: MAX_ID_CHARS + 16]
+    kind, sep, ident = trimmed.partition(":")
+    if sep and kind.strip().lower() in SUBJECT_KINDS:
+        ident = ident.strip()
+        return [f"{kind.strip().lower()}:{ident}"] if ident else []
+    return [f"{k}:{trimmed}" for k in SUBJECT_KINDS] if trimmed else []
+
+
+def _named_account(text: str | None) -> list[str]:
+    trimmed = text.strip()[:MAX_ID_CHARS] if text else ""
+    return [trimmed] if trimmed else []
+
+
+@lru_cache(maxsize=4096)
+def _rfc3339_ms(text: str) -> int | None:
+    """Epoch ms of an RFC 3339 time with an offset; None otherwise (memoized: times repeat)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1000) if moment.tzinfo is not None else None
+
+
+def updated_at_ms(value: Any, now_ms: int) -> int:
+    """Epoch ms of `updated_at` (RFC 3339 with offset, or epoch ms); 0 when absent.
+
+    Raises `_InvalidRecordError` for anything unreadable, negative or more than a day in the future.
     """
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _InvalidRecordError("updated_at has the wrong type")
+    stamp = _rfc3339_ms(value) if isinstance(value, str) else value
+    if stamp is None:
+        raise _InvalidRecordError("updated_at is not RFC 3339 with a UTC offset")
+    if not 0 <= stamp <= now_ms + MAX_FUTURE_SKEW_MS:
+        raise _InvalidRecordError("updated_at out of range")
+    return stamp
 
-    def __init__(self, store: KeyValueStore | None = None) -> None:
+
+def _loose_field(value: bytes, name: str) -> str | None:
+    """A string member of an otherwise invalid JSON object (to know what it names)."""
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    member = parsed.get(name) if isinstance(parsed, dict) else None
+    return member if isinstance(member, str) else None
+
+
+def _decode_key(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class _Table:
+    """What both tables share: the clock, the invalid-record count and its log."""
+
+    def __init__(self, store: KeyValueStore | None, name: str, clock: Callable[[], float]) -> None:
         self._store: KeyValueStore = store if store is not None else {}
-        self._jurisdictions: list[str | None] = [None]
-        self._jurisdiction_index: dict[str | None, int] = {None: 0}
+        self._name = name
+        self._clock = clock
         self.invalid_records = 0
 
     def __len__(self) -> int:
         return len(self._store)
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _count_invalid(self, why: str) -> None:
+        self.invalid_records += 1
+        if self.invalid_records <= _LOGGED_INVALID or self.invalid_records % 1000 == 0:
+            log.warning(
+                "invalid %s record (%s): stored fail-closed; %d so far", self._name, why, self.invalid_records
+            )
+
+    def _put(self, key: bytes, packed: int, stamp: int | None, shift: int) -> None:
+        """Store `packed` (its time in the bits above `shift`) unless the stored one is newer.
+
+        `stamp` None: the record has no usable time and takes the stored one (merges).
+        """
+        old = self._store.get(key)
+        if old is None:
+            self._store[key] = packed | (stamp or 0) << shift
+            return
+        old_stamp = old >> shift
+        stamp = old_stamp if stamp is None else stamp
+        if stamp > old_stamp:
+            self._store[key] = packed | stamp << shift
+        elif stamp == old_stamp:
+            self._store[key] = self._merge(old & ((1 << shift) - 1), packed) | stamp << shift
+
+    def _usable_time(self, value: bytes) -> int | None:
+        """The time of an invalid record when it has a valid one, else None."""
+        try:
+            parsed = orjson.loads(value)
+            stamp = parsed.get("updated_at") if isinstance(parsed, dict) else None
+            return updated_at_ms(stamp, self._now_ms()) if stamp is not None else None
+        except (orjson.JSONDecodeError, _InvalidRecordError):
+            return None
+
+    def _merge(self, old: int, new: int) -> int:
+        """Two records with the same time: the most restrictive of both."""
+        raise NotImplementedError
+
+
+class ConsentTable(_Table):
+    """`account:<id>` / `profile:<id>` / `device:<id>` → packed consent choices and time."""
+
+    def __init__(self, store: KeyValueStore | None = None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, "consent", clock)
+        self._jurisdictions: list[str | None] = [None]
+        self._jurisdiction_index: dict[str | None, int] = {None: 0}
+
     def _intern(self, jurisdiction: str | None) -> int:
         index = self._jurisdiction_index.get(jurisdiction)
         if index is None:
+            if jurisdiction is not None and len(jurisdiction) > MAX_JURISDICTION_CHARS:
+                raise _InvalidRecordError("jurisdiction too long")
             index = len(self._jurisdictions)
-            if index >= 1 << 16:
-                raise OverflowError("more than 65535 distinct jurisdictions")
+            if index > MAX_JURISDICTIONS:
+                raise _InvalidRecordError("jurisdiction table full")
             self._jurisdictions.append(jurisdiction)
             self._jurisdiction_index[jurisdiction] = index
         return index
 
-    def apply(self, key: bytes, value: bytes | None) -> None:
-        """Apply one record of the compacted topic; a tombstone deletes (consent unknown)."""
-        if value is None:
-            self._store.pop(key, None)
+    def _merge(self, old: int, new: int) -> int:
+        merged = 0
+        for shift in (0, 2, 4, 6):  # per choice: the most restrictive of the two
+            a, b = old >> shift & 3, new >> shift & 3
+            merged |= (a if _RESTRICTIVENESS[a] >= _RESTRICTIVENESS[b] else b) << shift
+        jurisdiction_a, jurisdiction_b = old >> 8 & _JURISDICTION_MASK, new >> 8 & _JURISDICTION_MASK
+        return merged | (jurisdiction_a if jurisdiction_a == jurisdiction_b else 0) << 8
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one record of the compacted topic (see the module docstring for the rules)."""
+        subject = _decode_key(key)
+        if value is None:  # a tombstone: consent unknown again for what the key named
+            if subject is not None and canonical_subject(subject):
+                self._store.pop(subject.encode(), None)
+            else:  # neither keeps a grant nor loses a denial: restricts what the key names
+                self._count_invalid("tombstone key is not a canonical subject")
+                for name in _named_subjects(subject):
+                    self._put(name.encode(), _MOST_RESTRICTIVE, None, _TIME_SHIFT)
             return
         try:
+            self._apply_valid(subject, value)
+        except _InvalidRecordError as exc:
+            self._count_invalid(str(exc))
+            named = dict.fromkeys(
+                [*_named_subjects(subject), *_named_subjects(_loose_field(value, "subject"))]
+            )
+            usable = self._usable_time(value)
+            for name in named:
+                self._put(name.encode(), _MOST_RESTRICTIVE, usable, _TIME_SHIFT)
+
+    def _apply_valid(self, subject: str | None, value: bytes) -> None:
+        try:
             record = decode_state_record(value, ConsentRecord)
-            packed = self._pack(record)
-        except Exception:  # anything unreadable is stored fail-closed, never raised into the job
-            self.invalid_records += 1
-            packed = self._pack(self._fail_closed(key))
-        self._store[key] = packed
-
-    @staticmethod
-    def _fail_closed(key: bytes) -> ConsentRecord:
-        """The most restrictive record: everything denied or opted out."""
-        return ConsentRecord.model_construct(
-            subject=key.decode("utf-8", "replace"),
-            interest_based_ads="denied",
-            do_not_sell_or_share=True,
-            matched_identifier_opt_out=True,
-            ad_cookies="denied",
-            updated_at=None,
-            jurisdiction=None,
-        )
-
-    def _pack(self, record: ConsentRecord) -> int:
-        return (
+        except Exception:  # strict JSON (no duplicate keys) and strict types; anything else is invalid
+            raise _InvalidRecordError("not a valid consent record") from None
+        if subject is None or not canonical_subject(subject):
+            raise _InvalidRecordError("key is not a canonical subject")
+        if record.subject != subject:
+            raise _InvalidRecordError("key and subject differ")
+        stamp = updated_at_ms(record.updated_at, self._now_ms())
+        packed = (
             _GRANT[record.interest_based_ads]
             | _BOOL[record.do_not_sell_or_share] << 2
             | _BOOL[record.matched_identifier_opt_out] << 4
             | _GRANT[record.ad_cookies] << 6
             | self._intern(record.jurisdiction) << 8
-            | epoch_ms(record.updated_at) << _TIME_SHIFT
         )
+        self._put(subject.encode(), packed, stamp, _TIME_SHIFT)
 
     def get(self, key: bytes) -> ConsentRecord | None:
         """The stored record of one subject."""
@@ -122,42 +286,59 @@ class ConsentTable:
             do_not_sell_or_share=_BOOL_BACK[packed >> 2 & 3],
             matched_identifier_opt_out=_BOOL_BACK[packed >> 4 & 3],
             ad_cookies=_GRANT_BACK[packed >> 6 & 3],
-            jurisdiction=self._jurisdictions[packed >> 8 & 0xFFFF],
+            jurisdiction=self._jurisdictions[packed >> 8 & _JURISDICTION_MASK],
         )
 
 
-class SignupStatusTable:
-    """Account id → packed sign-up status."""
+class SignupStatusTable(_Table):
+    """Account id → packed sign-up status and time."""
 
-    def __init__(self, store: KeyValueStore | None = None) -> None:
-        self._store: KeyValueStore = store if store is not None else {}
-        self.invalid_records = 0
+    def __init__(self, store: KeyValueStore | None = None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, "sign-up status", clock)
 
-    def __len__(self) -> int:
-        return len(self._store)
+    def _merge(self, old: int, new: int) -> int:
+        return old if old == new else _STATUS_UNKNOWN  # two statuses at one time: unknown
 
-    def apply(self, key: bytes, value: bytes | None) -> None:
-        """Apply one record; a tombstone or an invalid record deletes (status unknown → block)."""
-        if value is None:
-            self._store.pop(key, None)
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one record; the key must be the value's account id (module docstring)."""
+        account = _decode_key(key)
+        if value is None:  # a tombstone deletes what the key named
+            if account is not None and _is_canonical_id(account):
+                self._store.pop(account.encode(), None)
+            else:  # the status of what the key names becomes unknown
+                self._count_invalid("tombstone key is not a canonical account id")
+                for name in _named_account(account):
+                    self._put(name.encode(), _STATUS_UNKNOWN, None, _STATUS_BITS)
             return
         try:
-            status = decode_state_record(value, SignupStatus)
-        except Exception:  # unreadable: status unknown (blocks), never raised into the job
-            self.invalid_records += 1
-            self._store.pop(key, None)
-            return
-        self._store[status.account_id.encode()] = (
-            _STATUS_CODE[status.status] | epoch_ms(status.updated_at) << 2
-        )
+            try:
+                status = decode_state_record(value, SignupStatus)
+            except Exception:  # strict JSON (no duplicate keys) and strict types
+                raise _InvalidRecordError("not a valid sign-up status record") from None
+            if account is None or not _is_canonical_id(account):
+                raise _InvalidRecordError("key is not a canonical account id")
+            if status.account_id != account:
+                raise _InvalidRecordError("key and account_id differ")
+            stamp = updated_at_ms(status.updated_at, self._now_ms())
+            self._put(account.encode(), _STATUS_CODE[status.status], stamp, _STATUS_BITS)
+        except _InvalidRecordError as exc:
+            self._count_invalid(str(exc))
+            named = dict.fromkeys(
+                [*_named_account(account), *_named_account(_loose_field(value, "account_id"))]
+            )
+            usable = self._usable_time(value)
+            for name in named:
+                self._put(name.encode(), _STATUS_UNKNOWN, usable, _STATUS_BITS)
 
     def get(self, account_id: str) -> SignupStatus | None:
-        """The status of one account."""
+        """The status of one account; None when unknown, invalid or conflicting."""
         packed = self._store.get(account_id.encode())
-        if packed is None:
+        if packed is None or packed & 7 == _STATUS_UNKNOWN:
             return None
         return SignupStatus.model_construct(
-            account_id=account_id, status=_STATUS[packed & 3], updated_at=(packed >> 2) or None
+            account_id=account_id,
+            status=_STATUS[packed & 7],
+            updated_at=(packed >> _STATUS_BITS) or None,
         )
 
 

@@ -8,6 +8,11 @@ Measured on the embedded broker (Tansu 0.6): ListOffsets(latest) answers the bas
 of the last record batch + 1, not the true end. Reaching that offset delivers the whole
 last batch (fetches return whole batches), so after reaching the targets the reader also
 drains every record already fetched; the true end seen in fetch responses is used too.
+
+The state topics are read `read_committed`, so a grant from a rolled-back transaction never
+applies (on a broker that implements it: Tansu 0.6 does not hide aborted records). Every
+`METADATA_REFRESH_S` the reader looks the topics up again and reads partitions added
+while running from their beginning.
 """
 
 from __future__ import annotations
@@ -15,20 +20,52 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka.admin._metadata import ClusterMetadata
 
 from streams.runtime.metrics import GuardMetrics
 
 log = logging.getLogger(__name__)
-Applier = Callable[[bytes, bytes | None], None]
+Applier = Callable[[bytes | None, bytes | None], None]
 # More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
 # small enough that a flood of state records cannot keep one catch-up from ending.
 MAX_DRAIN = 20_000
+# How often to look for partitions added to the state topics while running: often enough
+# that a new partition's records apply within seconds, rare enough to cost nothing.
+METADATA_REFRESH_S = 10.0
+
+
+def state_consumer_config(kafka_config: dict[str, Any]) -> dict[str, Any]:
+    """Consumer settings of the state reader: no group commits, committed records only."""
+    return {
+        **kafka_config,
+        "group.id": f"partner-guard-state-{uuid.uuid4().hex[:12]}",  # never commits
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "isolation.level": "read_committed",
+    }
+
+
+def new_partitions(
+    metadata: ClusterMetadata, topics: Iterable[str], known: Iterable[tuple[str, int]]
+) -> list[TopicPartition]:
+    """Partitions of `topics` in `metadata` that are not `known` yet, to read from the beginning."""
+    seen = set(known)
+    found = []
+    for topic in topics:
+        listed = metadata.topics.get(topic)
+        if listed is None or listed.error is not None:
+            continue
+        for partition in sorted(listed.partitions):
+            if (topic, partition) not in seen:
+                found.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+    return found
 
 
 class StateReader:
@@ -40,30 +77,41 @@ class StateReader:
         appliers: dict[str, Applier],
         metrics: GuardMetrics,
         watermark_timeout_s: float = 5.0,
+        metadata_refresh_s: float = METADATA_REFRESH_S,
     ) -> None:
-        config = {
-            **kafka_config,
-            "group.id": f"partner-guard-state-{uuid.uuid4().hex[:12]}",  # never commits
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-        }
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(state_consumer_config(kafka_config))
         self._admin = AdminClient(kafka_config)
         self._appliers = appliers
         self._metrics = metrics
         self._timeout = watermark_timeout_s
         self.positions: dict[tuple[str, int], int] = {}
         self.last_caught_up = 0.0
+        self._refresh_s = metadata_refresh_s
         metadata = self._consumer.list_topics(timeout=watermark_timeout_s)
-        partitions = []
         for topic in appliers:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
                 raise RuntimeError(f"state topic '{topic}' does not exist (use --create-topics)")
-            for partition in metadata.topics[topic].partitions:
-                partitions.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-                self.positions[(topic, partition)] = 0
+        partitions = new_partitions(metadata, appliers, ())
+        self.positions = {(tp.topic, tp.partition): 0 for tp in partitions}
         self._consumer.assign(partitions)
+        self._refreshed_at = time.monotonic()
+
+    def _pick_up_new_partitions(self) -> None:
+        """Assign partitions added to the state topics since the last look (from the start)."""
+        if time.monotonic() - self._refreshed_at < self._refresh_s:
+            return
+        self._refreshed_at = time.monotonic()
+        try:
+            metadata = self._consumer.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            log.warning("state topic metadata refresh failed: %s", exc.args[0].str())
+            return
+        added = new_partitions(metadata, self._appliers, self.positions)
+        if added:
+            log.info("state topics: reading %d new partition(s)", len(added))
+            self._consumer.incremental_assign(added)
+            for tp in added:
+                self.positions[(tp.topic, tp.partition)] = 0
 
     def _apply(self, messages: list[Message]) -> int:
         applied = 0
@@ -76,7 +124,7 @@ class StateReader:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 continue
-            self._appliers[topic](message.key() or b"", message.value())
+            self._appliers[topic](message.key(), message.value())
             self.positions[(topic, partition)] = offset + 1
             applied += 1
         return applied
@@ -103,6 +151,7 @@ class StateReader:
     def catch_up(self, timeout_s: float) -> int:
         """Apply records up to the current end offsets; returns the records still missing."""
         deadline = time.monotonic() + timeout_s
+        self._pick_up_new_partitions()
         targets = self._targets()
         while self.lag(targets) > 0 and time.monotonic() < deadline:
             self._apply(self._consumer.consume(5000, 0.05))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
+from streams.gen.traffic import KeyedRecord
 from tests.integration.kafka_helpers import KEY_ENV, ROOT, produce, read_topic, seed_population, start_guard
 from tests.integration.test_job import _wait_consumed
 
@@ -205,7 +207,7 @@ def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, 
     sent = int(first.stdout.split("; sent ")[1].split(";")[0])
     assert sent > 0
     second = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
-    assert "; sent 0;" in second.stdout and f"already sent {sent}" in second.stdout
+    assert "; sent 0;" in second.stdout and f"already sent {sent}" in second.stdout, second.stdout[-600:]
     after = read_topic(broker.bootstrap, "partner.install-attribution.events")
     assert len(after) == before + sent
     assert sum(1 for _, _, h in after if dict(h).get("pg-republished") == b"1") == sent
@@ -304,7 +306,10 @@ def test_redacted_payloads_hide_tagged_fields(tmp_path: Path) -> None:
             400,
             {"PARTNER_GUARD_BLOCKED_PAYLOAD": "redacted", "PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
         )
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        raw_blocked = read_topic(broker.bootstrap, "guard.blocked")
+        for key, value, _ in raw_blocked:  # identifiers are keyed hashes everywhere, not only in the payload
+            assert b"acct-" not in (key or b"") + (value or b"") and b"dev-" not in (value or b"")
+        blocked = [orjson.loads(v or b"") for _, v, _ in raw_blocked]
         redacted = [b["original_redacted"] for b in blocked if b.get("original_redacted")]
         assert redacted and all(b["original_b64"] is None for b in blocked)
         text = orjson.dumps(redacted).decode()
@@ -318,3 +323,48 @@ def test_redacted_payloads_hide_tagged_fields(tmp_path: Path) -> None:
         result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
         assert result.returncode == 0
         assert {r["status"] for r in _jsonl(report)} == {"unverifiable"}
+
+
+def test_republish_sends_only_verified_originals_once(tmp_path: Path) -> None:
+    """Hand-written blocked records never reach a partner; duplicates within a run go once."""
+    with EmbeddedBroker.start(log_path=tmp_path / "tansu.log") as broker:
+        _run_guard_once(broker, tmp_path, 600)
+        exported = tmp_path / "export.jsonl"
+        assert _cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
+        genuine = [
+            {k: v for k, v in r.items() if not k.startswith("_")}
+            for r in _jsonl(exported)
+            if r["reasons"] == ["rule_condition_false"] and r["partner"] == "install-attribution"
+        ]
+        assert genuine
+        real = genuine[0]
+        event = orjson.loads(base64.b64decode(real["original_b64"]))
+        planted = orjson.dumps({**event, "event_id": "planted-by-hand"})
+        forged_payload = {  # self-consistent, verifies, but not what is at its source offset
+            **real,
+            "original_b64": base64.b64encode(planted).decode(),
+            "original_sha256": hashlib.sha256(planted).hexdigest(),
+            "original_size": len(planted),
+        }
+        made_up_offset = {**real, "source": {**real["source"], "offset": 1_000_000_000}}
+        not_verified = {
+            **real,
+            "source": {**real["source"], "offset": 1_000_000_001},
+            "reasons": ["consent_gpc"],
+        }
+        hand_written = [real, real, forged_payload, made_up_offset, not_verified]
+        produce(
+            broker.bootstrap,
+            "guard.blocked",
+            [KeyedRecord(None, orjson.dumps(r)) for r in hand_written],
+        )
+        before = len(read_topic(broker.bootstrap, "partner.install-attribution.events"))
+        proposed = str(_rules_without_condition(tmp_path))
+        first = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
+        assert first.returncode == 1, first.stdout + first.stderr  # the not-verified record is a mismatch
+        sent = int(first.stdout.split("; sent ")[1].split(";")[0])
+        assert sent == len(genuine)  # every genuine candidate, once, despite the two copies of one
+        assert "duplicates 3" in first.stdout  # the two copies and the forged payload (same source)
+        assert "original not at its source 1" in first.stdout and "not verified 1" in first.stdout
+        after = read_topic(broker.bootstrap, "partner.install-attribution.events")
+        assert len(after) == before + sent
