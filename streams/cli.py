@@ -133,7 +133,7 @@ def run_command(
         Engine | None, typer.Option("--engine", help="kafka (confluent-kafka, the default) or faust")
     ] = None,
 ) -> None:
-    """The streaming job: consume, decide, produce and commit in one transaction per batch."""
+    """The streaming job: one transaction per batch (kafka engine), or a Faust worker (--engine faust)."""
     from streams.runtime.logs import configure_logging
     from streams.runtime.startup import StartupError, prepare
 
