@@ -12,6 +12,11 @@ COPY rules ./rules
 # editable install: the package finds schemas/ and rules/ beside it in /app
 RUN pip install --no-compile -e . && python -m streams rules check rules
 
+# the disk state store (state_store: rocksdb) lives on a volume so restarts resume from its checkpoint
+RUN mkdir -p /var/lib/partner-guard && chown guard:guard /var/lib/partner-guard
+ENV PARTNER_GUARD_STATE_DIR=/var/lib/partner-guard/state
+VOLUME /var/lib/partner-guard
+
 USER guard:guard
 EXPOSE 9108
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

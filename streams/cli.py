@@ -57,7 +57,9 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
         for failure in result.failures:
             print(f"     {failure}")
         if result.uncovered:
-            print(f"     reason codes no case produces: {', '.join(result.uncovered)}")
+            print("     reason codes this rule can give that no case produces:")
+            for reason, why in result.uncovered.items():
+                print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
     raise typer.Exit(1 if failed else 0)
 
@@ -69,22 +71,37 @@ def rules_diff(
     sample: Annotated[
         Path | None, typer.Option("--sample", help="decide-format JSON Lines to re-decide")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
 ) -> None:
-    """Show what a rule change does to each partner's event types and fields (and decisions)."""
+    """Show every change a new ruleset makes, per partner and ruleset-wide (and to decisions)."""
     from streams.audit.rulesets import with_replay_keys
-    from streams.offline.rulediff import dumps_change, sample_diff, structural_diff
+    from streams.offline.rulediff import (
+        diff_report,
+        dumps_change,
+        ruleset_wide_diff,
+        sample_diff,
+        structural_diff,
+    )
 
     before, after = with_replay_keys(load_ruleset_or_exit(old)), with_replay_keys(load_ruleset_or_exit(new))
+    changes = sample_diff(before, after, sample) if sample is not None else None
+    if as_json:
+        sys.stdout.write(dumps_change(diff_report(before, after, changes)) + "\n")
+        return
     print(f"ruleset {before.digest} -> {after.digest}")
+    wide = ruleset_wide_diff(before, after)
+    if wide:
+        print("every partner (leak-scan vocabulary, schema tags):")
+        for change in wide:
+            print(f"  {change.text()}")
     for diff in structural_diff(before, after):
         print(f"{diff.partner}: {diff.status}")
         for line in diff.lines:
             print(f"  {line}")
-    if sample is not None:
-        changes = sample_diff(before, after, sample)
+    if sample is not None and changes is not None:
         print(f"sample {sample}: {len(changes)} decision(s) change")
-        for change in changes:
-            print(f"  {dumps_change(change)}")
+        for change_line in changes:
+            print(f"  {dumps_change(change_line)}")
 
 
 @app.command("decide")

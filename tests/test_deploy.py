@@ -123,3 +123,14 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
         "partner_guard_block_reasons_total",
         "partner_guard_decisions_total",
     } <= dashboard_metrics()
+
+
+def test_the_disk_state_store_lives_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _guard_settings(monkeypatch)
+    guard = _compose()["services"]["guard"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in guard["volumes"]}
+    assert settings.state_store == "rocksdb"
+    assert any(str(settings.state_dir).startswith(target) for target in mounts), (settings.state_dir, mounts)
+    assert all(name in _compose()["volumes"] for name in mounts.values())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "VOLUME /var/lib/partner-guard" in dockerfile

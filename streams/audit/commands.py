@@ -2,7 +2,8 @@
 
 Exit codes of `replay`: 0 every verifiable decision reproduced; 1 a mismatch (or a
 recorded ruleset that cannot be found); 3 no mismatch, but records that are not valid
-blocked records; 2 could not run (settings, broker, topic, file, keys).
+blocked records; 4 the filters selected no record (unless `--allow-empty`); 2 could not
+run (settings, broker, topic, file, keys, a filter naming an unknown partner, reason or rule).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")
 EXIT_MISMATCH = 1
 EXIT_COULD_NOT_RUN = 2
 EXIT_INVALID_RECORDS = 3
+EXIT_NOTHING_SELECTED = 4
 PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
 
 
-def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any) -> Any:
+def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, progress: Any = None) -> Any:
     from streams.audit.source import read_file, read_topic
     from streams.runtime.config import ConfigError, load_settings
 
@@ -50,7 +52,48 @@ def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any) -
         err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
-    return read_topic(kafka, settings.blocked_topic, wanted), settings
+    return read_topic(kafka, settings.blocked_topic, wanted, progress), settings
+
+
+def _check_filter_values(library: Any, partner: str | None, reason: str | None, rule: str | None) -> None:
+    """Refuse a filter naming a partner, reason code or rule id that no known ruleset has."""
+    from streams.core.reasons import Reason
+
+    if not (partner or reason or rule):
+        return
+    rulesets = library.known() if (partner or rule) else []
+    valid = {
+        "--partner": sorted({p for r in rulesets for p in r.partners}),
+        "--reason": sorted(str(r) for r in Reason),
+        "--rule": sorted({c.rule_id for r in rulesets for c in r.rules}),
+    }
+    for option, value in (("--partner", partner), ("--reason", reason), ("--rule", rule)):
+        if value is not None and value not in valid[option]:
+            known = ", ".join(valid[option]) or f"none found in {library.searched()}"
+            err.print(
+                f"{option} {value}: unknown; valid: {known}", highlight=False, markup=False, soft_wrap=True
+            )
+            raise typer.Exit(EXIT_COULD_NOT_RUN)
+
+
+def _progress_bar() -> tuple[Any, Any]:
+    """A progress bar on stderr (records read of records to read) and its update callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("reading blocked topic"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("read", total=None)
+
+    def update(read: int, to_read: int) -> None:
+        bar.update(task, completed=read, total=to_read)
+
+    return bar, update
 
 
 def _filter(
@@ -103,6 +146,12 @@ def replay_command(
         bool, typer.Option("--dry-run", help="with --republish: only say what would go")
     ] = False,
     keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="partner keys for --republish")] = None,
+    git_dir: Annotated[
+        Path, typer.Option("--git-dir", help="repository whose rules/ history holds past rulesets")
+    ] = Path("."),
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="exit 0 when the filters select no record")
+    ] = False,
 ) -> None:
     """Re-decide blocked records under the ruleset that decided them; exit 1 on any mismatch."""
     if ctx.invoked_subcommand is not None:
@@ -113,8 +162,11 @@ def replay_command(
     from streams.audit.report import print_summary, write_html, write_jsonl
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    records, settings = _blocked_records(from_file, config, _filter(since, until, partner, reason, rule))
-    library = RulesetLibrary(verify_rules or [Path("rules")], Path(".") if git_history else None)
+    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    _check_filter_values(library, partner, reason, rule)
+    bar, on_progress = _progress_bar()
+    wanted = _filter(since, until, partner, reason, rule)
+    records, settings = _blocked_records(from_file, config, wanted, on_progress)
     whatif = None
     if whatif_rules is not None:
         whatif = with_replay_keys(load_ruleset_or_exit(whatif_rules))
@@ -126,11 +178,16 @@ def replay_command(
             raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     keyring = _replay_keyring(payload_keys_file)
     try:
-        result = replay(records, library, keyring, whatif)
+        with bar:
+            result = replay(records, library, keyring, whatif)
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     console = Console()
+    if not result.outcomes:
+        console.print("no blocked record selected: nothing was verified")
+        if not allow_empty:
+            raise typer.Exit(EXIT_NOTHING_SELECTED)
     print_summary(console, result, whatif is not None)
     if jsonl:
         write_jsonl(result, jsonl)

@@ -243,6 +243,10 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
     try:
         record = original_record(blocked, keyring)
+        if record is None:  # redacted: nothing to re-decide, and the snapshot's ids stay hashed
+            return Outcome(
+                blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
+            )
         snapshot = recorded_snapshot(blocked, record, keyring)
     except PayloadTamperedError as exc:
         return Outcome(blocked, "mismatch", str(exc))
@@ -252,10 +256,6 @@ def _verify_one(
         return Outcome(reader_members(blocked), "invalid_record", "snapshot is not a valid state snapshot")
     except ValueError as exc:  # bad base64, a nonce of the wrong size
         return Outcome(reader_members(blocked), "invalid_record", str(exc))
-    if record is None:
-        return Outcome(
-            blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
-        )
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match")
     if whatif is not None:
@@ -264,7 +264,8 @@ def _verify_one(
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",
-            f"no ruleset with digest {blocked.get('ruleset_digest')}",
+            f"no ruleset with digest {blocked.get('ruleset_digest')} (looked in {library.searched()}; "
+            "point replay at the rules that decided it with --verify-rules DIR or --git-dir REPO)",
         )
         return outcome
     decision = _decision_for(decide(record, snapshot, ruleset), partner)

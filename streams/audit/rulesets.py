@@ -71,6 +71,19 @@ class RulesetLibrary:
                 continue
             self._by_digest.setdefault(ruleset.digest, with_replay_keys(ruleset))
 
+    def known(self) -> list[Ruleset]:
+        """Every ruleset the library can find (the git history is loaded for this)."""
+        if not self._history_loaded:
+            self._load_history()
+        return list(self._by_digest.values())
+
+    def searched(self) -> str:
+        """Where the library looks for rulesets, for messages that say where it looked."""
+        places = [f"{d}/" for d in self._directories]
+        if self._repo is not None:
+            places.append(f"rules/ in the last {self._max_commits} commits of {self._repo.resolve()}")
+        return "; ".join(places) or "nowhere"
+
     def find(self, digest: str) -> Ruleset | None:
         """The ruleset with this digest, or None."""
         if digest not in self._by_digest and not self._history_loaded:

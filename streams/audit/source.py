@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,7 @@ def read_to_end(
     partitions: list[TopicPartition],
     timeout_s: float = READ_TIMEOUT_S,
     stop_at: dict[tuple[str, int], int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[Message]:
     """Assign `partitions` (at their offsets) and yield every record up to the end offsets.
 
@@ -81,7 +82,8 @@ def read_to_end(
     drained too (Tansu answers the base offset of the last batch + 1 as the end). A slow
     broker is waited for, up to `timeout_s` without progress; then `RuntimeError` (the
     caller could not run).
-    `stop_at` ends partitions earlier (exclusive offsets).
+    `stop_at` ends partitions earlier (exclusive offsets). `on_progress(read, to_read)` is
+    called after every fetch.
     """
     ends = {}
     for tp in partitions:
@@ -90,6 +92,9 @@ def read_to_end(
     consumer.assign(partitions)
     deadline = time.monotonic() + timeout_s
     pending = {key for key, end in ends.items() if end > 0}
+    starts = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in partitions}
+    to_read = sum(max(0, end - starts[key]) for key, end in ends.items())
+    read = 0
     while pending:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no progress for {timeout_s:.0f} s reading {sorted({t for t, _ in pending})}")
@@ -99,6 +104,9 @@ def read_to_end(
         for message in batch:
             if message.error() is None:
                 yield message
+        read += len(batch)
+        if on_progress is not None:
+            on_progress(min(read, to_read), to_read)
         for tp in consumer.position([TopicPartition(t, p) for t, p in pending]):
             if tp.offset >= ends[(tp.topic, tp.partition)]:
                 pending.discard((tp.topic, tp.partition))
@@ -107,7 +115,12 @@ def read_to_end(
         yield from (m for m in batch if m.error() is None)
 
 
-def read_topic(kafka_config: dict[str, Any], topic: str, wanted: BlockedFilter) -> Iterator[dict[str, Any]]:
+def read_topic(
+    kafka_config: dict[str, Any],
+    topic: str,
+    wanted: BlockedFilter,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Blocked records from the topic (read_committed), oldest first per partition."""
     consumer = Consumer(
         {
@@ -123,7 +136,7 @@ def read_topic(kafka_config: dict[str, Any], topic: str, wanted: BlockedFilter) 
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise RuntimeError(f"blocked topic '{topic}' not found")
         partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
-        for message in read_to_end(consumer, partitions):
+        for message in read_to_end(consumer, partitions, on_progress=on_progress):
             kind, stamp = message.timestamp()
             where = {"_timestamp_ms": stamp if kind else None, "_partition": message.partition()}
             where["_offset"] = message.offset()

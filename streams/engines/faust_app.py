@@ -177,6 +177,8 @@ class FaustGuard:
             self.stopping = True
             self.ready = False
             self.metrics.ready.set(0)
+            async with self._state_lock:  # no poll or catch-up runs while the state closes
+                self.state.close()
 
     async def _process_batch(self, events: Sequence[EventT[Any]]) -> None:
         """Decide a batch; it is acknowledged (committable) once every output was sent."""

@@ -1,20 +1,46 @@
 """`partner-guard rules diff OLD NEW`: what a rule change does to each partner.
 
-Structure: event types and fields added, removed or changed (source, transform, checks).
-With `--sample FILE` (decide-format JSON Lines), every decision that changes.
+The structural diff is total over what the ruleset digest covers: every attribute of every
+rule (event types, fields, checks, consent, sign-up status, jurisdictions, condition,
+identifier style, topic), the leak-scan vocabulary and the schema's privacy tags. Two
+rulesets with different digests always show at least one change. With `--sample FILE`
+(decide-format JSON Lines), every decision that changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from streams.core.models import Decision
-from streams.core.rules.ruleset import Ruleset
+from streams.core.rules.model import RuleFile
+from streams.core.rules.ruleset import Ruleset, field_spec
 from streams.offline.cases import decide_line
+
+Op = Literal["added", "removed", "changed"]
+_SIGNS: Mapping[str, str] = {"added": "+", "removed": "-", "changed": "~"}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One attribute that differs: its dotted path and the JSON values before and after."""
+
+    path: str
+    op: Op
+    before: Any = None
+    after: Any = None
+
+    def text(self) -> str:
+        """One readable line: `~ events.app_open.signup_status: ["prospect"] -> [...]`."""
+        if self.op == "added":
+            return f"+ {self.path}: {_json(self.after)}"
+        if self.op == "removed":
+            return f"- {self.path}: {_json(self.before)}"
+        return f"~ {self.path}: {_json(self.before)} -> {_json(self.after)}"
 
 
 @dataclass
@@ -23,53 +49,88 @@ class PartnerDiff:
 
     partner: str
     status: str = "changed"  # added | removed | changed | unchanged
-    lines: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        """The changes as readable lines."""
+        return [c.text() for c in self.changes]
 
 
-def _fields(ruleset: Ruleset, partner: str) -> dict[str, dict[str, Any]]:
-    rule = ruleset.rule(partner)
-    return {
-        event_type: {f.name: f.spec.model_dump(by_alias=True, exclude_defaults=True) for f in spec.fields}
-        for event_type, spec in rule.events.items()
-    }
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def rule_document(rule: RuleFile) -> dict[str, Any]:
+    """A rule as plain JSON with every default filled in and field shorthands expanded."""
+    doc: dict[str, Any] = rule.model_dump(mode="json", by_alias=True)
+    for event_type, spec in rule.events.items():
+        doc["events"][event_type]["fields"] = {
+            name: field_spec(value).model_dump(mode="json", by_alias=True)
+            for name, value in spec.fields.items()
+        }
+    return doc
+
+
+def diff_values(before: Any, after: Any, path: str = "") -> list[Change]:
+    """Every difference between two JSON values; mappings recurse, anything else compares whole."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        changes: list[Change] = []
+        for key in dict.fromkeys((*before, *after)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                changes.append(Change(sub, "removed", before=before[key]))
+            elif key not in before:
+                changes.append(Change(sub, "added", after=after[key]))
+            else:
+                changes.extend(diff_values(before[key], after[key], sub))
+        return changes
+    if before != after:
+        return [Change(path, "changed", before, after)]
+    return []
+
+
+def diff_rules(old: RuleFile, new: RuleFile) -> list[Change]:
+    """Every attribute of one partner's rule that differs."""
+    return diff_values(rule_document(old), rule_document(new))
 
 
 def structural_diff(old: Ruleset, new: Ruleset) -> list[PartnerDiff]:
-    """Per partner: allowed event types and fields, before and after."""
+    """Per partner: every attribute of its rule, before and after."""
     diffs = []
     for partner in dict.fromkeys((*old.partners, *new.partners)):
         if partner not in new.partners:
-            diffs.append(PartnerDiff(partner, "removed", ["partner removed: receives nothing"]))
-            continue
-        if partner not in old.partners:
-            types = ", ".join(new.rule(partner).events)
-            diffs.append(PartnerDiff(partner, "added", [f"partner added: receives {types}"]))
-            continue
-        before, after = _fields(old, partner), _fields(new, partner)
-        diff = PartnerDiff(partner)
-        for event_type in dict.fromkeys((*before, *after)):
-            if event_type not in after:
-                diff.lines.append(f"- event type {event_type}")
-            elif event_type not in before:
-                diff.lines.append(f"+ event type {event_type}: fields {', '.join(after[event_type])}")
-            else:
-                for name in dict.fromkeys((*before[event_type], *after[event_type])):
-                    was, now = before[event_type].get(name), after[event_type].get(name)
-                    if was is None:
-                        diff.lines.append(f"+ {event_type}.{name} {now}")
-                    elif now is None:
-                        diff.lines.append(f"- {event_type}.{name}")
-                    elif was != now:
-                        diff.lines.append(f"~ {event_type}.{name} {was} -> {now}")
-        old_source = old.rule(partner).source.model_dump(exclude={"events"})
-        new_source = new.rule(partner).source.model_dump(exclude={"events"})
-        for key in old_source:
-            if old_source[key] != new_source[key]:
-                diff.lines.append(f"~ {key}: {old_source[key]} -> {new_source[key]}")
-        if not diff.lines:
-            diff.status = "unchanged"
-        diffs.append(diff)
+            diffs.append(PartnerDiff(partner, "removed", [Change("partner", "removed", before=partner)]))
+        elif partner not in old.partners:
+            added = rule_document(new.rule(partner).source)
+            diffs.append(PartnerDiff(partner, "added", [Change("rule", "added", after=added)]))
+        else:
+            changes = diff_rules(old.rule(partner).source, new.rule(partner).source)
+            diffs.append(PartnerDiff(partner, "changed" if changes else "unchanged", changes))
     return diffs
+
+
+def ruleset_wide_diff(old: Ruleset, new: Ruleset) -> list[Change]:
+    """Changes that affect every partner: the leak-scan vocabulary and the schema's privacy tags."""
+    return [
+        *diff_values(
+            old.vocabulary.model_dump(mode="json"), new.vocabulary.model_dump(mode="json"), "leak_scan"
+        ),
+        *diff_values(dict(old.tags), dict(new.tags), "schema_tags"),
+    ]
+
+
+def diff_report(old: Ruleset, new: Ruleset, sample_changes: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The whole diff as one JSON-ready document (`rules diff --json`)."""
+    return {
+        "digest": {"before": old.digest, "after": new.digest},
+        "ruleset": [asdict(c) for c in ruleset_wide_diff(old, new)],
+        "partners": [
+            {"partner": d.partner, "status": d.status, "changes": [asdict(c) for c in d.changes]}
+            for d in structural_diff(old, new)
+        ],
+        "sample": sample_changes,
+    }
 
 
 def _summary(decision: Decision | None) -> dict[str, Any] | None:

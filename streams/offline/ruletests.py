@@ -9,18 +9,21 @@ Pseudonyms use the fixed test key `rules-test-key:<partner>`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
-from streams.core.coverage import possible_reasons
-from streams.core.rules.ruleset import Ruleset
+from streams.core.coverage import reachable_reasons
+from streams.core.rules.loader import _line_of as line_of
+from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.offline.cases import decide_case
 
 TESTS_SUBDIR = "tests"
@@ -48,6 +51,84 @@ def _plain(node: Any) -> Any:
     return orjson.loads(orjson.dumps(node, default=str))
 
 
+class _StrictTestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Expectation(_StrictTestModel):
+    """What a case expects; every key is checked, none is optional by accident."""
+
+    verdict: Literal["forward", "block"] | None = None
+    reasons: list[str] | None = None
+    fields: dict[str, Any] | None = None
+    record_keys: list[str] | None = None
+    absent: list[str] | None = None
+
+
+class CaseInputs(_StrictTestModel):
+    """The inputs a case (or the file's `defaults`) may set."""
+
+    event: dict[str, Any] | str | None = None
+    consent: list[Any] | None = None
+    signup_status: dict[str, Any] | None = None
+    stale: bool | None = None
+
+
+class TestCase(CaseInputs):
+    """One golden case."""
+
+    name: str | None = None
+    expect: Expectation = Field(default_factory=Expectation)
+
+
+class RuleTestFile(_StrictTestModel):
+    """A partner's rule-test file."""
+
+    partner: str
+    defaults: CaseInputs = CaseInputs()
+    cases: list[TestCase] = Field(min_length=1)
+
+
+def _did_you_mean(model: type[BaseModel], key: str) -> str:
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(model.model_fields)}"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model that owns the last key of a validation error's location."""
+    model: type[BaseModel] = RuleTestFile
+    for part in loc[:-1]:
+        if part == "defaults":
+            model = CaseInputs
+        elif part == "cases":
+            model = TestCase
+        elif part == "expect":
+            model = Expectation
+    return model
+
+
+def validate_test_file(path: Path, doc: Any) -> list[str]:
+    """Every problem of a test file's structure, with file, line and a fix."""
+    if not isinstance(doc, CommentedMap):
+        return [f"{path}:1: not a YAML mapping — fix: start the file with `partner: <id>`"]
+    try:
+        RuleTestFile.model_validate(_plain(doc))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if p not in ("str", "dict[str,any]"))
+            where = ".".join(str(p) for p in loc) or "(file)"
+            if error["type"] == "extra_forbidden":
+                fix = _did_you_mean(_model_at(loc), str(loc[-1]))
+                message = f"unknown key `{loc[-1]}` at {where}"
+            else:
+                fix = "correct the value (see README, 'Writing a rule')"
+                message = f"{where}: {error['msg']}"
+            problems.append(f"{path}:{line_of(doc, loc)}: {message} — fix: {fix}")
+        return problems
+    return []
+
+
 @dataclass
 class PartnerResult:
     """The outcome of one partner's test file."""
@@ -57,7 +138,7 @@ class PartnerResult:
     passed: int = 0
     failures: list[str] = field(default_factory=list)
     covered: set[str] = field(default_factory=set)
-    uncovered: list[str] = field(default_factory=list)
+    uncovered: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -65,7 +146,17 @@ class PartnerResult:
         return not self.failures and not self.uncovered
 
 
-def _check(expect: Mapping[str, Any], got: dict[str, Any]) -> list[str]:
+def _allowed_values(rule: CompiledRule, event_type: object, name: str) -> str:
+    event = rule.events.get(str(event_type))
+    for fld in event.fields if event else ():
+        if fld.name == name and fld.values is not None:
+            return f" (allowed values: {', '.join(sorted(fld.values))})"
+    return ""
+
+
+def _check(
+    expect: Mapping[str, Any], got: dict[str, Any], rule: CompiledRule, event_type: object
+) -> list[str]:
     problems = []
     if "verdict" in expect and got["verdict"] != expect["verdict"]:
         problems.append(f"verdict {got['verdict']!r}, expected {expect['verdict']!r}")
@@ -74,7 +165,8 @@ def _check(expect: Mapping[str, Any], got: dict[str, Any]) -> list[str]:
     record = got["record"] or {}
     for key, value in (expect.get("fields") or {}).items():
         if record.get(key) != value:
-            problems.append(f"field {key} = {record.get(key)!r}, expected {value!r}")
+            allowed = _allowed_values(rule, event_type, key)
+            problems.append(f"field {key} = {record.get(key)!r}, expected {value!r}{allowed}")
     if "record_keys" in expect and sorted(record) != sorted(expect["record_keys"]):
         problems.append(f"record keys {sorted(record)}, expected {sorted(expect['record_keys'])}")
     for key in expect.get("absent") or ():
@@ -90,8 +182,10 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
     except MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         return PartnerResult("?", str(path), failures=[f"{path}:{line}: YAML error: {exc.problem}"])
-    if not isinstance(doc, CommentedMap) or "partner" not in doc or "cases" not in doc:
-        return PartnerResult("?", str(path), failures=[f"{path}:1: needs `partner` and `cases`"])
+    structure = validate_test_file(path, doc)
+    if structure:
+        partner_name = str(doc.get("partner", "?")) if isinstance(doc, CommentedMap) else "?"
+        return PartnerResult(partner_name, str(path), failures=structure)
     partner = str(doc["partner"])
     result = PartnerResult(partner, str(path))
     if partner not in ruleset.partners:
@@ -114,13 +208,16 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
             "record": decision.record,
         }
         result.covered.update(decision.reasons)
-        problems = _check(case.get("expect") or {}, got)
+        event = inputs.get("event")
+        event_type = event.get("event_type") if isinstance(event, dict) else None
+        problems = _check(case.get("expect") or {}, got, ruleset.rule(partner), event_type)
         if problems:
             detail = "; ".join(problems)
             result.failures.append(f"{path}:{line}: {name}: {detail} (details: {list(decision.details)})")
         else:
             result.passed += 1
-    result.uncovered = sorted(possible_reasons(ruleset.rule(partner)) - result.covered)
+    reachable = reachable_reasons(ruleset.rule(partner))
+    result.uncovered = {r: reachable[r] for r in sorted(reachable) if r not in result.covered}
     return result
 
 

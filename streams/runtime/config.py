@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     state_catchup_timeout_ms: int = Field(2000, ge=1)
     max_state_silence_ms: int = Field(30_000, ge=100, description="block when state unconfirmed this long")
     max_record_bytes: int = Field(900_000, ge=10_000)
+    state_store: Literal["memory", "rocksdb"] = Field(
+        "memory", description="memory: rebuilt from the topics at every start; rocksdb: on disk, checkpointed"
+    )
+    state_dir: Path = Field(Path("state"), description="where the rocksdb state store lives")
+    state_cache_entries: int = Field(100_000, ge=0, description="rocksdb: entries cached in memory")
+    state_block_cache_mb: int = Field(64, ge=1, description="rocksdb: block cache size")
+    state_write_buffer_mb: int = Field(16, ge=1, description="rocksdb: memtable size (two per table)")
     blocked_payload: Literal["full", "redacted", "encrypted"] = Field(
         "full", description="how blocked records keep the original: full, redacted or encrypted"
     )

@@ -44,6 +44,7 @@ from streams.runtime.records import (
 )
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
+from streams.runtime.state_store import StateTables, open_configured_tables, report_store_metrics
 
 log = logging.getLogger(__name__)
 # Why 200: undeclared field paths are chosen by whoever produces the input; past this many
@@ -118,8 +119,8 @@ class GuardState:
     def __init__(self, settings: Settings, kafka_config: dict[str, Any], metrics: GuardMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.consent = ConsentTable()
-        self.status = SignupStatusTable()
+        self.tables = StateTables(ConsentTable(), SignupStatusTable())
+        self.consent, self.status = self.tables.consent, self.tables.status
         self._kafka_config = kafka_config
         self._invalid_reported: dict[str, int] = {}
         self._reader: StateReader | None = None
@@ -134,10 +135,17 @@ class GuardState:
     def load(self, stopping: Callable[[], bool], beat: Callable[[], None]) -> StateReader:
         """Read both compacted topics to their end before anything is decided (readiness)."""
         s = self.settings
+        self.tables = open_configured_tables(s, self._kafka_config)
+        self.consent, self.status = self.tables.consent, self.tables.status
+        for name, table_store in self.tables.stores.items():
+            if table_store.rebuilt_because is not None:
+                self.metrics.state_rebuilds.labels(name).inc()
         self._reader = StateReader(
             self._kafka_config,
             {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
             self.metrics,
+            start_offsets=self.tables.start_offsets(),
+            checkpoint=self.tables.checkpoint if self.tables.stores else None,
         )
         while not stopping():
             beat()
@@ -167,15 +175,17 @@ class GuardState:
         s, m = self.settings, self.metrics
         m.state_entries.labels("consent").set(len(self.consent))
         m.state_entries.labels("signup_status").set(len(self.status))
+        report_store_metrics(self.tables, m, time.time())
         for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
             counted = m.state_invalid.labels(topic)
             counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
             self._invalid_reported[topic] = table.invalid_records
 
     def close(self) -> None:
-        """Close the reader."""
+        """Close the reader and the tables' stores."""
         if self._reader is not None:
             self._reader.close()
+        self.tables.close()
 
 
 class RecordDecider:

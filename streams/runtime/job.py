@@ -142,7 +142,7 @@ class GuardJob:
             self.metrics.ready.set(0)
             consumer.close()
             producer.flush(10)
-            reader.close()
+            self.state.close()
             log.info("stopped")
         return exit_code
 

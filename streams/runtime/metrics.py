@@ -98,6 +98,21 @@ class GuardMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.state_store_bytes = Gauge(
+            "partner_guard_state_store_bytes", "Bytes of the disk state store on disk", ["table"], registry=r
+        )
+        self.state_checkpoint_age = Gauge(
+            "partner_guard_state_checkpoint_age_seconds",
+            "Seconds since the disk state store last checkpointed",
+            ["table"],
+            registry=r,
+        )
+        self.state_rebuilds = Counter(
+            "partner_guard_state_rebuilds",
+            "Disk state stores rebuilt from their topic at start",
+            ["table"],
+            registry=r,
+        )
         self.ready = Gauge(
             "partner_guard_ready", "1 when state is loaded and the job is deciding.", registry=r
         )

@@ -208,10 +208,20 @@ class _Table:
 class ConsentTable(_Table):
     """`account:<id>` / `profile:<id>` / `device:<id>` → packed consent choices and time."""
 
-    def __init__(self, store: KeyValueStore | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: KeyValueStore | None = None,
+        clock: Callable[[], float] = time.time,
+        jurisdictions: list[str | None] | None = None,
+    ) -> None:
+        """`jurisdictions`: the interned names a persistent store was written with (index 0 is none)."""
         super().__init__(store, "consent", clock)
-        self._jurisdictions: list[str | None] = [None]
-        self._jurisdiction_index: dict[str | None, int] = {None: 0}
+        self._jurisdictions: list[str | None] = list(jurisdictions or [None])
+        self._jurisdiction_index: dict[str | None, int] = {n: i for i, n in enumerate(self._jurisdictions)}
+
+    def jurisdiction_names(self) -> list[str | None]:
+        """The interned jurisdiction names by index (what a persistent store must keep)."""
+        return self._jurisdictions
 
     def _intern(self, jurisdiction: str | None) -> int:
         index = self._jurisdiction_index.get(jurisdiction)

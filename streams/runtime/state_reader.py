@@ -32,6 +32,7 @@ from streams.runtime.metrics import GuardMetrics
 
 log = logging.getLogger(__name__)
 Applier = Callable[[bytes | None, bytes | None], None]
+Checkpointer = Callable[[dict[tuple[str, int], int]], None]
 # More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
 # small enough that a flood of state records cannot keep one catch-up from ending.
 MAX_DRAIN = 20_000
@@ -78,7 +79,12 @@ class StateReader:
         metrics: GuardMetrics,
         watermark_timeout_s: float = 5.0,
         metadata_refresh_s: float = METADATA_REFRESH_S,
+        start_offsets: dict[tuple[str, int], int] | None = None,
+        checkpoint: Checkpointer | None = None,
     ) -> None:
+        """`start_offsets`: where a checkpointed store resumes (else the beginning);
+        `checkpoint`: called with the positions after every applied chunk of records."""
+        self._checkpoint = checkpoint
         self._consumer = Consumer(state_consumer_config(kafka_config))
         self._admin = AdminClient(kafka_config)
         self._appliers = appliers
@@ -92,7 +98,11 @@ class StateReader:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
                 raise RuntimeError(f"state topic '{topic}' does not exist (use --create-topics)")
         partitions = new_partitions(metadata, appliers, ())
-        self.positions = {(tp.topic, tp.partition): 0 for tp in partitions}
+        for tp in partitions:
+            resume = (start_offsets or {}).get((tp.topic, tp.partition))
+            if resume is not None:
+                tp.offset = resume
+        self.positions = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in partitions}
         self._consumer.assign(partitions)
         self._refreshed_at = time.monotonic()
 
@@ -127,6 +137,8 @@ class StateReader:
             self._appliers[topic](message.key(), message.value())
             self.positions[(topic, partition)] = offset + 1
             applied += 1
+        if applied and self._checkpoint is not None:
+            self._checkpoint(self.positions)
         return applied
 
     def _targets(self) -> dict[tuple[str, int], int]:

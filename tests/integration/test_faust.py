@@ -74,7 +74,7 @@ def test_faust_conservation_no_leaks_and_metrics_agree(
 def test_faust_read_your_revocation_100_times(
     faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    test_job.test_read_your_revocation_100_times(broker, tmp_path)
+    test_job.test_read_your_revocation_100_times(broker, tmp_path, "rocksdb")  # the disk store: shared too
 
 
 def test_faust_poison_records_are_blocked_and_the_worker_keeps_running(

@@ -65,10 +65,11 @@ def test_oversized_key_event_id_and_updated_at_are_blocked_not_fatal(
     assert big_key and all(
         r["source"]["key_b64"] is None and r["source"]["key_size"] == 500_000 for r in big_key
     )
-    # a 250,000-character event id is malformed (ids are bounded), and its original is too large
-    # to travel: reduced, with everything unbounded dropped or hashed
-    big_id = [r for r in records if r["reduced"]]
-    assert len(big_id) == 2 and all({"malformed", "record_too_large"} <= set(r["reasons"]) for r in big_id)
+    # an event id of 250,000 characters is malformed (ids are at most 128), and its blocked
+    # record, too large with the original, is reduced
+    big_id = [r for r in records if r["event_id"] is None and r["original_size"] > 250_000]
+    assert len(big_id) == 2 and all(r["reduced"] and "record_too_large" in r["reasons"] for r in big_id)
+    assert all("malformed" in r["reasons"] for r in big_id)
     assert all(r["original_b64"] is None and r["snapshot"] is None for r in big_id)
     stored = [c for r in records if r["event_id"] == "reads-state" for c in r["snapshot"]["consent"]]
     assert stored and all(c["interest_based_ads"] == "denied" and c["updated_at"] is None for c in stored)

@@ -21,7 +21,6 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.identifiers import pseudonym
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.records import CONTAINED_ERROR_DETAIL
 from streams.runtime.topics import ensure_topics
 from tests.integration.kafka_helpers import KEY_ENV, produce, read_topic, start_guard
 
@@ -94,14 +93,13 @@ def test_no_record_stops_the_job(broker: EmbeddedBroker, tmp_path: Path) -> None
         install = {b["source"]["offset"]: b for b in blocked if b["partner"] == "install-attribution"}
         assert install[0]["reasons"] == ["malformed"]
         assert "consent_interest_based_ads_denied" in install[2]["reasons"]
-        assert install[3]["reasons"] == ["internal_error"]
-        assert install[3]["details"] == [f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError"]
-        assert install[3]["source"]["key_b64"] is None and install[3]["original_b64"]
+        assert 3 not in install  # a huge key does not keep the install from its partner
         assert install[4]["reasons"] == ["unknown_signal"] and install[4]["details"] == [
             "unknown_signal: user.age"
         ]
-        signup = [b for b in blocked if b["partner"] == "signup-conversions"]
-        assert sorted(b["source"]["offset"] for b in signup) == list(range(len(inputs)))  # P5 for both
+        signup = {b["source"]["offset"]: b for b in blocked if b["partner"] == "signup-conversions"}
+        assert sorted(signup) == list(range(len(inputs)))  # P5 for both partners
+        assert signup[3]["source"]["key_b64"] is None and signup[3]["source"]["key_size"] == 950_000
 
         forwarded = {
             record["event_id"]: record
@@ -113,6 +111,7 @@ def test_no_record_stops_the_job(broker: EmbeddedBroker, tmp_path: Path) -> None
         good = pseudonym(INSTALL_KEY, "event_id", "ev-good")
         number = pseudonym(INSTALL_KEY, "event_id", "ev-number")
         assert good in forwarded  # the job kept going: the good record after them all is forwarded
+        assert pseudonym(INSTALL_KEY, "event_id", "ev-key") in forwarded
         assert (number in forwarded) != (1 in install)  # exactly one outcome for the big number
         assert "campaign_id" not in forwarded.get(number, {})
         assert _committed(broker.bootstrap) == len(inputs)  # the offset moved past every one

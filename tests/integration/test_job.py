@@ -141,7 +141,8 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
         assert guard.stop() == 0
 
 
-def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, store: str) -> None:
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
     accounts = [f"ryr-{i:03d}" for i in range(120)]
     grant = [
@@ -160,7 +161,11 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path) 
         INPUT,
         "ryr",
         transactional_id="guard-ryr-0",
-        extra_env={"PARTNER_GUARD_BATCH_TIMEOUT_MS": "20"},
+        extra_env={
+            "PARTNER_GUARD_BATCH_TIMEOUT_MS": "20",
+            "PARTNER_GUARD_STATE_STORE": store,
+            "PARTNER_GUARD_STATE_DIR": str(tmp_path / "state"),
+        },
     )
     try:
         guard.wait_ready()

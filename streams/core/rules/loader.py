@@ -339,4 +339,6 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         rules=tuple(compile_rule(r) for r in frozen_rules),
         leak_scanner=scanner,
         digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
+        vocabulary=leak_scan,
+        tags=privacy_tags().tags,
     )

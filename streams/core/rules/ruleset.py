@@ -101,6 +101,8 @@ class Ruleset:
     leak_scanner: LeakScanner
     digest: str
     keys: Mapping[str, bytes] = field(default_factory=dict)
+    vocabulary: LeakScanFile = field(default_factory=LeakScanFile)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def with_keys(self, keys: Mapping[str, bytes]) -> Ruleset:
         """The same ruleset with partner HMAC keys (never part of the digest)."""
