@@ -110,7 +110,7 @@ PLANTABLE_PATHS = [
 ]
 
 
-def _base_event(event_type: str, account: str, platform: str, country: str) -> dict[str, Any]:
+def base_event(event_type: str, account: str, platform: str, country: str) -> dict[str, Any]:
     return {
         "event_id": f"ev-{account}-{event_type}",
         "event_type": event_type,
@@ -149,7 +149,7 @@ def hostile_case(draw: st.DrawFn) -> dict[str, Any]:
     """A decide case whose event hides forbidden values in random places."""
     event_type = draw(st.sampled_from(sorted(ALLOWED_EVENT_TYPES) + sorted(CONTENT_EVENT_TYPES)[:3]))
     account = draw(st.sampled_from(["acct-000123", "acct-000777", "42"]))
-    event = _base_event(
+    event = base_event(
         event_type,
         account,
         draw(st.sampled_from(["ios", "android", "web"])),
@@ -185,7 +185,7 @@ def opt_out_case(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     """A clean, forwardable case with exactly one opt-out (or child signal) added; returns its kind."""
     account = "acct-000123"
     event_type = draw(st.sampled_from(sorted(ALLOWED_EVENT_TYPES)))
-    event = _base_event(event_type, account, draw(st.sampled_from(["ios", "android", "web"])), "US")
+    event = base_event(event_type, account, draw(st.sampled_from(["ios", "android", "web"])), "US")
     record: dict[str, Any] = {
         "subject": f"account:{account}",
         "interest_based_ads": "granted",

@@ -194,7 +194,7 @@ def decide_for_rule(
             [Reason.REQUIRED_FIELD_MISSING],
             [f"required: {', '.join(projection.missing_required)}", *projection.stripped],
         )
-    findings = ruleset.leak_scanner.scan(projection.record, raw_values())
+    findings = ruleset.leak_scanner.scan(projection.record, raw_values(), projection.derived)
     if findings:
         return _block(rule, ruleset, event.event_id, [Reason.LEAK_DETECTED], findings)
     return Decision(
@@ -238,7 +238,7 @@ def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset)
     try:
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
-        raw_values = _Lazy(lambda: sensitive_values(record))
+        raw_values = _Lazy(lambda: sensitive_values(record) | ruleset.leak_scanner.spellings(record))
         for rule in ruleset.rules:
             if record.event_type not in rule.events:  # most traffic: content the partners never see
                 decisions.append(_block(rule, ruleset, record.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED]))

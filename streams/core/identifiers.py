@@ -53,15 +53,43 @@ def pseudonym(key: bytes, domain: str, value: str) -> str:
     return hmac.new(key, f"{domain}\x00{value}".encode(), hashlib.sha256).hexdigest()
 
 
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+_LOW_32 = (1 << 32) - 1
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, if any.
+
+    IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), IPv4-compatible
+    (`::a.b.c.d`, deprecated), 6to4 (`2002:AABB:CCDD::/48`), Teredo (`2001::/32`, the client
+    address) and the NAT64 well-known prefix (`64:ff9b::/96`). Each one holds the whole
+    IPv4 address, often inside the /48 an IPv6 address is otherwise truncated to.
+    """
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    value = int(address)
+    if address in _NAT64_WELL_KNOWN or address in _IPV4_TRANSLATED or (value >> 32 == 0 and value > 1):
+        return ipaddress.IPv4Address(value & _LOW_32)
+    return None
+
+
 @lru_cache(maxsize=65536)
 def truncate_ip(raw: str) -> str | None:
-    """IPv4 to /24, IPv6 to /48 (mapped IPv4 unwrapped first); None when not an address."""
+    """IPv4 to /24, IPv6 to /48; an IPv6 address carrying an IPv4 one is truncated as that IPv4.
+
+    None when the text is not an address.
+    """
     try:
-        address = ipaddress.ip_address(raw.strip())
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(raw.strip())
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        address = embedded_ipv4(address) or address
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 

@@ -1,20 +1,40 @@
 """The second line of defense: scan every record about to be forwarded for forbidden content.
 
-Default-deny projection should already have removed everything sensitive; the scan checks
-keys and values at any depth, percent-decoded, for URLs (with or without scheme, app deep
-links), title ids and names, free text shaped like search queries, watch-history shapes,
-raw email/phone/IP, and the event's own raw identifiers and content values.
+Default-deny projection should already have removed everything sensitive; the scan sees
+what the partner would see and checks keys and values at any depth — numbers as their
+decimal text, strings percent-decoded, Unicode-folded (NFKC, invisible format characters
+dropped, every script's digits read as ASCII digits) and lowercased — for:
+
+- URLs (with or without scheme, app deep links), raw email, phone-shaped digit runs, IP
+  addresses not truncated to /24 (IPv4, or the IPv4 an IPv6 address carries) or /48;
+- catalogue title ids and names, names also with their separators removed or changed and
+  with digits appended (`StrangerThings4`, `stranger.things`);
+- free text: more words than `max_words` (a hyphenated or underscored run of words is
+  text), or more tokens than `max_tokens`; values the ruleset itself enumerates (event
+  types, `values:` lists) are vocabulary, not text;
+- the event's own identifiers in every spelling a partner could join on: compared after
+  compaction (letters and digits only, so a UUID with or without hyphens, any case), plus
+  SHA-256/SHA-1/MD5 of the normalized email and phone (as a hashing transform would send
+  them) and an IPv4 address as an integer.
+
+Every pattern runs on RE2 (linear time, `streams.core.regex`); values longer than
+`MAX_SCANNED_CHARS` are refused unread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
-import re
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Collection, Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from streams.core.rules.model import LeakScanFile
+from streams.core.identifiers import embedded_ipv4, normalize_email, normalize_phone
+from streams.core.models import Event
+from streams.core.regex import LinearRegex, compile_linear
+from streams.core.rules.model import LeakScanFile, RuleFile
 
 _URL = (
     r"[a-z][a-z0-9+.\-]{1,30}:/{1,3}[^\s]"  # scheme://… and app deep links (app://…)
@@ -22,38 +42,93 @@ _URL = (
     r"|\b[a-z0-9\-]{1,63}(?:\.[a-z0-9\-]{1,63})*\.[a-z]{2,24}\b"  # bare domains
     r"|(?:^|/)(?:watch|title|browse|search)/"
 )
-_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
-_IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
-_IPV6_CANDIDATE = re.compile(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
+_EMAIL = compile_linear(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_IPV4 = compile_linear(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+_IPV6_CANDIDATE = compile_linear(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 # 7 to 15 digits with only separators between them, anywhere in the text
-_PHONE = re.compile(r"\d(?:[\s().\-/_~+]*\d){6,14}")
+_PHONE = compile_linear(r"\d(?:[\s().\-/_~+]*\d){6,14}")
+_PHONE_MIN_DIGITS = 7
+_UUID_CHARS = 36
+# byte tables: `bytes.translate` is several times faster than `str.translate`
+_DIGIT_BYTES = b"0123456789"
+_NON_ALNUM_ASCII = bytes(c for c in range(128) if not chr(c).isalnum())
+_ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 # attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
 # (ad ids), IPv4 addresses (already checked for truncation)
-_KNOWN_SHAPE = re.compile(
+_KNOWN_SHAPE = compile_linear(
     r"\d{4}-\d{2}-\d{2}(?:t\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+\-]\d{2}:\d{2})?)?"
     r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     r"|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
 )
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-_SEPARATORS = re.compile(r"[\-_.+~]+")
-_TOKEN_SPLIT = re.compile(r"[\s\-_.+~/]+")
-_KEY_SPLIT = re.compile(r"[^a-z0-9]+")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_NOT_LETTERS = compile_linear(r"[^\pL]+")
+# token separators besides white space: `best-sci-fi-shows` and `best_sci_fi_shows` are 4 tokens
+_SEPARATORS_TO_SPACE = bytes.maketrans(b"-_.+~/", b"      ")
+_NON_LETTERS_TO_SPACE = bytes(c if chr(c).isalpha() else 32 for c in range(128)) + bytes(range(128, 256))
+_KEY_SPLIT = compile_linear(r"[^a-z0-9]+")
+_CAMEL = compile_linear(r"([\pL\d])(\p{Lu})")
 _MAX_DECODE_ROUNDS = 4
-_SUBSTRING_MIN = 6
+_SUBSTRING_MIN = 6  # a raw value this long (letters and digits) is also found inside a text
+_WORD_MIN = 2  # letters; a shorter alphabetic token (`a`, `x`) is not counted as a word
+MAX_SCANNED_CHARS = 4096  # no partner attribute is this long; longer values are refused unread
+_MEMO_MAX_CHARS = 256  # memoize only short texts: stream values repeat, long ones rarely do
+_MEMO_LIMIT = 100_000
+_HASHES = (hashlib.sha256, hashlib.sha1, hashlib.md5)  # the digests partners match on
+
+
+def _fold(text: str) -> str:
+    """NFKC, drop invisible format characters, read every script's digits as ASCII digits."""
+    out = []
+    for char in unicodedata.normalize("NFKC", text):
+        if unicodedata.category(char) == "Cf":  # zero-width space, soft hyphen, bidi marks
+            continue
+        out.append(str(unicodedata.decimal(char)) if char.isdecimal() else char)
+    return "".join(out)
 
 
 def _decoded(text: str) -> str:
-    """Lowercase and percent-decode until stable (double encoding included)."""
-    out = text.lower()
+    """Percent-decode (double encoding included) and Unicode-fold until stable; case kept."""
+    out = text if text.isascii() else _fold(text)
     for _ in range(_MAX_DECODE_ROUNDS):
         if "%" not in out:
             break
         decoded = unquote(out)
+        if not decoded.isascii():
+            decoded = _fold(decoded)
         if decoded == out:
             break
-        out = decoded.lower()
+        out = decoded
     return out
+
+
+def _compact(lowered: str) -> str:
+    """Letters and digits only: the spelling-independent form raw values are compared in."""
+    if lowered.isascii():
+        return lowered.encode("ascii").translate(None, _NON_ALNUM_ASCII).decode("ascii")
+    return "".join(filter(str.isalnum, lowered))
+
+
+def _tokens(lowered: str) -> list[str]:
+    """Tokens split at white space and at `-`, `_`, `.`, `+`, `~`, `/`."""
+    data = lowered.encode("utf-8", "surrogatepass").translate(_SEPARATORS_TO_SPACE)
+    return data.decode("utf-8", "surrogatepass").split()
+
+
+def _letter_runs(lowered: str) -> str:
+    """The runs of letters in a text, one space between them (`strangerthings4` → `strangerthings`)."""
+    if lowered.isascii():
+        return " ".join(lowered.encode("ascii").translate(_NON_LETTERS_TO_SPACE).decode("ascii").split())
+    return " ".join(_NOT_LETTERS.sub(" ", lowered).split())
+
+
+def _leaky_ipv6(address: ipaddress.IPv6Address) -> bool:
+    """True when an IPv6 address keeps more than /48, or a whole IPv4 address it carries."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped.packed[3] != 0
+    carried = embedded_ipv4(address)
+    if carried is not None and carried.packed[3] != 0:
+        return True
+    return bool(int(address) & ((1 << 80) - 1))
 
 
 def _leaky_ip(text: str) -> bool:
@@ -63,20 +138,85 @@ def _leaky_ip(text: str) -> bool:
         if all(o <= 255 for o in octets) and octets[3] != 0:
             return True
     if ":" in text:
-        for candidate in _IPV6_CANDIDATE.findall(text):
+        for candidate in _IPV6_CANDIDATE.finditer(text):
             try:
-                address = ipaddress.ip_address(candidate)
+                address = ipaddress.ip_address(candidate.group(0))
             except ValueError:
                 continue
-            if isinstance(address, ipaddress.IPv6Address):
-                if address.ipv4_mapped is not None:
-                    return address.ipv4_mapped.packed[3] != 0
-                if int(address) & ((1 << 80) - 1):
-                    return True
+            if isinstance(address, ipaddress.IPv6Address) and _leaky_ipv6(address):
+                return True
     return False
 
 
-_CACHE_LIMIT = 100_000
+def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
+    """Whole titles in a text reduced to its letter runs, separators optional between words.
+
+    `Stranger Things` matches `stranger things`, `stranger_things`, `StrangerThings4`,
+    `stranger.things.s04`, but not `strangers` or `darkness` for `Dark`.
+    """
+    forms: set[str] = set()
+    for name in names:
+        words = _letter_runs(_fold(name).lower()).split()
+        if words:
+            forms.add(" ?".join(words))
+    if not forms:
+        return None
+    return compile_linear("(?:^| )(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")(?: |$)")
+
+
+def _digests(text: str) -> tuple[str, ...]:
+    data = text.encode("utf-8")
+    return tuple(h(data).hexdigest() for h in _HASHES)
+
+
+@lru_cache(maxsize=65536)
+def _email_spellings(email: str) -> tuple[str, ...]:
+    """Digests of the normalized email, with and without gmail dot removal."""
+    forms = {normalize_email(email, remove_dots) for remove_dots in (False, True)}
+    return tuple(d for form in sorted(f for f in forms if f) for d in _digests(form))
+
+
+@lru_cache(maxsize=65536)
+def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
+    """Digests of the phone in E.164 and as digits, parsed in each region."""
+    forms: set[str] = set()
+    for region in regions:
+        e164 = normalize_phone(phone, region, "e164")
+        if e164:
+            forms.update((e164, e164.lstrip("+")))
+    return tuple(d for form in sorted(forms) for d in _digests(form))
+
+
+@lru_cache(maxsize=65536)
+def _ip_spellings(ip: str) -> tuple[str, ...]:
+    """An IP address as hex digits (IPv6 exploded) and an IPv4 one as an integer."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ()
+    forms = []
+    if isinstance(address, ipaddress.IPv6Address):
+        forms.append(address.exploded.replace(":", ""))
+        carried = embedded_ipv4(address)
+        if carried is None:
+            return tuple(forms)
+        address = carried
+    return (*forms, str(int(address)), address.packed.hex())  # 3405803971 for 203.0.113.195
+
+
+def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
+    """Normalize an event's raw sensitive values for `LeakScanner.scan` (compacted)."""
+    out = set()
+    for text in strings:
+        if not text:
+            continue
+        if text.isascii() and "%" not in text:  # the common case, in one pass
+            compact = text.encode("ascii").translate(_ASCII_LOWER, _NON_ALNUM_ASCII).decode("ascii")
+        else:
+            compact = _compact(_decoded(text).lower())
+        if compact:
+            out.add(compact)
+    return frozenset(out)
 
 
 class LeakScanner:
@@ -88,99 +228,180 @@ class LeakScanner:
 
     def __init__(
         self,
-        url: re.Pattern[str],
-        title_ids: re.Pattern[str] | None,
-        title_names: tuple[str, ...],
+        url: LinearRegex,
+        title_ids: LinearRegex | None,
+        title_names: LinearRegex | None,
         forbidden_key_tokens: frozenset[str],
         max_words: int,
         max_tokens: int,
+        vocabulary: frozenset[str] = frozenset(),
+        phone_regions: tuple[str, ...] = ("US",),
     ) -> None:
         self._url = url
         self._title_ids = title_ids
         self._title_names = title_names
-        self._title_name_re = (
-            re.compile("\\b(?:" + "|".join(map(re.escape, title_names)) + ")\\b") if title_names else None
-        )
         self.forbidden_key_tokens = forbidden_key_tokens
         self.max_words = max_words
         self.max_tokens = max_tokens
-        self._cache: dict[str, str | None] = {}
+        self.vocabulary = vocabulary
+        self.phone_regions = phone_regions
+        self._memo: dict[str, tuple[str | None, str]] = {}
 
     @classmethod
-    def from_config(cls, config: LeakScanFile) -> LeakScanner:
-        """Compile the ruleset's vocabulary."""
-        names = sorted({n.lower() for n in config.title_names if n.strip()}, key=len, reverse=True)
+    def from_config(
+        cls,
+        config: LeakScanFile,
+        vocabulary: Iterable[str] = (),
+        phone_regions: Iterable[str] = ("US",),
+    ) -> LeakScanner:
+        """Compile the ruleset's vocabulary (title id patterns must compile with RE2).
+
+        `vocabulary` holds the values the rules themselves enumerate (never free text);
+        `phone_regions` the regions the rules parse national phone numbers in.
+        """
+        title_ids = "|".join(f"(?:{p})" for p in config.title_id_patterns)
+        names = [n for n in config.title_names if n.strip()]
         return cls(
-            url=re.compile(_URL),
-            title_ids=re.compile("|".join(config.title_id_patterns)) if config.title_id_patterns else None,
-            title_names=tuple(names),
+            url=compile_linear(_URL),
+            title_ids=compile_linear(title_ids) if title_ids else None,
+            title_names=_title_name_pattern(names),
             forbidden_key_tokens=frozenset(t.lower() for t in config.forbidden_key_tokens),
             max_words=config.max_words,
             max_tokens=config.max_tokens,
+            vocabulary=frozenset(v.lower() for v in vocabulary),
+            phone_regions=tuple(dict.fromkeys(phone_regions)),
         )
 
-    def _pattern_finding(self, lowered: str) -> str | None:
-        """Findings that depend on the text alone (memoized)."""
-        if _HEX_DIGEST.fullmatch(lowered):
+    def clear_memo(self) -> None:
+        """Forget memoized findings (benchmarks measure the cold cost with it)."""
+        self._memo.clear()
+
+    def _pattern_finding(self, text: str, lowered: str, words_are_text: bool) -> str | None:
+        """Findings that depend on the text alone."""
+        if len(lowered) == 64 and _HEX_DIGITS.issuperset(lowered):
             return None  # a SHA-256/HMAC output: nothing readable can hide in it
-        if _KNOWN_SHAPE.fullmatch(lowered):  # a time, a UUID or an IPv4 address: nothing else fits
-            return "ip" if _leaky_ip(lowered) else None
-        if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.search(lowered):
+        # a time, a UUID or an IPv4 address: nothing else fits (all but UUIDs start with a digit)
+        if (lowered[:1].isdigit() or len(lowered) == _UUID_CHARS) and _KNOWN_SHAPE.matches_whole(lowered):
+            is_ipv4 = "." in lowered and "-" not in lowered and ":" not in lowered
+            return "ip" if is_ipv4 and _leaky_ip(lowered) else None
+        if ("." in lowered or ":" in lowered or "/" in lowered) and self._url.contains(lowered):
             return "url"
-        if "@" in lowered and _EMAIL.search(lowered):
+        if "@" in lowered and _EMAIL.contains(lowered):
             return "email"
-        has_digit = any(c.isdigit() for c in lowered)
-        if has_digit and self._title_ids is not None and self._title_ids.search(lowered):
+        data = lowered.encode("utf-8", "surrogatepass")
+        digits = len(data) - len(data.translate(None, _DIGIT_BYTES))  # ASCII digits once folded
+        has_digit = digits > 0
+        if has_digit and self._title_ids is not None and self._title_ids.contains(lowered):
             return "title_id"
-        if self._title_name_re is not None:
-            spaced = _SEPARATORS.sub(" ", lowered)  # `stranger-things`, `stranger_things`
-            if any(n in spaced for n in self._title_names) and self._title_name_re.search(spaced):
-                return "title_name"
+        if self._title_names is not None and self._title_names.contains(_letter_runs(lowered)):
+            return "title_name"
         if has_digit and ("." in lowered or ":" in lowered) and _leaky_ip(lowered):
             return "ip"
-        if has_digit and _PHONE.search(lowered):
+        if digits >= _PHONE_MIN_DIGITS and _PHONE.contains(lowered):
             return "phone"
-        if len(lowered.split()) > self.max_words or len(_TOKEN_SPLIT.split(lowered)) > self.max_tokens:
+        if lowered in self.vocabulary:
+            return None
+        if len(lowered.split()) > self.max_words or len(_tokens(lowered)) > self.max_tokens:
             return "free_text"
+        if words_are_text:
+            mixed_case = not (text.islower() or text.isupper())
+            spaced = _CAMEL.sub(r"\1 \2", text).lower() if mixed_case else lowered
+            words = [t for t in _tokens(spaced) if len(t) >= _WORD_MIN and t.isalpha()]
+            if len(words) > self.max_words:
+                return "free_text"
         return None
 
-    def _scan_text(self, text: str, raw_values: frozenset[str]) -> str | None:
-        lowered = _decoded(text)
+    def _text_finding(self, text: str, words_are_text: bool) -> tuple[str | None, str]:
+        """(pattern finding, compacted form) of a key or value."""
+        if len(text) > MAX_SCANNED_CHARS:
+            return "oversized_value", ""
+        decoded = _decoded(text)
+        if len(decoded) > MAX_SCANNED_CHARS:  # NFKC can expand a character up to 18 times
+            return "oversized_value", ""
+        lowered = decoded.lower()
+        finding = self._pattern_finding(decoded, lowered, words_are_text)
+        # a value the rules enumerate says nothing beyond the rule's own choice: not compared
+        # with the event's raw values (an empty compact form never matches one)
+        return finding, "" if lowered in self.vocabulary else _compact(lowered)
+
+    def _scan_value(self, text: str, raw_values: frozenset[str], check_raw: bool = True) -> str | None:
+        if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
+            # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
+            return "raw_value" if check_raw and _has_raw(text.lower(), raw_values) else None
         try:
-            finding = self._cache[lowered]
+            finding, compact = self._memo[text]
         except KeyError:
-            finding = self._pattern_finding(lowered)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[lowered] = finding
-        if finding is not None:
+            finding, compact = self._text_finding(text, words_are_text=True)
+            if len(text) <= _MEMO_MAX_CHARS:
+                if len(self._memo) >= _MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo[text] = (finding, compact)
+        if finding is not None or not check_raw:
             return finding
-        for raw in raw_values:
-            if lowered == raw or (len(raw) >= _SUBSTRING_MIN and raw in lowered):
-                return "raw_value"
-        return None
+        return "raw_value" if _has_raw(compact, raw_values) else None
 
     def key_finding(self, key: str, raw_values: frozenset[str] = frozenset()) -> str | None:
         """Why a key is forbidden: a content token (`page_url`) or a forbidden value shape."""
-        tokens = _KEY_SPLIT.split(_CAMEL.sub("_", key).lower())
+        tokens = _KEY_SPLIT.split(_CAMEL.sub(r"\1_\2", key).lower())
         if any(t in self.forbidden_key_tokens for t in tokens):
             return "forbidden_key"
-        return self._scan_text(key, raw_values)
+        finding, compact = self._text_finding(key, words_are_text=False)
+        if finding is None and _has_raw(compact, raw_values):
+            return "raw_value"
+        return finding
 
-    def scan(self, record: dict[str, Any], raw_values: frozenset[str] = frozenset()) -> list[str]:
+    def spellings(self, event: Event) -> frozenset[str]:
+        """Other spellings of the person's identifiers a partner could join on, compacted.
+
+        Hashed email and phone (normalized as the hashing transforms would, in every phone
+        region the rules use) and the IP address as an integer or hex digits; `raw_values_of`
+        covers the raw values themselves.
+        """
+        spellings: list[str] = []  # lowercase letters and digits already
+        if event.user is not None:
+            if event.user.email:
+                spellings.extend(_email_spellings(event.user.email))
+            if event.user.phone:
+                spellings.extend(_phone_spellings(event.user.phone, self.phone_regions))
+        if event.context is not None and event.context.ip:
+            spellings.extend(_ip_spellings(event.context.ip))
+        return frozenset(spellings)
+
+    def scan(
+        self,
+        record: dict[str, Any],
+        raw_values: frozenset[str] = frozenset(),
+        derived: Collection[str] = frozenset(),
+    ) -> list[str]:
         """Findings as `path: kind`; an empty list means the record may leave.
 
         Top-level keys are the rule's output names, checked once when the rules load;
-        keys below them (which projection never produces) are scanned here.
+        keys below them (which projection never produces) are scanned here. Top-level
+        fields named in `derived` were produced by a one-way transform (hash, pseudonym,
+        truncation) of the event's own value: they are checked for shape, and not against
+        the event's raw values they were derived from.
         """
         findings: list[str] = []
         for key, value in record.items():
-            self._walk(value, str(key), raw_values, findings)
+            self._walk(value, str(key), raw_values, findings, check_raw=key not in derived)
         return findings
 
-    def _walk(self, value: Any, path: str, raw_values: frozenset[str], out: list[str]) -> None:
+    def _walk(
+        self, value: Any, path: str, raw_values: frozenset[str], out: list[str], check_raw: bool = True
+    ) -> None:
         if isinstance(value, str):
-            finding = self._scan_text(value, raw_values)
+            finding = self._scan_value(value, raw_values, check_raw)
+            if finding:
+                out.append(f"{path}: {finding}")
+        elif isinstance(value, bool) or value is None:
+            return
+        elif isinstance(value, int | float):
+            try:
+                text = str(value)  # the partner reads the number's digits like a string's
+            except ValueError:  # an int too long for its decimal text
+                out.append(f"{path}: oversized_value")
+                return
+            finding = self._scan_value(text, raw_values, check_raw)
             if finding:
                 out.append(f"{path}: {finding}")
         elif isinstance(value, dict):
@@ -195,10 +416,33 @@ class LeakScanner:
             out.append(f"{path}: nested_value")
             for index, item in enumerate(value):
                 self._walk(item, f"{path}[{index}]", raw_values, out)
-        elif isinstance(value, int | float) and not isinstance(value, bool) and str(value) in raw_values:
-            out.append(f"{path}: raw_value")
+        else:
+            out.append(f"{path}: unknown_type")
 
 
-def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
-    """Normalize an event's raw sensitive values for `LeakScanner.scan`."""
-    return frozenset(s.strip().lower() for s in strings if s and s.strip())
+def _has_raw(compact: str, raw_values: frozenset[str]) -> bool:
+    if not compact:
+        return False
+    if compact in raw_values:
+        return True
+    if len(compact) < _SUBSTRING_MIN:
+        return False
+    return any(raw in compact for raw in raw_values if len(raw) >= _SUBSTRING_MIN)
+
+
+def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
+    """The scanner of a loaded ruleset: its vocabulary plus what the rules enumerate.
+
+    Event types and `values:` lists are vocabulary (`standard_with_ads` is a plan, not
+    text); the rules' phone regions decide how the person's phone is hashed.
+    """
+    vocabulary: set[str] = set()
+    regions: list[str] = []
+    for rule in rules:
+        regions.append(rule.identifiers.default_region)
+        for event_type, spec in rule.events.items():
+            vocabulary.add(event_type)
+            for field in spec.fields.values():
+                if not isinstance(field, str) and field.values:
+                    vocabulary.update(field.values)
+    return LeakScanner.from_config(config, vocabulary, regions or ["US"])

@@ -22,14 +22,20 @@ from streams.core.rules.model import IdentifierStyle
 from streams.core.rules.ruleset import CompiledField
 
 _SCALARS = (str, int, float, bool)
+_ONE_WAY = frozenset({"sha256_email", "sha256_phone", "pseudonym", "truncate_ip"})
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(slots=True)
 class Projection:
-    """The projected record plus what was dropped and why."""
+    """The projected record plus what was dropped and why.
+
+    `derived` names the fields a one-way transform (hash, pseudonym, IP truncation) made
+    from the event's own value: the leak scan does not compare those with the raw values.
+    """
 
     record: dict[str, Any] = field(default_factory=dict)
+    derived: set[str] = field(default_factory=set)
     stripped: list[str] = field(default_factory=list)
     missing_required: list[str] = field(default_factory=list)
 
@@ -117,4 +123,6 @@ def project(
                 out.missing_required.append(spec.name)
             continue
         out.record[spec.name] = result
+        if spec.spec.transform in _ONE_WAY:
+            out.derived.add(spec.name)
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ class RocksStore(MutableMapping[bytes, int]):
         self._db = Rdict(str(path), options)
         self._pending: dict[bytes, int | None] = {}
         self._meta_pending: dict[bytes, bytes] = {}
-        self._cache: dict[bytes, int | None] = {}
+        self._cache: OrderedDict[bytes, int | None] = OrderedDict()
         self._cache_entries = tuning.cache_entries
         self._meta_keys = {key for key, _ in self._meta_items(_META_PREFIX)}
 
@@ -106,7 +107,7 @@ class RocksStore(MutableMapping[bytes, int]):
             raise StoreCorruptError(f"state store {self.path} is damaged; rebuilt at next start") from exc
         value = _unpack(raw) if raw is not None else None
         if len(self._cache) >= self._cache_entries:
-            del self._cache[next(iter(self._cache))]  # oldest first: bounded, O(1)
+            self._cache.popitem(last=False)  # oldest first: bounded, O(1) (a dict's first key is not)
         self._cache[key] = value
         return value
 

@@ -32,7 +32,7 @@ def test_dashboard_queries_only_exported_metrics(session_broker: EmbeddedBroker,
             "account_id": "acct-0000002",  # in the US, as its stored jurisdiction says too
             "device": {"platform": "ios"},
             "context": {"country": "US"},
-            "properties": {"campaign_id": "title-80100172"},
+            "properties": {"campaign_id": "title-801001"},  # passes the rule pattern, caught by the scan
         }
         produce(
             broker.bootstrap,

@@ -18,8 +18,10 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
-from streams.core.leakscan import LeakScanner
+from streams.core.leakscan import LeakScanner, scanner_for
+from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.condition import Condition
+from streams.core.rules.linkage import ad_id_linkages
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -127,7 +129,7 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
 
 
 def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
-    """Static checks: P2 (no content event types) and P1/P6 (no tagged field leaves raw)."""
+    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10."""
     file = str(path)
     tags = privacy_tags()
     if path.stem != rule.partner:
@@ -177,6 +179,8 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
                 f"condition is not valid CEL: {exc}",
                 "correct the CEL expression",
             )
+    for linkage in ad_id_linkages(rule, tags.tag, field_spec):  # P10
+        yield RuleProblem(file, _line_of(doc, ("events", linkage.event_type)), linkage.message, linkage.fix)
     for event_type, spec in rule.events.items():
         at = _line_of(doc, ("events", event_type))
         if event_type in CONTENT_EVENT_TYPES:
@@ -292,19 +296,20 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         if leak_doc is not None:
             leak_scan = _validate(LeakScanFile, leak_path, leak_doc, problems)
         if leak_scan is not None:
-            for pattern in leak_scan.title_id_patterns:
+            for index, pattern in enumerate(leak_scan.title_id_patterns):
                 try:
-                    re.compile(pattern)
-                except re.error as exc:
+                    compile_linear(pattern)
+                except LinearRegexError as exc:
                     problems.append(
                         RuleProblem(
                             str(leak_path),
-                            _line_of(leak_doc, ("title_id_patterns",)),
-                            f"title id pattern {pattern!r} is not a valid regex ({exc})",
-                            "correct the pattern",
+                            _line_of(leak_doc, ("title_id_patterns", index)),
+                            f"title id pattern {pattern!r} cannot run in linear time (RE2: {exc})",
+                            "correct the pattern; RE2 has no backreferences or lookaround",
                         )
                     )
-    scanner = LeakScanner.from_config(leak_scan or LeakScanFile())
+                    leak_scan = None
+    scanner = LeakScanner.from_config(leak_scan or LeakScanFile())  # for output names
 
     rules: list[RuleFile] = []
     seen: dict[str, str] = {}
@@ -337,7 +342,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
     frozen_rules = tuple(rules)
     return Ruleset(
         rules=tuple(compile_rule(r) for r in frozen_rules),
-        leak_scanner=scanner,
+        leak_scanner=scanner_for(leak_scan, frozen_rules),
         digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
         vocabulary=leak_scan,
         tags=privacy_tags().tags,
