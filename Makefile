@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
 
-.PHONY: test lint typecheck unit demo bench fuzz clean
+.PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +33,18 @@ ENGINE ?= kafka
 demo: $(STAMP)
 	$(BIN)/partner-guard demo --engine $(ENGINE)
 
-bench: $(STAMP)
+# Quix Streams pins confluent-kafka < 2.13: the peer pipelines get their own venv.
+$(PEERS_STAMP): benchmarks/peers-requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/peers-requirements.txt
+	touch $(PEERS_STAMP)
+
+# The whole comparison on the same data in one run, then the pure core and state memory.
+BENCH_RECORDS ?= 200000
+bench: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_RECORDS)
 	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python benchmarks/bench_state_memory.py
 
 # Fuzz for FUZZ_SECONDS with Hypothesis, then as long again with atheris (libFuzzer) when
 # it installs; failing examples are saved in tests/hostile/ and replayed by `make test`.
@@ -49,3 +61,24 @@ fuzz: $(STAMP)
 		PARTNER_GUARD_FUZZ_MAX_MS=$(FUZZ_MAX_MS) $(BIN)/python tests/fuzz_atheris.py \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1 || status=1; fi; \
 	exit $$status
+
+# Faults over time (not in CI): the soak, then the fault scenarios in their long variants.
+SOAK_MINUTES ?= 30
+SOAK_OUT ?= soak-results
+RELIABILITY_TESTS := tests/integration/test_crash_loop.py tests/integration/test_flaky_network.py \
+	tests/integration/test_zombie.py tests/integration/test_state_faults.py \
+	tests/integration/test_logs_and_secrets.py
+
+soak: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,soak]'
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES) --out $(SOAK_OUT)
+	PARTNER_GUARD_SOAK=1 $(MAKE) reliability
+
+# The fault scenarios alone, each ledger appended to $(SOAK_OUT)/reliability.jsonl.
+reliability: $(STAMP)
+	mkdir -p $(SOAK_OUT)
+	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
+		-o timeout=3600 $(RELIABILITY_TESTS)
+
+clean:
+	rm -rf $(VENV) $(PEERS) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,12 +14,12 @@ import orjson
 import typer
 
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit
+from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
 from streams.runtime.secrets import MissingKeyError, load_keys
 
 
 class Engine(enum.StrEnum):
-    """Which engine runs the guard (both run the same decision path)."""
+    """Which engine runs the guard (both run the same decision path, `streams.runtime.decider`)."""
 
     KAFKA = "kafka"
     FAUST = "faust"
@@ -31,6 +33,28 @@ app = typer.Typer(
 rules_app = typer.Typer(help="Check and test partner allow-rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(replay_app, name="replay")
+
+
+@app.callback(invoke_without_command=True)
+def main_options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="versions, schema fingerprint (and ruleset digest with --rules)")
+    ] = False,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="with --version: the ruleset to show the digest of")
+    ] = None,
+) -> None:
+    """partner-guard: only what the privacy statement promises reaches ad partners."""
+    if version:
+        rules_dir = rules or (
+            Path(os.environ["PARTNER_GUARD_RULES_DIR"]) if os.environ.get("PARTNER_GUARD_RULES_DIR") else None
+        )
+        print(version_text(rules_dir))
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 @rules_app.command("check")
@@ -56,6 +80,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
         print(f"{status} {result.partner}: {result.passed} passed, {len(result.failures)} failed")
         for failure in result.failures:
             print(f"     {failure}")
+        print(f"     P11 non-interference: {result.noninterference_checked} variants of protected fields")
         if result.uncovered:
             print("     reason codes this rule can give that no case produces:")
             for reason, why in result.uncovered.items():
@@ -120,8 +145,7 @@ def decide_command(
     try:
         loaded = load_keys(ruleset.partners, keys_dir, dev)
     except MissingKeyError as exc:
-        err.print(f"[red]refusing to start:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        refuse(str(exc))
     if loaded.ephemeral:
         err.print(
             f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
@@ -146,35 +170,69 @@ def run_command(
     keys_dir: Annotated[
         Path | None, typer.Option("--keys-dir", help="directory of <partner>.key files")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, max=64, help="guard processes on this host")
+    ] = None,
     engine: Annotated[
-        Engine | None, typer.Option("--engine", help="kafka (confluent-kafka, the default) or faust")
+        Engine | None,
+        typer.Option(
+            "--engine",
+            help="kafka: confluent-kafka, one transaction per batch (default); "
+            "faust: a Faust worker (faust-streaming), same decisions",
+        ),
     ] = None,
 ) -> None:
-    """The streaming job: one transaction per batch (kafka engine), or a Faust worker (--engine faust)."""
+    """The streaming job: consume, decide, produce and commit in one transaction per batch."""
+    from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
+    from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
-    from streams.runtime.startup import StartupError, prepare
+    from streams.runtime.preflight import StartupRefusedError, preflight
+    from streams.runtime.startup import StartupError, keyed_setup
 
     configure_logging()
     try:
-        setup = prepare(
+        settings = load_settings(
             config,
             rules_dir=rules,
             create_topics=create_topics or None,
             dev=dev or None,
             keys_dir=keys_dir,
+            workers=workers,
             engine=engine.value if engine else None,
         )
-        for notice in setup.notices:
-            err.print(notice, highlight=False, markup=False)
-        if setup.settings.engine == "faust":
-            from streams.engines.faust_app import run_worker
-
-            raise typer.Exit(run_worker(setup))
+    except ConfigError as exc:
+        refuse(str(exc))
+    for warning in unknown_env_warnings():
+        logging.getLogger("streams.cli").warning("ignoring %s", warning)
+    source = (
+        "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
+    )
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
+    try:
+        setup = keyed_setup(settings, ruleset)
     except StartupError as exc:
-        err.print(f"refusing to start: {exc}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    from streams.runtime.job import GuardJob
+        refuse(str(exc))
+    for notice in setup.notices:
+        err.print(notice, highlight=False, markup=False)
+    try:
+        preflight(settings)
+    except StartupRefusedError as exc:
+        refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import run_worker
 
+        if settings.workers > 1:
+            refuse("--workers starts kafka-engine processes; scale the Faust engine by starting more workers")
+
+        try:
+            raise typer.Exit(run_worker(setup))
+        except StartupError as exc:
+            refuse(str(exc))
+    if settings.workers > 1:
+        from streams.runtime.workers import Supervisor, worker_arguments
+
+        args = worker_arguments(config, rules, dev, keys_dir)
+        raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
     raise typer.Exit(GuardJob(setup.settings, setup.ruleset, payload=setup.payload).run())
 
 
@@ -206,9 +264,12 @@ def broker_command(
 
     from streams.broker.embedded import EmbeddedBroker
 
+    def stop_on_sigterm(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)  # unwinds out of wait(); the context manager stops the broker once
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     with EmbeddedBroker.start(port) as broker:
         print(f"embedded broker on {broker.bootstrap} (memory only); Ctrl-C stops it", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: broker.stop())
         with contextlib.suppress(KeyboardInterrupt):
             broker.process.wait()
 

@@ -1,4 +1,4 @@
-"""`partner-guard decide`: the JSON Lines contract of DESIGN.md §4."""
+"""`partner-guard decide`: the JSON Lines contract (docs/records.md)."""
 
 from __future__ import annotations
 

@@ -104,6 +104,14 @@ def test_dockerfile_shape() -> None:
     assert 'ENTRYPOINT ["partner-guard"]' in text
 
 
+def test_dockerfile_installs_the_built_wheel_not_the_source_tree() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    final = text.split("\nFROM ")[-1]  # the runtime stage
+    assert re.search(r"pip wheel .*--no-deps", text)
+    assert "pip install --no-compile /tmp/dist/partner_guard-*.whl" in final
+    assert " -e " not in text and "COPY streams" not in final
+
+
 def test_grafana_provisioning_points_at_the_dashboard() -> None:
     provider = YAML(typ="safe").load(
         (ROOT / "deploy/grafana/provisioning/dashboards/partner-guard.yml").read_text()

@@ -30,7 +30,14 @@ from streams.core.signals.usprivacy import us_privacy_opted_out
 from streams.gen.signals import BitWriter, encode_gpp, encode_tc_string, encode_usnat
 from streams.offline.cases import decide_case, decide_line, decision_json
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import CONTAINED_ERROR_DETAIL, SourceRef, blocked_input, blocked_record
+from streams.runtime.records import (
+    CONTAINED_ERROR_DETAIL,
+    SourceRef,
+    Withheld,
+    blocked_input,
+    blocked_record,
+    partner_views,
+)
 from streams.runtime.state import ConsentTable, SignupStatusTable
 from tests.conftest import RULES_DIR
 
@@ -507,6 +514,42 @@ def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Rules
         details=(f"{CONTAINED_ERROR_DETAIL}OutputTooLargeError",),
     )
     shared = blocked_input(source, raw, None, None, PayloadProtector("full"))
-    _, value, _ = blocked_record(decision, shared, source, 900_000)
-    outcome = verify_one(orjson.loads(value), RulesetLibrary([RULES_DIR]), None)
+    _, value, _ = blocked_record([Withheld.of(decision)], shared, source, 900_000)
+    outcome = verify_one(partner_views(orjson.loads(value))[0], RulesetLibrary([RULES_DIR]), None)
     assert outcome.status == "unverifiable"
+
+
+class _RecordingSink:
+    """Collects what the decider sends (no broker: this tests the per-record containment)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None]] = []
+
+    def __call__(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
+        self.records.append((topic, value))
+
+
+def test_the_job_blocks_an_input_whose_outputs_raise_for_every_partner(
+    ruleset: Ruleset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.runtime.config import Settings
+    from streams.runtime.decider import BatchTally
+    from streams.runtime.job import GuardJob
+
+    job = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset)
+
+    def explode(*args: Any) -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(job.decider, "_build_outputs", explode)
+    producer, tally = _RecordingSink(), BatchTally()
+    source = SourceRef("internal.events", 0, 7, None, b"k", "json")
+    job.decider.emit(orjson.dumps(_case()["event"]), source, False, tally, producer)
+    assert [topic for topic, _ in producer.records] == ["guard.blocked"]  # one record lists every partner
+    blocked = orjson.loads(producer.records[0][1] or b"")
+    assert [d["partner"] for d in blocked["decisions"]] == list(ruleset.partners)
+    for decision in blocked["decisions"]:
+        assert decision["reasons"] == ["internal_error"]
+        assert decision["details"] == [f"{CONTAINED_ERROR_DETAIL}ZeroDivisionError"]
+    assert blocked["event_id"] and blocked["original_b64"]
+    assert sum(tally.blocked.values()) == len(ruleset.partners)

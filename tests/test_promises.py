@@ -152,18 +152,18 @@ PERMISSIVE_FIELDS = """\
   {event_type}:
     fields:
       event_id: {{from: event_id, transform: pseudonym}}
-      campaign_id: properties.campaign_id
-      install_source: properties.install_source
-      step: properties.step
-      plan: properties.plan
-      platform: device.platform
-      country: context.country
-      region: context.region
+      campaign_id: {{from: properties.campaign_id, max_length: 1024}}
+      install_source: {{from: properties.install_source, max_length: 1024}}
+      step: {{from: properties.step, max_length: 1024}}
+      plan: {{from: properties.plan, max_length: 1024}}
+      platform: {{from: device.platform, max_length: 1024}}
+      country: {{from: context.country, max_length: 1024}}
+      region: {{from: context.region, max_length: 1024}}
 """
 
 
 def _permissive_ruleset(directory: Path) -> Ruleset:
-    """A rule that keeps every untagged field as-is: no values, no patterns."""
+    """A rule that keeps every untagged field as-is: no values, no patterns, only the length cap."""
     shutil.copy(RULES_DIR / "_leak-scan.yaml", directory / "_leak-scan.yaml")
     body = "".join(PERMISSIVE_FIELDS.format(event_type=t) for t in sorted(ALLOWED_EVENT_TYPES))
     (directory / "permissive.yaml").write_text(PERMISSIVE_HEADER + body)

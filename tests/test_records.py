@@ -9,7 +9,7 @@ import pytest
 
 from streams.core.models import ConsentRecord, Decision, SignupStatus, StateSnapshot
 from streams.runtime.payload import MAX_KEY_BYTES, Keyring, PayloadProtector, PayloadTamperedError, reveal
-from streams.runtime.records import SourceRef, blocked_input, blocked_record
+from streams.runtime.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 
 KEYRING = Keyring({"k1": b"\x01" * 32}, "k1")
 EMAIL = "jane.doe@example.com"
@@ -36,7 +36,7 @@ def test_identifiers_are_keyed_hashes_everywhere_in_the_blocked_record(mode: str
     source = SourceRef("internal.events", 0, 7, 1, EMAIL.encode(), "json")
     raw = orjson.dumps({"event_id": "evt-acct-42", "event_type": "search", "event_time": 1})
     shared = blocked_input(source, raw, _snapshot(), "evt-acct-42", protector)
-    key, value, _ = blocked_record(_decision("evt-acct-42"), shared, source, 900_000)
+    key, value, _ = blocked_record([Withheld.of(_decision("evt-acct-42"))], shared, source, 900_000)
     text = (key or b"") + value
     assert b"acct-42" not in text and b"example.com" not in text and EMAIL.encode() not in text
     record = orjson.loads(value)
@@ -50,7 +50,7 @@ def test_full_mode_keeps_identifiers_and_small_keys() -> None:
     protector = PayloadProtector("full")
     source = SourceRef("internal.events", 0, 7, 1, b"acct-42", "json")
     shared = blocked_input(source, b"{}", _snapshot(), "evt-1", protector)
-    key, value, _ = blocked_record(_decision("evt-1"), shared, source, 900_000)
+    key, value, _ = blocked_record([Withheld.of(_decision("evt-1"))], shared, source, 900_000)
     record = orjson.loads(value)
     assert key == b"acct-42" and base64.b64decode(record["source"]["key_b64"]) == b"acct-42"
     assert record["event_id"] == "evt-1" and record["snapshot"]["signup_status"]["account_id"] == "acct-42"
@@ -60,7 +60,7 @@ def test_an_oversized_key_is_kept_only_as_its_hash() -> None:
     big = b"k" * 500_000
     source = SourceRef("internal.events", 0, 7, 1, big, "json")
     shared = blocked_input(source, b"{}", None, "evt-1", PayloadProtector("full"))
-    key, value, headers = blocked_record(_decision("evt-1"), shared, source, 10_000)
+    key, value, headers = blocked_record([Withheld.of(_decision("evt-1"))], shared, source, 10_000)
     assert _total(key, value, headers) <= 10_000 and len(key or b"") == 64
     assert orjson.loads(value)["source"]["key_size"] == 500_000 > MAX_KEY_BYTES
 
@@ -72,9 +72,11 @@ def test_reduced_form_drops_or_hashes_everything_unbounded(mode: str) -> None:
     raw = orjson.dumps({"event_id": event_id, "event_type": "search", "event_time": 1, "pad": "x" * 50_000})
     source = SourceRef("internal.events", 0, 7, 1, b"k" * 5_000, "json")
     shared = blocked_input(source, raw, _snapshot(), event_id, protector)
-    key, value, headers = blocked_record(_decision(event_id, ("d" * 30_000,)), shared, source, 20_000)
+    key, value, headers = blocked_record(
+        [Withheld.of(_decision(event_id, ("d" * 30_000,)))], shared, source, 20_000
+    )
     assert _total(key, value, headers) <= 20_000
-    record = orjson.loads(value)
+    record = partner_views(orjson.loads(value))[0]  # the partner's view of the v2 record
     assert record["reduced"] and "record_too_large" in record["reasons"]
     assert record["snapshot"] is None and record["details"] == [] and record["original_b64"] is None
     assert "ciphertext_b64" not in record and "original_redacted" not in record

@@ -10,7 +10,7 @@ import orjson
 
 from streams.core.models import Decision
 from streams.runtime.payload import PayloadProtector
-from streams.runtime.records import SourceRef, blocked_input, blocked_record
+from streams.runtime.records import SourceRef, Withheld, blocked_input, blocked_record
 from tests.conftest import ROOT, RULES_DIR
 
 EVENT = {
@@ -33,7 +33,7 @@ def _export(tmp_path: Path, digest: str) -> Path:
         verdict="block",
         reasons=("event_type_not_allowed",),
     )
-    _, value, _ = blocked_record(decision, shared, source, 900_000)
+    _, value, _ = blocked_record([Withheld.of(decision)], shared, source, 900_000)
     path = tmp_path / "blocked.jsonl"
     path.write_bytes(value + b"\n")
     return path

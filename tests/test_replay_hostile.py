@@ -17,7 +17,7 @@ from streams.core.decide import decide
 from streams.core.models import StateSnapshot
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.payload import Keyring, PayloadProtector
-from streams.runtime.records import SourceRef, blocked_input, blocked_record
+from streams.runtime.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from tests.conftest import ROOT
 
 KEYRING_TEXT = "k1:" + base64.b64encode(b"\x02" * 32).decode()
@@ -40,7 +40,8 @@ def _blocked(ruleset: Ruleset, protector: PayloadProtector, snapshot: StateSnaps
     assert not decision.forwarded
     source = SourceRef("internal.events", 0, 5, 1_795_000_000_000, b"acct-7", "json")
     shared = blocked_input(source, EVENT, snapshot, decision.event_id, protector)
-    return dict(orjson.loads(blocked_record(decision, shared, source, 900_000)[1]))
+    value = blocked_record([Withheld.of(decision)], shared, source, 900_000)[1]
+    return partner_views(orjson.loads(value))[0]  # the view replay reads
 
 
 def _replay(tmp_path: Path, lines: list[bytes], *args: str) -> tuple[int, list[dict[str, Any]], str]:

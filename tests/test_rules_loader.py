@@ -19,7 +19,7 @@ events:
   app_install:
     fields:
       event_id: {from: event_id, transform: pseudonym}
-      platform: device.platform
+      platform: {from: device.platform, values: [ios, android, tv, web]}
 """
 
 

@@ -1,4 +1,4 @@
-"""Consent-string decoders against the reference vectors (shared/reference/privacy-signals.md)."""
+"""Consent-string decoders against reference vectors from the public TCF v2, GPP and US Privacy specs."""
 
 from __future__ import annotations
 

@@ -179,6 +179,7 @@ def replay_command(
     keyring = _replay_keyring(payload_keys_file)
     try:
         with bar:
+            records = _with_originals(list(records), settings, config)
             result = replay(records, library, keyring, whatif)
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
@@ -198,6 +199,23 @@ def replay_command(
     if result.failed:
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
+    """Fetch originals kept by reference from their source topics (when Kafka is configured)."""
+    from streams.audit.source import resolve_references
+    from streams.runtime.config import ConfigError, load_settings
+
+    if not any(isinstance(r, dict) and r.get("payload_mode") == "reference" for r in records):
+        return records
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError:
+            err.print("originals kept by reference: set the Kafka settings to fetch them from the source")
+            return records
+    resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
+    return records
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:

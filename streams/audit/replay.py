@@ -11,19 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
-from streams.core.codec import decode_avro, decode_json
+from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
+from streams.core.codec import decode_avro, decode_json, decode_json_gated
 from streams.core.consent import subjects_of
-from streams.core.decide import decide
-from streams.core.models import Decision, Event, Malformed, StateSnapshot
+from streams.core.decide import decide, receivable_types
+from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.runtime.payload import (
+    FETCHED_ORIGINAL,
     Keyring,
     PayloadKeyError,
     PayloadTamperedError,
@@ -31,14 +33,24 @@ from streams.runtime.payload import (
     reveal,
     unhash_key,
 )
-from streams.runtime.records import BLOCKED_FORMAT, CONTAINED_ERROR_DETAIL
+from streams.runtime.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
 
 log = logging.getLogger(__name__)
-Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record"]
-STATUSES: tuple[Status, ...] = ("match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record")
+Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 SHELL_REASONS = frozenset({Reason.RECORD_TOO_LARGE.value})
 # Members a reader adds to say where a record was read (never part of the record itself).
-READER_MEMBERS = ("_timestamp_ms", "_offset", "_partition", "_line", "_invalid")
+READER_MEMBERS = (
+    "_timestamp_ms",
+    "_offset",
+    "_partition",
+    "_line",
+    "_invalid",
+    SOURCE_EXPIRED,
+    SOURCE_MISMATCH,
+    FETCHED_ORIGINAL,
+)
+_FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
 
@@ -54,10 +66,11 @@ class _Source(BaseModel):
 
 
 class _BlockedShape(BaseModel):
-    """The documented blocked-record format, checked strictly before anything is re-decided."""
+    """The documented blocked-record format (a v1 record, or one partner's view of a v2 record),
+    checked strictly before anything is re-decided."""
 
     model_config = _STRICT
-    format: str = Field(pattern=f"^{BLOCKED_FORMAT.replace('.', '[.]')}$")
+    format: str = Field(pattern=f"^({_FORMATS})$")
     partner: str
     rule_id: str
     ruleset_digest: str
@@ -66,7 +79,7 @@ class _BlockedShape(BaseModel):
     event_id: str | None
     snapshot: dict[str, Any] | None
     source: _Source
-    payload_mode: Literal["full", "redacted", "encrypted"]
+    payload_mode: Literal["full", "redacted", "encrypted", "reference"]
     original_b64: str | None
     original_redacted: dict[str, Any] | None = None
     key_id: str | None = None
@@ -167,19 +180,30 @@ class Outcome:
         return out
 
 
-def original_record(blocked: dict[str, Any], keyring: Keyring | None) -> Event | Malformed | None:
-    """The input the decision saw, decoded as `run` decoded it; None when not recoverable."""
+def original_record(
+    blocked: dict[str, Any], keyring: Keyring | None, gate: Ruleset | None = None
+) -> Event | Envelope | Malformed | None:
+    """The original input decoded; None when not recoverable.
+
+    With `gate` (the ruleset that decided) a v2 record's JSON original is decoded as `run`
+    decoded it, through the envelope gate; without it (or for v1, whose inputs were always
+    validated in full) the event is validated in full, as a what-if or a republish needs.
+    """
     raw = reveal(blocked, keyring)
     if raw is None:
         return None
     source = blocked.get("source") or {}
     if source.get("format") == "avro":
         return decode_avro(raw, event_schema())
+    if gate is not None and blocked.get("format") != BLOCKED_FORMAT_V1:
+        return decode_json_gated(raw, receivable_types(gate))
     return decode_json(raw)
 
 
 def recorded_snapshot(
-    blocked: dict[str, Any], record: Event | Malformed | None = None, keyring: Keyring | None = None
+    blocked: dict[str, Any],
+    record: Event | Envelope | Malformed | None = None,
+    keyring: Keyring | None = None,
 ) -> StateSnapshot:
     """The state snapshot the decision used (empty when it read none).
 
@@ -241,12 +265,20 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    if blocked.get(SOURCE_EXPIRED):
+        return Outcome(blocked, "source_expired", "the referenced source record is past retention")
+    if blocked.get(SOURCE_MISMATCH):
+        return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
+    ruleset = library.find(str(blocked.get("ruleset_digest")))
     try:
-        record = original_record(blocked, keyring)
-        if record is None:  # redacted: nothing to re-decide, and the snapshot's ids stay hashed
-            return Outcome(
-                blocked, "unverifiable", f"payload mode {blocked.get('payload_mode')}: original not kept"
-            )
+        record = original_record(blocked, keyring, gate=ruleset)
+        full = record if whatif is None or ruleset is None else original_record(blocked, keyring)
+        if record is None or full is None:  # nothing to re-decide, and the snapshot's ids stay hashed
+            if blocked.get("payload_mode") == "reference":
+                why = "original kept by reference: no source to fetch it from"
+            else:
+                why = f"payload mode {blocked.get('payload_mode')}: original not kept"
+            return Outcome(blocked, "unverifiable", why)
         snapshot = recorded_snapshot(blocked, record, keyring)
     except PayloadTamperedError as exc:
         return Outcome(blocked, "mismatch", str(exc))
@@ -259,8 +291,7 @@ def _verify_one(
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match")
     if whatif is not None:
-        outcome.whatif = _decision_for(decide(record, snapshot, whatif), partner)
-    ruleset = library.find(str(blocked.get("ruleset_digest")))
+        outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",

@@ -1,5 +1,8 @@
 """Reading blocked records: from the blocked topic (filtered) or from an exported JSON Lines file.
 
+Both formats are read: each record is split into one view per (input, partner)
+(`partner_views`), which is what filters, replay, reports and exports work on.
+
 Time filters work on brokers that cannot look offsets up by time: the reader starts at the
 beginning and filters on each record's timestamp (when it was withheld).
 
@@ -10,6 +13,8 @@ object come out as `{"_invalid": why, ...where it was read}`, which replay repor
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +25,9 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from streams.runtime.payload import FETCHED_ORIGINAL
+from streams.runtime.records import partner_views
 
 # How long a reader waits for a slow broker before it gives up (and the command cannot run).
 READ_TIMEOUT_S = 120.0
@@ -140,9 +148,9 @@ def read_topic(
             kind, stamp = message.timestamp()
             where = {"_timestamp_ms": stamp if kind else None, "_partition": message.partition()}
             where["_offset"] = message.offset()
-            blocked = _parse(message.value() or b"", where)
-            if wanted.accepts(blocked):
-                yield blocked
+            for view in partner_views(_parse(message.value() or b"", where)):
+                if wanted.accepts(view):
+                    yield view
     finally:
         consumer.close()
 
@@ -163,9 +171,9 @@ def read_file(path: Path, wanted: BlockedFilter) -> Iterator[dict[str, Any]]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                blocked = _parse(line, {"_line": number})
-                if wanted.accepts(blocked):
-                    yield blocked
+                for view in partner_views(_parse(line, {"_line": number})):
+                    if wanted.accepts(view):
+                        yield view
 
 
 def export(records: Iterator[dict[str, Any]], path: Path) -> int:
@@ -215,3 +223,56 @@ def fetch_records(
     finally:
         consumer.close()
     return found
+
+
+SOURCE_EXPIRED = "_source_expired"  # view member: the referenced source record is gone
+SOURCE_MISMATCH = "_source_mismatch"  # view member: what the source holds is not what was decided
+
+
+def _position(view: dict[str, Any]) -> tuple[str, int, int] | None:
+    source = view.get("source")
+    if not isinstance(source, dict):
+        return None
+    topic: Any = source.get("topic")
+    partition: Any = source.get("partition")
+    offset: Any = source.get("offset")
+    numbers = (partition, offset)
+    if not isinstance(topic, str) or not all(type(n) is int for n in numbers):
+        return None
+    return topic, int(partition), int(offset)
+
+
+def resolve_references(views: list[Any], kafka_config: dict[str, Any]) -> None:
+    """Fetch the originals of `reference`-mode views from their source topics, in place.
+
+    A fetched record whose SHA-256 and size match the reference is kept beside the view
+    (`FETCHED_ORIGINAL`; replay then verifies it like a copy); a record retention has dropped
+    marks the view `source_expired`; different bytes at that offset mark it a mismatch.
+    """
+    wanted: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for view in views:
+        if not isinstance(view, dict) or view.get("payload_mode") != "reference":
+            continue
+        if view.get(FETCHED_ORIGINAL) is not None:
+            continue
+        position = _position(view)
+        if position is None:
+            view[SOURCE_MISMATCH] = "reference without a valid source position"
+        else:
+            wanted.setdefault(position, []).append(view)
+    found = fetch_records(kafka_config, set(wanted)) if wanted else {}
+    for position, referring in wanted.items():
+        raw = found.get(position)
+        for view in referring:
+            _resolve(view, raw)
+
+
+def _resolve(view: dict[str, Any], raw: bytes | None) -> None:
+    if raw is None:
+        view[SOURCE_EXPIRED] = True
+    elif hashlib.sha256(raw).hexdigest() != view.get("original_sha256") or len(raw) != view.get(
+        "original_size"
+    ):
+        view[SOURCE_MISMATCH] = "the source record at that offset is not the one that was decided"
+    else:
+        view[FETCHED_ORIGINAL] = base64.b64encode(raw).decode()

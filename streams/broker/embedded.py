@@ -1,7 +1,7 @@
 """Start and stop the embedded Tansu broker on loopback.
 
 Tansu keeps everything in memory: a restart loses every topic. Its measured quirks are in
-DESIGN.md §5 (short session timeouts; `read_committed` does not hide aborted records).
+docs/broker.md (short session timeouts; `read_committed` does not hide aborted records).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class EmbeddedBroker:
         broker = cls(chosen, process, log_path)
         try:
             wait_for_port(chosen)
-        except TimeoutError:
+        except BaseException:  # a timeout, or a signal (SIGTERM → SystemExit) while starting
             broker.stop()
             raise
         return broker

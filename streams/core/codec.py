@@ -9,15 +9,20 @@ event model checks types strictly (no boolean for a number or time).
 from __future__ import annotations
 
 import io
+from collections.abc import Container
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fastavro
 import jiter
+from fastavro.read import SchemaResolutionError
 from pydantic import BaseModel, ValidationError
 
-from streams.core.models import Event, Malformed
+from streams.core.models import Envelope, Event, Malformed
+from streams.core.reasons import Reason
 
 CONFLUENT_MAGIC = 0
+CONFLUENT_HEADER_BYTES = 5  # magic byte + 4-byte schema id
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -67,6 +72,32 @@ def decode_state_record(raw: bytes, model: type[_Model]) -> _Model:
     return model.model_validate(parse_strict_json(raw))
 
 
+def decode_json_gated(raw: bytes | None, receivable: Container[str]) -> Event | Envelope | Malformed:
+    """Decode one JSON event, validating it in full only when some rule can receive its type.
+
+    The document is parsed as strictly as by `decode_json` (invalid JSON or a duplicate key is
+    malformed either way); an event whose type no rule can receive comes back as its
+    `Envelope`, which `decide` blocks for every partner as `event_type_not_allowed` whatever
+    the rest holds. Replay decodes blocked records of format v2 the same way, so decisions
+    reproduce exactly.
+    """
+    if not raw:
+        return Malformed(raw or b"", "empty record")
+    try:
+        obj = parse_strict_json(raw)
+    except ValueError as exc:
+        return Malformed(raw, _json_error(exc))
+    except Exception as exc:  # defensive: the parser is native code
+        return Malformed(raw, f"not valid JSON: {type(exc).__name__}")
+    event_type = obj.get("event_type") if isinstance(obj, dict) else None
+    if isinstance(event_type, str) and event_type not in receivable:
+        try:
+            return Envelope.model_validate({"event_id": obj.get("event_id"), "event_type": event_type})
+        except ValidationError:
+            pass  # the full validation below says what is wrong
+    return event_from_object(obj, raw)
+
+
 def drop_nulls(value: Any) -> Any:
     """Remove null members recursively (Avro optional fields decode as None)."""
     if isinstance(value, dict):
@@ -76,20 +107,58 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ConfluentFrame:
+    """An Avro record in the Confluent wire format: magic byte 0, 4-byte big-endian id, body."""
+
+    schema_id: int
+    body: bytes
+
+
+def split_confluent_frame(raw: bytes | None) -> ConfluentFrame | Malformed:
+    """Split the Confluent framing off a record, or say why it is not framed."""
+    if not raw:
+        return Malformed(raw or b"", "empty record")
+    if len(raw) < CONFLUENT_HEADER_BYTES or raw[0] != CONFLUENT_MAGIC:
+        return Malformed(raw, "not Confluent Avro framing")
+    return ConfluentFrame(int.from_bytes(raw[1:CONFLUENT_HEADER_BYTES], "big"), raw[CONFLUENT_HEADER_BYTES:])
+
+
+def decode_avro_body(raw: bytes, body: bytes, writer_schema: Any, reader_schema: Any) -> Event | Malformed:
+    """Decode an Avro body written under `writer_schema` into `reader_schema` (Avro resolution).
+
+    The body must be consumed exactly: trailing bytes make the record malformed, so two
+    records glued together, or a body written under a longer schema, never decode.
+    A value the resolution rules cannot map (a field removed without a default, a type
+    changed) is `schema_incompatible`.
+    """
+    buffer = io.BytesIO(body)
+    try:
+        obj = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+    except SchemaResolutionError:
+        return Malformed(raw, "writer schema cannot be read as the event schema", Reason.SCHEMA_INCOMPATIBLE)
+    except Exception:  # fastavro raises many types on corrupt input
+        return Malformed(raw, "not valid Avro for the event schema")
+    if buffer.tell() != len(body):
+        return Malformed(raw, f"Avro body has {len(body) - buffer.tell()} trailing byte(s)")
+    return event_from_object(drop_nulls(obj), raw)
+
+
 def decode_avro(raw: bytes | None, schema: Any, confluent_framing: bool = True) -> Event | Malformed:
-    """Decode one Avro event, by default in the Confluent wire format (magic 0, 4-byte id)."""
+    """Decode one Avro event written under `schema` itself (by default Confluent-framed).
+
+    The framing's schema id is not looked at here: the shell checks it (registry, or the
+    pinned writer schema) before calling this, see `streams.runtime.avro_input`.
+    """
     if not raw:
         return Malformed(raw or b"", "empty record")
     body = raw
     if confluent_framing:
-        if len(raw) < 5 or raw[0] != CONFLUENT_MAGIC:
-            return Malformed(raw, "not Confluent Avro framing")
-        body = raw[5:]
-    try:
-        obj = fastavro.schemaless_reader(io.BytesIO(body), schema, None)
-    except Exception:  # fastavro raises many types on corrupt input
-        return Malformed(raw, "not valid Avro for the event schema")
-    return event_from_object(drop_nulls(obj), raw)
+        frame = split_confluent_frame(raw)
+        if isinstance(frame, Malformed):
+            return frame
+        body = frame.body
+    return decode_avro_body(raw, body, schema, None)
 
 
 def encode_avro(event: dict[str, Any], schema: Any, schema_id: int = 1) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 
 from streams.core.consent import EEA, EffectiveConsent, effective_consent
 from streams.core.leakscan import raw_values_of
-from streams.core.models import Decision, Event, Malformed, StateSnapshot
+from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.condition import ConditionError
 from streams.core.rules.ruleset import CompiledRule, Ruleset
@@ -15,6 +15,7 @@ from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 from streams.core.transforms import project
 
 _EEA_LIKE = EEA | {"EU", "EEA"}
+_NOT_ALLOWED = (Reason.EVENT_TYPE_NOT_ALLOWED.value,)  # the decision of most traffic, built once
 
 
 def _block(
@@ -223,7 +224,12 @@ class _Lazy:
         return self._value
 
 
-def consults_state(record: Event | Malformed, ruleset: Ruleset) -> bool:
+def receivable_types(ruleset: Ruleset) -> frozenset[str]:
+    """Every event type some rule of the ruleset can receive (the envelope gate's pass list)."""
+    return frozenset(event_type for rule in ruleset.rules for event_type in rule.events)
+
+
+def consults_state(record: Event | Envelope | Malformed, ruleset: Ruleset) -> bool:
     """True when some rule gets past the event-type check, so the decision reads state.
 
     The shell skips building a state snapshot otherwise (most traffic is content).
@@ -231,10 +237,22 @@ def consults_state(record: Event | Malformed, ruleset: Ruleset) -> bool:
     return isinstance(record, Event) and any(record.event_type in rule.events for rule in ruleset.rules)
 
 
-def decide(record: Event | Malformed, snapshot: StateSnapshot, ruleset: Ruleset) -> list[Decision]:
-    """One decision per partner, in rule order. Never raises: any failure is a block."""
+def decide(record: Event | Envelope | Malformed, snapshot: StateSnapshot, ruleset: Ruleset) -> list[Decision]:
+    """One decision per partner, in rule order. Never raises: any failure is a block.
+
+    An `Envelope` (an event read only as far as its type) is blocked for every partner: as
+    `event_type_not_allowed`, or as `internal_error` by a rule that allows its type (the
+    shell should have decoded it in full; fail closed).
+    """
     if isinstance(record, Malformed):
-        return [_block(rule, ruleset, None, [Reason.MALFORMED], [record.error]) for rule in ruleset.rules]
+        return [_block(rule, ruleset, None, [record.reason], [record.error]) for rule in ruleset.rules]
+    if isinstance(record, Envelope):
+        return [
+            Decision(rule.partner, rule.rule_id, ruleset.digest, record.event_id, "block", _NOT_ALLOWED)
+            if record.event_type not in rule.events
+            else _block(rule, ruleset, record.event_id, [Reason.INTERNAL_ERROR], ["not decoded in full"])
+            for rule in ruleset.rules
+        ]
     try:
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None

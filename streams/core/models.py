@@ -1,4 +1,4 @@
-"""Typed models of the data contracts (DESIGN.md §3): events, consent, sign-up status, decisions."""
+"""Typed models of the data contracts (docs/records.md): events, consent, sign-up status, decisions."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ Verdict = Literal["forward", "block"]
 MAX_ID_CHARS = 128
 INTERNAL_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$"
 InternalId = Annotated[str, StringConstraints(pattern=INTERNAL_ID_PATTERN)]
-SubjectKey = Annotated[
-    str, StringConstraints(pattern=rf"^(account|profile|device):[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$")
-]
 # ISO 3166 country (or EU/EEA), optionally with a subdivision: US, US-CA, EU.
 Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,3})?$")]
 
@@ -168,10 +165,24 @@ class Event(_Section):
         )
 
 
+class Envelope(_Frozen):
+    """The members of an event that decide whether any rule can receive it (the type gate).
+
+    An event whose type no rule can receive is read only this far: it is blocked for every
+    partner as `event_type_not_allowed`, and needs no validated model.
+    """
+
+    event_id: InternalId
+    event_type: str = Field(min_length=1)
+
+
 class ConsentRecord(_Frozen):
     """A stored consent choice for one subject (`account:<id>`, `profile:<id>`, `device:<id>`)."""
 
-    subject: SubjectKey
+    # Not pattern-checked here: the state tables check a record's key and subject, and a
+    # recorded snapshot may carry subjects as keyed hashes (redacted and encrypted modes).
+    # A subject that is not a valid id matches no event, whose ids are checked strictly.
+    subject: str
     updated_at: OptionalTime = None
     interest_based_ads: Grant | None = None
     do_not_sell_or_share: bool | None = None
@@ -200,10 +211,15 @@ class StateSnapshot(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """Input that could not be decoded or validated; kept as raw bytes."""
+    """Input that could not be decoded or validated; kept as raw bytes.
+
+    `reason` is the reason code every partner's block carries: `malformed`, or for Avro
+    input `schema_unknown` / `schema_incompatible` when its writer schema cannot be used.
+    """
 
     raw: bytes
     error: str
+    reason: str = "malformed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ class Reason(StrEnum):
     """Why a record was withheld from a partner."""
 
     MALFORMED = "malformed"
+    SCHEMA_UNKNOWN = "schema_unknown"  # Avro: the writer schema id cannot be resolved
+    SCHEMA_INCOMPATIBLE = "schema_incompatible"  # Avro: the writer schema cannot be read as ours
     UNKNOWN_SIGNAL = "unknown_signal"
     EVENT_TYPE_NOT_ALLOWED = "event_type_not_allowed"
     KIDS_PROFILE = "kids_profile"

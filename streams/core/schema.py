@@ -1,16 +1,20 @@
-"""The internal event schema and its field-level privacy tags."""
+"""The internal event schema and its field-level privacy tags.
+
+The schema ships inside the package (`streams/core/data/internal_event.avsc`, a link to the
+repository's `schemas/internal_event.avsc` that the wheel build copies) and is read with
+`importlib.resources`, so an installed wheel works from any directory.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import fastavro
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EVENT_SCHEMA_FILE = "internal_event.avsc"
 
 FORBIDDEN_TAGS = frozenset({"content", "url", "search"})
@@ -39,9 +43,14 @@ def _walk(fields: list[dict[str, Any]], prefix: str, out: dict[str, str]) -> Non
                 _walk(typ["fields"], path + ".", out)
 
 
-def load_schema_json(schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+def event_schema_text() -> str:
+    """The event schema as shipped in the package (JSON text)."""
+    return resources.files("streams.core").joinpath("data", EVENT_SCHEMA_FILE).read_text(encoding="utf-8")
+
+
+def load_schema_json() -> dict[str, Any]:
     """The raw event schema, with its privacy attributes."""
-    loaded: dict[str, Any] = json.loads((schema_dir / EVENT_SCHEMA_FILE).read_text())
+    loaded: dict[str, Any] = json.loads(event_schema_text())
     return loaded
 
 

@@ -73,11 +73,8 @@ def _apply(
         if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
             return None, "out_of_range"  # no 64-bit JSON writer (nor a partner) can take it
         text = value if isinstance(value, str) else str(value)
-        if spec.values is not None and text not in spec.values:
-            return None, "value_not_allowed"
-        if spec.pattern is not None and not spec.pattern.fullmatch(text):
-            return None, "pattern_mismatch"
-        return value, None
+        refused = spec.refuse_kept(text)
+        return (None, refused) if refused else (value, None)
     if not isinstance(value, str):
         return None, "not_text"
     if transform in ("sha256_email", "sha256_phone"):

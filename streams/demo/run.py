@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +30,7 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.audit import find_leaks
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.kafka_io import produce
+from streams.runtime.records import partner_views
 from streams.runtime.topics import ensure_topics
 
 INPUT_TOPIC = "internal.events"
@@ -164,11 +166,12 @@ def summarize(bootstrap: str, partners: dict[str, str], produced: int, metrics_p
         )
         summary.blocked[partner] = Counter()
         summary.blocked_records[partner] = 0
-    for _, headers in blocked:
-        partner = headers.get("pg-partner", b"").decode()
-        if partner in summary.blocked:
-            summary.blocked_records[partner] += 1
-            summary.blocked[partner].update(headers.get("pg-reasons", b"").decode().split(","))
+    for value, _ in blocked:  # one record per input, listing every withholding partner
+        for view in partner_views(orjson.loads(value or b"{}")):
+            partner = str(view.get("partner"))
+            if partner in summary.blocked:
+                summary.blocked_records[partner] += 1
+                summary.blocked[partner].update(view.get("reasons") or ())
     return summary
 
 

@@ -27,7 +27,7 @@ EMPTY_SNAPSHOT = StateSnapshot()
 
 
 def _event_of(value: Any) -> Event | Malformed:
-    if isinstance(value, str):  # DESIGN.md §4: a raw string stands for bytes that could not be decoded
+    if isinstance(value, str):  # the decide contract: a raw string stands for undecodable bytes
         return Malformed(value.encode("utf-8"), "event given as raw bytes (a string)")
     if isinstance(value, dict):
         return event_from_object(value, _dumps(value))
@@ -83,7 +83,7 @@ def decide_line(line: bytes, ruleset: Ruleset) -> list[Decision]:
 
 
 def decision_json(decision: Decision, explain: bool = False) -> dict[str, Any]:
-    """The `decide` output object (DESIGN.md §4), with audit fields when `explain` is set."""
+    """The `decide` output object (docs/records.md), with audit fields when `explain` is set."""
     out: dict[str, Any] = {
         "event_id": decision.event_id,
         "partner": decision.partner,

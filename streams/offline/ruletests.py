@@ -5,11 +5,17 @@ under each case's `event`, `consent`, `signup_status`, `stale`; a `null` deletes
 and `cases`, each with `name`, the inputs and `expect`: `verdict`, `reasons` (exact list),
 and optionally `fields` (exact values), `record_keys` (exact key set) and `absent`.
 Pseudonyms use the fixed test key `rules-test-key:<partner>`.
+
+Every case with an event is also checked for P11 non-interference
+(`streams.offline.noninterference`): a fixed-seed set of variants of its protected fields
+must leave the partner's decision unchanged. Test files load within the same YAML bounds
+as rule files.
 """
 
 from __future__ import annotations
 
 import difflib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +23,15 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.coverage import reachable_reasons
+from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.loader import _line_of as line_of
 from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.offline.cases import decide_case
+from streams.offline.noninterference import run_property
 
 TESTS_SUBDIR = "tests"
 
@@ -139,6 +146,7 @@ class PartnerResult:
     failures: list[str] = field(default_factory=list)
     covered: set[str] = field(default_factory=set)
     uncovered: dict[str, str] = field(default_factory=dict)
+    noninterference_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -178,7 +186,9 @@ def _check(
 def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
     """Run the cases of one test file against the partner it names."""
     try:
-        doc = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        doc = load_bounded(path)
+    except YamlBoundError as exc:
+        return PartnerResult("?", str(path), failures=[f"{path}:{exc.line}: {exc.message}"])
     except MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         return PartnerResult("?", str(path), failures=[f"{path}:{line}: YAML error: {exc.problem}"])
@@ -194,6 +204,7 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
     keyed = ruleset.with_keys({p: test_key(p) for p in ruleset.partners})
     defaults = _plain(doc.get("defaults") or {})
     index = ruleset.partners.index(partner)
+    property_cases: list[tuple[int, str, dict[str, Any]]] = []
     for position, case_node in enumerate(doc["cases"]):
         line = doc["cases"].lc.item(position)[0] + 1
         case = _plain(case_node)
@@ -201,6 +212,7 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
         inputs = deep_merge(defaults, {k: v for k, v in case.items() if k not in ("name", "expect")})
         if isinstance(case.get("event"), str):
             inputs["event"] = case["event"]
+        property_cases.append((line, name, inputs))
         decision = decide_case(inputs, orjson.dumps(inputs), keyed)[index]
         got = {
             "verdict": decision.verdict,
@@ -218,6 +230,11 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
             result.passed += 1
     reachable = reachable_reasons(ruleset.rule(partner))
     result.uncovered = {r: reachable[r] for r in sorted(reachable) if r not in result.covered}
+    for line, name, inputs in property_cases:
+        seed = zlib.crc32(name.encode())  # a case's variants do not move when others are added
+        checked, failures = run_property(keyed, [inputs], seed=seed, partner=partner)
+        result.noninterference_checked += checked
+        result.failures.extend(f"{path}:{line}: {name}: {failure}" for failure in failures)
     return result
 
 

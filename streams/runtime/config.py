@@ -8,12 +8,13 @@ file, or `PARTNER_GUARD_KAFKA_<PROPERTY>` in the environment (`_` read as `.`, s
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(25, ge=1, description="longest wait to fill a batch (latency at low load)")
     session_timeout_ms: int = Field(10_000, ge=1000)
+    bootstrap_timeout_ms: int = Field(10_000, ge=100, description="refuse start when no broker answers")
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
     state_catchup_timeout_ms: int = Field(2000, ge=1)
     max_state_silence_ms: int = Field(30_000, ge=100, description="block when state unconfirmed this long")
@@ -87,11 +89,25 @@ class Settings(BaseSettings):
         "full", description="how blocked records keep the original: full, redacted or encrypted"
     )
     payload_keys_file: Path | None = Field(None, description="file of id:base64 AES-256 keys")
+    blocked_original: Literal["copy", "reference"] = Field(
+        "copy",
+        description="inputs no rule can receive: keep a copy of the original, or only a reference"
+        " (source topic/partition/offset, SHA-256, size) that replay fetches from the source topic",
+    )
     keys_dir: Path | None = None
+    workers: int = Field(1, ge=1, le=64, description="guard processes on this host (one per core)")
     dev: bool = False
     create_topics: bool = False
     partitions: int = Field(3, ge=1)
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough")
+    schema_registry_url: str | None = Field(None, description="Schema Registry URL(s) for Avro input")
+    schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
+    schema_registry_ca_file: Path | None = Field(None, description="CA bundle to verify the registry")
+    schema_registry_cert_file: Path | None = Field(None, description="client certificate (PEM)")
+    schema_registry_key_file: Path | None = Field(None, description="client private key (PEM)")
+    schema_registry_timeout_ms: int = Field(5000, ge=100, description="per registry request (one retry)")
+    avro_schema_id: int | None = Field(None, ge=0, description="without a registry: the one writer id")
+    avro_schema_fingerprint: str | None = Field(None, description="without a registry: its SHA-256 PCF")
     engine: Literal["kafka", "faust"] = Field("kafka", description="kafka (confluent-kafka) or faust")
     faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
     faust_accepted_gaps: Annotated[list[Literal["P8"]], NoDecode] = Field(
@@ -109,6 +125,49 @@ class Settings(BaseSettings):
         if owned:
             raise ValueError(f"{owned} are set by partner-guard itself; use the matching setting instead")
         return value
+
+    @model_validator(mode="after")
+    def _avro_writer_schema_known(self) -> Self:
+        """Avro input needs a registry, or a pinned writer schema that is exactly the guard's."""
+        if "avro" not in self.input_formats.values() or self.schema_registry_url:
+            return self
+        from streams.runtime.avro_input import event_schema_fingerprint
+
+        own = event_schema_fingerprint()
+        if self.avro_schema_id is None or self.avro_schema_fingerprint is None:
+            raise ValueError(
+                "Avro input without schema_registry_url needs avro_schema_id (the id producers frame "
+                f"records with) and avro_schema_fingerprint (this guard's schema: {own})"
+            )
+        if self.avro_schema_fingerprint.strip().lower() != own:
+            raise ValueError(
+                f"avro_schema_fingerprint {self.avro_schema_fingerprint!r} is not this guard's event "
+                f"schema ({own}): records written under another schema revision would be misread; "
+                "set schema_registry_url, or run a guard built with the producers' schema"
+            )
+        return self
+
+    def registry_config(self) -> dict[str, Any]:
+        """The confluent-kafka `SchemaRegistryClient` configuration.
+
+        The client waits forever by default: a request gets `schema_registry_timeout_ms` and
+        one retry, so a stalled registry costs a batch seconds, not the job (the id then
+        blocks as `schema_unknown` and is asked again later).
+        """
+        conf: dict[str, Any] = {
+            "url": self.schema_registry_url or "",
+            "timeout": self.schema_registry_timeout_ms / 1000,
+            "max.retries": 1,
+        }
+        if self.schema_registry_basic_auth is not None:
+            conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        if self.schema_registry_ca_file is not None:
+            conf["ssl.ca.location"] = str(self.schema_registry_ca_file)
+        if self.schema_registry_cert_file is not None:
+            conf["ssl.certificate.location"] = str(self.schema_registry_cert_file)
+        if self.schema_registry_key_file is not None:
+            conf["ssl.key.location"] = str(self.schema_registry_key_file)
+        return conf
 
     @classmethod
     def settings_customise_sources(
@@ -170,10 +229,85 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             Settings.model_validate({**settings.model_dump(), **explicit}) if explicit else settings
         )  # ... not these
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            setting = ".".join(str(p) for p in err["loc"]) or "(settings)"
-            env_name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else ENV_PREFIX
-            problems.append(f"setting '{setting}' (env {env_name}): {err['msg']}")
+        problems = [_describe(err, values, config_file) for err in exc.errors()]
+        problems += _unknown_env_hints(os.environ)
         where = f" (file {config_file})" if config_file else ""
-        raise ConfigError("invalid configuration" + where + ":\n  " + "\n  ".join(problems)) from None
+        raise ConfigError("invalid configuration" + where + ": " + "; ".join(problems)) from None
+
+
+def _is_secret(setting: str) -> bool:
+    return any(marker in setting for marker in SECRET_MARKERS) or setting.endswith("basic_auth")
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """` (did you mean 'x'?)` for a near miss, else ''."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(err: Any, file_values: Mapping[str, Any], config_file: Path | None) -> str:
+    """One problem: the setting, where it came from, the value (unless secret), what is wrong."""
+    loc = [str(p) for p in err["loc"]]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across settings: its message names them; the input is everything
+        return message
+    setting = ".".join(loc)
+    top = loc[0]
+    env_name = ENV_PREFIX + top.upper()
+    if err["type"] == "extra_forbidden":
+        where = f" in {config_file}" if config_file else ""
+        return f"unknown setting '{setting}'{where}{did_you_mean(top, list(Settings.model_fields))}"
+    if top in ("kafka",) and len(loc) > 1 and _kafka_env_name(loc[1]) in os.environ:
+        source = f" (env {_kafka_env_name(loc[1])})"
+    elif top and env_name in os.environ:
+        source = f" (env {env_name})"
+    elif top and top in file_values and config_file is not None:
+        source = f" (file {config_file})"
+    else:
+        source = ""
+    shown = ""
+    if err["type"] != "missing" and not _is_secret(setting) and "input" in err:
+        shown = f" = {_masked(err['input'])!r}"
+    if err["type"] == "missing":
+        message = f"required: set {env_name} or '{top}' in the config file"
+    return f"setting '{setting}'{shown}{source}: {message}"
+
+
+def _masked(value: Any) -> Any:
+    """A value safe to print: members of a mapping whose names look secret are masked."""
+    if isinstance(value, Mapping):
+        return {k: "***" if _is_secret(str(k)) else _masked(v) for k, v in value.items()}
+    return value
+
+
+def _kafka_env_name(prop: str) -> str:
+    return KAFKA_ENV_PREFIX + prop.upper().replace(".", "_")
+
+
+# PARTNER_GUARD_* variables that are not settings but are read elsewhere on purpose
+_OTHER_ENV_PREFIXES = (
+    KAFKA_ENV_PREFIX,
+    "PARTNER_GUARD_KEY_",
+    "PARTNER_GUARD_TEST_",
+    "PARTNER_GUARD_PAYLOAD_KEYS",
+)
+
+
+def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
+    """`PARTNER_GUARD_*` variables that name no setting (typos are otherwise silently ignored)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(_OTHER_ENV_PREFIXES)
+    )
+
+
+def _unknown_env_hints(environ: Mapping[str, str]) -> list[str]:
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    return [f"unknown variable {name}{did_you_mean(name, known)}" for name in unknown_env_settings(environ)]
+
+
+def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for set-but-unknown `PARTNER_GUARD_*` variables, with a did-you-mean."""
+    return _unknown_env_hints(os.environ if environ is None else environ)

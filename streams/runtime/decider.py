@@ -1,15 +1,17 @@
-"""The work every engine shares: state tables, deciding one input, and a batch's metrics.
+"""The work every engine shares: the state tables, deciding one input, and a batch's metrics.
 
 Both engines (the confluent-kafka job in `runtime/job.py`, the Faust app in
-`streams/engines/faust_app.py`) own only their Kafka loop and delivery; everything that
-decides what leaves, and in which format, lives here, once:
+`streams/engines/faust_app.py`) own only their Kafka loop and their delivery; what leaves,
+and in which format, is decided here, once:
 
 - `GuardState`: the consent and sign-up tables fed from their compacted topics — loaded
   before the first decision (readiness), caught up before each batch (read-your-revocation),
   and judged stale past the configured bounds (`consent_stale`, fail closed);
-- `RecordDecider`: decode → snapshot → `decide` → partner and blocked records, handed to a
-  `Sink` the engine provides;
-- `BatchTally`: one batch's counts, applied to the metrics once the batch is delivered.
+- `RecordDecider.emit`: decode by the topic's format (JSON through the envelope gate, or
+  Avro) → snapshot → `decide` for every partner → the forwarded records and at most one
+  blocked record (format v2) → the engine's `Sink`; an exception anywhere in between is
+  contained as `internal_error` for every partner of that input;
+- `BatchTally`: one batch's counts, added to the metrics once the batch is delivered.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any
 
 import orjson
 
-from streams.core.codec import decode_avro, decode_json
-from streams.core.decide import consults_state, decide
-from streams.core.models import Decision, Event, Malformed, StateSnapshot
+from streams.core.codec import decode_json_gated
+from streams.core.decide import consults_state, decide, receivable_types
+from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
+from streams.runtime.avro_input import AvroDecoder, avro_decoder
 from streams.runtime.config import Settings
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics
@@ -38,6 +40,7 @@ from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
     SourceRef,
+    Withheld,
     blocked_input,
     blocked_record,
     partner_record,
@@ -58,36 +61,42 @@ Sink = Callable[[str, bytes, bytes | None, Headers | None], None]
 
 @dataclass
 class BatchTally:
-    """Counts of one batch, applied to the metrics only once the batch is delivered."""
+    """Counts of one batch, added to the metrics only once the batch is delivered."""
 
     records_in: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    forwarded: Counter[str] = field(default_factory=Counter)
+    blocked: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     stripped: Counter[str] = field(default_factory=Counter)
-    leaks: Counter[str] = field(default_factory=Counter)
     undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
 
-    def add(self, other: BatchTally) -> None:
-        """Add the counts of one input's outputs."""
-        self.decisions.update(other.decisions)
-        self.reasons.update(other.reasons)
-        self.stripped.update(other.stripped)
-        self.leaks.update(other.leaks)
+    def add(self, outputs: _Outputs) -> None:
+        """Count the decisions of one input's outputs."""
+        for decision in outputs.forwarded:
+            self.forwarded[decision.partner] += 1
+            if decision.stripped:
+                self.stripped[decision.partner] += len(decision.stripped)
+        for entry in outputs.withheld:  # reasons are expanded into metrics once per batch
+            self.blocked[(entry.decision.partner, entry.reasons)] += 1
 
     def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
         """Add this batch to the metrics."""
         m = metrics
         for topic, count in self.records_in.items():
             m.records_in.labels(topic).inc(count)
-        for (partner, verdict), count in self.decisions.items():
-            m.decisions.labels(partner, verdict).inc(count)
-        for (partner, reason), count in self.reasons.items():
+        for partner, count in self.forwarded.items():
+            m.decisions.labels(partner, "forward").inc(count)
+        reasons: Counter[tuple[str, str]] = Counter()
+        for (partner, why), count in self.blocked.items():
+            m.decisions.labels(partner, "block").inc(count)
+            for reason in why:
+                reasons[(partner, reason)] += count
+            if Reason.LEAK_DETECTED in why:
+                m.leaks_caught.labels(partner).inc(count)
+        for (partner, reason), count in reasons.items():
             m.block_reasons.labels(partner, reason).inc(count)
         for partner, count in self.stripped.items():
             m.fields_stripped.labels(partner).inc(count)
-        for partner, count in self.leaks.items():
-            m.leaks_caught.labels(partner).inc(count)
         for path, count in self.undeclared.items():
             m.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
@@ -100,12 +109,13 @@ class OutputTooLargeError(Exception):
     """An output record (key and value) would exceed `max_record_bytes`."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outputs:
     """The records one input produces, built completely before any is produced."""
 
     records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
-    tally: BatchTally = field(default_factory=BatchTally)
+    forwarded: list[Decision] = field(default_factory=list)
+    withheld: list[Withheld] = field(default_factory=list)
 
     def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
         if len(value) + len(key or b"") > limit:
@@ -114,7 +124,7 @@ class _Outputs:
 
 
 class GuardState:
-    """The consent and sign-up status tables and the reader that keeps them current."""
+    """The consent and sign-up status tables, and the reader that keeps them current."""
 
     def __init__(self, settings: Settings, kafka_config: dict[str, Any], metrics: GuardMetrics) -> None:
         self.settings = settings
@@ -140,7 +150,7 @@ class GuardState:
         for name, table_store in self.tables.stores.items():
             if table_store.rebuilt_because is not None:
                 self.metrics.state_rebuilds.labels(name).inc()
-        self._reader = StateReader(
+        reader = self._reader = StateReader(
             self._kafka_config,
             {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
             self.metrics,
@@ -149,29 +159,30 @@ class GuardState:
         )
         while not stopping():
             beat()
-            if self._reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
+            if reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
                 break
         self.update_gauges()
         log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
-        return self._reader
+        return reader
 
     def catch_up_before_batch(self, now: float) -> bool:
-        """Catch up to the state topics' current ends (P9: call after the batch was fetched).
+        """Catch up to the state topics' current ends; call it after the batch was fetched (P9).
 
-        Returns True when the state is stale: more records missing than allowed, or no
-        complete catch-up for longer than allowed. Stale state blocks (`consent_stale`).
+        `now` is monotonic seconds. Returns True when the state is stale: more records missing
+        than allowed, or no complete catch-up for longer than allowed; the batch is then
+        blocked as `consent_stale` (fail closed).
         """
-        s = self.settings
-        missing = self.reader.catch_up(s.state_catchup_timeout_ms / 1000)
+        s, reader = self.settings, self.reader
+        missing = reader.catch_up(s.state_catchup_timeout_ms / 1000)
         stale = missing > s.max_state_lag_records or (
-            now - self.reader.last_caught_up > s.max_state_silence_ms / 1000
+            now - reader.last_caught_up > s.max_state_silence_ms / 1000
         )
         if stale:
             log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
         return stale
 
     def update_gauges(self) -> None:
-        """Table sizes and newly seen invalid state records."""
+        """Table sizes, store metrics and newly seen invalid state records."""
         s, m = self.settings, self.metrics
         m.state_entries.labels("consent").set(len(self.consent))
         m.state_entries.labels("signup_status").set(len(self.status))
@@ -189,37 +200,38 @@ class GuardState:
 
 
 class RecordDecider:
-    """Decode, decide and render the outputs of one input record (one per partner)."""
+    """Decode, decide and render the outputs of one input record, for every partner."""
 
     def __init__(self, settings: Settings, ruleset: Ruleset, payload: PayloadProtector, state: GuardState):
         self.settings = settings
         self.ruleset = ruleset
         self.payload = payload
         self.state = state
-        self._schema = event_schema()
+        self._avro: AvroDecoder | None = avro_decoder(settings)
+        self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
 
-    def decode(self, value: bytes | None, topic: str) -> Event | Malformed:
-        """The event in a raw input value, or why it is malformed."""
-        if self.settings.topic_format(topic) == "avro":
-            return decode_avro(value, self._schema)
-        return decode_json(value)
+    def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
+        """The event in a raw input value (only its envelope when no rule can receive it), or why not."""
+        if self._avro is not None and input_format == "avro":
+            return self._avro.decode(raw)
+        return decode_json_gated(raw, self._receivable)
 
     def emit(
         self, value: bytes | None, source: SourceRef, stale: bool, tally: BatchTally, sink: Sink
     ) -> None:
-        """Decide one input record and send its outputs, one per partner, to `sink`.
+        """Decide one input; send its forwarded records and at most one blocked record to `sink`.
 
         Every output is built before any is sent, so an exception while building them
-        (decoding, deciding, projecting, serializing) ends as one `internal_error` block per
-        partner for this input, never as a crash of the engine or a partial set of outputs.
+        (decoding, deciding, projecting, serializing) ends as an `internal_error` block for
+        every partner of this input, never as a crash of the engine or a partial set of outputs.
         """
         raw = value or b""
         outputs = _Outputs()
-        record: Event | Malformed | None = None
+        record: Event | Envelope | Malformed | None = None
         try:
-            record = self.decode(value, source.topic)
+            record = self.decode(value, source.input_format)
             self._build_outputs(record, raw, source, stale, outputs)
         except Exception as exc:
             log.warning(
@@ -229,11 +241,11 @@ class RecordDecider:
                 source.offset,
                 type(exc).__name__,
             )
-            event_id = record.event_id if isinstance(record, Event) else None
+            event_id = record.event_id if isinstance(record, Event | Envelope) else None
             outputs = self._contained_outputs(raw, source, event_id, exc)
         for topic, output, key, headers in outputs.records:
             sink(topic, output, key, headers)
-        tally.add(outputs.tally)
+        tally.add(outputs)
         if isinstance(record, Event):
             for path in record.undeclared_fields:
                 tally.undeclared[self._undeclared_label(path)] += 1
@@ -242,46 +254,41 @@ class RecordDecider:
             tally.timestamps_ms.append(source.timestamp_ms)
 
     def _build_outputs(
-        self, record: Event | Malformed, raw: bytes, source: SourceRef, stale: bool, outputs: _Outputs
+        self,
+        record: Event | Envelope | Malformed,
+        raw: bytes,
+        source: SourceRef,
+        stale: bool,
+        outputs: _Outputs,
     ) -> None:
         s = self.settings
-        tally = outputs.tally
         snapshot = (
             snapshot_for(record, self.state.consent, self.state.status, stale)
-            if consults_state(record, self.ruleset)
+            if isinstance(record, Event) and consults_state(record, self.ruleset)
             else None
         )
-        decisions = decide(record, snapshot or NO_STATE[stale], self.ruleset)
-        shared: BlockedInput | None = None
-        for decision in decisions:
-            extra: tuple[str, ...] = ()
-            if decision.forwarded:
-                key, forwarded = partner_record(decision)
-                if len(forwarded) + len(key or b"") <= s.max_record_bytes:
-                    outputs.add(
-                        self.topic_by_partner[decision.partner], forwarded, key, None, s.max_record_bytes
-                    )
-                    tally.decisions[(decision.partner, "forward")] += 1
-                    if decision.stripped:
-                        tally.stripped[decision.partner] += len(decision.stripped)
-                    continue
-                extra = (Reason.RECORD_TOO_LARGE.value,)
-            if shared is None:  # built once per input, shared by every partner's blocked copy
-                shared = blocked_input(source, raw, snapshot, decision.event_id, self.payload)
-            blocked_key, blocked, headers = blocked_record(
-                decision, shared, source, s.max_record_bytes, extra
-            )
-            outputs.add(s.blocked_topic, blocked, blocked_key, headers, s.max_record_bytes)
-            tally.decisions[(decision.partner, "block")] += 1
-            for reason in (*decision.reasons, *extra):
-                tally.reasons[(decision.partner, reason)] += 1
-            if Reason.LEAK_DETECTED in decision.reasons:
-                tally.leaks[decision.partner] += 1
+        for decision in decide(record, snapshot or NO_STATE[stale], self.ruleset):
+            if not decision.forwarded:
+                outputs.withheld.append(Withheld.of(decision))
+                continue
+            key, value = partner_record(decision)
+            if len(value) + len(key or b"") > s.max_record_bytes:
+                outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
+                continue
+            outputs.add(self.topic_by_partner[decision.partner], value, key, None, s.max_record_bytes)
+            outputs.forwarded.append(decision)
+        if not outputs.withheld:
+            return
+        by_reference = isinstance(record, Envelope) and s.blocked_original == "reference"
+        event_id = record.event_id if isinstance(record, Event | Envelope) else None
+        shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
+        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
+        outputs.add(s.blocked_topic, value, blocked_key, headers, s.max_record_bytes)
 
     def _contained_outputs(
         self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
     ) -> _Outputs:
-        """One `internal_error` block per partner, built from nothing but the raw bytes."""
+        """One blocked record, `internal_error` for every partner, built from nothing but the raw bytes."""
         s = self.settings
         try:
             shared = blocked_input(source, raw, None, event_id, self.payload)
@@ -307,10 +314,9 @@ class RecordDecider:
                 reasons=(Reason.INTERNAL_ERROR.value,),
                 details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
             )
-            blocked_key, value, headers = blocked_record(decision, shared, source, s.max_record_bytes)
-            outputs.records.append((s.blocked_topic, value, blocked_key, headers))
-            outputs.tally.decisions[(rule.partner, "block")] += 1
-            outputs.tally.reasons[(rule.partner, Reason.INTERNAL_ERROR.value)] += 1
+            outputs.withheld.append(Withheld.of(decision))
+        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
+        outputs.records.append((s.blocked_topic, value, blocked_key, headers))
         return outputs
 
     def _undeclared_label(self, path: str) -> str:

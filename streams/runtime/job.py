@@ -1,9 +1,11 @@
 """`partner-guard run`: consume, decide, produce and commit offsets in one transaction a batch.
 
 The loop is single-threaded: rebalance callbacks run inside `consume()`, between
-transactions, so no transaction ever spans a revoke. An abortable error aborts the
-transaction and rewinds the consumer to the batch start; a fatal one stops the job with a
-non-zero exit (a supervisor restarts it and the transactional id fences the old instance).
+transactions, so no transaction ever spans a revoke. The transaction's lifecycle (begin,
+produce, send offsets, commit, bounded retry, abort and rewind) lives in
+`streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
+the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
+old instance).
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.core.rules.ruleset import Ruleset
+from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.kafka_io import Headers, produce
+from streams.runtime.faults import BeforeCommitFault
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
+from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import SourceRef
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
+from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFatalError
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
@@ -41,18 +47,22 @@ class GuardJob:
         ruleset: Ruleset,
         metrics: GuardMetrics | None = None,
         payload: PayloadProtector | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.ruleset = ruleset
         self.metrics = metrics or GuardMetrics()
         self.heartbeat = Heartbeat()
         self.payload = payload or PayloadProtector("full")
+        self.clock = clock
         self.stopping = False
-        self.ready = False
-        self.kafka_base: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+        self._metrics_address = ""
+        self.readiness = Readiness(self.metrics.ready)
+        self.kafka_base: dict[str, Any] = kafka_client_config(settings)
         self.state = GuardState(settings, self.kafka_base, self.metrics)
         self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
         self._topic_by_partner = self.decider.topic_by_partner
+        self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -70,8 +80,10 @@ class GuardJob:
             {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
         )
         server = serve_http(
-            self.metrics, s.metrics_host, s.metrics_port, lambda: self.ready, self.heartbeat.alive
+            self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
         )
+        self._metrics_address = f"http://{s.metrics_host}:{server.server_port}"
+        watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
             if s.create_topics:
                 ensure_topics(
@@ -82,6 +94,7 @@ class GuardJob:
                 )
             return self._run_loop()
         finally:
+            watch.stop()
             server.shutdown()
 
     def _load_state(self) -> StateReader:
@@ -96,11 +109,11 @@ class GuardJob:
         transactional_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{os.getpid()}"
         producer = Producer(
             {
+                "linger.ms": 5,
+                "compression.type": "lz4",  # defaults: a librdkafka passthrough property wins
                 **self.kafka_base,
                 "transactional.id": transactional_id,
                 "enable.idempotence": True,
-                "linger.ms": 5,
-                "compression.type": "lz4",
             }
         )
         producer.init_transactions(INIT_TIMEOUT_S)
@@ -117,29 +130,40 @@ class GuardJob:
             }
         )
         consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("ready: deciding %s for %s", s.input_topics, list(self.ruleset.partners))
+        self.readiness.set_deciding(True)
+        log.info(
+            "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
+            "state %d consent entries and %d sign-up statuses",
+            self.ruleset.digest,
+            list(self.ruleset.partners),
+            s.input_topics,
+            self._metrics_address,
+            len(self.state.consent),
+            len(self.state.status),
+        )
         exit_code = 0
         last_lag_update = 0.0
+        transaction = BatchTransaction(producer, consumer, self.clock)
         try:
             while not self.stopping:
                 self.heartbeat.beat()
                 messages = consumer.consume(s.batch_size, s.batch_timeout_ms / 1000)
                 if messages:
-                    self._process_batch(messages, consumer, producer, reader)
+                    self._process_batch(messages, transaction, reader)
                 else:
                     reader.poll()
-                if time.monotonic() - last_lag_update > 5:
-                    last_lag_update = time.monotonic()
+                if self.clock() - last_lag_update > 5:
+                    last_lag_update = self.clock()
                     self._update_consumer_lag(consumer)
                     self._update_state_gauges()
+        except TransactionFatalError as exc:
+            log.error("fatal transaction error, stopping: %s", exc)
+            exit_code = 3
         except KafkaException as exc:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
             exit_code = 3
         finally:
-            self.ready = False
-            self.metrics.ready.set(0)
+            self.readiness.set_deciding(False)
             consumer.close()
             producer.flush(10)
             self.state.close()
@@ -166,26 +190,15 @@ class GuardJob:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _emit_input(
-        self, producer: Producer, message: Message, source: SourceRef, stale: bool, tally: BatchTally
-    ) -> None:
-        """Decode, decide and produce the outputs of one input record (one per partner)."""
-
-        def sink(topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
-            produce(producer, topic, value, key=key, headers=headers)
-
-        self.decider.emit(message.value(), source, stale, tally, sink)
-
     def _process_batch(
-        self, messages: list[Message], consumer: Consumer, producer: Producer, reader: StateReader
+        self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
     ) -> None:
+        """Decide one batch inside one transaction; its metrics count only once it commits."""
         s = self.settings
-        started = time.monotonic()
-        stale = self.state.catch_up_before_batch(time.monotonic())  # P9: after the fetch
+        started = self.clock()
+        stale = self.state.catch_up_before_batch(self.clock())  # P9: after the fetch
         tally = BatchTally()
-        first_offsets: dict[tuple[str, int], int] = {}
-        next_offsets: dict[tuple[str, int], int] = {}
-        producer.begin_transaction()
+        transaction.begin()
         for message in messages:
             error = message.error()
             topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -193,42 +206,17 @@ class GuardJob:
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", error.str())
                 continue
-            first_offsets.setdefault((topic, partition), offset)
-            next_offsets[(topic, partition)] = offset + 1
+            transaction.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
             source = SourceRef(
                 topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
             )
-            self._emit_input(producer, message, source, stale, tally)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-        if self._commit(producer, consumer, offsets):
+            self.decider.emit(message.value(), source, stale, tally, transaction.produce)
+        self.fault.before_commit()  # inert unless a reliability test arms it
+        outcome = transaction.commit()
+        self.metrics.transactions.labels(outcome.value).inc()
+        if outcome is Outcome.COMMITTED:
             self._record(tally, started)
-        else:
-            for (topic, partition), offset in first_offsets.items():
-                consumer.seek(TopicPartition(topic, partition, offset))
-
-    def _commit(self, producer: Producer, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
-        """Send offsets and commit; False when the transaction had to be aborted."""
-        try:
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            while True:
-                try:
-                    producer.commit_transaction(60)
-                    self.metrics.transactions.labels("committed").inc()
-                    return True
-                except KafkaException as exc:
-                    if not exc.args[0].retriable():
-                        raise
-                    log.warning("retrying commit: %s", exc.args[0].str())
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                log.warning("aborting transaction and replaying the batch: %s", error.str())
-                producer.abort_transaction(60)
-                self.metrics.transactions.labels("aborted").inc()
-                return False
-            raise
 
     def _record(self, tally: BatchTally, started: float) -> None:
-        tally.apply(self.metrics, time.monotonic() - started)
+        tally.apply(self.metrics, self.clock() - started)

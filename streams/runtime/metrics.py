@@ -157,10 +157,14 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 def serve_http(
-    metrics: GuardMetrics, host: str, port: int, is_ready: Callable[[], bool], is_healthy: Callable[[], bool]
+    metrics: GuardMetrics | CollectorRegistry,
+    host: str,
+    port: int,
+    is_ready: Callable[[], bool],
+    is_healthy: Callable[[], bool],
 ) -> WSGIServer:
     """Serve `/metrics`, `/healthz` and `/readyz` in a daemon thread; returns the server."""
-    metrics_app = make_wsgi_app(metrics.registry)
+    metrics_app = make_wsgi_app(metrics if isinstance(metrics, CollectorRegistry) else metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

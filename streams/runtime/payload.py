@@ -37,6 +37,8 @@ from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 
 PayloadMode = Literal["full", "redacted", "encrypted"]
 KEYS_ENV = "PARTNER_GUARD_PAYLOAD_KEYS"
+# Reader member of a `reference`-mode record: the original fetched from its source topic.
+FETCHED_ORIGINAL = "_source_original_b64"
 _SENSITIVE_PREFIXES = ("pii:", "identifier:")
 # Input keys are copied into blocked records only up to this size (then only their hash):
 # a key is as unbounded as a value, and must never make a blocked record too large.
@@ -235,6 +237,9 @@ def reveal(blocked: Mapping[str, Any], keyring: Keyring | None) -> bytes | None:
         raise PayloadTamperedError(f"plaintext original beside a {mode} payload")
     if mode == "redacted":
         return None
+    if mode == "reference":  # read back from the source topic by the audit reader, SHA-256 checked
+        fetched = blocked.get(FETCHED_ORIGINAL)
+        return None if fetched is None else _b64decode(fetched, FETCHED_ORIGINAL)
     if mode != "encrypted":
         raise PayloadFormatError(f"unknown payload mode {mode!r}")
     if blocked.get("original_redacted") is not None:

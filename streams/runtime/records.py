@@ -1,33 +1,51 @@
 """Output records: partner records and the documented blocked-record format.
 
-Blocked record (topic `guard.blocked`, JSON, one per blocked (input, partner) pair):
+Blocked record (topic `guard.blocked`, JSON), format v2: one record per input that at least
+one partner did not receive, listing every withholding partner's decision:
 
-    {"format": "partner-guard.blocked.v1", "partner", "rule_id", "ruleset_digest",
-     "reasons": [...], "details": [...], "event_id",
+    {"format": "partner-guard.blocked.v2", "event_id", "ruleset_digest",
+     "decisions": [{"partner", "rule_id", "reasons": [...], "details": [...]}, ...],
      "snapshot": {"consent": [...], "signup_status": {...} | null, "stale": bool}
                 | null when no rule allowed the event type (the decision read no state),
      "source": {"topic", "partition", "offset", "timestamp_ms", "key_b64", "format"}
                (+ "key_sha256", "key_size" for a key over 1 KiB in full mode,
                 "key_redacted" in redacted/encrypted mode),
-     "payload_mode": "full" | "redacted" | "encrypted",
+     "payload_mode": "full" | "redacted" | "encrypted" | "reference",
      "original_b64": raw input bytes (base64; full mode) | null,
      "original_redacted": the event with tagged values as keyed hashes (redacted mode),
      "key_id", "nonce_b64", "ciphertext_b64": AES-256-GCM of the raw bytes (encrypted mode),
      "original_size", "original_sha256", "reduced": bool}
 
+A partner missing from `decisions` received the input (its forwarded record is on its
+topic). In v2 the input was decoded with the envelope gate: an event whose type no rule can
+receive is read only as far as its type and id (`decode_json_gated`), so replay decodes v2
+originals the same way.
+
+Payload mode `reference` (setting `blocked_original: reference`, only for inputs no rule can
+receive): nothing of the original is kept; `source`, `original_sha256` and `original_size`
+identify it, and replay fetches it from the source topic (`source_expired` once retention
+has dropped it).
+
 In redacted and encrypted modes `event_id`, the input key and the snapshot's subjects and
 account id are keyed hashes (see `payload.py`). The blocked record's Kafka key is the
 input key (full mode, up to 1 KiB), else its hash.
 
-Headers: pg-partner, pg-reasons (comma-separated), pg-rule, pg-ruleset-digest,
-pg-source-topic, pg-source-partition, pg-source-offset. Input headers are not copied.
+Format v1 (written before v2; `replay` still reads it) held one record per blocked
+(input, partner) pair, with `partner`, `rule_id`, `reasons` and `details` (and
+`details_dropped` when reduced) at the top level and everything else as above; its inputs
+were always validated in full. `partner_views` turns either version into v1-shaped views,
+one per (input, partner), for the audit tools.
+
+Headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
+pg-ruleset-digest, pg-source-topic, pg-source-partition, pg-source-offset. Input headers
+are not copied.
 
 Size. A blocked record whose key, value and headers together exceed the broker limit is
-reduced: `record_too_large` is added, and everything an input can make large is dropped
-or hashed — the original (its SHA-256 and size stay), the snapshot (`snapshot_sha256`),
-an `event_id` over 256 characters (`sha256:<hex>`), the details (`details_dropped`). The
-reduced form is measured again before it is produced, so one record can never poison a
-transaction.
+reduced: `record_too_large` is added to every decision, and everything an input can make
+large is dropped or hashed — the original (its SHA-256 and size stay), the snapshot
+(`snapshot_sha256`), an `event_id` over 256 characters (`sha256:<hex>`), the details
+(`details_dropped` per decision). The reduced form is measured again before it is produced,
+so one record can never poison a transaction.
 """
 
 from __future__ import annotations
@@ -43,7 +61,13 @@ from streams.core.reasons import Reason
 from streams.runtime.kafka_io import Headers
 from streams.runtime.payload import PayloadProtector
 
-BLOCKED_FORMAT = "partner-guard.blocked.v1"
+BLOCKED_FORMAT_V1 = "partner-guard.blocked.v1"
+BLOCKED_FORMAT = "partner-guard.blocked.v2"
+# Members that differ per partner; a v2 record lists them under "decisions".
+PER_PARTNER_MEMBERS = ("partner", "rule_id", "reasons", "details", "details_dropped")
+# An input no rule can receive, kept by reference: its source position, SHA-256 and size say
+# which record it was; replay fetches it from the source topic while retention keeps it.
+REFERENCE_PAYLOAD: dict[str, Any] = {"payload_mode": "reference", "original_b64": None}
 # The details of a block the job made because the outputs of an input could not be built
 # (an exception outside the decision): replay cannot reproduce it by re-deciding.
 CONTAINED_ERROR_DETAIL = "outputs could not be built: "
@@ -97,8 +121,12 @@ def blocked_input(
     snapshot: StateSnapshot | None,
     event_id: str | None,
     protector: PayloadProtector,
+    by_reference: bool = False,
 ) -> BlockedInput:
-    """The shared parts of an input's blocked records, identifiers protected per the mode."""
+    """The shared parts of an input's blocked record, identifiers protected per the mode.
+
+    `by_reference`: keep no copy of the original (`blocked_original: reference`).
+    """
     kafka_key, key_members = protector.input_key(source.key)
     source_members = {
         "topic": source.topic,
@@ -114,7 +142,7 @@ def blocked_input(
         event_id=protector.identifier(event_id),
         snapshot_json=_dumps_snapshot(snapshot, protector),
         source_json=orjson.Fragment(orjson.dumps(source_members)),
-        payload=protector.protect(raw, reference),
+        payload=REFERENCE_PAYLOAD if by_reference else protector.protect(raw, reference),
         original_size=len(raw),
         original_sha256=hashlib.sha256(raw).hexdigest(),
     )
@@ -124,16 +152,37 @@ def _size(key: bytes | None, value: bytes, headers: Headers) -> int:
     return len(key or b"") + len(value) + sum(len(k) + len(v or b"") for k, v in headers)
 
 
-def _reduced(body: dict[str, Any], shared: BlockedInput, reasons: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """One partner's blocking decision and its final reasons (the shell may add `record_too_large`)."""
+
+    decision: Decision
+    reasons: tuple[str, ...]
+
+    @classmethod
+    def of(cls, decision: Decision, extra_reasons: tuple[str, ...] = ()) -> Withheld:
+        """The decision's reasons then the shell's, without repeats."""
+        if not extra_reasons:
+            return cls(decision, decision.reasons)
+        return cls(decision, tuple(dict.fromkeys((*decision.reasons, *extra_reasons))))
+
+
+def _reduced(body: dict[str, Any], shared: BlockedInput) -> dict[str, Any]:
     """The record with everything an input can make large dropped or hashed."""
     event_id = body["event_id"]
     if isinstance(event_id, str) and len(event_id) > MAX_EVENT_ID_CHARS:
         event_id = "sha256:" + hashlib.sha256(event_id.encode("utf-8", "replace")).hexdigest()
     reduced = {k: v for k, v in body.items() if k not in _PAYLOAD_MEMBERS}
     reduced |= {
-        "reasons": reasons,
-        "details": [],
-        "details_dropped": len(body["details"]),
+        "decisions": [
+            {
+                **entry,
+                "reasons": [*entry["reasons"], Reason.RECORD_TOO_LARGE.value],
+                "details": [],
+                "details_dropped": len(entry["details"]),
+            }
+            for entry in body["decisions"]
+        ],
         "event_id": event_id,
         "snapshot": None,
         "snapshot_sha256": hashlib.sha256(shared.snapshot_json).hexdigest(),
@@ -144,22 +193,23 @@ def _reduced(body: dict[str, Any], shared: BlockedInput, reasons: list[str]) -> 
 
 
 def blocked_record(
-    decision: Decision,
-    shared: BlockedInput,
-    source: SourceRef,
-    max_bytes: int,
-    extra_reasons: tuple[str, ...] = (),
+    withheld: list[Withheld], shared: BlockedInput, source: SourceRef, max_bytes: int
 ) -> tuple[bytes | None, bytes, Headers]:
-    """Kafka key, value and headers of one blocked record, reduced when they would exceed `max_bytes`."""
-    reasons = list(dict.fromkeys((*decision.reasons, *extra_reasons)))
-    body = {
+    """Kafka key, value and headers of an input's v2 blocked record, reduced when over `max_bytes`."""
+    first = withheld[0].decision
+    body: dict[str, Any] = {
         "format": BLOCKED_FORMAT,
-        "partner": decision.partner,
-        "rule_id": decision.rule_id,
-        "ruleset_digest": decision.ruleset_digest,
-        "reasons": reasons,
-        "details": list(decision.details),
         "event_id": shared.event_id,
+        "ruleset_digest": first.ruleset_digest,
+        "decisions": [
+            {
+                "partner": w.decision.partner,
+                "rule_id": w.decision.rule_id,
+                "reasons": w.reasons,
+                "details": w.decision.details,
+            }
+            for w in withheld
+        ],
         "snapshot": orjson.Fragment(shared.snapshot_json),
         "source": shared.source_json,
         **shared.payload,
@@ -168,11 +218,11 @@ def blocked_record(
         "reduced": False,
     }
     value = orjson.dumps(body)
-    headers = _headers(decision, source, reasons)
+    headers = _headers(body, source)
     if _size(shared.kafka_key, value, headers) > max_bytes:
-        reasons = [*reasons, Reason.RECORD_TOO_LARGE.value]
-        headers = _headers(decision, source, reasons)
-        value = orjson.dumps(_reduced(body, shared, reasons))
+        reduced = _reduced(body, shared)
+        headers = _headers(reduced, source)
+        value = orjson.dumps(reduced)
         if _size(shared.kafka_key, value, headers) > max_bytes:
             raise BlockedRecordTooLargeError(
                 f"a reduced blocked record is {len(value)} bytes; limit {max_bytes}"
@@ -180,16 +230,34 @@ def blocked_record(
     return shared.kafka_key, value, headers
 
 
-def _headers(decision: Decision, source: SourceRef, reasons: list[str]) -> Headers:
+def _headers(body: dict[str, Any], source: SourceRef) -> Headers:
+    decisions = body["decisions"]
+    reasons = dict.fromkeys(r for entry in decisions for r in entry["reasons"])
     return [
-        ("pg-partner", decision.partner.encode()),
+        ("pg-partners", ",".join(entry["partner"] for entry in decisions).encode()),
         ("pg-reasons", ",".join(reasons).encode()),
-        ("pg-rule", decision.rule_id.encode()),
-        ("pg-ruleset-digest", decision.ruleset_digest.encode()),
+        ("pg-ruleset-digest", str(body["ruleset_digest"]).encode()),
         ("pg-source-topic", source.topic.encode()),
         ("pg-source-partition", str(source.partition).encode()),
         ("pg-source-offset", str(source.offset).encode()),
     ]
+
+
+def partner_views(blocked: dict[str, Any]) -> list[dict[str, Any]]:
+    """One v1-shaped view per (input, partner) of a blocked record of either format.
+
+    A v1 record (or a view already) is returned as it is; a v2 record gives one view per
+    decision, each with the shared members and `format` kept, so replay knows how it was
+    decoded. A v2 record whose decisions are not a list of objects gives one view without a
+    partner, which replay reports as an invalid record.
+    """
+    decisions = blocked.get("decisions")
+    if decisions is None:
+        return [blocked]
+    shared = {k: v for k, v in blocked.items() if k != "decisions"}
+    if not isinstance(decisions, list) or not decisions or not all(isinstance(d, dict) for d in decisions):
+        return [shared]
+    return [{**shared, **{k: d[k] for k in PER_PARTNER_MEMBERS if k in d}} for d in decisions]
 
 
 def partner_record(decision: Decision) -> tuple[bytes | None, bytes]:

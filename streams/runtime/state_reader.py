@@ -36,6 +36,9 @@ Checkpointer = Callable[[dict[tuple[str, int], int]], None]
 # More than any record batch a producer writes (librdkafka batch.num.messages defaults to 10000),
 # small enough that a flood of state records cannot keep one catch-up from ending.
 MAX_DRAIN = 20_000
+# What `catch_up` reports when the end offsets cannot be looked up (broker unreachable): more
+# than any lag bound, so the batch is decided as stale (fail closed) and the job carries on.
+UNKNOWN_LAG = 1 << 62
 # How often to look for partitions added to the state topics while running: often enough
 # that a new partition's records apply within seconds, rare enough to cost nothing.
 METADATA_REFRESH_S = 10.0
@@ -44,6 +47,10 @@ METADATA_REFRESH_S = 10.0
 def state_consumer_config(kafka_config: dict[str, Any]) -> dict[str, Any]:
     """Consumer settings of the state reader: no group commits, committed records only."""
     return {
+        # A catch-up waits for the fetch in flight; the embedded broker holds an empty fetch
+        # for the whole fetch.wait.max.ms (default 500 ms), which under a steady stream of
+        # consent changes stalled nearly every batch (measured by benchmarks/soak.py).
+        "fetch.wait.max.ms": 50,
         **kafka_config,
         "group.id": f"partner-guard-state-{uuid.uuid4().hex[:12]}",  # never commits
         "enable.auto.commit": False,
@@ -70,7 +77,10 @@ def new_partitions(
 
 
 class StateReader:
-    """Assigns every partition of the state topics (no consumer group) and applies records."""
+    """Assigns every partition of the state topics (no consumer group) and applies records.
+
+    Its clients identify as `<client.id>-state` (broker logs, quotas, fault tests).
+    """
 
     def __init__(
         self,
@@ -85,6 +95,7 @@ class StateReader:
         """`start_offsets`: where a checkpointed store resumes (else the beginning);
         `checkpoint`: called with the positions after every applied chunk of records."""
         self._checkpoint = checkpoint
+        kafka_config = {**kafka_config, "client.id": f"{kafka_config.get('client.id', 'rdkafka')}-state"}
         self._consumer = Consumer(state_consumer_config(kafka_config))
         self._admin = AdminClient(kafka_config)
         self._appliers = appliers
@@ -141,19 +152,30 @@ class StateReader:
             self._checkpoint(self.positions)
         return applied
 
-    def _targets(self) -> dict[tuple[str, int], int]:
+    def _targets(self) -> dict[tuple[str, int], int] | None:
         """End offsets of every state partition: one ListOffsets request for all of them.
 
         (The admin client's own connection answers in well under a millisecond; the
         consumer's `get_watermark_offsets` queues behind its long-poll fetch, ~0.5 s.)
+        None when the broker does not answer: a timed-out ListOffsets raises, or (measured,
+        confluent-kafka 2.16) resolves to offset -1001, which must not pass for "caught up".
         """
         request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in self.positions}  # type: ignore[no-untyped-call]
-        futures = self._admin.list_offsets(request, request_timeout=self._timeout)
         targets = {}
-        for tp, future in futures.items():
-            listed = future.result().offset
-            _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
-            targets[(tp.topic, tp.partition)] = max(listed, fetched if fetched > 0 else 0)
+        try:
+            futures = self._admin.list_offsets(request, request_timeout=self._timeout)
+            for tp, future in futures.items():
+                listed = future.result().offset
+                if listed < 0:
+                    log.warning(
+                        "state end offsets unavailable, deciding as stale: no answer for %s", tp.topic
+                    )
+                    return None
+                _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
+                targets[(tp.topic, tp.partition)] = max(listed, fetched if fetched > 0 else 0)
+        except KafkaException as exc:
+            log.warning("state end offsets unavailable, deciding as stale: %s", exc.args[0].str())
+            return None
         return targets
 
     def lag(self, targets: dict[tuple[str, int], int]) -> int:
@@ -165,6 +187,8 @@ class StateReader:
         deadline = time.monotonic() + timeout_s
         self._pick_up_new_partitions()
         targets = self._targets()
+        if targets is None:
+            return UNKNOWN_LAG
         while self.lag(targets) > 0 and time.monotonic() < deadline:
             self._apply(self._consumer.consume(5000, 0.05))
         drained = 0  # the rest of the last record batch is already fetched: apply it, boundedly

@@ -11,12 +11,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.broker.embedded import free_port
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.kafka_io import produce as produce_one
+from streams.runtime.records import partner_views
 from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +89,15 @@ def read_topic(
             last_new = time.monotonic()
     consumer.close()
     return out
+
+
+def read_blocked(bootstrap: str, topic: str = "guard.blocked") -> list[dict[str, Any]]:
+    """Every blocked record as one view per (input, partner), whichever format was written."""
+    return [
+        view
+        for _, value, _ in read_topic(bootstrap, topic)
+        for view in partner_views(orjson.loads(value or b""))
+    ]
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
     produce,
+    read_blocked,
     read_topic,
     seed_population,
     start_guard,
@@ -52,8 +53,7 @@ def _per_partner_outputs(
         back = {pseudonym(keys[partner], "event_id", i): i for i in ids}
         for _, value, _ in read_topic(bootstrap, f"partner.{partner}.events"):
             out[partner][back[orjson.loads(value or b"{}")["event_id"]]] += 1
-    for _, value, _ in read_topic(bootstrap, blocked_topic):
-        blocked = orjson.loads(value or b"{}")
+    for blocked in read_blocked(bootstrap, blocked_topic):
         source = blocked["source"]
         out[blocked["partner"]][blocked["event_id"] or f"{source['partition']}:{source['offset']}"] += 1
     return out
@@ -221,7 +221,7 @@ def test_state_lag_fails_closed(broker: EmbeddedBroker, tmp_path: Path) -> None:
             produce(broker.bootstrap, "internal.events", events[start : start + 20])
             time.sleep(0.2)
         _wait_consumed(guard, len(events))
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         mine = [b for b in blocked if b["partner"] == "install-attribution"]
         stale = [b for b in mine if "consent_stale" in b["reasons"]]
         assert stale, "the state was behind, yet nothing was blocked as consent_stale"

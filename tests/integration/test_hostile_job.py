@@ -22,7 +22,7 @@ from streams.broker.embedded import EmbeddedBroker
 from streams.core.identifiers import pseudonym
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.topics import ensure_topics
-from tests.integration.kafka_helpers import KEY_ENV, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import KEY_ENV, produce, read_blocked, read_topic, start_guard
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_no_record_stops_the_job(broker: EmbeddedBroker, tmp_path: Path) -> None
             assert time.monotonic() < deadline, "guard did not consume every record"
             time.sleep(0.25)
 
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)  # one view per (input, partner)
         install = {b["source"]["offset"]: b for b in blocked if b["partner"] == "install-attribution"}
         assert install[0]["reasons"] == ["malformed"]
         assert "consent_interest_based_ads_denied" in install[2]["reasons"]

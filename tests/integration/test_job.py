@@ -27,6 +27,7 @@ from tests.integration.kafka_helpers import (
     ROOT,
     GuardProcess,
     produce,
+    read_blocked,
     read_topic,
     seed_population,
     start_guard,
@@ -91,8 +92,7 @@ def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Co
         for _, value, _ in read_topic(broker.bootstrap, f"partner.{partner}.events"):
             record = orjson.loads(value or b"{}")
             outcomes[partner][by_pseudonym[record["event_id"]]] += 1
-    for _, value, _ in read_topic(broker.bootstrap, "guard.blocked"):
-        blocked = orjson.loads(value or b"{}")
+    for blocked in read_blocked(broker.bootstrap):
         source = blocked["source"]
         outcomes[blocked["partner"]][
             blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"
@@ -109,8 +109,8 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
         produce(broker.bootstrap, INPUT, events)
         _wait_consumed(guard, len(events))
         forwarded = {p: read_topic(broker.bootstrap, f"partner.{p}.events") for p in PARTNERS}
-        blocked = read_topic(broker.bootstrap, "guard.blocked")
-        blocked_by_partner = Counter(dict(headers)["pg-partner"].decode() for _, _, headers in blocked)
+        blocked = read_blocked(broker.bootstrap)
+        blocked_by_partner = Counter(b["partner"] for b in blocked)
         for partner in PARTNERS:
             assert len(forwarded[partner]) + blocked_by_partner[partner] == len(events), partner
             assert len(forwarded[partner]) > 100  # the mix really forwards something
@@ -124,7 +124,7 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
             for _, value, _ in forwarded[partner]:
                 assert not FORBIDDEN.search((value or b"").decode()), value
         assert guard.metric_value("partner_guard_records_in_total") == len(events)
-        reasons = Counter(r for _, _, h in blocked for r in dict(h)["pg-reasons"].decode().split(","))
+        reasons = Counter(r for b in blocked for r in b["reasons"])
         for expected in (
             "event_type_not_allowed",
             "malformed",
@@ -195,7 +195,7 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
             assert event_producer.flush(10) == 0
         produce(broker.bootstrap, INPUT, [install(a) for a in accounts[100:]])  # controls: still granted
         _wait_consumed(guard, len(accounts))
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         revoked = {b["event_id"]: b["reasons"] for b in blocked if b["partner"] == "install-attribution"}
         for account in accounts[:100]:
             assert revoked.get(f"ev-{account}") == ["consent_interest_based_ads_denied"], account
@@ -297,7 +297,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, [*poison, KeyedRecord(b"p1", orjson.dumps(good))])
         _wait_consumed(guard, len(poison) + 1)
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         mine = [b for b in blocked if b["partner"] == "install-attribution"]
         by_offset = {b["source"]["offset"]: b for b in mine}
         assert sorted(by_offset) == [0, 1, 2, 3, 5]  # offset 4 forwards: its oversized campaign is dropped
@@ -325,6 +325,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
 def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Path) -> None:
     from streams.core.codec import encode_avro
     from streams.core.schema import event_schema
+    from streams.runtime.avro_input import event_schema_fingerprint
 
     avro_topic = "internal.events.avro"
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [avro_topic], STATE_TOPICS, 1)
@@ -348,7 +349,11 @@ def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Pa
         avro_topic,
         "avro",
         transactional_id="guard-avro-0",
-        extra_env={"PARTNER_GUARD_INPUT_FORMATS": f"{avro_topic}=avro"},
+        extra_env={
+            "PARTNER_GUARD_INPUT_FORMATS": f"{avro_topic}=avro",
+            "PARTNER_GUARD_AVRO_SCHEMA_ID": "1",  # no registry: the pinned writer schema
+            "PARTNER_GUARD_AVRO_SCHEMA_FINGERPRINT": event_schema_fingerprint(),
+        },
     )
     try:
         guard.wait_ready()
@@ -360,7 +365,7 @@ def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Pa
         ]
         assert len(forwarded) == 1 and forwarded[0]["campaign_id"] == "winter"
         assert "title_name" not in forwarded[0] and "Dark" not in orjson.dumps(forwarded[0]).decode()
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         mine = {b["source"]["offset"]: b for b in blocked if b["partner"] == "install-attribution"}
         assert mine[1]["reasons"] == ["event_type_not_allowed"] and mine[1]["source"]["format"] == "avro"
         assert mine[2]["reasons"] == ["malformed"]

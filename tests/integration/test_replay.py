@@ -17,7 +17,15 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from tests.integration.kafka_helpers import KEY_ENV, ROOT, produce, read_topic, seed_population, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    ROOT,
+    produce,
+    read_blocked,
+    read_topic,
+    seed_population,
+    start_guard,
+)
 from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
@@ -263,7 +271,7 @@ def test_encrypted_payloads_replay_with_the_key_only(tmp_path: Path) -> None:
             600,
             {"PARTNER_GUARD_BLOCKED_PAYLOAD": "encrypted", "PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
         )
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         assert blocked and all(b["original_b64"] is None and b["ciphertext_b64"] for b in blocked)
         assert all(b["key_id"] == "k1" and b["payload_mode"] == "encrypted" for b in blocked)
         with_key = tmp_path / "with-key.jsonl"
@@ -309,7 +317,7 @@ def test_redacted_payloads_hide_tagged_fields(tmp_path: Path) -> None:
         raw_blocked = read_topic(broker.bootstrap, "guard.blocked")
         for key, value, _ in raw_blocked:  # identifiers are keyed hashes everywhere, not only in the payload
             assert b"acct-" not in (key or b"") + (value or b"") and b"dev-" not in (value or b"")
-        blocked = [orjson.loads(v or b"") for _, v, _ in raw_blocked]
+        blocked = read_blocked(broker.bootstrap)
         redacted = [b["original_redacted"] for b in blocked if b.get("original_redacted")]
         assert redacted and all(b["original_b64"] is None for b in blocked)
         text = orjson.dumps(redacted).decode()

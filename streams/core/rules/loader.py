@@ -7,19 +7,21 @@ the guard refuses to start with a ruleset that has any.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import re2
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
+from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
+from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
 from streams.core.rules.linkage import ad_id_linkages
 from streams.core.rules.model import (
@@ -29,8 +31,16 @@ from streams.core.rules.model import (
     LeakScanFile,
     RuleFile,
 )
-from streams.core.rules.ruleset import Ruleset, compile_rule, field_spec, ruleset_digest
-from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
+from streams.core.rules.ruleset import (
+    MAX_KEPT_LENGTH,
+    Ruleset,
+    compile_pattern,
+    compile_rule,
+    field_spec,
+    kept_max_length,
+    ruleset_digest,
+)
+from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy_tags
 
 M = TypeVar("M", bound=BaseModel)
 LEAK_SCAN_FILE = "_leak-scan.yaml"
@@ -95,7 +105,9 @@ def _fix_for(error_type: str, message: str) -> str:
 
 def _read_yaml(path: Path, problems: list[RuleProblem]) -> Any | None:
     try:
-        return YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        return load_bounded(path)
+    except YamlBoundError as exc:
+        problems.append(RuleProblem(str(path), exc.line, exc.message, exc.fix))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -163,22 +175,7 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
                 "use two-letter upper-case codes (US, GB, DE) or EEA",
             )
     if rule.condition:
-        try:
-            unknown = set(Condition(rule.condition).variables()) - CEL_VARIABLES
-            if unknown:
-                yield RuleProblem(
-                    file,
-                    _line_of(doc, ("condition",)),
-                    f"condition uses unknown variables {sorted(unknown)}",
-                    "use only event, consent and status",
-                )
-        except (ValueError, RuntimeError) as exc:
-            yield RuleProblem(
-                file,
-                _line_of(doc, ("condition",)),
-                f"condition is not valid CEL: {exc}",
-                "correct the CEL expression",
-            )
+        yield from _check_condition(rule.condition, file, _line_of(doc, ("condition",)), tags)
     for linkage in ad_id_linkages(rule, tags.tag, field_spec):  # P10
         yield RuleProblem(file, _line_of(doc, ("events", linkage.event_type)), linkage.message, linkage.fix)
     for event_type, spec in rule.events.items():
@@ -199,7 +196,64 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
                 f"use one of {sorted(ALLOWED_EVENT_TYPES)}",
             )
         for name, raw_spec in spec.fields.items():
-            yield from _check_field(file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner)
+            yield from _check_field(
+                file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, rule.events
+            )
+
+
+def _unreadable(tag: str) -> bool:
+    """Tags a condition may never read (P11): what partners may not learn, and raw consent."""
+    return tag in FORBIDDEN_TAGS or tag == "consent" or tag.startswith("pii:")
+
+
+def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple[str, str]]:
+    """(message, fix) for every field the condition can read but may not (P11)."""
+    for path in sorted(reach.values | reach.presence):
+        dotted = ".".join(path)
+        tag = tags.tag(dotted)
+        how = "reads" if path in reach.values else "tests the presence of"
+        if tag is None:
+            yield (
+                f"condition {how} event.{dotted}, which the event schema does not declare",
+                "read only fields declared in schemas/internal_event.avsc",
+            )
+        elif _unreadable(tag):
+            yield (
+                f"condition {how} event.{dotted}, tagged '{tag}': partners would learn it from "
+                "which events arrive (P11)",
+                "the guard applies consent itself; read its result (consent.*) instead"
+                if tag == "consent"
+                else "remove that part; decide only on untagged fields (device.platform, context.country)",
+            )
+        elif tag == RECORD_TAG and path in reach.values:
+            hidden = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t))
+            if hidden:
+                yield (
+                    f"condition reads the whole record event.{dotted}, reaching {', '.join(hidden)} (P11)",
+                    f"read only the fields needed (event.{dotted}.<field>) or test has(event.{dotted})",
+                )
+
+
+def _check_condition(expression: str, file: str, line: int, tags: PrivacyTags) -> Iterator[RuleProblem]:
+    """The condition parses in the allowed CEL subset, compiles, and reads only what it may."""
+    try:
+        condition = Condition(expression)
+    except CelSubsetError as exc:
+        yield RuleProblem(file, line, exc.message, exc.fix)
+        return
+    except (ValueError, RuntimeError) as exc:
+        yield RuleProblem(file, line, f"condition is not valid CEL: {exc}", "correct the CEL expression")
+        return
+    unknown = set(condition.variables()) - CEL_VARIABLES - condition.reach.iteration_variables
+    if unknown:
+        yield RuleProblem(
+            file,
+            line,
+            f"condition uses unknown variables {sorted(unknown)}",
+            "use only event, consent and status",
+        )
+    for message, fix in _condition_reach_problems(condition.reach, tags):
+        yield RuleProblem(file, line, message, fix)
 
 
 def _check_field(
@@ -210,6 +264,7 @@ def _check_field(
     spec: Any,
     tag_of: Any,
     scanner: LeakScanner,
+    event_types: Collection[str] = (),
 ) -> Iterator[RuleProblem]:
     at = _line_of(doc, ("events", event_type, "fields", name))
     tag = tag_of(spec.source)
@@ -238,23 +293,31 @@ def _check_field(
             f"field '{name}' projects '{spec.source}' (tagged '{tag}') with transform '{spec.transform}'",
             how,
         )
-    if (spec.values is not None or spec.pattern) and spec.transform != "keep":
+    if (spec.values is not None or spec.pattern or spec.max_length) and spec.transform != "keep":
         yield RuleProblem(
             file,
             at,
-            f"field '{name}': values/pattern apply only to transform keep",
-            "remove values/pattern or use transform keep",
+            f"field '{name}': values/pattern/max_length apply only to transform keep",
+            "remove values/pattern/max_length or use transform keep",
         )
     if spec.pattern:
         try:
-            re.compile(spec.pattern)
-        except re.error as exc:
+            compile_pattern(spec.pattern)
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
             yield RuleProblem(
                 file,
                 at,
-                f"field '{name}': pattern is not a valid regex ({exc})",
-                "correct the pattern",
+                f"field '{name}': pattern is not valid RE2 ({reason})",
+                "rewrite it without backreferences or lookaround (RE2 matches in linear time)",
             )
+    if spec.transform == "keep" and tag != "time" and kept_max_length(spec, event_types) is None:
+        yield RuleProblem(
+            file,
+            at,
+            f"field '{name}' keeps '{spec.source}' as free text of unbounded length",
+            f"add values: [...], a bounded pattern, or max_length: N (at most {MAX_KEPT_LENGTH})",
+        )
     key_finding = scanner.key_finding(name)
     if key_finding:
         yield RuleProblem(

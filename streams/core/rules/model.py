@@ -59,6 +59,9 @@ class FieldSpec(_Strict):
     granularity: Literal["minute", "hour", "day"] = "hour"
     values: tuple[str, ...] | None = Field(None, description="allowed values (keep only)")
     pattern: str | None = Field(None, description="regex a kept value must fully match")
+    max_length: int | None = Field(
+        None, ge=1, le=1024, description="longest kept value; implied by values/pattern when absent"
+    )
     required: bool = False
 
 

@@ -1,17 +1,87 @@
-"""Compiled rulesets: rules ready for the hot path, their digest, and partner keys."""
+"""Compiled rulesets: rules ready for the hot path, their digest, and partner keys.
+
+Rule patterns run on RE2, whose matching time is linear in the input (no backtracking);
+kept values are length-checked before any `values:` lookup or pattern match.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
+import re2
 
 from streams.core.leakscan import LeakScanner
 from streams.core.rules.condition import Condition
 from streams.core.rules.model import FieldSpec, LeakScanFile, RuleFile
+
+MAX_KEPT_LENGTH = 1_024  # longest kept string a rule may allow; longer values are dropped
+_UNBOUNDED = 1 << 32
+
+
+_NO_MATCH = (-1, -1)
+
+
+class FullMatcher:
+    """An RE2 pattern that answers one question: does it match the whole text?
+
+    Uses the binding's RE2 object directly: its `re`-compatible wrapper builds match objects
+    and maps byte offsets back to characters, about 20 µs a call against 1.3 µs here.
+    """
+
+    __slots__ = ("_regexp",)
+
+    def __init__(self, pattern: str) -> None:
+        """Compile; raises `re2.error` for what RE2 refuses (backreferences, lookaround)."""
+        options = re2.Options()
+        options.log_errors = False
+        options.never_capture = True
+        self._regexp: Any = re2._re2.RE2(pattern.encode("utf-8"), options)
+        if not self._regexp.ok():
+            raise re2.error(self._regexp.error())
+
+    def fullmatch(self, text: str) -> bool:
+        """True when the whole text matches (in time linear in its length)."""
+        data = text.encode("utf-8", "surrogatepass")  # never raises; RE2 reads invalid UTF-8 as no match
+        spans = self._regexp.Match(re2._re2.RE2.Anchor.ANCHOR_BOTH, data, 0, len(data))
+        return bool(spans[0] != _NO_MATCH)
+
+
+def compile_pattern(pattern: str) -> FullMatcher:
+    """Compile a rule pattern with RE2; raises `re2.error` for what RE2 refuses."""
+    return FullMatcher(pattern)
+
+
+def pattern_max_length(pattern: str) -> int | None:
+    """The longest string the pattern can match, or None when unbounded or not inferable.
+
+    Inferred with Python's regex parser, which reads the common syntax RE2 shares; a
+    pattern using RE2-only syntax needs an explicit `max_length`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, longest = re._parser.parse(pattern).getwidth()  # type: ignore[attr-defined]
+    except (re.error, RecursionError, OverflowError):
+        return None
+    return int(longest) if longest < _UNBOUNDED else None
+
+
+def kept_max_length(spec: FieldSpec, event_types: Collection[str]) -> int | None:
+    """The length bound of a kept value: explicit, or implied by values/pattern/event types."""
+    bounds = [spec.max_length] if spec.max_length is not None else []
+    if spec.values is not None:
+        bounds.append(max((len(v) for v in spec.values), default=0))
+    if spec.pattern is not None and (implied := pattern_max_length(spec.pattern)) is not None:
+        bounds.append(implied)
+    if spec.source == "event_type" and event_types:  # only the rule's own event types get here
+        bounds.append(max(len(t) for t in event_types))
+    return min(bounds) if bounds else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +91,19 @@ class CompiledField:
     name: str
     path: tuple[str, ...]
     spec: FieldSpec
-    pattern: re.Pattern[str] | None
+    pattern: FullMatcher | None
     values: frozenset[str] | None
+    max_length: int = MAX_KEPT_LENGTH
+
+    def refuse_kept(self, text: str) -> str | None:
+        """Why a kept value may not leave (`too_long` is checked before any matching), or None."""
+        if len(text) > self.max_length:
+            return "too_long"
+        if self.values is not None and text not in self.values:
+            return "value_not_allowed"
+        if self.pattern is not None and not self.pattern.fullmatch(text):
+            return "pattern_mismatch"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +130,15 @@ class CompiledRule:
         return self.source.partner
 
 
-def compile_field(name: str, spec: FieldSpec) -> CompiledField:
-    """Compile one field spec (regexes anchored as full matches)."""
+def compile_field(name: str, spec: FieldSpec, event_types: Collection[str] = ()) -> CompiledField:
+    """Compile one field spec (RE2 patterns, applied as full matches, after the length bound)."""
     return CompiledField(
         name=name,
         path=tuple(spec.source.split(".")),
         spec=spec,
-        pattern=re.compile(spec.pattern) if spec.pattern else None,
+        pattern=compile_pattern(spec.pattern) if spec.pattern else None,
         values=frozenset(spec.values) if spec.values is not None else None,
+        max_length=min(kept_max_length(spec, event_types) or MAX_KEPT_LENGTH, MAX_KEPT_LENGTH),
     )
 
 
@@ -69,7 +151,7 @@ def compile_rule(rule: RuleFile) -> CompiledRule:
     """Compile a rule already validated by the loader."""
     events = {
         event_type: CompiledEvent(
-            fields=tuple(compile_field(n, field_spec(s)) for n, s in spec.fields.items()),
+            fields=tuple(compile_field(n, field_spec(s), rule.events) for n, s in spec.fields.items()),
             signup_status=frozenset(spec.signup_status) if spec.signup_status else None,
         )
         for event_type, spec in rule.events.items()

@@ -1,0 +1,62 @@
+"""Fault injection for the reliability tests: one hook between "produced" and "committed".
+
+Off unless `PARTNER_GUARD_FAULT_BEFORE_COMMIT` is set to `ACTION@N` (N counts the batches
+of this process from 1):
+
+- `raise@N` raises `InjectedFaultError` after batch N's outputs were produced and before its
+  transaction commits — an unexpected exception mid-transaction;
+- `stop@N` stops the process with SIGSTOP at the same point (a zombie: frozen holding an
+  open transaction until someone sends SIGCONT).
+
+It is read once at start, costs one integer comparison a batch, and never acts on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+FAULT_ENV = "PARTNER_GUARD_FAULT_BEFORE_COMMIT"
+ACTIONS = ("raise", "stop")
+
+
+class InjectedFaultError(RuntimeError):
+    """The exception `raise@N` throws; never raised unless the fault was asked for."""
+
+
+@dataclass
+class BeforeCommitFault:
+    """Counts batches and acts once, on the configured one."""
+
+    action: str | None = None
+    at_batch: int = 0
+    batches: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> BeforeCommitFault:
+        """The fault asked for in the environment, or an inert one; malformed values refuse start."""
+        spec = environ.get(FAULT_ENV, "").strip()
+        if not spec:
+            return cls()
+        action, _, number = spec.partition("@")
+        if action not in ACTIONS or not number.isdigit() or int(number) < 1:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected raise@N or stop@N with N >= 1")
+        log.warning("fault injection armed: %s before committing batch %s", action, number)
+        return cls(action, int(number))
+
+    def before_commit(self) -> None:
+        """Call after a batch is produced and before its transaction commits."""
+        if self.action is None:
+            return
+        self.batches += 1
+        if self.batches != self.at_batch:
+            return
+        log.warning("injected fault: %s before committing batch %d", self.action, self.batches)
+        if self.action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        raise InjectedFaultError(f"injected before committing batch {self.batches}")

@@ -1,0 +1,248 @@
+"""One batch's Kafka transaction: begin → produce → send offsets → commit, or abort and rewind.
+
+`BatchTransaction` owns the whole lifecycle of the transaction that makes consume-decide-
+produce exactly-once (P8), the way Quix Streams' `Checkpoint` and Kafka Streams'
+`StreamTask` do. The job only feeds it: `begin()`, then for every input `consumed()` and
+`produce()`, then `commit()`, which answers `COMMITTED` or `ABORTED` (the consumer has
+already been rewound to the first offset of the batch on every partition it still owns,
+so the next `consume()` decides the same records again). A fatal error raises
+`TransactionFatalError`: the producer is unusable (fenced, or the broker refused the
+transaction for good), the process must stop and a supervisor restart it; the transactional
+id fences this instance's zombie.
+
+Error handling follows librdkafka's transactional API:
+
+- retriable (`KafkaError.retriable()`): the same call is retried, at most
+  `RetryPolicy.attempts` times and never past `RetryPolicy.deadline_s` by the injected
+  clock; when the budget is spent the transaction is aborted and the batch rewound;
+- abortable (`txn_requires_abort()`): abort, rewind, replay the batch;
+- anything else (`fatal()`, or an abort that fails itself): `TransactionFatalError`.
+
+A rebalance runs inside `consume()`, between transactions, so it never revokes a partition
+under an open transaction; but the consumer group generation can still move on while a
+batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
+only the partitions still assigned: a revoked partition is re-read by its new owner from
+the last committed offset.
+
+The clock is passed in (monotonic seconds) so the retry budget is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.runtime.kafka_io import Headers
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# librdkafka's own default for the transactional calls; a broker that needs longer is down.
+CALL_TIMEOUT_S = 30.0
+# A commit that stays retriable this long is aborted and the batch decided again: long enough
+# to ride out a leader election, short enough that /healthz notices a stuck loop (heartbeat).
+RETRY_DEADLINE_S = 120.0
+# Retries of one call within the deadline; each waits up to CALL_TIMEOUT_S inside librdkafka.
+RETRY_ATTEMPTS = 5
+
+
+class TransactionFatalError(Exception):
+    """The transaction can neither commit nor abort: stop the process (exit non-zero)."""
+
+
+class Outcome(enum.Enum):
+    """How a batch's transaction ended."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class State(enum.Enum):
+    """Where the transaction is in its lifecycle; illegal transitions raise."""
+
+    IDLE = "idle"
+    OPEN = "open"
+    FAILED = "failed"
+
+
+class TransactionalProducer(Protocol):
+    """The part of `confluent_kafka.Producer` a transaction uses."""
+
+    def begin_transaction(self) -> None: ...
+    def produce(self, topic: str, value: Any = ..., key: Any = ..., *, headers: Any = ...) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def send_offsets_to_transaction(
+        self, offsets: Any, group_metadata: Any, timeout: float = ...
+    ) -> None: ...
+    def commit_transaction(self, timeout: float = ...) -> None: ...
+    def abort_transaction(self, timeout: float = ...) -> None: ...
+
+
+class GroupConsumer(Protocol):
+    """The part of `confluent_kafka.Consumer` a transaction uses."""
+
+    def consumer_group_metadata(self) -> Any: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a retriable transactional call is retried before the batch is aborted."""
+
+    attempts: int = RETRY_ATTEMPTS
+    deadline_s: float = RETRY_DEADLINE_S
+    call_timeout_s: float = CALL_TIMEOUT_S
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+def _describe(exc: KafkaException) -> str:
+    error = _kafka_error(exc)
+    return error.str() if error is not None else str(exc)
+
+
+class _RetryBudgetSpentError(Exception):
+    """A retriable error outlived the retry policy."""
+
+
+class BatchTransaction:
+    """The transaction of one batch, reused batch after batch by one job."""
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        consumer: GroupConsumer,
+        clock: Clock = time.monotonic,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.clock = clock
+        self.retry = retry
+        self.state = State.IDLE
+        self._first: dict[tuple[str, int], int] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self.produced = 0
+
+    def begin(self) -> None:
+        """Open the transaction of a new batch."""
+        if self.state is not State.IDLE:
+            raise RuntimeError(f"begin() while the transaction is {self.state.value}")
+        self._first.clear()
+        self._next.clear()
+        self.produced = 0
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            self.state = State.FAILED
+            raise TransactionFatalError(f"cannot begin a transaction: {_describe(exc)}") from exc
+        self.state = State.OPEN
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """Note one input record: its offset is committed with the batch, or rewound to."""
+        self._first.setdefault((topic, partition), offset)
+        self._next[(topic, partition)] = offset + 1
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None
+    ) -> None:
+        """Produce one output record inside the transaction (waits for queue space)."""
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"produce() while the transaction is {self.state.value}")
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+                self.produced += 1
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    @property
+    def offsets(self) -> list[TopicPartition]:
+        """The next offset to read on every partition of the batch (what the commit stores)."""
+        return [TopicPartition(t, p, o) for (t, p), o in self._next.items()]
+
+    def commit(self) -> Outcome:
+        """Send the offsets and commit; on an abortable or exhausted error, abort and rewind.
+
+        Step 1: send the input offsets into the transaction (skipped when nothing was consumed).
+        Step 2: commit the transaction, retrying retriable errors within the retry policy.
+        Step 3 (only on failure): abort the transaction and rewind the consumer.
+        """
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"commit() while the transaction is {self.state.value}")
+        deadline = self.clock() + self.retry.deadline_s
+        try:
+            offsets = self.offsets
+            if offsets:  # Step 1
+                self._with_retry(
+                    "send offsets",
+                    deadline,
+                    lambda: self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), self.retry.call_timeout_s
+                    ),
+                )
+            self._with_retry(  # Step 2
+                "commit", deadline, lambda: self.producer.commit_transaction(self.retry.call_timeout_s)
+            )
+        except _RetryBudgetSpentError as exc:
+            log.warning("giving up on the transaction after retries: %s", exc)
+            return self.abort()  # Step 3
+        except KafkaException as exc:
+            error = _kafka_error(exc)
+            if error is not None and error.txn_requires_abort() and not error.fatal():
+                log.warning("aborting the transaction and replaying the batch: %s", error.str())
+                return self.abort()  # Step 3
+            self.state = State.FAILED
+            raise TransactionFatalError(f"transaction failed: {_describe(exc)}") from exc
+        self.state = State.IDLE
+        return Outcome.COMMITTED
+
+    def abort(self) -> Outcome:
+        """Abort the open transaction and rewind the consumer to the start of the batch."""
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"abort() while the transaction is {self.state.value}")
+        try:
+            self.producer.abort_transaction(self.retry.call_timeout_s)
+        except KafkaException as exc:
+            self.state = State.FAILED
+            raise TransactionFatalError(f"abort failed: {_describe(exc)}") from exc
+        self.rewind()
+        self.state = State.IDLE
+        return Outcome.ABORTED
+
+    def rewind(self) -> None:
+        """Seek every partition of the batch that is still assigned back to its first offset."""
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, partition), offset in self._first.items():
+            if (topic, partition) in owned:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            else:
+                log.info("not rewinding %s[%d]: revoked; its new owner re-reads it", topic, partition)
+
+    def _with_retry(self, step: str, deadline: float, call: Callable[[], None]) -> None:
+        """Run `call`, retrying retriable errors within the attempt count and the deadline."""
+        attempt = 1
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error is None or not error.retriable() or error.txn_requires_abort() or error.fatal():
+                    raise
+                if attempt >= self.retry.attempts or self.clock() >= deadline:
+                    raise _RetryBudgetSpentError(f"{step}: {error.str()} ({attempt} attempt(s))") from exc
+                log.warning("retrying %s (attempt %d): %s", step, attempt + 1, error.str())
+                attempt += 1

@@ -1,0 +1,303 @@
+"""Shared bookkeeping of the reliability scenarios: offsets, the reference decisions, the ledger.
+
+Every scenario ends the same way: read every output with `read_committed`, map each one back
+to its input, and check per partner that nothing was lost (every input has an output), nothing
+leaked (every forwarded record is one the guard's own rules forward with the true state, and
+none carries a forbidden value), and count duplicates. The embedded broker does not hide the
+records of aborted or abandoned transactions, so each retried batch shows up as duplicates
+there; on a broker with real transactions they are invisible.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.core.codec import decode_json
+from streams.core.decide import decide
+from streams.core.identifiers import pseudonym
+from streams.core.models import Event
+from streams.core.rules.loader import load_ruleset
+from streams.gen.traffic import KeyedRecord, TrafficGenerator
+from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
+from streams.runtime.topics import ensure_topics
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    ROOT,
+    GuardProcess,
+    produce,
+    read_blocked,
+    read_topic,
+)
+from tests.integration.test_job import FORBIDDEN
+
+# The guard's librdkafka client.id in these tests; the fault proxy aims at it.
+GUARD_CLIENT_ID = "guard"
+# Knobs for `make soak`: the same scenarios, longer.
+SOAK = os.environ.get("PARTNER_GUARD_SOAK", "") == "1"
+TIMEOUT_S = 3600 if SOAK else 900  # generous: up to eight engineers' suites share two cores
+HTTP_UNAVAILABLE = 503
+CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
+PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
+
+
+def guard_env(**extra: str) -> dict[str, str]:
+    """Environment for a guard under test: its own client.id, short group timeouts."""
+    return {
+        "PARTNER_GUARD_KAFKA_CLIENT_ID": GUARD_CLIENT_ID,
+        "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
+        "PARTNER_GUARD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        **extra,
+    }
+
+
+def _offsets_consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+
+
+def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """Partition ids of a topic."""
+    consumer = _offsets_consumer(bootstrap, f"meta-{uuid.uuid4().hex}")
+    try:
+        return sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition (0 where nothing was committed)."""
+    partitions = partitions_of(bootstrap, topic)
+    consumer = _offsets_consumer(bootstrap, group)
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in found}
+    finally:
+        consumer.close()
+
+
+def wait_all_committed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    total: int,
+    timeout_s: float = 240.0,
+    guards: Iterable[GuardProcess] = (),
+) -> None:
+    """Block until the group's committed offsets add up to `total` (the records produced).
+
+    (Not the watermarks: the embedded broker's high watermark is the base offset of the last
+    record batch + 1, short of the true end.)
+    """
+    deadline, watched = time.monotonic() + timeout_s, list(guards)
+    while time.monotonic() < deadline:
+        if sum(committed_offsets(bootstrap, group, topic).values()) >= total:
+            return
+        for guard in watched:
+            if guard.process.poll() is not None:
+                raise AssertionError(f"guard exited with {guard.process.returncode}: {guard.log()}")
+        time.sleep(0.5)
+    raise AssertionError(f"committed {committed_offsets(bootstrap, group, topic)}, expected {total} in all")
+
+
+@dataclass
+class Population:
+    """A seeded population: its generator and exactly the state records produced for it."""
+
+    generator: TrafficGenerator
+    consent: list[KeyedRecord]
+    statuses: list[KeyedRecord]
+
+    def allowed(
+        self, events: Iterable[KeyedRecord], extra_consent: Iterable[KeyedRecord] = ()
+    ) -> dict[str, set[str]]:
+        """`reference_forwards` with this population's state."""
+        return reference_forwards([*self.consent, *extra_consent], self.statuses, events)
+
+
+def seed_state(bootstrap: str, input_topic: str, population: int, seed: int) -> Population:
+    """Create the topics, produce consent and sign-up status, and keep what was produced.
+
+    (The generator draws consent from its running random stream, so calling
+    `consent_records()` again would give different records.)
+    """
+    ensure_topics({"bootstrap.servers": bootstrap}, [input_topic], [CONSENT_TOPIC, STATUS_TOPIC], 3)
+    generator = TrafficGenerator(seed=seed, population=population)
+    seeded = Population(generator, list(generator.consent_records()), list(generator.signup_statuses()))
+    produce(bootstrap, CONSENT_TOPIC, seeded.consent)
+    produce(bootstrap, STATUS_TOPIC, seeded.statuses)
+    return seeded
+
+
+def reference_forwards(
+    consent: Iterable[KeyedRecord], statuses: Iterable[KeyedRecord], events: Iterable[KeyedRecord]
+) -> dict[str, set[str]]:
+    """Event ids each partner may receive, decided by the core with the true, final state."""
+    ruleset = load_ruleset(ROOT / "rules").with_keys(PARTNER_KEYS)
+    consent_table, status_table = ConsentTable(), SignupStatusTable()
+    for record in consent:
+        consent_table.apply(record.key or b"", record.value)
+    for record in statuses:
+        status_table.apply(record.key or b"", record.value)
+    allowed: dict[str, set[str]] = {p: set() for p in PARTNERS}
+    for event in events:
+        decoded = decode_json(event.value)
+        if not isinstance(decoded, Event):
+            continue
+        snapshot = snapshot_for(decoded, consent_table, status_table, False)
+        for decision in decide(decoded, snapshot, ruleset):
+            if decision.forwarded:
+                allowed[decision.partner].add(decoded.event_id)
+    return allowed
+
+
+@dataclass
+class Ledger:
+    """Per partner: inputs lost, forwarded records leaked, duplicate outputs."""
+
+    scenario: str
+    records: int
+    lost: Counter[str] = field(default_factory=Counter)
+    leaked: Counter[str] = field(default_factory=Counter)
+    duplicated: Counter[str] = field(default_factory=Counter)
+    forwarded: Counter[str] = field(default_factory=Counter)
+    blocked_reasons: Counter[str] = field(default_factory=Counter)
+    broker: str = "embedded (Tansu)"
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> None:
+        """Print the ledger (and append it to $PARTNER_GUARD_RELIABILITY_LOG for the README table)."""
+        line = {
+            "scenario": self.scenario,
+            "records": self.records,
+            "lost": sum(self.lost.values()),
+            "leaked": sum(self.leaked.values()),
+            "duplicated": sum(self.duplicated.values()),
+            "per_partner": {
+                p: {"lost": self.lost[p], "leaked": self.leaked[p], "duplicated": self.duplicated[p]}
+                for p in PARTNERS
+            },
+            "broker": self.broker,
+            "notes": self.notes,
+        }
+        print(f"\nRELIABILITY {orjson.dumps(line).decode()}")
+        print(
+            f"  {self.scenario}: {sum(self.duplicated.values())} duplicate outputs, all visible only "
+            "because the embedded broker does not hide records of aborted transactions"
+        )
+        target = os.environ.get("PARTNER_GUARD_RELIABILITY_LOG")
+        if target:
+            with Path(target).open("ab") as out:
+                out.write(orjson.dumps(line) + b"\n")
+
+    def assert_sound(self) -> None:
+        """Nothing lost, nothing leaked."""
+        assert sum(self.lost.values()) == 0, (self.scenario, dict(self.lost))
+        assert sum(self.leaked.values()) == 0, (self.scenario, dict(self.leaked))
+
+
+def account(
+    bootstrap: str,
+    scenario: str,
+    events: list[KeyedRecord],
+    allowed: dict[str, set[str]],
+    blocked_topic: str = "guard.blocked",
+    keys: Mapping[str, bytes] = PARTNER_KEYS,
+    blocked_id: Callable[[str], str | None] = lambda event_id: event_id,
+) -> Ledger:
+    """Read every output (read_committed) and fill the ledger; see the module docstring."""
+    decoded = [decode_json(e.value) for e in events]
+    ids = {d.event_id for d in decoded if isinstance(d, Event)}
+    malformed = len(decoded) - len(ids)
+    ledger = Ledger(scenario, len(events))
+    outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
+    for partner in PARTNERS:
+        back = {pseudonym(keys[partner], "event_id", i): i for i in ids}
+        for _, value, _ in read_topic(bootstrap, f"partner.{partner}.events"):
+            text = (value or b"").decode("utf-8", "replace")
+            event_id = back.get(orjson.loads(value or b"{}").get("event_id"), "?")
+            outputs[partner][event_id] += 1
+            ledger.forwarded[partner] += 1
+            if event_id not in allowed[partner] or FORBIDDEN.search(text):
+                ledger.leaked[partner] += 1
+    blocked_back = {blocked_id(i): i for i in ids}  # redacted/encrypted modes hash the event id
+    for blocked in read_blocked(bootstrap, blocked_topic):  # one view per (input, partner)
+        source = blocked["source"]
+        key = blocked_back.get(blocked["event_id"]) or f"offset:{source['partition']}:{source['offset']}"
+        outputs[blocked["partner"]][key] += 1
+        ledger.blocked_reasons.update(blocked["reasons"])
+    for partner in PARTNERS:
+        seen = set(outputs[partner])
+        by_offset = {k for k in seen if k.startswith("offset:")}
+        ledger.lost[partner] = len(ids - seen) + max(0, malformed - len(by_offset))
+        ledger.duplicated[partner] = sum(n - 1 for n in outputs[partner].values() if n > 1)
+    return ledger
+
+
+class Supervisor:
+    """Keeps a guard running the way a process supervisor with a liveness probe does.
+
+    A guard that exits, or whose `/healthz` fails (its loop stopped beating), is killed and
+    started again; each restart is recorded with its cause.
+    """
+
+    def __init__(self, start: Callable[[], GuardProcess]) -> None:
+        self._start = start
+        self.guard = start()
+        self.restarts: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                guard = self.guard
+                exited = guard.process.poll()
+                if exited is None and guard.status("/healthz") != HTTP_UNAVAILABLE:
+                    continue
+                cause = f"exit {exited}" if exited is not None else "liveness (/healthz 503)"
+                if exited is None:
+                    guard.process.kill()
+                    guard.process.wait()
+                self.restarts.append(cause)
+                self.guard = self._start()
+
+    def stop(self) -> int:
+        """Stop watching and SIGTERM the current guard; returns its exit code."""
+        self._stop.set()
+        self._thread.join(10)
+        with self._lock:
+            return self.guard.stop()
+
+
+def consent_record(account: str, interest_based_ads: str, updated_at: str) -> KeyedRecord:
+    """A consent record for `account:<account>`."""
+    subject = f"account:{account}"
+    value = {"subject": subject, "updated_at": updated_at, "interest_based_ads": interest_based_ads}
+    return KeyedRecord(subject.encode(), orjson.dumps(value))
+
+
+def installs(account: str, count: int, prefix: str) -> list[KeyedRecord]:
+    """App installs an attribution partner receives while the account's consent is granted."""
+    event = {
+        "event_type": "app_install",
+        "event_time": 1_795_000_000_000,
+        "account_id": account,
+        "device": {"platform": "ios"},
+        "context": {"country": "US"},
+    }
+    return [
+        KeyedRecord(account.encode(), orjson.dumps(event | {"event_id": f"{prefix}-{i}"}))
+        for i in range(count)
+    ]

@@ -1,0 +1,108 @@
+"""Flaky network between the guard and the broker: latency, connections cut mid-request, and a
+black-hole longer than the session timeout. The guard recovers by itself; nothing is lost, and
+a revocation produced during the black-hole is honoured for the events after it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker.embedded import EmbeddedBroker
+from streams.gen.traffic import KeyedRecord
+from tests.faultproxy import FaultProxy, start_broker_behind_proxy
+from tests.integration.kafka_helpers import produce, read_blocked, start_guard
+from tests.integration.reliability import (
+    GUARD_CLIENT_ID,
+    SOAK,
+    TIMEOUT_S,
+    Supervisor,
+    account,
+    consent_record,
+    guard_env,
+    installs,
+    seed_state,
+    wait_all_committed,
+)
+
+pytestmark = pytest.mark.integration
+INPUT = "internal.events"
+ROUNDS = 5 if SOAK else 1
+BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
+    """A fresh broker that advertises a fault proxy aimed at the guard's client.id."""
+    broker, proxy = start_broker_behind_proxy(tmp_path / "tansu.log", target_prefix=GUARD_CLIENT_ID)
+    try:
+        yield broker, proxy
+    finally:
+        proxy.stop()
+        broker.stop()
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_guard_recovers_from_latency_cuts_and_a_blackhole(
+    proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
+) -> None:
+    broker, proxy = proxied
+    bootstrap = broker.bootstrap
+    seeded = seed_state(bootstrap, INPUT, 500, 47)
+    grant = consent_record("flaky-revoked", "granted", "2026-11-01T00:00:00Z")
+    revoke = consent_record("flaky-revoked", "denied", "2026-11-02T00:00:00Z")
+    produce(bootstrap, "privacy.consent", [grant])
+    events = []
+
+    def send(batch: list[KeyedRecord]) -> None:
+        events.extend(batch)
+        produce(bootstrap, INPUT, batch)
+
+    supervisor = Supervisor(
+        lambda: start_guard(bootstrap, tmp_path, INPUT, "flaky", guard_env(), transactional_id="flaky-0")
+    )
+    try:
+        supervisor.guard.wait_ready()
+        send(list(seeded.generator.events(2000)))
+        for round_ in range(ROUNDS):
+            proxy.set_latency(0.15)
+            send(list(seeded.generator.events(2000)))
+            time.sleep(3)
+            proxy.set_latency(0.0)
+            for _ in range(3):
+                proxy.cut()
+                send(list(seeded.generator.events(1000)))
+                time.sleep(1)
+            proxy.blackhole(True)
+            send(list(seeded.generator.events(1000)))
+            if round_ == 0:
+                produce(bootstrap, "privacy.consent", [revoke])  # acknowledged during the fault
+                send(installs("flaky-revoked", 50, "flaky-after-revoke"))
+            time.sleep(BLACKHOLE_S)
+            proxy.blackhole(False)
+            send(list(seeded.generator.events(1000)))
+        wait_all_committed(bootstrap, "flaky", INPUT, len(events), 600)
+        assert supervisor.guard.status("/healthz") == 200
+        print(f"\nproxy: {proxy.stats}")
+        print(f"restarts by the supervisor: {supervisor.restarts or 'none, recovered in-process'}")
+    finally:
+        assert supervisor.stop() == 0
+    assert proxy.stats.cut >= 3 and proxy.stats.reset_after_blackhole >= 1 and proxy.stats.bytes_discarded > 0
+
+    allowed = seeded.allowed(events, [grant, revoke])
+    ledger = account(bootstrap, "flaky network", events, allowed)
+    ledger.notes.append(
+        f"{ROUNDS} round(s): 150 ms latency, 3 cuts mid-request, {BLACKHOLE_S:.0f} s black-hole"
+    )
+    ledger.notes.append(f"restarts by the liveness supervisor: {len(supervisor.restarts)}")
+    ledger.report()
+    ledger.assert_sound()
+    revoked = [
+        b
+        for b in read_blocked(bootstrap)
+        if b["partner"] == "install-attribution" and str(b["event_id"]).startswith("flaky-after-revoke")
+    ]
+    assert len({b["event_id"] for b in revoked}) == 50  # honoured for every install after it
+    assert all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[:1]

@@ -1,0 +1,154 @@
+"""Logs and secrets: the guard runs with real partner keys from files, encrypted blocked
+payloads and a revocation mid-stream; no log line, metric or output header may carry a value
+from an input payload or any key material."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.broker.embedded import EmbeddedBroker
+from streams.gen.traffic import KeyedRecord
+from streams.runtime.payload import Keyring, PayloadProtector
+from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_blocked, read_topic, start_guard
+from tests.integration.reliability import (
+    TIMEOUT_S,
+    account,
+    consent_record,
+    guard_env,
+    installs,
+    seed_state,
+    wait_all_committed,
+)
+
+pytestmark = pytest.mark.integration
+INPUT = "internal.events"
+# Event fields whose values are a small public vocabulary (they may well appear in a metric).
+VOCABULARY_FIELDS = {
+    "event_type",
+    "platform",
+    "country",
+    "region",
+    "age_band",
+    "ad_cookies",
+    "interest_based_ads",
+    "jurisdiction",
+    "status",
+}
+
+
+def _payload_values(value: Any, field: str = "") -> Iterator[str]:
+    """Every distinctive value in an input payload, at any depth."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _payload_values(inner, key)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _payload_values(inner, field)
+    elif isinstance(value, str) and len(value) >= 6 and field not in VOCABULARY_FIELDS:
+        yield value
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 10**9:
+        yield str(value)
+
+
+def _needles(records: list[KeyedRecord]) -> set[str]:
+    found: set[str] = set()
+    for record in records:
+        try:
+            found.update(_payload_values(orjson.loads(record.value or b"")))
+        except orjson.JSONDecodeError:
+            found.add((record.value or b"").decode("utf-8", "replace")[:40])
+        found.add((record.key or b"").decode("utf-8", "replace"))
+    return {n for n in found if len(n) >= 6}
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    bootstrap = broker.bootstrap
+    seeded = seed_state(bootstrap, INPUT, 300, 61)
+    grant = consent_record("secret-revoked", "granted", "2026-11-01T00:00:00Z")
+    revoke = consent_record("secret-revoked", "denied", "2026-11-02T00:00:00Z")
+    produce(bootstrap, "privacy.consent", [grant])
+
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    partner_keys = {p: secrets.token_hex(32).encode() for p in PARTNERS}
+    for partner, key in partner_keys.items():
+        (keys_dir / f"{partner}.key").write_bytes(key + b"\n")
+    aes_key = secrets.token_bytes(32)
+    payload_keys = tmp_path / "payload.keys"
+    payload_keys.write_text(f"k1:{base64.b64encode(aes_key).decode()}\n")
+    env = guard_env(
+        PARTNER_GUARD_KEYS_DIR=str(keys_dir),
+        PARTNER_GUARD_BLOCKED_PAYLOAD="encrypted",
+        PARTNER_GUARD_PAYLOAD_KEYS_FILE=str(payload_keys),
+        **dict.fromkeys(KEY_ENV, ""),  # the keys come from the files, not the test constants
+    )
+    events = [*seeded.generator.events(3000), *installs("secret-revoked", 10, "secret-before")]
+    after = [*installs("secret-revoked", 10, "secret-after"), *seeded.generator.events(1000)]
+    guard = start_guard(bootstrap, tmp_path, INPUT, "secrets", env, transactional_id="secrets-0")
+    try:
+        guard.wait_ready()
+        produce(bootstrap, INPUT, events)
+        wait_all_committed(bootstrap, "secrets", INPUT, len(events), guards=[guard])
+        produce(bootstrap, "privacy.consent", [revoke])
+        produce(bootstrap, INPUT, after)
+        events += after
+        wait_all_committed(bootstrap, "secrets", INPUT, len(events), guards=[guard])
+        metrics = guard.metrics()
+    finally:
+        assert guard.stop() == 0
+    log = guard.log_path.read_text(errors="replace")
+    assert "state loaded" in log and "stopped" in log  # the whole log, start to finish
+
+    outputs = [
+        *(h for p in PARTNERS for _, _, h in read_topic(bootstrap, f"partner.{p}.events")),
+        *(h for _, _, h in read_topic(bootstrap, "guard.blocked")),
+    ]
+    header_text = {
+        f"{name}={value.decode('utf-8', 'replace')}" for headers in outputs for name, value in headers
+    }
+    log_lines = {line.split('"level"', 1)[-1] for line in log.splitlines()}  # without the timestamps
+    haystacks = {"log": "\n".join(log_lines), "metrics": metrics, "headers": "\n".join(sorted(header_text))}
+    needles = _needles([*events, grant, revoke])
+    key_material = {
+        *(k.decode() for k in partner_keys.values()),
+        *(base64.b64encode(k).decode() for k in partner_keys.values()),
+        base64.b64encode(aes_key).decode(),
+        aes_key.hex(),
+    }
+    print(
+        f"\nscanned {len(needles)} payload values and {len(key_material)} key forms in "
+        f"{len(log.splitlines())} log lines, {len(metrics.splitlines())} metric lines, "
+        f"{len(outputs)} outputs' headers"
+    )
+    for where, text in haystacks.items():
+        found = sorted(n for n in needles if n in text)
+        assert found == [], (where, found[:5])
+        assert not [k for k in key_material if k in text], where
+
+    protector = PayloadProtector("encrypted", Keyring.parse(payload_keys.read_text()))
+    after_ids = {protector.identifier(f"secret-after-{i}") for i in range(10)}  # hashed in this mode
+    revoked = [
+        b
+        for b in read_blocked(bootstrap)
+        if b["partner"] == "install-attribution" and b["event_id"] in after_ids
+    ]
+    assert len(revoked) == 10, len(revoked)
+    assert all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[0]["reasons"]
+    before_revocation, after_revocation = events[: -len(after)], events[-len(after) :]
+    allowed = seeded.allowed(before_revocation, [grant])
+    for partner, ids in seeded.allowed(after_revocation, [grant, revoke]).items():
+        allowed[partner] |= ids
+    ledger = account(
+        bootstrap, "logs and secrets", events, allowed, keys=partner_keys, blocked_id=protector.identifier
+    )
+    ledger.notes.append("real keys from files, encrypted blocked payloads, a revocation mid-stream")
+    ledger.report()
+    ledger.assert_sound()

@@ -1,0 +1,122 @@
+"""State faults while events flow: a consent record nobody can read (counted, fail-closed for
+its subject, the job carries on), then the state topics unreachable (every decision that needs
+state blocks as `consent_stale`) and back (normal decisions resume)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker.embedded import EmbeddedBroker
+from streams.gen.traffic import KeyedRecord
+from tests.faultproxy import FaultProxy, start_broker_behind_proxy
+from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
+from tests.integration.reliability import (
+    GUARD_CLIENT_ID,
+    TIMEOUT_S,
+    account,
+    consent_record,
+    guard_env,
+    installs,
+    seed_state,
+    wait_all_committed,
+)
+
+pytestmark = pytest.mark.integration
+INPUT = "internal.events"
+UNREACHABLE_S = 10.0
+
+
+@pytest.fixture
+def state_proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
+    """A fresh broker behind a proxy aimed only at the guard's state-reader clients."""
+    broker, proxy = start_broker_behind_proxy(
+        tmp_path / "tansu.log", target_prefix=f"{GUARD_CLIENT_ID}-state"
+    )
+    try:
+        yield broker, proxy
+    finally:
+        proxy.stop()
+        broker.stop()
+
+
+def _wait_metric(
+    guard: GuardProcess, name: str, at_least: float, timeout_s: float = 60.0, **labels: str
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while guard.metric_value(name, **labels) < at_least:
+        assert time.monotonic() < deadline, (name, guard.metric_value(name, **labels))
+        time.sleep(0.25)
+
+
+def _install_outcomes(bootstrap: str, prefix: str) -> tuple[int, Counter[str]]:
+    """For the attribution partner: how many of the `prefix` installs were blocked, by reason."""
+    blocked = [
+        b
+        for b in read_blocked(bootstrap)
+        if b["partner"] == "install-attribution" and str(b["event_id"]).startswith(prefix)
+    ]
+    return len(blocked), Counter(r for b in blocked for r in b["reasons"])
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_unreadable_state_record_then_state_unreachable(
+    state_proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
+) -> None:
+    broker, proxy = state_proxied
+    bootstrap = broker.bootstrap
+    seeded = seed_state(bootstrap, INPUT, 500, 59)
+    extra_consent = [
+        consent_record("state-garbled", "granted", "2026-11-01T00:00:00Z"),
+        consent_record("state-fine", "granted", "2026-11-01T00:00:00Z"),
+    ]
+    produce(bootstrap, "privacy.consent", extra_consent)
+    events: list[KeyedRecord] = []
+
+    def send(batch: list[KeyedRecord]) -> None:
+        events.extend(batch)
+        produce(bootstrap, INPUT, batch)
+
+    guard = start_guard(bootstrap, tmp_path, INPUT, "state-faults", guard_env(), transactional_id="state-0")
+    try:
+        guard.wait_ready()
+        send([*seeded.generator.events(2000), *installs("state-fine", 20, "fine-before")])
+
+        garbled = KeyedRecord(b"account:state-garbled", b"\xff{not json")  # mid-stream, unreadable
+        produce(bootstrap, "privacy.consent", [garbled])
+        extra_consent.append(garbled)
+        send([*installs("state-garbled", 20, "garbled-after"), *seeded.generator.events(2000)])
+        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        _wait_metric(guard, "partner_guard_state_invalid_records_total", 1, topic="privacy.consent")
+
+        proxy.blackhole(True)  # the state topics become unreachable; the input stays reachable
+        send([*installs("state-fine", 20, "fine-during"), *seeded.generator.events(1000)])
+        time.sleep(UNREACHABLE_S)
+        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        proxy.blackhole(False)
+        time.sleep(2)  # the state reader reconnects by itself
+        send([*installs("state-fine", 20, "fine-after"), *seeded.generator.events(1000)])
+        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        assert guard.process.poll() is None and guard.status("/healthz") == 200
+    finally:
+        assert guard.stop() == 0
+
+    garbled_blocked, garbled_reasons = _install_outcomes(bootstrap, "garbled-after")
+    assert garbled_blocked == 20, garbled_reasons  # fail closed for that subject only
+    during_blocked, during_reasons = _install_outcomes(bootstrap, "fine-during")
+    assert during_blocked == 20 and during_reasons["consent_stale"] == 20, during_reasons
+    for phase in ("fine-before", "fine-after"):  # normal decisions before the fault and after it
+        blocked, reasons = _install_outcomes(bootstrap, phase)
+        assert blocked == 0, (phase, reasons)
+    print(f"\nproxy: {proxy.stats}")
+
+    ledger = account(bootstrap, "state faults", events, seeded.allowed(events, extra_consent))
+    ledger.notes.append(
+        f"unreadable consent record mid-stream; state topics unreachable {UNREACHABLE_S:.0f} s"
+    )
+    ledger.report()
+    ledger.assert_sound()

@@ -1,0 +1,249 @@
+"""The batch transaction's lifecycle against fake producers and consumers (no broker, no sleeping)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.runtime.transaction import (
+    BatchTransaction,
+    Outcome,
+    RetryPolicy,
+    State,
+    TransactionFatalError,
+)
+
+
+def retriable() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+
+
+def abortable() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, "abortable", txn_requires_abort=True))
+
+
+def fatal() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+
+
+@dataclass
+class FakeProducer:
+    """Records the transactional calls; scripted failures are raised in order, per call."""
+
+    failures: dict[str, list[KafkaException]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    produced: list[tuple[str, bytes | None]] = field(default_factory=list)
+    sent_offsets: list[list[TopicPartition]] = field(default_factory=list)
+    queue_full_times: int = 0
+    on_call: Callable[[str], None] | None = None
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.on_call is not None:
+            self.on_call(name)
+        scripted = self.failures.get(name)
+        if scripted:
+            raise scripted.pop(0)
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, *, headers: Any = None) -> None:
+        if self.queue_full_times:
+            self.queue_full_times -= 1
+            raise BufferError("queue full")
+        self.produced.append((topic, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        self.calls.append("poll")
+        return 0
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any, timeout: float = 0) -> None:
+        self._call("send_offsets")
+        self.sent_offsets.append(list(offsets))
+
+    def commit_transaction(self, timeout: float = 0) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, timeout: float = 0) -> None:
+        self._call("abort")
+
+
+@dataclass
+class FakeConsumer:
+    """An assignment and the seeks made on it."""
+
+    assigned: list[tuple[str, int]] = field(default_factory=lambda: [("in", 0), ("in", 1)])
+    seeks: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.assigned]
+
+    def seek(self, partition: TopicPartition) -> None:
+        assert (partition.topic, partition.partition) in self.assigned, "seek on an unassigned partition"
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+
+
+class FakeClock:
+    """Monotonic seconds that advance only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _make(
+    failures: dict[str, list[KafkaException]] | None = None, retry: RetryPolicy = RetryPolicy()
+) -> tuple[BatchTransaction, FakeProducer, FakeConsumer, FakeClock]:
+    producer, consumer, clock = FakeProducer(failures or {}), FakeConsumer(), FakeClock()
+    return BatchTransaction(producer, consumer, clock, retry), producer, consumer, clock
+
+
+def _consume_batch(transaction: BatchTransaction) -> None:
+    transaction.begin()
+    for partition, offset in ((0, 10), (0, 11), (0, 12), (1, 7)):
+        transaction.consumed("in", partition, offset)
+    transaction.produce("out", b"a")
+    transaction.produce("guard.blocked", b"b")
+
+
+def test_commit_sends_the_next_offset_of_every_partition_then_commits() -> None:
+    transaction, producer, consumer, _ = _make()
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.COMMITTED
+    assert producer.calls == ["begin", "send_offsets", "commit"]
+    assert [(tp.topic, tp.partition, tp.offset) for tp in producer.sent_offsets[0]] == [
+        ("in", 0, 13),
+        ("in", 1, 8),
+    ]
+    assert consumer.seeks == [] and transaction.state is State.IDLE
+
+
+def test_a_batch_without_input_commits_without_sending_offsets() -> None:
+    transaction, producer, _, _ = _make()
+    transaction.begin()
+    assert transaction.commit() is Outcome.COMMITTED
+    assert producer.calls == ["begin", "commit"]
+
+
+def test_a_retriable_commit_error_is_retried_and_then_commits() -> None:
+    transaction, producer, consumer, _ = _make({"commit": [retriable(), retriable()]})
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.COMMITTED
+    assert producer.calls == ["begin", "send_offsets", "commit", "commit", "commit"]
+    assert consumer.seeks == []
+
+
+def test_retries_are_bounded_by_attempts_then_the_batch_is_aborted_and_rewound() -> None:
+    """Before: `_commit` retried a retriable error forever; now the budget ends in an abort."""
+    transaction, producer, consumer, _ = _make({"commit": [retriable()] * 50}, RetryPolicy(attempts=3))
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.ABORTED
+    assert producer.calls == ["begin", "send_offsets", "commit", "commit", "commit", "abort"]
+    assert sorted(consumer.seeks) == [("in", 0, 10), ("in", 1, 7)]
+    assert transaction.state is State.IDLE
+
+
+def test_retries_are_bounded_by_the_injected_clock() -> None:
+    transaction, producer, _, clock = _make(
+        {"commit": [retriable()] * 50}, RetryPolicy(attempts=1000, deadline_s=60)
+    )
+
+    def advance(name: str) -> None:
+        if name == "commit":
+            clock.now += 25  # each timed-out commit call "takes" 25 s
+
+    producer.on_call = advance
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.ABORTED
+    assert producer.calls.count("commit") == 3  # 0 s, 25 s, 50 s; at 75 s the 60 s budget is spent
+    assert producer.calls[-1] == "abort"
+
+
+def test_an_abortable_error_aborts_and_rewinds_to_the_first_offset_of_each_partition() -> None:
+    transaction, producer, consumer, _ = _make({"commit": [abortable()]})
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.ABORTED
+    assert producer.calls == ["begin", "send_offsets", "commit", "abort"]
+    assert sorted(consumer.seeks) == [("in", 0, 10), ("in", 1, 7)]
+
+
+def test_the_next_batch_after_an_abort_starts_a_fresh_transaction() -> None:
+    transaction, producer, _, _ = _make({"send_offsets": [abortable()]})
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.ABORTED
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.COMMITTED
+    assert producer.calls[-3:] == ["begin", "send_offsets", "commit"]
+
+
+@pytest.mark.parametrize("step", ["send_offsets", "commit"])
+def test_a_fatal_error_raises_and_leaves_the_transaction_unusable(step: str) -> None:
+    transaction, producer, consumer, _ = _make({step: [fatal()]})
+    _consume_batch(transaction)
+    with pytest.raises(TransactionFatalError, match="fenced"):
+        transaction.commit()
+    assert "abort" not in producer.calls and consumer.seeks == []
+    assert transaction.state is State.FAILED
+    with pytest.raises(RuntimeError):
+        transaction.begin()
+
+
+def test_an_abort_that_fails_is_fatal() -> None:
+    transaction, _, _, _ = _make({"commit": [abortable()], "abort": [retriable()]})
+    _consume_batch(transaction)
+    with pytest.raises(TransactionFatalError, match="abort failed"):
+        transaction.commit()
+
+
+def test_a_begin_that_fails_is_fatal() -> None:
+    transaction, _, _, _ = _make({"begin": [fatal()]})
+    with pytest.raises(TransactionFatalError):
+        transaction.begin()
+
+
+def test_rebalance_mid_batch_rewinds_only_partitions_still_assigned() -> None:
+    """Partition 1 is revoked while the batch is decided; the group generation moved on, so
+    sending offsets fails abortably. Its new owner re-reads it; this instance must not seek it."""
+    transaction, _, consumer, _ = _make(
+        {
+            "send_offsets": [
+                KafkaException(
+                    KafkaError(KafkaError.ILLEGAL_GENERATION, "generation", txn_requires_abort=True)
+                )
+            ]
+        }
+    )
+    _consume_batch(transaction)
+    consumer.assigned = [("in", 0)]
+    assert transaction.commit() is Outcome.ABORTED
+    assert consumer.seeks == [("in", 0, 10)]
+
+
+def test_produce_waits_for_queue_space_instead_of_failing() -> None:
+    transaction, producer, _, _ = _make()
+    producer.queue_full_times = 2
+    transaction.begin()
+    transaction.produce("out", b"x")
+    assert producer.produced == [("out", b"x")] and producer.calls.count("poll") == 2
+    assert transaction.produced == 1
+
+
+def test_illegal_transitions_are_refused() -> None:
+    transaction, _, _, _ = _make()
+    with pytest.raises(RuntimeError):
+        transaction.produce("out", b"x")
+    with pytest.raises(RuntimeError):
+        transaction.commit()
+    transaction.begin()
+    with pytest.raises(RuntimeError):
+        transaction.begin()
