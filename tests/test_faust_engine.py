@@ -9,8 +9,9 @@ import pytest
 
 from streams.engines.faust_app import _timestamp_ms, check_promises
 from streams.engines.faust_auth import broker_credentials
+from streams.core.rules.loader import load_ruleset
 from streams.runtime.config import load_settings
-from streams.runtime.startup import StartupError, prepare
+from streams.runtime.startup import StartupError, keyed_setup, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +62,12 @@ def test_untranslatable_properties_refuse_the_faust_engine(kafka: dict[str, str]
 def test_startup_refuses_a_missing_key_for_every_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION", "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS"):
         monkeypatch.delenv(name, raising=False)
+    ruleset = load_ruleset(ROOT / "rules")
     with pytest.raises(StartupError, match="key"):
+        keyed_setup(load_settings(bootstrap_servers="b:9092", engine="faust"), ruleset)
+    assert keyed_setup(load_settings(bootstrap_servers="b:9092", dev=True), ruleset).notices
+    with pytest.raises(StartupError, match="key"):  # `faust -A`, without a command line of ours
         prepare(None, bootstrap_servers="b:9092", rules_dir=ROOT / "rules", engine="faust")
-    assert prepare(None, bootstrap_servers="b:9092", rules_dir=ROOT / "rules", dev=True).notices
 
 
 @pytest.mark.parametrize(

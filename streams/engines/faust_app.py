@@ -40,10 +40,12 @@ import faust
 from faust.types import EventT, StreamT
 
 from streams.engines.faust_auth import broker_credentials
+from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import SourceRef
 from streams.runtime.startup import GuardSetup, StartupError
 from streams.runtime.topics import ensure_topics
@@ -87,13 +89,15 @@ class FaustGuard:
         self.ruleset = setup.ruleset
         self.metrics = metrics or GuardMetrics()
         self.heartbeat = Heartbeat()
-        self.ready = False
+        self.readiness = Readiness(self.metrics.ready)
         self.stopping = False
         credentials = broker_credentials(s.kafka)  # refuses properties aiokafka would not apply
-        self.kafka_base: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers, **s.kafka}
+        self.kafka_base: dict[str, Any] = kafka_client_config(s)
+        self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)
         self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state)
         self._state_lock = asyncio.Lock()
+        self._loaded = False
         self._last_gauges = 0.0
         session_s = s.session_timeout_ms / 1000
         self.app = faust.App(
@@ -133,22 +137,34 @@ class FaustGuard:
             )
 
     async def _start(self) -> None:
-        """At worker start: the metrics endpoint and the ruleset info."""
+        """At worker start: the metrics endpoint, the broker watch and the ruleset info."""
         s = self.settings
         partners = ",".join(self.ruleset.partners)
         self.metrics.ruleset.info({"digest": self.ruleset.digest, "partners": partners})
-        serve_http(self.metrics, s.metrics_host, s.metrics_port, lambda: self.ready, self.heartbeat.alive)
+        serve_http(
+            self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
+        )
+        self._watch = BrokerWatch(self.kafka_base, self.readiness).start()
 
     async def _load_state(self) -> None:
         async with self._state_lock:
             await asyncio.to_thread(self.state.load, lambda: self.stopping, self.heartbeat.beat)
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("ready: deciding %s (faust engine)", self.settings.input_topics)
+        self._loaded = True
+        self.readiness.set_deciding(True)
+        log.info(
+            "ready: ruleset %s, partners %s, input topics %s, state %d consent entries and "
+            "%d sign-up statuses (faust engine, %s)",
+            self.ruleset.digest,
+            list(self.ruleset.partners),
+            self.settings.input_topics,
+            len(self.state.consent),
+            len(self.state.status),
+            self.settings.faust_processing_guarantee,
+        )
 
     async def _keep_state_current(self) -> None:
         """Between batches: apply new state records, beat, refresh the gauges."""
-        if not self.ready:
+        if not self._loaded or self.stopping:
             return
         self.heartbeat.beat()
         async with self._state_lock:
@@ -175,10 +191,12 @@ class FaustGuard:
                     os._exit(EXIT_BATCH_FAILED)
         finally:  # stopping (or crashing): not ready, and a state load in progress gives up
             self.stopping = True
-            self.ready = False
-            self.metrics.ready.set(0)
+            self.readiness.set_deciding(False)
+            if self._watch is not None:
+                self._watch.stop()
             async with self._state_lock:  # no poll or catch-up runs while the state closes
                 self.state.close()
+            log.info("stopped")
 
     async def _process_batch(self, events: Sequence[EventT[Any]]) -> None:
         """Decide a batch; it is acknowledged (committable) once every output was sent."""

@@ -16,12 +16,14 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.records import partner_views
 from streams.runtime.topics import ensure_topics
 from tests.integration import test_hostile_job, test_job
 from tests.integration.kafka_helpers import (
@@ -30,6 +32,7 @@ from tests.integration.kafka_helpers import (
     ROOT,
     GuardProcess,
     produce,
+    read_blocked,
     read_topic,
     seed_population,
     start_guard,
@@ -104,7 +107,12 @@ def _canonical(topic: str, key: bytes | None, value: bytes | None, headers: list
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
-def _outputs(bootstrap: str, expect: dict[str, int]) -> dict[str, Counter[bytes]]:
+def _views(canonical: bytes) -> list[dict[str, Any]]:
+    """The per-partner views of one canonical blocked record."""
+    return partner_views(orjson.loads(canonical)["value"])
+
+
+def _outputs(bootstrap: str, expect: dict[str, int | None]) -> dict[str, Counter[bytes]]:
     return {
         topic: Counter(_canonical(topic, *record) for record in read_topic(bootstrap, topic, expect=count))
         for topic, count in expect.items()
@@ -131,30 +139,33 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
                 _wait_consumed(guard, len(inputs))
             counts = []
             for guard in guards:  # the engines agree on every count before a record is compared
-                per_topic = {
-                    f"partner.{p}.events": int(
-                        guard.metric_value("partner_guard_decisions_total", partner=p, verdict="forward")
+                per_partner = {
+                    (p, verdict): guard.metric_value(
+                        "partner_guard_decisions_total", partner=p, verdict=verdict
                     )
                     for p in PARTNERS
+                    for verdict in ("forward", "block")
                 }
-                per_topic["guard.blocked"] = int(
-                    guard.metric_value("partner_guard_decisions_total", verdict="block")
-                )
-                counts.append(per_topic)
+                counts.append(per_partner)
             assert counts[0] == counts[1]
-            expect = counts[0]
+            expect: dict[str, int | None] = {
+                f"partner.{p}.events": int(counts[0][(p, "forward")]) for p in PARTNERS
+            }
+            expect["guard.blocked"] = None  # one record per input with any block: read to the end
             assert all(expect.values())
             kafka_out = _outputs(broker.bootstrap, expect)
             faust_out = _outputs(faust_broker.bootstrap, expect)
-            for topic in expect:
-                assert sum(kafka_out[topic].values()) == expect[topic], topic
+            for topic, count in expect.items():
+                if count is not None:
+                    assert sum(kafka_out[topic].values()) == count, topic
                 assert kafka_out[topic] == faust_out[topic], topic
-            faust_blocked = read_topic(faust_broker.bootstrap, "guard.blocked", expect["guard.blocked"])
-            sources = [orjson.loads(v or b"")["source"] for _, v, _ in faust_blocked]
+            views = [view for record in kafka_out["guard.blocked"] for view in _views(record)]
+            for partner in PARTNERS:
+                assert sum(1 for v in views if v["partner"] == partner) == counts[0][(partner, "block")]
+            sources = [view["source"] for view in read_blocked(faust_broker.bootstrap)]
             assert all(isinstance(s["timestamp_ms"], int) for s in sources)  # kept, just not compared
-            blocked = [orjson.loads(v)["value"] for v in kafka_out["guard.blocked"]]
             assert {"malformed", "record_too_large", "event_type_not_allowed"} <= {
-                r for b in blocked for r in b["reasons"]
+                r for v in views for r in v["reasons"]
             }
         finally:
             for guard in guards:
@@ -259,7 +270,7 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
         events = [KeyedRecord(b"lag-1", orjson.dumps(install | {"event_id": f"lag-{i}"})) for i in range(100)]
         produce(broker.bootstrap, INPUT, events)
         _wait_consumed(guard, len(events))
-        blocked = [orjson.loads(v or b"") for _, v, _ in read_topic(broker.bootstrap, "guard.blocked")]
+        blocked = read_blocked(broker.bootstrap)
         mine = [b for b in blocked if b["partner"] == "install-attribution"]
         stale = [b for b in mine if "consent_stale" in b["reasons"]]
         assert stale, "the state was behind, yet nothing was blocked as consent_stale"
