@@ -10,6 +10,8 @@ generated traffic (realistic mix, ~680 bytes a record):
                   (benchmarks/peer_quix.py, in .venv-peers/; skipped when that is missing)
   guard           `partner-guard run` (real rules, state tables, transactions on), with the
                   default settings, then again keeping blocked content by reference
+  guard, faust    `partner-guard run --engine faust` (same decisions, at least once), once,
+                  on the first FAUST_RECORDS records (it is slow enough to dominate the run)
 Prints a Markdown table of records/s and ratios, the two throughput targets marked met or
 not, then offers the guard half of its measured peak for 20 s and prints the p99
 end-to-end latency (input timestamp to committed output) against its target. Absolute
@@ -40,11 +42,14 @@ from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PIPELINES = ("passthrough", "strip", "quix", "guard", "guard_reference")
+PIPELINES = ("passthrough", "strip", "quix", "guard", "guard_reference", "guard_faust")
 # Every pipeline runs this many times, interleaved, and its fastest run counts: on a shared
 # machine other work only ever slows a run down, so the fastest is the least disturbed.
 ROUNDS = 2
 INPUT = "bench.events"
+# The Faust engine decides about 1/10 as fast as the kafka engine: one run on this many
+# records measures its steady state without making the whole benchmark ten times longer.
+FAUST_RECORDS = 30_000
 DROP = ("context", "user", "properties")
 
 
@@ -153,7 +158,7 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
 
 
 def _start_guard(
-    bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None
+    bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None, engine: str = "kafka"
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
@@ -167,11 +172,12 @@ def _start_guard(
         "PARTNER_GUARD_TRANSACTIONAL_ID": "bench-guard-0",
         "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "bench-key-install-attribution",
         "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "bench-key-signup-conversions",
+        "PARTNER_GUARD_FAUST_ACCEPTED_GAPS": "P8",  # the embedded broker: Faust runs at least once
         **(extra_env or {}),
     }
     log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - the child owns it
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "run", "--create-topics"],
+        [sys.executable, "-m", "streams", "run", "--create-topics", "--engine", engine],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -270,8 +276,10 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def _guard_run(bootstrap: str, count: int, workdir: Path, env: dict[str, str] | None = None) -> Rate:
-    process, port = _start_guard(bootstrap, workdir, env)
+def _guard_run(
+    bootstrap: str, count: int, workdir: Path, env: dict[str, str] | None = None, engine: str = "kafka"
+) -> Rate:
+    process, port = _start_guard(bootstrap, workdir, env, engine)
     try:
         return _guard_throughput(process, port, count, workdir)
     finally:
@@ -301,6 +309,7 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
         )
         generator = _produce_input(broker.bootstrap, count)
         workdir = Path(tmp)
+        faust_count = min(count, FAUST_RECORDS)
         for _ in range(rounds):
             runs["passthrough"].append(_copy(broker.bootstrap, count, "bench.passthrough", lambda v: v))
             runs["strip"].append(_copy(broker.bootstrap, count, "bench.strip", _strip))
@@ -308,6 +317,7 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
             runs["guard"].append(_guard_run(broker.bootstrap, count, workdir))
             reference = {"PARTNER_GUARD_BLOCKED_ORIGINAL": "reference"}
             runs["guard_reference"].append(_guard_run(broker.bootstrap, count, workdir, reference))
+        runs["guard_faust"].append(_guard_run(broker.bootstrap, faust_count, workdir, engine="faust"))
         best = {name: _best(rates) for name, rates in runs.items()}
         passthrough, strip, quix = best["passthrough"], best["strip"], best["quix"]
         guard, guard_reference = best["guard"], best["guard_reference"]
@@ -332,6 +342,7 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
         ("Quix Streams exactly-once calling decode_json + decide", quix),
         ("`partner-guard run`", guard),
         ("`partner-guard run`, blocked_original: reference", guard_reference),
+        (f"`partner-guard run --engine faust` (first {faust_count:,} records)", best["guard_faust"]),
     ]
     for name, rate in rows:
         if rate is None:
@@ -349,6 +360,8 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
             versus = getattr(guard, attribute) / getattr(quix, attribute)
             line += f"; guard / Quix + decide = {versus:.2f} (target >= 2: {_met(versus >= 2)})"
         print(line)
+    if best["guard_faust"] is not None:
+        print(f"faust engine / kafka engine = {best['guard_faust'].per_s / guard.per_s:.2f} (wall clock)")
     print(
         f"p99 end-to-end latency at half of peak ({guard.per_s / 2:,.0f} records/s): <= {p99 * 1000:.0f} ms"
         f" (histogram bucket bound; target <= 250 ms: {_met(p99 <= 0.25)})"

@@ -125,7 +125,7 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
         inputs: list[KeyedRecord] = []
         for target in (broker, faust_broker):
             generator = seed_population(target.bootstrap, INPUT, 400, 41)
-            inputs = [*generator.events(3000), *POISON]
+            inputs = [*generator.events(2000), *POISON]
             produce(target.bootstrap, INPUT, inputs)
         env = {"PARTNER_GUARD_MAX_RECORD_BYTES": "40000"}
         guards = [
@@ -175,11 +175,11 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
 def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
-    events = list(generator.events(6_000))
+    events = list(generator.events(4_000))
     first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
     first.wait_ready()
     produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 1_500)
+    _wait_consumed(first, 1_000)
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
     second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
