@@ -202,6 +202,13 @@ def run_command(
         )
     except ConfigError as exc:
         refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import check_settings
+
+        try:
+            check_settings(settings)
+        except StartupError as exc:
+            refuse(str(exc))
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
@@ -220,9 +227,6 @@ def run_command(
         refuse(str(exc))
     if settings.engine == "faust":
         from streams.engines.faust_app import run_worker
-
-        if settings.workers > 1:
-            refuse("--workers starts kafka-engine processes; scale the Faust engine by starting more workers")
 
         try:
             raise typer.Exit(run_worker(setup))

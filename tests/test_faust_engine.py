@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faust
 import pytest
 
+from streams.core.rules.loader import load_ruleset
 from streams.engines.faust_app import _timestamp_ms, check_promises
 from streams.engines.faust_auth import broker_credentials
-from streams.core.rules.loader import load_ruleset
 from streams.runtime.config import load_settings
 from streams.runtime.startup import StartupError, keyed_setup, prepare
 
@@ -81,3 +84,44 @@ def test_startup_refuses_a_missing_key_for_every_engine(monkeypatch: pytest.Monk
 )
 def test_faust_timestamps_back_to_epoch_ms(timestamp: float | None, kind: int, expected: int | None) -> None:
     assert _timestamp_ms(timestamp, kind) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({}, "faust_accepted_gaps"),  # at least once without P8 acknowledged
+        ({"PARTNER_GUARD_FAUST_ACCEPTED_GAPS": "P8", "PARTNER_GUARD_WORKERS": "2"}, "--workers"),
+        (
+            {
+                "PARTNER_GUARD_FAUST_ACCEPTED_GAPS": "P8",
+                "PARTNER_GUARD_KAFKA_SOCKET_KEEPALIVE_ENABLE": "true",
+            },
+            "aiokafka",
+        ),
+    ],
+)
+def test_run_engine_faust_refuses_before_connecting(env: dict[str, str], refusal: str) -> None:
+    """`run --engine faust` refuses what it cannot honour with exit 2, before any broker is asked."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PARTNER_GUARD_")} | {
+        "PARTNER_GUARD_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        **env,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "run",
+            "--engine",
+            "faust",
+            "--dev",
+            "--rules",
+            str(ROOT / "rules"),
+        ],
+        env=environ,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert b"refusing to start" in result.stderr and refusal.encode() in result.stderr

@@ -62,6 +62,16 @@ EXIT_BATCH_FAILED = 3  # as the kafka engine's fatal errors: a supervisor restar
 NO_TIMESTAMP_MS = -1
 
 
+def check_settings(settings: Settings) -> None:
+    """Refuse settings the Faust engine cannot honour, before anything connects."""
+    if settings.workers > 1:
+        raise StartupError(
+            "--workers starts kafka-engine processes; scale the Faust engine by starting more workers"
+        )
+    check_promises(settings)
+    broker_credentials(settings.kafka)  # refuses librdkafka properties aiokafka would not apply
+
+
 def check_promises(settings: Settings) -> None:
     """Refuse a Faust start that weakens a promise the operator has not acknowledged."""
     if settings.faust_processing_guarantee == "at_least_once" and "P8" not in settings.faust_accepted_gaps:
@@ -84,14 +94,14 @@ class FaustGuard:
     """One guard instance as a Faust app: `app` is what `faust worker` runs."""
 
     def __init__(self, setup: GuardSetup, metrics: GuardMetrics | None = None) -> None:
-        check_promises(setup.settings)
+        check_settings(setup.settings)
         s = self.settings = setup.settings
         self.ruleset = setup.ruleset
         self.metrics = metrics or GuardMetrics()
         self.heartbeat = Heartbeat()
         self.readiness = Readiness(self.metrics.ready)
         self.stopping = False
-        credentials = broker_credentials(s.kafka)  # refuses properties aiokafka would not apply
+        credentials = broker_credentials(s.kafka)
         self.kafka_base: dict[str, Any] = kafka_client_config(s)
         self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)

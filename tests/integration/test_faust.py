@@ -200,14 +200,6 @@ def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path
         assert second.stop() == 0
 
 
-def test_faust_refuses_at_least_once_unless_acknowledged(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    guard = start_guard(
-        broker.bootstrap, tmp_path, INPUT, "refuse", {"PARTNER_GUARD_FAUST_ACCEPTED_GAPS": ""}, engine="faust"
-    )
-    assert guard.process.wait(timeout=60) == 2
-    assert "P8" in guard.log() and "faust_accepted_gaps" in guard.log()
-
-
 def test_faust_cli_runs_the_app_from_the_settings(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """`faust -A streams.engines.faust_app worker` builds the guard from PARTNER_GUARD_* and YAML."""
     generator = seed_population(broker.bootstrap, INPUT, 200, 3)
