@@ -217,51 +217,48 @@ def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path
         assert second.stop() == 0
 
 
-def test_faust_cli_runs_the_app_from_the_settings(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    """`faust -A streams.engines.faust_app worker` builds the guard from PARTNER_GUARD_* and YAML."""
-    generator = seed_population(broker.bootstrap, INPUT, 200, 3)
-    events = list(generator.events(300))
+def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:
+    """`faust -A streams.engines.faust_app worker`, configured by YAML and PARTNER_GUARD_* only."""
     port = free_port()
     config = tmp_path / "guard.yaml"
-    config.write_text(f"group_id: faust-cli\nmetrics_port: {port}\nfaust_accepted_gaps: [P8]\n")
+    config.write_text(f"group_id: {group}\nmetrics_port: {port}\nfaust_accepted_gaps: [P8]\n{settings}")
     env = {
         **os.environ,
         **KEY_ENV,
         "PARTNER_GUARD_CONFIG": str(config),
-        "PARTNER_GUARD_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
         "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
         "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
         "PARTNER_GUARD_CREATE_TOPICS": "true",
         "PARTNER_GUARD_RULES_DIR": str(ROOT / "rules"),
     }
     log_path = tmp_path / "faust-cli.log"
-    faust_cli = Path(sys.executable).with_name("faust")
     process = subprocess.Popen(
-        [str(faust_cli), "-A", "streams.engines.faust_app", "worker", "-l", "info"],
+        [
+            str(Path(sys.executable).with_name("faust")),
+            "-A",
+            "streams.engines.faust_app",
+            "worker",
+            "-l",
+            "info",
+        ],
         env=env,
         cwd=ROOT,
         stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
     )
-    guard = GuardProcess(process, port, log_path)
-    try:
-        guard.wait_ready()
-        produce(broker.bootstrap, INPUT, events)
-        _wait_consumed(guard, len(events))
-        forwarded = guard.metric_value("partner_guard_decisions_total", verdict="forward")
-        blocked = guard.metric_value("partner_guard_decisions_total", verdict="block")
-        assert forwarded + blocked == len(events) * len(PARTNERS)
-    finally:
-        assert guard.stop() == 0
+    return GuardProcess(process, port, log_path)
 
 
 def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    """State far behind the events (a burst of consent records) blocks, never forwards on old state."""
+    """State far behind the events (a burst of consent records) blocks, never forwards on old state.
+
+    Started as `faust -A streams.engines.faust_app worker`: the app is built from the settings.
+    """
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], list(test_job.STATE_TOPICS), 3)
     grant = {"subject": "account:lag-1", "interest_based_ads": "granted"}
     produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:lag-1", orjson.dumps(grant))])
-    env = {"PARTNER_GUARD_STATE_CATCHUP_TIMEOUT_MS": "1"}
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag", env, engine="faust")
+    guard = _start_faust_cli(broker.bootstrap, tmp_path, "lag", "state_catchup_timeout_ms: 1\n")
     try:
         guard.wait_ready()
         burst = (
@@ -286,5 +283,7 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
         assert all(b["snapshot"]["stale"] for b in stale)
         forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
         assert len(forwarded) + len(mine) == len(events)
+        decided = guard.metric_value("partner_guard_decisions_total")
+        assert decided == len(events) * len(PARTNERS)
     finally:
         assert guard.stop() == 0
