@@ -21,8 +21,9 @@ Delivery, measured against the embedded broker (Tansu 0.6, aiokafka 0.14):
   engine refuses to start unless `faust_accepted_gaps` lists `P8`.
 - `exactly_once`: Faust keeps one transactional producer per input partition and commits
   that partition's offsets in its transaction; outputs are sent through the producer of the
-  input's partition. aiokafka sends InitProducerId v0, which Tansu refuses (it needs v3+),
-  so this mode cannot start on the embedded broker and is not exercised by this repo's tests.
+  input's partition. The embedded broker (Tansu 0.6) refuses aiokafka's InitProducerId
+  request (the producer fails to start with `UnknownError`), so this mode cannot start there
+  and is not exercised by this repo's tests.
 """
 
 from __future__ import annotations
