@@ -13,9 +13,19 @@ from typing import Annotated
 import orjson
 import typer
 
+from streams import exitcodes
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
-from streams.runtime.secrets import MissingKeyError, load_keys
+from streams.cli_support import (
+    RulesDir,
+    RulesOpt,
+    err,
+    load_keys_or_refuse,
+    load_ruleset_or_exit,
+    refuse,
+    report_error,
+    version_text,
+)
+from streams.core.errors import RefusalError
 
 
 class Engine(enum.StrEnum):
@@ -60,7 +70,9 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    ruleset = load_ruleset_or_exit(rules_dir)
+    from streams.runtime.config import guard_topics_from_env
+
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     for rule in ruleset.rules:
         types = ", ".join(rule.events)
         print(f"ok  {rule.partner}  ({rule.rule_id}) -> {rule.topic}: {types}")
@@ -71,8 +83,9 @@ def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
 def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
+    from streams.runtime.config import guard_topics_from_env
 
-    ruleset = load_ruleset_or_exit(rules_dir)
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     results = run_rule_tests(rules_dir, ruleset)
     failed = False
     for result in results:
@@ -86,7 +99,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
             for reason, why in result.uncovered.items():
                 print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
 
 
 @rules_app.command("diff")
@@ -142,16 +155,7 @@ def decide_command(
     from streams.offline.cases import decide_line, decision_json
 
     ruleset = load_ruleset_or_exit(rules)
-    try:
-        loaded = load_keys(ruleset.partners, keys_dir, dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(
-            f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
-            "pseudonyms change every run[/yellow]"
-        )
-    keyed = ruleset.with_keys(loaded.keys)
+    keyed = ruleset.with_keys(load_keys_or_refuse(ruleset.partners, keys_dir, dev))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
@@ -187,7 +191,7 @@ def run_command(
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
     from streams.runtime.preflight import StartupRefusedError, preflight
-    from streams.runtime.startup import StartupError, keyed_setup
+    from streams.runtime.startup import keyed_setup
 
     configure_logging()
     try:
@@ -205,20 +209,14 @@ def run_command(
     if settings.engine == "faust":
         from streams.engines.faust_app import check_settings
 
-        try:
-            check_settings(settings)
-        except StartupError as exc:
-            refuse(str(exc))
+        check_settings(settings)  # refuses what the Faust engine cannot honour, before connecting
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
-    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
-    try:
-        setup = keyed_setup(settings, ruleset)
-    except StartupError as exc:
-        refuse(str(exc))
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
+    setup = keyed_setup(settings, ruleset)
     for notice in setup.notices:
         err.print(notice, highlight=False, markup=False)
     try:
@@ -228,10 +226,7 @@ def run_command(
     if settings.engine == "faust":
         from streams.engines.faust_app import run_worker
 
-        try:
-            raise typer.Exit(run_worker(setup))
-        except StartupError as exc:
-            refuse(str(exc))
+        raise typer.Exit(run_worker(setup))
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
@@ -279,5 +274,8 @@ def broker_command(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script; the one place refusals are reported."""
+    try:
+        app()
+    except RefusalError as exc:
+        sys.exit(report_error(exc))

@@ -157,10 +157,12 @@ class GuardState:
             start_offsets=self.tables.start_offsets(),
             checkpoint=self.tables.checkpoint if self.tables.stores else None,
         )
-        while not stopping():
+
+        def keep_going() -> bool:
             beat()
-            if reader.catch_up(s.state_catchup_timeout_ms / 1000) == 0:
-                break
+            return not stopping()
+
+        reader.load(s.state_catchup_timeout_ms / 1000, keep_going)
         self.update_gauges()
         log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
         return reader

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.core.errors import RefusalError
 from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.config import ConfigError, Settings, load_settings, unknown_env_warnings
@@ -23,7 +24,7 @@ from streams.runtime.secrets import MissingKeyError, load_keys
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
+class StartupError(RefusalError):
     """The guard must not start; the message says why and what to fix."""
 
 
@@ -76,7 +77,7 @@ def prepare(config_file: Path | None = None, **overrides: Any) -> GuardSetup:
     if not settings.rules_dir.is_dir():
         raise StartupError(f"no rules directory at {settings.rules_dir.resolve()} (PARTNER_GUARD_RULES_DIR)")
     try:
-        ruleset = load_ruleset(settings.rules_dir)
+        ruleset = load_ruleset(settings.rules_dir, reserved_topics=settings.guard_topics())
     except RulesetError as exc:
         problems = "\n  ".join(str(p) for p in exc.problems)
         raise StartupError(f"rules refused ({len(exc.problems)} problem(s)):\n  {problems}") from None
