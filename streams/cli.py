@@ -19,9 +19,7 @@ from streams.cli_support import (
     RulesDir,
     RulesOpt,
     err,
-    load_keys_or_refuse,
     load_ruleset_or_exit,
-    refuse,
     report_error,
     version_text,
 )
@@ -153,9 +151,13 @@ def decide_command(
 ) -> None:
     """Offline: JSON Lines of cases on stdin, one JSON line per (case, partner) on stdout."""
     from streams.offline.cases import decide_line, decision_json
+    from streams.runtime.startup import partner_keys
 
     ruleset = load_ruleset_or_exit(rules)
-    keyed = ruleset.with_keys(load_keys_or_refuse(ruleset.partners, keys_dir, dev))
+    keys, notices = partner_keys(ruleset.partners, keys_dir, dev)
+    for notice in notices:
+        err.print(notice, highlight=False, markup=False)
+    keyed = ruleset.with_keys(keys)
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
@@ -187,25 +189,22 @@ def run_command(
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
+    from streams.runtime.config import load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
-    from streams.runtime.preflight import StartupRefusedError, preflight
+    from streams.runtime.preflight import preflight
     from streams.runtime.startup import keyed_setup
 
     configure_logging()
-    try:
-        settings = load_settings(
-            config,
-            rules_dir=rules,
-            create_topics=create_topics or None,
-            dev=dev or None,
-            keys_dir=keys_dir,
-            workers=workers,
-            engine=engine.value if engine else None,
-        )
-    except ConfigError as exc:
-        refuse(str(exc))
+    settings = load_settings(
+        config,
+        rules_dir=rules,
+        create_topics=create_topics or None,
+        dev=dev or None,
+        keys_dir=keys_dir,
+        workers=workers,
+        engine=engine.value if engine else None,
+    )
     if settings.engine == "faust":
         from streams.engines.faust_app import check_settings
 
@@ -219,10 +218,7 @@ def run_command(
     setup = keyed_setup(settings, ruleset)
     for notice in setup.notices:
         err.print(notice, highlight=False, markup=False)
-    try:
-        preflight(settings)
-    except StartupRefusedError as exc:
-        refuse(str(exc))
+    preflight(settings)
     if settings.engine == "faust":
         from streams.engines.faust_app import run_worker
 

@@ -1,19 +1,18 @@
-"""Pieces the command-line modules share: the error console and report, rule and key loading, options."""
+"""Pieces the command-line modules share: the error console and the refusal report, rule loading, options."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from streams import exitcodes
 from streams.core.errors import RefusalError
-from streams.core.rules.loader import RulesetError, load_ruleset
+from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.secrets import load_keys
 
 # soft_wrap: messages are never hard-wrapped (a terminal wraps them; logs and pipes get one line)
 err = Console(stderr=True, soft_wrap=True)
@@ -26,26 +25,10 @@ class RulesDirMissingError(RefusalError):
     """No rules directory where one was asked for."""
 
 
-class RefusedError(RefusalError):
-    """A command refuses to do its work; the message says why and what to fix."""
-
-
-def refuse(message: str) -> NoReturn:
-    """Refuse with `message`: raised, and reported by the command line's one error handler."""
-    raise RefusedError(message)
-
-
 def report_error(exc: RefusalError) -> int:
-    """Print one of the project's own errors the one way the command line does; the exit code.
-
-    `refusing to start: <message>` on one line of stderr, never hard-wrapped; a refused
-    ruleset lists its problems below, one `file:line: what — fix` a line.
-    """
-    message = str(exc)
-    if isinstance(exc, RulesetError):
-        listed = "".join(f"\n  {problem}" for problem in exc.problems)
-        message = f"rules refused ({len(exc.problems)} problem(s)):{listed}"
-    err.print(f"refusing to start: {message}", highlight=False, markup=False)
+    """Print a refusal the one way every entry point does (`RefusalError.report`) on stderr,
+    never hard-wrapped; returns the exit code."""
+    err.print(exc.report(), highlight=False, markup=False)
     return exitcodes.REFUSED
 
 
@@ -66,19 +49,6 @@ def load_ruleset_or_exit(
             "the rules are yours to provide: pass --rules DIR or set PARTNER_GUARD_RULES_DIR"
         )
     return load_ruleset(rules_dir, reserved_topics=reserved_topics)
-
-
-def load_keys_or_refuse(partners: Sequence[str], keys_dir: Path | None, dev: bool) -> Mapping[str, bytes]:
-    """The partners' keys (`MissingKeyError` when one is missing outside a local run); says
-    on stderr which ones are ephemeral (`--dev`)."""
-    loaded = load_keys(partners, keys_dir, dev)
-    if loaded.ephemeral:
-        err.print(
-            f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run",
-            highlight=False,
-            markup=False,
-        )
-    return loaded.keys
 
 
 def version_text(rules_dir: Path | None) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import faust
 import pytest
 
+from streams.core.errors import RefusalError
 from streams.core.rules.loader import load_ruleset
 from streams.engines.faust_app import _timestamp_ms, check_promises
 from streams.engines.faust_auth import broker_credentials
@@ -66,10 +67,10 @@ def test_startup_refuses_a_missing_key_for_every_engine(monkeypatch: pytest.Monk
     for name in ("PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION", "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS"):
         monkeypatch.delenv(name, raising=False)
     ruleset = load_ruleset(ROOT / "rules")
-    with pytest.raises(StartupError, match="key"):
+    with pytest.raises(RefusalError, match="key"):
         keyed_setup(load_settings(bootstrap_servers="b:9092", engine="faust"), ruleset)
     assert keyed_setup(load_settings(bootstrap_servers="b:9092", dev=True), ruleset).notices
-    with pytest.raises(StartupError, match="key"):  # `faust -A`, without a command line of ours
+    with pytest.raises(RefusalError, match="key"):  # `faust -A`, without a command line of ours
         prepare(None, bootstrap_servers="b:9092", rules_dir=ROOT / "rules", engine="faust")
 
 

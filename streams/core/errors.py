@@ -22,3 +22,11 @@ class PartnerGuardError(Exception):
 class RefusalError(PartnerGuardError):
     """The command refuses to do its work: settings, rules, keys, files or the broker are not
     usable. Reported as `refusing to start: <message>`, exit 2."""
+
+    def explanation(self) -> str:
+        """What is wrong and how to fix it (one line; a subclass may list more below)."""
+        return str(self)
+
+    def report(self) -> str:
+        """The text every entry point prints for this refusal, in the one format."""
+        return f"refusing to start: {self.explanation()}"

@@ -40,6 +40,8 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 
+from streams import exitcodes
+from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
 from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
@@ -291,9 +293,9 @@ def __getattr__(name: str) -> Any:
         setup = prepare(Path(config) if config else None)
         guard = FaustGuard(setup)
         guard.create_topics()
-    except StartupError as exc:
-        print(f"refusing to start: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except RefusalError as exc:
+        print(exc.report(), file=sys.stderr)
+        raise SystemExit(exitcodes.REFUSED) from None
     for notice in setup.notices:
         print(notice, file=sys.stderr)
     globals()["app"] = guard.app

@@ -9,17 +9,18 @@ refuses one refuses the other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streams.core.errors import RefusalError
-from streams.core.rules.loader import RulesetError, load_ruleset
+from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.config import ConfigError, Settings, load_settings, unknown_env_warnings
+from streams.runtime.config import Settings, load_settings, unknown_env_warnings
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadProtector
-from streams.runtime.preflight import StartupRefusedError, preflight
-from streams.runtime.secrets import MissingKeyError, load_keys
+from streams.runtime.preflight import preflight
+from streams.runtime.secrets import load_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,52 +39,52 @@ class GuardSetup:
     notices: tuple[str, ...]  # local-run warnings (ephemeral keys) to show the operator
 
 
+def partner_keys(
+    partners: Sequence[str], keys_dir: Path | None, dev: bool
+) -> tuple[Mapping[str, bytes], list[str]]:
+    """The partners' keys and the notices to show; the one place every command loads them.
+
+    A missing key refuses (`MissingKeyError`), except in a local run (`dev`), which makes an
+    ephemeral one and says so in a notice.
+    """
+    loaded = load_keys(partners, keys_dir, dev)
+    notices = []
+    if loaded.ephemeral:
+        named = ", ".join(loaded.ephemeral)
+        notices.append(f"--dev: ephemeral keys for {named}; pseudonyms change every run")
+    return loaded.keys, notices
+
+
 def keyed_setup(settings: Settings, ruleset: Ruleset) -> GuardSetup:
-    """The partners' keys and the blocked-payload protector, or `StartupError`.
+    """The partners' keys and the blocked-payload protector, or a `RefusalError`.
 
     Missing keys refuse the start, except in a local run (`dev`), which makes ephemeral ones
     and says so in `notices`.
     """
-    try:
-        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
-    except MissingKeyError as exc:
-        raise StartupError(str(exc)) from None
-    notices = []
-    if loaded.ephemeral:
-        partners = ", ".join(loaded.ephemeral)
-        notices.append(f"--dev: ephemeral keys for {partners}; pseudonyms change every run")
+    keys, notices = partner_keys(ruleset.partners, settings.keys_dir, settings.dev)
     mode = settings.blocked_payload
     if mode == "full":
         payload = PayloadProtector("full")
     else:
         try:
             payload = PayloadProtector(mode, Keyring.load(settings.payload_keys_file))
-        except PayloadKeyError as exc:
+        except PayloadKeyError:
             if not settings.dev:
-                raise StartupError(str(exc)) from None
+                raise
             notices.append(f"--dev: ephemeral payload key for '{mode}' blocked records")
             payload = PayloadProtector(mode, Keyring.ephemeral())
-    return GuardSetup(settings, ruleset.with_keys(loaded.keys), payload, tuple(notices))
+    return GuardSetup(settings, ruleset.with_keys(keys), payload, tuple(notices))
 
 
 def prepare(config_file: Path | None = None, **overrides: Any) -> GuardSetup:
-    """Settings, rules, keys, payload and preflight checks, as `run` makes them; or `StartupError`."""
-    try:
-        settings = load_settings(config_file, **overrides)
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
+    """Settings, rules, keys, payload and preflight checks, as `run` makes them; or a
+    `RefusalError` (reported with its `report()`)."""
+    settings = load_settings(config_file, **overrides)
     for warning in unknown_env_warnings():
         log.warning("ignoring %s", warning)
     if not settings.rules_dir.is_dir():
         raise StartupError(f"no rules directory at {settings.rules_dir.resolve()} (PARTNER_GUARD_RULES_DIR)")
-    try:
-        ruleset = load_ruleset(settings.rules_dir, reserved_topics=settings.guard_topics())
-    except RulesetError as exc:
-        problems = "\n  ".join(str(p) for p in exc.problems)
-        raise StartupError(f"rules refused ({len(exc.problems)} problem(s)):\n  {problems}") from None
+    ruleset = load_ruleset(settings.rules_dir, reserved_topics=settings.guard_topics())
     setup = keyed_setup(settings, ruleset)
-    try:
-        preflight(settings)
-    except StartupRefusedError as exc:
-        raise StartupError(str(exc)) from None
+    preflight(settings)
     return setup

@@ -68,6 +68,11 @@ class RulesetError(RefusalError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def explanation(self) -> str:
+        """How many problems, then one `file:line: what — fix` line each."""
+        listed = "".join(f"\n  {problem}" for problem in self.problems)
+        return f"rules refused ({len(self.problems)} problem(s)):{listed}"
+
 
 def _plain(node: Any) -> Any:
     if isinstance(node, dict):
