@@ -23,7 +23,7 @@ DROP = ("context", "user", "properties")
 def main(count: int = 50_000) -> None:
     """Run the benchmark and print the figures."""
     mix = population(seed=11, size=5_000)
-    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.status
+    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.signup_status
     raw = [e.value or b"" for e in generator.events(count)]
 
     decoded = [decode_json(r) for r in raw]

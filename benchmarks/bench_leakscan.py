@@ -33,7 +33,7 @@ HOSTILE = {  # the longest values the scan reads (MAX_SCANNED_CHARS); longer one
 def main(count: int = 50_000) -> None:
     """Run the benchmark and print the figures."""
     mix = population(seed=11, size=5_000)
-    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.status
+    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.signup_status
     forwarded: list[tuple[Event, dict[str, Any]]] = []
     decided = []
     for keyed in generator.events(count):

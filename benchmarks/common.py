@@ -34,7 +34,7 @@ class Population:
     ruleset: Ruleset
     generator: TrafficGenerator
     consent: ConsentTable
-    status: SignupStatusTable
+    signup_status: SignupStatusTable
 
 
 def population(seed: int = 11, size: int = 5_000) -> Population:

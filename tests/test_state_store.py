@@ -74,9 +74,9 @@ def test_checkpoint_restores_data_offsets_and_jurisdictions(tmp_path: Path) -> N
     assert tables.stores["consent"].rebuilt_because == "no local store"
     tables.consent.apply(b"account:a", _consent("account:a", "2026-11-01T00:00:00Z", "denied", "DE"))
     tables.consent.apply(b"device:d", _consent("device:d", "2026-11-01T00:00:00Z", "granted", "US-CA"))
-    tables.status.apply(b"acct-1", orjson.dumps({"account_id": "acct-1", "status": "member"}))
+    tables.signup_status.apply(b"acct-1", orjson.dumps({"account_id": "acct-1", "status": "member"}))
     tables.checkpoint({("privacy.consent", 1): 2, ("member.signup-status", 0): 1})
-    before = tables.consent.get(b"account:a"), tables.consent.get(b"device:d"), tables.status.get("acct-1")
+    before = tables.consent.get(b"account:a"), tables.consent.get(b"device:d"), tables.signup_status.get("acct-1")
     tables.close()
 
     reopened = _open(tmp_path)
@@ -85,7 +85,7 @@ def test_checkpoint_restores_data_offsets_and_jurisdictions(tmp_path: Path) -> N
     after = (
         reopened.consent.get(b"account:a"),
         reopened.consent.get(b"device:d"),
-        reopened.status.get("acct-1"),
+        reopened.signup_status.get("acct-1"),
     )
     assert after == before and after[0] is not None and after[0].jurisdiction == "DE"
     # a jurisdiction interned after the restart gets a new index, not one already in use
@@ -177,6 +177,6 @@ def test_a_garbled_store_is_rebuilt_never_read(tmp_path: Path) -> None:
 
 def test_memory_store_needs_no_directory(tmp_path: Path) -> None:
     tables = open_state_tables("memory", tmp_path / "unused", TOPICS, None, TUNING)
-    assert isinstance(tables.status, SignupStatusTable) and not tables.stores
+    assert isinstance(tables.signup_status, SignupStatusTable) and not tables.stores
     tables.checkpoint({("privacy.consent", 0): 1})
     assert not (tmp_path / "unused").exists()

@@ -171,7 +171,7 @@ class FaustGuard:
             list(self.ruleset.partners),
             self.settings.input_topics,
             len(self.state.consent),
-            len(self.state.status),
+            len(self.state.signup_status),
             self.settings.faust_processing_guarantee,
         )
 

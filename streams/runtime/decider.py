@@ -81,28 +81,27 @@ class BatchTally:
 
     def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
         """Add this batch to the metrics."""
-        m = metrics
         for topic, count in self.records_in.items():
-            m.records_in.labels(topic).inc(count)
+            metrics.records_in.labels(topic).inc(count)
         for partner, count in self.forwarded.items():
-            m.decisions.labels(partner, "forward").inc(count)
+            metrics.decisions.labels(partner, "forward").inc(count)
         reasons: Counter[tuple[str, str]] = Counter()
         for (partner, why), count in self.blocked.items():
-            m.decisions.labels(partner, "block").inc(count)
+            metrics.decisions.labels(partner, "block").inc(count)
             for reason in why:
                 reasons[(partner, reason)] += count
             if Reason.LEAK_DETECTED in why:
-                m.leaks_caught.labels(partner).inc(count)
+                metrics.leaks_caught.labels(partner).inc(count)
         for (partner, reason), count in reasons.items():
-            m.block_reasons.labels(partner, reason).inc(count)
+            metrics.block_reasons.labels(partner, reason).inc(count)
         for partner, count in self.stripped.items():
-            m.fields_stripped.labels(partner).inc(count)
+            metrics.fields_stripped.labels(partner).inc(count)
         for path, count in self.undeclared.items():
-            m.undeclared_fields.labels(path).inc(count)
+            metrics.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
         for ts in self.timestamps_ms:
-            m.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
-        m.batch_seconds.observe(batch_seconds)
+            metrics.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
+        metrics.batch_seconds.observe(batch_seconds)
 
 
 class OutputTooLargeError(Exception):
@@ -130,7 +129,7 @@ class GuardState:
         self.settings = settings
         self.metrics = metrics
         self.tables = StateTables(ConsentTable(), SignupStatusTable())
-        self.consent, self.status = self.tables.consent, self.tables.status
+        self.consent, self.signup_status = self.tables.consent, self.tables.signup_status
         self._kafka_config = kafka_config
         self._invalid_reported: dict[str, int] = {}
         self._reader: StateReader | None = None
@@ -144,15 +143,18 @@ class GuardState:
 
     def load(self, stopping: Callable[[], bool], beat: Callable[[], None]) -> StateReader:
         """Read both compacted topics to their end before anything is decided (readiness)."""
-        s = self.settings
-        self.tables = open_configured_tables(s, self._kafka_config)
-        self.consent, self.status = self.tables.consent, self.tables.status
+        settings = self.settings
+        self.tables = open_configured_tables(settings, self._kafka_config)
+        self.consent, self.signup_status = self.tables.consent, self.tables.signup_status
         for name, table_store in self.tables.stores.items():
             if table_store.rebuilt_because is not None:
                 self.metrics.state_rebuilds.labels(name).inc()
         reader = self._reader = StateReader(
             self._kafka_config,
-            {s.consent_topic: self.consent.apply, s.signup_status_topic: self.status.apply},
+            {
+                settings.consent_topic: self.consent.apply,
+                settings.signup_status_topic: self.signup_status.apply,
+            },
             self.metrics,
             start_offsets=self.tables.start_offsets(),
             checkpoint=self.tables.checkpoint if self.tables.stores else None,
@@ -162,9 +164,13 @@ class GuardState:
             beat()
             return not stopping()
 
-        reader.load(s.state_catchup_timeout_ms / 1000, keep_going)
+        reader.load(settings.state_catchup_timeout_ms / 1000, keep_going)
         self.update_gauges()
-        log.info("state loaded: %d consent entries, %d sign-up statuses", len(self.consent), len(self.status))
+        log.info(
+            "state loaded: %d consent entries, %d sign-up statuses",
+            len(self.consent),
+            len(self.signup_status),
+        )
         return reader
 
     def catch_up_before_batch(self, now: float) -> bool:
@@ -174,10 +180,10 @@ class GuardState:
         than allowed, or no complete catch-up for longer than allowed; the batch is then
         blocked as `consent_stale` (fail closed).
         """
-        s, reader = self.settings, self.reader
-        missing = reader.catch_up(s.state_catchup_timeout_ms / 1000)
-        stale = missing > s.max_state_lag_records or (
-            now - reader.last_caught_up > s.max_state_silence_ms / 1000
+        settings, reader = self.settings, self.reader
+        missing = reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        stale = missing > settings.max_state_lag_records or (
+            now - reader.last_caught_up > settings.max_state_silence_ms / 1000
         )
         if stale:
             log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
@@ -185,12 +191,15 @@ class GuardState:
 
     def update_gauges(self) -> None:
         """Table sizes, store metrics and newly seen invalid state records."""
-        s, m = self.settings, self.metrics
-        m.state_entries.labels("consent").set(len(self.consent))
-        m.state_entries.labels("signup_status").set(len(self.status))
-        report_store_metrics(self.tables, m, time.time())
-        for topic, table in ((s.consent_topic, self.consent), (s.signup_status_topic, self.status)):
-            counted = m.state_invalid.labels(topic)
+        settings, metrics = self.settings, self.metrics
+        metrics.state_entries.labels("consent").set(len(self.consent))
+        metrics.state_entries.labels("signup_status").set(len(self.signup_status))
+        report_store_metrics(self.tables, metrics, time.time())
+        for topic, table in (
+            (settings.consent_topic, self.consent),
+            (settings.signup_status_topic, self.signup_status),
+        ):
+            counted = metrics.state_invalid.labels(topic)
             counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
             self._invalid_reported[topic] = table.invalid_records
 
@@ -263,9 +272,9 @@ class RecordDecider:
         stale: bool,
         outputs: _Outputs,
     ) -> None:
-        s = self.settings
+        settings = self.settings
         snapshot = (
-            snapshot_for(record, self.state.consent, self.state.status, stale)
+            snapshot_for(record, self.state.consent, self.state.signup_status, stale)
             if isinstance(record, Event) and consults_state(record, self.ruleset)
             else None
         )
@@ -274,24 +283,26 @@ class RecordDecider:
                 outputs.withheld.append(Withheld.of(decision))
                 continue
             key, value = partner_record(decision)
-            if len(value) + len(key or b"") > s.max_record_bytes:
+            if len(value) + len(key or b"") > settings.max_record_bytes:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
-            outputs.add(self.topic_by_partner[decision.partner], value, key, None, s.max_record_bytes)
+            outputs.add(self.topic_by_partner[decision.partner], value, key, None, settings.max_record_bytes)
             outputs.forwarded.append(decision)
         if not outputs.withheld:
             return
-        by_reference = isinstance(record, Envelope) and s.blocked_original == "reference"
+        by_reference = isinstance(record, Envelope) and settings.blocked_original == "reference"
         event_id = record.event_id if isinstance(record, Event | Envelope) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
-        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
-        outputs.add(s.blocked_topic, value, blocked_key, headers, s.max_record_bytes)
+        blocked_key, value, headers = blocked_record(
+            outputs.withheld, shared, source, settings.max_record_bytes
+        )
+        outputs.add(settings.blocked_topic, value, blocked_key, headers, settings.max_record_bytes)
 
     def _contained_outputs(
         self, raw: bytes, source: SourceRef, event_id: str | None, exc: Exception
     ) -> _Outputs:
         """One blocked record, `internal_error` for every partner, built from nothing but the raw bytes."""
-        s = self.settings
+        settings = self.settings
         try:
             shared = blocked_input(source, raw, None, event_id, self.payload)
         except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
@@ -317,8 +328,10 @@ class RecordDecider:
                 details=(f"{CONTAINED_ERROR_DETAIL}{type(exc).__name__}",),
             )
             outputs.withheld.append(Withheld.of(decision))
-        blocked_key, value, headers = blocked_record(outputs.withheld, shared, source, s.max_record_bytes)
-        outputs.records.append((s.blocked_topic, value, blocked_key, headers))
+        blocked_key, value, headers = blocked_record(
+            outputs.withheld, shared, source, settings.max_record_bytes
+        )
+        outputs.records.append((settings.blocked_topic, value, blocked_key, headers))
         return outputs
 
     def _undeclared_label(self, path: str) -> str:

@@ -19,13 +19,15 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from streams import exitcodes
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.faults import BeforeCommitFault
+from streams.runtime.kafka_io import records_in
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.preflight import kafka_client_config
@@ -35,7 +37,15 @@ from streams.runtime.topics import ensure_topics
 from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFatalError
 
 log = logging.getLogger(__name__)
+# init_transactions fences an earlier instance with the same transactional id: it waits for
+# that instance's open transaction to be aborted, which on a loaded broker takes seconds.
 INIT_TIMEOUT_S = 30.0
+# Consumer-lag and state gauges are refreshed this often: each refresh asks the broker for
+# watermarks, which the hot loop should not do every batch.
+GAUGE_INTERVAL_S = 5.0
+# On the way out, how long the producer may take to deliver what is queued (records of a
+# committed transaction are already written; this only drains librdkafka's queue).
+STOP_FLUSH_TIMEOUT_S = 10.0
 
 
 class GuardJob:
@@ -75,22 +85,26 @@ class GuardJob:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        s = self.settings
+        settings = self.settings
         self.metrics.ruleset.info(
             {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
         )
         server = serve_http(
-            self.metrics, s.metrics_host, s.metrics_port, self.readiness.is_ready, self.heartbeat.alive
+            self.metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            self.readiness.is_ready,
+            self.heartbeat.alive,
         )
-        self._metrics_address = f"http://{s.metrics_host}:{server.server_port}"
+        self._metrics_address = f"http://{settings.metrics_host}:{server.server_port}"
         watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
-            if s.create_topics:
+            if settings.create_topics:
                 ensure_topics(
                     self.kafka_base,
-                    [*s.input_topics, *self._topic_by_partner.values(), s.blocked_topic],
-                    [s.consent_topic, s.signup_status_topic],
-                    s.partitions,
+                    [*settings.input_topics, *self._topic_by_partner.values(), settings.blocked_topic],
+                    [settings.consent_topic, settings.signup_status_topic],
+                    settings.partitions,
                 )
             return self._run_loop()
         finally:
@@ -104,9 +118,11 @@ class GuardJob:
         self.state.update_gauges()
 
     def _run_loop(self) -> int:
-        s = self.settings
+        settings = self.settings
         reader = self._load_state()
-        transactional_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{os.getpid()}"
+        transactional_id = (
+            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+        )
         producer = Producer(
             {
                 "linger.ms": 5,
@@ -121,51 +137,51 @@ class GuardJob:
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
                 **self.kafka_base,
-                "group.id": s.group_id,
+                "group.id": settings.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
-                "session.timeout.ms": s.session_timeout_ms,
+                "session.timeout.ms": settings.session_timeout_ms,
                 "partition.assignment.strategy": "cooperative-sticky",
             }
         )
-        consumer.subscribe(s.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        consumer.subscribe(settings.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.readiness.set_deciding(True)
         log.info(
             "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
             "state %d consent entries and %d sign-up statuses",
             self.ruleset.digest,
             list(self.ruleset.partners),
-            s.input_topics,
+            settings.input_topics,
             self._metrics_address,
             len(self.state.consent),
-            len(self.state.status),
+            len(self.state.signup_status),
         )
-        exit_code = 0
+        exit_code = exitcodes.OK
         last_lag_update = 0.0
         transaction = BatchTransaction(producer, consumer, self.clock)
         try:
             while not self.stopping:
                 self.heartbeat.beat()
-                messages = consumer.consume(s.batch_size, s.batch_timeout_ms / 1000)
+                messages = consumer.consume(settings.batch_size, settings.batch_timeout_ms / 1000)
                 if messages:
                     self._process_batch(messages, transaction, reader)
                 else:
                     reader.poll()
-                if self.clock() - last_lag_update > 5:
+                if self.clock() - last_lag_update > GAUGE_INTERVAL_S:
                     last_lag_update = self.clock()
                     self._update_consumer_lag(consumer)
                     self._update_state_gauges()
         except TransactionFatalError as exc:
             log.error("fatal transaction error, stopping: %s", exc)
-            exit_code = 3
+            exit_code = exitcodes.JOB_FAILED
         except KafkaException as exc:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
-            exit_code = 3
+            exit_code = exitcodes.JOB_FAILED
         finally:
             self.readiness.set_deciding(False)
             consumer.close()
-            producer.flush(10)
+            producer.flush(STOP_FLUSH_TIMEOUT_S)
             self.state.close()
             log.info("stopped")
         return exit_code
@@ -194,22 +210,16 @@ class GuardJob:
         self, messages: list[Message], transaction: BatchTransaction, reader: StateReader
     ) -> None:
         """Decide one batch inside one transaction; its metrics count only once it commits."""
-        s = self.settings
+        settings = self.settings
         started = self.clock()
         stale = self.state.catch_up_before_batch(self.clock())  # P9: after the fetch
         tally = BatchTally()
         transaction.begin()
-        for message in messages:
-            error = message.error()
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if error is not None or topic is None or partition is None or offset is None:
-                if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", error.str())
-                continue
+        for message, topic, partition, offset in records_in(messages, log, "consume"):
             transaction.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
             source = SourceRef(
-                topic, partition, offset, ts if kind else None, message.key(), s.topic_format(topic)
+                topic, partition, offset, ts if kind else None, message.key(), settings.topic_format(topic)
             )
             self.decider.emit(message.value(), source, stale, tally, transaction.produce)
         self.fault.before_commit()  # inert unless a reliability test arms it

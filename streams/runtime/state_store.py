@@ -257,7 +257,7 @@ class StateTables:
     """The two state tables and, for the disk store, their checkpoints."""
 
     consent: ConsentTable
-    status: SignupStatusTable
+    signup_status: SignupStatusTable
     stores: dict[str, TableStore] = field(default_factory=dict)
 
     def start_offsets(self) -> dict[tuple[str, int], int]:
