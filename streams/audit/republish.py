@@ -14,6 +14,9 @@ so a record is only a candidate when all of these hold:
 Each (partner, source record) goes once per run, and once across runs: it is produced
 through a transaction together with a marker in the compacted `guard.republished` topic
 (key: partner|topic|partition|offset), so a second run republishes nothing.
+
+`plan_republish` works out every record to send and why each other candidate is not sent
+(it reads Kafka, never writes); `republish` then sends that plan, unless `--dry-run`.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class RepublishResult:
     unverified: int = 0
     source_mismatch: int = 0
     duplicates: int = 0
-    planned: list[dict[str, Any]] = field(default_factory=list)
+    planned: list[PlannedRecord] = field(default_factory=list)
 
 
 def marker_key(outcome: Outcome) -> str:
@@ -100,12 +103,38 @@ def _already_republished(kafka: dict[str, Any]) -> set[str]:
         consumer.close()
 
 
+@dataclass(frozen=True)
+class PlannedRecord:
+    """One partner record republish will send, with the marker that makes it go only once."""
+
+    marker: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    event_id: str
+    ruleset_digest: str
+
+
 def republish(
     outcomes: list[Outcome], settings: Settings, ruleset: Ruleset, keyring: Keyring | None, dry_run: bool
 ) -> RepublishResult:
-    """Send on what `ruleset` (with real partner keys) forwards under the current state."""
+    """Send on what `ruleset` (with real partner keys) forwards under the current state:
+    plan every record first, then (unless `dry_run`) send the plan in one transaction."""
+    result = plan_republish(outcomes, settings, ruleset, keyring)
+    if not dry_run and result.planned:
+        _send(result.planned, settings)
+        result.sent = len(result.planned)
+    return result
+
+
+def plan_republish(
+    outcomes: list[Outcome], settings: Settings, ruleset: Ruleset, keyring: Keyring | None
+) -> RepublishResult:
+    """Every record republish would send, and why each other candidate is not sent.
+
+    Reads (never writes) Kafka: the markers of earlier runs, the current state, the originals.
+    """
     kafka = settings.kafka_base()
-    outputs = {settings.blocked_topic, REPUBLISHED_TOPIC, *(rule.topic for rule in ruleset.rules)}
     result = RepublishResult()
     forwarded = [o for o in outcomes if o.whatif is not None and o.whatif.forwarded]
     result.candidates = len(forwarded)
@@ -114,17 +143,27 @@ def republish(
     verified = [o for o in forwarded if o.status == "match"]
     result.unverified = len(forwarded) - len(verified)
     ensure_topics(kafka, [], [REPUBLISHED_TOPIC], 1)
-    done = _already_republished(kafka)
-    consent, status = ConsentTable(), SignupStatusTable()
-    reader = StateReader(
-        kafka,
-        {settings.consent_topic: consent.apply, settings.signup_status_topic: status.apply},
-        GuardMetrics(),
-    )
-    try:
-        reader.load(settings.state_catchup_timeout_ms / 1000)
-    finally:
-        reader.close()
+    sourced = _new_sources(verified, settings, ruleset, _already_republished(kafka), result)
+    consent, status = _current_state(kafka, settings)
+    originals = fetch_records(kafka, {_position(o) for o in sourced})
+    for outcome in sourced:
+        raw = originals.get(_position(outcome))
+        if raw is None or not _same_original(outcome, raw, keyring):
+            result.source_mismatch += 1
+            continue
+        planned = _fresh_decision(outcome, raw, settings, ruleset, consent, status)
+        if planned is None:
+            result.refused_by_fresh_check += 1
+        else:
+            result.planned.append(planned)
+    return result
+
+
+def _new_sources(
+    verified: list[Outcome], settings: Settings, ruleset: Ruleset, done: set[str], result: RepublishResult
+) -> list[Outcome]:
+    """The verified outcomes from an input topic not republished before (counting the others)."""
+    outputs = {settings.blocked_topic, REPUBLISHED_TOPIC, *(rule.topic for rule in ruleset.rules)}
     inputs = set(settings.input_topics)
     sourced: list[Outcome] = []
     seen: set[str] = set()
@@ -141,60 +180,73 @@ def republish(
         else:
             seen.add(key)
             sourced.append(outcome)
-    originals = fetch_records(kafka, {_position(o) for o in sourced})
-    topics = {rule.partner: rule.topic for rule in ruleset.rules}
-    for outcome in sourced:
-        raw = originals.get(_position(outcome))
-        if raw is None or not _same_original(outcome, raw, keyring):
-            result.source_mismatch += 1
-            continue
-        source_topic = outcome.blocked["source"]["topic"]
-        record = (
-            decode_avro(raw, event_schema())
-            if settings.topic_format(source_topic) == "avro"
-            else decode_json(raw)
-        )
-        if not isinstance(record, Event):
-            result.refused_by_fresh_check += 1
-            continue
-        fresh = next(
-            d
-            for d in decide(record, snapshot_for(record, consent, status, False), ruleset)
-            if d.partner == outcome.partner
-        )
-        if not fresh.forwarded:
-            result.refused_by_fresh_check += 1
-            continue
-        record_key, value = partner_record(fresh)
-        result.planned.append(
-            {
-                "marker": marker_key(outcome),
-                "topic": topics[outcome.partner],
-                "key": record_key,
-                "value": value,
-                "event_id": record.event_id,
-                "digest": ruleset.digest,
-            }
-        )
-    if dry_run or not result.planned:
-        return result
+    return sourced
+
+
+def _current_state(kafka: dict[str, Any], settings: Settings) -> tuple[ConsentTable, SignupStatusTable]:
+    """The consent and sign-up status tables, read to the end of their topics."""
+    consent, status = ConsentTable(), SignupStatusTable()
+    reader = StateReader(
+        kafka,
+        {settings.consent_topic: consent.apply, settings.signup_status_topic: status.apply},
+        GuardMetrics(),
+    )
+    try:
+        reader.load(settings.state_catchup_timeout_ms / 1000)
+    finally:
+        reader.close()
+    return consent, status
+
+
+def _fresh_decision(
+    outcome: Outcome,
+    raw: bytes,
+    settings: Settings,
+    ruleset: Ruleset,
+    consent: ConsentTable,
+    status: SignupStatusTable,
+) -> PlannedRecord | None:
+    """The record to send when `ruleset` forwards the original under the current state."""
+    source_topic = outcome.blocked["source"]["topic"]
+    is_avro = settings.topic_format(source_topic) == "avro"
+    record = decode_avro(raw, event_schema()) if is_avro else decode_json(raw)
+    if not isinstance(record, Event):
+        return None
+    fresh = next(
+        d
+        for d in decide(record, snapshot_for(record, consent, status, False), ruleset)
+        if d.partner == outcome.partner
+    )
+    if not fresh.forwarded:
+        return None
+    record_key, value = partner_record(fresh)
+    return PlannedRecord(
+        marker=marker_key(outcome),
+        topic=ruleset.rule(outcome.partner).topic,
+        key=record_key,
+        value=value,
+        event_id=record.event_id,
+        ruleset_digest=ruleset.digest,
+    )
+
+
+def _send(planned: list[PlannedRecord], settings: Settings) -> None:
+    """Every planned record and its marker, in one transaction."""
     producer = Producer(
         {
-            **kafka,
+            **settings.kafka_base(),
             "transactional.id": f"partner-guard-republish-{settings.group_id}",
             "enable.idempotence": True,
         }
     )
     producer.init_transactions(30)
     producer.begin_transaction()
-    for plan in result.planned:
-        producer.produce(plan["topic"], plan["value"], plan["key"], headers=[("pg-republished", b"1")])
+    for record in planned:
+        producer.produce(record.topic, record.value, record.key, headers=[("pg-republished", b"1")])
         marker = {
-            "event_id": plan["event_id"],
-            "ruleset_digest": plan["digest"],
+            "event_id": record.event_id,
+            "ruleset_digest": record.ruleset_digest,
             "at_ms": int(time.time() * 1000),
         }
-        producer.produce(REPUBLISHED_TOPIC, orjson.dumps(marker), plan["marker"].encode())
+        producer.produce(REPUBLISHED_TOPIC, orjson.dumps(marker), record.marker.encode())
     producer.commit_transaction(60)
-    result.sent = len(result.planned)
-    return result
