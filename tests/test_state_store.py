@@ -76,7 +76,8 @@ def test_checkpoint_restores_data_offsets_and_jurisdictions(tmp_path: Path) -> N
     tables.consent.apply(b"device:d", _consent("device:d", "2026-11-01T00:00:00Z", "granted", "US-CA"))
     tables.signup_status.apply(b"acct-1", orjson.dumps({"account_id": "acct-1", "status": "member"}))
     tables.checkpoint({("privacy.consent", 1): 2, ("member.signup-status", 0): 1})
-    before = tables.consent.get(b"account:a"), tables.consent.get(b"device:d"), tables.signup_status.get("acct-1")
+    consent, statuses = tables.consent, tables.signup_status
+    before = consent.get(b"account:a"), consent.get(b"device:d"), statuses.get("acct-1")
     tables.close()
 
     reopened = _open(tmp_path)
