@@ -282,10 +282,7 @@ def _steady(
     sent = changes = 0
     next_sample = start + SAMPLE_S
     while (elapsed := time.monotonic() - start) < args.minutes * 60:
-        while sent < rate * elapsed:
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            sent += 1
+        sent = produce_fresh_events(producer, INPUT, generator, sent, rate * elapsed)
         while changes < args.storm * elapsed:
             key, value = storm.next()
             produce(producer, "privacy.consent", value, key)
