@@ -43,9 +43,14 @@ from tests.integration.test_job import FORBIDDEN
 
 # The guard's librdkafka client.id in these tests; the fault proxy aims at it.
 GUARD_CLIENT_ID = "guard"
-# Knobs for `make soak`: the same scenarios, longer.
-SOAK = os.environ.get("PARTNER_GUARD_SOAK", "") == "1"
-TIMEOUT_S = 3600 if SOAK else 900  # generous: up to eight engineers' suites share two cores
+# How long the scenarios run: `short` in `make test` (the same faults, fewer records and
+# repetitions), `long` in `make reliability` (the sizes the reliability table reports), `soak`
+# in `make soak` (longer still). Set by PARTNER_GUARD_RELIABILITY.
+LENGTH = os.environ.get("PARTNER_GUARD_RELIABILITY", "short")
+if LENGTH not in ("short", "long", "soak"):
+    raise ValueError(f"PARTNER_GUARD_RELIABILITY={LENGTH!r}: expected short, long or soak")
+LONG, SOAK = LENGTH in ("long", "soak"), LENGTH == "soak"
+TIMEOUT_S = {"short": 600, "long": 1800, "soak": 3600}[LENGTH]  # generous: many suites share two cores
 HTTP_UNAVAILABLE = 503
 CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
 PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
