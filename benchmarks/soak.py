@@ -84,7 +84,7 @@ class Sample:
 
 def scrape(port: int) -> str:
     """The guard's /metrics text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         return str(response.read().decode())
 
 

@@ -7,10 +7,12 @@ and 10 + 1; `make soak` 500,000 and 30 + 1 (PARTNER_GUARD_RELIABILITY)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -84,14 +86,19 @@ def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
 
 @pytest.mark.timeout(TIMEOUT_S)
 def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    phases = [("start", time.monotonic())]
     seeded = seed_state(broker.bootstrap, INPUT, 2000, 41)
     filler = _filler()
     produce(broker.bootstrap, "privacy.consent", filler)
     events = list(seeded.generator.events(RECORDS))
     produce(broker.bootstrap, INPUT, events)
     group, rng = "crash-loop", random.Random(14)
+    reference = ThreadPoolExecutor(1)  # the core's own decisions, worked out while the guard runs
+    allowed_later = reference.submit(seeded.allowed, events, filler)
+    phases.append(("produce", time.monotonic()))
 
     _kill_while_loading(broker.bootstrap, tmp_path, group)
+    phases.append(("kill while loading", time.monotonic()))
     progress = []
     for point in _kill_points(rng, len(events), KILLS):
         before = sum(committed_offsets(broker.bootstrap, group, INPUT).values())
@@ -103,6 +110,7 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
         progress.append(sum(committed_offsets(broker.bootstrap, group, INPUT).values()))
         print(f"cycle: {time.monotonic() - started:.1f}s from ready to kill; committed {progress[-1]}")
     assert progress[-1] < len(events), "the kills came too late: all was committed before the last one"
+    phases.append(("kills", time.monotonic()))
     last = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
     try:
         last.wait_ready(120)
@@ -110,9 +118,14 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
     finally:
         assert last.stop() == 0
     print(f"\ncommitted after each of the {KILLS} kills: {progress}")
+    phases.append(("last guard to the end", time.monotonic()))
 
-    allowed = seeded.allowed(events, filler)
+    allowed = allowed_later.result()
+    reference.shutdown()
+    phases.append(("reference decisions (rest)", time.monotonic()))
     ledger = account(broker.bootstrap, "crash loop", events, allowed)
+    phases.append(("ledger", time.monotonic()))
+    print("phases: " + ", ".join(f"{n} {t - b:.1f}s" for (_, b), (n, t) in itertools.pairwise(phases)))
     ledger.notes.append(f"{KILLS + 1} SIGKILLs (1 while loading state), restarted each time")
     ledger.report()
     ledger.assert_sound()
