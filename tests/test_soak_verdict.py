@@ -14,8 +14,16 @@ def _rows(rss: list[float], lag: list[float] | None = None) -> list[Sample]:
 
 
 def test_a_steady_leak_fails() -> None:
-    leak = [150 + 0.05 * 10 * i for i in range(72)]  # +180 MB/h for 12 minutes
+    leak = [150 + 0.1 * 10 * i for i in range(72)]  # +360 MB/h for 12 minutes
     assert any("memory grows" in p for p in _verdict(_rows(leak), [], 600))
+
+
+def test_growth_a_growing_backlog_explains_passes_and_a_leak_beside_it_does_not() -> None:
+    lag = [1000.0 * i for i in range(72)]  # +1,000 records a sample: up to ~1 MB prefetched
+    prefetch = [150 + 0.9 * i for i in range(72)]
+    assert not any("memory grows" in p for p in _verdict(_rows(prefetch, lag), [], 600))
+    leak_too = [150 + 2.0 * i for i in range(72)]
+    assert any("memory grows" in p for p in _verdict(_rows(leak_too, lag), [], 600))
 
 
 def test_a_backlog_bump_that_then_stays_flat_passes() -> None:
