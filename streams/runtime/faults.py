@@ -23,12 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.core.errors import PartnerGuardError
+
 log = logging.getLogger(__name__)
 FAULT_ENV = "PARTNER_GUARD_FAULT_BEFORE_COMMIT"
 ACTIONS = ("raise", "stop", "hang")
 
 
-class InjectedFaultError(RuntimeError):
+class InjectedFaultError(PartnerGuardError, RuntimeError):
     """The exception `raise@N` throws; never raised unless the fault was asked for."""
 
 

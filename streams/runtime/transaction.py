@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from streams import exitcodes
 from streams.runtime.kafka_io import Headers
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ RETRY_ATTEMPTS = 5
 # loaded machine schedules librdkafka's threads late by seconds, never by this much.
 HANG_GRACE_S = 10.0
 # The process exit code when a transactional call hung (0 clean stop, 2 refused, 3 fatal).
-EXIT_TRANSACTION_HUNG = 4
+EXIT_TRANSACTION_HUNG = exitcodes.JOB_HUNG
 
 
 class TransactionFatalError(Exception):
