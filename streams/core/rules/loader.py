@@ -6,6 +6,7 @@ the guard refuses to start with a ruleset that has any.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy
 M = TypeVar("M", bound=BaseModel)
 LEAK_SCAN_FILE = "_leak-scan.yaml"
 CEL_VARIABLES = frozenset({"event", "consent", "status"})
+# Where in the leak-scan vocabulary each finding on an output name comes from.
+_VOCABULARY_KEY_OF_FINDING = {
+    "title_name": "title_names",
+    "title_id": "title_id_patterns",
+    "free_text": "max_words / max_tokens",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,49 @@ def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int:
     return line
 
 
+@dataclass(frozen=True, slots=True)
+class _Vocabulary:
+    """The leak-scan vocabulary file as read, so a refusal can point into it."""
+
+    path: str
+    doc: Any
+
+    def where(self, key: str, entry: str | None = None) -> str:
+        """`file:line` of a vocabulary key, or of one entry of its list."""
+        loc: tuple[int | str, ...] = (key,)
+        entries = self.doc.get(key) if isinstance(self.doc, CommentedMap) else None
+        if entry is not None and isinstance(entries, CommentedSeq) and entry in entries:
+            loc = (key, entries.index(entry))
+        return f"{self.path}:{_line_of(self.doc, loc)}"
+
+
+def _allowed_values(expected: str) -> list[str]:
+    """The values of a pydantic `literal_error` (its `expected` reads "'a', 'b' or 'c'")."""
+    return re.findall(r"'([^']*)'", expected)
+
+
+def _literal_problem(where: str, value: Any, expected: str) -> tuple[str, str]:
+    """(message, fix) for a value outside an enumeration: a did-you-mean and the allowed values."""
+    allowed = _allowed_values(expected)
+    listed = ", ".join(allowed)
+    close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6) if isinstance(value, str) else []
+    if close:
+        return f"{where}: unknown value {value!r}", f"did you mean '{close[0]}'? (allowed: {listed})"
+    return f"{where}: unknown value {value!r}", f"use one of: {listed}"
+
+
+def _spurious(err: Any) -> bool:
+    """An error pydantic adds for the other member of `FieldSpec | str` (the shorthand `name: path`).
+
+    A mapping is a field spec, so the string member's complaint says nothing; anything else
+    is neither, and the spec member's complaint is the confusing one.
+    """
+    loc = err["loc"]
+    if loc and loc[-1] == "str" and err["type"] == "string_type":
+        return isinstance(err["input"], dict)
+    return bool(loc and str(loc[-1]) == "FieldSpec" and err["type"] == "model_type")
+
+
 def _fix_for(error_type: str, message: str) -> str:
     if error_type == "extra_forbidden":
         return "remove the key or correct its spelling (see README, 'Writing a rule')"
@@ -127,23 +177,36 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
         return model.model_validate(_plain(doc))
     except ValidationError as exc:
         for err in exc.errors():
+            if _spurious(err):
+                continue
             loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "FieldSpec")))
-            where = ".".join(str(p) for p in loc) or "(file)"
-            problems.append(
-                RuleProblem(
-                    str(path),
-                    _line_of(doc, loc),
-                    f"{where}: {err['msg']}",
-                    _fix_for(err["type"], err["msg"]),
+            if loc and loc[-1] == "str" and err["type"] == "string_type":
+                loc = loc[:-1]
+                message, fix = (
+                    f"{'.'.join(map(str, loc))}: not a field",
+                    ("write a source path (`name: path`) or a mapping {from: path, transform: ...}"),
                 )
-            )
+            elif err["type"] == "literal_error":
+                message, fix = _literal_problem(
+                    ".".join(map(str, loc)), err["input"], str(err.get("ctx", {}).get("expected", ""))
+                )
+            else:
+                message = f"{'.'.join(str(p) for p in loc) or '(file)'}: {err['msg']}"
+                fix = _fix_for(err["type"], err["msg"])
+            problems.append(RuleProblem(str(path), _line_of(doc, loc), message, fix))
     return None
 
 
-def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
+def _check_rule(
+    rule: RuleFile,
+    path: Path,
+    doc: CommentedMap,
+    scanner: LeakScanner,
+    tags: PrivacyTags,
+    vocabulary: _Vocabulary,
+) -> Iterator[RuleProblem]:
     """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10."""
     file = str(path)
-    tags = privacy_tags()
     if path.stem != rule.partner:
         yield RuleProblem(
             file,
@@ -197,7 +260,7 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
             )
         for name, raw_spec in spec.fields.items():
             yield from _check_field(
-                file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, rule.events
+                file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, vocabulary, rule.events
             )
 
 
@@ -264,6 +327,7 @@ def _check_field(
     spec: Any,
     tag_of: Any,
     scanner: LeakScanner,
+    vocabulary: _Vocabulary,
     event_types: Collection[str] = (),
 ) -> Iterator[RuleProblem]:
     at = _line_of(doc, ("events", event_type, "fields", name))
@@ -318,18 +382,46 @@ def _check_field(
             f"field '{name}' keeps '{spec.source}' as free text of unbounded length",
             f"add values: [...], a bounded pattern, or max_length: N (at most {MAX_KEPT_LENGTH})",
         )
-    key_finding = scanner.key_finding(name)
-    if key_finding:
+    yield from _output_name_problems(file, at, name, scanner, vocabulary)
+
+
+def _output_name_problems(
+    file: str, at: int, name: str, scanner: LeakScanner, vocabulary: _Vocabulary
+) -> Iterator[RuleProblem]:
+    """An output name the leak scan would block: which token, and which vocabulary entry says so."""
+    token = scanner.forbidden_key_token(name)
+    if token is not None:
         yield RuleProblem(
             file,
             at,
-            f"output field name '{name}' looks like forbidden content ({key_finding})",
-            "choose a neutral output name",
+            f"output field name '{name}' contains the token '{token}', listed in forbidden_key_tokens "
+            f"({vocabulary.where('forbidden_key_tokens', token)})",
+            f"choose a neutral output name; or, if '{token}' names no content for any partner, remove it "
+            f"from forbidden_key_tokens in {vocabulary.path} (a vocabulary change is a ruleset change: "
+            "review it with `rules diff`)",
         )
+        return
+    finding = scanner.key_finding(name)
+    if finding is None:
+        return
+    key = _VOCABULARY_KEY_OF_FINDING.get(finding)
+    source = f"{key} ({vocabulary.where(key.split(' ')[0])})" if key else "the leak scan's built-in checks"
+    yield RuleProblem(
+        file,
+        at,
+        f"output field name '{name}' looks like forbidden content ({finding}, from {source})",
+        "choose a neutral output name: partners never receive keys that look like content or identifiers",
+    )
 
 
-def load_ruleset(rules_dir: Path | str) -> Ruleset:
-    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order)."""
+def load_ruleset(rules_dir: Path | str, tags: PrivacyTags | None = None) -> Ruleset:
+    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
+
+    `tags` are the event schema's privacy tags the rules are checked against and the digest
+    covers: the shipped schema's by default; replay passes those of the schema a past commit
+    held beside its rules.
+    """
+    tags = tags or privacy_tags()
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
@@ -345,6 +437,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         )
     leak_path = directory / LEAK_SCAN_FILE
     leak_scan: LeakScanFile | None = None
+    leak_doc: Any = None
     if not leak_path.is_file():
         problems.append(
             RuleProblem(
@@ -373,6 +466,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
                     )
                     leak_scan = None
     scanner = LeakScanner.from_config(leak_scan or LeakScanFile())  # for output names
+    vocabulary = _Vocabulary(str(leak_path), leak_doc)
 
     rules: list[RuleFile] = []
     seen: dict[str, str] = {}
@@ -386,7 +480,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         rule = _validate(RuleFile, path, doc, problems)
         if rule is None:
             continue
-        problems.extend(_check_rule(rule, path, doc, scanner))
+        problems.extend(_check_rule(rule, path, doc, scanner, tags, vocabulary))
         if rule.partner in seen:
             problems.append(
                 RuleProblem(
@@ -406,7 +500,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
     return Ruleset(
         rules=tuple(compile_rule(r) for r in frozen_rules),
         leak_scanner=scanner_for(leak_scan, frozen_rules),
-        digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
+        digest=ruleset_digest(frozen_rules, leak_scan, tags.tags),
         vocabulary=leak_scan,
-        tags=privacy_tags().tags,
+        tags=tags.tags,
     )
