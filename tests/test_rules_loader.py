@@ -180,9 +180,9 @@ def test_output_name_like_a_title_names_the_vocabulary_entry(tmp_path: Path) -> 
     directory = _rules_dir(tmp_path, BASE_RULE + "      bird_box: {from: device.platform, values: [ios]}\n")
     vocabulary = directory / "_leak-scan.yaml"
     assert _problems(directory) == [
-        f"{directory / 'acme.yaml'}:8: output field name 'bird_box' looks like forbidden content (title_name, "
-        f"from title_names ({vocabulary}:{_vocabulary_line('title_names:')})) — fix: choose a neutral output "
-        "name: partners never receive keys that look like content or identifiers"
+        f"{directory / 'acme.yaml'}:8: output field name 'bird_box' looks like forbidden content "
+        f"(title_name, from title_names ({vocabulary}:{_vocabulary_line('title_names:')})) — fix: choose a "
+        "neutral output name: partners never receive keys that look like content or identifiers"
     ]
 
 

@@ -180,7 +180,7 @@ def replay_command(
     try:
         with bar:
             records = _with_originals(list(records), settings, config)
-            result = replay(records, library, keyring, whatif)
+            result = replay(records, library, keyring, whatif, _job_avro_decoder(settings, config))
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
@@ -216,6 +216,23 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
             return records
     resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
     return records
+
+
+def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
+    """The job's Avro decoder (registry or pinned id) from the settings, for Avro originals.
+
+    An exported file is read without settings: they are loaded here if they can be (the
+    `--config` file, the environment); without them every schema id reads as the guard's own.
+    """
+    from streams.runtime.avro_input import replay_avro_decoder
+    from streams.runtime.config import ConfigError, load_settings
+
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError:
+            settings = None
+    return replay_avro_decoder(settings)
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:

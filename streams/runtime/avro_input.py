@@ -16,6 +16,11 @@ under ours. Two ways to learn the writer schema:
   (`avro_schema_id`) and the fingerprint of the schema behind it
   (`avro_schema_fingerprint`); start is refused when that fingerprint is not the guard's,
   and a record framed with any other id blocks as `schema_unknown`.
+
+`decode_input` is the one way an input record is decoded by its topic's format: the job
+calls it for every input, and replay and republish call it again for a blocked record's
+original, with a decoder built from the same settings (`replay_avro_decoder`), so an
+audit decodes exactly as the job did.
 """
 
 from __future__ import annotations
@@ -23,15 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.core.codec import decode_avro_body, split_confluent_frame
-from streams.core.models import Event, Malformed
+from streams.core.codec import decode_avro_body, decode_json, decode_json_gated, split_confluent_frame
+from streams.core.models import Envelope, Event, Malformed
 from streams.core.reasons import Reason
 from streams.core.schema import load_schema_json
 from streams.runtime.config import Settings
@@ -212,12 +217,49 @@ def registry_client(conf: dict[str, Any]) -> Any:
     return SchemaRegistryClient.new_client(conf)
 
 
+def _configured_decoder(settings: Settings) -> AvroDecoder | None:
+    """The decoder the settings describe (registry, else pinned id), or None when neither is set."""
+    if settings.schema_registry_url:
+        return AvroDecoder(registry_lookup(registry_client(settings.registry_config())))
+    if settings.avro_schema_id is not None:
+        return AvroDecoder(pinned_lookup(settings.avro_schema_id))
+    return None
+
+
 def avro_decoder(settings: Settings) -> AvroDecoder | None:
     """The decoder for the job's Avro topics (None when every input is JSON)."""
     if "avro" not in settings.input_formats.values():
         return None
-    if settings.schema_registry_url:
-        return AvroDecoder(registry_lookup(registry_client(settings.registry_config())))
-    if settings.avro_schema_id is None:  # the settings model refuses this; never decode unpinned
+    decoder = _configured_decoder(settings)
+    if decoder is None:  # the settings model refuses this; never decode unpinned
         raise ValueError("Avro input needs schema_registry_url or avro_schema_id")
-    return AvroDecoder(pinned_lookup(settings.avro_schema_id))
+    return decoder
+
+
+def replay_avro_decoder(settings: Settings | None) -> AvroDecoder:
+    """The decoder an audit reads Avro originals with: the job's, from the same settings.
+
+    Without a registry or a pinned id in the settings (an exported file read with no
+    settings) every id is read as the guard's own schema, which is what a pinned job
+    decoded; a record the job could not resolve then shows as a mismatch, never a match.
+    """
+    decoder = _configured_decoder(settings) if settings is not None else None
+    if decoder is not None:
+        return decoder
+    own = json.dumps(load_schema_json())
+    return AvroDecoder(lambda _schema_id: own)
+
+
+def decode_input(
+    raw: bytes | None, input_format: str, avro: AvroDecoder | None, receivable: Container[str] | None
+) -> Event | Envelope | Malformed:
+    """Decode one input record by its topic's format, the one way the job and replay share.
+
+    Avro goes through `avro` (writer schema by id); JSON through the envelope gate when
+    `receivable` is given (the event types some rule can forward), else validated in full.
+    """
+    if input_format == "avro" and avro is not None:
+        return avro.decode(raw)
+    if receivable is None:
+        return decode_json(raw)
+    return decode_json_gated(raw, receivable)

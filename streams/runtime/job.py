@@ -25,12 +25,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.codec import decode_json_gated
 from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.avro_input import AvroDecoder, avro_decoder
+from streams.runtime.avro_input import AvroDecoder, avro_decoder, decode_input
 from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.faults import BeforeCommitFault
@@ -284,9 +283,7 @@ class GuardJob:
     # -- one batch ---------------------------------------------------------------------------
 
     def _decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
-        if self._avro is not None and input_format == "avro":
-            return self._avro.decode(raw)
-        return decode_json_gated(raw, self._receivable)
+        return decode_input(raw, input_format, self._avro, self._receivable)
 
     def _emit_input(
         self,
