@@ -14,17 +14,18 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import orjson
 import pytest
 
 from streams.audit.replay import replay
 from streams.audit.rulesets import RulesetLibrary
-from streams.core.codec import decode_json
+from streams.core.codec import decode_avro, decode_json, encode_avro
 from streams.core.decide import decide
 from streams.core.models import Decision, Event, StateSnapshot
 from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import load_schema_json, privacy_tags_of
+from streams.core.schema import load_schema_json
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from tests.conftest import RULES_DIR, TEST_KEYS
@@ -87,13 +88,22 @@ def _repo_with_a_schema_change(repo: Path) -> Path:
     return repo
 
 
-def _decided_under(ruleset: Ruleset) -> tuple[Decision, dict[str, Any]]:
-    """The blocked record (one partner's view) the job of the first commit wrote."""
-    raw = orjson.dumps(EVENT)
-    event = decode_json(raw)
+def _decided_under(
+    ruleset: Ruleset, avro_schema: dict[str, Any] | None = None
+) -> tuple[Decision, dict[str, Any]]:
+    """The blocked record (one partner's view) the job of that commit wrote (its input JSON,
+    or Avro written under `avro_schema`, which was then the guard's own)."""
+    if avro_schema is None:
+        raw, event = orjson.dumps(EVENT), decode_json(orjson.dumps(EVENT))
+    else:
+        written = {**EVENT, "properties": {**EVENT["properties"], "promo_code": "autumn"}}  # type: ignore[dict-item]
+        raw = encode_avro(written, fastavro.parse_schema(avro_schema), 1)
+        event = decode_avro(raw, fastavro.parse_schema(avro_schema))
     assert isinstance(event, Event)
     decision = next(d for d in decide(event, SNAPSHOT, ruleset) if d.partner == PARTNER)
-    source = SourceRef("internal.events", 0, 3, 1_795_000_000_000, b"acct-hist", "json")
+    source = SourceRef(
+        "internal.events", 0, 3, 1_795_000_000_000, b"acct-hist", "json" if avro_schema is None else "avro"
+    )
     shared = blocked_input(source, raw, SNAPSHOT, "hist-1", PayloadProtector("full"))
     _, value, _ = blocked_record([Withheld.of(decision)], shared, source, 900_000)
     return decision, next(v for v in partner_views(orjson.loads(value)) if v["partner"] == PARTNER)
@@ -103,7 +113,7 @@ def _rules_then(repo: Path, ref: str, schema: dict[str, Any]) -> Ruleset:
     """The ruleset the job ran with at `ref`: that commit's rules, checked against its schema."""
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", ref, "--", "rules"], check=True)
     try:
-        return load_ruleset(repo / "rules", privacy_tags_of(schema)).with_keys(TEST_KEYS)
+        return load_ruleset(repo / "rules", schema).with_keys(TEST_KEYS)
     finally:
         subprocess.run(["git", "-C", str(repo), "checkout", "-q", "HEAD", "--", "rules"], check=True)
 
@@ -136,3 +146,14 @@ def test_without_history_the_record_is_reported_not_found_never_matched(tmp_path
     _, blocked = _decided_under(_rules_then(repo, "HEAD~2", _old_schema()))
     [outcome] = replay([blocked], RulesetLibrary([RULES_DIR], None), None).outcomes
     assert outcome.status == "ruleset_not_found"
+
+
+def test_an_avro_record_is_read_into_the_schema_of_the_commit_that_decided_it(tmp_path: Path) -> None:
+    repo = _repo_with_a_schema_change(tmp_path / "repo")
+    old = _old_schema()
+    decision, blocked = _decided_under(_rules_then(repo, "HEAD~2", old), avro_schema=old)
+    assert decision.reasons == ("leak_detected",)  # the body carries promo_code: today's schema lacks it
+
+    [outcome] = replay([blocked], RulesetLibrary([RULES_DIR], repo), None).outcomes
+
+    assert (outcome.status, outcome.why) == ("match", "")

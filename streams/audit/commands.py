@@ -219,12 +219,12 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
 
 
 def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
-    """The job's Avro decoder (registry or pinned id) from the settings, for Avro originals.
+    """The job's Avro decoding (registry or pinned id) from the settings, for Avro originals.
 
     An exported file is read without settings: they are loaded here if they can be (the
     `--config` file, the environment); without them every schema id reads as the guard's own.
     """
-    from streams.runtime.avro_input import replay_avro_decoder
+    from streams.runtime.avro_input import ReplayAvro
     from streams.runtime.config import ConfigError, load_settings
 
     if settings is None:
@@ -232,7 +232,7 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
             settings = load_settings(config)
         except ConfigError:
             settings = None
-    return replay_avro_decoder(settings)
+    return ReplayAvro(settings)
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:

@@ -24,7 +24,7 @@ from streams.core.models import Decision, Envelope, Event, Malformed, StateSnaps
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
-from streams.runtime.avro_input import AvroDecoder, decode_input, replay_avro_decoder
+from streams.runtime.avro_input import ReplayAvro, decode_input
 from streams.runtime.payload import (
     FETCHED_ORIGINAL,
     Keyring,
@@ -185,15 +185,16 @@ def original_record(
     blocked: dict[str, Any],
     keyring: Keyring | None,
     gate: Ruleset | None = None,
-    avro: AvroDecoder | None = None,
+    avro: ReplayAvro | None = None,
+    in_full: bool = False,
 ) -> Event | Envelope | Malformed | None:
     """The original input decoded as `run` decoded it; None when not recoverable.
 
     A v2 record's original goes through the job's own `decode_input`: Avro with `avro`
-    (the job's decoder: registry or pinned id, see `replay_avro_decoder`), JSON through
-    the envelope gate of `gate` (the ruleset that decided). Without `gate` the event is
-    validated in full, as a what-if or a republish needs. A v1 record's original was
-    always validated in full, and its Avro read under the guard's own schema.
+    (the job's writer-schema lookup, registry or pinned id), read into the event schema of
+    `gate` (the ruleset that decided); JSON through the envelope gate of `gate`. Without
+    `gate`, or `in_full`, the event is validated in full, as a what-if needs. A v1 record's
+    original was always validated in full, and its Avro read under the guard's own schema.
     """
     raw = reveal(blocked, keyring)
     if raw is None:
@@ -201,10 +202,11 @@ def original_record(
     input_format = str((blocked.get("source") or {}).get("format", "json"))
     if blocked.get("format") == BLOCKED_FORMAT_V1:
         return decode_avro(raw, event_schema()) if input_format == "avro" else decode_json(raw)
-    receivable = receivable_types(gate) if gate is not None else None
-    if input_format == "avro" and avro is None:
-        avro = replay_avro_decoder(None)
-    return decode_input(raw, input_format, avro, receivable)
+    receivable = receivable_types(gate) if gate is not None and not in_full else None
+    decoder = None
+    if input_format == "avro":
+        decoder = (avro or ReplayAvro(None)).decoder(gate.event_schema if gate is not None else None)
+    return decode_input(raw, input_format, decoder, receivable)
 
 
 def recorded_snapshot(
@@ -248,7 +250,7 @@ def verify_one(
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None = None,
-    avro: AvroDecoder | None = None,
+    avro: ReplayAvro | None = None,
 ) -> Outcome:
     """Re-decide one blocked record under the ruleset that decided it (and optionally another).
 
@@ -274,7 +276,7 @@ def _verify_one(
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None,
-    avro: AvroDecoder | None,
+    avro: ReplayAvro | None,
 ) -> Outcome:
     if _contained_by_the_job(blocked):
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
@@ -287,7 +289,11 @@ def _verify_one(
     ruleset = library.find(str(blocked.get("ruleset_digest")))
     try:
         record = original_record(blocked, keyring, ruleset, avro)
-        full = record if whatif is None or ruleset is None else original_record(blocked, keyring, None, avro)
+        full = (
+            record
+            if whatif is None or ruleset is None
+            else original_record(blocked, keyring, ruleset, avro, in_full=True)
+        )
         if record is None or full is None:  # nothing to re-decide, and the snapshot's ids stay hashed
             if blocked.get("payload_mode") == "reference":
                 why = "original kept by reference: no source to fetch it from"
@@ -356,7 +362,7 @@ def _verify_contained(
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None,
-    avro: AvroDecoder | None,
+    avro: ReplayAvro | None,
 ) -> Outcome:
     try:
         return verify_one(blocked, library, keyring, whatif, avro)
@@ -372,12 +378,12 @@ def replay(
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None = None,
-    avro: AvroDecoder | None = None,
+    avro: ReplayAvro | None = None,
 ) -> ReplayResult:
     """Verify every record (and what-if when a second ruleset is given).
 
-    `avro` decodes Avro originals as the job did (`replay_avro_decoder` of its settings);
-    without it every schema id is read as the guard's own schema.
+    `avro` decodes Avro originals as the job did (`ReplayAvro` of its settings); without
+    it every schema id is read as the guard's own schema.
     """
-    avro = avro or replay_avro_decoder(None)
+    avro = avro or ReplayAvro(None)
     return ReplayResult([_verify_contained(b, library, keyring, whatif, avro) for b in records])

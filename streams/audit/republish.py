@@ -32,7 +32,7 @@ from streams.audit.source import fetch_records, read_to_end
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.avro_input import decode_input, replay_avro_decoder
+from streams.runtime.avro_input import ReplayAvro, decode_input
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, reveal
@@ -143,7 +143,9 @@ def republish(
             sourced.append(outcome)
     originals = fetch_records(kafka, {_position(o) for o in sourced})
     topics = {rule.partner: rule.topic for rule in ruleset.rules}
-    avro = replay_avro_decoder(settings)
+    avro = ReplayAvro(settings).decoder(
+        ruleset.event_schema
+    )  # as the job read it, into this ruleset's schema
     for outcome in sourced:
         raw = originals.get(_position(outcome))
         if raw is None or not _same_original(outcome, raw, keyring):

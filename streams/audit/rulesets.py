@@ -15,10 +15,11 @@ import tarfile
 import tempfile
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import EVENT_SCHEMA_FILE, PrivacyTags, privacy_tags_of
+from streams.core.schema import EVENT_SCHEMA_FILE, privacy_tags_of
 
 RULES_PATH = "rules"
 SCHEMA_PATH = f"schemas/{EVENT_SCHEMA_FILE}"
@@ -34,8 +35,8 @@ def with_replay_keys(ruleset: Ruleset) -> Ruleset:
     return ruleset.with_keys({partner: secrets.token_bytes(32) for partner in ruleset.partners})
 
 
-def schema_tags_at_ref(repo: Path, ref: str) -> PrivacyTags | None:
-    """The privacy tags of the event schema as it was at a git ref.
+def schema_at_ref(repo: Path, ref: str) -> dict[str, Any] | None:
+    """The event schema (parsed JSON) as it was at a git ref.
 
     None when that commit holds no readable schema: its rules are then checked against the
     shipped schema, and the digest tells whether that was the one.
@@ -46,9 +47,11 @@ def schema_tags_at_ref(repo: Path, ref: str) -> PrivacyTags | None:
     if shown.returncode != 0:
         return None
     try:
-        return privacy_tags_of(json.loads(shown.stdout))
+        schema = json.loads(shown.stdout)
+        privacy_tags_of(schema)  # readable: a record schema whose fields have names
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    return schema if isinstance(schema, dict) else None
 
 
 def ruleset_at_ref(repo: Path, ref: str, workdir: Path) -> Ruleset:
@@ -61,7 +64,7 @@ def ruleset_at_ref(repo: Path, ref: str, workdir: Path) -> Ruleset:
     target = workdir / ref.replace("/", "_")
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
-    return with_replay_keys(load_ruleset(target / RULES_PATH, schema_tags_at_ref(repo, ref)))
+    return with_replay_keys(load_ruleset(target / RULES_PATH, schema_at_ref(repo, ref)))
 
 
 class RulesetLibrary:

@@ -19,8 +19,9 @@ under ours. Two ways to learn the writer schema:
 
 `decode_input` is the one way an input record is decoded by its topic's format: the job
 calls it for every input, and replay and republish call it again for a blocked record's
-original, with a decoder built from the same settings (`replay_avro_decoder`), so an
-audit decodes exactly as the job did.
+original, with decoders built from the same settings (`ReplayAvro`), so an audit decodes
+exactly as the job did — into the event schema of the ruleset that decided, which for a
+record decided before a schema change is the schema of that commit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,13 +117,18 @@ class _Resolved:
 class AvroDecoder:
     """Decodes Confluent-framed Avro records under their own writer schema, cached per id."""
 
-    def __init__(self, lookup: Callable[[int], str | None], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        lookup: Callable[[int], str | None],
+        clock: Callable[[], float] = time.monotonic,
+        reader_schema: Mapping[str, Any] | None = None,
+    ):
         """`lookup(id)` returns the writer schema text or None when the id is unknown; it
         raises `NotAvroSchemaError` for another schema type, `SchemaLookupError` when it
-        cannot tell."""
+        cannot tell. Records are read into `reader_schema` (default: the shipped event schema)."""
         self._lookup = lookup
         self._clock = clock
-        self._reader_json = load_schema_json()
+        self._reader_json = dict(reader_schema) if reader_schema is not None else load_schema_json()
         self._reader = fastavro.parse_schema(self._reader_json)
         self._by_id: dict[int, _Resolved] = {}
 
@@ -179,9 +185,10 @@ class AvroDecoder:
         return _Resolved(writer)
 
 
-def pinned_lookup(schema_id: int) -> Callable[[int], str | None]:
-    """Without a registry: only `schema_id` is known, and it stands for the guard's own schema."""
-    own = json.dumps(load_schema_json())
+def pinned_lookup(schema_id: int, schema: Mapping[str, Any] | None = None) -> Callable[[int], str | None]:
+    """Without a registry: only `schema_id` is known, and it stands for the guard's own schema
+    (`schema`, default the shipped one: the job refuses to start unless producers write with it)."""
+    own = json.dumps(schema if schema is not None else load_schema_json())
 
     def lookup(candidate: int) -> str | None:
         return own if candidate == schema_id else None
@@ -236,18 +243,43 @@ def avro_decoder(settings: Settings) -> AvroDecoder | None:
     return decoder
 
 
-def replay_avro_decoder(settings: Settings | None) -> AvroDecoder:
-    """The decoder an audit reads Avro originals with: the job's, from the same settings.
+class ReplayAvro:
+    """How an audit reads Avro originals: as the job did, from the job's settings.
 
-    Without a registry or a pinned id in the settings (an exported file read with no
-    settings) every id is read as the guard's own schema, which is what a pinned job
-    decoded; a record the job could not resolve then shows as a mismatch, never a match.
+    One decoder per reader schema, the event schema of the ruleset that decided (the
+    shipped one, or a past commit's). The writer schema comes from the registry when one is
+    configured; with a pinned id, or with no settings at all (an exported file read
+    without them), the guard's own schema of that time is the writer — for every id when
+    nothing is pinned, so a record the job could not resolve shows as a mismatch, never a
+    match.
     """
-    decoder = _configured_decoder(settings) if settings is not None else None
-    if decoder is not None:
+
+    def __init__(self, settings: Settings | None) -> None:
+        """Build from the job's settings (None: no registry, no pinned id)."""
+        self._registry: Callable[[int], str | None] | None = None
+        self._pinned_id: int | None = None
+        if settings is not None and settings.schema_registry_url:
+            self._registry = registry_lookup(registry_client(settings.registry_config()))
+        elif settings is not None:
+            self._pinned_id = settings.avro_schema_id
+        self._by_reader: dict[str, AvroDecoder] = {}
+
+    def decoder(self, reader_schema: Mapping[str, Any] | None = None) -> AvroDecoder:
+        """The decoder into `reader_schema` (default the shipped event schema), cached."""
+        key = "" if reader_schema is None else json.dumps(reader_schema, sort_keys=True)
+        decoder = self._by_reader.get(key)
+        if decoder is None:
+            decoder = AvroDecoder(self._lookup_for(reader_schema), reader_schema=reader_schema)
+            self._by_reader[key] = decoder
         return decoder
-    own = json.dumps(load_schema_json())
-    return AvroDecoder(lambda _schema_id: own)
+
+    def _lookup_for(self, reader_schema: Mapping[str, Any] | None) -> Callable[[int], str | None]:
+        if self._registry is not None:
+            return self._registry
+        if self._pinned_id is not None:
+            return pinned_lookup(self._pinned_id, reader_schema)
+        own = json.dumps(reader_schema if reader_schema is not None else load_schema_json())
+        return lambda _schema_id: own
 
 
 def decode_input(

@@ -41,7 +41,7 @@ from streams.core.rules.ruleset import (
     kept_max_length,
     ruleset_digest,
 )
-from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy_tags
+from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy_tags, privacy_tags_of
 
 M = TypeVar("M", bound=BaseModel)
 LEAK_SCAN_FILE = "_leak-scan.yaml"
@@ -414,14 +414,14 @@ def _output_name_problems(
     )
 
 
-def load_ruleset(rules_dir: Path | str, tags: PrivacyTags | None = None) -> Ruleset:
+def load_ruleset(rules_dir: Path | str, event_schema: dict[str, Any] | None = None) -> Ruleset:
     """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
 
-    `tags` are the event schema's privacy tags the rules are checked against and the digest
-    covers: the shipped schema's by default; replay passes those of the schema a past commit
-    held beside its rules.
+    `event_schema` (parsed JSON) is the schema whose privacy tags the rules are checked
+    against and the digest covers: the shipped one by default; replay passes the schema a
+    past commit held beside its rules.
     """
-    tags = tags or privacy_tags()
+    tags = privacy_tags_of(event_schema) if event_schema is not None else privacy_tags()
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
@@ -503,4 +503,5 @@ def load_ruleset(rules_dir: Path | str, tags: PrivacyTags | None = None) -> Rule
         digest=ruleset_digest(frozen_rules, leak_scan, tags.tags),
         vocabulary=leak_scan,
         tags=tags.tags,
+        event_schema=event_schema,
     )
