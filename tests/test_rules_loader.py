@@ -210,3 +210,21 @@ def test_a_field_that_is_neither_path_nor_mapping_is_one_problem(tmp_path: Path)
         f"{directory / 'acme.yaml'}:8: events.app_install.fields.extra: not a field — fix: write a source "
         "path (`name: path`) or a mapping {from: path, transform: ...}"
     ]
+
+
+def test_a_misspelled_required_key_is_one_problem_with_a_did_you_mean(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("jurisdictions", "jurisdictons"))
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:2: jurisdictons: unknown key 'jurisdictons' — fix: did you mean "
+        "'jurisdictions'? (keys here: partner, rule_id, description, topic, jurisdictions, consent, "
+        "signup_status, identifiers, condition, events)"
+    ]
+
+
+def test_a_misspelled_field_key_names_the_keys_of_a_field(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("transform: pseudonym}", "transfrom: pseudonym}"))
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:6: events.app_install.fields.event_id.transfrom: unknown key 'transfrom' "
+        "— fix: did you mean 'transform'? (keys here: from, transform, granularity, values, pattern, "
+        "max_length, required)"
+    ]
