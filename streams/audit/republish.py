@@ -143,9 +143,7 @@ def republish(
             sourced.append(outcome)
     originals = fetch_records(kafka, {_position(o) for o in sourced})
     topics = {rule.partner: rule.topic for rule in ruleset.rules}
-    avro = ReplayAvro(settings).decoder(
-        ruleset.event_schema
-    )  # as the job read it, into this ruleset's schema
+    avro = ReplayAvro(settings).decoder(ruleset.event_schema)  # as the job read Avro, into this schema
     for outcome in sourced:
         raw = originals.get(_position(outcome))
         if raw is None or not _same_original(outcome, raw, keyring):
