@@ -11,6 +11,7 @@ import copy
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,19 @@ def test_an_avro_record_is_read_into_the_schema_of_the_commit_that_decided_it(tm
     [outcome] = replay([blocked], RulesetLibrary([RULES_DIR], repo), None).outcomes
 
     assert (outcome.status, outcome.why) == ("match", "")
+
+
+def test_rules_diff_against_a_commit_shows_its_schema_tags_and_vocabulary(tmp_path: Path) -> None:
+    repo = _repo_with_a_schema_change(tmp_path / "repo")
+    diff = subprocess.run(
+        [sys.executable, "-m", "streams", "rules", "diff", "HEAD~1", "rules"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert diff.returncode == 0, diff.stderr
+    lines = diff.stdout.splitlines()
+    assert lines[0].endswith(f"-> {load_ruleset(RULES_DIR).digest}")
+    assert '  - schema_tags.properties.promo_code: "content"' in lines
+    assert any(line.startswith(f'  ~ leak_scan.title_names: ["{OLD_TITLE}",') for line in lines)

@@ -54,6 +54,16 @@ def schema_at_ref(repo: Path, ref: str) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else None
 
 
+def is_git_ref(repo: Path, ref: str) -> bool:
+    """True when `ref` names a commit in the repository at `repo`."""
+    verified = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    return verified.returncode == 0
+
+
 def ruleset_at_ref(repo: Path, ref: str, workdir: Path) -> Ruleset:
     """Load `rules/` as it was at a git ref (commit, tag, branch), with that ref's event schema."""
     archive = subprocess.run(
