@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.audit.replay import replay
+from streams.audit.replay import UNCONFIGURED_AVRO, replay
 from streams.audit.rulesets import RulesetLibrary
 from streams.core.codec import encode_avro
 from streams.core.decide import decide, receivable_types
@@ -65,6 +65,7 @@ def test_a_record_under_another_id_than_the_pinned_one_verifies_as_the_job_block
     # read as today's schema under any id (no settings), the record is re-decided: never a false match
     unconfigured = replay(views, RulesetLibrary([RULES_DIR]), None, avro=ReplayAvro(None))
     assert {o.status for o in unconfigured.outcomes} == {"mismatch"}
+    assert all(o.why.endswith(f"({UNCONFIGURED_AVRO})") for o in unconfigured.outcomes)
 
 
 def test_a_record_under_the_pinned_id_verifies(pinned: Settings) -> None:

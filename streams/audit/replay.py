@@ -54,6 +54,10 @@ READER_MEMBERS = (
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+UNCONFIGURED_AVRO = (
+    "Avro read without the job's schema registry or pinned id: every id as the guard's own schema; "
+    "give replay the job's settings (--config or PARTNER_GUARD_*)"
+)
 
 
 class _Source(BaseModel):
@@ -199,7 +203,7 @@ def original_record(
     raw = reveal(blocked, keyring)
     if raw is None:
         return None
-    input_format = str((blocked.get("source") or {}).get("format", "json"))
+    input_format = record_format(blocked)
     if blocked.get("format") == BLOCKED_FORMAT_V1:
         return decode_avro(raw, event_schema()) if input_format == "avro" else decode_json(raw)
     receivable = receivable_types(gate) if gate is not None and not in_full else None
@@ -333,7 +337,14 @@ def _verify_one(
         "rule_id"
     ):
         outcome.status, outcome.why = "mismatch", "details or rule id differ"
+    if outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
+        outcome.why += f" ({UNCONFIGURED_AVRO})"
     return outcome
+
+
+def record_format(blocked: dict[str, Any]) -> str:
+    """The input format of a blocked record's original (json or avro)."""
+    return str((blocked.get("source") or {}).get("format", "json"))
 
 
 @dataclass

@@ -264,6 +264,11 @@ class ReplayAvro:
             self._pinned_id = settings.avro_schema_id
         self._by_reader: dict[str, AvroDecoder] = {}
 
+    @property
+    def configured(self) -> bool:
+        """True when built from settings naming a registry or a pinned id (as the job ran)."""
+        return self._registry is not None or self._pinned_id is not None
+
     def decoder(self, reader_schema: Mapping[str, Any] | None = None) -> AvroDecoder:
         """The decoder into `reader_schema` (default the shipped event schema), cached."""
         key = "" if reader_schema is None else json.dumps(reader_schema, sort_keys=True)
