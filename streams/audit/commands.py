@@ -129,7 +129,8 @@ def replay_command(
         Path | None, typer.Option("--rules", help="what-if: a proposed rules directory")
     ] = None,
     whatif_ref: Annotated[
-        str | None, typer.Option("--rules-ref", help="what-if: rules/ at a git ref")
+        str | None,
+        typer.Option("--rules-ref", help="what-if: rules/ at a git ref of --git-dir, with its schema"),
     ] = None,
     jsonl: Annotated[Path | None, typer.Option("--jsonl", help="write one JSON line per record")] = None,
     html_out: Annotated[
@@ -147,7 +148,7 @@ def replay_command(
     ] = False,
     keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="partner keys for --republish")] = None,
     git_dir: Annotated[
-        Path, typer.Option("--git-dir", help="repository whose rules/ history holds past rulesets")
+        Path, typer.Option("--git-dir", help="repository whose rules/ and schema history holds past rulesets")
     ] = Path("."),
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="exit 0 when the filters select no record")
@@ -172,7 +173,7 @@ def replay_command(
         whatif = with_replay_keys(load_ruleset_or_exit(whatif_rules))
     elif whatif_ref is not None:
         try:
-            whatif = ruleset_at_ref(Path("."), whatif_ref, Path(tempfile.mkdtemp()))
+            whatif = ruleset_at_ref(git_dir, whatif_ref, Path(tempfile.mkdtemp()))
         except RulesetError as exc:
             err.print(f"--rules-ref {whatif_ref}: cannot load rules there ({exc})")
             raise typer.Exit(EXIT_COULD_NOT_RUN) from None
