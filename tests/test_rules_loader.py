@@ -228,3 +228,14 @@ def test_a_misspelled_field_key_names_the_keys_of_a_field(tmp_path: Path) -> Non
         "— fix: did you mean 'transform'? (keys here: from, transform, granularity, values, pattern, "
         "max_length, required)"
     ]
+
+
+def test_a_misspelled_vocabulary_key_gets_a_did_you_mean(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE)
+    vocabulary = directory / "_leak-scan.yaml"
+    vocabulary.write_text(vocabulary.read_text().replace("title_names:", "title_name:"))
+    line = _vocabulary_line("title_names:")
+    assert _problems(directory) == [
+        f"{vocabulary}:{line}: title_name: unknown key 'title_name' — fix: did you mean 'title_names'? "
+        "(keys here: title_names, title_id_patterns, forbidden_key_tokens, max_words, max_tokens)"
+    ]
