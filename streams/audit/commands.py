@@ -8,6 +8,7 @@ run (settings, broker, topic, file, keys, a filter naming an unknown partner, re
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -161,6 +162,7 @@ def replay_command(
 
     from streams.audit.replay import replay
     from streams.audit.report import print_summary, write_html, write_jsonl
+    from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
     library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
@@ -194,12 +196,25 @@ def replay_command(
     if jsonl:
         write_jsonl(result, jsonl)
     if html_out:
-        write_html(result, html_out)
+        source = f"file {from_file}" if from_file is not None else _topic_source(settings)
+        filters = {"--since": since, "--until": until, "--partner": partner, "--reason": reason}
+        filters["--rule"] = rule
+        whatif_label = None
+        if whatif is not None:
+            given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
+            whatif_label = f"{given} (digest {whatif.digest})"
+        run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
+        write_html(result, html_out, run, whatif is not None)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
     if result.failed:
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _topic_source(settings: Any) -> str:
+    """The blocked topic and the cluster it was read from, for the report's header."""
+    return f"topic {settings.blocked_topic} on {settings.bootstrap_servers}"
 
 
 def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
