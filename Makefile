@@ -42,7 +42,7 @@ $(PEERS_STAMP): benchmarks/peers-requirements.txt
 BENCH_RECORDS ?= 200000
 bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_RECORDS)
-	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python -m benchmarks.bench_decide
 	$(BIN)/python benchmarks/bench_state_memory.py
 
 # Fuzz for FUZZ_SECONDS with Hypothesis, then as long again with atheris (libFuzzer) when

@@ -12,8 +12,19 @@ from typing import Annotated
 import orjson
 import typer
 
+from streams import exitcodes
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
+from streams.cli_support import (
+    RulesDir,
+    RulesOpt,
+    err,
+    load_keys_or_refuse,
+    load_ruleset_or_exit,
+    refuse,
+    report_error,
+    version_text,
+)
+from streams.core.errors import RefusalError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
 from streams.runtime.secrets import MissingKeyError, load_keys
@@ -53,7 +64,9 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    ruleset = load_ruleset_or_exit(rules_dir)
+    from streams.runtime.config import guard_topics_from_env
+
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     for rule in ruleset.rules:
         types = ", ".join(rule.events)
         print(f"ok  {rule.partner}  ({rule.rule_id}) -> {rule.topic}: {types}")
@@ -64,8 +77,9 @@ def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
 def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
+    from streams.runtime.config import guard_topics_from_env
 
-    ruleset = load_ruleset_or_exit(rules_dir)
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     results = run_rule_tests(rules_dir, ruleset)
     failed = False
     for result in results:
@@ -79,7 +93,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
             for reason, why in result.uncovered.items():
                 print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
 
 
 def _diff_side(rules: Path) -> Ruleset:
@@ -99,7 +113,7 @@ def _diff_side(rules: Path) -> Ruleset:
         err.print(f"rules refused at {rules} ({len(problems)} problem(s)):", highlight=False, markup=False)
         for problem in problems:
             err.print(f"  {problem}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(exitcodes.REFUSED) from None
 
 
 @rules_app.command("diff")
@@ -157,16 +171,7 @@ def decide_command(
     from streams.offline.cases import decide_line, decision_json
 
     ruleset = load_ruleset_or_exit(rules)
-    try:
-        loaded = load_keys(ruleset.partners, keys_dir, dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(
-            f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
-            "pseudonyms change every run[/yellow]"
-        )
-    keyed = ruleset.with_keys(loaded.keys)
+    keyed = ruleset.with_keys(load_keys_or_refuse(ruleset.partners, keys_dir, dev))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
@@ -212,7 +217,7 @@ def run_command(
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
-    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
     try:
         loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
     except MissingKeyError as exc:
@@ -285,5 +290,8 @@ def broker_command(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script; the one place refusals are reported."""
+    try:
+        app()
+    except RefusalError as exc:
+        sys.exit(report_error(exc))

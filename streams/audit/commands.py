@@ -16,6 +16,7 @@ import typer
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from streams import exitcodes
 from streams.cli_support import err, load_ruleset_or_exit
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
@@ -34,10 +35,10 @@ Until = Annotated[str | None, typer.Option("--until", help="ISO time: withheld b
 Partner = Annotated[str | None, typer.Option("--partner", help="only this partner")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="only records with this reason code")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")]
-EXIT_MISMATCH = 1
-EXIT_COULD_NOT_RUN = 2
-EXIT_INVALID_RECORDS = 3
-EXIT_NOTHING_SELECTED = 4
+EXIT_MISMATCH = exitcodes.CHECK_FAILED
+EXIT_COULD_NOT_RUN = exitcodes.REFUSED
+EXIT_INVALID_RECORDS = exitcodes.REPLAY_INVALID_RECORDS
+EXIT_NOTHING_SELECTED = exitcodes.REPLAY_NOTHING_SELECTED
 PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
 
 
@@ -52,7 +53,7 @@ def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, p
     except ConfigError as exc:
         err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    kafka = settings.kafka_base()
     return read_topic(kafka, settings.blocked_topic, wanted, progress), settings
 
 
@@ -230,7 +231,7 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
         except ConfigError:
             err.print("originals kept by reference: set the Kafka settings to fetch them from the source")
             return records
-    resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
+    resolve_references(records, settings.kafka_base())
     return records
 
 
