@@ -29,8 +29,9 @@ test: lint typecheck
 	$(BIN)/partner-guard rules test rules
 	$(BIN)/pytest -q
 
+ENGINE ?= kafka
 demo: $(STAMP)
-	$(BIN)/partner-guard demo
+	$(BIN)/partner-guard demo --engine $(ENGINE)
 
 # Quix Streams pins confluent-kafka < 2.13: the peer pipelines get their own venv.
 $(PEERS_STAMP): benchmarks/peers-requirements.txt

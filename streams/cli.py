@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import sys
@@ -26,8 +27,14 @@ from streams.cli_support import (
 )
 from streams.core.errors import RefusalError
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
-from streams.runtime.secrets import MissingKeyError, load_keys
+
+
+class Engine(enum.StrEnum):
+    """Which engine runs the guard (both run the same decision path, `streams.runtime.decider`)."""
+
+    KAFKA = "kafka"
+    FAUST = "faust"
+
 
 app = typer.Typer(
     help="partner-guard: only what the privacy statement promises reaches ad partners.",
@@ -193,12 +200,21 @@ def run_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, max=64, help="guard processes on this host")
     ] = None,
+    engine: Annotated[
+        Engine | None,
+        typer.Option(
+            "--engine",
+            help="kafka: confluent-kafka, one transaction per batch (default); "
+            "faust: a Faust worker (faust-streaming), same decisions",
+        ),
+    ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
     from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
     from streams.runtime.preflight import StartupRefusedError, preflight
+    from streams.runtime.startup import keyed_setup
 
     configure_logging()
     try:
@@ -209,47 +225,37 @@ def run_command(
             dev=dev or None,
             keys_dir=keys_dir,
             workers=workers,
+            engine=engine.value if engine else None,
         )
     except ConfigError as exc:
         refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import check_settings
+
+        check_settings(settings)  # refuses what the Faust engine cannot honour, before connecting
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
     ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
-    try:
-        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
-    try:
-        payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
-    except PayloadKeyError as exc:
-        refuse(str(exc))
+    setup = keyed_setup(settings, ruleset)
+    for notice in setup.notices:
+        err.print(notice, highlight=False, markup=False)
     try:
         preflight(settings)
     except StartupRefusedError as exc:
         refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import run_worker
+
+        raise typer.Exit(run_worker(setup))
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
         args = worker_arguments(config, rules, dev, keys_dir)
         raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
-    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
-
-
-def _payload_protector(mode: PayloadMode, keys_file: Path | None, dev: bool) -> PayloadProtector:
-    if mode == "full":
-        return PayloadProtector("full")
-    try:
-        return PayloadProtector(mode, Keyring.load(keys_file))
-    except PayloadKeyError:
-        if not dev:
-            raise
-        err.print(f"--dev: ephemeral payload key for '{mode}' blocked records")
-        return PayloadProtector(mode, Keyring.ephemeral())
+    raise typer.Exit(GuardJob(setup.settings, setup.ruleset, payload=setup.payload).run())
 
 
 @app.command("demo")
@@ -262,12 +268,13 @@ def demo_command(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="guard metrics port (0 = free)")] = 0,
     rules: RulesOpt = Path("rules"),
     seed: Annotated[int, typer.Option("--seed", help="generator seed")] = 7,
+    engine: Annotated[Engine, typer.Option("--engine", help="the guard's engine")] = Engine.KAFKA,
 ) -> None:
     """First run: embedded broker, synthetic traffic, the real guard, a summary and a leak scan."""
     from streams.demo.run import run_demo
 
     load_ruleset_or_exit(rules)
-    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed))
+    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed, engine.value))
 
 
 @app.command("broker")

@@ -110,9 +110,15 @@ class Settings(BaseSettings):
     schema_registry_timeout_ms: int = Field(5000, ge=100, description="per registry request (one retry)")
     avro_schema_id: int | None = Field(None, ge=0, description="without a registry: the one writer id")
     avro_schema_fingerprint: str | None = Field(None, description="without a registry: its SHA-256 PCF")
+    engine: Literal["kafka", "faust"] = Field("kafka", description="kafka (confluent-kafka) or faust")
+    faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    faust_accepted_gaps: Annotated[list[Literal["P8"]], NoDecode] = Field(
+        default_factory=list, description="promises the operator accepts the Faust engine cannot keep"
+    )
 
     _split_topics = field_validator("input_topics", mode="before")(_split_csv)
     _split_formats = field_validator("input_formats", mode="before")(_split_pairs)
+    _split_gaps = field_validator("faust_accepted_gaps", mode="before")(_split_csv)
 
     @field_validator("kafka")
     @classmethod

@@ -62,8 +62,13 @@ def start_guard(
     group: str,
     extra_env: dict[str, str] | None = None,
     transactional_id: str | None = None,
+    engine: str = "kafka",
 ) -> GuardProcess:
-    """Start `partner-guard run --create-topics` against the broker, with the tests' keys and rules."""
+    """Start `partner-guard run --create-topics` against the broker, with the tests' keys and rules.
+
+    `engine="faust"` starts the Faust engine, which runs at least once here (the embedded
+    broker refuses aiokafka's transactions): promise P8's gap is acknowledged for it.
+    """
     env = {
         **KEY_ENV,
         "PARTNER_GUARD_GROUP_ID": group,
@@ -73,6 +78,9 @@ def start_guard(
     }
     if transactional_id:
         env["PARTNER_GUARD_TRANSACTIONAL_ID"] = transactional_id
+    env["PARTNER_GUARD_ENGINE"] = engine
+    if engine == "faust":
+        env.setdefault("PARTNER_GUARD_FAUST_ACCEPTED_GAPS", "P8")
     return harness.start_guard(
         bootstrap, input_topics, tmp / f"guard-{uuid.uuid4().hex[:8]}.log", env, cwd=ROOT
     )
