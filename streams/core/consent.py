@@ -61,7 +61,7 @@ GDPR_REGIONS = EEA | {"GB", "CH", "EU", "EEA"}
 MEMO_MAX_CHARS = 1_024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per receivable event, never changed (see Decision)
 class EffectiveConsent:
     """Everything the consent checks need, already reduced to the most restrictive value.
 

@@ -222,9 +222,11 @@ class Malformed:
     reason: str = "malformed"
 
 
-@dataclass(frozen=True, slots=True)
+# Not `frozen`: two decisions are built per input, and a frozen dataclass's __init__ costs
+# about four times a plain one's (measured in benchmarks/RESULTS.md). Nothing mutates one.
+@dataclass(slots=True)
 class Decision:
-    """The verdict for one (record, partner) pair."""
+    """The verdict for one (record, partner) pair; never changed once built."""
 
     partner: str
     rule_id: str
