@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic_core import PydanticSerializationError
 
 from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
@@ -112,8 +113,10 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
     if snapshot is None:
         return b"null"
     try:
+        if protector.mode == "full":  # identifiers kept as they are: straight to JSON, no dict between
+            return snapshot.model_dump_json().encode()
         return orjson.dumps(protector.snapshot(snapshot.model_dump(mode="json")))
-    except orjson.JSONEncodeError:  # defence in depth: the state tables bound every value
+    except (orjson.JSONEncodeError, PydanticSerializationError):  # defence in depth: the tables bound values
         return b"null"
 
 
