@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic_core import PydanticSerializationError
 
 from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
@@ -113,10 +112,8 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
     if snapshot is None:
         return b"null"
     try:
-        if protector.mode == "full":  # identifiers kept as they are: straight to JSON, no dict between
-            return snapshot.model_dump_json().encode()
         return orjson.dumps(protector.snapshot(snapshot.model_dump(mode="json")))
-    except (orjson.JSONEncodeError, PydanticSerializationError):  # defence in depth: the tables bound values
+    except orjson.JSONEncodeError:  # defence in depth: the state tables bound every value
         return b"null"
 
 
