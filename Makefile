@@ -29,8 +29,9 @@ test: lint typecheck
 	$(BIN)/partner-guard rules test rules
 	$(BIN)/pytest -q
 
+ENGINE ?= kafka
 demo: $(STAMP)
-	$(BIN)/partner-guard demo
+	$(BIN)/partner-guard demo --engine $(ENGINE)
 
 # Quix Streams pins confluent-kafka < 2.13: the peer pipelines get their own venv.
 $(PEERS_STAMP): benchmarks/peers-requirements.txt
@@ -42,7 +43,7 @@ $(PEERS_STAMP): benchmarks/peers-requirements.txt
 BENCH_RECORDS ?= 200000
 bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_RECORDS)
-	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python -m benchmarks.bench_decide
 	$(BIN)/python benchmarks/bench_state_memory.py
 
 # Fuzz for FUZZ_SECONDS with Hypothesis, then as long again with atheris (libFuzzer) when

@@ -1,5 +1,5 @@
 """Pure `decide` cost per event on a realistic mix, against a JSON strip baseline measured in
-the same run. Usage: `python benchmarks/bench_decide.py [EVENTS]` (or `make bench`).
+the same run. Usage: `python -m benchmarks.bench_decide [EVENTS]` (or `make bench`).
 
 Prints CPU µs per event (process time: other load on a shared machine disturbs it least), µs
 per (event, partner) pair, and the ratio to the baseline.
@@ -8,43 +8,22 @@ per (event, partner) pair, and the ratio to the baseline.
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 
+from benchmarks.common import best_of, population
 from streams.core.codec import decode_json, decode_json_gated
 from streams.core.decide import decide, receivable_types
-from streams.core.rules.loader import load_ruleset
-from streams.gen.traffic import TrafficGenerator
-from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
+from streams.runtime.state import snapshot_for
 
-ROOT = Path(__file__).resolve().parents[1]
 DROP = ("context", "user", "properties")
-
-
-def _best_of(runs: int, work: Callable[[], None]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.process_time()
-        work()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def main(count: int = 50_000) -> None:
     """Run the benchmark and print the figures."""
-    ruleset = load_ruleset(ROOT / "rules").with_keys(
-        {"install-attribution": b"a" * 32, "signup-conversions": b"b" * 32}
-    )
-    generator = TrafficGenerator(seed=11, population=5_000)
-    consent, status = ConsentTable(), SignupStatusTable()
-    for keyed in generator.consent_records():
-        consent.apply(keyed.key or b"", keyed.value)
-    for keyed in generator.signup_statuses():
-        status.apply(keyed.key or b"", keyed.value)
+    mix = population(seed=11, size=5_000)
+    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.status
     raw = [e.value or b"" for e in generator.events(count)]
 
     decoded = [decode_json(r) for r in raw]
@@ -79,10 +58,10 @@ def main(count: int = 50_000) -> None:
         for value, snap in zip(raw, snapshots, strict=True):
             decide(decode_json_gated(value, receivable), snap, ruleset)
 
-    baseline = _best_of(3, strip_baseline)
-    pure = _best_of(3, decide_only)
-    full = _best_of(3, decode_and_decide)
-    gated = _best_of(3, gated_decode_and_decide)
+    baseline = best_of(3, strip_baseline)
+    pure = best_of(3, decide_only)
+    full = best_of(3, decode_and_decide)
+    gated = best_of(3, gated_decode_and_decide)
     pairs = count * len(ruleset.partners)
     print(f"events: {count}, partners: {len(ruleset.partners)}, verdicts: {dict(verdicts)}")
     print(f"json strip baseline      {baseline / count * 1e6:7.2f} µs/event")

@@ -1,6 +1,6 @@
 """Leak-scan cost per forwarded record on a realistic mix, and on the worst shapes found.
 
-Usage: `python benchmarks/bench_leakscan.py [EVENTS]`. Prints, in CPU time (best of several
+Usage: `python -m benchmarks.bench_leakscan [EVENTS]`. Prints, in CPU time (best of several
 runs, so other processes on the machine matter less): µs per forwarded record for the scan
 (warm memo, the steady state; and cold, memo cleared before each record), for collecting
 the event's own values and identifier spellings, the scan's share of `decide` per event,
@@ -10,20 +10,15 @@ and the time for the longest hostile values the scan reads.
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from benchmarks.common import best_of, population
 from streams.core.codec import decode_json
 from streams.core.decide import decide, sensitive_values
 from streams.core.leakscan import MAX_SCANNED_CHARS
 from streams.core.models import Event
-from streams.core.rules.loader import load_ruleset
-from streams.gen.traffic import TrafficGenerator
-from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
+from streams.runtime.state import snapshot_for
 
-ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = {  # the longest values the scan reads (MAX_SCANNED_CHARS); longer ones are refused unread
     "email-shaped": "@" + "a" * (MAX_SCANNED_CHARS - 1),
     "ipv6-shaped": "1:" * (MAX_SCANNED_CHARS // 2),
@@ -35,26 +30,10 @@ HOSTILE = {  # the longest values the scan reads (MAX_SCANNED_CHARS); longer one
 }
 
 
-def _best_of(runs: int, work: Callable[[], None]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.process_time()
-        work()
-        best = min(best, time.process_time() - start)
-    return best
-
-
 def main(count: int = 50_000) -> None:
     """Run the benchmark and print the figures."""
-    ruleset = load_ruleset(ROOT / "rules").with_keys(
-        {"install-attribution": b"a" * 32, "signup-conversions": b"b" * 32}
-    )
-    generator = TrafficGenerator(seed=11, population=5_000)
-    consent, status = ConsentTable(), SignupStatusTable()
-    for keyed in generator.consent_records():
-        consent.apply(keyed.key or b"", keyed.value)
-    for keyed in generator.signup_statuses():
-        status.apply(keyed.key or b"", keyed.value)
+    mix = population(seed=11, size=5_000)
+    ruleset, generator, consent, status = mix.ruleset, mix.generator, mix.consent, mix.status
     forwarded: list[tuple[Event, dict[str, Any]]] = []
     decided = []
     for keyed in generator.events(count):
@@ -85,11 +64,11 @@ def main(count: int = 50_000) -> None:
             decide(record, snapshot, ruleset)
 
     n = len(forwarded)
-    scan, own = _best_of(5, warm), _best_of(5, collect)
-    whole = _best_of(3, decide_all)
+    scan, own = best_of(5, warm), best_of(5, collect)
+    whole = best_of(3, decide_all)
     print(f"events: {count}, forwarded records: {n}")
     print(f"scan, warm memo           {scan / n * 1e6:8.2f} µs/record")
-    print(f"scan, cold memo           {_best_of(3, cold) / n * 1e6:8.2f} µs/record")
+    print(f"scan, cold memo           {best_of(3, cold) / n * 1e6:8.2f} µs/record")
     print(f"own values and spellings  {own / n * 1e6:8.2f} µs/record")
     print(f"decide                    {whole / count * 1e6:8.2f} µs/event")
     print(f"ratio scan + own values / decide: {(scan + own) / whole:.1%} of decide's cost")
@@ -99,7 +78,7 @@ def main(count: int = 50_000) -> None:
             scanner.clear_memo()
             scanner.scan({"campaign_id": text})
 
-        print(f"hostile {name:18s} {len(text):5d} chars {_best_of(3, hostile) * 1e6:9.1f} µs")
+        print(f"hostile {name:18s} {len(text):5d} chars {best_of(3, hostile) * 1e6:9.1f} µs")
 
 
 if __name__ == "__main__":

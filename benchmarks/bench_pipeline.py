@@ -12,6 +12,8 @@ generated traffic (realistic mix, ~680 bytes a record):
                   default settings, then again keeping blocked content by reference, then
                   with `--workers 2` (two processes; its own row, never the baseline: every
                   other pipeline is one process)
+  guard, faust    `partner-guard run --engine faust` (same decisions, at least once), once,
+                  on the first FAUST_RECORDS records (it is slow enough to dominate the run)
 Prints a Markdown table of records/s and ratios, the two throughput targets marked met or
 not, then offers the guard half of its measured peak for 20 s and prints the p99
 end-to-end latency (input timestamp to committed output) against its target. Absolute
@@ -25,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,14 +36,15 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, Producer
 
-from streams.broker.embedded import EmbeddedBroker, free_port
+from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
+from streams.harness import GuardProcess, histogram_buckets, produce_fresh_events, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PIPELINES = ("passthrough", "strip", "quix", "guard", "guard_reference", "guard_workers2")
+PIPELINES = ("passthrough", "strip", "quix", "guard", "guard_reference", "guard_workers2", "guard_faust")
 # The guard's metrics are scraped this often while it runs: each scrape costs the guard's
 # HTTP thread CPU, so scraping much more often than Prometheus would skews the figure.
 SCRAPE_INTERVAL_S = 1.0
@@ -50,6 +52,11 @@ SCRAPE_INTERVAL_S = 1.0
 # machine other work only ever slows a run down, so the fastest is the least disturbed.
 ROUNDS = 2
 INPUT = "bench.events"
+# The Faust engine moves about a quarter of the kafka engine's records/s: one run on this
+# many records measures its steady state without making the whole benchmark hours longer.
+FAUST_RECORDS = 30_000
+# The embedded broker refuses aiokafka's transactions: the Faust engine runs at least once.
+FAUST_ENV = {"PARTNER_GUARD_ENGINE": "faust", "PARTNER_GUARD_FAUST_ACCEPTED_GAPS": "P8"}
 DROP = ("context", "user", "properties")
 
 
@@ -129,24 +136,6 @@ def _strip(value: bytes) -> bytes | None:
     return orjson.dumps(obj)
 
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
-def _histogram(port: int, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of a histogram, by upper bound."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            bound = line.split('le="')[1].split('"')[0]
-            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
-
-
 def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The q-quantile's bucket upper bound over the records observed between two scrapes."""
     deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
@@ -157,32 +146,15 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
     return float("nan")
 
 
-def _start_guard(
-    bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+def _start_guard(bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None) -> GuardProcess:
     env = {
-        **os.environ,
-        "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
-        "PARTNER_GUARD_INPUT_TOPICS": INPUT,
-        "PARTNER_GUARD_METRICS_PORT": str(port),
-        "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
-        "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
         "PARTNER_GUARD_GROUP_ID": f"bench-guard-{uuid.uuid4().hex}",
         "PARTNER_GUARD_TRANSACTIONAL_ID": "bench-guard-0",
         "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "bench-key-install-attribution",
         "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "bench-key-signup-conversions",
         **(extra_env or {}),
     }
-    log = open(workdir / "guard.log", "wb")  # noqa: SIM115 - the child owns it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "run", "--create-topics"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return process, port
+    return start_guard(bootstrap, INPUT, workdir / "guard.log", env, cwd=ROOT)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -198,14 +170,15 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _guard_throughput(process: subprocess.Popen[bytes], port: int, count: int, workdir: Path) -> Rate:
+def _guard_throughput(guard: GuardProcess, count: int) -> Rate:
+    process = guard.process
     first_seen, first_count, first_cpu = 0.0, 0.0, 0.0
     while True:
         time.sleep(SCRAPE_INTERVAL_S)
         if process.poll() is not None:
-            raise RuntimeError((workdir / "guard.log").read_text()[-3000:])
+            raise RuntimeError(guard.log())
         try:
-            done = _metric(port, "partner_guard_records_in_total")
+            done = guard.metric_value("partner_guard_records_in_total")
         except OSError:
             continue
         if done and not first_seen:
@@ -218,23 +191,22 @@ def _guard_throughput(process: subprocess.Popen[bytes], port: int, count: int, w
             )
 
 
-def _latency_at(bootstrap: str, port: int, generator: TrafficGenerator, rate: float, seconds: float) -> float:
+def _latency_at(
+    bootstrap: str, guard: GuardProcess, generator: TrafficGenerator, rate: float, seconds: float
+) -> float:
     """p99 end-to-end latency (record timestamp to committed output) at a steady offered rate."""
     name = "partner_guard_end_to_end_latency_seconds"
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    before = _histogram(port, name)
+    before = histogram_buckets(guard.metrics(), name)
     begin = time.monotonic()
     sent = 0
     while (elapsed := time.monotonic() - begin) < seconds:
-        while sent < rate * elapsed:
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            sent += 1
+        sent = produce_fresh_events(producer, INPUT, generator, sent, rate * elapsed)
         producer.poll(0)
         time.sleep(0.002)
     producer.flush(30)
     time.sleep(3)  # let the last batches commit
-    return _quantile(before, _histogram(port, name), 0.99)
+    return _quantile(before, histogram_buckets(guard.metrics(), name), 0.99)
 
 
 def _quix_with_decide(bootstrap: str, count: int) -> Rate | None:
@@ -284,12 +256,11 @@ def _met(ok: bool) -> str:
 
 
 def _guard_run(bootstrap: str, count: int, workdir: Path, env: dict[str, str] | None = None) -> Rate:
-    process, port = _start_guard(bootstrap, workdir, env)
+    guard = _start_guard(bootstrap, workdir, env)
     try:
-        return _guard_throughput(process, port, count, workdir)
+        return _guard_throughput(guard, count)
     finally:
-        process.terminate()
-        process.wait(30)
+        guard.stop(30)
 
 
 def _best(rates: list[Rate | None]) -> Rate | None:
@@ -314,6 +285,7 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
         )
         generator = _produce_input(broker.bootstrap, count)
         workdir = Path(tmp)
+        faust_count = min(count, FAUST_RECORDS)
         for _ in range(rounds):
             runs["passthrough"].append(_copy(broker.bootstrap, count, "bench.passthrough", lambda v: v))
             runs["strip"].append(_copy(broker.bootstrap, count, "bench.strip", _strip))
@@ -323,18 +295,18 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
             runs["guard_reference"].append(_guard_run(broker.bootstrap, count, workdir, reference))
             workers = {"PARTNER_GUARD_WORKERS": "2"}
             runs["guard_workers2"].append(_guard_run(broker.bootstrap, count, workdir, workers))
+        runs["guard_faust"].append(_guard_run(broker.bootstrap, faust_count, workdir, FAUST_ENV))
         best = {name: _best(rates) for name, rates in runs.items()}
         passthrough, strip, quix = best["passthrough"], best["strip"], best["quix"]
         guard, guard_reference = best["guard"], best["guard_reference"]
         guard_workers2 = best["guard_workers2"]
         assert passthrough and strip and guard and guard_reference and guard_workers2
-        process, port = _start_guard(broker.bootstrap, workdir)
+        latency_guard = _start_guard(broker.bootstrap, workdir)
         try:
-            _guard_throughput(process, port, count, workdir)  # catch up, then offer half of peak
-            p99 = _latency_at(broker.bootstrap, port, generator, guard.per_s / 2, 20.0)
+            _guard_throughput(latency_guard, count)  # catch up, then offer half of peak
+            p99 = _latency_at(broker.bootstrap, latency_guard, generator, guard.per_s / 2, 20.0)
         finally:
-            process.terminate()
-            process.wait(30)
+            latency_guard.stop(30)
     print(
         f"{count:,} records, 3 partitions, embedded broker, one process each, best of {rounds} interleaved"
         f" runs; {versions}"
@@ -349,6 +321,7 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
         ("`partner-guard run`", guard),
         ("`partner-guard run`, blocked_original: reference", guard_reference),
         ("`partner-guard run --workers 2` (two processes; CPU of both)", guard_workers2),
+        (f"`partner-guard run --engine faust` (first {faust_count:,} records)", best["guard_faust"]),
     ]
     for name, rate in rows:
         if rate is None:
@@ -366,6 +339,9 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
             versus = getattr(guard, attribute) / getattr(quix, attribute)
             line += f"; guard / Quix + decide = {versus:.2f} (target >= 2: {_met(versus >= 2)})"
         print(line)
+    faust = best["guard_faust"]
+    if faust is not None:
+        print(f"faust engine / kafka engine = {faust.per_s / guard.per_s:.2f} (wall clock)")
     print(
         f"p99 end-to-end latency at half of peak ({guard.per_s / 2:,.0f} records/s): <= {p99 * 1000:.0f} ms"
         f" (histogram bucket bound; target <= 250 ms: {_met(p99 <= 0.25)})"

@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,10 +35,13 @@ from pathlib import Path
 
 import orjson
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from streams.broker.embedded import EmbeddedBroker, free_port
+from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
+from streams.harness import histogram_buckets as buckets
+from streams.harness import metric_sum as metric
+from streams.harness import produce_fresh_events, read_topic, start_guard
 from streams.runtime.kafka_io import produce
 from streams.runtime.topics import ensure_topics
 
@@ -74,33 +74,6 @@ class Sample:
     revocations: int
 
 
-def scrape(port: int) -> str:
-    """The guard's /metrics text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples matching the labels."""
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def buckets(text: str, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of a histogram by upper bound."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            bound = line.split('le="')[1].split('"')[0]
-            found[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
-    return found
-
-
 def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The q-quantile of what was observed between two scrapes, linear within a bucket."""
     deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
@@ -119,52 +92,27 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 
 
 class Guard:
-    """`partner-guard run` as a child process."""
+    """`partner-guard run` as a child process, with its resource use at hand."""
 
     def __init__(self, bootstrap: str, out: Path) -> None:
-        self.port = free_port()
         env = {
-            **os.environ,
-            "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
-            "PARTNER_GUARD_INPUT_TOPICS": INPUT,
-            "PARTNER_GUARD_METRICS_PORT": str(self.port),
-            "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
-            "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
             "PARTNER_GUARD_GROUP_ID": f"soak-{uuid.uuid4().hex[:8]}",
             "PARTNER_GUARD_TRANSACTIONAL_ID": f"soak-{uuid.uuid4().hex[:8]}",
             "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION": "soak-key-install-attribution",
             "PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS": "soak-key-signup-conversions",
         }
-        self.log_path = out / "guard.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "run", "--create-topics"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self.ps = psutil.Process(self.process.pid)
+        self.guard = start_guard(bootstrap, INPUT, out / "guard.log", env, cwd=ROOT)
+        self.ps = psutil.Process(self.guard.process.pid)
 
     def metrics(self) -> str:
         """Scrape, failing loudly if the guard died."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"guard exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-        return scrape(self.port)
+        if self.guard.process.poll() is not None:
+            raise RuntimeError(f"guard exited: {self.guard.log()}")
+        return self.guard.metrics()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Until /readyz answers 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                self.metrics()
-            time.sleep(0.2)
-        raise TimeoutError("guard not ready")
+        self.guard.wait_ready(timeout_s)
 
     def wait_consumed(self, count: int, timeout_s: float = 600.0) -> float:
         """Until records_in reaches `count`; returns the rate since the first record."""
@@ -182,8 +130,7 @@ class Guard:
 
     def stop(self) -> int:
         """SIGTERM and wait."""
-        self.process.terminate()
-        return self.process.wait(60)
+        return self.guard.stop(60)
 
 
 class Storm:
@@ -210,26 +157,8 @@ class Storm:
 
 def _read_partner_topic(bootstrap: str, topic: str) -> tuple[int, int]:
     """(records, records matching FORBIDDEN) in a partner topic, read_committed."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"soak-audit-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    count = bad = 0
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < 5:
-        batch = [m for m in consumer.consume(10_000, 0.5) if m.error() is None]
-        if batch:
-            idle_since = time.monotonic()
-        count += len(batch)
-        bad += sum(1 for m in batch if FORBIDDEN.search(m.value() or b""))
-    consumer.close()
-    return count, bad
+    values = [record.value or b"" for record in read_topic(bootstrap, topic, idle_s=5, timeout_s=3600)]
+    return len(values), sum(1 for value in values if FORBIDDEN.search(value))
 
 
 def _chart(rows: list[Sample], path: Path) -> bool:
@@ -315,10 +244,7 @@ def _soak(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker | Non
         guard.wait_ready()
         broker_ps = psutil.Process(broker.process.pid) if broker else None
         broker_before = broker_ps.memory_info().rss if broker_ps else 0
-        for _ in range(PEAK_BACKLOG):
-            record = generator.event(epoch_ms=int(time.time() * 1000))
-            produce(producer, INPUT, record.value, record.key)
-            producer.poll(0)
+        produce_fresh_events(producer, INPUT, generator, 0, PEAK_BACKLOG)
         producer.flush(60)
         peak = guard.wait_consumed(PEAK_BACKLOG)
         produced = PEAK_BACKLOG

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import sys
@@ -12,10 +13,27 @@ from typing import Annotated
 import orjson
 import typer
 
+from streams import exitcodes
 from streams.audit.commands import replay_app
-from streams.cli_support import RulesDir, RulesOpt, err, load_ruleset_or_exit, refuse, version_text
-from streams.runtime.payload import Keyring, PayloadKeyError, PayloadMode, PayloadProtector
-from streams.runtime.secrets import MissingKeyError, load_keys
+from streams.cli_support import (
+    RulesDir,
+    RulesOpt,
+    err,
+    load_keys_or_refuse,
+    load_ruleset_or_exit,
+    refuse,
+    report_error,
+    version_text,
+)
+from streams.core.errors import RefusalError
+
+
+class Engine(enum.StrEnum):
+    """Which engine runs the guard (both run the same decision path, `streams.runtime.decider`)."""
+
+    KAFKA = "kafka"
+    FAUST = "faust"
+
 
 app = typer.Typer(
     help="partner-guard: only what the privacy statement promises reaches ad partners.",
@@ -52,7 +70,9 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    ruleset = load_ruleset_or_exit(rules_dir)
+    from streams.runtime.config import guard_topics_from_env
+
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     for rule in ruleset.rules:
         types = ", ".join(rule.events)
         print(f"ok  {rule.partner}  ({rule.rule_id}) -> {rule.topic}: {types}")
@@ -63,8 +83,9 @@ def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
 def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
+    from streams.runtime.config import guard_topics_from_env
 
-    ruleset = load_ruleset_or_exit(rules_dir)
+    ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     results = run_rule_tests(rules_dir, ruleset)
     failed = False
     for result in results:
@@ -78,7 +99,7 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
             for reason, why in result.uncovered.items():
                 print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
 
 
 @rules_app.command("diff")
@@ -134,16 +155,7 @@ def decide_command(
     from streams.offline.cases import decide_line, decision_json
 
     ruleset = load_ruleset_or_exit(rules)
-    try:
-        loaded = load_keys(ruleset.partners, keys_dir, dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(
-            f"[yellow]--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; "
-            "pseudonyms change every run[/yellow]"
-        )
-    keyed = ruleset.with_keys(loaded.keys)
+    keyed = ruleset.with_keys(load_keys_or_refuse(ruleset.partners, keys_dir, dev))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
@@ -165,12 +177,21 @@ def run_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, max=64, help="guard processes on this host")
     ] = None,
+    engine: Annotated[
+        Engine | None,
+        typer.Option(
+            "--engine",
+            help="kafka: confluent-kafka, one transaction per batch (default); "
+            "faust: a Faust worker (faust-streaming), same decisions",
+        ),
+    ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
     from streams.runtime.config import ConfigError, load_settings, unknown_env_warnings
     from streams.runtime.job import GuardJob
     from streams.runtime.logs import configure_logging
     from streams.runtime.preflight import StartupRefusedError, preflight
+    from streams.runtime.startup import keyed_setup
 
     configure_logging()
     try:
@@ -181,47 +202,37 @@ def run_command(
             dev=dev or None,
             keys_dir=keys_dir,
             workers=workers,
+            engine=engine.value if engine else None,
         )
     except ConfigError as exc:
         refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import check_settings
+
+        check_settings(settings)  # refuses what the Faust engine cannot honour, before connecting
     for warning in unknown_env_warnings():
         logging.getLogger("streams.cli").warning("ignoring %s", warning)
     source = (
         "--rules" if rules else "PARTNER_GUARD_RULES_DIR" if "PARTNER_GUARD_RULES_DIR" in os.environ else None
     )
-    ruleset = load_ruleset_or_exit(settings.rules_dir, source)
-    try:
-        loaded = load_keys(ruleset.partners, settings.keys_dir, settings.dev)
-    except MissingKeyError as exc:
-        refuse(str(exc))
-    if loaded.ephemeral:
-        err.print(f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run")
-    try:
-        payload = _payload_protector(settings.blocked_payload, settings.payload_keys_file, settings.dev)
-    except PayloadKeyError as exc:
-        refuse(str(exc))
+    ruleset = load_ruleset_or_exit(settings.rules_dir, source, settings.guard_topics())
+    setup = keyed_setup(settings, ruleset)
+    for notice in setup.notices:
+        err.print(notice, highlight=False, markup=False)
     try:
         preflight(settings)
     except StartupRefusedError as exc:
         refuse(str(exc))
+    if settings.engine == "faust":
+        from streams.engines.faust_app import run_worker
+
+        raise typer.Exit(run_worker(setup))
     if settings.workers > 1:
         from streams.runtime.workers import Supervisor, worker_arguments
 
         args = worker_arguments(config, rules, dev, keys_dir)
         raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
-    raise typer.Exit(GuardJob(settings, ruleset.with_keys(loaded.keys), payload=payload).run())
-
-
-def _payload_protector(mode: PayloadMode, keys_file: Path | None, dev: bool) -> PayloadProtector:
-    if mode == "full":
-        return PayloadProtector("full")
-    try:
-        return PayloadProtector(mode, Keyring.load(keys_file))
-    except PayloadKeyError:
-        if not dev:
-            raise
-        err.print(f"--dev: ephemeral payload key for '{mode}' blocked records")
-        return PayloadProtector(mode, Keyring.ephemeral())
+    raise typer.Exit(GuardJob(setup.settings, setup.ruleset, payload=setup.payload).run())
 
 
 @app.command("demo")
@@ -234,12 +245,13 @@ def demo_command(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="guard metrics port (0 = free)")] = 0,
     rules: RulesOpt = Path("rules"),
     seed: Annotated[int, typer.Option("--seed", help="generator seed")] = 7,
+    engine: Annotated[Engine, typer.Option("--engine", help="the guard's engine")] = Engine.KAFKA,
 ) -> None:
     """First run: embedded broker, synthetic traffic, the real guard, a summary and a leak scan."""
     from streams.demo.run import run_demo
 
     load_ruleset_or_exit(rules)
-    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed))
+    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed, engine.value))
 
 
 @app.command("broker")
@@ -262,5 +274,8 @@ def broker_command(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script; the one place refusals are reported."""
+    try:
+        app()
+    except RefusalError as exc:
+        sys.exit(report_error(exc))

@@ -1,15 +1,19 @@
-"""Pieces the command-line modules share: the error console, rule loading, common options."""
+"""Pieces the command-line modules share: the error console and report, rule and key loading, options."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
+from streams import exitcodes
+from streams.core.errors import RefusalError
 from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.core.rules.ruleset import Ruleset
+from streams.runtime.secrets import load_keys
 
 # soft_wrap: messages are never hard-wrapped (a terminal wraps them; logs and pipes get one line)
 err = Console(stderr=True, soft_wrap=True)
@@ -18,34 +22,63 @@ RulesDir = Annotated[Path, typer.Argument(help="rules directory")]
 RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]
 
 
+class RulesDirMissingError(RefusalError):
+    """No rules directory where one was asked for."""
+
+
+class RefusedError(RefusalError):
+    """A command refuses to do its work; the message says why and what to fix."""
+
+
 def refuse(message: str) -> NoReturn:
-    """Print `refusing to start: <message>` as one line on stderr and exit 2."""
+    """Refuse with `message`: raised, and reported by the command line's one error handler."""
+    raise RefusedError(message)
+
+
+def report_error(exc: RefusalError) -> int:
+    """Print one of the project's own errors the one way the command line does; the exit code.
+
+    `refusing to start: <message>` on one line of stderr, never hard-wrapped; a refused
+    ruleset lists its problems below, one `file:line: what — fix` a line.
+    """
+    message = str(exc)
+    if isinstance(exc, RulesetError):
+        listed = "".join(f"\n  {problem}" for problem in exc.problems)
+        message = f"rules refused ({len(exc.problems)} problem(s)):{listed}"
     err.print(f"refusing to start: {message}", highlight=False, markup=False)
-    raise typer.Exit(2)
+    return exitcodes.REFUSED
 
 
-def load_ruleset_or_exit(rules_dir: Path, source: str | None = None) -> Ruleset:
-    """Load a ruleset, or print every problem (file:line: what — fix) and exit 2.
+def load_ruleset_or_exit(
+    rules_dir: Path, source: str | None = None, reserved_topics: Mapping[str, str] | None = None
+) -> Ruleset:
+    """Load a ruleset; raises `RulesetError` (every problem) or `RulesDirMissingError`, which
+    the command line reports (`report_error`) before it exits 2.
 
     A missing directory names the absolute path looked at and, when known, where the path
-    came from (`source`: `--rules` or `PARTNER_GUARD_RULES_DIR`).
+    came from (`source`: `--rules` or `PARTNER_GUARD_RULES_DIR`). A rule writing to one of
+    `reserved_topics` (the guard's own topics) is refused.
     """
     if not rules_dir.is_dir():
         origin = f"from {source}, " if source else ""
+        raise RulesDirMissingError(
+            f"no rules directory at {rules_dir.resolve()} ({origin}working directory {Path.cwd()}); "
+            "the rules are yours to provide: pass --rules DIR or set PARTNER_GUARD_RULES_DIR"
+        )
+    return load_ruleset(rules_dir, reserved_topics=reserved_topics)
+
+
+def load_keys_or_refuse(partners: Sequence[str], keys_dir: Path | None, dev: bool) -> Mapping[str, bytes]:
+    """The partners' keys (`MissingKeyError` when one is missing outside a local run); says
+    on stderr which ones are ephemeral (`--dev`)."""
+    loaded = load_keys(partners, keys_dir, dev)
+    if loaded.ephemeral:
         err.print(
-            f"rules refused: no rules directory at {rules_dir.resolve()} ({origin}working directory "
-            f"{Path.cwd()}); the rules are yours to provide: pass --rules DIR or set PARTNER_GUARD_RULES_DIR",
+            f"--dev: ephemeral keys for {', '.join(loaded.ephemeral)}; pseudonyms change every run",
             highlight=False,
             markup=False,
         )
-        raise typer.Exit(2)
-    try:
-        return load_ruleset(rules_dir)
-    except RulesetError as exc:
-        err.print(f"[red]rules refused[/red] ({len(exc.problems)} problem(s)):", highlight=False)
-        for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+    return loaded.keys
 
 
 def version_text(rules_dir: Path | None) -> str:

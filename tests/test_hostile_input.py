@@ -519,39 +519,32 @@ def test_replay_reports_a_block_the_job_contained_as_unverifiable(ruleset: Rules
     assert outcome.status == "unverifiable"
 
 
-class _RecordingProducer:
-    """Collects what the job produces (no broker: this tests the job's per-record containment)."""
+class _RecordingSink:
+    """Collects what the decider sends (no broker: this tests the per-record containment)."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None]] = []
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Any = None) -> None:
+    def __call__(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
         self.records.append((topic, value))
-
-
-class _Message:
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def value(self) -> bytes:
-        return self._value
 
 
 def test_the_job_blocks_an_input_whose_outputs_raise_for_every_partner(
     ruleset: Ruleset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from streams.runtime.config import Settings
-    from streams.runtime.job import BatchTally, GuardJob
+    from streams.runtime.decider import BatchTally
+    from streams.runtime.job import GuardJob
 
     job = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset)
 
     def explode(*args: Any) -> None:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(job, "_build_outputs", explode)
-    producer, tally = _RecordingProducer(), BatchTally()
+    monkeypatch.setattr(job.decider, "_build_outputs", explode)
+    producer, tally = _RecordingSink(), BatchTally()
     source = SourceRef("internal.events", 0, 7, None, b"k", "json")
-    job._emit_input(producer, _Message(orjson.dumps(_case()["event"])), source, False, tally)  # type: ignore[arg-type]
+    job.decider.emit(orjson.dumps(_case()["event"]), source, False, tally, producer)
     assert [topic for topic, _ in producer.records] == ["guard.blocked"]  # one record lists every partner
     blocked = orjson.loads(producer.records[0][1] or b"")
     assert [d["partner"] for d in blocked["decisions"]] == list(ruleset.partners)

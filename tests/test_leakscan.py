@@ -17,17 +17,10 @@ from streams.core.identifiers import truncate_ip
 from streams.core.leakscan import MAX_SCANNED_CHARS, LeakScanner
 from streams.core.models import Decision
 from streams.core.rules.loader import RulesetError, load_ruleset
-from streams.core.rules.model import ALLOWED_EVENT_TYPES
 from streams.core.rules.ruleset import Ruleset
 from streams.offline.cases import decide_case
-from tests.conftest import RULES_DIR
+from tests.conftest import RULES_DIR, permissive_ruleset
 
-PERMISSIVE = """\
-partner: permissive
-jurisdictions: [US, CA]
-consent: {interest_based_ads: required, ad_cookies_on_web: not_required}
-events:
-"""
 PERMISSIVE_FIELDS = """\
   {event_type}:
     fields:
@@ -45,11 +38,7 @@ PERMISSIVE_FIELDS = """\
 def permissive(tmp_path_factory: Any) -> Ruleset:
     """Keeps untagged fields as they are (any text up to 1000 characters): the leak scan is the
     only defense."""
-    directory: Path = tmp_path_factory.mktemp("permissive-scan")
-    shutil.copy(RULES_DIR / "_leak-scan.yaml", directory / "_leak-scan.yaml")
-    body = "".join(PERMISSIVE_FIELDS.format(event_type=t) for t in sorted(ALLOWED_EVENT_TYPES))
-    (directory / "permissive.yaml").write_text(PERMISSIVE + body)
-    return load_ruleset(directory).with_keys({"permissive": b"p" * 32})
+    return permissive_ruleset(tmp_path_factory.mktemp("permissive-scan"), PERMISSIVE_FIELDS)
 
 
 @pytest.fixture(scope="module")

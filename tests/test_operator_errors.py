@@ -229,3 +229,35 @@ def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp
     with pytest.raises(ConfigError) as refused:
         load_settings()
     assert "s3cret" not in str(refused.value) and "avro_schema_id" in str(refused.value)
+
+
+def test_every_command_reports_the_projects_errors_one_way(tmp_path: Path) -> None:
+    """A refused ruleset, a missing key, a bad setting: `refusing to start: ...`, exit 2, no traceback."""
+    (tmp_path / "acme.yaml").write_text("partner: acme\njurisdictions: [US]\nevents: {}\n")
+    (tmp_path / "_leak-scan.yaml").write_text((RULES / "_leak-scan.yaml").read_text())
+    rules = run_cli(["rules", "check", str(tmp_path)])
+    assert rules.returncode == 2 and "Traceback" not in rules.stderr
+    first, *problems = rules.stderr.strip().splitlines()
+    assert first == "refusing to start: rules refused (1 problem(s)):"
+    assert len(problems) == 1 and problems[0].startswith(f"  {tmp_path / 'acme.yaml'}:3: events:")
+    no_key = run_cli(["decide", "--rules", str(RULES)])
+    assert "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION" in refusal(no_key)
+    bad_setting = run_cli(["run", "--rules", str(RULES)], env={"PARTNER_GUARD_BATCH_SIZE": "lots"})
+    assert "setting 'batch_size'" in refusal(bad_setting)
+
+
+def test_the_projects_errors_share_one_base() -> None:
+    from streams.core.errors import PartnerGuardError, RefusalError
+    from streams.core.rules.loader import RulesetError
+    from streams.core.signals.bits import SignalError
+    from streams.runtime.config import ConfigError
+    from streams.runtime.faults import InjectedFaultError
+    from streams.runtime.preflight import StartupRefusedError
+    from streams.runtime.secrets import KeysDirError, MissingKeyError
+
+    refusals = (RulesetError, ConfigError, StartupRefusedError, MissingKeyError, KeysDirError)
+    for error in (*refusals, SignalError, InjectedFaultError):
+        assert issubclass(error, PartnerGuardError), error
+    assert all(issubclass(error, RefusalError) for error in refusals)
+    assert not issubclass(InjectedFaultError, RefusalError)  # raised mid-run: not "refusing to start"
+    assert issubclass(SignalError, ValueError)  # what it was before, still

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,11 @@ from hypothesis import strategies as st
 
 from streams.core.codec import decode_avro, encode_avro
 from streams.core.models import Decision
-from streams.core.rules.loader import load_ruleset
-from streams.core.rules.model import ALLOWED_EVENT_TYPES, CONTENT_EVENT_TYPES
+from streams.core.rules.model import CONTENT_EVENT_TYPES
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
 from streams.offline.cases import decide_case, decide_line
-from tests.conftest import RULES_DIR
+from tests.conftest import permissive_ruleset
 from tests.hostile import FORBIDDEN_TOKENS, hostile_case, opt_out_case
 
 PROPERTY_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -142,12 +140,6 @@ def test_corrupt_avro_is_malformed(ruleset: Ruleset) -> None:
     assert isinstance(decode_avro(None, event_schema()), Malformed)
 
 
-PERMISSIVE_HEADER = """\
-partner: permissive
-jurisdictions: [US, CA]
-consent: {interest_based_ads: required, ad_cookies_on_web: not_required}
-events:
-"""
 PERMISSIVE_FIELDS = """\
   {event_type}:
     fields:
@@ -164,10 +156,7 @@ PERMISSIVE_FIELDS = """\
 
 def _permissive_ruleset(directory: Path) -> Ruleset:
     """A rule that keeps every untagged field as-is: no values, no patterns, only the length cap."""
-    shutil.copy(RULES_DIR / "_leak-scan.yaml", directory / "_leak-scan.yaml")
-    body = "".join(PERMISSIVE_FIELDS.format(event_type=t) for t in sorted(ALLOWED_EVENT_TYPES))
-    (directory / "permissive.yaml").write_text(PERMISSIVE_HEADER + body)
-    return load_ruleset(directory).with_keys({"permissive": b"p" * 32})
+    return permissive_ruleset(directory, PERMISSIVE_FIELDS)
 
 
 def test_leak_scan_alone_keeps_p1_and_p6(tmp_path_factory: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.core.rules.loader import RulesetError, load_ruleset
+from streams.runtime.config import Settings, guard_topics_from_env
 from tests.conftest import RULES_DIR
 
 BASE_RULE = """\
@@ -156,3 +158,73 @@ def test_cli_rules_test_reports_uncovered_reasons(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "1 passed, 0 failed" in result.stdout
     assert "consent_gpc" in result.stdout  # uncovered reason listed
+
+
+GUARD_TOPICS = {
+    "internal.events": "an input topic",
+    "privacy.consent": "the consent state topic",
+    "audit.withheld": "the blocked-event topic",
+}
+
+
+@pytest.mark.parametrize("topic", ["audit.withheld", "internal.events", "privacy.consent"])
+def test_a_rule_may_not_write_to_a_topic_of_the_guard_as_configured(tmp_path: Path, topic: str) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("jurisdictions:", f"topic: {topic}\njurisdictions:"))
+    with pytest.raises(RulesetError) as info:
+        load_ruleset(directory, reserved_topics=GUARD_TOPICS)
+    expected = f"{directory / 'acme.yaml'}:2: topic '{topic}' is {GUARD_TOPICS[topic]}"
+    assert [str(p) for p in info.value.problems] == [expected + " — fix: use partner.<id>.events"]
+
+
+def test_guard_blocked_is_an_ordinary_topic_when_the_blocked_topic_is_configured_elsewhere(
+    tmp_path: Path,
+) -> None:
+    directory = _rules_dir(
+        tmp_path, BASE_RULE.replace("jurisdictions:", "topic: guard.blocked\njurisdictions:")
+    )
+    assert load_ruleset(directory, reserved_topics=GUARD_TOPICS).rule("acme").topic == "guard.blocked"
+
+
+def test_rules_check_refuses_the_blocked_topic_named_in_the_environment(tmp_path: Path) -> None:
+    directory = _rules_dir(
+        tmp_path, BASE_RULE.replace("jurisdictions:", "topic: audit.withheld\njurisdictions:")
+    )
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PARTNER_GUARD_")}
+        command = [sys.executable, "-m", "streams", "rules", "check", str(directory)]
+        return subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+
+    assert check().returncode == 0
+    refused = check(PARTNER_GUARD_BLOCKED_TOPIC="audit.withheld")
+    assert refused.returncode == 2
+    assert "topic 'audit.withheld' is the blocked-event topic" in refused.stderr
+
+
+def test_the_guard_topics_are_the_configured_names() -> None:
+    settings = Settings(
+        bootstrap_servers="localhost:9092",
+        input_topics=["web.events", "app.events"],
+        blocked_topic="audit.withheld",
+    )
+    assert settings.guard_topics() == {
+        "web.events": "an input topic",
+        "app.events": "an input topic",
+        "privacy.consent": "the consent state topic",
+        "member.signup-status": "the sign-up status state topic",
+        "audit.withheld": "the blocked-event topic",
+    }
+    environment = {
+        "PARTNER_GUARD_INPUT_TOPICS": "web.events,app.events",
+        "PARTNER_GUARD_BLOCKED_TOPIC": "audit.withheld",
+    }
+    assert guard_topics_from_env(environment) == settings.guard_topics()
+    assert guard_topics_from_env({})["guard.blocked"] == "the blocked-event topic"
+
+
+def test_the_default_partner_topic_is_checked_too(tmp_path: Path) -> None:
+    with pytest.raises(RulesetError) as info:
+        reserved = {"partner.acme.events": "the blocked-event topic"}
+        load_ruleset(_rules_dir(tmp_path, BASE_RULE), reserved_topics=reserved)
+    messages = [p.message for p in info.value.problems]
+    assert messages == ["topic 'partner.acme.events' is the blocked-event topic"]

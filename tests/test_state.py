@@ -211,3 +211,25 @@ def test_jurisdiction_table_is_bounded() -> None:
     assert len(table) == MAX_JURISDICTIONS + 10 and table.invalid_records == 10  # loading went on
     last = table.get(f"account:j{MAX_JURISDICTIONS + 9}".encode())
     assert last is not None and last.interest_based_ads == "denied" and last.jurisdiction is None
+
+
+def test_packed_layouts_are_the_ones_disk_stores_were_written_with() -> None:
+    """The disk store keeps the packed ints: naming the bit positions must not move them."""
+    consent_store: dict[bytes, int] = {}
+    consent = ConsentTable(store=consent_store)
+    record = {
+        "subject": "account:a1",
+        "updated_at": 1_795_000_000_000,
+        "interest_based_ads": "denied",  # code 2, bits 0-1
+        "do_not_sell_or_share": False,  # code 1, bits 2-3
+        "matched_identifier_opt_out": True,  # code 2, bits 4-5
+        "ad_cookies": "granted",  # code 1, bits 6-7
+        "jurisdiction": "US-CA",  # index 1, bits 8-23
+    }
+    consent.apply(b"account:a1", orjson.dumps(record))
+    assert consent_store[b"account:a1"] == 2 | 1 << 2 | 2 << 4 | 1 << 6 | 1 << 8 | 1_795_000_000_000 << 24
+    status_store: dict[bytes, int] = {}
+    statuses = SignupStatusTable(store=status_store)
+    status = {"account_id": "a1", "status": "member", "updated_at": 1_795_000_000_000}
+    statuses.apply(b"a1", orjson.dumps(status))
+    assert status_store[b"a1"] == 2 | 1_795_000_000_000 << 3  # member is code 2, bits 0-2

@@ -105,3 +105,25 @@ def test_without_a_rules_dir_the_error_names_where_it_looked(installed: Path, tm
     result = _run([str(installed / "partner-guard"), "rules", "check"], tmp_path)
     assert result.returncode == 2
     assert str(tmp_path / "rules") in result.stderr and "--rules" in result.stderr
+
+
+def test_the_replay_report_template_ships_in_the_wheel(installed: Path, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    replayed = _run(
+        [
+            str(installed / "partner-guard"),
+            "replay",
+            "--from-file",
+            "empty.jsonl",
+            "--no-git",
+            "--allow-empty",
+            "--html",
+            "report.html",
+        ],
+        tmp_path,
+    )
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "No record selected: nothing was verified." in page
+    assert "(git commit not available)" in page  # installed from a wheel: no checkout to ask

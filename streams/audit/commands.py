@@ -8,6 +8,7 @@ run (settings, broker, topic, file, keys, a filter naming an unknown partner, re
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ import typer
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from streams import exitcodes
 from streams.cli_support import err, load_ruleset_or_exit
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
@@ -33,10 +35,10 @@ Until = Annotated[str | None, typer.Option("--until", help="ISO time: withheld b
 Partner = Annotated[str | None, typer.Option("--partner", help="only this partner")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="only records with this reason code")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id")]
-EXIT_MISMATCH = 1
-EXIT_COULD_NOT_RUN = 2
-EXIT_INVALID_RECORDS = 3
-EXIT_NOTHING_SELECTED = 4
+EXIT_MISMATCH = exitcodes.CHECK_FAILED
+EXIT_COULD_NOT_RUN = exitcodes.REFUSED
+EXIT_INVALID_RECORDS = exitcodes.REPLAY_INVALID_RECORDS
+EXIT_NOTHING_SELECTED = exitcodes.REPLAY_NOTHING_SELECTED
 PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="keys to decrypt payloads")]
 
 
@@ -51,7 +53,7 @@ def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, p
     except ConfigError as exc:
         err.print(f"{exc}\n(or pass --from-file)", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    kafka = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    kafka = settings.kafka_base()
     return read_topic(kafka, settings.blocked_topic, wanted, progress), settings
 
 
@@ -160,6 +162,7 @@ def replay_command(
 
     from streams.audit.replay import replay
     from streams.audit.report import print_summary, write_html, write_jsonl
+    from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
     library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
@@ -193,12 +196,25 @@ def replay_command(
     if jsonl:
         write_jsonl(result, jsonl)
     if html_out:
-        write_html(result, html_out)
+        source = f"file {from_file}" if from_file is not None else _topic_source(settings)
+        filters = {"--since": since, "--until": until, "--partner": partner, "--reason": reason}
+        filters["--rule"] = rule
+        whatif_label = None
+        if whatif is not None:
+            given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
+            whatif_label = f"{given} (digest {whatif.digest})"
+        run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
+        write_html(result, html_out, run, whatif is not None)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
     if result.failed:
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _topic_source(settings: Any) -> str:
+    """The blocked topic and the cluster it was read from, for the report's header."""
+    return f"topic {settings.blocked_topic} on {settings.bootstrap_servers}"
 
 
 def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
@@ -214,7 +230,7 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
         except ConfigError:
             err.print("originals kept by reference: set the Kafka settings to fetch them from the source")
             return records
-    resolve_references(records, {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka})
+    resolve_references(records, settings.kafka_base())
     return records
 
 

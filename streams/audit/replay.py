@@ -135,6 +135,7 @@ class Outcome:
     why: str = ""
     redecided: Decision | None = None
     whatif: Decision | None = None
+    event_type: str | None = None  # of the decoded original (reports group by it); None when not decoded
 
     @property
     def partner(self) -> str:
@@ -161,6 +162,7 @@ class Outcome:
             "source": self.blocked.get("source"),
             "timestamp_ms": self.blocked.get("_timestamp_ms"),
             "recorded_reasons": self.blocked.get("reasons"),
+            "event_type": self.event_type,
             "status": self.status,
             "why": self.why,
         }
@@ -289,7 +291,7 @@ def _verify_one(
     except ValueError as exc:  # bad base64, a nonce of the wrong size
         return Outcome(reader_members(blocked), "invalid_record", str(exc))
     partner = str(blocked.get("partner"))
-    outcome = Outcome(blocked, "match")
+    outcome = Outcome(blocked, "match", event_type=getattr(full, "event_type", None))
     if whatif is not None:
         outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
     if ruleset is None:

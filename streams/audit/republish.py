@@ -104,7 +104,7 @@ def republish(
     outcomes: list[Outcome], settings: Settings, ruleset: Ruleset, keyring: Keyring | None, dry_run: bool
 ) -> RepublishResult:
     """Send on what `ruleset` (with real partner keys) forwards under the current state."""
-    kafka: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    kafka = settings.kafka_base()
     outputs = {settings.blocked_topic, REPUBLISHED_TOPIC, *(rule.topic for rule in ruleset.rules)}
     result = RepublishResult()
     forwarded = [o for o in outcomes if o.whatif is not None and o.whatif.forwarded]
@@ -122,8 +122,7 @@ def republish(
         GuardMetrics(),
     )
     try:
-        while reader.catch_up(settings.state_catchup_timeout_ms / 1000):
-            pass
+        reader.load(settings.state_catchup_timeout_ms / 1000)
     finally:
         reader.close()
     inputs = set(settings.input_topics)

@@ -54,17 +54,25 @@ def event_from_object(obj: Any, raw: bytes) -> Event | Malformed:
         return Malformed(raw, f"invalid event: {type(exc).__name__}")
 
 
-def decode_json(raw: bytes | None) -> Event | Malformed:
-    """Decode one JSON event: strict parse (duplicate keys refused), then strict validation."""
+def _parse_record(raw: bytes | None) -> Any:
+    """The record's JSON document, strictly parsed, or the `Malformed` saying why there is none
+    (a parsed document is plain JSON values, never a `Malformed`)."""
     if not raw:
         return Malformed(raw or b"", "empty record")
     try:
-        obj = parse_strict_json(raw)
+        return parse_strict_json(raw)
     except ValueError as exc:
         return Malformed(raw, _json_error(exc))
     except Exception as exc:  # defensive: the parser is native code
         return Malformed(raw, f"not valid JSON: {type(exc).__name__}")
-    return event_from_object(obj, raw)
+
+
+def decode_json(raw: bytes | None) -> Event | Malformed:
+    """Decode one JSON event: strict parse (duplicate keys refused), then strict validation."""
+    obj = _parse_record(raw)
+    if isinstance(obj, Malformed):
+        return obj
+    return event_from_object(obj, raw or b"")
 
 
 def decode_state_record(raw: bytes, model: type[_Model]) -> _Model:
@@ -81,21 +89,16 @@ def decode_json_gated(raw: bytes | None, receivable: Container[str]) -> Event | 
     the rest holds. Replay decodes blocked records of format v2 the same way, so decisions
     reproduce exactly.
     """
-    if not raw:
-        return Malformed(raw or b"", "empty record")
-    try:
-        obj = parse_strict_json(raw)
-    except ValueError as exc:
-        return Malformed(raw, _json_error(exc))
-    except Exception as exc:  # defensive: the parser is native code
-        return Malformed(raw, f"not valid JSON: {type(exc).__name__}")
+    obj = _parse_record(raw)
+    if isinstance(obj, Malformed):
+        return obj
     event_type = obj.get("event_type") if isinstance(obj, dict) else None
     if isinstance(event_type, str) and event_type not in receivable:
         try:
             return Envelope.model_validate({"event_id": obj.get("event_id"), "event_type": event_type})
         except ValidationError:
             pass  # the full validation below says what is wrong
-    return event_from_object(obj, raw)
+    return event_from_object(obj, raw or b"")
 
 
 def drop_nulls(value: Any) -> Any:

@@ -19,6 +19,7 @@ from streams.core.signals.gpp import (
 from streams.core.signals.tcf import TCString, decode_tc_string
 from streams.core.signals.usprivacy import us_privacy_opted_out
 
+# The European Economic Area's member countries (ISO 3166-1 alpha-2).
 EEA = frozenset(
     [
         "AT",
@@ -53,7 +54,10 @@ EEA = frozenset(
         "NO",
     ]
 )
-GDPR_REGIONS = EEA | {"GB", "CH", "EU", "EEA"}
+# A jurisdiction inside the EEA: a member country, or the area named as a whole.
+EEA_REGIONS = EEA | {"EU", "EEA"}
+# Where the GDPR (or its UK and Swiss equivalents) applies.
+GDPR_REGIONS = EEA_REGIONS | {"GB", "CH"}
 
 
 # Why 1,024: CMP strings repeat across a user's events and are rarely longer than a few

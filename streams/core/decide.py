@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from streams.core.consent import EEA, EffectiveConsent, effective_consent
+from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
 from streams.core.leakscan import raw_values_of
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
@@ -14,8 +14,9 @@ from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 from streams.core.transforms import project
 
-_EEA_LIKE = EEA | {"EU", "EEA"}
 _NOT_ALLOWED = (Reason.EVENT_TYPE_NOT_ALLOWED.value,)  # the decision of most traffic, built once
+# A reason a rule blocks, with the detail that explains it (when there is one).
+Blocking = tuple[Reason, str | None]
 
 
 def _block(
@@ -68,54 +69,49 @@ def sensitive_values(event: Event) -> frozenset[str]:
 
 
 def _in_scope(jurisdiction: str, scope: tuple[str, ...]) -> bool:
-    return jurisdiction in scope or ("EEA" in scope and jurisdiction in _EEA_LIKE)
+    return jurisdiction in scope or ("EEA" in scope and jurisdiction in EEA_REGIONS)
 
 
-def _consent_reasons(
-    rule: CompiledRule, event: Event, consent: EffectiveConsent, details: list[str]
-) -> Iterator[str]:
-    """Opt-outs every rule honours (P3), then the consent this rule requires."""
+def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent) -> list[Blocking]:
+    """Opt-outs every rule honours (P3), then the consent this rule requires; in order."""
     need = rule.source.consent
+    found: list[Blocking] = []
     if consent.unparseable:
-        details.append("consent_unparseable: " + ",".join(consent.unparseable))
-        yield Reason.CONSENT_UNPARSEABLE
+        found.append((Reason.CONSENT_UNPARSEABLE, "consent_unparseable: " + ",".join(consent.unparseable)))
     if consent.gpc:
-        yield Reason.CONSENT_GPC
+        found.append((Reason.CONSENT_GPC, None))
     if consent.do_not_sell_or_share:
-        yield Reason.CONSENT_DO_NOT_SELL
+        found.append((Reason.CONSENT_DO_NOT_SELL, None))
     if consent.us_privacy_opt_out:
-        yield Reason.CONSENT_US_PRIVACY_OPT_OUT
+        found.append((Reason.CONSENT_US_PRIVACY_OPT_OUT, None))
     if consent.gpp_opt_out:
-        yield Reason.CONSENT_GPP_OPT_OUT
+        found.append((Reason.CONSENT_GPP_OPT_OUT, None))
     if consent.gpp_known_child:
-        yield Reason.CONSENT_GPP_KNOWN_CHILD
+        found.append((Reason.CONSENT_GPP_KNOWN_CHILD, None))
     if consent.gpp_unsupported_sections:
-        details.append("gpp sections " + ",".join(map(str, consent.gpp_unsupported_sections)))
-        yield Reason.CONSENT_GPP_SECTION_UNSUPPORTED
+        sections = ",".join(map(str, consent.gpp_unsupported_sections))
+        found.append((Reason.CONSENT_GPP_SECTION_UNSUPPORTED, f"gpp sections {sections}"))
     if need.honour_dnt and consent.dnt:
-        yield Reason.CONSENT_DNT
+        found.append((Reason.CONSENT_DNT, None))
     if consent.interest_based_ads == "denied":
-        yield Reason.CONSENT_INTEREST_BASED_ADS_DENIED
+        found.append((Reason.CONSENT_INTEREST_BASED_ADS_DENIED, None))
     elif consent.interest_based_ads is None and need.interest_based_ads == "required":
-        details.append("consent_missing: interest_based_ads")
-        yield Reason.CONSENT_MISSING
+        found.append((Reason.CONSENT_MISSING, "consent_missing: interest_based_ads"))
     signals = event.context.consent if event.context else None
     web = bool(event.device and event.device.platform == "web")
     if consent.ad_cookies == "denied" and (web or (signals and signals.ad_cookies == "denied")):
-        yield Reason.CONSENT_AD_COOKIES_DECLINED
+        found.append((Reason.CONSENT_AD_COOKIES_DECLINED, None))
     elif web and consent.ad_cookies is None and need.ad_cookies_on_web == "required":
-        details.append("consent_missing: ad_cookies")
-        yield Reason.CONSENT_MISSING
+        found.append((Reason.CONSENT_MISSING, "consent_missing: ad_cookies"))
     if need.tcf is not None and consent.gdpr_applies and not consent.tcf_unparseable:
         if not consent.tcf:
-            details.append("consent_missing: tcf")
-            yield Reason.CONSENT_MISSING
+            found.append((Reason.CONSENT_MISSING, "consent_missing: tcf"))
         else:  # every TC string the event carries must grant: any one that denies blocks
             vendor = need.tcf.vendor_id
             denied = [p for p in need.tcf.purposes if not all(tc.allows(vendor, p) for tc in consent.tcf)]
             if denied:
-                details.append(f"tcf purposes without legal basis: {denied}")
-                yield Reason.CONSENT_TCF_DENIED
+                found.append((Reason.CONSENT_TCF_DENIED, f"tcf purposes without legal basis: {denied}"))
+    return found
 
 
 def _condition_holds(
@@ -166,7 +162,10 @@ def decide_for_rule(
         reasons.append(Reason.JURISDICTION_UNKNOWN)
     elif not all(_in_scope(j, rule.source.jurisdictions) for j in consent.jurisdictions):
         reasons.append(Reason.JURISDICTION_OUT_OF_SCOPE)
-    reasons.extend(_consent_reasons(rule, event, consent, details))
+    for reason, detail in _consent_reasons(rule, event, consent):
+        reasons.append(reason)
+        if detail is not None:
+            details.append(detail)
     allowed_status = event_spec.signup_status or (
         frozenset(rule.source.signup_status.allowed) if rule.source.signup_status else None
     )

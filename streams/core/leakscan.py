@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from streams.core.identifiers import embedded_ipv4, normalize_email, normalize_phone
+from streams.core.memo import remember
 from streams.core.models import Event
 from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.model import LeakScanFile, RuleFile
@@ -333,9 +334,7 @@ class LeakScanner:
         except KeyError:
             finding, compact = self._text_finding(text, words_are_text=True)
             if len(text) <= _MEMO_MAX_CHARS:
-                if len(self._memo) >= _MEMO_LIMIT:
-                    self._memo.clear()
-                self._memo[text] = (finding, compact)
+                remember(self._memo, text, (finding, compact), _MEMO_LIMIT)
         if finding is not None or not check_raw:
             return finding
         return "raw_value" if _has_raw(compact, raw_values) else None

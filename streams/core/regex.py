@@ -17,6 +17,8 @@ from typing import Protocol, cast
 
 import re2
 
+from streams.core.errors import PartnerGuardError
+
 
 class LinearMatch(Protocol):
     """The part of a match object the guard uses."""
@@ -54,13 +56,21 @@ class LinearPattern(Protocol):
         ...
 
 
-class LinearRegexError(ValueError):
+class LinearRegexError(PartnerGuardError, ValueError):
     """A pattern RE2 cannot compile: a syntax error, a backreference or lookaround."""
 
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # errors are raised, not written to stderr
 _NO_MATCH = (-1, -1)
+
+
+def _options(capture: bool) -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # errors are raised, not written to stderr
+    options.never_capture = not capture  # yes/no questions only: RE2 skips the group bookkeeping
+    return options
+
+
+_CAPTURING, _NOT_CAPTURING = _options(capture=True), _options(capture=False)
 
 
 class LinearRegex:
@@ -111,10 +121,15 @@ class LinearRegex:
         return self._compiled.sub(replacement, text)
 
 
-def compile_linear(pattern: str) -> LinearRegex:
-    """Compile `pattern` with RE2 or raise `LinearRegexError` saying why."""
+def compile_linear(pattern: str, capture: bool = True) -> LinearRegex:
+    """Compile `pattern` with RE2 or raise `LinearRegexError` saying why.
+
+    With `capture=False` groups are not captured: for patterns asked only `contains` or
+    `matches_whole` (rule patterns), which then run faster.
+    """
+    options = _CAPTURING if capture else _NOT_CAPTURING
     try:
-        return LinearRegex(cast(LinearPattern, re2.compile(pattern, _OPTIONS)))
+        return LinearRegex(cast(LinearPattern, re2.compile(pattern, options)))
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)

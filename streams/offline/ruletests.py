@@ -27,8 +27,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.coverage import reachable_reasons
-from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
-from streams.core.rules.loader import _line_of as line_of
+from streams.core.rules.boundedyaml import YamlBoundError, line_of, load_bounded
 from streams.core.rules.ruleset import CompiledRule, Ruleset
 from streams.offline.cases import decide_case
 from streams.offline.noninterference import run_property

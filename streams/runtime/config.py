@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
+from streams.core.errors import RefusalError
+
 ENV_PREFIX = "PARTNER_GUARD_"
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 SECRET_MARKERS = ("password", "secret", "key", "token", "credentials")
@@ -35,7 +37,7 @@ OWNED_KAFKA_PROPERTIES = frozenset(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(RefusalError):
     """Configuration that cannot be used; the message names the setting and the fix."""
 
 
@@ -108,9 +110,15 @@ class Settings(BaseSettings):
     schema_registry_timeout_ms: int = Field(5000, ge=100, description="per registry request (one retry)")
     avro_schema_id: int | None = Field(None, ge=0, description="without a registry: the one writer id")
     avro_schema_fingerprint: str | None = Field(None, description="without a registry: its SHA-256 PCF")
+    engine: Literal["kafka", "faust"] = Field("kafka", description="kafka (confluent-kafka) or faust")
+    faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    faust_accepted_gaps: Annotated[list[Literal["P8"]], NoDecode] = Field(
+        default_factory=list, description="promises the operator accepts the Faust engine cannot keep"
+    )
 
     _split_topics = field_validator("input_topics", mode="before")(_split_csv)
     _split_formats = field_validator("input_formats", mode="before")(_split_pairs)
+    _split_gaps = field_validator("faust_accepted_gaps", mode="before")(_split_csv)
 
     @field_validator("kafka")
     @classmethod
@@ -179,9 +187,49 @@ class Settings(BaseSettings):
         """Passthrough properties with secret values masked, for logs."""
         return {k: ("***" if any(m in k for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
 
+    def kafka_base(self) -> dict[str, Any]:
+        """Base configuration of every Kafka client: the bootstrap servers and the passthrough."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
+
+    def guard_topics(self) -> dict[str, str]:
+        """The topics the guard itself reads or writes, each with what it is (no rule may write there)."""
+        return guard_topics(
+            self.input_topics, self.consent_topic, self.signup_status_topic, self.blocked_topic
+        )
+
     def topic_format(self, topic: str) -> str:
         """The input format of a topic."""
         return self.input_formats.get(topic, "json")
+
+
+def guard_topics(
+    input_topics: list[str], consent_topic: str, signup_status_topic: str, blocked_topic: str
+) -> dict[str, str]:
+    """Topic name -> what it is, for the topics the guard itself reads or writes."""
+    topics = {topic: "an input topic" for topic in input_topics}
+    topics[consent_topic] = "the consent state topic"
+    topics[signup_status_topic] = "the sign-up status state topic"
+    topics[blocked_topic] = "the blocked-event topic"
+    return topics
+
+
+def guard_topics_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`guard_topics` as configured by PARTNER_GUARD_* variables, defaults elsewhere.
+
+    For commands that check rules without a full configuration (`rules check`, `rules test`).
+    """
+    env = os.environ if environ is None else environ
+
+    def setting(name: str) -> str:
+        default = Settings.model_fields[name].default
+        return env.get(ENV_PREFIX + name.upper()) or (
+            default if isinstance(default, str) else ",".join(default)
+        )
+
+    inputs = _split_csv(setting("input_topics"))
+    return guard_topics(
+        inputs, setting("consent_topic"), setting("signup_status_topic"), setting("blocked_topic")
+    )
 
 
 def _kafka_from_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -19,12 +19,14 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from streams.core.errors import PartnerGuardError
+
 log = logging.getLogger(__name__)
 FAULT_ENV = "PARTNER_GUARD_FAULT_BEFORE_COMMIT"
 ACTIONS = ("raise", "stop")
 
 
-class InjectedFaultError(RuntimeError):
+class InjectedFaultError(PartnerGuardError, RuntimeError):
     """The exception `raise@N` throws; never raised unless the fault was asked for."""
 
 

@@ -33,6 +33,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from streams.core.errors import PartnerGuardError, RefusalError
 from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
 
 PayloadMode = Literal["full", "redacted", "encrypted"]
@@ -45,7 +46,7 @@ _SENSITIVE_PREFIXES = ("pii:", "identifier:")
 MAX_KEY_BYTES = 1024
 
 
-class PayloadKeyError(Exception):
+class PayloadKeyError(RefusalError):
     """Payload keys are missing or malformed."""
 
 
@@ -102,7 +103,7 @@ def _associated_data(source: Mapping[str, Any]) -> bytes:
     return f"{source.get('topic')}/{source.get('partition')}/{source.get('offset')}".encode()
 
 
-class PayloadFormatError(ValueError):
+class PayloadFormatError(PartnerGuardError, ValueError):
     """A blocked record's payload members are not what its payload mode writes."""
 
 

@@ -18,17 +18,18 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.core.errors import RefusalError
 from streams.runtime.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
 from streams.runtime.logs import librdkafka_logger
 
 
-class StartupRefusedError(Exception):
+class StartupRefusedError(RefusalError):
     """The job cannot start; the message names the setting, its value and the problem."""
 
 
 def kafka_client_config(settings: Settings) -> dict[str, Any]:
     """Base configuration of every Kafka client: bootstrap, passthrough, logs into the JSON stream."""
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka, "logger": librdkafka_logger()}
+    return {**settings.kafka_base(), "logger": librdkafka_logger()}
 
 
 class _LastLine(logging.Handler):

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.core.errors import RefusalError
+
 KEY_ENV_PREFIX = "PARTNER_GUARD_KEY_"
 MIN_KEY_BYTES = 16
 KEY_FORMAT = (
@@ -16,7 +18,7 @@ KEY_FORMAT = (
 )
 
 
-class MissingKeyError(Exception):
+class MissingKeyError(RefusalError):
     """A partner has no key and the run is not explicitly local."""
 
 

@@ -35,6 +35,7 @@ import orjson
 
 from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
+from streams.core.errors import PartnerGuardError
 from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot, assemble
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,26 @@ _STATUS: tuple[Literal["prospect", "in_signup", "member", "former_member"], ...]
 )
 _STATUS_CODE = {s: i for i, s in enumerate(_STATUS)}
 _STATUS_UNKNOWN = 4  # an invalid or conflicting status: read back as "no status" (blocks)
+
+# Packed layouts, low bits first. The disk store keeps these ints as they are: never reorder.
+# Consent: four 2-bit choice codes, a 16-bit jurisdiction index, then updated_at (epoch ms).
+_CHOICE_BITS = 2
+_CHOICE_MASK = (1 << _CHOICE_BITS) - 1
+_INTEREST_BASED_ADS_SHIFT = 0  # _GRANT code
+_DO_NOT_SELL_SHIFT = 2  # _BOOL code
+_MATCHED_ID_OPT_OUT_SHIFT = 4  # _BOOL code
+_AD_COOKIES_SHIFT = 6  # _GRANT code
+_CHOICE_SHIFTS = (_INTEREST_BASED_ADS_SHIFT, _DO_NOT_SELL_SHIFT, _MATCHED_ID_OPT_OUT_SHIFT, _AD_COOKIES_SHIFT)
+_JURISDICTION_SHIFT = 8
+_JURISDICTION_BITS = 16
+_JURISDICTION_MASK = (1 << _JURISDICTION_BITS) - 1
+_CONSENT_TIME_SHIFT = _JURISDICTION_SHIFT + _JURISDICTION_BITS
+# Sign-up status: a 3-bit status code (an index in _STATUS, or _STATUS_UNKNOWN), then updated_at.
 _STATUS_BITS = 3
-_TIME_SHIFT = 24
-_JURISDICTION_MASK = 0xFFFF
-# The packed jurisdiction index has 16 bits; index 0 is "none". Past this, records that
-# name a new jurisdiction are invalid (fail closed) instead of overflowing the table.
-MAX_JURISDICTIONS = (1 << 16) - 1
+_STATUS_MASK = (1 << _STATUS_BITS) - 1
+# Index 0 of the jurisdiction table is "none". Past this, records that name a new
+# jurisdiction are invalid (fail closed) instead of overflowing the packed index.
+MAX_JURISDICTIONS = _JURISDICTION_MASK
 MAX_JURISDICTION_CHARS = 64
 MAX_ID_CHARS = 512
 # Producers' clocks drift; a record stamped more than this ahead of ours is not believable.
@@ -66,7 +81,10 @@ MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
 SUBJECT_KINDS = ("account", "profile", "device")
 _SUBJECT_KINDS = frozenset(SUBJECT_KINDS)
 _MOST_RESTRICTIVE = (
-    _GRANT["denied"] | _BOOL[True] << 2 | _BOOL[True] << 4 | _GRANT["denied"] << 6
+    _GRANT["denied"] << _INTEREST_BASED_ADS_SHIFT
+    | _BOOL[True] << _DO_NOT_SELL_SHIFT
+    | _BOOL[True] << _MATCHED_ID_OPT_OUT_SHIFT
+    | _GRANT["denied"] << _AD_COOKIES_SHIFT
 )  # jurisdiction index 0 (unknown)
 _LOGGED_INVALID = 10  # log the first few invalid records, then every 1000th
 
@@ -76,7 +94,7 @@ _LOGGED_INVALID = 10  # log the first few invalid records, then every 1000th
 KeyValueStore = MutableMapping[bytes, int]
 
 
-class _InvalidRecordError(Exception):
+class _InvalidRecordError(PartnerGuardError):
     """Why a state record is invalid (never contains identifiers or payload)."""
 
 
@@ -237,11 +255,12 @@ class ConsentTable(_Table):
 
     def _merge(self, old: int, new: int) -> int:
         merged = 0
-        for shift in (0, 2, 4, 6):  # per choice: the most restrictive of the two
-            a, b = old >> shift & 3, new >> shift & 3
+        for shift in _CHOICE_SHIFTS:  # per choice: the most restrictive of the two
+            a, b = old >> shift & _CHOICE_MASK, new >> shift & _CHOICE_MASK
             merged |= (a if _RESTRICTIVENESS[a] >= _RESTRICTIVENESS[b] else b) << shift
-        jurisdiction_a, jurisdiction_b = old >> 8 & _JURISDICTION_MASK, new >> 8 & _JURISDICTION_MASK
-        return merged | (jurisdiction_a if jurisdiction_a == jurisdiction_b else 0) << 8
+        jurisdiction_a = old >> _JURISDICTION_SHIFT & _JURISDICTION_MASK
+        jurisdiction_b = new >> _JURISDICTION_SHIFT & _JURISDICTION_MASK
+        return merged | (jurisdiction_a if jurisdiction_a == jurisdiction_b else 0) << _JURISDICTION_SHIFT
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Apply one record of the compacted topic (see the module docstring for the rules)."""
@@ -252,7 +271,7 @@ class ConsentTable(_Table):
             else:  # neither keeps a grant nor loses a denial: restricts what the key names
                 self._count_invalid("tombstone key is not a canonical subject")
                 for name in _named_subjects(subject):
-                    self._put(name.encode(), _MOST_RESTRICTIVE, None, _TIME_SHIFT)
+                    self._put(name.encode(), _MOST_RESTRICTIVE, None, _CONSENT_TIME_SHIFT)
             return
         try:
             self._apply_valid(subject, value)
@@ -263,7 +282,7 @@ class ConsentTable(_Table):
             )
             usable = self._usable_time(value)
             for name in named:
-                self._put(name.encode(), _MOST_RESTRICTIVE, usable, _TIME_SHIFT)
+                self._put(name.encode(), _MOST_RESTRICTIVE, usable, _CONSENT_TIME_SHIFT)
 
     def _apply_valid(self, subject: str | None, value: bytes) -> None:
         try:
@@ -276,13 +295,13 @@ class ConsentTable(_Table):
             raise _InvalidRecordError("key and subject differ")
         stamp = updated_at_ms(record.updated_at, self._now_ms())
         packed = (
-            _GRANT[record.interest_based_ads]
-            | _BOOL[record.do_not_sell_or_share] << 2
-            | _BOOL[record.matched_identifier_opt_out] << 4
-            | _GRANT[record.ad_cookies] << 6
-            | self._intern(record.jurisdiction) << 8
+            _GRANT[record.interest_based_ads] << _INTEREST_BASED_ADS_SHIFT
+            | _BOOL[record.do_not_sell_or_share] << _DO_NOT_SELL_SHIFT
+            | _BOOL[record.matched_identifier_opt_out] << _MATCHED_ID_OPT_OUT_SHIFT
+            | _GRANT[record.ad_cookies] << _AD_COOKIES_SHIFT
+            | self._intern(record.jurisdiction) << _JURISDICTION_SHIFT
         )
-        self._put(subject.encode(), packed, stamp, _TIME_SHIFT)
+        self._put(subject.encode(), packed, stamp, _CONSENT_TIME_SHIFT)
 
     def get(self, key: bytes) -> ConsentRecord | None:
         """The stored record of one subject."""
@@ -293,12 +312,12 @@ class ConsentTable(_Table):
             ConsentRecord,
             {
                 "subject": key.decode(),
-                "updated_at": (packed >> _TIME_SHIFT) or None,
-                "interest_based_ads": _GRANT_BACK[packed & 3],
-                "do_not_sell_or_share": _BOOL_BACK[packed >> 2 & 3],
-                "matched_identifier_opt_out": _BOOL_BACK[packed >> 4 & 3],
-                "ad_cookies": _GRANT_BACK[packed >> 6 & 3],
-                "jurisdiction": self._jurisdictions[packed >> 8 & _JURISDICTION_MASK],
+                "updated_at": (packed >> _CONSENT_TIME_SHIFT) or None,
+                "interest_based_ads": _GRANT_BACK[packed >> _INTEREST_BASED_ADS_SHIFT & _CHOICE_MASK],
+                "do_not_sell_or_share": _BOOL_BACK[packed >> _DO_NOT_SELL_SHIFT & _CHOICE_MASK],
+                "matched_identifier_opt_out": _BOOL_BACK[packed >> _MATCHED_ID_OPT_OUT_SHIFT & _CHOICE_MASK],
+                "ad_cookies": _GRANT_BACK[packed >> _AD_COOKIES_SHIFT & _CHOICE_MASK],
+                "jurisdiction": self._jurisdictions[packed >> _JURISDICTION_SHIFT & _JURISDICTION_MASK],
             },
         )
 
@@ -346,13 +365,13 @@ class SignupStatusTable(_Table):
     def get(self, account_id: str) -> SignupStatus | None:
         """The status of one account; None when unknown, invalid or conflicting."""
         packed = self._store.get(account_id.encode())
-        if packed is None or packed & 7 == _STATUS_UNKNOWN:
+        if packed is None or packed & _STATUS_MASK == _STATUS_UNKNOWN:
             return None
         return assemble(
             SignupStatus,
             {
                 "account_id": account_id,
-                "status": _STATUS[packed & 7],
+                "status": _STATUS[packed & _STATUS_MASK],
                 "updated_at": (packed >> _STATUS_BITS) or None,
             },
         )

@@ -23,11 +23,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 
+from streams.runtime.kafka_io import records_in
 from streams.runtime.metrics import GuardMetrics
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,7 @@ class StateReader:
 
     def _apply(self, messages: list[Message]) -> int:
         applied = 0
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("state topic error: %s", error.str())
-                continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if topic is None or partition is None or offset is None:
-                continue
+        for message, topic, partition, offset in records_in(messages, log, "state topic"):
             self._appliers[topic](message.key(), message.value())
             self.positions[(topic, partition)] = offset + 1
             applied += 1
@@ -203,6 +196,13 @@ class StateReader:
         if missing == 0:
             self.last_caught_up = time.monotonic()
         return missing
+
+    def load(self, round_timeout_s: float, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Catch up round after round (`round_timeout_s` each) until nothing is left to read,
+        or until `keep_going` (asked before every round) says to stop."""
+        while keep_going():
+            if self.catch_up(round_timeout_s) == 0:
+                return
 
     def poll(self) -> int:
         """Apply whatever has arrived, without waiting."""

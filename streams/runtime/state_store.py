@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
+from streams.core.errors import PartnerGuardError
 from streams.runtime.state import ConsentTable, SignupStatusTable
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ REBUILD_MARKER = "REBUILD"
 _MISSING = object()
 
 
-class StoreCorruptError(RuntimeError):
+class StoreCorruptError(PartnerGuardError, RuntimeError):
     """A read found the local store damaged; it is rebuilt at the next start."""
 
 

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
@@ -182,7 +181,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         s = self.settings
         if s.create_topics:
-            kafka: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers, **s.kafka}
+            kafka = s.kafka_base()
             ensure_topics(
                 kafka,
                 [*s.input_topics, *self._partner_topics(), s.blocked_topic],

@@ -32,6 +32,7 @@ from tests.integration.kafka_helpers import (
     seed_population,
     start_guard,
 )
+from tests.integration.records import AD_ID, app_install, consent, keyed_event
 
 pytestmark = pytest.mark.integration
 
@@ -145,15 +146,7 @@ def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_pat
 def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, store: str) -> None:
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], STATE_TOPICS, 3)
     accounts = [f"ryr-{i:03d}" for i in range(120)]
-    grant = [
-        KeyedRecord(
-            f"account:{a}".encode(),
-            orjson.dumps(
-                {"subject": f"account:{a}", "interest_based_ads": "granted", "ad_cookies": "granted"}
-            ),
-        )
-        for a in accounts
-    ]
+    grant = [consent(a, ad_cookies="granted") for a in accounts]
     produce(broker.bootstrap, "privacy.consent", grant)
     guard = start_guard(
         broker.bootstrap,
@@ -171,24 +164,13 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
         guard.wait_ready()
 
         def install(account: str) -> KeyedRecord:
-            event = {
-                "event_id": f"ev-{account}",
-                "event_type": "app_install",
-                "event_time": "2026-11-28T10:00:00Z",
-                "account_id": account,
-                "device": {"platform": "ios", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-                "context": {"country": "US"},
-                "properties": {"campaign_id": "ryr"},
-            }
-            return KeyedRecord(account.encode(), orjson.dumps(event))
+            return keyed_event(app_install(f"ev-{account}", account, properties={"campaign_id": "ryr"}))
 
         consent_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
         event_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
         for account in accounts[:100]:  # revocation produced and acknowledged, then at once the event
-            revocation = {"subject": f"account:{account}", "interest_based_ads": "denied"}
-            consent_producer.produce(
-                "privacy.consent", orjson.dumps(revocation), f"account:{account}".encode()
-            )
+            revocation = consent(account, "denied")
+            consent_producer.produce("privacy.consent", revocation.value, revocation.key)
             assert consent_producer.flush(10) == 0
             event = install(account)
             event_producer.produce(INPUT, event.value, event.key)
@@ -262,11 +244,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
     produce(
         broker.bootstrap,
         "privacy.consent",
-        [
-            KeyedRecord(
-                b"account:p1", orjson.dumps({"subject": "account:p1", "interest_based_ads": "granted"})
-            )
-        ],
+        [consent("p1")],
     )
     good = {
         "event_id": "ev-good",
@@ -329,17 +307,13 @@ def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Pa
 
     avro_topic = "internal.events.avro"
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [avro_topic], STATE_TOPICS, 1)
-    consent = {"subject": "account:av-1", "interest_based_ads": "granted"}
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:av-1", orjson.dumps(consent))])
-    install = {
-        "event_id": "av-ok",
-        "event_type": "app_install",
-        "event_time": "2026-11-28T10:00:00Z",
-        "account_id": "av-1",
-        "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-        "context": {"country": "US"},
-        "properties": {"title_name": "Dark", "campaign_id": "winter"},
-    }
+    produce(broker.bootstrap, "privacy.consent", [consent("av-1")])
+    install = app_install(
+        "av-ok",
+        "av-1",
+        device={"platform": "android", "ad_id": AD_ID},
+        properties={"title_name": "Dark", "campaign_id": "winter"},
+    )
     play = dict(install, event_id="av-play", event_type="playback_started")
     records = [KeyedRecord(b"av-1", encode_avro(e, event_schema())) for e in (install, play)]
     records.append(KeyedRecord(b"av-1", orjson.dumps(install)))  # JSON on an Avro topic is malformed

@@ -27,6 +27,7 @@ from streams.gen.traffic import KeyedRecord
 from streams.runtime.records import partner_views
 from streams.runtime.topics import ensure_topics
 from tests.integration.kafka_helpers import ROOT, produce, read_topic, start_guard
+from tests.integration.records import AD_ID, app_install, consent
 
 STATE_TOPICS = ["privacy.consent", "member.signup-status"]
 REGISTRY_USER = "guard:registry-secret"
@@ -88,17 +89,10 @@ def test_registry_input_resolves_two_schema_versions_and_blocks_an_unknown_id(
 ) -> None:
     topic = "internal.events.registry"
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [topic], STATE_TOPICS, 1)
-    consent = {"subject": "account:sr-1", "interest_based_ads": "granted"}
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:sr-1", orjson.dumps(consent))])
-    base = {
-        "event_id": "sr-v1",
-        "event_type": "app_install",
-        "event_time": "2026-11-28T10:00:00Z",
-        "account_id": "sr-1",
-        "device": {"platform": "android", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-        "context": {"country": "US"},
-        "properties": {"campaign_id": "spring"},
-    }
+    produce(broker.bootstrap, "privacy.consent", [consent("sr-1")])
+    base = app_install(
+        "sr-v1", "sr-1", device={"platform": "android", "ad_id": AD_ID}, properties={"campaign_id": "spring"}
+    )
     schemas = registry.schemas
 
     def framed(event: dict[str, Any], schema_id: int, schema: dict[str, Any]) -> KeyedRecord:

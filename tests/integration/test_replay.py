@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.integration.kafka_helpers import (
     start_guard,
 )
 from tests.integration.test_job import _wait_consumed
+from tests.report_dom import loading_attributes, sections
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
@@ -222,17 +224,35 @@ def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, 
 
 
 def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) -> None:
+    """The report of a real run, one record tampered and one ruleset lost, as a browser shows it."""
     broker, tmp = full_run
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    exported = tmp / "report-export.jsonl"
+    assert _cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
+    records = _jsonl(exported)
+    tampered_index = next(i for i, r in enumerate(records) if r["reasons"] == ["kids_profile"])
+    records[tampered_index]["reasons"] = ["consent_gpc"]
+    records[tampered_index + 1]["ruleset_digest"] = "sha256:" + "0" * 64
+    tampered = tmp / "report-tampered.jsonl"
+    tampered.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     page = tmp / "report.html"
+    proposed = _rules_without_condition(tmp)
     result = _cli(
-        broker, "replay", "--no-git", "--html", str(page), "--rules", str(_rules_without_condition(tmp))
+        None,
+        "replay",
+        "--from-file",
+        str(tampered),
+        "--no-git",
+        "--html",
+        str(page),
+        "--rules",
+        str(proposed),
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     text = page.read_text()
-    assert "http://" not in text and "https://" not in text and "<script" not in text  # opens offline
+    assert "<script" not in text and not loading_attributes(text)  # opens offline, runs nothing
     flags = [
         "--headless",
         "--no-sandbox",
@@ -251,11 +271,27 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
         timeout=120,
         check=False,
     )
-    assert dom.stdout.count("<svg") >= 4 and "Top block reasons" in dom.stdout
+    shown = sections(dom.stdout)
+    total = len(records)
+    header = shown["run"]
+    assert f"Replayed file {tampered}" in header and f"{total:,} selected, withheld from" in header
+    assert "sha256:" + "0" * 64 + ": 1 record (1 not found)" in header
+    assert f"What-if ruleset --rules {proposed} (digest sha256:" in header and "by partner-guard" in header
+    assert '<p id="verdict-line" class="verdict red">' in dom.stdout
+    assert shown["verdict-line"] == (
+        "1 mismatch: re-decided differently from the record. Also not verified: 1 ruleset not found. "
+        f"{total - 2:,} of {total:,} selected records verified."
+    )
+    assert re.search(r"install-attribution app_install [1-9][\d,]* [a-z_, ]*event_id", shown["whatif"])
+    partners = {r["partner"] for r in records}
+    assert dom.stdout.count('<svg class="chart"') == len(partners)  # one small chart per partner
+    examples = shown["examples"]
+    assert examples.index("1 mismatch") < examples.index("1 ruleset not found") < examples.index("Verified")
+    assert records[tampered_index]["event_id"] in shown["examples-mismatch"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "replay-report.png"
     subprocess.run(
-        [chromium, *flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+        [chromium, *flags, "--window-size=1280,2600", f"--screenshot={shot}", page.as_uri()],
         capture_output=True,
         timeout=120,
         check=False,

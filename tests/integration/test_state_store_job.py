@@ -7,13 +7,13 @@ import signal
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.topics import ensure_topics
 from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
+from tests.integration.records import app_install, consent, keyed_event
 
 pytestmark = pytest.mark.integration
 
@@ -22,22 +22,11 @@ STATE_TOPICS = ["privacy.consent", "member.signup-status"]
 
 
 def _consent(account: str, ads: str) -> KeyedRecord:
-    subject = f"account:{account}"
-    value = {"subject": subject, "interest_based_ads": ads, "ad_cookies": "granted"}
-    return KeyedRecord(subject.encode(), orjson.dumps(value))
+    return consent(account, ads, ad_cookies="granted")
 
 
 def _install(account: str, suffix: str) -> KeyedRecord:
-    event = {
-        "event_id": f"ev-{account}-{suffix}",
-        "event_type": "app_install",
-        "event_time": "2026-11-28T10:00:00Z",
-        "account_id": account,
-        "device": {"platform": "ios", "ad_id": "6d92078a-8246-4ba4-ae5b-76104861e7dc"},
-        "context": {"country": "US"},
-        "properties": {"campaign_id": "store"},
-    }
-    return KeyedRecord(account.encode(), orjson.dumps(event))
+    return keyed_event(app_install(f"ev-{account}-{suffix}", account))
 
 
 def _guard(broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> GuardProcess:

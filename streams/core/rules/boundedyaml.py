@@ -17,6 +17,8 @@ parser (validation, hashing) walks the expanded tree. Loading therefore goes:
    levels, or an alias that contains itself is refused, naming the line of the first node
    that crosses the bound;
 4. only then is the graph constructed into Python objects (merge keys `<<:` work as usual).
+
+`line_of` finds the line of a key or item in a loaded document, for messages about it.
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ from typing import Any
 
 import yaml as libyaml
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+
+from streams.core.errors import PartnerGuardError
 
 MAX_FILE_BYTES = 256 * 1024  # a rule is a page; ruamel parses ~100-250 KB/s, so this loads in 1-3 s
 MAX_DEPTH = 32  # shipped rules nest 5 levels
 MAX_NODES = 100_000  # after alias expansion; shipped rules have a few hundred
 
 
-class YamlBoundError(ValueError):
+class YamlBoundError(PartnerGuardError, ValueError):
     """The file exceeds a loading bound; `line` is 1-based."""
 
     def __init__(self, line: int, message: str, fix: str) -> None:
@@ -147,3 +152,22 @@ def load_bounded(path: Path) -> Any:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise YamlBoundError(1, f"file is larger than {MAX_FILE_BYTES} bytes", "split or shorten it")
     return load_bounded_text(path.read_text(encoding="utf-8"))
+
+
+def line_of(doc: Any, loc: tuple[int | str, ...]) -> int:
+    """The 1-based line of the node at `loc` (or of the closest existing parent)."""
+    node = doc
+    line = 1
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            if part in node.lc.data:  # keys merged in with `<<:` have no position of their own
+                line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            if isinstance(node, CommentedMap | CommentedSeq):
+                line = max(line, node.lc.line + 1)
+            break
+    return line

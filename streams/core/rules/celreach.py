@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.core.errors import PartnerGuardError
+
 MAX_EXPRESSION_CHARS = 2_000
 MAX_DEPTH = 32  # nesting of brackets, calls and unary operators; CEL evaluates recursively
 MAX_NODES = 256  # operators, selections, calls and literals in one condition
@@ -71,7 +73,7 @@ _BINARY_LEVELS: tuple[frozenset[str], ...] = (
 )
 
 
-class CelSubsetError(ValueError):
+class CelSubsetError(PartnerGuardError, ValueError):
     """The expression is outside the CEL subset rules may use, or reads what it may not."""
 
     def __init__(self, message: str, fix: str) -> None:

@@ -22,13 +22,15 @@ import cel
 import orjson
 from pydantic import BaseModel
 
+from streams.core.errors import PartnerGuardError
+from streams.core.memo import remember
 from streams.core.rules.celreach import Reach, reach
 
 MAX_VIEW_BYTES = 8_192  # the fields a condition reads; shipped conditions read a few bytes
 _CACHE_LIMIT = 50_000
 
 
-class ConditionError(Exception):
+class ConditionError(PartnerGuardError):
     """The condition could not be evaluated (missing field, type error)."""
 
 
@@ -65,9 +67,7 @@ class Condition:
                 result = self._program.execute(context) is True
             except Exception:  # the binding raises several types for missing keys and bad types
                 result = None
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = result
+            remember(self._cache, key, result, _CACHE_LIMIT)
         if result is None:
             raise ConditionError(self.expression)
         return result

@@ -7,20 +7,21 @@ the guard refuses to start with a ruleset that has any.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import re2
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
+from streams.core.errors import RefusalError
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
+from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
 from streams.core.rules.linkage import ad_id_linkages
@@ -60,7 +61,7 @@ class RuleProblem:
         return f"{self.file}:{self.line}: {self.message} — fix: {self.fix}"
 
 
-class RulesetError(Exception):
+class RulesetError(RefusalError):
     """The ruleset cannot be used; `problems` lists every reason."""
 
     def __init__(self, problems: list[RuleProblem]) -> None:
@@ -74,25 +75,6 @@ def _plain(node: Any) -> Any:
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node
-
-
-def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int:
-    """The 1-based line of the node at `loc` (or of the closest existing parent)."""
-    node = doc
-    line = 1
-    for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            if part in node.lc.data:  # keys merged in with `<<:` have no position of their own
-                line = node.lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line = node.lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            if isinstance(node, CommentedMap | CommentedSeq):
-                line = max(line, node.lc.line + 1)
-            break
-    return line
 
 
 def _fix_for(error_type: str, message: str) -> str:
@@ -140,8 +122,11 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
     return None
 
 
-def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner) -> Iterator[RuleProblem]:
-    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10."""
+def _check_rule(
+    rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner, reserved_topics: Mapping[str, str]
+) -> Iterator[RuleProblem]:
+    """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10,
+    and no output to a topic the guard itself reads or writes."""
     file = str(path)
     tags = privacy_tags()
     if path.stem != rule.partner:
@@ -151,11 +136,11 @@ def _check_rule(rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScan
             f"file name does not match partner '{rule.partner}'",
             f"rename the file to {rule.partner}.yaml",
         )
-    if rule.topic == "guard.blocked":
+    if rule.output_topic in reserved_topics:
         yield RuleProblem(
             file,
             _line_of(doc, ("topic",)),
-            "topic is the blocked-event topic",
+            f"topic '{rule.output_topic}' is {reserved_topics[rule.output_topic]}",
             "use partner.<id>.events",
         )
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
@@ -303,8 +288,8 @@ def _check_field(
     if spec.pattern:
         try:
             compile_pattern(spec.pattern)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        except LinearRegexError as exc:
+            reason = str(exc)
             yield RuleProblem(
                 file,
                 at,
@@ -328,8 +313,12 @@ def _check_field(
         )
 
 
-def load_ruleset(rules_dir: Path | str) -> Ruleset:
-    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order)."""
+def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | None = None) -> Ruleset:
+    """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
+
+    `reserved_topics` maps the topics the guard itself reads or writes (inputs, state, the
+    blocked topic), as configured, to what each one is; a rule writing to one is refused.
+    """
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
@@ -386,7 +375,7 @@ def load_ruleset(rules_dir: Path | str) -> Ruleset:
         rule = _validate(RuleFile, path, doc, problems)
         if rule is None:
             continue
-        problems.extend(_check_rule(rule, path, doc, scanner))
+        problems.extend(_check_rule(rule, path, doc, scanner, reserved_topics or {}))
         if rule.partner in seen:
             problems.append(
                 RuleProblem(

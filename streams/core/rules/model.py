@@ -117,6 +117,11 @@ class RuleFile(_Strict):
     condition: str | None = Field(None, description="optional CEL expression; false blocks")
     events: dict[str, EventSpec] = Field(min_length=1)
 
+    @property
+    def output_topic(self) -> str:
+        """The topic forwarded records go to: `topic`, or `partner.<partner>.events`."""
+        return self.topic or f"partner.{self.partner}.events"
+
 
 class LeakScanFile(_Strict):
     """Ruleset-wide leak-scan vocabulary (`rules/_leak-scan.yaml`)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import re
 
+from streams.core.errors import PartnerGuardError
+
 # Why 65,536: a TC string whose consent and legitimate-interest sections are full
 # 65,535-vendor bitfields needs ~21,900 characters; three times that is still a small
 # linear cost, and anything longer is not a consent string.
@@ -21,7 +23,7 @@ MAX_FIBONACCI_BITS = 64
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class SignalError(ValueError):
+class SignalError(PartnerGuardError, ValueError):
     """A consent string is truncated, malformed or of an unsupported version."""
 
 

@@ -18,16 +18,41 @@ from streams.core.signals.bits import BitReader, SignalError
 
 LI_PURPOSES = frozenset({2, 7, 8, 9, 10, 11})
 TCF_VERSION = 2
-MAX_PURPOSE_ID = 24  # PurposesConsent is a 24-bit field: no purpose id beyond it exists
+MAX_PURPOSE_ID = 24  # PurposesConsent is a 24-bit field (_PURPOSES_BITS): no purpose id beyond it exists
+# Publisher restriction types (RestrictionType, 2 bits; 3 is undefined).
 RESTRICTION_NOT_ALLOWED = 0
 RESTRICTION_REQUIRE_CONSENT = 1
 RESTRICTION_REQUIRE_LI = 2
 RESTRICTION_TYPES = frozenset({RESTRICTION_NOT_ALLOWED, RESTRICTION_REQUIRE_CONSENT, RESTRICTION_REQUIRE_LI})
-# Segment types after the core: 1 DisclosedVendors, 2 AllowedVendors, 3 PublisherTC.
-SEGMENT_TYPES = frozenset({1, 2, 3})
+# Segment types after the core segment.
+SEGMENT_DISCLOSED_VENDORS = 1
+SEGMENT_ALLOWED_VENDORS = 2
+SEGMENT_PUBLISHER_TC = 3
+SEGMENT_TYPES = frozenset({SEGMENT_DISCLOSED_VENDORS, SEGMENT_ALLOWED_VENDORS, SEGMENT_PUBLISHER_TC})
+
+# Field widths in bits, named as the TC string format names the fields; the core segment
+# reads them in this order.
+_VERSION_BITS = 6  # Version
+_TIMESTAMP_BITS = 36  # Created, LastUpdated (deciseconds)
+_CMP_ID_BITS = 12  # CmpId
+_CMP_VERSION_BITS = 12  # CmpVersion
+_CONSENT_SCREEN_BITS = 6  # ConsentScreen
+_LETTER_BITS = 6  # one letter of ConsentLanguage or PublisherCC (0 = A .. 25 = Z)
+_LETTER_PAIR_BITS = 2 * _LETTER_BITS
+_VENDOR_LIST_VERSION_BITS = 12  # VendorListVersion
+_POLICY_VERSION_BITS = 6  # TcfPolicyVersion
+_FLAG_BITS = 1  # IsServiceSpecific, UseNonStandardTexts, PurposeOneTreatment, IsRangeEncoding
+_SPECIAL_FEATURES_BITS = 12  # SpecialFeatureOptIns
+_PURPOSES_BITS = 24  # PurposesConsent, PurposesLITransparency
+_MAX_VENDOR_ID_BITS = 16  # MaxVendorId
+_VENDOR_ID_BITS = 16  # StartOrOnlyVendorId, EndVendorId
+_NUM_ENTRIES_BITS = 12  # NumEntries (ranges), NumPubRestrictions
+_PURPOSE_ID_BITS = 6  # PurposeId of a publisher restriction
+_RESTRICTION_TYPE_BITS = 2  # RestrictionType
+_SEGMENT_TYPE_BITS = 3  # SegmentType, first in every segment after the core
 # Smallest encodings, used to refuse a count before looping over it.
-_RANGE_ENTRY_MIN_BITS = 1 + 16  # IsARange, StartOrOnlyVendorId
-_RESTRICTION_MIN_BITS = 6 + 2 + 12  # PurposeId, RestrictionType, NumEntries
+_RANGE_ENTRY_MIN_BITS = _FLAG_BITS + _VENDOR_ID_BITS  # IsARange, StartOrOnlyVendorId
+_RESTRICTION_MIN_BITS = _PURPOSE_ID_BITS + _RESTRICTION_TYPE_BITS + _NUM_ENTRIES_BITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +90,7 @@ class VendorSet:
 
 @dataclass(frozen=True, slots=True)
 class PublisherRestriction:
-    """A publisher restriction: purpose, type (0 not allowed, 1 consent, 2 LI) and vendors."""
+    """A publisher restriction: purpose, type (one of `RESTRICTION_TYPES`) and vendors."""
 
     purpose: int
     restriction_type: int
@@ -110,14 +135,14 @@ class TCString:
 
 
 def _read_ranges(reader: BitReader) -> VendorSet:
-    entries = reader.read(12)
+    entries = reader.read(_NUM_ENTRIES_BITS)
     if entries * _RANGE_ENTRY_MIN_BITS > reader.remaining:
         raise SignalError("more vendor ranges than bits")
     spans: list[tuple[int, int]] = []
     for _ in range(entries):
-        head = reader.read(17)  # IsARange (1 bit), then the start (or only) vendor id (16 bits)
-        start = head & 0xFFFF
-        end = reader.read(16) if head >> 16 else start
+        head = reader.read(_RANGE_ENTRY_MIN_BITS)  # IsARange, then StartOrOnlyVendorId: one read
+        start = head & ((1 << _VENDOR_ID_BITS) - 1)
+        end = reader.read(_VENDOR_ID_BITS) if head >> _VENDOR_ID_BITS else start
         if end < start or start == 0:
             raise SignalError("bad vendor range")
         spans.append((start, end))
@@ -134,8 +159,8 @@ def _read_ranges(reader: BitReader) -> VendorSet:
 
 
 def _read_vendor_section(reader: BitReader) -> VendorSet:
-    max_vendor = reader.read(16)
-    if reader.read_bool():
+    max_vendor = reader.read(_MAX_VENDOR_ID_BITS)
+    if reader.read_bool():  # IsRangeEncoding
         ids = _read_ranges(reader)
         if ids.max_id > max_vendor:
             raise SignalError("vendor beyond MaxVendorId")
@@ -144,14 +169,14 @@ def _read_vendor_section(reader: BitReader) -> VendorSet:
 
 
 def _read_restrictions(reader: BitReader) -> tuple[PublisherRestriction, ...]:
-    count = reader.read(12)
+    count = reader.read(_NUM_ENTRIES_BITS)
     if count * _RESTRICTION_MIN_BITS > reader.remaining:
         raise SignalError("more publisher restrictions than bits")
     seen: set[tuple[int, int]] = set()
     restrictions = []
     for _ in range(count):
-        purpose = reader.read(6)
-        restriction_type = reader.read(2)
+        purpose = reader.read(_PURPOSE_ID_BITS)
+        restriction_type = reader.read(_RESTRICTION_TYPE_BITS)
         if not 1 <= purpose <= MAX_PURPOSE_ID:
             raise SignalError("publisher restriction for an undefined purpose")
         if restriction_type not in RESTRICTION_TYPES:
@@ -165,7 +190,7 @@ def _read_restrictions(reader: BitReader) -> tuple[PublisherRestriction, ...]:
 
 def _letters(value: int) -> str:
     """Two letters, six bits each, 0 = A .. 25 = Z; 26-63 are undefined."""
-    first, second = value >> 6, value & 0x3F
+    first, second = value >> _LETTER_BITS, value & ((1 << _LETTER_BITS) - 1)
     if first > 25 or second > 25:
         raise SignalError("a letter outside A-Z")
     return chr(ord("A") + first) + chr(ord("A") + second)
@@ -174,7 +199,7 @@ def _letters(value: int) -> str:
 def _check_other_segments(segments: list[str]) -> None:
     seen: set[int] = set()
     for segment in segments:
-        segment_type = BitReader(segment).read(3)
+        segment_type = BitReader(segment).read(_SEGMENT_TYPE_BITS)
         if segment_type not in SEGMENT_TYPES or segment_type in seen:
             raise SignalError("undefined or repeated TC string segment")
         seen.add(segment_type)
@@ -186,25 +211,25 @@ def decode_tc_string(tc_string: str) -> TCString:
         raise SignalError("more TC string segments than segment types")
     core, *others = tc_string.split(".")
     reader = BitReader(core)
-    version = reader.read(6)
+    version = reader.read(_VERSION_BITS)
     if version != TCF_VERSION:
         raise SignalError(f"unsupported TCF version {version}")
     _check_other_segments(others)
-    reader.read(36)  # created
-    reader.read(36)  # last updated
-    cmp_id = reader.read(12)
-    cmp_version = reader.read(12)
-    reader.read(6)  # consent screen
-    _letters(reader.read(12))  # consent language
-    vendor_list_version = reader.read(12)
-    policy_version = reader.read(6)
-    reader.read(1)  # is service specific
-    reader.read(1)  # use non-standard texts
-    special_features = reader.read_set(12)
-    purposes_consent = reader.read_set(24)
-    purposes_li = reader.read_set(24)
-    reader.read(1)  # purpose one treatment
-    publisher_cc = _letters(reader.read(12))
+    reader.read(_TIMESTAMP_BITS)  # Created
+    reader.read(_TIMESTAMP_BITS)  # LastUpdated
+    cmp_id = reader.read(_CMP_ID_BITS)
+    cmp_version = reader.read(_CMP_VERSION_BITS)
+    reader.read(_CONSENT_SCREEN_BITS)
+    _letters(reader.read(_LETTER_PAIR_BITS))  # ConsentLanguage
+    vendor_list_version = reader.read(_VENDOR_LIST_VERSION_BITS)
+    policy_version = reader.read(_POLICY_VERSION_BITS)
+    reader.read(_FLAG_BITS)  # IsServiceSpecific
+    reader.read(_FLAG_BITS)  # UseNonStandardTexts
+    special_features = reader.read_set(_SPECIAL_FEATURES_BITS)
+    purposes_consent = reader.read_set(_PURPOSES_BITS)
+    purposes_li = reader.read_set(_PURPOSES_BITS)
+    reader.read(_FLAG_BITS)  # PurposeOneTreatment
+    publisher_cc = _letters(reader.read(_LETTER_PAIR_BITS))
     vendor_consent = _read_vendor_section(reader)
     vendor_li = _read_vendor_section(reader)
     restrictions = _read_restrictions(reader)

@@ -1,0 +1,1 @@
+"""Other engines that run the shared decision path (the Faust app)."""
