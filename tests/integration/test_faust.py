@@ -80,7 +80,8 @@ def faust_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_faust_conservation_no_leaks_and_metrics_agree(
     faust_engine: None, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    test_job.test_conservation_no_leaks_and_metrics_agree(broker, tmp_path)
+    # a third of the kafka engine's input: the Faust engine decides about a quarter as fast
+    test_job.test_conservation_no_leaks_and_metrics_agree(broker, tmp_path, count=6_000)
 
 
 def test_faust_read_your_revocation_100_times(

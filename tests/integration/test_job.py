@@ -101,9 +101,11 @@ def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Co
     return outcomes
 
 
-def test_conservation_no_leaks_and_metrics_agree(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_conservation_no_leaks_and_metrics_agree(
+    broker: EmbeddedBroker, tmp_path: Path, count: int = 20_000
+) -> None:
     generator = _prepare(broker)
-    events = list(generator.events(20_000))
+    events = list(generator.events(count))
     guard = start_guard(broker.bootstrap, tmp_path, INPUT, "conservation", transactional_id="guard-c-0")
     try:
         guard.wait_ready()
