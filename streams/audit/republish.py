@@ -29,11 +29,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.audit.replay import Outcome
 from streams.audit.source import fetch_records, read_to_end
-from streams.core.codec import decode_avro, decode_json
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
+from streams.runtime.avro_input import ReplayAvro, decode_input
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, reveal
@@ -143,17 +142,14 @@ def republish(
             sourced.append(outcome)
     originals = fetch_records(kafka, {_position(o) for o in sourced})
     topics = {rule.partner: rule.topic for rule in ruleset.rules}
+    avro = ReplayAvro(settings).decoder(ruleset.event_schema)  # as the job read Avro, into this schema
     for outcome in sourced:
         raw = originals.get(_position(outcome))
         if raw is None or not _same_original(outcome, raw, keyring):
             result.source_mismatch += 1
             continue
         source_topic = outcome.blocked["source"]["topic"]
-        record = (
-            decode_avro(raw, event_schema())
-            if settings.topic_format(source_topic) == "avro"
-            else decode_json(raw)
-        )
+        record = decode_input(raw, settings.topic_format(source_topic), avro, None)
         if not isinstance(record, Event):
             result.refused_by_fresh_check += 1
             continue
