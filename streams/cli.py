@@ -24,6 +24,7 @@ from streams.cli_support import (
     version_text,
 )
 from streams.core.errors import RefusalError
+from streams.core.rules.ruleset import Ruleset
 
 
 class Engine(enum.StrEnum):
@@ -100,9 +101,32 @@ def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
 
 
+def _diff_side(rules: Path) -> Ruleset:
+    """A rules directory; or, when no such directory exists, a git ref of this repository
+    whose `rules/` is loaded with the event schema of the same commit."""
+    import tempfile
+
+    from streams.audit.rulesets import is_git_ref, ruleset_at_ref, with_replay_keys
+    from streams.core.rules.loader import RulesetError
+
+    if rules.is_dir() or not is_git_ref(Path("."), str(rules)):
+        return with_replay_keys(load_ruleset_or_exit(rules))
+    try:
+        return ruleset_at_ref(Path("."), str(rules), Path(tempfile.mkdtemp(prefix="partner-guard-diff-")))
+    except RulesetError as exc:
+        problems = [str(p) for p in exc.problems] or ["no rules/ directory at that commit"]
+        err.print(f"rules refused at {rules} ({len(problems)} problem(s)):", highlight=False, markup=False)
+        for problem in problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(exitcodes.REFUSED) from None
+
+
 @rules_app.command("diff")
 def rules_diff(
-    old: Annotated[Path, typer.Argument(help="current rules directory")],
+    old: Annotated[
+        Path,
+        typer.Argument(help="current rules directory, or a git ref (its rules/ with that commit's schema)"),
+    ],
     new: Annotated[Path, typer.Argument(help="proposed rules directory")],
     sample: Annotated[
         Path | None, typer.Option("--sample", help="decide-format JSON Lines to re-decide")
@@ -110,7 +134,6 @@ def rules_diff(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
 ) -> None:
     """Show every change a new ruleset makes, per partner and ruleset-wide (and to decisions)."""
-    from streams.audit.rulesets import with_replay_keys
     from streams.offline.rulediff import (
         diff_report,
         dumps_change,
@@ -119,7 +142,7 @@ def rules_diff(
         structural_diff,
     )
 
-    before, after = with_replay_keys(load_ruleset_or_exit(old)), with_replay_keys(load_ruleset_or_exit(new))
+    before, after = _diff_side(old), _diff_side(new)
     changes = sample_diff(before, after, sample) if sample is not None else None
     if as_json:
         sys.stdout.write(dumps_change(diff_report(before, after, changes)) + "\n")

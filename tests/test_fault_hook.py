@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from streams.runtime.faults import FAULT_ENV, BeforeCommitFault, InjectedFaultError
@@ -38,3 +40,34 @@ def test_the_proxy_reads_the_client_id_of_a_kafka_request() -> None:
     assert client_id_of(header) == "guard-state"
     assert client_id_of(header[:15]) is None
     assert client_id_of(b"\x00\x00\x00\x20\x00\x12\x00\x03\x00\x00\x00\x01\xff\xff") is None  # null id
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send_offsets_to_transaction(self, offsets: object, group_metadata: object, timeout: float) -> None:
+        self.sent += 1
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_hang_blocks_send_offsets_of_the_nth_batch_only_and_delegates_the_rest() -> None:
+    fault = BeforeCommitFault.from_env({FAULT_ENV: "hang@2"})
+    inner = _Producer()
+    producer = fault.wrap_producer(inner)
+    fault.before_commit()
+    producer.send_offsets_to_transaction([], None, 1.0)
+    assert inner.sent == 1 and producer.flush(1) == 0
+    fault.before_commit()
+    blocked = threading.Thread(target=producer.send_offsets_to_transaction, args=([], None, 1.0), daemon=True)
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive() and inner.sent == 1  # still blocked, never reached the producer
+
+
+def test_only_hang_wraps_the_producer() -> None:
+    inner = _Producer()
+    assert BeforeCommitFault.from_env({FAULT_ENV: "raise@2"}).wrap_producer(inner) is inner
+    assert BeforeCommitFault.from_env({}).wrap_producer(inner) is inner

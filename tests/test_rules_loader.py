@@ -160,6 +160,89 @@ def test_cli_rules_test_reports_uncovered_reasons(tmp_path: Path) -> None:
     assert "consent_gpc" in result.stdout  # uncovered reason listed
 
 
+def _vocabulary_line(text: str) -> int:
+    lines = (RULES_DIR / "_leak-scan.yaml").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
+
+
+def test_forbidden_output_name_names_the_token_and_the_vocabulary_file(tmp_path: Path) -> None:
+    directory = _rules_dir(
+        tmp_path, BASE_RULE + "      watch_hour: {from: event_time, transform: coarsen_time}\n"
+    )
+    vocabulary = directory / "_leak-scan.yaml"
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:8: output field name 'watch_hour' contains the token 'watch', listed in "
+        f"forbidden_key_tokens ({vocabulary}:{_vocabulary_line(' watch, ')}) — fix: choose a neutral output "
+        f"name; or, if 'watch' names no content for any partner, remove it from forbidden_key_tokens in "
+        f"{vocabulary} (a vocabulary change is a ruleset change: review it with `rules diff`)"
+    ]
+
+
+def test_output_name_like_a_title_names_the_vocabulary_entry(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE + "      bird_box: {from: device.platform, values: [ios]}\n")
+    vocabulary = directory / "_leak-scan.yaml"
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:8: output field name 'bird_box' looks like forbidden content "
+        f"(title_name, from title_names ({vocabulary}:{_vocabulary_line('title_names:')})) — fix: choose a "
+        "neutral output name: partners never receive keys that look like content or identifiers"
+    ]
+
+
+def test_transform_typo_gets_a_did_you_mean_and_no_second_problem(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("transform: pseudonym", "transform: pseudonim"))
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:6: events.app_install.fields.event_id.transform: unknown value "
+        "'pseudonim' — fix: did you mean 'pseudonym'? (allowed: keep, sha256_email, sha256_phone, pseudonym, "
+        "truncate_ip, coarsen_time, ad_id)"
+    ]
+
+
+def test_enumerated_rule_value_without_a_near_miss_lists_the_allowed_values(tmp_path: Path) -> None:
+    text = BASE_RULE.replace("transform: pseudonym}", "transform: pseudonym, granularity: fortnight}")
+    directory = _rules_dir(tmp_path, text)
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:6: events.app_install.fields.event_id.granularity: unknown value "
+        "'fortnight' — fix: use one of: minute, hour, day"
+    ]
+
+
+def test_a_field_that_is_neither_path_nor_mapping_is_one_problem(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE + "      extra: [device.platform]\n")
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:8: events.app_install.fields.extra: not a field — fix: write a source "
+        "path (`name: path`) or a mapping {from: path, transform: ...}"
+    ]
+
+
+def test_a_misspelled_required_key_is_one_problem_with_a_did_you_mean(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("jurisdictions", "jurisdictons"))
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:2: jurisdictons: unknown key 'jurisdictons' — fix: did you mean "
+        "'jurisdictions'? (keys here: partner, rule_id, description, topic, jurisdictions, consent, "
+        "signup_status, identifiers, condition, events)"
+    ]
+
+
+def test_a_misspelled_field_key_names_the_keys_of_a_field(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE.replace("transform: pseudonym}", "transfrom: pseudonym}"))
+    assert _problems(directory) == [
+        f"{directory / 'acme.yaml'}:6: events.app_install.fields.event_id.transfrom: unknown key 'transfrom' "
+        "— fix: did you mean 'transform'? (keys here: from, transform, granularity, values, pattern, "
+        "max_length, required)"
+    ]
+
+
+def test_a_misspelled_vocabulary_key_gets_a_did_you_mean(tmp_path: Path) -> None:
+    directory = _rules_dir(tmp_path, BASE_RULE)
+    vocabulary = directory / "_leak-scan.yaml"
+    vocabulary.write_text(vocabulary.read_text().replace("title_names:", "title_name:"))
+    line = _vocabulary_line("title_names:")
+    assert _problems(directory) == [
+        f"{vocabulary}:{line}: title_name: unknown key 'title_name' — fix: did you mean 'title_names'? "
+        "(keys here: title_names, title_id_patterns, forbidden_key_tokens, max_words, max_tokens)"
+    ]
+
+
 GUARD_TOPICS = {
     "internal.events": "an input topic",
     "privacy.consent": "the consent state topic",

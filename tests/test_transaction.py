@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.runtime.transaction import (
+    EXIT_TRANSACTION_HUNG,
     BatchTransaction,
+    CallWatchdog,
     Outcome,
     RetryPolicy,
     State,
@@ -247,3 +250,50 @@ def test_illegal_transitions_are_refused() -> None:
     transaction.begin()
     with pytest.raises(RuntimeError):
         transaction.begin()
+
+
+class BlockingSendOffsets(FakeProducer):
+    """A producer whose send offsets blocks until released, like librdkafka#5456."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any, timeout: float = 0) -> None:
+        self._call("send_offsets")
+        assert self.release.wait(60), "the watchdog never fired"
+
+
+def test_a_transactional_call_that_never_returns_is_reported_as_hung() -> None:
+    """Before: a blocked send offsets stalled the loop until /healthz (60 s) got it killed."""
+    producer, hung = BlockingSendOffsets(), []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append((step, waited_s))
+        producer.release.set()  # the real handler ends the process here
+
+    watchdog = CallWatchdog(on_hang)
+    policy = RetryPolicy(call_timeout_s=0.01, hang_grace_s=0.01)
+    transaction = BatchTransaction(producer, FakeConsumer(), FakeClock(), policy, watchdog)
+    _consume_batch(transaction)
+    transaction.commit()
+    assert [step for step, _ in hung] == ["send offsets"]
+    assert hung[0][1] >= 0.02
+
+
+def test_calls_that_return_in_time_never_fire_the_watchdog() -> None:
+    hung: list[str] = []
+    watchdog = CallWatchdog(lambda step, _: hung.append(step))
+    transaction = BatchTransaction(FakeProducer(), FakeConsumer(), FakeClock(), RetryPolicy(), watchdog)
+    for _ in range(200):
+        _consume_batch(transaction)
+        assert transaction.commit() is Outcome.COMMITTED
+    with watchdog.watch("after", 0.0):  # a zero limit fires; proves the thread is alive and watching
+        deadline = threading.Event()
+        while not hung and not deadline.wait(0.01):
+            pass
+    assert hung == ["after"]
+
+
+def test_the_hung_exit_code_is_distinct_from_the_fatal_one() -> None:
+    assert EXIT_TRANSACTION_HUNG not in (0, 2, 3)

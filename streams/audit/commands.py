@@ -131,7 +131,8 @@ def replay_command(
         Path | None, typer.Option("--rules", help="what-if: a proposed rules directory")
     ] = None,
     whatif_ref: Annotated[
-        str | None, typer.Option("--rules-ref", help="what-if: rules/ at a git ref")
+        str | None,
+        typer.Option("--rules-ref", help="what-if: rules/ at a git ref of --git-dir, with its schema"),
     ] = None,
     jsonl: Annotated[Path | None, typer.Option("--jsonl", help="write one JSON line per record")] = None,
     html_out: Annotated[
@@ -149,7 +150,7 @@ def replay_command(
     ] = False,
     keys_dir: Annotated[Path | None, typer.Option("--keys-dir", help="partner keys for --republish")] = None,
     git_dir: Annotated[
-        Path, typer.Option("--git-dir", help="repository whose rules/ history holds past rulesets")
+        Path, typer.Option("--git-dir", help="repository whose rules/ and schema history holds past rulesets")
     ] = Path("."),
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="exit 0 when the filters select no record")
@@ -175,7 +176,7 @@ def replay_command(
         whatif = with_replay_keys(load_ruleset_or_exit(whatif_rules))
     elif whatif_ref is not None:
         try:
-            whatif = ruleset_at_ref(Path("."), whatif_ref, Path(tempfile.mkdtemp()))
+            whatif = ruleset_at_ref(git_dir, whatif_ref, Path(tempfile.mkdtemp()))
         except RulesetError as exc:
             err.print(f"--rules-ref {whatif_ref}: cannot load rules there ({exc})")
             raise typer.Exit(EXIT_COULD_NOT_RUN) from None
@@ -183,7 +184,7 @@ def replay_command(
     try:
         with bar:
             records = _with_originals(list(records), settings, config)
-            result = replay(records, library, keyring, whatif)
+            result = replay(records, library, keyring, whatif, _job_avro_decoder(settings, config))
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
@@ -232,6 +233,23 @@ def _with_originals(records: list[Any], settings: Any, config: Path | None) -> l
             return records
     resolve_references(records, settings.kafka_base())
     return records
+
+
+def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
+    """The job's Avro decoding (registry or pinned id) from the settings, for Avro originals.
+
+    An exported file is read without settings: they are loaded here if they can be (the
+    `--config` file, the environment); without them every schema id reads as the guard's own.
+    """
+    from streams.runtime.avro_input import ReplayAvro
+    from streams.runtime.config import ConfigError, load_settings
+
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError:
+            settings = None
+    return ReplayAvro(settings)
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:

@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
 from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
-from streams.core.codec import decode_avro, decode_json, decode_json_gated
+from streams.core.codec import decode_avro, decode_json
 from streams.core.consent import subjects_of
 from streams.core.decide import decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
+from streams.runtime.avro_input import ReplayAvro, decode_input
 from streams.runtime.payload import (
     FETCHED_ORIGINAL,
     Keyring,
@@ -53,6 +54,10 @@ READER_MEMBERS = (
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+UNCONFIGURED_AVRO = (
+    "Avro read without the job's schema registry or pinned id: every id as the guard's own schema; "
+    "give replay the job's settings (--config or PARTNER_GUARD_*)"
+)
 
 
 class _Source(BaseModel):
@@ -183,23 +188,31 @@ class Outcome:
 
 
 def original_record(
-    blocked: dict[str, Any], keyring: Keyring | None, gate: Ruleset | None = None
+    blocked: dict[str, Any],
+    keyring: Keyring | None,
+    gate: Ruleset | None = None,
+    avro: ReplayAvro | None = None,
+    in_full: bool = False,
 ) -> Event | Envelope | Malformed | None:
-    """The original input decoded; None when not recoverable.
+    """The original input decoded as `run` decoded it; None when not recoverable.
 
-    With `gate` (the ruleset that decided) a v2 record's JSON original is decoded as `run`
-    decoded it, through the envelope gate; without it (or for v1, whose inputs were always
-    validated in full) the event is validated in full, as a what-if or a republish needs.
+    A v2 record's original goes through the job's own `decode_input`: Avro with `avro`
+    (the job's writer-schema lookup, registry or pinned id), read into the event schema of
+    `gate` (the ruleset that decided); JSON through the envelope gate of `gate`. Without
+    `gate`, or `in_full`, the event is validated in full, as a what-if needs. A v1 record's
+    original was always validated in full, and its Avro read under the guard's own schema.
     """
     raw = reveal(blocked, keyring)
     if raw is None:
         return None
-    source = blocked.get("source") or {}
-    if source.get("format") == "avro":
-        return decode_avro(raw, event_schema())
-    if gate is not None and blocked.get("format") != BLOCKED_FORMAT_V1:
-        return decode_json_gated(raw, receivable_types(gate))
-    return decode_json(raw)
+    input_format = record_format(blocked)
+    if blocked.get("format") == BLOCKED_FORMAT_V1:
+        return decode_avro(raw, event_schema()) if input_format == "avro" else decode_json(raw)
+    receivable = receivable_types(gate) if gate is not None and not in_full else None
+    decoder = None
+    if input_format == "avro":
+        decoder = (avro or ReplayAvro(None)).decoder(gate.event_schema if gate is not None else None)
+    return decode_input(raw, input_format, decoder, receivable)
 
 
 def recorded_snapshot(
@@ -239,7 +252,11 @@ def _decision_for(decisions: list[Decision], partner: str) -> Decision | None:
 
 
 def verify_one(
-    blocked: dict[str, Any], library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None = None
+    blocked: dict[str, Any],
+    library: RulesetLibrary,
+    keyring: Keyring | None,
+    whatif: Ruleset | None = None,
+    avro: ReplayAvro | None = None,
 ) -> Outcome:
     """Re-decide one blocked record under the ruleset that decided it (and optionally another).
 
@@ -250,7 +267,7 @@ def verify_one(
     if problem is not None:
         return Outcome(reader_members(blocked), "invalid_record", problem)
     try:
-        return _verify_one(blocked, library, keyring, whatif)
+        return _verify_one(blocked, library, keyring, whatif, avro)
     except Exception as exc:
         return Outcome(blocked, "mismatch", f"could not re-decide: {type(exc).__name__}")
 
@@ -261,7 +278,11 @@ def _contained_by_the_job(blocked: dict[str, Any]) -> bool:
 
 
 def _verify_one(
-    blocked: dict[str, Any], library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None
+    blocked: dict[str, Any],
+    library: RulesetLibrary,
+    keyring: Keyring | None,
+    whatif: Ruleset | None,
+    avro: ReplayAvro | None,
 ) -> Outcome:
     if _contained_by_the_job(blocked):
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
@@ -273,8 +294,12 @@ def _verify_one(
         return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
     ruleset = library.find(str(blocked.get("ruleset_digest")))
     try:
-        record = original_record(blocked, keyring, gate=ruleset)
-        full = record if whatif is None or ruleset is None else original_record(blocked, keyring)
+        record = original_record(blocked, keyring, ruleset, avro)
+        full = (
+            record
+            if whatif is None or ruleset is None
+            else original_record(blocked, keyring, ruleset, avro, in_full=True)
+        )
         if record is None or full is None:  # nothing to re-decide, and the snapshot's ids stay hashed
             if blocked.get("payload_mode") == "reference":
                 why = "original kept by reference: no source to fetch it from"
@@ -314,7 +339,14 @@ def _verify_one(
         "rule_id"
     ):
         outcome.status, outcome.why = "mismatch", "details or rule id differ"
+    if outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
+        outcome.why += f" ({UNCONFIGURED_AVRO})"
     return outcome
+
+
+def record_format(blocked: dict[str, Any]) -> str:
+    """The input format of a blocked record's original (json or avro)."""
+    return str((blocked.get("source") or {}).get("format", "json"))
 
 
 @dataclass
@@ -339,10 +371,14 @@ class ReplayResult:
 
 
 def _verify_contained(
-    blocked: Any, library: RulesetLibrary, keyring: Keyring | None, whatif: Ruleset | None
+    blocked: Any,
+    library: RulesetLibrary,
+    keyring: Keyring | None,
+    whatif: Ruleset | None,
+    avro: ReplayAvro | None,
 ) -> Outcome:
     try:
-        return verify_one(blocked, library, keyring, whatif)
+        return verify_one(blocked, library, keyring, whatif, avro)
     except Exception as exc:  # a hostile record must never stop the audit
         log.warning("blocked record could not be re-decided: %s", type(exc).__name__)
         return Outcome(
@@ -355,6 +391,12 @@ def replay(
     library: RulesetLibrary,
     keyring: Keyring | None,
     whatif: Ruleset | None = None,
+    avro: ReplayAvro | None = None,
 ) -> ReplayResult:
-    """Verify every record (and what-if when a second ruleset is given)."""
-    return ReplayResult([_verify_contained(b, library, keyring, whatif) for b in records])
+    """Verify every record (and what-if when a second ruleset is given).
+
+    `avro` decodes Avro originals as the job did (`ReplayAvro` of its settings); without
+    it every schema id is read as the guard's own schema.
+    """
+    avro = avro or ReplayAvro(None)
+    return ReplayResult([_verify_contained(b, library, keyring, whatif, avro) for b in records])

@@ -32,11 +32,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.audit.replay import Outcome
 from streams.audit.source import fetch_records, read_to_end
-from streams.core.codec import decode_avro, decode_json
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
-from streams.core.schema import event_schema
+from streams.runtime.avro_input import AvroDecoder, ReplayAvro, decode_input
 from streams.runtime.config import Settings
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, reveal
@@ -146,12 +145,13 @@ def plan_republish(
     sourced = _new_sources(verified, settings, ruleset, _already_republished(kafka), result)
     consent, status = _current_state(kafka, settings)
     originals = fetch_records(kafka, {_position(o) for o in sourced})
+    avro = ReplayAvro(settings).decoder(ruleset.event_schema)  # as the job read Avro, into this schema
     for outcome in sourced:
         raw = originals.get(_position(outcome))
         if raw is None or not _same_original(outcome, raw, keyring):
             result.source_mismatch += 1
             continue
-        planned = _fresh_decision(outcome, raw, settings, ruleset, consent, status)
+        planned = _fresh_decision(outcome, raw, settings, ruleset, avro, consent, status)
         if planned is None:
             result.refused_by_fresh_check += 1
         else:
@@ -203,13 +203,13 @@ def _fresh_decision(
     raw: bytes,
     settings: Settings,
     ruleset: Ruleset,
+    avro: AvroDecoder,
     consent: ConsentTable,
     status: SignupStatusTable,
 ) -> PlannedRecord | None:
     """The record to send when `ruleset` forwards the original under the current state."""
     source_topic = outcome.blocked["source"]["topic"]
-    is_avro = settings.topic_format(source_topic) == "avro"
-    record = decode_avro(raw, event_schema()) if is_avro else decode_json(raw)
+    record = decode_input(raw, settings.topic_format(source_topic), avro, None)
     if not isinstance(record, Event):
         return None
     fresh = next(

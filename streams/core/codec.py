@@ -28,7 +28,7 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 def parse_strict_json(raw: bytes) -> Any:
     """Parse JSON, refusing duplicate keys and non-finite literals; raises `ValueError`."""
-    return jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False)
+    return jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False, cache_mode="keys")
 
 
 def _json_error(exc: ValueError) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -65,7 +65,7 @@ GDPR_REGIONS = EEA_REGIONS | {"GB", "CH"}
 MEMO_MAX_CHARS = 1_024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per receivable event, never changed (see Decision)
 class EffectiveConsent:
     """Everything the consent checks need, already reduced to the most restrictive value.
 
@@ -126,7 +126,7 @@ def _any_true(values: Iterable[bool | None]) -> bool | None:
     return False if seen else None
 
 
-def _jurisdictions(event: Event, records: tuple[ConsentRecord, ...]) -> tuple[str, ...]:
+def _jurisdictions(event: Event, records: Sequence[ConsentRecord]) -> tuple[str, ...]:
     """Every jurisdiction the event's country and its matching stored records name (event first)."""
     found: list[str] = []
     country = event.context.country if event.context else None
@@ -200,7 +200,7 @@ def _gpp(text: str) -> _GppView | None:
 def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent:
     """Reduce the event's signals and matching stored records to one restrictive view."""
     subjects = subjects_of(event)
-    records = tuple(r for r in snapshot.consent if r.subject in subjects)
+    records = [r for r in snapshot.consent if r.subject in subjects]
     signals = event.context.consent if event.context else None
     device = event.device
     unparseable: list[str] = []
@@ -237,10 +237,10 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
         records_found=len(records),
         gpc=bool(signals and signals.gpc) or bool(gpp and gpp.gpc),
         dnt=bool(signals and signals.dnt),
-        do_not_sell_or_share=_any_true(r.do_not_sell_or_share for r in records),
-        interest_based_ads=_most_restrictive_grant(r.interest_based_ads for r in records),
-        ad_cookies=_most_restrictive_grant([event_cookies, *(r.ad_cookies for r in records)]),
-        matched_identifier_opt_out=_any_true(r.matched_identifier_opt_out for r in records),
+        do_not_sell_or_share=_any_true([r.do_not_sell_or_share for r in records]),
+        interest_based_ads=_most_restrictive_grant([r.interest_based_ads for r in records]),
+        ad_cookies=_most_restrictive_grant([event_cookies, *[r.ad_cookies for r in records]]),
+        matched_identifier_opt_out=_any_true([r.matched_identifier_opt_out for r in records]),
         limit_ad_tracking=limit_ad_tracking,
         jurisdictions=_jurisdictions(event, records),
         tcf=tuple(tcf),

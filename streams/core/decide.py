@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
@@ -11,7 +11,7 @@ from streams.core.models import Decision, Envelope, Event, Malformed, StateSnaps
 from streams.core.reasons import Reason
 from streams.core.rules.condition import ConditionError
 from streams.core.rules.ruleset import CompiledRule, Ruleset
-from streams.core.schema import FORBIDDEN_TAGS, privacy_tags
+from streams.core.schema import FORBIDDEN_TAGS
 from streams.core.transforms import project
 
 _NOT_ALLOWED = (Reason.EVENT_TYPE_NOT_ALLOWED.value,)  # the decision of most traffic, built once
@@ -51,7 +51,7 @@ def _strings(value: Any) -> Iterator[str]:
         yield str(value)
 
 
-def sensitive_values(event: Event) -> frozenset[str]:
+def sensitive_values(event: Event, tags: Mapping[str, str]) -> frozenset[str]:
     """The event's own raw identifiers and content values, which must never appear in output."""
     device, context, user = event.device, event.context, event.user
     values: list[str | None] = [event.event_id, event.account_id, event.profile_id]
@@ -61,9 +61,8 @@ def sensitive_values(event: Event) -> frozenset[str]:
         values += [context.ip, context.page_url, context.referrer_url, context.user_agent]
     if user:
         values += [user.email, user.phone]
-    tags = privacy_tags()
-    for name, value in event.properties.items():
-        if tags.tag(f"properties.{name}") in FORBIDDEN_TAGS:
+    for name, value in event.properties.items():  # tagged by the ruleset's schema (replay: a past one)
+        if tags.get(f"properties.{name}") in FORBIDDEN_TAGS:
             values.extend(_strings(value))
     return raw_values_of(values)
 
@@ -255,7 +254,9 @@ def decide(record: Event | Envelope | Malformed, snapshot: StateSnapshot, rulese
     try:
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
-        raw_values = _Lazy(lambda: sensitive_values(record) | ruleset.leak_scanner.spellings(record))
+        raw_values = _Lazy(
+            lambda: sensitive_values(record, ruleset.tags) | ruleset.leak_scanner.spellings(record)
+        )
         for rule in ruleset.rules:
             if record.event_type not in rule.events:  # most traffic: content the partners never see
                 decisions.append(_block(rule, ruleset, record.event_id, [Reason.EVENT_TYPE_NOT_ALLOWED]))

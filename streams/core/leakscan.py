@@ -339,10 +339,14 @@ class LeakScanner:
             return finding
         return "raw_value" if _has_raw(compact, raw_values) else None
 
+    def forbidden_key_token(self, key: str) -> str | None:
+        """The first token of a key (split at separators and camelCase) that is a forbidden key token."""
+        tokens = _KEY_SPLIT.split(_CAMEL.sub(r"\1_\2", key).lower())
+        return next((t for t in tokens if t in self.forbidden_key_tokens), None)
+
     def key_finding(self, key: str, raw_values: frozenset[str] = frozenset()) -> str | None:
         """Why a key is forbidden: a content token (`page_url`) or a forbidden value shape."""
-        tokens = _KEY_SPLIT.split(_CAMEL.sub(r"\1_\2", key).lower())
-        if any(t in self.forbidden_key_tokens for t in tokens):
+        if self.forbidden_key_token(key) is not None:
             return "forbidden_key"
         finding, compact = self._text_finding(key, words_are_text=False)
         if finding is None and _has_raw(compact, raw_values):

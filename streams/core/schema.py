@@ -60,9 +60,14 @@ def event_schema() -> Any:
     return fastavro.parse_schema(load_schema_json())
 
 
+def privacy_tags_of(schema: dict[str, Any]) -> PrivacyTags:
+    """The privacy tags of every field of an event schema (parsed JSON), e.g. one from git history."""
+    out: dict[str, str] = {}
+    _walk(schema["fields"], "", out)
+    return PrivacyTags(out)
+
+
 @cache
 def privacy_tags() -> PrivacyTags:
-    """The privacy tags of every field of the internal event schema."""
-    out: dict[str, str] = {}
-    _walk(load_schema_json()["fields"], "", out)
-    return PrivacyTags(out)
+    """The privacy tags of every field of the internal event schema shipped in the package."""
+    return privacy_tags_of(load_schema_json())

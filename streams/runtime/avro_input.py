@@ -16,6 +16,12 @@ under ours. Two ways to learn the writer schema:
   (`avro_schema_id`) and the fingerprint of the schema behind it
   (`avro_schema_fingerprint`); start is refused when that fingerprint is not the guard's,
   and a record framed with any other id blocks as `schema_unknown`.
+
+`decode_input` is the one way an input record is decoded by its topic's format: the job
+calls it for every input, and replay and republish call it again for a blocked record's
+original, with decoders built from the same settings (`ReplayAvro`), so an audit decodes
+exactly as the job did — into the event schema of the ruleset that decided, which for a
+record decided before a schema change is the schema of that commit.
 """
 
 from __future__ import annotations
@@ -23,15 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.core.codec import decode_avro_body, split_confluent_frame
-from streams.core.models import Event, Malformed
+from streams.core.codec import decode_avro_body, decode_json, decode_json_gated, split_confluent_frame
+from streams.core.models import Envelope, Event, Malformed
 from streams.core.reasons import Reason
 from streams.core.schema import load_schema_json
 from streams.runtime.config import Settings
@@ -111,13 +117,18 @@ class _Resolved:
 class AvroDecoder:
     """Decodes Confluent-framed Avro records under their own writer schema, cached per id."""
 
-    def __init__(self, lookup: Callable[[int], str | None], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        lookup: Callable[[int], str | None],
+        clock: Callable[[], float] = time.monotonic,
+        reader_schema: Mapping[str, Any] | None = None,
+    ):
         """`lookup(id)` returns the writer schema text or None when the id is unknown; it
         raises `NotAvroSchemaError` for another schema type, `SchemaLookupError` when it
-        cannot tell."""
+        cannot tell. Records are read into `reader_schema` (default: the shipped event schema)."""
         self._lookup = lookup
         self._clock = clock
-        self._reader_json = load_schema_json()
+        self._reader_json = dict(reader_schema) if reader_schema is not None else load_schema_json()
         self._reader = fastavro.parse_schema(self._reader_json)
         self._by_id: dict[int, _Resolved] = {}
 
@@ -174,9 +185,10 @@ class AvroDecoder:
         return _Resolved(writer)
 
 
-def pinned_lookup(schema_id: int) -> Callable[[int], str | None]:
-    """Without a registry: only `schema_id` is known, and it stands for the guard's own schema."""
-    own = json.dumps(load_schema_json())
+def pinned_lookup(schema_id: int, schema: Mapping[str, Any] | None = None) -> Callable[[int], str | None]:
+    """Without a registry: only `schema_id` is known, and it stands for the guard's own schema
+    (`schema`, default the shipped one: the job refuses to start unless producers write with it)."""
+    own = json.dumps(schema if schema is not None else load_schema_json())
 
     def lookup(candidate: int) -> str | None:
         return own if candidate == schema_id else None
@@ -212,12 +224,79 @@ def registry_client(conf: dict[str, Any]) -> Any:
     return SchemaRegistryClient.new_client(conf)
 
 
+def _configured_decoder(settings: Settings) -> AvroDecoder | None:
+    """The decoder the settings describe (registry, else pinned id), or None when neither is set."""
+    if settings.schema_registry_url:
+        return AvroDecoder(registry_lookup(registry_client(settings.registry_config())))
+    if settings.avro_schema_id is not None:
+        return AvroDecoder(pinned_lookup(settings.avro_schema_id))
+    return None
+
+
 def avro_decoder(settings: Settings) -> AvroDecoder | None:
     """The decoder for the job's Avro topics (None when every input is JSON)."""
     if "avro" not in settings.input_formats.values():
         return None
-    if settings.schema_registry_url:
-        return AvroDecoder(registry_lookup(registry_client(settings.registry_config())))
-    if settings.avro_schema_id is None:  # the settings model refuses this; never decode unpinned
+    decoder = _configured_decoder(settings)
+    if decoder is None:  # the settings model refuses this; never decode unpinned
         raise ValueError("Avro input needs schema_registry_url or avro_schema_id")
-    return AvroDecoder(pinned_lookup(settings.avro_schema_id))
+    return decoder
+
+
+class ReplayAvro:
+    """How an audit reads Avro originals: as the job did, from the job's settings.
+
+    One decoder per reader schema, the event schema of the ruleset that decided (the
+    shipped one, or a past commit's). The writer schema comes from the registry when one is
+    configured; with a pinned id, or with no settings at all (an exported file read
+    without them), the guard's own schema of that time is the writer — for every id when
+    nothing is pinned, so a record the job could not resolve shows as a mismatch, never a
+    match.
+    """
+
+    def __init__(self, settings: Settings | None) -> None:
+        """Build from the job's settings (None: no registry, no pinned id)."""
+        self._registry: Callable[[int], str | None] | None = None
+        self._pinned_id: int | None = None
+        if settings is not None and settings.schema_registry_url:
+            self._registry = registry_lookup(registry_client(settings.registry_config()))
+        elif settings is not None:
+            self._pinned_id = settings.avro_schema_id
+        self._by_reader: dict[str, AvroDecoder] = {}
+
+    @property
+    def configured(self) -> bool:
+        """True when built from settings naming a registry or a pinned id (as the job ran)."""
+        return self._registry is not None or self._pinned_id is not None
+
+    def decoder(self, reader_schema: Mapping[str, Any] | None = None) -> AvroDecoder:
+        """The decoder into `reader_schema` (default the shipped event schema), cached."""
+        key = "" if reader_schema is None else json.dumps(reader_schema, sort_keys=True)
+        decoder = self._by_reader.get(key)
+        if decoder is None:
+            decoder = AvroDecoder(self._lookup_for(reader_schema), reader_schema=reader_schema)
+            self._by_reader[key] = decoder
+        return decoder
+
+    def _lookup_for(self, reader_schema: Mapping[str, Any] | None) -> Callable[[int], str | None]:
+        if self._registry is not None:
+            return self._registry
+        if self._pinned_id is not None:
+            return pinned_lookup(self._pinned_id, reader_schema)
+        own = json.dumps(reader_schema if reader_schema is not None else load_schema_json())
+        return lambda _schema_id: own
+
+
+def decode_input(
+    raw: bytes | None, input_format: str, avro: AvroDecoder | None, receivable: Container[str] | None
+) -> Event | Envelope | Malformed:
+    """Decode one input record by its topic's format, the one way the job and replay share.
+
+    Avro goes through `avro` (writer schema by id); JSON through the envelope gate when
+    `receivable` is given (the event types some rule can forward), else validated in full.
+    """
+    if input_format == "avro" and avro is not None:
+        return avro.decode(raw)
+    if receivable is None:
+        return decode_json(raw)
+    return decode_json_gated(raw, receivable)

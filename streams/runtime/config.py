@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(25, ge=1, description="longest wait to fill a batch (latency at low load)")
     session_timeout_ms: int = Field(10_000, ge=1000)
+    transaction_call_timeout_ms: int = Field(
+        30_000, ge=1000, description="each transactional call; one still blocked 10 s past it exits 4"
+    )
     bootstrap_timeout_ms: int = Field(10_000, ge=100, description="refuse start when no broker answers")
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
     state_catchup_timeout_ms: int = Field(2000, ge=1)

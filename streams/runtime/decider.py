@@ -26,12 +26,11 @@ from typing import Any
 
 import orjson
 
-from streams.core.codec import decode_json_gated
 from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.avro_input import AvroDecoder, avro_decoder
+from streams.runtime.avro_input import AvroDecoder, avro_decoder, decode_input
 from streams.runtime.config import Settings
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics
@@ -225,9 +224,7 @@ class RecordDecider:
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""
-        if self._avro is not None and input_format == "avro":
-            return self._avro.decode(raw)
-        return decode_json_gated(raw, self._receivable)
+        return decode_input(raw, input_format, self._avro, self._receivable)
 
     def emit(
         self, value: bytes | None, source: SourceRef, stale: bool, tally: BatchTally, sink: Sink

@@ -6,7 +6,9 @@ of this process from 1):
 - `raise@N` raises `InjectedFaultError` after batch N's outputs were produced and before its
   transaction commits — an unexpected exception mid-transaction;
 - `stop@N` stops the process with SIGSTOP at the same point (a zombie: frozen holding an
-  open transaction until someone sends SIGCONT).
+  open transaction until someone sends SIGCONT);
+- `hang@N` makes batch N's `send_offsets_to_transaction` block for good, the way
+  librdkafka#5456 does (the producer is wrapped by `wrap_producer`).
 
 It is read once at start, costs one integer comparison a batch, and never acts on its own.
 """
@@ -16,14 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from streams.core.errors import PartnerGuardError
 
 log = logging.getLogger(__name__)
 FAULT_ENV = "PARTNER_GUARD_FAULT_BEFORE_COMMIT"
-ACTIONS = ("raise", "stop")
+ACTIONS = ("raise", "stop", "hang")
 
 
 class InjectedFaultError(PartnerGuardError, RuntimeError):
@@ -37,6 +41,7 @@ class BeforeCommitFault:
     action: str | None = None
     at_batch: int = 0
     batches: int = 0
+    hanging: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> BeforeCommitFault:
@@ -46,7 +51,7 @@ class BeforeCommitFault:
             return cls()
         action, _, number = spec.partition("@")
         if action not in ACTIONS or not number.isdigit() or int(number) < 1:
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected raise@N or stop@N with N >= 1")
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected raise@N, stop@N or hang@N with N >= 1")
         log.warning("fault injection armed: %s before committing batch %s", action, number)
         return cls(action, int(number))
 
@@ -61,4 +66,28 @@ class BeforeCommitFault:
         if self.action == "stop":
             os.kill(os.getpid(), signal.SIGSTOP)
             return
+        if self.action == "hang":
+            self.hanging.set()  # the wrapped producer's next send_offsets_to_transaction blocks
+            return
         raise InjectedFaultError(f"injected before committing batch {self.batches}")
+
+    def wrap_producer(self, producer: Any) -> Any:
+        """The producer itself, or (for `hang@N`) a proxy whose send offsets can hang."""
+        return _HangingProducer(producer, self.hanging) if self.action == "hang" else producer
+
+
+class _HangingProducer:
+    """Delegates to a producer; `send_offsets_to_transaction` never returns once `hanging` is set."""
+
+    def __init__(self, producer: Any, hanging: threading.Event) -> None:
+        self._producer = producer
+        self._hanging = hanging
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any, timeout: float = -1) -> None:
+        if self._hanging.is_set():
+            log.warning("injected fault: send_offsets_to_transaction hangs")
+            threading.Event().wait()  # blocks this thread for good, like the librdkafka bug
+        self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)

@@ -5,7 +5,7 @@ transactions, so no transaction ever spans a revoke. The transaction's lifecycle
 produce, send offsets, commit, bounded retry, abort and rewind) lives in
 `streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
 the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
-old instance).
+old instance): 3 for a fatal error, 4 when a transactional call hung past its timeout.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import SourceRef
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
-from streams.runtime.transaction import BatchTransaction, Outcome, TransactionFatalError
+from streams.runtime.transaction import BatchTransaction, Outcome, RetryPolicy, TransactionFatalError
 
 log = logging.getLogger(__name__)
 # init_transactions fences an earlier instance with the same transactional id: it waits for
@@ -133,6 +133,7 @@ class GuardJob:
             }
         )
         producer.init_transactions(INIT_TIMEOUT_S)
+        producer = self.fault.wrap_producer(producer)  # itself unless a reliability test arms a hang
         consumer = Consumer(
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
@@ -159,7 +160,8 @@ class GuardJob:
         )
         exit_code = exitcodes.OK
         last_lag_update = 0.0
-        transaction = BatchTransaction(producer, consumer, self.clock)
+        retry = RetryPolicy(call_timeout_s=settings.transaction_call_timeout_ms / 1000)
+        transaction = BatchTransaction(producer, consumer, self.clock, retry)
         try:
             while not self.stopping:
                 self.heartbeat.beat()

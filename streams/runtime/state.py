@@ -36,7 +36,7 @@ import orjson
 from streams.core.codec import decode_state_record
 from streams.core.consent import subjects_of
 from streams.core.errors import PartnerGuardError
-from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot
+from streams.core.models import ConsentRecord, Event, Malformed, SignupStatus, StateSnapshot, assemble
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +308,17 @@ class ConsentTable(_Table):
         packed = self._store.get(key)
         if packed is None:
             return None
-        return ConsentRecord.model_construct(
-            subject=key.decode(),
-            updated_at=(packed >> _CONSENT_TIME_SHIFT) or None,
-            interest_based_ads=_GRANT_BACK[packed >> _INTEREST_BASED_ADS_SHIFT & _CHOICE_MASK],
-            do_not_sell_or_share=_BOOL_BACK[packed >> _DO_NOT_SELL_SHIFT & _CHOICE_MASK],
-            matched_identifier_opt_out=_BOOL_BACK[packed >> _MATCHED_ID_OPT_OUT_SHIFT & _CHOICE_MASK],
-            ad_cookies=_GRANT_BACK[packed >> _AD_COOKIES_SHIFT & _CHOICE_MASK],
-            jurisdiction=self._jurisdictions[packed >> _JURISDICTION_SHIFT & _JURISDICTION_MASK],
+        return assemble(
+            ConsentRecord,
+            {
+                "subject": key.decode(),
+                "updated_at": (packed >> _CONSENT_TIME_SHIFT) or None,
+                "interest_based_ads": _GRANT_BACK[packed >> _INTEREST_BASED_ADS_SHIFT & _CHOICE_MASK],
+                "do_not_sell_or_share": _BOOL_BACK[packed >> _DO_NOT_SELL_SHIFT & _CHOICE_MASK],
+                "matched_identifier_opt_out": _BOOL_BACK[packed >> _MATCHED_ID_OPT_OUT_SHIFT & _CHOICE_MASK],
+                "ad_cookies": _GRANT_BACK[packed >> _AD_COOKIES_SHIFT & _CHOICE_MASK],
+                "jurisdiction": self._jurisdictions[packed >> _JURISDICTION_SHIFT & _JURISDICTION_MASK],
+            },
         )
 
 
@@ -364,10 +367,13 @@ class SignupStatusTable(_Table):
         packed = self._store.get(account_id.encode())
         if packed is None or packed & _STATUS_MASK == _STATUS_UNKNOWN:
             return None
-        return SignupStatus.model_construct(
-            account_id=account_id,
-            status=_STATUS[packed & _STATUS_MASK],
-            updated_at=(packed >> _STATUS_BITS) or None,
+        return assemble(
+            SignupStatus,
+            {
+                "account_id": account_id,
+                "status": _STATUS[packed & _STATUS_MASK],
+                "updated_at": (packed >> _STATUS_BITS) or None,
+            },
         )
 
 
@@ -379,7 +385,7 @@ def snapshot_for(
         return StateSnapshot(stale=stale)
     found = [c for c in (consent.get(k.encode()) for k in subjects_of(record)) if c is not None]
     signup = status.get(record.account_id) if record.account_id else None
-    return StateSnapshot.model_construct(consent=tuple(found), signup_status=signup, stale=stale)
+    return assemble(StateSnapshot, {"consent": tuple(found), "signup_status": signup, "stale": stale})
 
 
 def dumps_snapshot(snapshot: StateSnapshot) -> bytes:

@@ -16,7 +16,15 @@ Error handling follows librdkafka's transactional API:
   `RetryPolicy.attempts` times and never past `RetryPolicy.deadline_s` by the injected
   clock; when the budget is spent the transaction is aborted and the batch rewound;
 - abortable (`txn_requires_abort()`): abort, rewind, replay the batch;
-- anything else (`fatal()`, or an abort that fails itself): `TransactionFatalError`.
+- anything else (`fatal()`, or an abort that fails itself): `TransactionFatalError`;
+- a call that never returns (librdkafka can block in `send_offsets_to_transaction` past its
+  own timeout, confluentinc/librdkafka#5456): a `CallWatchdog` notices the call outlived its
+  timeout by `HANG_GRACE_S` and ends the process with exit code `EXIT_TRANSACTION_HUNG` (4).
+  The blocked call cannot be interrupted, and the producer it blocks cannot be closed or
+  reused while it does, so recovering in-process would mean abandoning a live librdkafka
+  handle (its threads and sockets) at every hang. A restart is clean: the new instance's
+  `init_transactions` under the same transactional id aborts the open transaction, and the
+  consumer group hands the batch's partitions back from their committed offsets.
 
 A rebalance runs inside `consume()`, between transactions, so it never revokes a partition
 under an open transaction; but the consumer group generation can still move on while a
@@ -31,13 +39,18 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from streams import exitcodes
 from streams.runtime.kafka_io import Headers
 
 log = logging.getLogger(__name__)
@@ -51,6 +64,11 @@ CALL_TIMEOUT_S = 30.0
 RETRY_DEADLINE_S = 120.0
 # Retries of one call within the deadline; each waits up to CALL_TIMEOUT_S inside librdkafka.
 RETRY_ATTEMPTS = 5
+# A transactional call still blocked this long after its own timeout is hung (not slow): a
+# loaded machine schedules librdkafka's threads late by seconds, never by this much.
+HANG_GRACE_S = 10.0
+# The process exit code when a transactional call hung (0 clean stop, 2 refused, 3 fatal).
+EXIT_TRANSACTION_HUNG = exitcodes.JOB_HUNG
 
 
 class TransactionFatalError(Exception):
@@ -70,6 +88,68 @@ class State(enum.Enum):
     IDLE = "idle"
     OPEN = "open"
     FAILED = "failed"
+
+
+def exit_hung(step: str, waited_s: float) -> None:
+    """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
+    log.critical(
+        "transactional call '%s' still blocked after %.0f s (librdkafka#5456): exiting with code %d "
+        "so a supervisor restarts the guard; the restart aborts the open transaction",
+        step,
+        waited_s,
+        EXIT_TRANSACTION_HUNG,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_TRANSACTION_HUNG)
+
+
+class CallWatchdog:
+    """Calls `on_hang(step, waited_s)` when a watched call outlives its limit; one thread.
+
+    `watch()` costs a lock and a notify; the thread sleeps until the current deadline, so a
+    call that returns in time never wakes it. It fires at most once per watched call.
+    """
+
+    def __init__(self, on_hang: Callable[[str, float], None] = exit_hung) -> None:
+        self.on_hang = on_hang
+        self._cond = threading.Condition()
+        self._step: str | None = None
+        self._started = 0.0
+        self._deadline = 0.0
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, step: str, limit_s: float) -> Iterator[None]:
+        """Watch the calls made inside the block."""
+        with self._cond:
+            self._step, self._started = step, time.monotonic()
+            self._deadline = self._started + limit_s
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="txn-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._step = None
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._step is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                step, waited = self._step, time.monotonic() - self._started
+                self._step = None
+                self.on_hang(step, waited)
 
 
 class TransactionalProducer(Protocol):
@@ -100,6 +180,7 @@ class RetryPolicy:
     attempts: int = RETRY_ATTEMPTS
     deadline_s: float = RETRY_DEADLINE_S
     call_timeout_s: float = CALL_TIMEOUT_S
+    hang_grace_s: float = HANG_GRACE_S
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:
@@ -125,11 +206,13 @@ class BatchTransaction:
         consumer: GroupConsumer,
         clock: Clock = time.monotonic,
         retry: RetryPolicy = RetryPolicy(),
+        watchdog: CallWatchdog | None = None,
     ) -> None:
         self.producer = producer
         self.consumer = consumer
         self.clock = clock
         self.retry = retry
+        self.watchdog = watchdog or CallWatchdog()
         self.state = State.IDLE
         self._first: dict[tuple[str, int], int] = {}
         self._next: dict[tuple[str, int], int] = {}
@@ -143,7 +226,8 @@ class BatchTransaction:
         self._next.clear()
         self.produced = 0
         try:
-            self.producer.begin_transaction()
+            with self._watched("begin"):
+                self.producer.begin_transaction()
         except KafkaException as exc:
             self.state = State.FAILED
             raise TransactionFatalError(f"cannot begin a transaction: {_describe(exc)}") from exc
@@ -214,7 +298,8 @@ class BatchTransaction:
         if self.state is not State.OPEN:
             raise RuntimeError(f"abort() while the transaction is {self.state.value}")
         try:
-            self.producer.abort_transaction(self.retry.call_timeout_s)
+            with self._watched("abort"):
+                self.producer.abort_transaction(self.retry.call_timeout_s)
         except KafkaException as exc:
             self.state = State.FAILED
             raise TransactionFatalError(f"abort failed: {_describe(exc)}") from exc
@@ -231,12 +316,17 @@ class BatchTransaction:
             else:
                 log.info("not rewinding %s[%d]: revoked; its new owner re-reads it", topic, partition)
 
+    def _watched(self, step: str) -> AbstractContextManager[None]:
+        """Watch one librdkafka call: hung once it outlives its timeout by `HANG_GRACE_S`."""
+        return self.watchdog.watch(step, self.retry.call_timeout_s + self.retry.hang_grace_s)
+
     def _with_retry(self, step: str, deadline: float, call: Callable[[], None]) -> None:
         """Run `call`, retrying retriable errors within the attempt count and the deadline."""
         attempt = 1
         while True:
             try:
-                call()
+                with self._watched(step):
+                    call()
                 return
             except KafkaException as exc:
                 error = _kafka_error(exc)

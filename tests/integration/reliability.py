@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,14 @@ from tests.integration.test_job import FORBIDDEN
 
 # The guard's librdkafka client.id in these tests; the fault proxy aims at it.
 GUARD_CLIENT_ID = "guard"
-# Knobs for `make soak`: the same scenarios, longer.
-SOAK = os.environ.get("PARTNER_GUARD_SOAK", "") == "1"
-TIMEOUT_S = 3600 if SOAK else 900  # generous: up to eight engineers' suites share two cores
+# How long the scenarios run: `short` in `make test` (the same faults, fewer records and
+# repetitions), `long` in `make reliability` (the sizes the reliability table reports), `soak`
+# in `make soak` (longer still). Set by PARTNER_GUARD_RELIABILITY.
+LENGTH = os.environ.get("PARTNER_GUARD_RELIABILITY", "short")
+if LENGTH not in ("short", "long", "soak"):
+    raise ValueError(f"PARTNER_GUARD_RELIABILITY={LENGTH!r}: expected short, long or soak")
+LONG, SOAK = LENGTH in ("long", "soak"), LENGTH == "soak"
+TIMEOUT_S = {"short": 600, "long": 1800, "soak": 3600}[LENGTH]  # generous: many suites share two cores
 HTTP_UNAVAILABLE = 503
 CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
 PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
@@ -220,9 +226,12 @@ def account(
     malformed = len(decoded) - len(ids)
     ledger = Ledger(scenario, len(events))
     outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
+    with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # each read ends after 3 s idle: overlap them
+        blocked_views = pool.submit(read_blocked, bootstrap, blocked_topic)
+        partner_topics = {p: pool.submit(read_topic, bootstrap, f"partner.{p}.events") for p in PARTNERS}
     for partner in PARTNERS:
         back = {pseudonym(keys[partner], "event_id", i): i for i in ids}
-        for _, value, _ in read_topic(bootstrap, f"partner.{partner}.events"):
+        for _, value, _ in partner_topics[partner].result():
             text = (value or b"").decode("utf-8", "replace")
             event_id = back.get(orjson.loads(value or b"{}").get("event_id"), "?")
             outputs[partner][event_id] += 1
@@ -230,7 +239,7 @@ def account(
             if event_id not in allowed[partner] or FORBIDDEN.search(text):
                 ledger.leaked[partner] += 1
     blocked_back = {blocked_id(i): i for i in ids}  # redacted/encrypted modes hash the event id
-    for blocked in read_blocked(bootstrap, blocked_topic):  # one view per (input, partner)
+    for blocked in blocked_views.result():  # one view per (input, partner)
         source = blocked["source"]
         key = blocked_back.get(blocked["event_id"]) or f"offset:{source['partition']}:{source['offset']}"
         outputs[blocked["partner"]][key] += 1

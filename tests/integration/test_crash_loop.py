@@ -1,12 +1,18 @@
 """Crash loop: SIGKILL at random moments (once while the state is still loading), restart each
-time; and an exception injected between produce and commit. Nothing lost, nothing leaked."""
+time; an exception injected between produce and commit; a commit that hangs for good.
+Nothing lost, nothing leaked.
+
+Sizes: `make test` 20,000 records and 3 kills + 1 while loading; `make reliability` 100,000
+and 10 + 1; `make soak` 500,000 and 30 + 1 (PARTNER_GUARD_RELIABILITY)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -14,8 +20,10 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.transaction import EXIT_TRANSACTION_HUNG
 from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
 from tests.integration.reliability import (
+    LONG,
     SOAK,
     TIMEOUT_S,
     account,
@@ -27,9 +35,10 @@ from tests.integration.reliability import (
 
 pytestmark = pytest.mark.integration
 INPUT = "internal.events"
-RECORDS = 500_000 if SOAK else 100_000
-KILLS = 30 if SOAK else 10
-FILLER_CONSENT = 150_000  # unrelated subjects: loading the state takes long enough to kill it mid-way
+RECORDS = 500_000 if SOAK else 100_000 if LONG else 20_000
+KILLS = 30 if SOAK else 10 if LONG else 3  # at random moments, plus one while the state loads
+# Unrelated subjects: loading the state takes long enough to kill the guard mid-way.
+FILLER_CONSENT = 150_000 if LONG else 50_000
 
 
 def _filler() -> list[KeyedRecord]:
@@ -46,12 +55,22 @@ def _kill(guard: GuardProcess) -> None:
     guard.process.wait()
 
 
-def _wait_consuming(guard: GuardProcess, timeout_s: float = 120.0) -> None:
-    """Wait until the guard has committed its first batch (it holds partitions and works)."""
+def _kill_points(rng: random.Random, total: int, kills: int) -> list[int]:
+    """Where in the stream each kill lands (records committed): random, and all well before the
+    end, so every kill interrupts work whatever the machine's speed. (The kill itself then waits
+    a random fraction of a second more, so it lands anywhere in a batch, not just after a commit.)"""
+    return sorted(rng.randrange(total // 20, total * 3 // 5) for _ in range(kills))
+
+
+def _wait_progress(guard: GuardProcess, committed_before: int, point: int, timeout_s: float = 300.0) -> None:
+    """Wait until the guard has committed a batch and the stream's committed total reaches `point`."""
     deadline = time.monotonic() + timeout_s
-    while guard.metric_value("partner_guard_records_in_total") == 0:
-        assert time.monotonic() < deadline, guard.log()
-        time.sleep(0.05)
+    while True:
+        done = guard.metric_value("partner_guard_records_in_total")
+        if done > 0 and committed_before + done >= point:
+            return
+        assert time.monotonic() < deadline and guard.process.poll() is None, guard.log()
+        time.sleep(0.02)
 
 
 def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
@@ -68,25 +87,32 @@ def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
 
 @pytest.mark.timeout(TIMEOUT_S)
 def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    phases = [("start", time.monotonic())]
     seeded = seed_state(broker.bootstrap, INPUT, 2000, 41)
     filler = _filler()
     produce(broker.bootstrap, "privacy.consent", filler)
     events = list(seeded.generator.events(RECORDS))
     produce(broker.bootstrap, INPUT, events)
     group, rng = "crash-loop", random.Random(14)
+    reference = ThreadPoolExecutor(1)  # the core's own decisions, worked out while the guard runs
+    allowed_later = reference.submit(seeded.allowed, events, filler)
+    phases.append(("produce", time.monotonic()))
 
     _kill_while_loading(broker.bootstrap, tmp_path, group)
+    phases.append(("kill while loading", time.monotonic()))
     progress = []
-    for _ in range(KILLS):
+    for point in _kill_points(rng, len(events), KILLS):
+        before = sum(committed_offsets(broker.bootstrap, group, INPUT).values())
         guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
         guard.wait_ready(120)
         started = time.monotonic()
-        _wait_consuming(guard)
-        time.sleep(rng.uniform(0.0, 1.0))
+        _wait_progress(guard, before, point)
+        time.sleep(rng.uniform(0.0, 0.5))
         _kill(guard)
         progress.append(sum(committed_offsets(broker.bootstrap, group, INPUT).values()))
-        print(f"cycle: {time.monotonic() - started:.1f}s to first commit + kill; committed {progress[-1]}")
+        print(f"cycle: {time.monotonic() - started:.1f}s from ready to kill; committed {progress[-1]}")
     assert progress[-1] < len(events), "the kills came too late: all was committed before the last one"
+    phases.append(("kills", time.monotonic()))
     last = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
     try:
         last.wait_ready(120)
@@ -94,9 +120,14 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
     finally:
         assert last.stop() == 0
     print(f"\ncommitted after each of the {KILLS} kills: {progress}")
+    phases.append(("last guard to the end", time.monotonic()))
 
-    allowed = seeded.allowed(events, filler)
+    allowed = allowed_later.result()
+    reference.shutdown()
+    phases.append(("reference decisions (rest)", time.monotonic()))
     ledger = account(broker.bootstrap, "crash loop", events, allowed)
+    phases.append(("ledger", time.monotonic()))
+    print("phases: " + ", ".join(f"{n} {t - b:.1f}s" for (_, b), (n, t) in itertools.pairwise(phases)))
     ledger.notes.append(f"{KILLS + 1} SIGKILLs (1 while loading state), restarted each time")
     ledger.report()
     ledger.assert_sound()
@@ -132,3 +163,37 @@ def test_exception_before_commit_leaves_offsets_and_the_batch_is_redone(
     ledger.assert_sound()
     for partner, duplicates in ledger.duplicated.items():  # the failed batch, and only it, was redone
         assert 0 < duplicates <= 200, partner
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_hung_commit_exits_4_and_the_restart_redoes_the_batch(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Before: a send_offsets_to_transaction that never returned (librdkafka#5456) froze the loop
+    until a liveness probe noticed the silent /healthz, 60 s later."""
+    seeded = seed_state(broker.bootstrap, INPUT, 500, 45)
+    events = list(seeded.generator.events(4000))
+    group = "hung"
+    env = guard_env(
+        PARTNER_GUARD_BATCH_SIZE="200",
+        PARTNER_GUARD_FAULT_BEFORE_COMMIT="hang@3",
+        PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="2000",  # hung = still blocked 2 s + 10 s later
+    )
+    produce(broker.bootstrap, INPUT, events)
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, env, transactional_id=group)
+    assert guard.process.wait(timeout=300) == EXIT_TRANSACTION_HUNG, guard.log()
+    assert "still blocked" in guard.log()
+    assert 0 < sum(committed_offsets(broker.bootstrap, group, INPUT).values()) <= 2 * 200
+
+    again = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+    try:
+        again.wait_ready()
+        wait_all_committed(broker.bootstrap, group, INPUT, len(events), guards=[again])
+    finally:
+        assert again.stop() == 0
+    ledger = account(broker.bootstrap, "hung commit", events, seeded.allowed(events))
+    ledger.notes.append("hang@3: send_offsets_to_transaction blocks for good; exit 4, restart")
+    ledger.report()
+    ledger.assert_sound()
+    for partner, duplicates in ledger.duplicated.items():  # only the hung batch was redone
+        assert duplicates <= 200, partner

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,18 +105,19 @@ def test_registry_input_resolves_two_schema_versions_and_blocks_an_unknown_id(
         framed({**base, "event_id": "sr-v3"}, 13, schemas[13]),
         framed({**base, "event_id": "sr-unknown"}, 99, schemas[11]),
     ]
+    guard_env = {
+        "PARTNER_GUARD_INPUT_FORMATS": f"{topic}=avro",
+        "PARTNER_GUARD_SCHEMA_REGISTRY_URL": registry.url,
+        "PARTNER_GUARD_SCHEMA_REGISTRY_BASIC_AUTH": REGISTRY_USER,
+        "PARTNER_GUARD_SCHEMA_REGISTRY_TIMEOUT_MS": "60000",  # a loaded test machine is slow, not down
+    }
     guard = start_guard(
         broker.bootstrap,
         tmp_path,
         topic,
         "registry",
         transactional_id="guard-registry-0",
-        extra_env={
-            "PARTNER_GUARD_INPUT_FORMATS": f"{topic}=avro",
-            "PARTNER_GUARD_SCHEMA_REGISTRY_URL": registry.url,
-            "PARTNER_GUARD_SCHEMA_REGISTRY_BASIC_AUTH": REGISTRY_USER,
-            "PARTNER_GUARD_SCHEMA_REGISTRY_TIMEOUT_MS": "60000",  # a loaded test machine is slow, not down
-        },
+        extra_env=guard_env,
     )
     try:
         guard.wait_ready()
@@ -139,6 +141,23 @@ def test_registry_input_resolves_two_schema_versions_and_blocks_an_unknown_id(
     assert sum("/schemas/ids/11" in p for p in ids) == 1  # cached per id
     assert all(auth is not None for _, auth in registry.requests)
     assert "registry-secret" not in guard.log()
+
+    # replay decodes each Avro original the way the job did (writer schema by id from the
+    # registry): every record of the three schema versions and the unknown id reproduces
+    report = tmp_path / "replay.jsonl"
+    replayed = subprocess.run(
+        [sys.executable, "-m", "streams", "replay", "--no-git", "--jsonl", str(report)],
+        cwd=ROOT,
+        env={**os.environ, **guard_env, "PARTNER_GUARD_BOOTSTRAP_SERVERS": broker.bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    rows = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"match"}, rows
+    assert {r["source"]["offset"] for r in rows} == {0, 1, 2, 3}
 
 
 def test_readiness_drops_when_the_broker_is_lost_and_recovers(broker: EmbeddedBroker, tmp_path: Path) -> None:

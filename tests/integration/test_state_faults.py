@@ -4,10 +4,12 @@ state blocks as `consent_stale`) and back (normal decisions resume)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,12 +55,10 @@ def _wait_metric(
         time.sleep(0.25)
 
 
-def _install_outcomes(bootstrap: str, prefix: str) -> tuple[int, Counter[str]]:
+def _install_outcomes(views: list[dict[str, Any]], prefix: str) -> tuple[int, Counter[str]]:
     """For the attribution partner: how many of the `prefix` installs were blocked, by reason."""
     blocked = [
-        b
-        for b in read_blocked(bootstrap)
-        if b["partner"] == "install-attribution" and str(b["event_id"]).startswith(prefix)
+        b for b in views if b["partner"] == "install-attribution" and str(b["event_id"]).startswith(prefix)
     ]
     return len(blocked), Counter(r for b in blocked for r in b["reasons"])
 
@@ -81,9 +81,11 @@ def test_unreadable_state_record_then_state_unreachable(
         events.extend(batch)
         produce(bootstrap, INPUT, batch)
 
+    marks = [("start", time.monotonic())]
     guard = start_guard(bootstrap, tmp_path, INPUT, "state-faults", guard_env(), transactional_id="state-0")
     try:
         guard.wait_ready()
+        marks.append(("ready", time.monotonic()))
         send([*seeded.generator.events(2000), *installs("state-fine", 20, "fine-before")])
 
         garbled = KeyedRecord(b"account:state-garbled", b"\xff{not json")  # mid-stream, unreadable
@@ -92,29 +94,35 @@ def test_unreadable_state_record_then_state_unreachable(
         send([*installs("state-garbled", 20, "garbled-after"), *seeded.generator.events(2000)])
         wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
         _wait_metric(guard, "partner_guard_state_invalid_records_total", 1, topic="privacy.consent")
+        marks.append(("unreadable record", time.monotonic()))
 
         proxy.blackhole(True)  # the state topics become unreachable; the input stays reachable
         send([*installs("state-fine", 20, "fine-during"), *seeded.generator.events(1000)])
         time.sleep(UNREACHABLE_S)
         wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        marks.append(("unreachable", time.monotonic()))
         proxy.blackhole(False)
         time.sleep(2)  # the state reader reconnects by itself
         send([*installs("state-fine", 20, "fine-after"), *seeded.generator.events(1000)])
         wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
         assert guard.process.poll() is None and guard.status("/healthz") == 200
+        marks.append(("back", time.monotonic()))
     finally:
         assert guard.stop() == 0
 
-    garbled_blocked, garbled_reasons = _install_outcomes(bootstrap, "garbled-after")
+    views = read_blocked(bootstrap)  # once: every read ends after 3 s without new records
+    garbled_blocked, garbled_reasons = _install_outcomes(views, "garbled-after")
     assert garbled_blocked == 20, garbled_reasons  # fail closed for that subject only
-    during_blocked, during_reasons = _install_outcomes(bootstrap, "fine-during")
+    during_blocked, during_reasons = _install_outcomes(views, "fine-during")
     assert during_blocked == 20 and during_reasons["consent_stale"] == 20, during_reasons
     for phase in ("fine-before", "fine-after"):  # normal decisions before the fault and after it
-        blocked, reasons = _install_outcomes(bootstrap, phase)
+        blocked, reasons = _install_outcomes(views, phase)
         assert blocked == 0, (phase, reasons)
     print(f"\nproxy: {proxy.stats}")
 
     ledger = account(bootstrap, "state faults", events, seeded.allowed(events, extra_consent))
+    marks.append(("ledger", time.monotonic()))
+    print("phases: " + ", ".join(f"{n} {t - b:.1f}s" for (_, b), (n, t) in itertools.pairwise(marks)))
     ledger.notes.append(
         f"unreadable consent record mid-stream; state topics unreachable {UNREACHABLE_S:.0f} s"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from streams.core.consent import GDPR_REGIONS
@@ -41,11 +41,18 @@ from streams.core.rules.ruleset import (
     kept_max_length,
     ruleset_digest,
 )
-from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy_tags
+from streams.core.rules.validation import explain_errors
+from streams.core.schema import FORBIDDEN_TAGS, RECORD_TAG, PrivacyTags, privacy_tags, privacy_tags_of
 
 M = TypeVar("M", bound=BaseModel)
 LEAK_SCAN_FILE = "_leak-scan.yaml"
 CEL_VARIABLES = frozenset({"event", "consent", "status"})
+# Where in the leak-scan vocabulary each finding on an output name comes from.
+_VOCABULARY_KEY_OF_FINDING = {
+    "title_name": "title_names",
+    "title_id": "title_id_patterns",
+    "free_text": "max_words / max_tokens",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +89,20 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _fix_for(error_type: str, message: str) -> str:
-    if error_type == "extra_forbidden":
-        return "remove the key or correct its spelling (see README, 'Writing a rule')"
-    if error_type == "missing":
-        return "add the missing key"
-    return message[0].lower() + message[1:] if message else "correct the value"
+@dataclass(frozen=True, slots=True)
+class _Vocabulary:
+    """The leak-scan vocabulary file as read, so a refusal can point into it."""
+
+    path: str
+    doc: Any
+
+    def where(self, key: str, entry: str | None = None) -> str:
+        """`file:line` of a vocabulary key, or of one entry of its list."""
+        loc: tuple[int | str, ...] = (key,)
+        entries = self.doc.get(key) if isinstance(self.doc, CommentedMap) else None
+        if entry is not None and isinstance(entries, CommentedSeq) and entry in entries:
+            loc = (key, entries.index(entry))
+        return f"{self.path}:{_line_of(self.doc, loc)}"
 
 
 def _read_yaml(path: Path, problems: list[RuleProblem]) -> Any | None:
@@ -113,27 +128,25 @@ def _validate(model: type[M], path: Path, doc: Any, problems: list[RuleProblem])
     try:
         return model.model_validate(_plain(doc))
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "FieldSpec")))
-            where = ".".join(str(p) for p in loc) or "(file)"
+        for explained in explain_errors(model, exc.errors()):
             problems.append(
-                RuleProblem(
-                    str(path),
-                    _line_of(doc, loc),
-                    f"{where}: {err['msg']}",
-                    _fix_for(err["type"], err["msg"]),
-                )
+                RuleProblem(str(path), _line_of(doc, explained.loc), explained.message, explained.fix)
             )
     return None
 
 
 def _check_rule(
-    rule: RuleFile, path: Path, doc: CommentedMap, scanner: LeakScanner, reserved_topics: Mapping[str, str]
+    rule: RuleFile,
+    path: Path,
+    doc: CommentedMap,
+    scanner: LeakScanner,
+    tags: PrivacyTags,
+    vocabulary: _Vocabulary,
+    reserved_topics: Mapping[str, str],
 ) -> Iterator[RuleProblem]:
     """Static checks: P2 (no content event types), P1/P6 (no tagged field leaves raw), P10,
     and no output to a topic the guard itself reads or writes."""
     file = str(path)
-    tags = privacy_tags()
     if path.stem != rule.partner:
         yield RuleProblem(
             file,
@@ -187,7 +200,7 @@ def _check_rule(
             )
         for name, raw_spec in spec.fields.items():
             yield from _check_field(
-                file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, rule.events
+                file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, vocabulary, rule.events
             )
 
 
@@ -254,6 +267,7 @@ def _check_field(
     spec: Any,
     tag_of: Any,
     scanner: LeakScanner,
+    vocabulary: _Vocabulary,
     event_types: Collection[str] = (),
 ) -> Iterator[RuleProblem]:
     at = _line_of(doc, ("events", event_type, "fields", name))
@@ -308,22 +322,53 @@ def _check_field(
             f"field '{name}' keeps '{spec.source}' as free text of unbounded length",
             f"add values: [...], a bounded pattern, or max_length: N (at most {MAX_KEPT_LENGTH})",
         )
-    key_finding = scanner.key_finding(name)
-    if key_finding:
+    yield from _output_name_problems(file, at, name, scanner, vocabulary)
+
+
+def _output_name_problems(
+    file: str, at: int, name: str, scanner: LeakScanner, vocabulary: _Vocabulary
+) -> Iterator[RuleProblem]:
+    """An output name the leak scan would block: which token, and which vocabulary entry says so."""
+    token = scanner.forbidden_key_token(name)
+    if token is not None:
         yield RuleProblem(
             file,
             at,
-            f"output field name '{name}' looks like forbidden content ({key_finding})",
-            "choose a neutral output name",
+            f"output field name '{name}' contains the token '{token}', listed in forbidden_key_tokens "
+            f"({vocabulary.where('forbidden_key_tokens', token)})",
+            f"choose a neutral output name; or, if '{token}' names no content for any partner, remove it "
+            f"from forbidden_key_tokens in {vocabulary.path} (a vocabulary change is a ruleset change: "
+            "review it with `rules diff`)",
         )
+        return
+    finding = scanner.key_finding(name)
+    if finding is None:
+        return
+    key = _VOCABULARY_KEY_OF_FINDING.get(finding)
+    source = f"{key} ({vocabulary.where(key.split(' ')[0])})" if key else "the leak scan's built-in checks"
+    yield RuleProblem(
+        file,
+        at,
+        f"output field name '{name}' looks like forbidden content ({finding}, from {source})",
+        "choose a neutral output name: partners never receive keys that look like content or identifiers",
+    )
 
 
-def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | None = None) -> Ruleset:
+def load_ruleset(
+    rules_dir: Path | str,
+    event_schema: dict[str, Any] | None = None,
+    *,
+    reserved_topics: Mapping[str, str] | None = None,
+) -> Ruleset:
     """Load, validate, check and compile every rule in `rules_dir` (rule order = file name order).
 
-    `reserved_topics` maps the topics the guard itself reads or writes (inputs, state, the
-    blocked topic), as configured, to what each one is; a rule writing to one is refused.
+    `event_schema` (parsed JSON) is the schema whose privacy tags the rules are checked
+    against and the digest covers: the shipped one by default; replay passes the schema a
+    past commit held beside its rules. `reserved_topics` maps the topics the guard itself
+    reads or writes (inputs, state, the blocked topic), as configured, to what each one is;
+    a rule writing to one is refused.
     """
+    tags = privacy_tags_of(event_schema) if event_schema is not None else privacy_tags()
     directory = Path(rules_dir)
     problems: list[RuleProblem] = []
     if not directory.is_dir():
@@ -339,6 +384,7 @@ def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | 
         )
     leak_path = directory / LEAK_SCAN_FILE
     leak_scan: LeakScanFile | None = None
+    leak_doc: Any = None
     if not leak_path.is_file():
         problems.append(
             RuleProblem(
@@ -367,6 +413,7 @@ def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | 
                     )
                     leak_scan = None
     scanner = LeakScanner.from_config(leak_scan or LeakScanFile())  # for output names
+    vocabulary = _Vocabulary(str(leak_path), leak_doc)
 
     rules: list[RuleFile] = []
     seen: dict[str, str] = {}
@@ -380,7 +427,7 @@ def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | 
         rule = _validate(RuleFile, path, doc, problems)
         if rule is None:
             continue
-        problems.extend(_check_rule(rule, path, doc, scanner, reserved_topics or {}))
+        problems.extend(_check_rule(rule, path, doc, scanner, tags, vocabulary, reserved_topics or {}))
         if rule.partner in seen:
             problems.append(
                 RuleProblem(
@@ -400,7 +447,8 @@ def load_ruleset(rules_dir: Path | str, *, reserved_topics: Mapping[str, str] | 
     return Ruleset(
         rules=tuple(compile_rule(r) for r in frozen_rules),
         leak_scanner=scanner_for(leak_scan, frozen_rules),
-        digest=ruleset_digest(frozen_rules, leak_scan, privacy_tags().tags),
+        digest=ruleset_digest(frozen_rules, leak_scan, tags.tags),
         vocabulary=leak_scan,
-        tags=privacy_tags().tags,
+        tags=tags.tags,
+        event_schema=event_schema,
     )

@@ -11,6 +11,7 @@ import re
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 
@@ -157,6 +158,9 @@ class Ruleset:
     keys: Mapping[str, bytes] = field(default_factory=dict)
     vocabulary: LeakScanFile = field(default_factory=LeakScanFile)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The event schema the rules were checked against when it is not the shipped one (a past
+    # commit's, in replay): Avro originals are read into it, as that commit's guard read them.
+    event_schema: Mapping[str, Any] | None = None
 
     def with_keys(self, keys: Mapping[str, bytes]) -> Ruleset:
         """The same ruleset with partner HMAC keys (never part of the digest)."""
