@@ -73,6 +73,19 @@ def _wait_progress(guard: GuardProcess, committed_before: int, point: int, timeo
         time.sleep(0.02)
 
 
+def _linger(guard: GuardProcess, committed_before: int, seconds: float, stop_at: int) -> None:
+    """Let the guard work `seconds` more, cut short once the stream's committed total reaches `stop_at`.
+
+    The random extra time lands a kill anywhere in a batch; the cap keeps a fast machine from
+    finishing the whole stream before the kill (then the next cycle would have nothing to do).
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if committed_before + guard.metric_value("partner_guard_records_in_total") >= stop_at:
+            return
+        time.sleep(0.02)
+
+
 def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
     """Start a guard and SIGKILL it after its HTTP port is up but before the state is loaded."""
     for _ in range(5):
@@ -107,7 +120,7 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
         guard.wait_ready(120)
         started = time.monotonic()
         _wait_progress(guard, before, point)
-        time.sleep(rng.uniform(0.0, 0.5))
+        _linger(guard, before, rng.uniform(0.0, 0.5), stop_at=len(events) * 3 // 4)
         _kill(guard)
         progress.append(sum(committed_offsets(broker.bootstrap, group, INPUT).values()))
         print(f"cycle: {time.monotonic() - started:.1f}s from ready to kill; committed {progress[-1]}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -39,7 +38,7 @@ from tests.integration.kafka_helpers import (
     seed_population,
     start_guard,
 )
-from tests.integration.test_job import INPUT, _event_ids, _outcomes, _wait_consumed, _wait_idle
+from tests.integration.test_job import INPUT, _wait_consumed
 from tests.integration.test_replay import _cli, _jsonl
 
 pytestmark = pytest.mark.integration
@@ -193,29 +192,7 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
 def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
-    events = list(generator.events(4_000))
-    first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
-    first.wait_ready()
-    produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 1_000)
-    os.kill(first.process.pid, signal.SIGKILL)
-    first.process.wait()
-    second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", engine="faust")
-    try:
-        second.wait_ready()
-        _wait_idle(second)
-        outcomes = _outcomes(broker, events)
-        ids = _event_ids(events)
-        malformed = sum(1 for i in ids if i is None)
-        for partner in PARTNERS:
-            seen = outcomes[partner]
-            missing = [i for i in ids if i is not None and seen[i] == 0]
-            assert not missing, (partner, len(missing))
-            assert sum(1 for key in seen if key.startswith("offset:")) == malformed
-            duplicates = sum(n - 1 for n in seen.values() if n > 1)
-            print(f"{partner}: {duplicates} duplicate outputs of {len(events)} inputs after SIGKILL (faust)")
-    finally:
-        assert second.stop() == 0
+    test_job.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
 
 
 def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:

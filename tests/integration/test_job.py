@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -191,14 +192,26 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
 
 def test_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     generator = _prepare(broker, population=1000, seed=9)
-    events = list(generator.events(20_000))
-    first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", transactional_id="guard-kill-0")
+    sigkill_and_restart(
+        broker, tmp_path, list(generator.events(20_000)), 4_000, transactional_id="guard-kill-0"
+    )
+
+
+def sigkill_and_restart(
+    broker: EmbeddedBroker, tmp_path: Path, events: list[KeyedRecord], kill_after: int, **guard_options: Any
+) -> None:
+    """SIGKILL the guard once `kill_after` inputs are consumed, restart it: every input has its outputs.
+
+    Shared by both engines' tests; duplicates are printed (the embedded broker does not hide
+    aborted transactions, and the Faust engine runs at least once).
+    """
+    first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", **guard_options)
     first.wait_ready()
     produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 4_000)
+    _wait_consumed(first, kill_after)
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
-    second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", transactional_id="guard-kill-0")
+    second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", **guard_options)
     try:
         second.wait_ready()
         _wait_idle(second)
@@ -212,8 +225,8 @@ def test_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path
             assert sum(1 for key in seen if key.startswith("offset:")) == malformed
             duplicates = sum(n - 1 for n in seen.values() if n > 1)
             print(
-                f"{partner}: {duplicates} duplicate outputs after SIGKILL "
-                "(the embedded broker does not hide aborted transactions)"
+                f"{partner}: {duplicates} duplicate outputs of {len(events)} inputs "
+                f"after SIGKILL ({guard_options})"
             )
     finally:
         assert second.stop() == 0
