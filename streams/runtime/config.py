@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9108, ge=0, le=65535)
     batch_size: int = Field(2000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(25, ge=1, description="longest wait to fill a batch (latency at low load)")
+    batch_timeout_ms: int = Field(
+        25,
+        ge=1,
+        description="longest wait for a batch (the kafka engine never waits to fill one, only for its first record)",
+    )
     session_timeout_ms: int = Field(10_000, ge=1000)
     transaction_call_timeout_ms: int = Field(
         30_000, ge=1000, description="each transactional call; one still blocked 10 s past it exits 4"

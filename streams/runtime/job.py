@@ -27,7 +27,7 @@ from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.faults import BeforeCommitFault
-from streams.runtime.kafka_io import records_in
+from streams.runtime.kafka_io import next_batch, records_in
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.preflight import kafka_client_config
@@ -165,7 +165,7 @@ class GuardJob:
         try:
             while not self.stopping:
                 self.heartbeat.beat()
-                messages = consumer.consume(settings.batch_size, settings.batch_timeout_ms / 1000)
+                messages = next_batch(consumer, settings.batch_size, settings.batch_timeout_ms / 1000)
                 if messages:
                     self._process_batch(messages, transaction, reader)
                 else:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from confluent_kafka import KafkaError, Message, Producer
 
 Headers = list[tuple[str, str | bytes | None]]
+MessageT = TypeVar("MessageT")
+
+
+class BatchConsumer(Protocol[MessageT]):
+    """The part of `confluent_kafka.Consumer` that collecting a batch uses."""
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[MessageT]: ...
 
 
 def produce(
@@ -42,3 +50,22 @@ def records_in(
                 log.warning("%s error: %s", what, error.str())
             continue
         yield message, topic, partition, offset
+
+
+def next_batch(consumer: BatchConsumer[MessageT], batch_size: int, wait_s: float) -> list[MessageT]:
+    """The next batch: every message already buffered, up to `batch_size`, without waiting.
+
+    Only an empty buffer is waited on, for at most `wait_s`, and only until the first message
+    arrives; then whatever else is buffered by that moment joins it. librdkafka's own
+    `consume(n, timeout)` waits the whole timeout unless `n` messages arrive, which added that
+    timeout to every record's latency whenever the input ran below `batch_size` per timeout.
+    The batch size adapts to the load by itself: the records that arrive while one batch is
+    decided and committed make up the next one.
+    """
+    buffered = consumer.consume(batch_size, 0)
+    if buffered:
+        return buffered
+    first = consumer.consume(1, wait_s)
+    if not first or batch_size == 1:
+        return first
+    return first + consumer.consume(batch_size - 1, 0)
