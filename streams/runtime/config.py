@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(
         25,
         ge=1,
-        description="longest wait for a batch (the kafka engine never waits to fill one, only for its first record)",
+        description="longest wait for a batch (the kafka engine waits only for its first record)",
     )
     session_timeout_ms: int = Field(10_000, ge=1000)
     transaction_call_timeout_ms: int = Field(
