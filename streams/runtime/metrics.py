@@ -17,6 +17,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# End-to-end latency is judged against 250 ms at p99: finer steps around it, so a quantile read
+# from the buckets is a bound within 25-50 ms of the truth there rather than a factor of 2.
+END_TO_END_BUCKETS = (
+    *(0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5),
+    *(0.75, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 # A scraper or probe sends its request at once; a connection silent this long is dropped.
 HTTP_TIMEOUT_S = 5.0
 # Prometheus, a couple of probes and a human: far fewer; more would only be a flood.
@@ -74,7 +80,7 @@ class GuardMetrics:
         self.end_to_end_seconds = Histogram(
             "partner_guard_end_to_end_latency_seconds",
             "From input record timestamp to committed output.",
-            buckets=LATENCY_BUCKETS,
+            buckets=END_TO_END_BUCKETS,
             registry=r,
         )
         self.state_entries = Gauge(
