@@ -46,6 +46,13 @@ GAUGE_INTERVAL_S = 5.0
 # On the way out, how long the producer may take to deliver what is queued (records of a
 # committed transaction are already written; this only drains librdkafka's queue).
 STOP_FLUSH_TIMEOUT_S = 10.0
+# The transactional producer's linger. Nothing it sends is visible before the commit, and
+# commit_transaction flushes at once whatever linger says, so a long linger costs no latency;
+# it only spares the loop waking librdkafka's sender while a batch is decided. Measured against
+# 5 ms (py-spy, 2,000 records/s offered): produce() 9-10 % -> 6.6 % of the loop's samples (its
+# write() to the sender's wake-up pipe 4-5 % -> 1.7 %), the embedded broker 0.47-0.54 -> 0.38-0.40
+# of a core, the commit's p50 unchanged (~4 ms).
+TRANSACTION_LINGER_MS = 100
 
 
 class GuardJob:
@@ -125,7 +132,7 @@ class GuardJob:
         )
         producer = Producer(
             {
-                "linger.ms": 5,
+                "linger.ms": TRANSACTION_LINGER_MS,
                 "compression.type": "lz4",  # defaults: a librdkafka passthrough property wins
                 **self.kafka_base,
                 "transactional.id": transactional_id,
