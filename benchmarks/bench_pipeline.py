@@ -1,7 +1,8 @@
 """End-to-end throughput against the embedded broker: the guard and its peers on the same data, one run.
 
     python benchmarks/bench_pipeline.py [RECORDS [ROUNDS]]   (default 200000, 2; `make bench` runs it)
-    python benchmarks/bench_pipeline.py --latency [RECORDS]  (only the guard's peak, then its latency)
+    python benchmarks/bench_pipeline.py --latency [RECORDS [RATE]]  (only the guard's peak, then its
+        latency at half of it; or, given RATE records/s, only the latency at that rate)
 
 Pipelines, one process each, reading the same input topic (3 partitions) of the project's
 generated traffic (realistic mix, ~680 bytes a record):
@@ -197,10 +198,10 @@ class Latency:
             f"| offered | {head} |\n|---|{'---|' * len(bounds)}\n| {self.offered_per_s:,.0f}/s | {shares} |"
         )
 
-    def target_line(self) -> str:
+    def target_line(self, offered: str = "at half of peak") -> str:
         """The p99 target, met or not, with the load average beside it."""
         return (
-            f"p99 end-to-end latency at half of peak ({self.offered_per_s:,.0f} records/s offered,"
+            f"p99 end-to-end latency {offered} ({self.offered_per_s:,.0f} records/s offered,"
             f" {self.records:,} records): <= {self.p99_bound_s * 1000:.0f} ms (bucket bound);"
             f" {self.within.get(LATENCY_TARGET_S, 0.0):.1%} within 250 ms"
             f" (target p99 <= 250 ms: {_met(self.met)}); load average {self.load_average:.1f}"
@@ -288,8 +289,9 @@ def _latency_phase(
         guard.stop(30)
 
 
-def latency_only(count: int) -> None:
-    """The guard's peak on `count` records, then its latency at half of it (for tuning the loop)."""
+def latency_only(count: int, rate: float | None = None) -> None:
+    """The guard's peak on `count` records, then its latency at half of it; or, given `rate`, its
+    latency at that rate only (for comparing two versions of the loop at the same load)."""
     versions = _versions()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker.start() as broker:
         ensure_topics(
@@ -297,16 +299,17 @@ def latency_only(count: int) -> None:
         )
         generator = _produce_input(broker.bootstrap, count)
         workdir = Path(tmp)
-        peak = _guard_run(broker.bootstrap, count, workdir)
-        catch_up, latency = _latency_phase(broker.bootstrap, workdir, generator, count, peak.per_s)
+        peak = _guard_run(broker.bootstrap, count, workdir) if rate is None else None
+        halved = peak.per_s if peak is not None else 2 * (rate or 0.0)
+        catch_up, latency = _latency_phase(broker.bootstrap, workdir, generator, count, halved)
     print(f"{count:,} records; {versions}")
-    print(
-        f"guard peak {peak.per_s:,.0f} records/s; the latency guard read the input at {catch_up.per_s:,.0f}/s"
-    )
+    if peak is not None:
+        print(f"guard peak {peak.per_s:,.0f} records/s", end="; ")
+    print(f"the latency guard read the input at {catch_up.per_s:,.0f}/s")
     print()
     print(latency.table())
     print()
-    print(latency.target_line())
+    print(latency.target_line("at half of peak" if peak is not None else "at a given rate"))
 
 
 def _quix_with_decide(bootstrap: str, count: int) -> Rate | None:
