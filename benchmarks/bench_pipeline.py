@@ -454,7 +454,10 @@ def main(count: int = 200_000, rounds: int = ROUNDS) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--latency"]:
-        latency_only(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+        latency_only(
+            int(sys.argv[2]) if len(sys.argv) > 2 else 100_000,
+            float(sys.argv[3]) if len(sys.argv) > 3 else None,
+        )
     else:
         main(
             int(sys.argv[1]) if len(sys.argv) > 1 else 200_000,
