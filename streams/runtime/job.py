@@ -1,9 +1,11 @@
 """`partner-guard run`: consume, decide, produce and commit offsets in one transaction a batch.
 
 The loop is single-threaded: rebalance callbacks run inside `consume()`, between
-transactions, so no transaction ever spans a revoke. The transaction's lifecycle (begin,
-produce, send offsets, commit, bounded retry, abort and rewind) lives in
-`streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
+transactions, so no transaction ever spans a revoke. A batch is every record already fetched
+when the loop comes round (`kafka_io.next_batch`): only an empty buffer is waited on, so a
+batch never waits to fill, and the records that arrive while one batch commits make the next.
+The transaction's lifecycle (begin, produce, send offsets, commit, bounded retry, abort and
+rewind) lives in `streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
 the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
 old instance): 3 for a fatal error, 4 when a transactional call hung past its timeout.
 """
