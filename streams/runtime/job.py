@@ -5,9 +5,10 @@ transactions, so no transaction ever spans a revoke. A batch is every record alr
 when the loop comes round (`kafka_io.next_batch`): only an empty buffer is waited on, so a
 batch never waits to fill, and the records that arrive while one batch commits make the next.
 The transaction's lifecycle (begin, produce, send offsets, commit, bounded retry, abort and
-rewind) lives in `streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
-the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
-old instance): 3 for a fatal error, 4 when a transactional call hung past its timeout.
+rewind) lives in `streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A
+fatal error stops the job with a non-zero exit (a supervisor restarts it and the
+transactional id fences the old instance): 3 for a fatal error, 4 when a transactional call
+hung past its timeout.
 """
 
 from __future__ import annotations
