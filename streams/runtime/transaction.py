@@ -115,8 +115,8 @@ class State(enum.Enum):
 def exit_hung(step: str, waited_s: float) -> None:
     """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
     log.critical(
-        "Kafka call '%s' still blocked after %.0f s (librdkafka#5456): exiting with code %d "
-        "so a supervisor restarts the guard; the restart aborts any open transaction",
+        "Kafka call '%s' still blocked after %.0f s, past its own timeout (librdkafka#5456 and kin): "
+        "exiting with code %d so a supervisor restarts the guard; the restart aborts any open transaction",
         step,
         waited_s,
         EXIT_TRANSACTION_HUNG,
