@@ -471,3 +471,35 @@ def test_a_consumer_close_that_never_returns_is_reported_as_hung(ruleset: Rulese
 class FakeFlushProducer:
     def flush(self, timeout: float = 0) -> int:
         return 0
+
+
+class _AlwaysFull(FakeProducer):
+    """A producer whose queue never frees up until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, *, headers: Any = None) -> None:
+        if not self.release.is_set():
+            raise BufferError("queue full")
+        self.produced.append((topic, value))
+
+
+def test_a_queue_that_never_frees_is_reported_as_hung_and_the_wait_beats() -> None:
+    """Before: produce() polled for queue space forever, unwatched (only a liveness probe, 60 s
+    later, could notice). librdkafka frees it by the transaction timeout at the latest."""
+    producer, hung, beats = _AlwaysFull(), [], []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        producer.release.set()
+
+    policy = RetryPolicy(deadline_s=0.01, hang_grace_s=0.01)
+    transaction = BatchTransaction(
+        producer, FakeConsumer(), FakeClock(), policy, CallWatchdog(on_hang), lambda: beats.append(1)
+    )
+    transaction.begin()
+    transaction.produce("out", b"x")
+    assert hung == ["produce: queue full"] and producer.produced == [("out", b"x")]
+    assert len(beats) > 1 and transaction.produced == 1  # begin's beat, then one per wait

@@ -360,16 +360,31 @@ class BatchTransaction:
     def produce(
         self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None
     ) -> None:
-        """Produce one output record inside the transaction (waits for queue space)."""
+        """Produce one output record inside the transaction (waits for queue space).
+
+        librdkafka frees queue space at the latest when queued records time out, which for a
+        transactional producer is the transaction timeout (`retry.deadline_s`): the wait beats
+        like a retry, and one that outlasts that by the grace is hung (exit 4).
+        """
         if self.state is not State.OPEN:
             raise RuntimeError(f"produce() while the transaction is {self.state.value}")
-        while True:
-            try:
-                self.producer.produce(topic, value, key, headers=headers)
-                self.produced += 1
-                return
-            except BufferError:
+        try:
+            self.producer.produce(topic, value, key, headers=headers)
+        except BufferError:
+            self._wait_for_queue_space(lambda: self.producer.produce(topic, value, key, headers=headers))
+        self.produced += 1
+
+    def _wait_for_queue_space(self, produce: Callable[[], None]) -> None:
+        limit = self.retry.deadline_s + self.retry.hang_grace_s
+        with self.watchdog.watch("produce: queue full", limit):
+            while True:
+                self._calls.beat()
                 self.producer.poll(0.05)
+                try:
+                    produce()
+                    return
+                except BufferError:
+                    continue
 
     @property
     def offsets(self) -> list[TopicPartition]:
