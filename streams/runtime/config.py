@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     )
     session_timeout_ms: int = Field(10_000, ge=1000)
     transaction_call_timeout_ms: int = Field(
-        30_000, ge=1000, description="each transactional call; one still blocked 10 s past it exits 4"
+        30_000, ge=1000, description="each transactional call (init too); one blocked 10 s past it exits 4"
     )
     bootstrap_timeout_ms: int = Field(10_000, ge=100, description="refuse start when no broker answers")
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
