@@ -21,16 +21,21 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.transaction import EXIT_TRANSACTION_HUNG
-from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    GuardProcess,
+    committed_offsets,
+    produce,
+    read_topic,
+    start_guard,
+    wait_all_committed,
+)
 from tests.integration.reliability import (
     LONG,
     SOAK,
     TIMEOUT_S,
     account,
-    committed_offsets,
     guard_env,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from tests.faultproxy import FaultProxy, start_broker_behind_proxy
-from tests.integration.kafka_helpers import produce, read_blocked, start_guard
+from tests.integration.kafka_helpers import produce, read_blocked, start_guard, wait_all_committed
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
     LONG,
@@ -30,7 +30,6 @@ from tests.integration.reliability import (
     guard_env,
     installs,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration

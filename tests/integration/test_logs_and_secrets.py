@@ -18,7 +18,14 @@ from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.payload import Keyring, PayloadProtector
 from streams.runtime.records import partner_views
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    produce,
+    read_topic,
+    start_guard,
+    wait_all_committed,
+)
 from tests.integration.reliability import (
     TIMEOUT_S,
     account,
@@ -26,7 +33,6 @@ from tests.integration.reliability import (
     guard_env,
     installs,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration

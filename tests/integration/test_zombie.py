@@ -18,12 +18,11 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from tests.integration.kafka_helpers import GuardProcess, produce, start_guard
+from tests.integration.kafka_helpers import GuardProcess, committed_offsets, produce, start_guard
 from tests.integration.reliability import (
     TIMEOUT_S,
     Ledger,
     account,
-    committed_offsets,
     guard_env,
     seed_state,
 )
