@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
+# Two pytest-xdist workers: the suite mostly waits (guards joining groups, brokers answering),
+# so two at once nearly halve it; tests/integration/conftest.py keeps the fault scenarios on one.
+PYTEST_WORKERS ?= 2
 
 .PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
@@ -22,12 +25,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck
 	$(BIN)/partner-guard rules check rules
 	$(BIN)/partner-guard rules test rules
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 ENGINE ?= kafka
 demo: $(STAMP)

@@ -1,4 +1,12 @@
-"""Integration fixtures: the embedded broker on a free loopback port, its log on failure."""
+"""Integration fixtures: the embedded broker on a free loopback port, its log on failure; and
+which tests share a pytest-xdist worker.
+
+`make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Each worker is its
+own process with its own session broker, on its own free port; every other broker is started
+per test. The fault scenarios (SIGKILL loops, SIGSTOP, black-holed networks, state faults) run
+one after another on one worker, never two at once; so do the Faust engine's tests (the Faust
+app keeps a data directory per consumer group, and those tests reuse group names).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,24 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
+
+# Test files whose tests run one at a time, on one xdist worker, by group name.
+XDIST_GROUPS = {
+    "test_crash_loop.py": "fault-scenarios",
+    "test_flaky_network.py": "fault-scenarios",
+    "test_zombie.py": "fault-scenarios",
+    "test_state_faults.py": "fault-scenarios",
+    "test_logs_and_secrets.py": "fault-scenarios",
+    "test_faust.py": "faust-engine",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of `XDIST_GROUPS` for `--dist loadgroup` (inert without xdist)."""
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
