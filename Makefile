@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
-# Two pytest-xdist workers: the suite mostly waits (guards joining groups, brokers answering),
-# so two at once nearly halve it; tests/integration/conftest.py keeps the fault scenarios on one.
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers: the suite mostly waits (guards joining groups, brokers answering), so
+# four at once (on two cores) take a third of the time; tests/integration/conftest.py says which
+# tests keep to one worker.
+PYTEST_WORKERS ?= 4
 
 .PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
