@@ -50,7 +50,7 @@ if LENGTH not in ("short", "long", "soak"):
 LONG, SOAK = LENGTH in ("long", "soak"), LENGTH == "soak"
 TIMEOUT_S = {"short": 600, "long": 1800, "soak": 3600}[LENGTH]  # generous: many suites share two cores
 HTTP_UNAVAILABLE = 503
-CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
+INPUT, CONSENT_TOPIC, STATUS_TOPIC = "internal.events", "privacy.consent", "member.signup-status"
 PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
 
 
@@ -62,6 +62,20 @@ def guard_env(**extra: str) -> dict[str, str]:
         "PARTNER_GUARD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
         **extra,
     }
+
+
+@dataclass
+class InputStream:
+    """What a scenario produced to its input topic, in order: the ledger's inputs."""
+
+    bootstrap: str
+    topic: str = INPUT
+    events: list[KeyedRecord] = field(default_factory=list)
+
+    def send(self, batch: list[KeyedRecord]) -> None:
+        """Produce a batch (flushed) and keep it."""
+        self.events.extend(batch)
+        produce(self.bootstrap, self.topic, batch)
 
 
 @dataclass
@@ -175,7 +189,7 @@ def account(
     malformed = len(decoded) - len(ids)
     ledger = Ledger(scenario, len(events))
     outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
-    with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # each read ends after 3 s idle: overlap them
+    with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # the reads overlap
         blocked_views = pool.submit(read_blocked, bootstrap, blocked_topic)
         partner_topics = {p: pool.submit(read_topic, bootstrap, f"partner.{p}.events") for p in PARTNERS}
     for partner in PARTNERS:

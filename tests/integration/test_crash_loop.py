@@ -30,6 +30,7 @@ from tests.integration.kafka_helpers import (
     wait_all_committed,
 )
 from tests.integration.reliability import (
+    INPUT,
     LONG,
     SOAK,
     TIMEOUT_S,
@@ -39,7 +40,6 @@ from tests.integration.reliability import (
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 RECORDS = 500_000 if SOAK else 100_000 if LONG else 20_000
 KILLS = 30 if SOAK else 10 if LONG else 3  # at random moments, plus one while the state loads
 # Unrelated subjects: loading the state takes long enough to kill the guard mid-way.

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.gen.traffic import KeyedRecord
-from tests.faultproxy import FaultProxy, start_broker_behind_proxy
+from tests.faultproxy import FaultProxy, broker_behind_proxy
 from tests.integration.kafka_helpers import produce, read_blocked, start_guard, wait_all_committed
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
+    INPUT,
     LONG,
     SOAK,
     TIMEOUT_S,
+    InputStream,
     Supervisor,
     account,
     consent_record,
@@ -33,7 +34,6 @@ from tests.integration.reliability import (
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 ROUNDS = 5 if SOAK else 3 if LONG else 1
 BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
 
@@ -41,12 +41,8 @@ BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
     """A fresh broker that advertises a fault proxy aimed at the guard's client.id."""
-    broker, proxy = start_broker_behind_proxy(tmp_path / "tansu.log", target_prefix=GUARD_CLIENT_ID)
-    try:
-        yield broker, proxy
-    finally:
-        proxy.stop()
-        broker.stop()
+    with broker_behind_proxy(tmp_path / "tansu.log", GUARD_CLIENT_ID) as pair:
+        yield pair
 
 
 @pytest.mark.timeout(TIMEOUT_S)
@@ -59,11 +55,8 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     grant = consent_record("flaky-revoked", "granted", "2026-11-01T00:00:00Z")
     revoke = consent_record("flaky-revoked", "denied", "2026-11-02T00:00:00Z")
     produce(bootstrap, "privacy.consent", [grant])
-    events = []
-
-    def send(batch: list[KeyedRecord]) -> None:
-        events.extend(batch)
-        produce(bootstrap, INPUT, batch)
+    stream = InputStream(bootstrap)
+    events, send = stream.events, stream.send
 
     env = guard_env(PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="5000")
     supervisor = Supervisor(
