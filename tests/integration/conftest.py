@@ -3,9 +3,11 @@ which tests share a pytest-xdist worker.
 
 `make test` runs the suite on pytest-xdist workers (`--dist loadgroup`). Each worker is its
 own process with its own session broker on its own free port; every other broker is started
-per test, and a fault test only ever kills, pauses or cuts off its own processes. The crash
-loop's tests run one after another on one worker; so do the Faust engine's (the Faust app
-keeps a data directory per consumer group, and those tests reuse group names).
+per test, and a fault test only ever kills, pauses or cuts off its own processes. Marked
+`xdist_group`, tests run one after another on one worker: the crash loop's (the busiest:
+20,000 records and 50,000 state records each), the Faust engine's (the Faust app keeps a data
+directory per consumer group, and those tests reuse group names) and those that share the
+module-scoped guard run of test_replay.py (which would otherwise run once per worker).
 """
 
 from __future__ import annotations
@@ -16,20 +18,6 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-
-# Test files whose tests run one at a time, on one xdist worker, by group name.
-XDIST_GROUPS = {
-    "test_crash_loop.py": "crash-loop",  # the busiest: 20,000 records and 50,000 state records each
-    "test_faust.py": "faust-engine",  # the Faust app's data directory is named by consumer group
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of `XDIST_GROUPS` for `--dist loadgroup` (inert without xdist)."""
-    for item in items:
-        group = XDIST_GROUPS.get(item.path.name)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
