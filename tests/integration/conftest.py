@@ -1,13 +1,8 @@
-"""Integration fixtures: the embedded broker on a free loopback port, its log on failure; and
-which tests share a pytest-xdist worker.
+"""Integration fixtures: the embedded broker on a free loopback port, its log on failure.
 
-`make test` runs the suite on pytest-xdist workers (`--dist loadgroup`). Each worker is its
-own process with its own session broker on its own free port; every other broker is started
-per test, and a fault test only ever kills, pauses or cuts off its own processes. Marked
-`xdist_group`, tests run one after another on one worker: the crash loop's (the busiest:
-20,000 records and 50,000 state records each), the Faust engine's (the Faust app keeps a data
-directory per consumer group, and those tests reuse group names) and those that share the
-module-scoped guard run of test_replay.py (which would otherwise run once per worker).
+Under xdist (`make test`) each worker is its own process with its own session broker on its
+own free port; every other broker is started per test, and a fault test only ever kills,
+pauses or cuts off its own processes. Which tests share a worker: tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from tests.integration.reliability import (
     seed_state,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("crash-loop")]  # one worker: conftest.py
+pytestmark = pytest.mark.integration
 RECORDS = 500_000 if SOAK else 100_000 if LONG else 20_000
 KILLS = 30 if SOAK else 10 if LONG else 3  # at random moments, plus one while the state loads
 # Unrelated subjects: loading the state takes long enough to kill the guard mid-way.

@@ -41,7 +41,7 @@ from tests.integration.kafka_helpers import (
 from tests.integration.test_job import INPUT, _wait_consumed
 from tests.integration.test_replay import _cli, _jsonl
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("faust-engine")]  # one worker: conftest.py
+pytestmark = pytest.mark.integration
 ENGINE_SPECIFIC_SOURCE = frozenset({"partition", "offset", "timestamp_ms"})
 ENGINE_SPECIFIC_HEADERS = frozenset({"pg-source-partition", "pg-source-offset"})
 _OVERSIZED = {

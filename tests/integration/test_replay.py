@@ -80,7 +80,6 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedde
         yield broker, tmp
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_verify_reproduces_every_decision(full_run: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = full_run
     report = tmp / "verify.jsonl"
@@ -90,7 +89,6 @@ def test_verify_reproduces_every_decision(full_run: tuple[EmbeddedBroker, Path])
     assert len(rows) > 2000 and {r["status"] for r in rows} == {"match"}
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_verify_catches_a_tampered_record_and_an_unknown_ruleset(
     full_run: tuple[EmbeddedBroker, Path],
 ) -> None:
@@ -113,7 +111,6 @@ def test_verify_catches_a_tampered_record_and_an_unknown_ruleset(
     assert "mismatch" in result.stdout
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = full_run
     out = tmp / "filtered.jsonl"
@@ -165,7 +162,6 @@ def _rules_without_condition(tmp: Path) -> Path:
     return proposed
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_whatif_reports_exactly_what_a_rule_change_lets_through(
     full_run: tuple[EmbeddedBroker, Path],
 ) -> None:
@@ -187,7 +183,6 @@ def test_whatif_reports_exactly_what_a_rule_change_lets_through(
     assert "newly_forwarded" in result.stdout
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_rules_diff_shows_the_change(full_run: tuple[EmbeddedBroker, Path]) -> None:
     _, tmp = full_run
     sample = tmp / "sample.jsonl"
@@ -209,7 +204,6 @@ def test_rules_diff_shows_the_change(full_run: tuple[EmbeddedBroker, Path]) -> N
     assert "1 decision(s) change" in result.stdout and '"verdict":"forward"' in result.stdout
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = full_run
     proposed = str(_rules_without_condition(tmp))
@@ -229,7 +223,6 @@ def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, 
     assert sum(1 for _, _, h in after if dict(h).get("pg-republished") == b"1") == sent
 
 
-@pytest.mark.xdist_group("replay-full-run")  # one worker builds the module's guard run
 def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) -> None:
     """The report of a real run, one record tampered and one ruleset lost, as a browser shows it."""
     broker, tmp = full_run
