@@ -215,8 +215,9 @@ class GuardProcess:
         """The end of the process log so far."""
         return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout_s`); returns the exit code."""
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait (SIGKILL after `timeout_s`: generous, a Faust worker on a busy machine
+        can take more than 15 s to stop); returns the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:

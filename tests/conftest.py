@@ -25,15 +25,24 @@ settings.load_profile("partner-guard")
 
 
 # `make test` runs pytest on xdist workers. Every test is a unit of work of its own, except
-# these files: each runs whole on one worker, one test after another (and starts first).
-ONE_WORKER_FILES = {
-    "test_crash_loop.py",  # the busiest: 20,000 records and 50,000 state records per test
-    "test_faust.py",  # the Faust app keeps a data directory per consumer group; tests reuse names
+# the tests of these files: each group runs on one worker, one test after another, and starts
+# first (the largest units go first).
+ONE_WORKER_GROUPS = {
+    # the fault scenarios: never two at once (SIGKILL loops, SIGSTOP past the session timeout,
+    # black-holes longer than it), the crash loop the busiest of all
+    "test_crash_loop.py": "fault-scenarios",
+    "test_flaky_network.py": "fault-scenarios",
+    "test_zombie.py": "fault-scenarios",
+    "test_state_faults.py": "fault-scenarios",
+    "test_logs_and_secrets.py": "fault-scenarios",
+    # the Faust app keeps a data directory per consumer group, and these tests reuse names
+    "test_faust.py": "faust-engine",
 }
 
 
-class FilesKeptTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no type hints
-    """xdist scheduling: one test per unit of work, `ONE_WORKER_FILES` one file per unit.
+class GroupedScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no type hints
+    """xdist scheduling: one test per unit of work, the files of `ONE_WORKER_GROUPS` one unit per
+    group.
 
     (Not `--dist loadgroup`: with pytest 9, xdist 3.8 drops the group from the node ids it
     reports, and groups are silently ignored.)
@@ -41,12 +50,12 @@ class FilesKeptTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist has
 
     def _split_scope(self, nodeid: str) -> str:
         path = nodeid.split("::", 1)[0]
-        return path if path.rsplit("/", 1)[-1] in ONE_WORKER_FILES else nodeid
+        return ONE_WORKER_GROUPS.get(path.rsplit("/", 1)[-1], nodeid)
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> FilesKeptTogether:
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupedScheduling:
     """The scheduler of every `-n` run (xdist's hook, called on the controller)."""
-    return FilesKeptTogether(config, log)
+    return GroupedScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
