@@ -88,7 +88,10 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
         print(f"restarts by the supervisor: {supervisor.restarts or 'none, recovered in-process'}")
     finally:
         assert supervisor.stop() == 0
-    assert proxy.stats.cut >= 3 and proxy.stats.reset_after_blackhole >= 1 and proxy.stats.bytes_discarded > 0
+    assert proxy.stats.cut >= 3 and proxy.stats.bytes_discarded > 0
+    # the black-hole's connections were reset when it ended, unless the guard had already
+    # ended them itself: exit 4 on a call hung in the black-hole, then a supervisor restart
+    assert proxy.stats.reset_after_blackhole >= 1 or supervisor.restarts, proxy.stats
 
     allowed = seeded.allowed(events, [grant, revoke])
     ledger = account(bootstrap, "flaky network", events, allowed)
