@@ -38,6 +38,7 @@ from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
+    DecisionsPart,
     SourceRef,
     Withheld,
     blocked_input,
@@ -221,6 +222,15 @@ class RecordDecider:
         self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
+        self._gated = self._gated_decisions()
+
+    def _gated_decisions(self) -> DecisionsPart | None:
+        """What `decide` answers for an envelope (an event type no rule can receive): the same
+        for every such input, whatever its id, so its part of the blocked record is built once."""
+        probe = Envelope.model_construct(event_id="-", event_type="")  # "" is no rule's event type
+        if not self.ruleset.rules or probe.event_type in self._receivable:
+            return None
+        return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""
@@ -270,6 +280,10 @@ class RecordDecider:
         outputs: _Outputs,
     ) -> None:
         settings = self.settings
+        gated = self._gated
+        if gated is not None and isinstance(record, Envelope) and record.event_type not in self._receivable:
+            self._add_blocked(record, raw, source, None, gated.withheld, outputs, gated)
+            return
         snapshot = (
             snapshot_for(record, self.state.consent, self.state.signup_status, stale)
             if isinstance(record, Event) and consults_state(record, self.ruleset)
@@ -285,13 +299,28 @@ class RecordDecider:
                 continue
             outputs.add(self.topic_by_partner[decision.partner], value, key, None, settings.max_record_bytes)
             outputs.forwarded.append(decision)
-        if not outputs.withheld:
-            return
+        if outputs.withheld:
+            self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)
+
+    def _add_blocked(
+        self,
+        record: Event | Envelope | Malformed,
+        raw: bytes,
+        source: SourceRef,
+        snapshot: StateSnapshot | None,
+        withheld: list[Withheld],
+        outputs: _Outputs,
+        decisions: DecisionsPart | None = None,
+    ) -> None:
+        """The input's one blocked record, listing `withheld` (serialized as `decisions` when given)."""
+        settings = self.settings
+        if decisions is not None:
+            outputs.withheld = decisions.withheld  # shared by every gated input; never changed
         by_reference = isinstance(record, Envelope) and settings.blocked_original == "reference"
         event_id = record.event_id if isinstance(record, Event | Envelope) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
         blocked_key, value, headers = blocked_record(
-            outputs.withheld, shared, source, settings.max_record_bytes
+            withheld, shared, source, settings.max_record_bytes, decisions
         )
         outputs.add(settings.blocked_topic, value, blocked_key, headers, settings.max_record_bytes)
 
@@ -308,7 +337,7 @@ class RecordDecider:
                 kafka_key=None,
                 event_id=None,
                 snapshot_json=b"null",
-                source_json=orjson.Fragment(orjson.dumps({**where, "format": source.input_format})),
+                source_json=orjson.dumps({**where, "format": source.input_format}),
                 payload={"payload_mode": self.payload.mode, "original_b64": None},
                 original_size=len(raw),
                 original_sha256=hashlib.sha256(raw).hexdigest(),
