@@ -1,6 +1,6 @@
 """The shell's work per input without a broker: `RecordDecider.emit` into a counting sink.
 
-Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once]`.
+Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once] [--kind=gated|receivable]`.
 
 It decodes, looks up state, decides for every partner and builds the partner and blocked
 records of the generator's mix (population 2,000, state tables filled), the way `run` does
@@ -12,7 +12,9 @@ form to count instructions with, which unlike time does not move with the machin
 
     valgrind --tool=cachegrind --cache-sim=no python -m benchmarks.bench_emit 4000 --once
 
-(subtract a run with 0 inputs, divide by the inputs).
+(subtract a run with 0 inputs, divide by the inputs). `--kind=gated|receivable` runs only one
+kind of input; its classification costs instructions too, so subtract a run without `--twice`
+from one with it (`--once --twice` runs the inputs twice).
 """
 
 from __future__ import annotations
@@ -74,13 +76,30 @@ def _cpu(work: list[tuple[bytes | None, bytes | None]], decider: RecordDecider) 
     return best / max(1, len(work)) * 1e6
 
 
-def main(count: int, once: bool, split: bool) -> None:
+def _kinds(
+    decider: RecordDecider, work: list[tuple[bytes | None, bytes | None]]
+) -> tuple[list[tuple[bytes | None, bytes | None]], list[tuple[bytes | None, bytes | None]]]:
+    """The inputs no rule can receive (malformed ones included), and the others."""
+    receivable = receivable_types(decider.ruleset)
+    gated: list[tuple[bytes | None, bytes | None]] = []
+    others: list[tuple[bytes | None, bytes | None]] = []
+    for key, value in work:
+        decoded = decider.decode(value, "json")
+        (others if getattr(decoded, "event_type", None) in receivable else gated).append((key, value))
+    return gated, others
+
+
+def main(count: int, once: bool, split: bool, kind: str, repeat: int = 1) -> None:
     """Run and print the figures."""
     decider, inputs = build()
     run(decider, inputs[:WARM_UP], 0)
     work = inputs[WARM_UP : WARM_UP + count]
+    if kind:
+        gated, others = _kinds(decider, inputs[WARM_UP : WARM_UP + 3 * count])
+        work = (gated if kind == "gated" else others)[:count]
     if once:
-        sink = run(decider, work, WARM_UP)
+        for _ in range(repeat):
+            sink = run(decider, work, WARM_UP)
         print(f"inputs {len(work)} records {sink.records} bytes {sink.bytes}")
         return
     sink = run(decider, work, WARM_UP)
@@ -90,16 +109,18 @@ def main(count: int, once: bool, split: bool) -> None:
     )
     print(f"all inputs               {_cpu(work, decider):7.1f} µs/input (CPU, best of 5)")
     if split:
-        receivable = receivable_types(decider.ruleset)
-        gated: list[tuple[bytes | None, bytes | None]] = []
-        others: list[tuple[bytes | None, bytes | None]] = []
-        for key, value in work:
-            decoded = decider.decode(value, "json")
-            (others if getattr(decoded, "event_type", None) in receivable else gated).append((key, value))
+        gated, others = _kinds(decider, work)
         print(f"no rule can receive ({len(gated)})  {_cpu(gated, decider):7.1f} µs/input")
         print(f"some rule can receive ({len(others)}) {_cpu(others, decider):7.1f} µs/input")
 
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    main(int(args[0]) if args else 4_000, "--once" in sys.argv, "--split" in sys.argv)
+    kinds = [a.removeprefix("--kind=") for a in sys.argv if a.startswith("--kind=")]
+    main(
+        int(args[0]) if args else 4_000,
+        "--once" in sys.argv,
+        "--split" in sys.argv,
+        kinds[0] if kinds else "",
+        2 if "--twice" in sys.argv else 1,
+    )

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from streams.core.codec import decode_json_gated
 from streams.core.decide import decide, receivable_types
@@ -147,3 +149,46 @@ def test_hostile_gated_inputs_get_the_blocked_record_decide_gives_them(
     raw = orjson.dumps(case)
     if isinstance(decode_json_gated(raw, receivable_types(ruleset)), Envelope):
         assert _emit(_decider(ruleset, "copy"), raw, 3) == _expected_gated(ruleset, raw, 3, False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=140),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7F), min_size=120, max_size=135),
+        st.integers(-(2**63), 2**63 - 1),
+        st.none(),
+        st.booleans(),
+    ),
+    st.one_of(
+        st.sampled_from(["search", "", "page_view"]), st.text(max_size=5), st.integers(-(2**63), 2**63 - 1)
+    ),
+)
+def test_the_envelope_check_accepts_exactly_what_envelope_validation_accepts(
+    ruleset: Ruleset, event_id: Any, event_type: Any
+) -> None:
+    raw = orjson.dumps({"event_id": event_id, "event_type": event_type, "event_time": 1})
+    decoded = decode_json_gated(raw, receivable_types(ruleset))
+    try:
+        expected: Envelope | None = Envelope.model_validate({"event_id": event_id, "event_type": event_type})
+    except ValidationError:
+        expected = None
+    if expected is None or event_type in receivable_types(ruleset):
+        assert not isinstance(decoded, Envelope)
+    else:
+        assert isinstance(decoded, Envelope) and decoded == expected
+        assert decoded.model_dump() == expected.model_dump()
+
+
+def test_blocks_of_gated_inputs_reach_the_metrics_per_partner_and_reason(ruleset: Ruleset) -> None:
+    decider, tally, metrics = _decider(ruleset, "copy"), BatchTally(), GuardMetrics()
+    play = orjson.dumps({"event_id": "e", "event_type": "playback_started", "event_time": 1})
+    malformed = b'{"event_id":"e","event_id":"f"}'
+    for offset, raw in enumerate([play, play, play, malformed]):
+        source = SourceRef("internal.events", 0, offset, None, None, "json")
+        decider.emit(raw, source, False, tally, lambda *record: None)
+    tally.apply(metrics, 0.01)
+    for partner in ruleset.partners:
+        assert metrics.decisions.labels(partner, "block")._value.get() == 4
+        assert metrics.block_reasons.labels(partner, "event_type_not_allowed")._value.get() == 3
+        assert metrics.block_reasons.labels(partner, "malformed")._value.get() == 1

@@ -69,9 +69,15 @@ class BatchTally:
     stripped: Counter[str] = field(default_factory=Counter)
     undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+    # Inputs whose decisions are one shared list (the gated ones), counted per list: expanded
+    # into `blocked` once per batch.
+    shared: Counter[tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=Counter)
 
     def add(self, outputs: _Outputs) -> None:
         """Count the decisions of one input's outputs."""
+        if outputs.shared_blocks is not None:
+            self.shared[outputs.shared_blocks] += 1
+            return
         for decision in outputs.forwarded:
             self.forwarded[decision.partner] += 1
             if decision.stripped:
@@ -81,6 +87,10 @@ class BatchTally:
 
     def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
         """Add this batch to the metrics."""
+        for blocks, inputs in self.shared.items():
+            for partner_reasons in blocks:
+                self.blocked[partner_reasons] += inputs
+        self.shared.clear()
         for topic, count in self.records_in.items():
             metrics.records_in.labels(topic).inc(count)
         for partner, count in self.forwarded.items():
@@ -115,6 +125,8 @@ class _Outputs:
     records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
     forwarded: list[Decision] = field(default_factory=list)
     withheld: list[Withheld] = field(default_factory=list)
+    # (partner, reasons) of `withheld` when they are the decider's shared ones (a gated input)
+    shared_blocks: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
         if len(value) + len(key or b"") > limit:
@@ -223,6 +235,9 @@ class RecordDecider:
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
         self._gated = self._gated_decisions()
+        self._gated_blocks = (
+            tuple((w.decision.partner, w.reasons) for w in self._gated.withheld) if self._gated else ()
+        )
 
     def _gated_decisions(self) -> DecisionsPart | None:
         """What `decide` answers for an envelope (an event type no rule can receive): the same
@@ -316,6 +331,7 @@ class RecordDecider:
         settings = self.settings
         if decisions is not None:
             outputs.withheld = decisions.withheld  # shared by every gated input; never changed
+            outputs.shared_blocks = self._gated_blocks
         by_reference = isinstance(record, Envelope) and settings.blocked_original == "reference"
         event_id = record.event_id if isinstance(record, Event | Envelope) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
