@@ -15,8 +15,9 @@ REFUSED = 2
 # `run`: the job stopped on an error it must not continue past (a transaction that can
 # neither commit nor abort, a fenced producer); a supervisor restarts it.
 JOB_FAILED = 3
-# `run`: a transactional call never returned (librdkafka#5456): the process ends itself so a
-# supervisor restarts it; the restart aborts the open transaction and redoes the batch.
+# `run`: a Kafka call never returned (librdkafka#5456): a transactional one, `init_transactions`
+# at start, or closing the clients at stop. The process ends itself so a supervisor restarts
+# it; the restart aborts the open transaction and redoes the batch.
 JOB_HUNG = 4
 # `replay`: no mismatch, but some blocked records were not valid records.
 REPLAY_INVALID_RECORDS = 3

@@ -27,7 +27,7 @@ def test_raise_acts_on_the_nth_batch_only() -> None:
     assert fault.batches == 4
 
 
-@pytest.mark.parametrize("spec", ["raise", "raise@0", "raise@x", "explode@2", "@3"])
+@pytest.mark.parametrize("spec", ["raise", "raise@0", "raise@x", "explode@2", "@3", "raise@init", "hang@0"])
 def test_a_malformed_spec_refuses_start(spec: str) -> None:
     with pytest.raises(ValueError, match=FAULT_ENV):
         BeforeCommitFault.from_env({FAULT_ENV: spec})
@@ -45,6 +45,10 @@ def test_the_proxy_reads_the_client_id_of_a_kafka_request() -> None:
 class _Producer:
     def __init__(self) -> None:
         self.sent = 0
+        self.initialised = 0
+
+    def init_transactions(self, timeout: float) -> None:
+        self.initialised += 1
 
     def send_offsets_to_transaction(self, offsets: object, group_metadata: object, timeout: float) -> None:
         self.sent += 1
@@ -71,3 +75,23 @@ def test_only_hang_wraps_the_producer() -> None:
     inner = _Producer()
     assert BeforeCommitFault.from_env({FAULT_ENV: "raise@2"}).wrap_producer(inner) is inner
     assert BeforeCommitFault.from_env({}).wrap_producer(inner) is inner
+
+
+def test_hang_at_init_blocks_init_transactions_before_any_batch() -> None:
+    fault = BeforeCommitFault.from_env({FAULT_ENV: "hang@init"})
+    inner = _Producer()
+    producer = fault.wrap_producer(inner)
+    blocked = threading.Thread(target=producer.init_transactions, args=(1.0,), daemon=True)
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive() and inner.initialised == 0
+    for _ in range(5):
+        fault.before_commit()  # no batch acts
+    producer.send_offsets_to_transaction([], None, 1.0)
+    assert inner.sent == 1
+
+
+def test_hang_at_a_batch_leaves_init_transactions_alone() -> None:
+    inner = _Producer()
+    BeforeCommitFault.from_env({FAULT_ENV: "hang@2"}).wrap_producer(inner).init_transactions(1.0)
+    assert inner.initialised == 1

@@ -10,14 +10,21 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from streams.core.rules.ruleset import Ruleset
+from streams.runtime.config import Settings
+from streams.runtime.metrics import Heartbeat
 from streams.runtime.transaction import (
     EXIT_TRANSACTION_HUNG,
+    LIVENESS_FLOOR_S,
+    RETRY_DEADLINE_S,
     BatchTransaction,
     CallWatchdog,
     Outcome,
     RetryPolicy,
     State,
     TransactionFatalError,
+    liveness_limit_s,
+    start_transactions,
 )
 
 
@@ -74,6 +81,9 @@ class FakeProducer:
 
     def abort_transaction(self, timeout: float = 0) -> None:
         self._call("abort")
+
+    def init_transactions(self, timeout: float = 0) -> None:
+        self._call("init")
 
 
 @dataclass
@@ -297,3 +307,199 @@ def test_calls_that_return_in_time_never_fire_the_watchdog() -> None:
 
 def test_the_hung_exit_code_is_distinct_from_the_fatal_one() -> None:
     assert EXIT_TRANSACTION_HUNG not in (0, 2, 3)
+
+
+# -- init_transactions: watched and retried like the batch's calls ----------------------------
+
+
+class BlockingInit(FakeProducer):
+    """A producer whose init_transactions blocks until released (a hung start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def init_transactions(self, timeout: float = 0) -> None:
+        self._call("init")
+        assert self.release.wait(60), "the watchdog never fired"
+
+
+def test_an_init_transactions_that_never_returns_is_reported_as_hung() -> None:
+    """Before: the job called init_transactions unwatched; a hung one stalled the start for good
+    (no loop beat yet: only a liveness probe, if any, would have noticed)."""
+    producer, hung = BlockingInit(), []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        producer.release.set()  # the real handler ends the process here (exit 4)
+
+    policy = RetryPolicy(call_timeout_s=0.01, hang_grace_s=0.01)
+    start_transactions(producer, policy, FakeClock(), CallWatchdog(on_hang))
+    assert hung == ["init transactions"]
+
+
+def test_a_timed_out_init_is_retried_and_beats_the_heartbeat_before_every_attempt() -> None:
+    """A restart waits while the coordinator aborts the old instance's open transaction:
+    librdkafka answers a retriable timeout, and init may be called again."""
+    producer, beats = FakeProducer({"init": [retriable(), retriable()]}), []
+    start_transactions(producer, RetryPolicy(), FakeClock(), beat=lambda: beats.append(1))
+    assert producer.calls == ["init", "init", "init"] and len(beats) == 3
+
+
+def test_an_init_that_keeps_timing_out_is_fatal_once_the_budget_is_spent() -> None:
+    producer, clock = FakeProducer({"init": [retriable()] * 50}), FakeClock()
+
+    def advance(name: str) -> None:
+        clock.now += 30  # each attempt waits its whole call timeout
+
+    producer.on_call = advance
+    with pytest.raises(TransactionFatalError, match="cannot initialise transactions"):
+        start_transactions(producer, RetryPolicy(attempts=1000, deadline_s=60), clock)
+    assert producer.calls == ["init", "init"]  # 0 → 30 s, 30 → 60 s: the 60 s budget is spent
+
+
+def test_a_fenced_init_is_fatal_at_once() -> None:
+    producer = FakeProducer({"init": [fatal()]})
+    with pytest.raises(TransactionFatalError, match="fenced"):
+        start_transactions(producer, RetryPolicy(), FakeClock())
+    assert producer.calls == ["init"]
+
+
+# -- liveness: /healthz and the retry budget agree ---------------------------------------------
+
+
+def test_healthz_stays_alive_through_a_bounded_retry_and_its_abort() -> None:
+    """Before: the loop beat once a batch, so a commit retried for longer than 60 s (the retry
+    deadline was 120 s) turned /healthz 503 and a liveness probe killed a job that was doing
+    exactly what it should. Now each transactional call beats first."""
+    retry = RetryPolicy()
+    transaction, producer, _, clock = _make({"commit": [retriable()] * 50}, retry)
+    heartbeat = Heartbeat(liveness_limit_s(retry), clock)
+    transaction._calls.beat = heartbeat.beat
+    alive_after_each_call: list[bool] = []
+
+    def slow_call(name: str) -> None:
+        if name in ("commit", "abort"):
+            clock.now += retry.call_timeout_s - 5  # slow, but inside librdkafka's own timeout
+            alive_after_each_call.append(heartbeat.alive())
+
+    producer.on_call = slow_call
+    _consume_batch(transaction)
+    assert transaction.commit() is Outcome.ABORTED
+    assert clock.now - 1000 > heartbeat.max_silence_s  # the whole retry outlasted the limit...
+    assert alive_after_each_call == [True] * 4  # ...yet /healthz never went silent: 3 commits, abort
+
+
+def test_the_liveness_limit_outlasts_the_longest_call_the_watchdog_allows() -> None:
+    """A hung call must be reported by the watchdog (exit 4, naming the call), never by an
+    anonymous liveness kill; a slow but bounded one by neither."""
+    assert liveness_limit_s(RetryPolicy()) == LIVENESS_FLOOR_S == 60.0  # the documented default
+    for call_timeout_s in (1.0, 30.0, 55.0, 120.0, 600.0):
+        retry = RetryPolicy(call_timeout_s=call_timeout_s)
+        assert liveness_limit_s(retry) > retry.hung_after_s > retry.call_timeout_s
+    assert liveness_limit_s(RetryPolicy(), longest_unwatched_s=90.0) > 90.0  # a long state catch-up
+
+
+def test_the_retry_deadline_is_the_transaction_timeout() -> None:
+    assert RETRY_DEADLINE_S == 60.0  # librdkafka's default transaction.timeout.ms
+    assert RetryPolicy.configured(30_000, {}) == RetryPolicy(deadline_s=60.0, call_timeout_s=30.0)
+    configured = RetryPolicy.configured(5_000, {"transaction.timeout.ms": "90000"})
+    assert configured.deadline_s == 90.0 and configured.call_timeout_s == 5.0
+
+
+def test_the_retry_deadline_counts_from_begin_like_the_coordinator() -> None:
+    """A batch that took 50 s to decide has 10 s of its 60 s transaction left: retrying past
+    that is futile (the coordinator aborts it). Before: the budget restarted at commit()."""
+    transaction, producer, _, clock = _make({"commit": [retriable()] * 50}, RetryPolicy(attempts=5))
+
+    def slow_call(name: str) -> None:
+        if name == "commit":
+            clock.now += 20
+
+    producer.on_call = slow_call
+    _consume_batch(transaction)
+    clock.now += 50  # deciding the batch
+    assert transaction.commit() is Outcome.ABORTED
+    assert producer.calls.count("commit") == 1
+
+
+# -- the job's wiring ----------------------------------------------------------------------------
+
+
+def test_the_jobs_healthz_limit_follows_its_call_timeout(ruleset: Ruleset) -> None:
+    from streams.runtime.job import GuardJob
+
+    default = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset)
+    assert default.heartbeat.max_silence_s == 60.0 and default.retry.deadline_s == 60.0
+    slow = GuardJob(
+        Settings(
+            bootstrap_servers="127.0.0.1:1",
+            transaction_call_timeout_ms=120_000,
+            kafka={"transaction.timeout.ms": "300000"},
+        ),
+        ruleset,
+    )
+    assert slow.heartbeat.max_silence_s > slow.retry.hung_after_s == 130.0
+    assert slow.retry.deadline_s == 300.0
+
+
+class _HangingConsumer:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def close(self) -> None:
+        assert self.release.wait(60), "the watchdog never fired"
+
+
+def test_a_consumer_close_that_never_returns_is_reported_as_hung(ruleset: Ruleset) -> None:
+    """Before: the job's shutdown closed the consumer unwatched (leaving the group can hang,
+    librdkafka#4527), after the loop stopped beating: a stop that never ended."""
+    from streams.runtime.job import GuardJob
+
+    job, consumer, hung = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset), _HangingConsumer(), []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        consumer.release.set()
+
+    job.retry = RetryPolicy(call_timeout_s=0.01, hang_grace_s=0.01)
+    job.watchdog = CallWatchdog(on_hang)
+    job._close(consumer, FakeFlushProducer())  # type: ignore[arg-type]
+    assert hung == ["consumer close"]
+
+
+class FakeFlushProducer:
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+class _AlwaysFull(FakeProducer):
+    """A producer whose queue never frees up until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, *, headers: Any = None) -> None:
+        if not self.release.is_set():
+            raise BufferError("queue full")
+        self.produced.append((topic, value))
+
+
+def test_a_queue_that_never_frees_is_reported_as_hung_and_the_wait_beats() -> None:
+    """Before: produce() polled for queue space forever, unwatched (only a liveness probe, 60 s
+    later, could notice). librdkafka frees it by the transaction timeout at the latest."""
+    producer, hung, beats = _AlwaysFull(), [], []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        producer.release.set()
+
+    policy = RetryPolicy(deadline_s=0.01, hang_grace_s=0.01)
+    transaction = BatchTransaction(
+        producer, FakeConsumer(), FakeClock(), policy, CallWatchdog(on_hang), lambda: beats.append(1)
+    )
+    transaction.begin()
+    transaction.produce("out", b"x")
+    assert hung == ["produce: queue full"] and producer.produced == [("out", b"x")]
+    assert len(beats) > 1 and transaction.produced == 1  # begin's beat, then one per wait

@@ -271,6 +271,7 @@ def _republish(
     console: Console,
 ) -> None:
     from streams.audit.republish import republish
+    from streams.runtime.transaction import TransactionFatalError
 
     if whatif is None or settings is None:
         err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")
@@ -280,7 +281,11 @@ def _republish(
     except MissingKeyError as exc:
         err.print(f"refusing to republish: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    outcome = republish(result.outcomes, settings, whatif.with_keys(loaded.keys), keyring, dry_run)
+    try:
+        outcome = republish(result.outcomes, settings, whatif.with_keys(loaded.keys), keyring, dry_run)
+    except (TransactionFatalError, KafkaException) as exc:
+        err.print(f"republish could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     verb = "would send" if dry_run else "sent"
     count = len(outcome.planned) if dry_run else outcome.sent
     console.print(

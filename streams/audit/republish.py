@@ -22,6 +22,8 @@ through a transaction together with a marker in the compacted `guard.republished
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from streams import exitcodes
 from streams.audit.replay import Outcome
 from streams.audit.source import fetch_records, read_to_end
 from streams.core.decide import decide
@@ -43,8 +46,13 @@ from streams.runtime.records import partner_record
 from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
+from streams.runtime.transaction import CallWatchdog, RetryPolicy, start_transactions
 
 REPUBLISHED_TOPIC = "guard.republished"
+# The republish transaction's calls; one still blocked `hang_grace_s` past its timeout ends
+# the command (exit 2): librdkafka can block past its own timeouts (librdkafka#5456).
+SEND_POLICY = RetryPolicy(call_timeout_s=30.0)
+COMMIT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -239,7 +247,8 @@ def _send(planned: list[PlannedRecord], settings: Settings) -> None:
             "enable.idempotence": True,
         }
     )
-    producer.init_transactions(30)
+    watchdog = CallWatchdog(_exit_hung)
+    start_transactions(producer, SEND_POLICY, watchdog=watchdog)  # TransactionFatalError: nothing sent
     producer.begin_transaction()
     for record in planned:
         producer.produce(record.topic, record.value, record.key, headers=[("pg-republished", b"1")])
@@ -249,4 +258,16 @@ def _send(planned: list[PlannedRecord], settings: Settings) -> None:
             "at_ms": int(time.time() * 1000),
         }
         producer.produce(REPUBLISHED_TOPIC, orjson.dumps(marker), record.marker.encode())
-    producer.commit_transaction(60)
+    with watchdog.watch("commit", COMMIT_TIMEOUT_S + SEND_POLICY.hang_grace_s):
+        producer.commit_transaction(COMMIT_TIMEOUT_S)
+
+
+def _exit_hung(step: str, waited_s: float) -> None:
+    """A blocked librdkafka call cannot be unwound: say so and end the command."""
+    print(
+        f"republish could not run: Kafka call '{step}' still blocked after {waited_s:.0f} s; run it "
+        "again (its markers send each record once, whether or not this transaction committed)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(exitcodes.REFUSED)

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(25, ge=1, description="longest wait to fill a batch (latency at low load)")
     session_timeout_ms: int = Field(10_000, ge=1000)
     transaction_call_timeout_ms: int = Field(
-        30_000, ge=1000, description="each transactional call; one still blocked 10 s past it exits 4"
+        30_000, ge=1000, description="each transactional call (init too); one blocked 10 s past it exits 4"
     )
     bootstrap_timeout_ms: int = Field(10_000, ge=100, description="refuse start when no broker answers")
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")

@@ -1,14 +1,15 @@
 """Fault injection for the reliability tests: one hook between "produced" and "committed".
 
 Off unless `PARTNER_GUARD_FAULT_BEFORE_COMMIT` is set to `ACTION@N` (N counts the batches
-of this process from 1):
+of this process from 1), or to `hang@init`:
 
 - `raise@N` raises `InjectedFaultError` after batch N's outputs were produced and before its
   transaction commits — an unexpected exception mid-transaction;
 - `stop@N` stops the process with SIGSTOP at the same point (a zombie: frozen holding an
   open transaction until someone sends SIGCONT);
 - `hang@N` makes batch N's `send_offsets_to_transaction` block for good, the way
-  librdkafka#5456 does (the producer is wrapped by `wrap_producer`).
+  librdkafka#5456 does (the producer is wrapped by `wrap_producer`);
+- `hang@init` makes the start's `init_transactions` block for good (before any batch).
 
 It is read once at start, costs one integer comparison a batch, and never acts on its own.
 """
@@ -28,6 +29,7 @@ from streams.core.errors import PartnerGuardError
 log = logging.getLogger(__name__)
 FAULT_ENV = "PARTNER_GUARD_FAULT_BEFORE_COMMIT"
 ACTIONS = ("raise", "stop", "hang")
+HANG_INIT = "hang@init"
 
 
 class InjectedFaultError(PartnerGuardError, RuntimeError):
@@ -39,7 +41,7 @@ class BeforeCommitFault:
     """Counts batches and acts once, on the configured one."""
 
     action: str | None = None
-    at_batch: int = 0
+    at_batch: int = 0  # 0 with `hang`: the start's init_transactions hangs instead of a batch
     batches: int = 0
     hanging: threading.Event = field(default_factory=threading.Event)
 
@@ -49,9 +51,14 @@ class BeforeCommitFault:
         spec = environ.get(FAULT_ENV, "").strip()
         if not spec:
             return cls()
+        if spec == HANG_INIT:
+            log.warning("fault injection armed: init_transactions hangs")
+            return cls("hang", 0)
         action, _, number = spec.partition("@")
         if action not in ACTIONS or not number.isdigit() or int(number) < 1:
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected raise@N, stop@N or hang@N with N >= 1")
+            raise ValueError(
+                f"{FAULT_ENV}={spec!r}: expected raise@N, stop@N or hang@N with N >= 1, or {HANG_INIT}"
+            )
         log.warning("fault injection armed: %s before committing batch %s", action, number)
         return cls(action, int(number))
 
@@ -72,19 +79,29 @@ class BeforeCommitFault:
         raise InjectedFaultError(f"injected before committing batch {self.batches}")
 
     def wrap_producer(self, producer: Any) -> Any:
-        """The producer itself, or (for `hang@N`) a proxy whose send offsets can hang."""
-        return _HangingProducer(producer, self.hanging) if self.action == "hang" else producer
+        """The producer itself, or (for `hang@N`, `hang@init`) a proxy whose calls can hang."""
+        if self.action != "hang":
+            return producer
+        return _HangingProducer(producer, self.hanging, hang_init=self.at_batch == 0)
 
 
 class _HangingProducer:
-    """Delegates to a producer; `send_offsets_to_transaction` never returns once `hanging` is set."""
+    """Delegates to a producer; `send_offsets_to_transaction` never returns once `hanging` is
+    set, and with `hang_init` neither does `init_transactions`."""
 
-    def __init__(self, producer: Any, hanging: threading.Event) -> None:
+    def __init__(self, producer: Any, hanging: threading.Event, hang_init: bool = False) -> None:
         self._producer = producer
         self._hanging = hanging
+        self._hang_init = hang_init
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        if self._hang_init:
+            log.warning("injected fault: init_transactions hangs")
+            threading.Event().wait()  # blocks this thread for good
+        self._producer.init_transactions(timeout)
 
     def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any, timeout: float = -1) -> None:
         if self._hanging.is_set():

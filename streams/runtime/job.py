@@ -5,7 +5,9 @@ transactions, so no transaction ever spans a revoke. The transaction's lifecycle
 produce, send offsets, commit, bounded retry, abort and rewind) lives in
 `streams.runtime.transaction.BatchTransaction`; this loop only feeds it. A fatal error stops
 the job with a non-zero exit (a supervisor restarts it and the transactional id fences the
-old instance): 3 for a fatal error, 4 when a transactional call hung past its timeout.
+old instance): 3 for a fatal error (also an `init_transactions` that cannot succeed), 4 when
+a Kafka call hung past its timeout: a transactional one, `init_transactions` at start, or
+closing the clients on the way out. Every transactional call beats the `/healthz` heartbeat.
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ from streams.runtime.preflight import kafka_client_config
 from streams.runtime.records import SourceRef
 from streams.runtime.state_reader import StateReader
 from streams.runtime.topics import ensure_topics
-from streams.runtime.transaction import BatchTransaction, Outcome, RetryPolicy, TransactionFatalError
+from streams.runtime.transaction import (
+    BatchTransaction,
+    CallWatchdog,
+    Outcome,
+    RetryPolicy,
+    TransactionFatalError,
+    liveness_limit_s,
+    start_transactions,
+)
 
 log = logging.getLogger(__name__)
-# init_transactions fences an earlier instance with the same transactional id: it waits for
-# that instance's open transaction to be aborted, which on a loaded broker takes seconds.
-INIT_TIMEOUT_S = 30.0
 # Consumer-lag and state gauges are refreshed this often: each refresh asks the broker for
 # watermarks, which the hot loop should not do every batch.
 GAUGE_INTERVAL_S = 5.0
@@ -62,13 +69,15 @@ class GuardJob:
         self.settings = settings
         self.ruleset = ruleset
         self.metrics = metrics or GuardMetrics()
-        self.heartbeat = Heartbeat()
         self.payload = payload or PayloadProtector("full")
         self.clock = clock
         self.stopping = False
         self._metrics_address = ""
         self.readiness = Readiness(self.metrics.ready)
         self.kafka_base: dict[str, Any] = kafka_client_config(settings)
+        self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
+        self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
+        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
         self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
         self._topic_by_partner = self.decider.topic_by_partner
@@ -132,8 +141,13 @@ class GuardJob:
                 "enable.idempotence": True,
             }
         )
-        producer.init_transactions(INIT_TIMEOUT_S)
         producer = self.fault.wrap_producer(producer)  # itself unless a reliability test arms a hang
+        try:  # fences an earlier instance with this id: waits while its open transaction aborts
+            start_transactions(producer, self.retry, self.clock, self.watchdog, self.heartbeat.beat)
+        except TransactionFatalError as exc:
+            log.error("fatal transaction error at start, stopping: %s", exc)
+            self._close(None, producer)
+            return exitcodes.JOB_FAILED
         consumer = Consumer(
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
@@ -160,8 +174,9 @@ class GuardJob:
         )
         exit_code = exitcodes.OK
         last_lag_update = 0.0
-        retry = RetryPolicy(call_timeout_s=settings.transaction_call_timeout_ms / 1000)
-        transaction = BatchTransaction(producer, consumer, self.clock, retry)
+        transaction = BatchTransaction(
+            producer, consumer, self.clock, self.retry, self.watchdog, self.heartbeat.beat
+        )
         try:
             while not self.stopping:
                 self.heartbeat.beat()
@@ -182,11 +197,21 @@ class GuardJob:
             exit_code = exitcodes.JOB_FAILED
         finally:
             self.readiness.set_deciding(False)
-            consumer.close()
-            producer.flush(STOP_FLUSH_TIMEOUT_S)
-            self.state.close()
-            log.info("stopped")
+            self._close(consumer, producer)
         return exit_code
+
+    def _close(self, consumer: Consumer | None, producer: Producer) -> None:
+        """Close the clients, each call watched: none takes a timeout that bounds it for sure
+        (closing a consumer leaves the group, librdkafka#4527), so one that hangs exits 4."""
+        limit = self.retry.hung_after_s
+        if consumer is not None:
+            with self.watchdog.watch("consumer close", limit):
+                consumer.close()
+        with self.watchdog.watch("producer flush", STOP_FLUSH_TIMEOUT_S + self.retry.hang_grace_s):
+            producer.flush(STOP_FLUSH_TIMEOUT_S)
+        with self.watchdog.watch("state close", limit):
+            self.state.close()
+        log.info("stopped")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %d partition(s)", len(partitions))

@@ -183,14 +183,15 @@ def serve_http(
 class Heartbeat:
     """The main loop's pulse, for `/healthz`."""
 
-    def __init__(self, max_silence_s: float = 60.0) -> None:
+    def __init__(self, max_silence_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_silence_s = max_silence_s
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
 
     def beat(self) -> None:
         """Record that the loop is alive."""
-        self._last = time.monotonic()
+        self._last = self._clock()
 
     def alive(self) -> bool:
         """True when the loop beat recently."""
-        return time.monotonic() - self._last < self.max_silence_s
+        return self._clock() - self._last < self.max_silence_s

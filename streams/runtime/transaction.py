@@ -26,6 +26,20 @@ Error handling follows librdkafka's transactional API:
   `init_transactions` under the same transactional id aborts the open transaction, and the
   consumer group hands the batch's partitions back from their committed offsets.
 
+`start_transactions` runs that `init_transactions` the same way: watched (a hung init exits
+4 like any other hung call, at the first start as after a restart), retriable errors retried
+within the retry policy (the coordinator may still be aborting the previous instance's
+transaction), anything else, or a spent budget, `TransactionFatalError` (exit 3).
+
+Liveness. Every watched call first calls `beat` (the job's `/healthz` heartbeat): a commit
+retried within its budget is progress, not a stuck loop. The silence between two beats is
+then at most one call, which librdkafka bounds by `call_timeout_s` and the watchdog by
+`call_timeout_s + hang_grace_s`; `liveness_limit_s` keeps `/healthz` patient for longer
+than that, so a hung call is always reported by the watchdog (exit 4, naming the call),
+never by an anonymous liveness kill. The retry budget itself is the transaction's own
+timeout (`transaction.timeout.ms`, librdkafka's default 60 s), counted from `begin()`: past
+it the coordinator aborts the transaction anyway, so retrying longer would be futile.
+
 A rebalance runs inside `consume()`, between transactions, so it never revokes a partition
 under an open transaction; but the consumer group generation can still move on while a
 batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
@@ -43,7 +57,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,17 +70,25 @@ from streams.runtime.kafka_io import Headers
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Beat = Callable[[], None]
 
 # librdkafka's own default for the transactional calls; a broker that needs longer is down.
 CALL_TIMEOUT_S = 30.0
-# A commit that stays retriable this long is aborted and the batch decided again: long enough
-# to ride out a leader election, short enough that /healthz notices a stuck loop (heartbeat).
-RETRY_DEADLINE_S = 120.0
+# librdkafka's default `transaction.timeout.ms`: the coordinator aborts a transaction open this
+# long, so a commit still retriable by then is aborted and the batch decided again (long
+# enough to ride out a leader election). A passthrough `transaction.timeout.ms` replaces it.
+RETRY_DEADLINE_S = 60.0
 # Retries of one call within the deadline; each waits up to CALL_TIMEOUT_S inside librdkafka.
 RETRY_ATTEMPTS = 5
 # A transactional call still blocked this long after its own timeout is hung (not slow): a
 # loaded machine schedules librdkafka's threads late by seconds, never by this much.
 HANG_GRACE_S = 10.0
+# `/healthz` turns 503 after this long without a beat, or later when one call may take longer
+# (`liveness_limit_s`): what a liveness probe restarts a stuck process on.
+LIVENESS_FLOOR_S = 60.0
+# How much longer than the longest watched call (timeout + grace) `/healthz` waits: the
+# watchdog's exit 4 must come first, with a log line naming the call.
+LIVENESS_MARGIN_S = 20.0
 # The process exit code when a transactional call hung (0 clean stop, 2 refused, 3 fatal).
 EXIT_TRANSACTION_HUNG = exitcodes.JOB_HUNG
 
@@ -93,8 +115,8 @@ class State(enum.Enum):
 def exit_hung(step: str, waited_s: float) -> None:
     """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
     log.critical(
-        "transactional call '%s' still blocked after %.0f s (librdkafka#5456): exiting with code %d "
-        "so a supervisor restarts the guard; the restart aborts the open transaction",
+        "Kafka call '%s' still blocked after %.0f s, past its own timeout (librdkafka#5456 and kin): "
+        "exiting with code %d so a supervisor restarts the guard; the restart aborts any open transaction",
         step,
         waited_s,
         EXIT_TRANSACTION_HUNG,
@@ -152,6 +174,16 @@ class CallWatchdog:
                 self.on_hang(step, waited)
 
 
+def _no_beat() -> None:
+    return
+
+
+class TransactionStarter(Protocol):
+    """The part of `confluent_kafka.Producer` that starts its transactions."""
+
+    def init_transactions(self, timeout: float = ...) -> None: ...
+
+
 class TransactionalProducer(Protocol):
     """The part of `confluent_kafka.Producer` a transaction uses."""
 
@@ -182,6 +214,30 @@ class RetryPolicy:
     call_timeout_s: float = CALL_TIMEOUT_S
     hang_grace_s: float = HANG_GRACE_S
 
+    @classmethod
+    def configured(cls, call_timeout_ms: int, kafka_config: Mapping[str, Any]) -> RetryPolicy:
+        """Calls time out after `call_timeout_ms`; retries stop at the transaction's own timeout
+        (`transaction.timeout.ms` when the librdkafka passthrough sets it)."""
+        configured_ms = kafka_config.get("transaction.timeout.ms")
+        deadline_s = RETRY_DEADLINE_S if configured_ms is None else int(configured_ms) / 1000
+        return cls(deadline_s=deadline_s, call_timeout_s=call_timeout_ms / 1000)
+
+    @property
+    def hung_after_s(self) -> float:
+        """How long one watched call may block before the watchdog ends the process."""
+        return self.call_timeout_s + self.hang_grace_s
+
+
+def liveness_limit_s(retry: RetryPolicy, longest_unwatched_s: float = 0.0) -> float:
+    """How long `/healthz` may go without a beat before it reports 503 (a stuck loop).
+
+    Longer than any single watched call can block (a hung one is the watchdog's: exit 4) and
+    than the longest stretch without a watched call (`longest_unwatched_s`: the state
+    catch-up before a batch), each by `LIVENESS_MARGIN_S`; never under `LIVENESS_FLOOR_S`.
+    """
+    longest = max(retry.hung_after_s, longest_unwatched_s)
+    return max(LIVENESS_FLOOR_S, longest + LIVENESS_MARGIN_S)
+
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:
     error = exc.args[0] if exc.args else None
@@ -197,6 +253,64 @@ class _RetryBudgetSpentError(Exception):
     """A retriable error outlived the retry policy."""
 
 
+class WatchedCalls:
+    """Runs librdkafka calls under the watchdog, beating the heartbeat before each one."""
+
+    def __init__(self, watchdog: CallWatchdog, retry: RetryPolicy, clock: Clock, beat: Beat) -> None:
+        self.watchdog = watchdog
+        self.retry = retry
+        self.clock = clock
+        self.beat = beat
+
+    def watched(self, step: str) -> AbstractContextManager[None]:
+        """Watch one call: hung once it outlives its timeout by the grace."""
+        self.beat()
+        return self.watchdog.watch(step, self.retry.hung_after_s)
+
+    def with_retry(self, step: str, deadline: float, call: Callable[[], None]) -> None:
+        """Run `call`, retrying retriable errors within the attempt count and the deadline.
+
+        Raises the `KafkaException` of a non-retriable error, `_RetryBudgetSpentError` when
+        the budget is spent."""
+        attempt = 1
+        while True:
+            try:
+                with self.watched(step):
+                    call()
+                return
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error is None or not error.retriable() or error.txn_requires_abort() or error.fatal():
+                    raise
+                if attempt >= self.retry.attempts or self.clock() >= deadline:
+                    raise _RetryBudgetSpentError(f"{step}: {error.str()} ({attempt} attempt(s))") from exc
+                log.warning("retrying %s (attempt %d): %s", step, attempt + 1, error.str())
+                attempt += 1
+
+
+def start_transactions(
+    producer: TransactionStarter,
+    retry: RetryPolicy = RetryPolicy(),
+    clock: Clock = time.monotonic,
+    watchdog: CallWatchdog | None = None,
+    beat: Beat = _no_beat,
+) -> None:
+    """`init_transactions`: fence earlier instances with this transactional id, abort their
+    open transaction. Watched and retried like a commit; `TransactionFatalError` when it
+    cannot succeed (fenced, refused, or still timing out when the retry budget is spent)."""
+    calls = WatchedCalls(watchdog or CallWatchdog(), retry, clock, beat)
+    try:
+        calls.with_retry(
+            "init transactions",
+            clock() + retry.deadline_s,
+            lambda: producer.init_transactions(retry.call_timeout_s),
+        )
+    except _RetryBudgetSpentError as exc:
+        raise TransactionFatalError(f"cannot initialise transactions: {exc}") from exc
+    except KafkaException as exc:
+        raise TransactionFatalError(f"cannot initialise transactions: {_describe(exc)}") from exc
+
+
 class BatchTransaction:
     """The transaction of one batch, reused batch after batch by one job."""
 
@@ -207,15 +321,19 @@ class BatchTransaction:
         clock: Clock = time.monotonic,
         retry: RetryPolicy = RetryPolicy(),
         watchdog: CallWatchdog | None = None,
+        beat: Beat = _no_beat,
     ) -> None:
+        """`beat`: the job's heartbeat, called before every transactional call (see Liveness)."""
         self.producer = producer
         self.consumer = consumer
         self.clock = clock
         self.retry = retry
         self.watchdog = watchdog or CallWatchdog()
+        self._calls = WatchedCalls(self.watchdog, retry, clock, beat)
         self.state = State.IDLE
         self._first: dict[tuple[str, int], int] = {}
         self._next: dict[tuple[str, int], int] = {}
+        self._began = 0.0
         self.produced = 0
 
     def begin(self) -> None:
@@ -225,8 +343,9 @@ class BatchTransaction:
         self._first.clear()
         self._next.clear()
         self.produced = 0
+        self._began = self.clock()
         try:
-            with self._watched("begin"):
+            with self._calls.watched("begin"):
                 self.producer.begin_transaction()
         except KafkaException as exc:
             self.state = State.FAILED
@@ -241,16 +360,31 @@ class BatchTransaction:
     def produce(
         self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None
     ) -> None:
-        """Produce one output record inside the transaction (waits for queue space)."""
+        """Produce one output record inside the transaction (waits for queue space).
+
+        librdkafka frees queue space at the latest when queued records time out, which for a
+        transactional producer is the transaction timeout (`retry.deadline_s`): the wait beats
+        like a retry, and one that outlasts that by the grace is hung (exit 4).
+        """
         if self.state is not State.OPEN:
             raise RuntimeError(f"produce() while the transaction is {self.state.value}")
-        while True:
-            try:
-                self.producer.produce(topic, value, key, headers=headers)
-                self.produced += 1
-                return
-            except BufferError:
+        try:
+            self.producer.produce(topic, value, key, headers=headers)
+        except BufferError:
+            self._wait_for_queue_space(lambda: self.producer.produce(topic, value, key, headers=headers))
+        self.produced += 1
+
+    def _wait_for_queue_space(self, produce: Callable[[], None]) -> None:
+        limit = self.retry.deadline_s + self.retry.hang_grace_s
+        with self.watchdog.watch("produce: queue full", limit):
+            while True:
+                self._calls.beat()
                 self.producer.poll(0.05)
+                try:
+                    produce()
+                    return
+                except BufferError:
+                    continue
 
     @property
     def offsets(self) -> list[TopicPartition]:
@@ -261,23 +395,24 @@ class BatchTransaction:
         """Send the offsets and commit; on an abortable or exhausted error, abort and rewind.
 
         Step 1: send the input offsets into the transaction (skipped when nothing was consumed).
-        Step 2: commit the transaction, retrying retriable errors within the retry policy.
+        Step 2: commit the transaction, retrying retriable errors within the retry policy (its
+        deadline counts from `begin()`, like the coordinator's transaction timeout).
         Step 3 (only on failure): abort the transaction and rewind the consumer.
         """
         if self.state is not State.OPEN:
             raise RuntimeError(f"commit() while the transaction is {self.state.value}")
-        deadline = self.clock() + self.retry.deadline_s
+        deadline = self._began + self.retry.deadline_s
         try:
             offsets = self.offsets
             if offsets:  # Step 1
-                self._with_retry(
+                self._calls.with_retry(
                     "send offsets",
                     deadline,
                     lambda: self.producer.send_offsets_to_transaction(
                         offsets, self.consumer.consumer_group_metadata(), self.retry.call_timeout_s
                     ),
                 )
-            self._with_retry(  # Step 2
+            self._calls.with_retry(  # Step 2
                 "commit", deadline, lambda: self.producer.commit_transaction(self.retry.call_timeout_s)
             )
         except _RetryBudgetSpentError as exc:
@@ -298,7 +433,7 @@ class BatchTransaction:
         if self.state is not State.OPEN:
             raise RuntimeError(f"abort() while the transaction is {self.state.value}")
         try:
-            with self._watched("abort"):
+            with self._calls.watched("abort"):
                 self.producer.abort_transaction(self.retry.call_timeout_s)
         except KafkaException as exc:
             self.state = State.FAILED
@@ -315,24 +450,3 @@ class BatchTransaction:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             else:
                 log.info("not rewinding %s[%d]: revoked; its new owner re-reads it", topic, partition)
-
-    def _watched(self, step: str) -> AbstractContextManager[None]:
-        """Watch one librdkafka call: hung once it outlives its timeout by `HANG_GRACE_S`."""
-        return self.watchdog.watch(step, self.retry.call_timeout_s + self.retry.hang_grace_s)
-
-    def _with_retry(self, step: str, deadline: float, call: Callable[[], None]) -> None:
-        """Run `call`, retrying retriable errors within the attempt count and the deadline."""
-        attempt = 1
-        while True:
-            try:
-                with self._watched(step):
-                    call()
-                return
-            except KafkaException as exc:
-                error = _kafka_error(exc)
-                if error is None or not error.retriable() or error.txn_requires_abort() or error.fatal():
-                    raise
-                if attempt >= self.retry.attempts or self.clock() >= deadline:
-                    raise _RetryBudgetSpentError(f"{step}: {error.str()} ({attempt} attempt(s))") from exc
-                log.warning("retrying %s (attempt %d): %s", step, attempt + 1, error.str())
-                attempt += 1
