@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
+# pytest-xdist workers: the suite mostly waits (guards joining groups, brokers answering), so
+# four at once (on two cores) take a third of the time; tests/conftest.py says which tests keep
+# to one worker.
+PYTEST_WORKERS ?= 4
 
 .PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
 
@@ -22,12 +26,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 test: lint typecheck
 	$(BIN)/partner-guard rules check rules
 	$(BIN)/partner-guard rules test rules
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 ENGINE ?= kafka
 demo: $(STAMP)

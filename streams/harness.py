@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from streams.broker.embedded import free_port
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
@@ -78,13 +80,37 @@ def produce_records(bootstrap: str, topic: str, records: Iterable[KeyedRecord]) 
     return count
 
 
+def end_offsets(bootstrap: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The end offset of each partition as listed now, open transactions included.
+
+    (Listed `read_uncommitted`: under `read_committed` the embedded broker answers 0 for a
+    partition with an open transaction. It answers the base offset of the last record batch
+    + 1, not the true end: `read_topic` drains the rest of that batch.)
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}  # type: ignore[no-untyped-call]
+    futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
+    return {tp.partition: max(0, future.result().offset) for tp, future in futures.items()}
+
+
+def _topic_record(message: Message) -> TopicRecord:
+    raw_headers = message.headers() or []
+    pairs = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
+    headers = [(k, v if isinstance(v, bytes) else b"") for k, v in pairs]
+    return TopicRecord(message.key(), message.value(), headers)
+
+
 def read_topic(
     bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 3.0, timeout_s: float = 120.0
 ) -> list[TopicRecord]:
-    """Every committed record of a topic (all partitions, from the start).
+    """Every committed record of a topic (all partitions, from the start), read `read_committed`.
 
-    Stops once `expect` records arrived, or after `idle_s` without a new record, or at
-    `timeout_s`.
+    Without `expect`: at least everything committed before the call. The end offsets are
+    listed first; the read stops once the consumer's position (which steps over transaction
+    markers) reaches every one of them, after draining what is already fetched (the rest of
+    the last record batch). An end held back by a transaction still open is waited for until
+    `idle_s` passes without a new record. With `expect`: until that many records arrived.
+    Never longer than `timeout_s`.
     """
     consumer = Consumer(
         {
@@ -95,25 +121,28 @@ def read_topic(
             "isolation.level": "read_committed",
         }
     )
-    metadata = consumer.list_topics(topic, timeout=10)
-    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
+    partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    ends = end_offsets(bootstrap, topic, partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    pending = {p for p, end in ends.items() if end > 0}
     out: list[TopicRecord] = []
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
     while time.monotonic() < deadline:
         if expect is not None and len(out) >= expect:
             break
-        if expect is None and time.monotonic() - last_new > idle_s:
+        if expect is None and (not pending or time.monotonic() - last_new > idle_s):
             break
-        batch = consumer.consume(10_000, 0.5)
-        for message in batch:
-            if message.error() is None:
-                raw_headers = message.headers() or []
-                pairs = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
-                headers = [(k, v if isinstance(v, bytes) else b"") for k, v in pairs]
-                out.append(TopicRecord(message.key(), message.value(), headers))
+        batch = consumer.consume(10_000, 0.1)
+        out.extend(_topic_record(m) for m in batch if m.error() is None)
         if batch:
             last_new = time.monotonic()
+        for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+            if tp.offset >= ends[tp.partition]:
+                pending.discard(tp.partition)
+    if expect is None and not pending:  # the rest of the last record batches, already fetched
+        while batch := consumer.consume(10_000, 0):
+            out.extend(_topic_record(m) for m in batch if m.error() is None)
     consumer.close()
     return out
 
@@ -186,8 +215,9 @@ class GuardProcess:
         """The end of the process log so far."""
         return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout_s`); returns the exit code."""
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait (SIGKILL after `timeout_s`: generous, a Faust worker on a busy machine
+        can take more than 15 s to stop); returns the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:

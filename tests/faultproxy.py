@@ -280,11 +280,14 @@ def start_broker_behind_proxy(
 
 
 @contextlib.contextmanager
-def broker_behind_proxy(log_path: Path | None = None, target_prefix: str = "") -> Iterator[FaultProxy]:
-    """Context manager form: yields the proxy (its `port` is the bootstrap port)."""
+def broker_behind_proxy(
+    log_path: Path | None = None, target_prefix: str = ""
+) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
+    """Context manager form: the broker (its `bootstrap` is the proxy's) and the proxy, both
+    stopped at the end."""
     broker, proxy = start_broker_behind_proxy(log_path, target_prefix)
     try:
-        yield proxy
+        yield broker, proxy
     finally:
         proxy.stop()
         broker.stop()

@@ -154,11 +154,7 @@ def plan_republish(
     consent, status = _current_state(kafka, settings)
     originals = fetch_records(kafka, {_position(o) for o in sourced})
     avro = ReplayAvro(settings).decoder(ruleset.event_schema)  # as the job read Avro, into this schema
-    for outcome in sourced:
-        raw = originals.get(_position(outcome))
-        if raw is None or not _same_original(outcome, raw, keyring):
-            result.source_mismatch += 1
-            continue
+    for outcome, raw in choose_originals(sourced, originals, keyring, result):
         planned = _fresh_decision(outcome, raw, settings, ruleset, avro, consent, status)
         if planned is None:
             result.refused_by_fresh_check += 1
@@ -170,25 +166,49 @@ def plan_republish(
 def _new_sources(
     verified: list[Outcome], settings: Settings, ruleset: Ruleset, done: set[str], result: RepublishResult
 ) -> list[Outcome]:
-    """The verified outcomes from an input topic not republished before (counting the others)."""
+    """The verified outcomes from an input topic not republished before (counting the others).
+
+    Copies of one (partner, source record) all stay: which of them is genuine is only known
+    once the source is read (`choose_originals`).
+    """
     outputs = {settings.blocked_topic, REPUBLISHED_TOPIC, *(rule.topic for rule in ruleset.rules)}
     inputs = set(settings.input_topics)
     sourced: list[Outcome] = []
-    seen: set[str] = set()
     for outcome in verified:
         source_topic = outcome.blocked["source"]["topic"]
         if source_topic in outputs or source_topic not in inputs:
             result.loop_guarded += 1
-            continue
-        key = marker_key(outcome)
-        if key in done:
+        elif marker_key(outcome) in done:
             result.already_sent += 1
-        elif key in seen:
-            result.duplicates += 1  # the same (partner, source record) twice in one run: once
         else:
-            seen.add(key)
             sourced.append(outcome)
     return sourced
+
+
+def choose_originals(
+    sourced: list[Outcome],
+    originals: dict[tuple[str, int, int], bytes | None],
+    keyring: Keyring | None,
+    result: RepublishResult,
+) -> list[tuple[Outcome, bytes]]:
+    """One outcome per (partner, source record), with the source bytes it was decided on.
+
+    A copy whose original is not what the source holds is counted as a mismatch before
+    copies are folded, so a forged record read first cannot hide the genuine one; further
+    genuine copies count as duplicates (sent once).
+    """
+    chosen: list[tuple[Outcome, bytes]] = []
+    taken: set[str] = set()
+    for outcome in sourced:
+        raw = originals.get(_position(outcome))
+        if raw is None or not _same_original(outcome, raw, keyring):
+            result.source_mismatch += 1
+        elif (key := marker_key(outcome)) in taken:
+            result.duplicates += 1
+        else:
+            taken.add(key)
+            chosen.append((outcome, raw))
+    return chosen
 
 
 def _current_state(kafka: dict[str, Any], settings: Settings) -> tuple[ConsentTable, SignupStatusTable]:

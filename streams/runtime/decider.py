@@ -38,6 +38,7 @@ from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
+    DecisionsPart,
     SourceRef,
     Withheld,
     blocked_input,
@@ -68,9 +69,15 @@ class BatchTally:
     stripped: Counter[str] = field(default_factory=Counter)
     undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+    # Inputs whose decisions are one shared list (the gated ones), counted per list: expanded
+    # into `blocked` once per batch.
+    shared: Counter[tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=Counter)
 
     def add(self, outputs: _Outputs) -> None:
         """Count the decisions of one input's outputs."""
+        if outputs.shared_blocks is not None:
+            self.shared[outputs.shared_blocks] += 1
+            return
         for decision in outputs.forwarded:
             self.forwarded[decision.partner] += 1
             if decision.stripped:
@@ -80,6 +87,10 @@ class BatchTally:
 
     def apply(self, metrics: GuardMetrics, batch_seconds: float) -> None:
         """Add this batch to the metrics."""
+        for blocks, inputs in self.shared.items():
+            for partner_reasons in blocks:
+                self.blocked[partner_reasons] += inputs
+        self.shared.clear()
         for topic, count in self.records_in.items():
             metrics.records_in.labels(topic).inc(count)
         for partner, count in self.forwarded.items():
@@ -114,6 +125,8 @@ class _Outputs:
     records: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
     forwarded: list[Decision] = field(default_factory=list)
     withheld: list[Withheld] = field(default_factory=list)
+    # (partner, reasons) of `withheld` when they are the decider's shared ones (a gated input)
+    shared_blocks: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
         if len(value) + len(key or b"") > limit:
@@ -221,6 +234,18 @@ class RecordDecider:
         self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
+        self._gated = self._gated_decisions()
+        self._gated_blocks = (
+            tuple((w.decision.partner, w.reasons) for w in self._gated.withheld) if self._gated else ()
+        )
+
+    def _gated_decisions(self) -> DecisionsPart | None:
+        """What `decide` answers for an envelope (an event type no rule can receive): the same
+        for every such input, whatever its id, so its part of the blocked record is built once."""
+        probe = Envelope.model_construct(event_id="-", event_type="")  # "" is no rule's event type
+        if not self.ruleset.rules or probe.event_type in self._receivable:
+            return None
+        return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""
@@ -270,6 +295,10 @@ class RecordDecider:
         outputs: _Outputs,
     ) -> None:
         settings = self.settings
+        gated = self._gated
+        if gated is not None and isinstance(record, Envelope) and record.event_type not in self._receivable:
+            self._add_blocked(record, raw, source, None, gated.withheld, outputs, gated)
+            return
         snapshot = (
             snapshot_for(record, self.state.consent, self.state.signup_status, stale)
             if isinstance(record, Event) and consults_state(record, self.ruleset)
@@ -285,13 +314,29 @@ class RecordDecider:
                 continue
             outputs.add(self.topic_by_partner[decision.partner], value, key, None, settings.max_record_bytes)
             outputs.forwarded.append(decision)
-        if not outputs.withheld:
-            return
+        if outputs.withheld:
+            self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)
+
+    def _add_blocked(
+        self,
+        record: Event | Envelope | Malformed,
+        raw: bytes,
+        source: SourceRef,
+        snapshot: StateSnapshot | None,
+        withheld: list[Withheld],
+        outputs: _Outputs,
+        decisions: DecisionsPart | None = None,
+    ) -> None:
+        """The input's one blocked record, listing `withheld` (serialized as `decisions` when given)."""
+        settings = self.settings
+        if decisions is not None:
+            outputs.withheld = decisions.withheld  # shared by every gated input; never changed
+            outputs.shared_blocks = self._gated_blocks
         by_reference = isinstance(record, Envelope) and settings.blocked_original == "reference"
         event_id = record.event_id if isinstance(record, Event | Envelope) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
         blocked_key, value, headers = blocked_record(
-            outputs.withheld, shared, source, settings.max_record_bytes
+            withheld, shared, source, settings.max_record_bytes, decisions
         )
         outputs.add(settings.blocked_topic, value, blocked_key, headers, settings.max_record_bytes)
 
@@ -308,7 +353,7 @@ class RecordDecider:
                 kafka_key=None,
                 event_id=None,
                 snapshot_json=b"null",
-                source_json=orjson.Fragment(orjson.dumps({**where, "format": source.input_format})),
+                source_json=orjson.dumps({**where, "format": source.input_format}),
                 payload={"payload_mode": self.payload.mode, "original_b64": None},
                 original_size=len(raw),
                 original_sha256=hashlib.sha256(raw).hexdigest(),

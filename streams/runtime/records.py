@@ -97,12 +97,15 @@ class BlockedRecordTooLargeError(Exception):
 
 @dataclass(slots=True)
 class BlockedInput:
-    """What every partner's blocked copy of one input shares (built once per input)."""
+    """What every partner's blocked copy of one input shares (built once per input).
+
+    `snapshot_json` and `source_json` are serialized JSON values (`snapshot`, `source`).
+    """
 
     kafka_key: bytes | None
     event_id: str | None
     snapshot_json: bytes
-    source_json: orjson.Fragment
+    source_json: bytes
     payload: dict[str, Any]
     original_size: int
     original_sha256: str
@@ -138,13 +141,19 @@ def blocked_input(
         **key_members,
         "format": source.input_format,
     }
-    reference = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+    if by_reference:
+        payload = REFERENCE_PAYLOAD
+    elif protector.mode == "full":  # the source reference is only the ciphertext's associated data
+        payload = protector.protect(raw, {})
+    else:
+        reference = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        payload = protector.protect(raw, reference)
     return BlockedInput(
         kafka_key=kafka_key,
         event_id=protector.identifier(event_id),
         snapshot_json=_dumps_snapshot(snapshot, protector),
-        source_json=orjson.Fragment(orjson.dumps(source_members)),
-        payload=REFERENCE_PAYLOAD if by_reference else protector.protect(raw, reference),
+        source_json=orjson.dumps(source_members),
+        payload=payload,
         original_size=len(raw),
         original_sha256=hashlib.sha256(raw).hexdigest(),
     )
@@ -197,35 +206,134 @@ def _reduced(body: dict[str, Any], shared: BlockedInput) -> dict[str, Any]:
     return reduced
 
 
-def blocked_record(
-    withheld: list[Withheld], shared: BlockedInput, source: SourceRef, max_bytes: int
-) -> tuple[bytes | None, bytes, Headers]:
-    """Kafka key, value and headers of an input's v2 blocked record, reduced when over `max_bytes`."""
-    first = withheld[0].decision
-    body: dict[str, Any] = {
+@dataclass(slots=True)
+class DecisionsPart:
+    """The partners' decisions of a blocked record, serialized once, with the headers they give.
+
+    Built per input from its withheld decisions, or once for decisions that are the same for
+    many inputs (every event type no rule can receive gets the same ones).
+    """
+
+    withheld: list[Withheld]
+    ruleset_digest: str
+    json: bytes  # the members `"ruleset_digest":...,"decisions":[...]`
+    partners_header: bytes
+    reasons_header: bytes
+    digest_header: bytes
+    headers_size: int  # the header names and the three values above
+
+    @classmethod
+    def of(cls, withheld: list[Withheld]) -> DecisionsPart:
+        """The part of `withheld` (at least one decision, all of one ruleset)."""
+        digest = withheld[0].decision.ruleset_digest
+        decisions = _decision_members(withheld)
+        partners = ",".join([w.decision.partner for w in withheld]).encode()
+        reasons = ",".join(dict.fromkeys([r for w in withheld for r in w.reasons])).encode()
+        digest_header = str(digest).encode()
+        return cls(
+            withheld=withheld,
+            ruleset_digest=digest,
+            json=b'"ruleset_digest":' + orjson.dumps(digest) + b',"decisions":' + orjson.dumps(decisions),
+            partners_header=partners,
+            reasons_header=reasons,
+            digest_header=digest_header,
+            headers_size=_HEADER_NAMES_SIZE + len(partners) + len(reasons) + len(digest_header),
+        )
+
+
+_HEADER_NAMES = (
+    "pg-partners",
+    "pg-reasons",
+    "pg-ruleset-digest",
+    "pg-source-topic",
+    "pg-source-partition",
+    "pg-source-offset",
+)
+_HEADER_NAMES_SIZE = sum(len(name) for name in _HEADER_NAMES)
+_VALUE_HEAD = b'{"format":"' + BLOCKED_FORMAT.encode() + b'","event_id":'
+
+
+def _decision_members(withheld: list[Withheld]) -> list[dict[str, Any]]:
+    return [
+        {
+            "partner": w.decision.partner,
+            "rule_id": w.decision.rule_id,
+            "reasons": w.reasons,
+            "details": w.decision.details,
+        }
+        for w in withheld
+    ]
+
+
+def _body(withheld: list[Withheld], shared: BlockedInput) -> dict[str, Any]:
+    """The blocked record as a document (what `blocked_record` serializes, member for member)."""
+    return {
         "format": BLOCKED_FORMAT,
         "event_id": shared.event_id,
-        "ruleset_digest": first.ruleset_digest,
-        "decisions": [
-            {
-                "partner": w.decision.partner,
-                "rule_id": w.decision.rule_id,
-                "reasons": w.reasons,
-                "details": w.decision.details,
-            }
-            for w in withheld
-        ],
+        "ruleset_digest": withheld[0].decision.ruleset_digest,
+        "decisions": _decision_members(withheld),
         "snapshot": orjson.Fragment(shared.snapshot_json),
-        "source": shared.source_json,
+        "source": orjson.Fragment(shared.source_json),
         **shared.payload,
         "original_size": shared.original_size,
         "original_sha256": shared.original_sha256,
         "reduced": False,
     }
-    value = orjson.dumps(body)
-    headers = _headers(body, source)
-    if _size(shared.kafka_key, value, headers) > max_bytes:
-        reduced = _reduced(body, shared)
+
+
+def blocked_record(
+    withheld: list[Withheld],
+    shared: BlockedInput,
+    source: SourceRef,
+    max_bytes: int,
+    decisions: DecisionsPart | None = None,
+) -> tuple[bytes | None, bytes, Headers]:
+    """Kafka key, value and headers of an input's v2 blocked record, reduced when over `max_bytes`.
+
+    The value is `orjson.dumps` of the record's document, byte for byte, assembled from parts
+    serialized once (`decisions`, when given, is the part of `withheld`).
+    """
+    part = decisions or DecisionsPart.of(withheld)
+    payload = orjson.dumps(shared.payload)[1:-1]  # its members, to follow "source"
+    partition, offset = str(source.partition).encode(), str(source.offset).encode()
+    topic = source.topic.encode()
+    value = b"".join(
+        (
+            _VALUE_HEAD,
+            orjson.dumps(shared.event_id),
+            b",",
+            part.json,
+            b',"snapshot":',
+            shared.snapshot_json,
+            b',"source":',
+            shared.source_json,
+            b"," if payload else b"",
+            payload,
+            b',"original_size":',
+            str(shared.original_size).encode(),
+            b',"original_sha256":"',
+            shared.original_sha256.encode(),
+            b'","reduced":false}',
+        )
+    )
+    headers: Headers = [
+        ("pg-partners", part.partners_header),
+        ("pg-reasons", part.reasons_header),
+        ("pg-ruleset-digest", part.digest_header),
+        ("pg-source-topic", topic),
+        ("pg-source-partition", partition),
+        ("pg-source-offset", offset),
+    ]
+    size = (
+        len(shared.kafka_key or b"")
+        + len(value)
+        + part.headers_size
+        + len(topic)
+        + len(partition)
+        + len(offset)
+    )
+    if size > max_bytes:
+        reduced = _reduced(_body(part.withheld, shared), shared)
         headers = _headers(reduced, source)
         value = orjson.dumps(reduced)
         if _size(shared.kafka_key, value, headers) > max_bytes:

@@ -1,4 +1,9 @@
-"""Integration fixtures: the embedded broker on a free loopback port, its log on failure."""
+"""Integration fixtures: the embedded broker on a free loopback port, its log on failure.
+
+Under xdist (`make test`) each worker is its own process with its own session broker on its
+own free port; every other broker is started per test, and a fault test only ever kills,
+pauses or cuts off its own processes. Which tests share a worker: tests/conftest.py.
+"""
 
 from __future__ import annotations
 

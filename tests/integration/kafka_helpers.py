@@ -1,12 +1,16 @@
-"""Helpers for integration tests: the tests' keys and rules on top of `streams.harness`."""
+"""Helpers for integration tests: the tests' keys and rules on top of `streams.harness`, and the
+consumer group's committed offsets (how a test knows a guard is done with its input)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from streams import harness
 from streams.gen.traffic import TrafficGenerator
@@ -20,11 +24,13 @@ __all__ = [
     "PARTNERS",
     "ROOT",
     "GuardProcess",
+    "committed_offsets",
     "produce",
     "read_blocked",
     "read_topic",
     "seed_population",
     "start_guard",
+    "wait_all_committed",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +90,51 @@ def start_guard(
     return harness.start_guard(
         bootstrap, input_topics, tmp / f"guard-{uuid.uuid4().hex[:8]}.log", env, cwd=ROOT
     )
+
+
+def _offsets_consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+
+
+def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """Partition ids of a topic."""
+    consumer = _offsets_consumer(bootstrap, f"meta-{uuid.uuid4().hex}")
+    try:
+        return sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition (0 where nothing was committed)."""
+    partitions = partitions_of(bootstrap, topic)
+    consumer = _offsets_consumer(bootstrap, group)
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in found}
+    finally:
+        consumer.close()
+
+
+def wait_all_committed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    total: int,
+    timeout_s: float = 240.0,
+    guards: Iterable[GuardProcess] = (),
+) -> None:
+    """Block until the group's committed offsets add up to `total` (the records produced).
+
+    (Not the watermarks: the embedded broker's high watermark is the base offset of the last
+    record batch + 1, short of the true end.)
+    """
+    deadline, watched = time.monotonic() + timeout_s, list(guards)
+    while time.monotonic() < deadline:
+        if sum(committed_offsets(bootstrap, group, topic).values()) >= total:
+            return
+        for guard in watched:
+            if guard.process.poll() is not None:
+                raise AssertionError(f"guard exited with {guard.process.returncode}: {guard.log()}")
+        time.sleep(0.25)
+    raise AssertionError(f"committed {committed_offsets(bootstrap, group, topic)}, expected {total} in all")

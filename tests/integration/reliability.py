@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 from streams.core.codec import decode_json
 from streams.core.decide import decide
@@ -53,7 +50,7 @@ if LENGTH not in ("short", "long", "soak"):
 LONG, SOAK = LENGTH in ("long", "soak"), LENGTH == "soak"
 TIMEOUT_S = {"short": 600, "long": 1800, "soak": 3600}[LENGTH]  # generous: many suites share two cores
 HTTP_UNAVAILABLE = 503
-CONSENT_TOPIC, STATUS_TOPIC = "privacy.consent", "member.signup-status"
+INPUT, CONSENT_TOPIC, STATUS_TOPIC = "internal.events", "privacy.consent", "member.signup-status"
 PARTNER_KEYS = {p: KEY_ENV[f"PARTNER_GUARD_KEY_{p.upper().replace('-', '_')}"].encode() for p in PARTNERS}
 
 
@@ -67,52 +64,18 @@ def guard_env(**extra: str) -> dict[str, str]:
     }
 
 
-def _offsets_consumer(bootstrap: str, group: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+@dataclass
+class InputStream:
+    """What a scenario produced to its input topic, in order: the ledger's inputs."""
 
+    bootstrap: str
+    topic: str = INPUT
+    events: list[KeyedRecord] = field(default_factory=list)
 
-def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    """Partition ids of a topic."""
-    consumer = _offsets_consumer(bootstrap, f"meta-{uuid.uuid4().hex}")
-    try:
-        return sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-    finally:
-        consumer.close()
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offset per partition (0 where nothing was committed)."""
-    partitions = partitions_of(bootstrap, topic)
-    consumer = _offsets_consumer(bootstrap, group)
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: max(tp.offset, 0) for tp in found}
-    finally:
-        consumer.close()
-
-
-def wait_all_committed(
-    bootstrap: str,
-    group: str,
-    topic: str,
-    total: int,
-    timeout_s: float = 240.0,
-    guards: Iterable[GuardProcess] = (),
-) -> None:
-    """Block until the group's committed offsets add up to `total` (the records produced).
-
-    (Not the watermarks: the embedded broker's high watermark is the base offset of the last
-    record batch + 1, short of the true end.)
-    """
-    deadline, watched = time.monotonic() + timeout_s, list(guards)
-    while time.monotonic() < deadline:
-        if sum(committed_offsets(bootstrap, group, topic).values()) >= total:
-            return
-        for guard in watched:
-            if guard.process.poll() is not None:
-                raise AssertionError(f"guard exited with {guard.process.returncode}: {guard.log()}")
-        time.sleep(0.5)
-    raise AssertionError(f"committed {committed_offsets(bootstrap, group, topic)}, expected {total} in all")
+    def send(self, batch: list[KeyedRecord]) -> None:
+        """Produce a batch (flushed) and keep it."""
+        self.events.extend(batch)
+        produce(self.bootstrap, self.topic, batch)
 
 
 @dataclass
@@ -226,7 +189,7 @@ def account(
     malformed = len(decoded) - len(ids)
     ledger = Ledger(scenario, len(events))
     outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
-    with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # each read ends after 3 s idle: overlap them
+    with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # the reads overlap
         blocked_views = pool.submit(read_blocked, bootstrap, blocked_topic)
         partner_topics = {p: pool.submit(read_topic, bootstrap, f"partner.{p}.events") for p in PARTNERS}
     for partner in PARTNERS:

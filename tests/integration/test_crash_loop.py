@@ -21,20 +21,25 @@ import pytest
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.transaction import EXIT_TRANSACTION_HUNG
-from tests.integration.kafka_helpers import GuardProcess, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    GuardProcess,
+    committed_offsets,
+    produce,
+    read_topic,
+    start_guard,
+    wait_all_committed,
+)
 from tests.integration.reliability import (
+    INPUT,
     LONG,
     SOAK,
     TIMEOUT_S,
     account,
-    committed_offsets,
     guard_env,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 RECORDS = 500_000 if SOAK else 100_000 if LONG else 20_000
 KILLS = 30 if SOAK else 10 if LONG else 3  # at random moments, plus one while the state loads
 # Unrelated subjects: loading the state takes long enough to kill the guard mid-way.

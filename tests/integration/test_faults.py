@@ -30,8 +30,9 @@ from tests.integration.kafka_helpers import (
     read_topic,
     seed_population,
     start_guard,
+    wait_all_committed,
 )
-from tests.integration.test_job import _wait_consumed, _wait_idle
+from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
 EXTERNAL = os.environ.get("PARTNER_GUARD_TEST_BOOTSTRAP")
@@ -85,7 +86,7 @@ def test_broker_paused_mid_stream(broker: EmbeddedBroker, tmp_path: Path) -> Non
         assert guard.process.poll() is None  # the guard waits; it does not crash
         os.kill(broker.process.pid, signal.SIGCONT)
         _wait_consumed(guard, len(events))
-        _wait_idle(guard)
+        wait_all_committed(broker.bootstrap, "pause", "internal.events", len(events), guards=[guard])
         outputs = _per_partner_outputs(broker.bootstrap, "guard.blocked", events)
         _assert_nothing_lost(outputs, events)
         assert guard.status("/healthz") == 200
@@ -120,7 +121,7 @@ def test_rebalance_with_two_instances(broker: EmbeddedBroker, tmp_path: Path) ->
             if done >= len(events):
                 break
             time.sleep(0.5)
-        _wait_idle(first)
+        wait_all_committed(broker.bootstrap, "pair", "internal.events", len(events), guards=[first, second])
         assert second.metric_value("partner_guard_records_in_total") > 0  # the second one took partitions
         outputs = _per_partner_outputs(broker.bootstrap, "guard.blocked", events)
         _assert_nothing_lost(outputs, events)
@@ -154,7 +155,7 @@ def test_sigkill_on_real_kafka_gives_exactly_once(tmp_path: Path) -> None:
     )
     try:
         second.wait_ready()
-        _wait_idle(second)
+        wait_all_committed(bootstrap, f"eos-{run}", input_topic, len(events), guards=[second])
         outputs = _per_partner_outputs(bootstrap, blocked_topic, events)
         for partner in PARTNERS:
             assert max(outputs[partner].values()) == 1, partner  # aborted records hidden: no duplicate

@@ -16,25 +16,24 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.gen.traffic import KeyedRecord
-from tests.faultproxy import FaultProxy, start_broker_behind_proxy
-from tests.integration.kafka_helpers import produce, read_blocked, start_guard
+from tests.faultproxy import FaultProxy, broker_behind_proxy
+from tests.integration.kafka_helpers import produce, read_blocked, start_guard, wait_all_committed
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
+    INPUT,
     LONG,
     SOAK,
     TIMEOUT_S,
+    InputStream,
     Supervisor,
     account,
     consent_record,
     guard_env,
     installs,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 ROUNDS = 5 if SOAK else 3 if LONG else 1
 BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
 
@@ -42,12 +41,8 @@ BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
     """A fresh broker that advertises a fault proxy aimed at the guard's client.id."""
-    broker, proxy = start_broker_behind_proxy(tmp_path / "tansu.log", target_prefix=GUARD_CLIENT_ID)
-    try:
-        yield broker, proxy
-    finally:
-        proxy.stop()
-        broker.stop()
+    with broker_behind_proxy(tmp_path / "tansu.log", GUARD_CLIENT_ID) as pair:
+        yield pair
 
 
 @pytest.mark.timeout(TIMEOUT_S)
@@ -60,11 +55,8 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     grant = consent_record("flaky-revoked", "granted", "2026-11-01T00:00:00Z")
     revoke = consent_record("flaky-revoked", "denied", "2026-11-02T00:00:00Z")
     produce(bootstrap, "privacy.consent", [grant])
-    events = []
-
-    def send(batch: list[KeyedRecord]) -> None:
-        events.extend(batch)
-        produce(bootstrap, INPUT, batch)
+    stream = InputStream(bootstrap)
+    events, send = stream.events, stream.send
 
     env = guard_env(PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="5000")
     supervisor = Supervisor(
@@ -96,7 +88,10 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
         print(f"restarts by the supervisor: {supervisor.restarts or 'none, recovered in-process'}")
     finally:
         assert supervisor.stop() == 0
-    assert proxy.stats.cut >= 3 and proxy.stats.reset_after_blackhole >= 1 and proxy.stats.bytes_discarded > 0
+    assert proxy.stats.cut >= 3 and proxy.stats.bytes_discarded > 0
+    # the black-hole's connections were reset when it ended, unless the guard had already
+    # ended them itself: exit 4 on a call hung in the black-hole, then a supervisor restart
+    assert proxy.stats.reset_after_blackhole >= 1 or supervisor.restarts, proxy.stats
 
     allowed = seeded.allowed(events, [grant, revoke])
     ledger = account(bootstrap, "flaky network", events, allowed)

@@ -32,6 +32,7 @@ from tests.integration.kafka_helpers import (
     read_topic,
     seed_population,
     start_guard,
+    wait_all_committed,
 )
 from tests.integration.records import AD_ID, app_install, consent, keyed_event
 
@@ -69,20 +70,6 @@ def _event_ids(records: list[KeyedRecord]) -> list[str | None]:
     """The event id of each valid input; None for malformed inputs (blocked by offset)."""
     decoded = (decode_json(record.value) for record in records)
     return [d.event_id if isinstance(d, Event) else None for d in decoded]
-
-
-def _wait_idle(guard: GuardProcess, idle_s: float = 3.0, timeout_s: float = 240.0) -> None:
-    """Wait until the guard has consumed something and then nothing more for `idle_s`."""
-    deadline = time.monotonic() + timeout_s
-    last, since = -1.0, time.monotonic()
-    while time.monotonic() < deadline:
-        current = guard.metric_value("partner_guard_records_in_total")
-        if current != last:
-            last, since = current, time.monotonic()
-        elif current > 0 and time.monotonic() - since > idle_s:
-            return
-        time.sleep(0.25)
-    raise AssertionError("guard never went idle")
 
 
 def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Counter[str]]:
@@ -214,7 +201,7 @@ def sigkill_and_restart(
     second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", **guard_options)
     try:
         second.wait_ready()
-        _wait_idle(second)
+        wait_all_committed(broker.bootstrap, "kill", INPUT, len(events), guards=[second])
         outcomes = _outcomes(broker, events)
         ids = _event_ids(events)
         malformed = sum(1 for i in ids if i is None)
@@ -245,7 +232,7 @@ def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBr
     second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
     try:
         second.wait_ready()
-        _wait_idle(second)
+        wait_all_committed(broker.bootstrap, "term", INPUT, len(events), guards=[second])
         outcomes = _outcomes(broker, events)
         for partner in PARTNERS:  # every input exactly once: the first instance committed all it wrote
             assert sum(outcomes[partner].values()) == len(events), partner

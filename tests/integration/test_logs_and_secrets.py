@@ -18,19 +18,25 @@ from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.payload import Keyring, PayloadProtector
 from streams.runtime.records import partner_views
-from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, produce, read_topic, start_guard
+from tests.integration.kafka_helpers import (
+    KEY_ENV,
+    PARTNERS,
+    produce,
+    read_topic,
+    start_guard,
+    wait_all_committed,
+)
 from tests.integration.reliability import (
+    INPUT,
     TIMEOUT_S,
     account,
     consent_record,
     guard_env,
     installs,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 # Event fields whose values are a small public vocabulary (they may well appear in a metric).
 VOCABULARY_FIELDS = {
     "event_type",
@@ -110,7 +116,7 @@ def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBrok
     assert "state loaded" in log and "stopped" in log  # the whole log, start to finish
 
     topics = [*(f"partner.{p}.events" for p in PARTNERS), "guard.blocked"]
-    with ThreadPoolExecutor(len(topics)) as pool:  # each read ends after 3 s idle: overlap them
+    with ThreadPoolExecutor(len(topics)) as pool:  # the reads overlap
         read_back = dict(zip(topics, pool.map(lambda t: read_topic(bootstrap, t), topics), strict=True))
     outputs = [h for records in read_back.values() for _, _, h in records]
     header_text = {

@@ -15,35 +15,35 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from tests.faultproxy import FaultProxy, start_broker_behind_proxy
-from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
+from tests.faultproxy import FaultProxy, broker_behind_proxy
+from tests.integration.kafka_helpers import (
+    GuardProcess,
+    produce,
+    read_blocked,
+    start_guard,
+    wait_all_committed,
+)
 from tests.integration.reliability import (
     GUARD_CLIENT_ID,
+    INPUT,
     TIMEOUT_S,
+    InputStream,
     account,
     consent_record,
     guard_env,
     installs,
     seed_state,
-    wait_all_committed,
 )
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 UNREACHABLE_S = 10.0
 
 
 @pytest.fixture
 def state_proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
     """A fresh broker behind a proxy aimed only at the guard's state-reader clients."""
-    broker, proxy = start_broker_behind_proxy(
-        tmp_path / "tansu.log", target_prefix=f"{GUARD_CLIENT_ID}-state"
-    )
-    try:
-        yield broker, proxy
-    finally:
-        proxy.stop()
-        broker.stop()
+    with broker_behind_proxy(tmp_path / "tansu.log", f"{GUARD_CLIENT_ID}-state") as pair:
+        yield pair
 
 
 def _wait_metric(
@@ -75,11 +75,8 @@ def test_unreadable_state_record_then_state_unreachable(
         consent_record("state-fine", "granted", "2026-11-01T00:00:00Z"),
     ]
     produce(bootstrap, "privacy.consent", extra_consent)
-    events: list[KeyedRecord] = []
-
-    def send(batch: list[KeyedRecord]) -> None:
-        events.extend(batch)
-        produce(bootstrap, INPUT, batch)
+    stream = InputStream(bootstrap)
+    events, send = stream.events, stream.send
 
     marks = [("start", time.monotonic())]
     guard = start_guard(bootstrap, tmp_path, INPUT, "state-faults", guard_env(), transactional_id="state-0")
@@ -110,7 +107,7 @@ def test_unreadable_state_record_then_state_unreachable(
     finally:
         assert guard.stop() == 0
 
-    views = read_blocked(bootstrap)  # once: every read ends after 3 s without new records
+    views = read_blocked(bootstrap)
     garbled_blocked, garbled_reasons = _install_outcomes(views, "garbled-after")
     assert garbled_blocked == 20, garbled_reasons  # fail closed for that subject only
     during_blocked, during_reasons = _install_outcomes(views, "fine-during")

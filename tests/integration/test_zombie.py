@@ -18,19 +18,18 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from tests.integration.kafka_helpers import GuardProcess, produce, start_guard
+from tests.integration.kafka_helpers import GuardProcess, committed_offsets, produce, start_guard
 from tests.integration.reliability import (
+    INPUT,
     TIMEOUT_S,
     Ledger,
     account,
-    committed_offsets,
     guard_env,
     seed_state,
 )
 from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
-INPUT = "internal.events"
 GROUP = "zombie"
 FROZEN_BATCH = 3
 

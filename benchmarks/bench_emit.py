@@ -1,0 +1,126 @@
+"""The shell's work per input without a broker: `RecordDecider.emit` into a counting sink.
+
+Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once] [--kind=gated|receivable]`.
+
+It decodes, looks up state, decides for every partner and builds the partner and blocked
+records of the generator's mix (population 2,000, state tables filled), the way `run` does
+for each input, minus librdkafka. Prints CPU µs per input (best of 5), split into inputs
+no rule can receive and the others with `--split`, and the records and bytes written.
+
+`--once` runs the inputs once after 300 warm-up ones and prints nothing but the counts: the
+form to count instructions with, which unlike time does not move with the machine's load:
+
+    valgrind --tool=cachegrind --cache-sim=no python -m benchmarks.bench_emit 4000 --once
+
+(subtract a run with 0 inputs, divide by the inputs). `--kind=gated|receivable` runs only one
+kind of input; its classification costs instructions too, so subtract a run without `--twice`
+from one with it (`--once --twice` runs the inputs twice).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from benchmarks.common import population
+from streams.core.decide import receivable_types
+from streams.runtime.config import Settings
+from streams.runtime.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.kafka_io import Headers
+from streams.runtime.metrics import GuardMetrics
+from streams.runtime.payload import PayloadProtector
+from streams.runtime.records import SourceRef
+
+WARM_UP = 300
+TOPIC = "internal.events"
+
+
+class CountingSink:
+    """Counts what would be produced."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.bytes = 0
+
+    def __call__(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
+        self.records += 1
+        self.bytes += len(value) + len(key or b"")
+
+
+def build(blocked_original: str = "copy") -> tuple[RecordDecider, list[tuple[bytes | None, bytes | None]]]:
+    """A decider over the shipped rules and a filled population, and inputs of the generator's mix."""
+    mix = population(seed=11, size=2_000)
+    settings = Settings(bootstrap_servers="unused:9092", blocked_original=blocked_original)
+    state = GuardState(settings, {}, GuardMetrics())
+    state.consent, state.signup_status = mix.consent, mix.signup_status
+    decider = RecordDecider(settings, mix.ruleset, PayloadProtector("full"), state)
+    inputs = [(e.key, e.value) for e in mix.generator.events(20_000)]
+    return decider, inputs
+
+
+def run(decider: RecordDecider, inputs: list[tuple[bytes | None, bytes | None]], first: int) -> CountingSink:
+    """Emit every input into a counting sink."""
+    sink, tally = CountingSink(), BatchTally()
+    for offset, (key, value) in enumerate(inputs, start=first):
+        source = SourceRef(TOPIC, 0, offset, 1_795_000_000_000, key, "json")
+        decider.emit(value, source, False, tally, sink)
+    return sink
+
+
+def _cpu(work: list[tuple[bytes | None, bytes | None]], decider: RecordDecider) -> float:
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        run(decider, work, 0)
+        best = min(best, time.process_time() - start)
+    return best / max(1, len(work)) * 1e6
+
+
+def _kinds(
+    decider: RecordDecider, work: list[tuple[bytes | None, bytes | None]]
+) -> tuple[list[tuple[bytes | None, bytes | None]], list[tuple[bytes | None, bytes | None]]]:
+    """The inputs no rule can receive (malformed ones included), and the others."""
+    receivable = receivable_types(decider.ruleset)
+    gated: list[tuple[bytes | None, bytes | None]] = []
+    others: list[tuple[bytes | None, bytes | None]] = []
+    for key, value in work:
+        decoded = decider.decode(value, "json")
+        (others if getattr(decoded, "event_type", None) in receivable else gated).append((key, value))
+    return gated, others
+
+
+def main(count: int, once: bool, split: bool, kind: str, repeat: int = 1) -> None:
+    """Run and print the figures."""
+    decider, inputs = build()
+    run(decider, inputs[:WARM_UP], 0)
+    work = inputs[WARM_UP : WARM_UP + count]
+    if kind:
+        gated, others = _kinds(decider, inputs[WARM_UP : WARM_UP + 3 * count])
+        work = (gated if kind == "gated" else others)[:count]
+    if once:
+        for _ in range(repeat):
+            sink = run(decider, work, WARM_UP)
+        print(f"inputs {len(work)} records {sink.records} bytes {sink.bytes}")
+        return
+    sink = run(decider, work, WARM_UP)
+    print(
+        f"inputs: {len(work)}, records per input {sink.records / max(1, len(work)):.2f},"
+        f" bytes per input {sink.bytes / max(1, len(work)):,.0f}"
+    )
+    print(f"all inputs               {_cpu(work, decider):7.1f} µs/input (CPU, best of 5)")
+    if split:
+        gated, others = _kinds(decider, work)
+        print(f"no rule can receive ({len(gated)})  {_cpu(gated, decider):7.1f} µs/input")
+        print(f"some rule can receive ({len(others)}) {_cpu(others, decider):7.1f} µs/input")
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    kinds = [a.removeprefix("--kind=") for a in sys.argv if a.startswith("--kind=")]
+    main(
+        int(args[0]) if args else 4_000,
+        "--once" in sys.argv,
+        "--split" in sys.argv,
+        kinds[0] if kinds else "",
+        2 if "--twice" in sys.argv else 1,
+    )
