@@ -40,6 +40,7 @@ from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.avro_input import AvroDecoder, ReplayAvro, decode_input
 from streams.runtime.config import Settings
+from streams.runtime.kafka_io import produce
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, reveal
 from streams.runtime.records import partner_record
@@ -270,14 +271,14 @@ def _send(planned: list[PlannedRecord], settings: Settings) -> None:
     watchdog = CallWatchdog(_exit_hung)
     start_transactions(producer, SEND_POLICY, watchdog=watchdog)  # TransactionFatalError: nothing sent
     producer.begin_transaction()
-    for record in planned:
-        producer.produce(record.topic, record.value, record.key, headers=[("pg-republished", b"1")])
+    for record in planned:  # a plan larger than the producer's queue waits for space
+        produce(producer, record.topic, record.value, record.key, headers=[("pg-republished", b"1")])
         marker = {
             "event_id": record.event_id,
             "ruleset_digest": record.ruleset_digest,
             "at_ms": int(time.time() * 1000),
         }
-        producer.produce(REPUBLISHED_TOPIC, orjson.dumps(marker), record.marker.encode())
+        produce(producer, REPUBLISHED_TOPIC, orjson.dumps(marker), record.marker.encode())
     with watchdog.watch("commit", COMMIT_TIMEOUT_S + SEND_POLICY.hang_grace_s):
         producer.commit_transaction(COMMIT_TIMEOUT_S)
 
