@@ -141,7 +141,7 @@ def read_topic(
             if tp.offset >= ends[tp.partition]:
                 pending.discard(tp.partition)
     if expect is None and not pending:  # the rest of the last record batches, already fetched
-        while batch := consumer.consume(10_000, 0):
+        while time.monotonic() < deadline and (batch := consumer.consume(10_000, 0)):
             out.extend(_topic_record(m) for m in batch if m.error() is None)
     consumer.close()
     return out

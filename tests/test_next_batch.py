@@ -76,3 +76,57 @@ def test_the_old_single_consume_call_would_have_waited_the_timeout() -> None:
     consumer = FakeConsumer(buffered=["a", "b", "c"])
     assert consumer.consume(2000, 0.025) == ["a", "b", "c"]
     assert consumer.now == 0.025
+
+
+@dataclass(frozen=True)
+class Record:
+    """A message on a partition of topic "in"."""
+
+    partition: int
+    offset: int
+
+
+@dataclass
+class Revoked:
+    """The job's revocation record, for fake messages."""
+
+    partitions: set[int] = field(default_factory=set)
+
+    def start(self) -> None:
+        self.partitions.clear()
+
+    def revoked(self, message: Record) -> bool:
+        return message.partition in self.partitions
+
+
+@dataclass
+class RebalancingConsumer:
+    """An empty buffer, then one record of partition 0; the next call serves a rebalance that
+    revokes `revoke` (librdkafka drops that call's own outdated messages) and returns `after`."""
+
+    revocations: Revoked
+    revoke: set[int]
+    after: list[Record]
+    calls: int = 0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Record]:
+        self.calls += 1
+        if self.calls == 1:
+            return []
+        if self.calls == 2:
+            return [Record(0, 41)]
+        self.revocations.partitions |= self.revoke  # the job's on_revoke, inside consume()
+        return self.after
+
+
+def test_a_record_held_across_a_rebalance_that_revoked_its_partition_is_dropped() -> None:
+    revocations = Revoked({0})  # a revocation before the batch started does not count
+    consumer = RebalancingConsumer(revocations, revoke={0}, after=[Record(1, 7)])
+    assert next_batch(consumer, batch_size=2000, wait_s=0.025, revocations=revocations) == [Record(1, 7)]
+
+
+def test_a_revocation_of_another_partition_keeps_the_held_record() -> None:
+    revocations = Revoked({0})
+    consumer = RebalancingConsumer(revocations, revoke={1}, after=[Record(0, 42)])
+    batch = next_batch(consumer, batch_size=2000, wait_s=0.025, revocations=revocations)
+    assert batch == [Record(0, 41), Record(0, 42)]  # dropping 41 would lose it (its position moved on)

@@ -32,7 +32,7 @@ from streams.runtime.broker_watch import BrokerWatch, Readiness
 from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.faults import BeforeCommitFault
-from streams.runtime.kafka_io import next_batch, records_in
+from streams.runtime.kafka_io import Revocations, next_batch, records_in
 from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.preflight import kafka_client_config
@@ -87,6 +87,7 @@ class GuardJob:
         self.kafka_base: dict[str, Any] = kafka_client_config(settings)
         self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
         self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
+        self.revocations = Revocations()  # partitions revoked while a batch is collected
         self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
         self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
@@ -190,7 +191,9 @@ class GuardJob:
         try:
             while not self.stopping:
                 self.heartbeat.beat()
-                messages = next_batch(consumer, settings.batch_size, settings.batch_timeout_ms / 1000)
+                messages = next_batch(
+                    consumer, settings.batch_size, settings.batch_timeout_ms / 1000, self.revocations
+                )
                 if messages:
                     self._process_batch(messages, transaction, reader)
                 else:
@@ -227,6 +230,7 @@ class GuardJob:
         log.info("assigned %d partition(s)", len(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.revocations.add(partitions)
         log.info("revoked %d partition(s)", len(partitions))
 
     def _update_consumer_lag(self, consumer: Consumer) -> None:

@@ -6,10 +6,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 Headers = list[tuple[str, str | bytes | None]]
 MessageT = TypeVar("MessageT")
+MessageIn = TypeVar("MessageIn", contravariant=True)
 
 
 class BatchConsumer(Protocol[MessageT]):
@@ -52,7 +53,41 @@ def records_in(
         yield message, topic, partition, offset
 
 
-def next_batch(consumer: BatchConsumer[MessageT], batch_size: int, wait_s: float) -> list[MessageT]:
+class RevokedDuringBatch(Protocol[MessageIn]):
+    """What `next_batch` asks about rebalances while it collects a batch."""
+
+    def start(self) -> None:
+        """Forget revocations so far."""
+
+    def revoked(self, message: MessageIn) -> bool:
+        """True when the message's partition was revoked since `start()`."""
+
+
+class Revocations:
+    """Partitions revoked by the consumer's rebalance callback since `start()`."""
+
+    def __init__(self) -> None:
+        self._partitions: set[tuple[str, int]] = set()
+
+    def add(self, partitions: Iterable[TopicPartition]) -> None:
+        """Called from the rebalance callback with the partitions revoked (or lost)."""
+        self._partitions.update((tp.topic, tp.partition) for tp in partitions)
+
+    def start(self) -> None:
+        """Forget revocations so far."""
+        self._partitions.clear()
+
+    def revoked(self, message: Message) -> bool:
+        """True when the message's partition was revoked since `start()`."""
+        return (message.topic(), message.partition()) in self._partitions
+
+
+def next_batch(
+    consumer: BatchConsumer[MessageT],
+    batch_size: int,
+    wait_s: float,
+    revocations: RevokedDuringBatch[MessageT] | None = None,
+) -> list[MessageT]:
     """The next batch: every message already buffered, up to `batch_size`, without waiting.
 
     Only an empty buffer is waited on, for at most `wait_s`, and only until the first message
@@ -61,6 +96,12 @@ def next_batch(consumer: BatchConsumer[MessageT], batch_size: int, wait_s: float
     timeout to every record's latency whenever the input ran below `batch_size` per timeout.
     The batch size adapts to the load by itself: the records that arrive while one batch is
     decided and committed make up the next one.
+
+    A rebalance can run inside the second `consume` call. librdkafka drops the revoked
+    partitions' messages from that call's answer, not the first message already taken: when
+    its partition was revoked meanwhile it is dropped too (never decided, its offset never
+    committed; whoever owns the partition now, or this instance after a reassignment, reads
+    it again from the committed offset).
     """
     buffered = consumer.consume(batch_size, 0)
     if buffered:
@@ -68,4 +109,9 @@ def next_batch(consumer: BatchConsumer[MessageT], batch_size: int, wait_s: float
     first = consumer.consume(1, wait_s)
     if not first or batch_size == 1:
         return first
-    return first + consumer.consume(batch_size - 1, 0)
+    if revocations is not None:
+        revocations.start()
+    more = consumer.consume(batch_size - 1, 0)
+    if revocations is not None:
+        first = [message for message in first if not revocations.revoked(message)]
+    return first + more
