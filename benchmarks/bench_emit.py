@@ -1,6 +1,6 @@
 """The shell's work per input without a broker: `RecordDecider.emit` into a counting sink.
 
-Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once] [--kind=gated|receivable]`.
+Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once] [--kind=gated|receivable] [--digest]`.
 
 It decodes, looks up state, decides for every partner and builds the partner and blocked
 records of the generator's mix (population 2,000, state tables filled), the way `run` does
@@ -15,10 +15,16 @@ form to count instructions with, which unlike time does not move with the machin
 (subtract a run with 0 inputs, divide by the inputs). `--kind=gated|receivable` runs only one
 kind of input; its classification costs instructions too, so subtract a run without `--twice`
 from one with it (`--once --twice` runs the inputs twice).
+
+`--digest` prints one SHA-256 over every record the first INPUTS inputs produce (topic, key,
+value, headers, in order) and the counters their batch adds to the metrics, in `copy`,
+`reference` and redacted mode, with every seventh input decided on stale state: equal digests
+before and after a change to the shell mean not one output byte changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 
@@ -28,7 +34,7 @@ from streams.runtime.config import Settings
 from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics
-from streams.runtime.payload import PayloadProtector
+from streams.runtime.payload import Keyring, PayloadProtector
 from streams.runtime.records import SourceRef
 
 WARM_UP = 300
@@ -47,13 +53,15 @@ class CountingSink:
         self.bytes += len(value) + len(key or b"")
 
 
-def build(blocked_original: str = "copy") -> tuple[RecordDecider, list[tuple[bytes | None, bytes | None]]]:
+def build(
+    blocked_original: str = "copy", protector: PayloadProtector | None = None
+) -> tuple[RecordDecider, list[tuple[bytes | None, bytes | None]]]:
     """A decider over the shipped rules and a filled population, and inputs of the generator's mix."""
     mix = population(seed=11, size=2_000)
     settings = Settings(bootstrap_servers="unused:9092", blocked_original=blocked_original)
     state = GuardState(settings, {}, GuardMetrics())
     state.consent, state.signup_status = mix.consent, mix.signup_status
-    decider = RecordDecider(settings, mix.ruleset, PayloadProtector("full"), state)
+    decider = RecordDecider(settings, mix.ruleset, protector or PayloadProtector("full"), state)
     inputs = [(e.key, e.value) for e in mix.generator.events(20_000)]
     return decider, inputs
 
@@ -65,6 +73,44 @@ def run(decider: RecordDecider, inputs: list[tuple[bytes | None, bytes | None]],
         source = SourceRef(TOPIC, 0, offset, 1_795_000_000_000, key, "json")
         decider.emit(value, source, False, tally, sink)
     return sink
+
+
+def _length_prefixed(*parts: bytes | str | None) -> bytes:
+    out = b""
+    for part in parts:
+        data = b"\xff" if part is None else part.encode() if isinstance(part, str) else part
+        out += len(data).to_bytes(4, "big") + data
+    return out
+
+
+# Metric families whose values are clock readings, not counts of what was decided.
+_TIMED_FAMILIES = ("partner_guard_end_to_end_latency_seconds", "partner_guard_batch_duration_seconds")
+
+
+def digest(count: int) -> str:
+    """SHA-256 over every output record and metric count of the first `count` inputs."""
+    hashed = hashlib.sha256()
+    redacting = PayloadProtector("redacted", Keyring({"k1": b"\x03" * 32}, "k1"))
+    for blocked_original, protector in (("copy", None), ("reference", None), ("copy", redacting)):
+        decider, inputs = build(blocked_original, protector)
+        tally, metrics = BatchTally(), GuardMetrics()
+
+        def sink(topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
+            hashed.update(_length_prefixed(topic, key, value))
+            for name, header in headers or ():
+                hashed.update(_length_prefixed(name, header))
+
+        for offset, (key, value) in enumerate(inputs[:count]):
+            source = SourceRef(TOPIC, offset % 3, offset, 1_795_000_000_000 + offset, key, "json")
+            decider.emit(value, source, offset % 7 == 0, tally, sink)
+        tally.apply(metrics, 0.5)
+        for family in metrics.registry.collect():
+            if family.name in _TIMED_FAMILIES:
+                continue
+            for sample in sorted(family.samples, key=lambda s: (s.name, sorted(s.labels.items()))):
+                if not sample.name.endswith("_created"):
+                    hashed.update(f"{sample.name} {sorted(sample.labels.items())} {sample.value}\n".encode())
+    return hashed.hexdigest()
 
 
 def _cpu(work: list[tuple[bytes | None, bytes | None]], decider: RecordDecider) -> float:
@@ -91,6 +137,9 @@ def _kinds(
 
 def main(count: int, once: bool, split: bool, kind: str, repeat: int = 1) -> None:
     """Run and print the figures."""
+    if "--digest" in sys.argv:
+        print(f"inputs {count} sha256 {digest(count)}")
+        return
     decider, inputs = build()
     run(decider, inputs[:WARM_UP], 0)
     work = inputs[WARM_UP : WARM_UP + count]
