@@ -192,3 +192,78 @@ def test_blocks_of_gated_inputs_reach_the_metrics_per_partner_and_reason(ruleset
         assert metrics.decisions.labels(partner, "block")._value.get() == 4
         assert metrics.block_reasons.labels(partner, "event_type_not_allowed")._value.get() == 3
         assert metrics.block_reasons.labels(partner, "malformed")._value.get() == 1
+
+
+_GRANTS = st.sampled_from([None, "granted", "denied"])
+_BOOLS = st.sampled_from([None, True, False])
+_TIMES = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=30))
+
+
+@st.composite
+def _snapshots(draw: st.DrawFn) -> StateSnapshot:
+    """Snapshots with any values their fields' types allow, built unvalidated (as the tables do)."""
+    consent = tuple(
+        ConsentRecord.model_construct(
+            subject=draw(st.text(max_size=40)),
+            updated_at=draw(_TIMES),
+            interest_based_ads=draw(_GRANTS),
+            do_not_sell_or_share=draw(_BOOLS),
+            matched_identifier_opt_out=draw(_BOOLS),
+            ad_cookies=draw(_GRANTS),
+            jurisdiction=draw(st.one_of(st.none(), st.text(max_size=8))),
+        )
+        for _ in range(draw(st.integers(0, 3)))
+    )
+    status = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                SignupStatus.model_construct,
+                account_id=st.text(max_size=40),
+                status=st.sampled_from(["prospect", "in_signup", "member", "former_member"]),
+                updated_at=_TIMES,
+            ),
+        )
+    )
+    return StateSnapshot.model_construct(consent=consent, signup_status=status, stale=draw(st.booleans()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_snapshots())
+def test_the_snapshot_member_is_orjson_of_the_snapshots_json_dump(snapshot: StateSnapshot) -> None:
+    """Full mode writes the snapshot with pydantic's serializer: the bytes orjson gives its dump."""
+    source = SourceRef("internal.events", 0, 1, None, None, "json")
+    shared = blocked_input(source, b"{}", snapshot, "e", PayloadProtector("full"))
+    assert shared.snapshot_json == orjson.dumps(snapshot.model_dump(mode="json"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(min_size=1, max_size=30),
+    st.integers(0, 2**31 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    st.one_of(st.none(), st.binary(max_size=1_100)),
+    st.sampled_from(["json", "avro", '\u00e9"\\']),
+    st.sampled_from(["full", "redacted", "reference"]),
+    st.binary(max_size=300),
+)
+def test_the_source_and_payload_members_are_orjson_of_their_documents(
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    input_format: str,
+    mode: str,
+    raw: bytes,
+) -> None:
+    protector = PayloadProtector("full" if mode == "reference" else mode, KEYRING)  # type: ignore[arg-type]
+    source = SourceRef(topic, partition, offset, timestamp_ms, key, input_format)
+    shared = blocked_input(source, raw, None, None, protector, by_reference=mode == "reference")
+    _, key_members = protector.input_key(key)
+    where = {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": timestamp_ms}
+    assert shared.source_json == orjson.dumps({**where, **key_members, "format": input_format})
+    assert shared.payload_json == orjson.dumps(shared.payload)[1:-1]
+    if mode == "full":
+        assert shared.payload == protector.protect(raw, {})

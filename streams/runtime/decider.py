@@ -349,12 +349,14 @@ class RecordDecider:
             shared = blocked_input(source, raw, None, event_id, self.payload)
         except Exception:  # e.g. redaction of an input that cannot be re-read: keep only its hash
             where = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+            payload = {"payload_mode": self.payload.mode, "original_b64": None}
             shared = BlockedInput(
                 kafka_key=None,
                 event_id=None,
                 snapshot_json=b"null",
                 source_json=orjson.dumps({**where, "format": source.input_format}),
-                payload={"payload_mode": self.payload.mode, "original_b64": None},
+                payload=payload,
+                payload_json=orjson.dumps(payload)[1:-1],
                 original_size=len(raw),
                 original_sha256=hashlib.sha256(raw).hexdigest(),
             )

@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
+from pydantic_core import PydanticSerializationError
 
 from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
@@ -68,6 +70,7 @@ PER_PARTNER_MEMBERS = ("partner", "rule_id", "reasons", "details", "details_drop
 # An input no rule can receive, kept by reference: its source position, SHA-256 and size say
 # which record it was; replay fetches it from the source topic while retention keeps it.
 REFERENCE_PAYLOAD: dict[str, Any] = {"payload_mode": "reference", "original_b64": None}
+_REFERENCE_PAYLOAD_JSON = orjson.dumps(REFERENCE_PAYLOAD)[1:-1]
 # The details of a block the job made because the outputs of an input could not be built
 # (an exception outside the decision): replay cannot reproduce it by re-deciding.
 CONTAINED_ERROR_DETAIL = "outputs could not be built: "
@@ -99,7 +102,8 @@ class BlockedRecordTooLargeError(Exception):
 class BlockedInput:
     """What every partner's blocked copy of one input shares (built once per input).
 
-    `snapshot_json` and `source_json` are serialized JSON values (`snapshot`, `source`).
+    `snapshot_json` and `source_json` are serialized JSON values (`snapshot`, `source`);
+    `payload_json` is `payload`'s members serialized (`orjson.dumps` without the braces).
     """
 
     kafka_key: bytes | None
@@ -107,17 +111,48 @@ class BlockedInput:
     snapshot_json: bytes
     source_json: bytes
     payload: dict[str, Any]
+    payload_json: bytes
     original_size: int
     original_sha256: str
 
 
 def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector) -> bytes:
+    """`orjson.dumps` of the snapshot's JSON-mode dump (identifiers hashed unless full mode).
+
+    In full mode nothing is hashed: pydantic writes the same bytes straight from the model,
+    without the intermediate dicts (`tests/test_records.py` pins the equality).
+    """
     if snapshot is None:
         return b"null"
     try:
+        if protector.mode == "full":
+            return StateSnapshot.__pydantic_serializer__.to_json(snapshot)
         return orjson.dumps(protector.snapshot(snapshot.model_dump(mode="json")))
-    except orjson.JSONEncodeError:  # defence in depth: the state tables bound every value
+    except (orjson.JSONEncodeError, PydanticSerializationError):  # defence in depth: values are bounded
         return b"null"
+
+
+@lru_cache(maxsize=64)
+def _source_head(topic: str) -> bytes:
+    return b'{"topic":' + orjson.dumps(topic) + b',"partition":'
+
+
+@lru_cache(maxsize=8)
+def _source_tail(input_format: str) -> bytes:
+    return b',"format":' + orjson.dumps(input_format) + b"}"
+
+
+def _source_json(source: SourceRef, key_members: dict[str, Any]) -> bytes:
+    """`orjson.dumps` of the `source` members, with the parts that repeat serialized once."""
+    timestamp = b"null" if source.timestamp_ms is None else b"%d" % source.timestamp_ms
+    return b'%s%d,"offset":%d,"timestamp_ms":%s,%s%s' % (
+        _source_head(source.topic),
+        source.partition,
+        source.offset,
+        timestamp,
+        orjson.dumps(key_members)[1:-1],
+        _source_tail(source.input_format),
+    )
 
 
 def blocked_input(
@@ -133,27 +168,20 @@ def blocked_input(
     `by_reference`: keep no copy of the original (`blocked_original: reference`).
     """
     kafka_key, key_members = protector.input_key(source.key)
-    source_members = {
-        "topic": source.topic,
-        "partition": source.partition,
-        "offset": source.offset,
-        "timestamp_ms": source.timestamp_ms,
-        **key_members,
-        "format": source.input_format,
-    }
     if by_reference:
-        payload = REFERENCE_PAYLOAD
+        payload, payload_json = REFERENCE_PAYLOAD, _REFERENCE_PAYLOAD_JSON
     elif protector.mode == "full":  # the source reference is only the ciphertext's associated data
-        payload = protector.protect(raw, {})
+        payload, payload_json = protector.protect_serialized(raw, {})
     else:
         reference = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-        payload = protector.protect(raw, reference)
+        payload, payload_json = protector.protect_serialized(raw, reference)
     return BlockedInput(
         kafka_key=kafka_key,
         event_id=protector.identifier(event_id),
         snapshot_json=_dumps_snapshot(snapshot, protector),
-        source_json=orjson.dumps(source_members),
+        source_json=_source_json(source, key_members),
         payload=payload,
+        payload_json=payload_json,
         original_size=len(raw),
         original_sha256=hashlib.sha256(raw).hexdigest(),
     )
@@ -294,7 +322,7 @@ def blocked_record(
     serialized once (`decisions`, when given, is the part of `withheld`).
     """
     part = decisions or DecisionsPart.of(withheld)
-    payload = orjson.dumps(shared.payload)[1:-1]  # its members, to follow "source"
+    payload = shared.payload_json  # its members, to follow "source"
     partition, offset = str(source.partition).encode(), str(source.offset).encode()
     topic = source.topic.encode()
     value = b"".join(
