@@ -460,6 +460,13 @@ def test_unknown_keys_in_open_sections_are_reported_not_blocked(ruleset: Ruleset
     assert reported.startswith("user.\\u200bx") and len(reported) == len("user.") + 64
 
 
+@pytest.mark.parametrize("key", ["device.os_version", "context.ua_hints", "experiment"])
+def test_an_undeclared_key_in_any_one_open_section_is_reported(ruleset: Ruleset, key: str) -> None:
+    event = decode_json(orjson.dumps(_case({key: "x"})["event"]))
+    assert isinstance(event, Event)
+    assert event.undeclared_fields == (key,)
+
+
 @pytest.mark.parametrize(
     "account_id",
     ["acct-000123\u200b", " acct-000123", "acct-000123\n", "acct\x00-000123", "аcct-000123", "a" * 129, ""],

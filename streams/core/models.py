@@ -181,6 +181,13 @@ class Event(_Section):
     @property
     def undeclared_fields(self) -> tuple[str, ...]:
         """Paths of undeclared keys in the open sections (top level, `device`, `context`)."""
+        device, context = self.device, self.context
+        if not (  # the common case, asked once per input by the shell: nothing undeclared
+            self.__pydantic_extra__
+            or (device is not None and device.__pydantic_extra__)
+            or (context is not None and context.__pydantic_extra__)
+        ):
+            return ()
         return (
             *_undeclared("", self),
             *_undeclared("device.", self.device),

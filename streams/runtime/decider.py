@@ -33,7 +33,7 @@ from streams.core.rules.ruleset import Ruleset
 from streams.runtime.avro_input import AvroDecoder, avro_decoder, decode_input
 from streams.runtime.config import Settings
 from streams.runtime.kafka_io import Headers
-from streams.runtime.metrics import GuardMetrics
+from streams.runtime.metrics import GuardMetrics, observe_all
 from streams.runtime.payload import PayloadProtector
 from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
@@ -109,8 +109,7 @@ class BatchTally:
         for path, count in self.undeclared.items():
             metrics.undeclared_fields.labels(path).inc(count)
         now_ms = time.time() * 1000
-        for ts in self.timestamps_ms:
-            metrics.end_to_end_seconds.observe(max(0.0, (now_ms - ts) / 1000))
+        observe_all(metrics.end_to_end_seconds, [max(0.0, (now_ms - ts) / 1000) for ts in self.timestamps_ms])
         metrics.batch_seconds.observe(batch_seconds)
 
 
