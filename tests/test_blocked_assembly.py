@@ -8,7 +8,7 @@ that document gives, and that a gated input's record is the one `decide` gives i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -26,7 +26,15 @@ from streams.runtime.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.kafka_io import Headers
 from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, PayloadProtector
-from streams.runtime.records import BLOCKED_FORMAT, SourceRef, Withheld, blocked_input, blocked_record
+from streams.runtime.records import (
+    BLOCKED_FORMAT,
+    DecisionsPart,
+    DecisionsParts,
+    SourceRef,
+    Withheld,
+    blocked_input,
+    blocked_record,
+)
 from tests.hostile import hostile_case
 
 KEYRING = Keyring({"k1": b"\x02" * 32}, "k1")
@@ -194,7 +202,7 @@ def test_blocks_of_gated_inputs_reach_the_metrics_per_partner_and_reason(ruleset
         assert metrics.block_reasons.labels(partner, "malformed")._value.get() == 1
 
 
-_GRANTS = st.sampled_from([None, "granted", "denied"])
+_GRANTS: st.SearchStrategy[Literal["granted", "denied"] | None] = st.sampled_from([None, "granted", "denied"])
 _BOOLS = st.sampled_from([None, True, False])
 _TIMES = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=30))
 
@@ -267,3 +275,22 @@ def test_the_source_and_payload_members_are_orjson_of_their_documents(
     assert shared.payload_json == orjson.dumps(shared.payload)[1:-1]
     if mode == "full":
         assert shared.payload == protector.protect(raw, {})
+
+
+def _part_bytes(part: DecisionsPart) -> tuple[bytes, bytes, bytes, bytes, int]:
+    return part.json, part.partners_header, part.reasons_header, part.digest_header, part.headers_size
+
+
+def test_remembered_parts_are_the_parts_of_the_inputs_own_decisions() -> None:
+    parts = DecisionsParts(limit=3)
+    first = [Withheld.of(_decision("p", "ev-1", ("minor",), ("d",)))]
+    same_but_id = [Withheld.of(_decision("p", "ev-2", ("minor",), ("d",)))]
+    other_detail = [Withheld.of(_decision("p", "ev-1", ("minor",), ("e",)))]
+    too_large = [Withheld.of(_decision("p", "ev-1", ("minor",), ("d",)), ("record_too_large",))]
+    assert parts.of(first) is parts.of(same_but_id)  # the event id is not part of the part
+    for withheld in (first, same_but_id, other_detail, too_large):
+        assert _part_bytes(parts.of(withheld)) == _part_bytes(DecisionsPart.of(withheld))
+    assert parts.of(other_detail) is not parts.of(first)
+    for detail in ("f", "g", "h"):  # past the limit the memo starts again: never grows unbounded
+        parts.of([Withheld.of(_decision("p", "ev-1", ("minor",), (detail,)))])
+    assert len(parts._parts) <= 3

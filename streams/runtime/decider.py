@@ -39,6 +39,7 @@ from streams.runtime.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
     DecisionsPart,
+    DecisionsParts,
     SourceRef,
     Withheld,
     blocked_input,
@@ -237,6 +238,7 @@ class RecordDecider:
         self._gated_blocks = (
             tuple((w.decision.partner, w.reasons) for w in self._gated.withheld) if self._gated else ()
         )
+        self._parts = DecisionsParts()
 
     def _gated_decisions(self) -> DecisionsPart | None:
         """What `decide` answers for an envelope (an event type no rule can receive): the same
@@ -335,7 +337,7 @@ class RecordDecider:
         event_id = record.event_id if isinstance(record, Event | Envelope) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
         blocked_key, value, headers = blocked_record(
-            withheld, shared, source, settings.max_record_bytes, decisions
+            withheld, shared, source, settings.max_record_bytes, decisions or self._parts.of(withheld)
         )
         outputs.add(settings.blocked_topic, value, blocked_key, headers, settings.max_record_bytes)
 

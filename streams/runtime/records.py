@@ -269,6 +269,44 @@ class DecisionsPart:
         )
 
 
+# Why 1,024: the distinct decision lists come from the rules' reasons and details, a few
+# hundred in the generator's mix; details can name keys from the input, so the memo is bounded
+# (and emptied when full: hostile variety costs what building every part costs, no more).
+MAX_REMEMBERED_PARTS = 1024
+
+
+class DecisionsParts:
+    """`DecisionsPart.of`, remembered per distinct list of decisions (partner, rule, reasons,
+    details, digest): most inputs are blocked for one of a few combinations, and serializing
+    them once saves that work on every such input. A part's `withheld` may be another input's
+    list with those same members (what the record is made of; `event_id` is taken from the input)."""
+
+    def __init__(self, limit: int = MAX_REMEMBERED_PARTS) -> None:
+        self._parts: dict[tuple[tuple[Any, ...], ...], DecisionsPart] = {}
+        self._limit = limit
+
+    def of(self, withheld: list[Withheld]) -> DecisionsPart:
+        """The part of `withheld` (at least one decision, all of one ruleset)."""
+        key = tuple(
+            [
+                (
+                    w.decision.partner,
+                    w.decision.rule_id,
+                    w.reasons,
+                    w.decision.details,
+                    w.decision.ruleset_digest,
+                )
+                for w in withheld
+            ]
+        )
+        part = self._parts.get(key)
+        if part is None:
+            if len(self._parts) >= self._limit:
+                self._parts.clear()
+            part = self._parts[key] = DecisionsPart.of(withheld)
+        return part
+
+
 _HEADER_NAMES = (
     "pg-partners",
     "pg-reasons",
@@ -361,7 +399,7 @@ def blocked_record(
         + len(offset)
     )
     if size > max_bytes:
-        reduced = _reduced(_body(part.withheld, shared), shared)
+        reduced = _reduced(_body(withheld, shared), shared)
         headers = _headers(reduced, source)
         value = orjson.dumps(reduced)
         if _size(shared.kafka_key, value, headers) > max_bytes:
