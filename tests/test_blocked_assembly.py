@@ -269,7 +269,8 @@ def test_the_source_and_payload_members_are_orjson_of_their_documents(
     protector = PayloadProtector("full" if mode == "reference" else mode, KEYRING)  # type: ignore[arg-type]
     source = SourceRef(topic, partition, offset, timestamp_ms, key, input_format)
     shared = blocked_input(source, raw, None, None, protector, by_reference=mode == "reference")
-    _, key_members = protector.input_key(key)
+    kafka_key, key_members = protector.input_key(key)
+    assert shared.kafka_key == kafka_key
     where = {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": timestamp_ms}
     assert shared.source_json == orjson.dumps({**where, **key_members, "format": input_format})
     assert shared.payload_json == orjson.dumps(shared.payload)[1:-1]

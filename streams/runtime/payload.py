@@ -100,6 +100,8 @@ class Keyring:
 
 
 _FULL_PAYLOAD_HEAD = b'"payload_mode":"full","original_b64":"'
+_KEY_B64_HEAD = b'"key_b64":"'
+_NO_KEY_JSON = b'"key_b64":null'
 
 
 def _associated_data(source: Mapping[str, Any]) -> bytes:
@@ -171,6 +173,16 @@ class PayloadProtector:
             return raw_key, {"key_b64": base64.b64encode(raw_key).decode()}
         digest = hashlib.sha256(raw_key).hexdigest()
         return digest.encode(), {"key_b64": None, "key_sha256": digest, "key_size": len(raw_key)}
+
+    def input_key_serialized(self, raw_key: bytes | None) -> tuple[bytes | None, bytes]:
+        """`input_key`, its members as JSON (`orjson.dumps` without braces); the common cases
+        (no key, a full-mode key up to `MAX_KEY_BYTES`) written straight from the bytes."""
+        if raw_key is None:
+            return None, _NO_KEY_JSON
+        if self._hash_key is None and len(raw_key) <= MAX_KEY_BYTES:
+            return raw_key, _KEY_B64_HEAD + binascii.b2a_base64(raw_key, newline=False) + b'"'
+        kafka_key, members = self.input_key(raw_key)
+        return kafka_key, orjson.dumps(members)[1:-1]
 
     def snapshot(self, dumped: dict[str, Any]) -> dict[str, Any]:
         """A dumped state snapshot with its subjects and account id hashed (unless full mode)."""

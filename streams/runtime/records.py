@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -132,26 +131,35 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
         return b"null"
 
 
-@lru_cache(maxsize=64)
-def _source_head(topic: str) -> bytes:
-    return b'{"topic":' + orjson.dumps(topic) + b',"partition":'
+# The serialized parts of `source` that repeat (per input topic, per format). Bounded: an
+# engine names its topics and formats in its configuration.
+_SOURCE_HEADS: dict[str, bytes] = {}
+_SOURCE_TAILS: dict[str, bytes] = {}
+_MAX_SOURCE_PARTS = 256
 
 
-@lru_cache(maxsize=8)
-def _source_tail(input_format: str) -> bytes:
-    return b',"format":' + orjson.dumps(input_format) + b"}"
+def _source_part(parts: dict[str, bytes], name: str, head: bytes, tail: bytes) -> bytes:
+    part = parts.get(name)
+    if part is None:
+        part = head + orjson.dumps(name) + tail
+        if len(parts) < _MAX_SOURCE_PARTS:
+            parts[name] = part
+    return part
 
 
-def _source_json(source: SourceRef, key_members: dict[str, Any]) -> bytes:
-    """`orjson.dumps` of the `source` members, with the parts that repeat serialized once."""
+def _source_json(source: SourceRef, key_json: bytes) -> bytes:
+    """`orjson.dumps` of the `source` members (`key_json`: the key's), the repeating parts serialized once."""
+    topic, input_format = source.topic, source.input_format
+    head = _SOURCE_HEADS.get(topic) or _source_part(_SOURCE_HEADS, topic, b'{"topic":', b',"partition":')
+    tail = _SOURCE_TAILS.get(input_format) or _source_part(_SOURCE_TAILS, input_format, b',"format":', b"}")
     timestamp = b"null" if source.timestamp_ms is None else b"%d" % source.timestamp_ms
     return b'%s%d,"offset":%d,"timestamp_ms":%s,%s%s' % (
-        _source_head(source.topic),
+        head,
         source.partition,
         source.offset,
         timestamp,
-        orjson.dumps(key_members)[1:-1],
-        _source_tail(source.input_format),
+        key_json,
+        tail,
     )
 
 
@@ -167,7 +175,7 @@ def blocked_input(
 
     `by_reference`: keep no copy of the original (`blocked_original: reference`).
     """
-    kafka_key, key_members = protector.input_key(source.key)
+    kafka_key, key_json = protector.input_key_serialized(source.key)
     if by_reference:
         payload, payload_json = REFERENCE_PAYLOAD, _REFERENCE_PAYLOAD_JSON
     elif protector.mode == "full":  # the source reference is only the ciphertext's associated data
@@ -179,7 +187,7 @@ def blocked_input(
         kafka_key=kafka_key,
         event_id=protector.identifier(event_id),
         snapshot_json=_dumps_snapshot(snapshot, protector),
-        source_json=_source_json(source, key_members),
+        source_json=_source_json(source, key_json),
         payload=payload,
         payload_json=payload_json,
         original_size=len(raw),
