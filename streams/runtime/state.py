@@ -383,7 +383,11 @@ def snapshot_for(
     """The state a decision about `record` uses (and the blocked record will carry)."""
     if isinstance(record, Malformed):
         return StateSnapshot(stale=stale)
-    found = [c for c in (consent.get(k.encode()) for k in subjects_of(record)) if c is not None]
+    found = []
+    for subject in subjects_of(record):  # a plain loop: a generator costs more than the lookups
+        stored = consent.get(subject.encode())
+        if stored is not None:
+            found.append(stored)
     signup = status.get(record.account_id) if record.account_id else None
     return assemble(StateSnapshot, {"consent": tuple(found), "signup_status": signup, "stale": stale})
 
