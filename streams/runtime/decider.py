@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 MAX_UNDECLARED_LABELS = 200
 NO_STATE = {False: StateSnapshot(stale=False), True: StateSnapshot(stale=True)}  # decisions read no state
 
+_DECODED = (Event, Envelope)  # a tuple: `isinstance` with `Event | Envelope` builds the union each call
+
 # Where an engine sends one output record: (topic, value, key, headers).
 Sink = Callable[[str, bytes, bytes | None, Headers | None], None]
 
@@ -239,6 +241,7 @@ class RecordDecider:
             tuple((w.decision.partner, w.reasons) for w in self._gated.withheld) if self._gated else ()
         )
         self._parts = DecisionsParts()
+        self._by_reference = settings.blocked_original == "reference"
 
     def _gated_decisions(self) -> DecisionsPart | None:
         """What `decide` answers for an envelope (an event type no rule can receive): the same
@@ -275,7 +278,7 @@ class RecordDecider:
                 source.offset,
                 type(exc).__name__,
             )
-            event_id = record.event_id if isinstance(record, Event | Envelope) else None
+            event_id = record.event_id if isinstance(record, _DECODED) else None
             outputs = self._contained_outputs(raw, source, event_id, exc)
         for topic, output, key, headers in outputs.records:
             sink(topic, output, key, headers)
@@ -313,7 +316,9 @@ class RecordDecider:
             if len(value) + len(key or b"") > settings.max_record_bytes:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
-            outputs.add(self.topic_by_partner[decision.partner], value, key, None, settings.max_record_bytes)
+            outputs.records.append(
+                (self.topic_by_partner[decision.partner], value, key, None)
+            )  # size checked
             outputs.forwarded.append(decision)
         if outputs.withheld:
             self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)
@@ -333,8 +338,8 @@ class RecordDecider:
         if decisions is not None:
             outputs.withheld = decisions.withheld  # shared by every gated input; never changed
             outputs.shared_blocks = self._gated_blocks
-        by_reference = isinstance(record, Envelope) and settings.blocked_original == "reference"
-        event_id = record.event_id if isinstance(record, Event | Envelope) else None
+        by_reference = self._by_reference and isinstance(record, Envelope)
+        event_id = record.event_id if isinstance(record, _DECODED) else None
         shared = blocked_input(source, raw, snapshot, event_id, self.payload, by_reference)
         blocked_key, value, headers = blocked_record(
             withheld, shared, source, settings.max_record_bytes, decisions or self._parts.of(withheld)
