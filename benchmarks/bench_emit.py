@@ -4,8 +4,9 @@ Usage: `python -m benchmarks.bench_emit [INPUTS] [--split] [--once] [--kind=gate
 
 It decodes, looks up state, decides for every partner and builds the partner and blocked
 records of the generator's mix (population 2,000, state tables filled), and adds each batch of
-500 inputs to the metrics, the way `run` does, minus librdkafka and the transaction. Prints CPU µs per input (best of 5), split into inputs
-no rule can receive and the others with `--split`, and the records and bytes written.
+500 inputs to the metrics, the way `run` does, minus librdkafka and the transaction. Prints
+CPU µs per input (best of 5), split into inputs no rule can receive and the others with
+`--split`, and the records and bytes written.
 
 `--once` runs the inputs once after 300 warm-up ones and prints nothing but the counts: the
 form to count instructions with, which unlike time does not move with the machine's load:
