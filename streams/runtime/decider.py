@@ -316,9 +316,8 @@ class RecordDecider:
             if len(value) + len(key or b"") > settings.max_record_bytes:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
-            outputs.records.append(
-                (self.topic_by_partner[decision.partner], value, key, None)
-            )  # size checked
+            topic = self.topic_by_partner[decision.partner]
+            outputs.records.append((topic, value, key, None))  # its size is checked above
             outputs.forwarded.append(decision)
         if outputs.withheld:
             self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)

@@ -119,7 +119,7 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
     """`orjson.dumps` of the snapshot's JSON-mode dump (identifiers hashed unless full mode).
 
     In full mode nothing is hashed: pydantic writes the same bytes straight from the model,
-    without the intermediate dicts (`tests/test_records.py` pins the equality).
+    without the intermediate dicts (`tests/test_blocked_assembly.py` pins the equality).
     """
     if snapshot is None:
         return b"null"
