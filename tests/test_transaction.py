@@ -540,7 +540,8 @@ def test_start_commit_returns_while_the_commit_runs_and_nothing_begins_meanwhile
     _consume_batch(transaction)
     in_flight = transaction.start_commit(ended.append)
     assert producer.started.wait(60)  # the commit is running on the committer thread...
-    assert not in_flight.done() and transaction.state is State.COMMITTING  # ...and has not ended
+    assert not in_flight.done()  # ...and has not ended
+    assert transaction.state.value == "committing"
     with pytest.raises(RuntimeError, match="committing"):
         transaction.begin()  # the next batch's transaction waits for this commit
     producer.go.set()
@@ -590,12 +591,16 @@ def test_the_commit_in_flight_is_watched_while_the_loop_watches_a_call_of_its_ow
     """Before: the watchdog had one slot, so a call watched on the loop's thread while a commit
     was in flight replaced the commit's watch, and a commit that hung then went unreported."""
     producer, hung = BlockingSendOffsets(), []
-    watchdog = CallWatchdog(lambda step, _: (hung.append(step), producer.release.set()))
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        producer.release.set()  # the real handler ends the process here (exit 4)
+
     policy = RetryPolicy(call_timeout_s=0.01, hang_grace_s=0.01)
-    transaction = BatchTransaction(producer, FakeConsumer(), FakeClock(), policy, watchdog)
+    transaction = BatchTransaction(producer, FakeConsumer(), FakeClock(), policy, CallWatchdog(on_hang))
     _consume_batch(transaction)
     in_flight = transaction.start_commit()
-    with watchdog.watch("the loop's own call", 600.0):  # e.g. a produce waiting for queue space
+    with transaction.watchdog.watch("the loop's own call", 600.0):  # e.g. a produce waiting for queue space
         assert producer.release.wait(10), "the hung send offsets was never reported"
     in_flight.wait()
     assert hung == ["send offsets"]
@@ -645,7 +650,12 @@ def test_a_revoke_during_the_overlap_waits_for_the_commit_in_flight(ruleset: Rul
 
     job.revocations = Recording()
     job._start_commit(_decided({0: 10}), transaction)
-    threading.Thread(target=lambda: producer.started.wait(60) and producer.go.set(), daemon=True).start()
+
+    def let_the_commit_end() -> None:
+        if producer.started.wait(60):
+            producer.go.set()
+
+    threading.Thread(target=let_the_commit_end, daemon=True).start()
     job._on_revoke(consumer, [TopicPartition("in", 0)])  # what consume() would call, on this thread
     assert seen_at_revoke == [True]
     assert job._settle(None) is Outcome.COMMITTED
