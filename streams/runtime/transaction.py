@@ -5,7 +5,10 @@ produce exactly-once (P8), the way Quix Streams' `Checkpoint` and Kafka Streams'
 `StreamTask` do. The job only feeds it: `begin()`, then for every input `consumed()` and
 `produce()`, then `commit()`, which answers `COMMITTED` or `ABORTED` (the consumer has
 already been rewound to the first offset of the batch on every partition it still owns,
-so the next `consume()` decides the same records again). A fatal error raises
+so the next `consume()` decides the same records again). `start_commit()` runs the same
+commit on the transaction's one committer thread and returns a `CommitInFlight` at once, so
+the job can fetch and decide the next batch meanwhile; its `wait()` gives the outcome (and
+on `ABORTED` also rewinds the partitions of a batch fetched since). A fatal error raises
 `TransactionFatalError`: the producer is unusable (fenced, or the broker refused the
 transaction for good), the process must stop and a supervisor restart it; the transactional
 id fences this instance's zombie.
@@ -40,9 +43,10 @@ never by an anonymous liveness kill. The retry budget itself is the transaction'
 timeout (`transaction.timeout.ms`, librdkafka's default 60 s), counted from `begin()`: past
 it the coordinator aborts the transaction anyway, so retrying longer would be futile.
 
-A rebalance runs inside `consume()`, between transactions, so it never revokes a partition
-under an open transaction; but the consumer group generation can still move on while a
-batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
+A rebalance runs inside `consume()`: between transactions, or while a commit is in flight,
+when the job's revoke callback first waits for it (`CommitInFlight.join`), so it never revokes
+a partition under an open transaction; but the consumer group generation can still move on
+while a batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
 only the partitions still assigned: a revoked partition is re-read by its new owner from
 the last committed offset.
 
