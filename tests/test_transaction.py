@@ -17,6 +17,7 @@ from streams.runtime.transaction import (
     EXIT_TRANSACTION_HUNG,
     LIVENESS_FLOOR_S,
     RETRY_DEADLINE_S,
+    BatchOffsets,
     BatchTransaction,
     CallWatchdog,
     Outcome,
@@ -503,3 +504,188 @@ def test_a_queue_that_never_frees_is_reported_as_hung_and_the_wait_beats() -> No
     transaction.produce("out", b"x")
     assert hung == ["produce: queue full"] and producer.produced == [("out", b"x")]
     assert len(beats) > 1 and transaction.produced == 1  # begin's beat, then one per wait
+
+
+# -- the commit in flight: overlapped with the next batch's fetch and decisions ----------------
+
+
+class GatedCommit(FakeProducer):
+    """A producer whose commit_transaction waits until `go` is set (a commit still in flight)."""
+
+    def __init__(self, failures: dict[str, list[KafkaException]] | None = None) -> None:
+        super().__init__(failures or {})
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.returned = False
+
+    def commit_transaction(self, timeout: float = 0) -> None:
+        self.started.set()
+        assert self.go.wait(60), "the test never let the commit end"
+        try:
+            self._call("commit")
+        finally:
+            self.returned = True
+
+
+def _gated() -> tuple[BatchTransaction, GatedCommit, FakeConsumer]:
+    producer, consumer = GatedCommit(), FakeConsumer(assigned=[("in", 0), ("in", 1), ("in", 2)])
+    return BatchTransaction(producer, consumer, FakeClock()), producer, consumer
+
+
+def test_start_commit_returns_while_the_commit_runs_and_nothing_begins_meanwhile() -> None:
+    """Before: commit() held the loop for the whole send-offsets + commit; now it runs on the
+    committer thread and the loop may fetch and decide the next batch meanwhile."""
+    transaction, producer, _ = _gated()
+    ended: list[Outcome] = []
+    _consume_batch(transaction)
+    in_flight = transaction.start_commit(ended.append)
+    assert producer.started.wait(60)  # the commit is running on the committer thread...
+    assert not in_flight.done()  # ...and has not ended
+    assert transaction.state.value == "committing"
+    with pytest.raises(RuntimeError, match="committing"):
+        transaction.begin()  # the next batch's transaction waits for this commit
+    producer.go.set()
+    assert in_flight.wait() is Outcome.COMMITTED
+    assert ended == [Outcome.COMMITTED]  # `then` ran (the job's metrics) before wait() returned
+    assert transaction.state is State.IDLE and producer.calls == ["begin", "send_offsets", "commit"]
+    transaction.close()
+
+
+def test_an_abort_in_flight_rewinds_both_batches_and_the_first_batch_wins_shared_partitions() -> None:
+    """Batch k (in-0 from 10, in-1 from 7) aborts while k+1 (in-0 from 13, in-2 from 40) was
+    fetched and decided: k+1 is discarded, so in-2 (only in k+1) must be rewound too, or its
+    records are lost; in-0 goes back to k's first offset, not k+1's."""
+    transaction, producer, consumer = _gated()
+    producer.failures["commit"] = [abortable()]
+    ended: list[Outcome] = []
+    _consume_batch(transaction)
+    in_flight = transaction.start_commit(ended.append)
+    following = BatchOffsets()
+    for partition, offset in ((0, 13), (0, 14), (2, 40)):
+        following.consumed("in", partition, offset)
+    producer.go.set()
+    assert in_flight.wait(following.first) is Outcome.ABORTED
+    assert sorted(consumer.seeks) == [("in", 0, 10), ("in", 1, 7), ("in", 2, 40)]
+    assert producer.calls[-1] == "abort" and ended == [Outcome.ABORTED]
+    assert transaction.state is State.IDLE
+    transaction.close()
+
+
+def test_a_fatal_commit_in_flight_raises_on_wait_and_skips_then() -> None:
+    transaction, producer, consumer = _gated()
+    producer.failures["commit"] = [fatal()]
+    ended: list[Outcome] = []
+    _consume_batch(transaction)
+    in_flight = transaction.start_commit(ended.append)
+    producer.go.set()
+    with pytest.raises(TransactionFatalError, match="fenced"):
+        in_flight.wait({("in", 2): 40})
+    assert ended == [] and consumer.seeks == [] and "abort" not in producer.calls
+    assert transaction.state is State.FAILED
+    with pytest.raises(RuntimeError):
+        transaction.begin()
+    transaction.close()
+
+
+def test_the_commit_in_flight_is_watched_while_the_loop_watches_a_call_of_its_own() -> None:
+    """Before: the watchdog had one slot, so a call watched on the loop's thread while a commit
+    was in flight replaced the commit's watch, and a commit that hung then went unreported."""
+    producer, hung = BlockingSendOffsets(), []
+
+    def on_hang(step: str, waited_s: float) -> None:
+        hung.append(step)
+        producer.release.set()  # the real handler ends the process here (exit 4)
+
+    policy = RetryPolicy(call_timeout_s=0.01, hang_grace_s=0.01)
+    transaction = BatchTransaction(producer, FakeConsumer(), FakeClock(), policy, CallWatchdog(on_hang))
+    _consume_batch(transaction)
+    in_flight = transaction.start_commit()
+    with transaction.watchdog.watch("the loop's own call", 600.0):  # e.g. a produce waiting for queue space
+        assert producer.release.wait(10), "the hung send offsets was never reported"
+    in_flight.wait()
+    assert hung == ["send offsets"]
+    transaction.close()
+
+
+# -- the job's side of the overlap -------------------------------------------------------------
+
+
+def _job_with(ruleset: Ruleset, producer: FakeProducer) -> tuple[Any, BatchTransaction, FakeConsumer]:
+    from streams.runtime.job import GuardJob
+
+    consumer = FakeConsumer(assigned=[("in", 0), ("in", 1), ("in", 2)])
+    job = GuardJob(Settings(bootstrap_servers="127.0.0.1:1"), ruleset)
+    return job, BatchTransaction(producer, consumer, FakeClock()), consumer
+
+
+def _decided(first_offsets: dict[int, int], records: int = 2) -> Any:
+    from streams.runtime.job import DecidedBatch
+
+    batch = DecidedBatch(started=0.0)
+    for partition, first in first_offsets.items():
+        for offset in range(first, first + records):
+            batch.offsets.consumed("in", partition, offset)
+            batch.tally.records_in["in"] += 1
+    batch.add("partner.x.events", b"out", None, None)
+    return batch
+
+
+def _sample(job: Any, name: str, **labels: str) -> float:
+    value = job.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+def test_a_revoke_during_the_overlap_waits_for_the_commit_in_flight(ruleset: Ruleset) -> None:
+    """The rebalance callback runs inside consume(), which now runs while a commit is in flight:
+    it must not give the partitions up before that commit has ended (no transaction spans a
+    revoke). Here the commit ends only once another thread lets it; the revoke records, at the
+    moment it gives the partitions up, whether the commit had returned."""
+    producer = GatedCommit()
+    job, transaction, consumer = _job_with(ruleset, producer)
+    seen_at_revoke: list[bool] = []
+
+    class Recording:
+        def add(self, partitions: list[TopicPartition]) -> None:
+            seen_at_revoke.append(producer.returned)
+
+    job.revocations = Recording()
+    job._start_commit(_decided({0: 10}), transaction)
+
+    def let_the_commit_end() -> None:
+        if producer.started.wait(60):
+            producer.go.set()
+
+    threading.Thread(target=let_the_commit_end, daemon=True).start()
+    job._on_revoke(consumer, [TopicPartition("in", 0)])  # what consume() would call, on this thread
+    assert seen_at_revoke == [True]
+    assert job._settle(None) is Outcome.COMMITTED
+    transaction.close()
+
+
+def test_the_job_discards_the_next_batch_and_rewinds_both_when_the_commit_in_flight_aborts(
+    ruleset: Ruleset,
+) -> None:
+    producer = FakeProducer({"commit": [abortable()]})
+    job, transaction, consumer = _job_with(ruleset, producer)
+    job._start_commit(_decided({0: 10, 1: 7}), transaction)
+    following = _decided({0: 12, 2: 40})  # fetched and decided while batch k committed
+    assert job._settle(following) is Outcome.ABORTED
+    assert sorted(consumer.seeks) == [("in", 0, 10), ("in", 1, 7), ("in", 2, 40)]
+    assert producer.produced == [("partner.x.events", b"out")]  # k's output only; k+1's never sent
+    assert _sample(job, "partner_guard_transactions_total", outcome="aborted") == 1
+    assert _sample(job, "partner_guard_records_in_total", topic="in") == 0  # nothing counted
+    assert job.in_flight is None and transaction.state is State.IDLE
+    transaction.close()
+
+
+def test_the_job_counts_a_batch_once_its_commit_in_flight_committed(ruleset: Ruleset) -> None:
+    producer = GatedCommit()
+    job, transaction, _ = _job_with(ruleset, producer)
+    job._start_commit(_decided({0: 10, 1: 7}), transaction)
+    assert producer.started.wait(60)
+    assert _sample(job, "partner_guard_records_in_total", topic="in") == 0  # not committed yet
+    producer.go.set()
+    assert job._settle(None) is Outcome.COMMITTED
+    assert _sample(job, "partner_guard_records_in_total", topic="in") == 4
+    assert _sample(job, "partner_guard_transactions_total", outcome="committed") == 1
+    transaction.close()

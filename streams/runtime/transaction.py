@@ -5,7 +5,10 @@ produce exactly-once (P8), the way Quix Streams' `Checkpoint` and Kafka Streams'
 `StreamTask` do. The job only feeds it: `begin()`, then for every input `consumed()` and
 `produce()`, then `commit()`, which answers `COMMITTED` or `ABORTED` (the consumer has
 already been rewound to the first offset of the batch on every partition it still owns,
-so the next `consume()` decides the same records again). A fatal error raises
+so the next `consume()` decides the same records again). `start_commit()` runs the same
+commit on the transaction's one committer thread and returns a `CommitInFlight` at once, so
+the job can fetch and decide the next batch meanwhile; its `wait()` gives the outcome (and
+on `ABORTED` also rewinds the partitions of a batch fetched since). A fatal error raises
 `TransactionFatalError`: the producer is unusable (fenced, or the broker refused the
 transaction for good), the process must stop and a supervisor restart it; the transactional
 id fences this instance's zombie.
@@ -40,9 +43,10 @@ never by an anonymous liveness kill. The retry budget itself is the transaction'
 timeout (`transaction.timeout.ms`, librdkafka's default 60 s), counted from `begin()`: past
 it the coordinator aborts the transaction anyway, so retrying longer would be futile.
 
-A rebalance runs inside `consume()`, between transactions, so it never revokes a partition
-under an open transaction; but the consumer group generation can still move on while a
-batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
+A rebalance runs inside `consume()`: between transactions, or while a commit is in flight,
+when the job's revoke callback first waits for it (`CommitInFlight.join`), so it never revokes
+a partition under an open transaction; but the consumer group generation can still move on
+while a batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
 only the partitions still assigned: a revoked partition is re-read by its new owner from
 the last committed offset.
 
@@ -52,12 +56,15 @@ The clock is passed in (monotonic seconds) so the retry budget is testable witho
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +116,7 @@ class State(enum.Enum):
 
     IDLE = "idle"
     OPEN = "open"
+    COMMITTING = "committing"  # the commit runs on the committer thread; nothing may begin
     FAILED = "failed"
 
 
@@ -130,24 +138,24 @@ def exit_hung(step: str, waited_s: float) -> None:
 class CallWatchdog:
     """Calls `on_hang(step, waited_s)` when a watched call outlives its limit; one thread.
 
-    `watch()` costs a lock and a notify; the thread sleeps until the current deadline, so a
-    call that returns in time never wakes it. It fires at most once per watched call.
+    Several calls may be watched at once (the loop's thread and the committer thread each make
+    one). `watch()` costs a lock and a notify; the thread sleeps until the nearest deadline, so
+    calls that return in time never wake it. It fires at most once per watched call.
     """
 
     def __init__(self, on_hang: Callable[[str, float], None] = exit_hung) -> None:
         self.on_hang = on_hang
         self._cond = threading.Condition()
-        self._step: str | None = None
-        self._started = 0.0
-        self._deadline = 0.0
+        self._watched: dict[int, tuple[str, float, float]] = {}  # token -> (step, started, deadline)
+        self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def watch(self, step: str, limit_s: float) -> Iterator[None]:
         """Watch the calls made inside the block."""
         with self._cond:
-            self._step, self._started = step, time.monotonic()
-            self._deadline = self._started + limit_s
+            token, started = next(self._tokens), time.monotonic()
+            self._watched[token] = (step, started, started + limit_s)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="txn-watchdog", daemon=True)
                 self._thread.start()
@@ -156,22 +164,22 @@ class CallWatchdog:
             yield
         finally:
             with self._cond:
-                self._step = None
+                self._watched.pop(token, None)
                 self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
             while True:
-                if self._step is None:
+                if not self._watched:
                     self._cond.wait()
                     continue
-                remaining = self._deadline - time.monotonic()
+                token, (step, started, deadline) = min(self._watched.items(), key=lambda item: item[1][2])
+                remaining = deadline - time.monotonic()
                 if remaining > 0:
                     self._cond.wait(remaining)
                     continue
-                step, waited = self._step, time.monotonic() - self._started
-                self._step = None
-                self.on_hang(step, waited)
+                del self._watched[token]
+                self.on_hang(step, time.monotonic() - started)
 
 
 def _no_beat() -> None:
@@ -311,8 +319,74 @@ def start_transactions(
         raise TransactionFatalError(f"cannot initialise transactions: {_describe(exc)}") from exc
 
 
+PartitionKey = tuple[str, int]
+
+
+class BatchOffsets:
+    """The input offsets of one batch: where each partition starts (the rewind target) and
+    the next offset to read (what the commit stores)."""
+
+    def __init__(self) -> None:
+        self.first: dict[PartitionKey, int] = {}
+        self.next: dict[PartitionKey, int] = {}
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """Note one input record."""
+        self.first.setdefault((topic, partition), offset)
+        self.next[(topic, partition)] = offset + 1
+
+    def committable(self) -> list[TopicPartition]:
+        """The next offset to read on every partition of the batch."""
+        return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+
+
+class CommitInFlight:
+    """One batch's send-offsets and commit (or abort), running on the committer thread.
+
+    `wait()` (the loop's thread) takes its outcome and, when it aborted, rewinds the consumer;
+    `join()` only waits for it to end (a rebalance callback: no transaction spans a revoke).
+    """
+
+    def __init__(
+        self, transaction: BatchTransaction, outcome: Future[Outcome], first: dict[PartitionKey, int]
+    ):
+        self._transaction = transaction
+        self._outcome = outcome
+        self._first = first
+
+    def done(self) -> bool:
+        """True once the commit (or its abort) has ended, however."""
+        return self._outcome.done()
+
+    def join(self) -> None:
+        """Wait until the commit has ended, leaving its outcome (or error) to `wait()`."""
+        futures.wait([self._outcome])
+
+    def wait(self, next_first: Mapping[PartitionKey, int] | None = None) -> Outcome:
+        """The commit's outcome; raises `TransactionFatalError` when it failed for good.
+
+        On `ABORTED` the consumer is rewound to this batch's first offsets and, for partitions
+        only in it, to `next_first`: the first offsets of a batch fetched since (its records are
+        discarded by the caller, so they must be read again too).
+        """
+        try:
+            outcome = self._outcome.result()
+        except TransactionFatalError:
+            self._transaction.state = State.FAILED
+            raise
+        if outcome is Outcome.ABORTED:
+            self._transaction.rewind({**(next_first or {}), **self._first})
+        self._transaction.state = State.IDLE
+        return outcome
+
+
 class BatchTransaction:
-    """The transaction of one batch, reused batch after batch by one job."""
+    """The transaction of one batch, reused batch after batch by one job.
+
+    The commit runs on one committer thread that this object owns (`start_commit`), so the loop
+    can fetch and decide the next batch meanwhile: librdkafka's transactional calls release the
+    GIL while they wait for the broker. Every call on the consumer stays on the caller's thread.
+    """
 
     def __init__(
         self,
@@ -331,17 +405,16 @@ class BatchTransaction:
         self.watchdog = watchdog or CallWatchdog()
         self._calls = WatchedCalls(self.watchdog, retry, clock, beat)
         self.state = State.IDLE
-        self._first: dict[tuple[str, int], int] = {}
-        self._next: dict[tuple[str, int], int] = {}
+        self._offsets = BatchOffsets()
         self._began = 0.0
         self.produced = 0
+        self._committer: ThreadPoolExecutor | None = None
 
-    def begin(self) -> None:
-        """Open the transaction of a new batch."""
+    def begin(self, offsets: BatchOffsets | None = None) -> None:
+        """Open the transaction of a new batch; `offsets`: its inputs, when noted beforehand."""
         if self.state is not State.IDLE:
             raise RuntimeError(f"begin() while the transaction is {self.state.value}")
-        self._first.clear()
-        self._next.clear()
+        self._offsets = offsets if offsets is not None else BatchOffsets()
         self.produced = 0
         self._began = self.clock()
         try:
@@ -354,8 +427,7 @@ class BatchTransaction:
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         """Note one input record: its offset is committed with the batch, or rewound to."""
-        self._first.setdefault((topic, partition), offset)
-        self._next[(topic, partition)] = offset + 1
+        self._offsets.consumed(topic, partition, offset)
 
     def produce(
         self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None
@@ -389,43 +461,65 @@ class BatchTransaction:
     @property
     def offsets(self) -> list[TopicPartition]:
         """The next offset to read on every partition of the batch (what the commit stores)."""
-        return [TopicPartition(t, p, o) for (t, p), o in self._next.items()]
+        return self._offsets.committable()
 
     def commit(self) -> Outcome:
-        """Send the offsets and commit; on an abortable or exhausted error, abort and rewind.
+        """Commit the open transaction and wait for it (`start_commit().wait()`)."""
+        return self.start_commit().wait()
+
+    def start_commit(self, then: Callable[[Outcome], None] | None = None) -> CommitInFlight:
+        """Start committing the open transaction on the committer thread; returns at once.
+
+        Until the handle's `wait()` the transaction is `COMMITTING`: nothing may begin. `then`
+        runs on the committer thread as soon as the transaction committed or aborted (not when
+        it failed for good): the job counts a batch's metrics there, the moment it committed.
+        """
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"commit() while the transaction is {self.state.value}")
+        offsets, first = self._offsets.committable(), dict(self._offsets.first)
+        group = self.consumer.consumer_group_metadata() if offsets else None  # the caller's thread
+        self.state = State.COMMITTING
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-commit")
+
+        def run() -> Outcome:
+            outcome = self._send_and_commit(offsets, group)
+            if then is not None:
+                then(outcome)
+            return outcome
+
+        return CommitInFlight(self, self._committer.submit(run), first)
+
+    def _send_and_commit(self, offsets: list[TopicPartition], group: Any) -> Outcome:
+        """Send the offsets and commit; on an abortable or exhausted error, abort (committer thread).
 
         Step 1: send the input offsets into the transaction (skipped when nothing was consumed).
         Step 2: commit the transaction, retrying retriable errors within the retry policy (its
         deadline counts from `begin()`, like the coordinator's transaction timeout).
-        Step 3 (only on failure): abort the transaction and rewind the consumer.
+        Step 3 (only on failure): abort the transaction; `CommitInFlight.wait` rewinds.
         """
-        if self.state is not State.OPEN:
-            raise RuntimeError(f"commit() while the transaction is {self.state.value}")
-        deadline = self._began + self.retry.deadline_s
+        deadline, timeout = self._began + self.retry.deadline_s, self.retry.call_timeout_s
         try:
-            offsets = self.offsets
             if offsets:  # Step 1
                 self._calls.with_retry(
                     "send offsets",
                     deadline,
                     lambda: self.producer.send_offsets_to_transaction(
-                        offsets, self.consumer.consumer_group_metadata(), self.retry.call_timeout_s
+                        offsets, group, self.retry.call_timeout_s
                     ),
                 )
             self._calls.with_retry(  # Step 2
-                "commit", deadline, lambda: self.producer.commit_transaction(self.retry.call_timeout_s)
+                "commit", deadline, lambda: self.producer.commit_transaction(timeout)
             )
         except _RetryBudgetSpentError as exc:
             log.warning("giving up on the transaction after retries: %s", exc)
-            return self.abort()  # Step 3
+            return self._abort()  # Step 3
         except KafkaException as exc:
             error = _kafka_error(exc)
             if error is not None and error.txn_requires_abort() and not error.fatal():
                 log.warning("aborting the transaction and replaying the batch: %s", error.str())
-                return self.abort()  # Step 3
-            self.state = State.FAILED
+                return self._abort()  # Step 3
             raise TransactionFatalError(f"transaction failed: {_describe(exc)}") from exc
-        self.state = State.IDLE
         return Outcome.COMMITTED
 
     def abort(self) -> Outcome:
@@ -433,20 +527,33 @@ class BatchTransaction:
         if self.state is not State.OPEN:
             raise RuntimeError(f"abort() while the transaction is {self.state.value}")
         try:
-            with self._calls.watched("abort"):
-                self.producer.abort_transaction(self.retry.call_timeout_s)
-        except KafkaException as exc:
+            self._abort()
+        except TransactionFatalError:
             self.state = State.FAILED
-            raise TransactionFatalError(f"abort failed: {_describe(exc)}") from exc
-        self.rewind()
+            raise
+        self.rewind(self._offsets.first)
         self.state = State.IDLE
         return Outcome.ABORTED
 
-    def rewind(self) -> None:
-        """Seek every partition of the batch that is still assigned back to its first offset."""
+    def _abort(self) -> Outcome:
+        try:
+            with self._calls.watched("abort"):
+                self.producer.abort_transaction(self.retry.call_timeout_s)
+        except KafkaException as exc:
+            raise TransactionFatalError(f"abort failed: {_describe(exc)}") from exc
+        return Outcome.ABORTED
+
+    def rewind(self, first: Mapping[PartitionKey, int]) -> None:
+        """Seek every partition in `first` that is still assigned back to its offset there."""
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for (topic, partition), offset in self._first.items():
+        for (topic, partition), offset in first.items():
             if (topic, partition) in owned:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             else:
                 log.info("not rewinding %s[%d]: revoked; its new owner re-reads it", topic, partition)
+
+    def close(self) -> None:
+        """Stop the committer thread (after the last commit was waited for)."""
+        if self._committer is not None:
+            self._committer.shutdown(wait=False)
+            self._committer = None
