@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -688,4 +689,49 @@ def test_the_job_counts_a_batch_once_its_commit_in_flight_committed(ruleset: Rul
     assert job._settle(None) is Outcome.COMMITTED
     assert _sample(job, "partner_guard_records_in_total", topic="in") == 4
     assert _sample(job, "partner_guard_transactions_total", outcome="committed") == 1
+    transaction.close()
+
+
+def test_an_abort_does_not_rewind_a_partition_revoked_meanwhile_to_its_old_offset(ruleset: Ruleset) -> None:
+    """k holds in-0 from 10 and aborts; in-0 is revoked during k+1's fetch (the callback waits
+    for k), another member commits it up to 40 and it comes back, so k+1 reads it from 40: the
+    rewind goes to 40, not to k's 10 (10..39 were the other member's and are committed)."""
+    producer = FakeProducer({"commit": [abortable()]})
+    job, transaction, consumer = _job_with(ruleset, producer)
+    job._start_commit(_decided({0: 10}), transaction)
+    job._on_revoke(consumer, [TopicPartition("in", 0)])
+    assert job._settle(_decided({0: 40})) is Outcome.ABORTED
+    assert consumer.seeks == [("in", 0, 40)]
+    transaction.close()
+
+
+def test_a_batchs_outputs_are_not_kept_while_its_commit_runs(ruleset: Ruleset) -> None:
+    """Once produced, a batch's output records live in librdkafka only: the loop keeps no copy
+    while the commit runs and the next batch is decided."""
+    producer = GatedCommit()
+    job, transaction, _ = _job_with(ruleset, producer)
+    batch = _decided({0: 10})
+    job._start_commit(batch, transaction)
+    try:
+        assert producer.started.wait(10)
+        assert batch.outputs == []
+    finally:
+        producer.go.set()
+        job._settle(None)
+        transaction.close()
+
+
+def test_a_commit_failing_while_the_loop_stops_on_another_error_is_logged(
+    ruleset: Ruleset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop failed first (say consume() raised): the commit in flight still ends before the
+    clients close, and its own fatal error is logged, not lost."""
+    producer = GatedCommit({"commit": [fatal()]})
+    job, transaction, _ = _job_with(ruleset, producer)
+    job._start_commit(_decided({0: 10}), transaction)
+    producer.go.set()
+    with caplog.at_level(logging.ERROR):
+        job._settle_on_error()
+    assert job.in_flight is None
+    assert "the last batch's transaction failed too" in caplog.text
     transaction.close()

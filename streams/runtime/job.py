@@ -132,6 +132,8 @@ class GuardJob:
         self._topic_by_partner = self.decider.topic_by_partner
         self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.in_flight: CommitInFlight | None = None  # the commit the loop has not yet waited for
+        # Partitions revoked while `in_flight` ran: an abort must not rewind them to its offsets.
+        self.revoked_in_flight: set[tuple[str, int]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,7 +146,14 @@ class GuardJob:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        try:
+            return self._run_with_metrics()
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    def _run_with_metrics(self) -> int:
         settings = self.settings
         self.metrics.ruleset.info(
             {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
@@ -253,8 +262,7 @@ class GuardJob:
             log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
             exit_code = exitcodes.JOB_FAILED
         finally:
-            if self.in_flight is not None:  # stopping on an error: never close under a commit
-                self.in_flight.join()
+            self._settle_on_error()
             self.readiness.set_deciding(False)
             transaction.close()
             self._close(consumer, producer)
@@ -281,6 +289,7 @@ class GuardJob:
         in_flight = self.in_flight
         if in_flight is not None:
             in_flight.join()
+            self.revoked_in_flight.update((tp.topic, tp.partition) for tp in partitions)
         self.revocations.add(partitions)
         log.info("revoked %d partition(s)", len(partitions))
 
@@ -317,21 +326,37 @@ class GuardJob:
         in_flight, self.in_flight = self.in_flight, None
         if in_flight is None:
             return None
-        return in_flight.wait(decided.offsets.first if decided is not None else None)
+        return in_flight.wait(decided.offsets.first if decided is not None else None, self.revoked_in_flight)
+
+    def _settle_on_error(self) -> None:
+        """Stopping on an error with a commit in flight: let it end before the clients close, and
+        say how it ended (its own fatal error would otherwise go unreported)."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return
+        try:
+            log.info("the last batch's transaction ended %s", in_flight.wait().value)
+        except TransactionFatalError as exc:
+            log.error("the last batch's transaction failed too: %s", exc)
+        except Exception as exc:  # already stopping on another error: log the kind only
+            log.error("the last batch's transaction failed too: %s", type(exc).__name__)
 
     def _start_commit(self, batch: DecidedBatch, transaction: BatchTransaction) -> None:
         """Begin the batch's transaction, produce its outputs, and start its commit."""
         transaction.begin(batch.offsets)
         for topic, value, key, headers in batch.outputs:
             transaction.produce(topic, value, key, headers)
+        tally, started = batch.tally, batch.started
+        batch.outputs.clear()  # librdkafka holds them now: never a second copy while k+1 is decided
         self.fault.before_commit()  # inert unless a reliability test arms it
-        self.in_flight = transaction.start_commit(lambda outcome: self._committed(outcome, batch))
+        self.revoked_in_flight.clear()
+        self.in_flight = transaction.start_commit(lambda outcome: self._committed(outcome, tally, started))
 
-    def _committed(self, outcome: Outcome, batch: DecidedBatch) -> None:
+    def _committed(self, outcome: Outcome, tally: BatchTally, started: float) -> None:
         """On the committer thread, as the batch's transaction ends: its metrics, once committed."""
         self.metrics.transactions.labels(outcome.value).inc()
         if outcome is Outcome.COMMITTED:
-            self._record(batch.tally, batch.started)
+            self._record(tally, started)
 
     def _record(self, tally: BatchTally, started: float) -> None:
         tally.apply(self.metrics, self.clock() - started)

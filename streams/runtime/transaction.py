@@ -62,7 +62,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -362,12 +362,20 @@ class CommitInFlight:
         """Wait until the commit has ended, leaving its outcome (or error) to `wait()`."""
         futures.wait([self._outcome])
 
-    def wait(self, next_first: Mapping[PartitionKey, int] | None = None) -> Outcome:
+    def wait(
+        self,
+        next_first: Mapping[PartitionKey, int] | None = None,
+        revoked: Collection[PartitionKey] = (),
+    ) -> Outcome:
         """The commit's outcome; raises `TransactionFatalError` when it failed for good.
 
         On `ABORTED` the consumer is rewound to this batch's first offsets and, for partitions
         only in it, to `next_first`: the first offsets of a batch fetched since (its records are
-        discarded by the caller, so they must be read again too).
+        discarded by the caller, so they must be read again too). A partition in `revoked` (given
+        up while this commit ran) may have been processed by another member and given back
+        since: this batch's offset there is no longer ours to return to, so it is rewound to
+        `next_first` when the next batch read it again, and otherwise left where the group's
+        committed offset puts it.
         """
         try:
             outcome = self._outcome.result()
@@ -375,7 +383,8 @@ class CommitInFlight:
             self._transaction.state = State.FAILED
             raise
         if outcome is Outcome.ABORTED:
-            self._transaction.rewind({**(next_first or {}), **self._first})
+            ours = {key: offset for key, offset in self._first.items() if key not in revoked}
+            self._transaction.rewind({**(next_first or {}), **ours})
         self._transaction.state = State.IDLE
         return outcome
 
