@@ -28,6 +28,7 @@ from streams.runtime.metrics import GuardMetrics
 from streams.runtime.payload import Keyring, PayloadProtector
 from streams.runtime.records import (
     BLOCKED_FORMAT,
+    MAX_REMEMBERED_PART_BYTES,
     DecisionsPart,
     DecisionsParts,
     SourceRef,
@@ -295,3 +296,15 @@ def test_remembered_parts_are_the_parts_of_the_inputs_own_decisions() -> None:
     for detail in ("f", "g", "h"):  # past the limit the memo starts again: never grows unbounded
         parts.of([Withheld.of(_decision("p", "ev-1", ("minor",), (detail,)))])
     assert len(parts._parts) <= 3
+
+
+def test_a_large_part_is_built_but_not_remembered() -> None:
+    """Details can list every undeclared key of a hostile input: a part past the size bound is
+    not kept, so the memo holds at most its entry limit times the bound in bytes."""
+    parts = DecisionsParts(limit=3)
+    huge = tuple(f"unknown_signal: user.k{i:060d}" for i in range(200))
+    withheld = [Withheld.of(_decision("p", "ev-1", ("minor",), huge))]
+    part = parts.of(withheld)
+    assert len(part.json) > MAX_REMEMBERED_PART_BYTES
+    assert _part_bytes(part) == _part_bytes(DecisionsPart.of(withheld))
+    assert parts._parts == {}

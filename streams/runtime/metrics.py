@@ -133,15 +133,21 @@ def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
     prometheus_client has no bulk observe; this reads its private `_upper_bounds`, `_buckets`
     and `_sum` (pinned against the exposition output by `tests/test_metrics.py`). An
     amount goes to the first bucket whose bound is >= it, as `observe` does. The sum is added
-    once, so it can differ from one-by-one additions in the last bits of the float.
+    once, so it can differ from one-by-one additions in the last bits of the float. A NaN
+    (which `observe` counts in no bucket, and bisect would put in the first) goes through
+    `observe` itself.
     """
     if not amounts:
         return
     histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]  # a labelled parent cannot observe
+    numbers = [amount for amount in amounts if amount == amount]
+    for _ in range(len(amounts) - len(numbers)):
+        histogram.observe(float("nan"))
     bounds, buckets = histogram._upper_bounds, histogram._buckets
-    for index, count in Tally([bisect_left(bounds, amount) for amount in amounts]).items():
+    for index, count in Tally([bisect_left(bounds, amount) for amount in numbers]).items():
         buckets[index].inc(count)
-    histogram._sum.inc(sum(amounts))
+    if numbers:
+        histogram._sum.inc(sum(numbers))
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -281,6 +281,10 @@ class DecisionsPart:
 # hundred in the generator's mix; details can name keys from the input, so the memo is bounded
 # (and emptied when full: hostile variety costs what building every part costs, no more).
 MAX_REMEMBERED_PARTS = 1024
+# Only parts up to this size are remembered: details can list every undeclared key of a hostile
+# input, and 1,024 parts of a megabyte each would be a gigabyte kept. The common parts (a rule's
+# reasons and a few details) are a few hundred bytes.
+MAX_REMEMBERED_PART_BYTES = 4096
 
 
 class DecisionsParts:
@@ -309,9 +313,11 @@ class DecisionsParts:
         )
         part = self._parts.get(key)
         if part is None:
-            if len(self._parts) >= self._limit:
-                self._parts.clear()
-            part = self._parts[key] = DecisionsPart.of(withheld)
+            part = DecisionsPart.of(withheld)
+            if len(part.json) <= MAX_REMEMBERED_PART_BYTES:
+                if len(self._parts) >= self._limit:
+                    self._parts.clear()
+                self._parts[key] = part
         return part
 
 
