@@ -197,9 +197,7 @@ class PayloadProtector:
 
     def protect(self, raw: bytes, source: Mapping[str, Any]) -> dict[str, Any]:
         """Members to merge into the blocked record."""
-        if self.mode == "full" or self.keyring is None:
-            return {"payload_mode": "full", "original_b64": base64.b64encode(raw).decode()}
-        return self._protect_keyed(raw, source, self.keyring)
+        return self.protect_serialized(raw, source)[0]
 
     def protect_serialized(self, raw: bytes, source: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The members `protect` gives, and the same members as JSON (`orjson.dumps` without braces).

@@ -467,11 +467,6 @@ class BatchTransaction:
                 except BufferError:
                     continue
 
-    @property
-    def offsets(self) -> list[TopicPartition]:
-        """The next offset to read on every partition of the batch (what the commit stores)."""
-        return self._offsets.committable()
-
     def commit(self) -> Outcome:
         """Commit the open transaction and wait for it (`start_commit().wait()`)."""
         return self.start_commit().wait()
@@ -513,9 +508,7 @@ class BatchTransaction:
                 self._calls.with_retry(
                     "send offsets",
                     deadline,
-                    lambda: self.producer.send_offsets_to_transaction(
-                        offsets, group, self.retry.call_timeout_s
-                    ),
+                    lambda: self.producer.send_offsets_to_transaction(offsets, group, timeout),
                 )
             self._calls.with_retry(  # Step 2
                 "commit", deadline, lambda: self.producer.commit_transaction(timeout)
@@ -530,19 +523,6 @@ class BatchTransaction:
                 return self._abort()  # Step 3
             raise TransactionFatalError(f"transaction failed: {_describe(exc)}") from exc
         return Outcome.COMMITTED
-
-    def abort(self) -> Outcome:
-        """Abort the open transaction and rewind the consumer to the start of the batch."""
-        if self.state is not State.OPEN:
-            raise RuntimeError(f"abort() while the transaction is {self.state.value}")
-        try:
-            self._abort()
-        except TransactionFatalError:
-            self.state = State.FAILED
-            raise
-        self.rewind(self._offsets.first)
-        self.state = State.IDLE
-        return Outcome.ABORTED
 
     def _abort(self) -> Outcome:
         try:
