@@ -15,7 +15,7 @@ import orjson
 from benchmarks.common import best_of, population
 from streams.core.codec import decode_json, decode_json_gated
 from streams.core.decide import decide, receivable_types
-from streams.runtime.state import snapshot_for
+from streams.runtime.state.tables import snapshot_for
 
 DROP = ("context", "user", "properties")
 

@@ -17,7 +17,7 @@ from streams.core.codec import decode_json
 from streams.core.decide import decide, sensitive_values
 from streams.core.leakscan import MAX_SCANNED_CHARS
 from streams.core.models import Event
-from streams.runtime.state import snapshot_for
+from streams.runtime.state.tables import snapshot_for
 
 HOSTILE = {  # the longest values the scan reads (MAX_SCANNED_CHARS); longer ones are refused unread
     "email-shaped": "@" + "a" * (MAX_SCANNED_CHARS - 1),

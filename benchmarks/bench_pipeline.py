@@ -45,8 +45,8 @@ from confluent_kafka import Consumer, Producer
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
 from streams.harness import GuardProcess, histogram_buckets, produce_fresh_events, start_guard
-from streams.runtime.kafka_io import produce
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.io import produce
+from streams.runtime.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"

@@ -11,7 +11,7 @@ import tracemalloc
 
 import orjson
 
-from streams.runtime.state import ConsentTable
+from streams.runtime.state.tables import ConsentTable
 
 
 def measure(entries: int) -> float:

@@ -27,10 +27,10 @@ from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.core.models import Event
-from streams.runtime.kafka_io import produce
-from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
-from streams.runtime.state_store import StoreTuning, open_state_tables, state_topic_layout
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.io import produce
+from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.state.store import StoreTuning, open_state_tables, state_topic_layout
+from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("account", "profile", "device")

@@ -11,7 +11,7 @@ from pathlib import Path
 from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.gen.traffic import TrafficGenerator
-from streams.runtime.state import ConsentTable, SignupStatusTable
+from streams.runtime.state.tables import ConsentTable, SignupStatusTable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_KEYS = {"install-attribution": b"a" * 32, "signup-conversions": b"b" * 32}

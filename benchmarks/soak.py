@@ -53,8 +53,8 @@ from streams.gen.traffic import TrafficGenerator
 from streams.harness import histogram_buckets as buckets
 from streams.harness import metric_sum as metric
 from streams.harness import produce_fresh_events, read_topic, start_guard
-from streams.runtime.kafka_io import produce
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.io import produce
+from streams.runtime.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = "internal.events"

@@ -57,7 +57,7 @@ def version_text(rules_dir: Path | None) -> str:
 
     import confluent_kafka
 
-    from streams.runtime.avro_input import event_schema_fingerprint
+    from streams.core.schema import event_schema_fingerprint
 
     try:
         ours = version("partner-guard")

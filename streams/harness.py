@@ -27,7 +27,7 @@ from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from streams.broker.embedded import free_port
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
-from streams.runtime.kafka_io import produce
+from streams.runtime.kafka.io import produce
 
 LOOPBACK = "127.0.0.1"
 HTTP_OK = 200

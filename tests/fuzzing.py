@@ -39,7 +39,7 @@ from streams.core.decide import decide
 from streams.core.models import Decision, Event
 from streams.core.rules.ruleset import Ruleset
 from streams.gen.signals import encode_gpp, encode_tc_string, encode_usnat
-from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
+from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 from tests.hostile import FORBIDDEN_TOKENS, base_event, forbidden_scalar
 
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"

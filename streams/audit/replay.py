@@ -24,8 +24,8 @@ from streams.core.models import Decision, Envelope, Event, Malformed, StateSnaps
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
-from streams.runtime.avro_input import ReplayAvro, decode_input
-from streams.runtime.payload import (
+from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
+from streams.runtime.pipeline.payload import (
     FETCHED_ORIGINAL,
     Keyring,
     PayloadKeyError,
@@ -34,7 +34,7 @@ from streams.runtime.payload import (
     reveal,
     unhash_key,
 )
-from streams.runtime.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
+from streams.runtime.pipeline.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
 
 log = logging.getLogger(__name__)
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]

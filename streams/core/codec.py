@@ -165,7 +165,7 @@ def decode_avro(raw: bytes | None, schema: Any, confluent_framing: bool = True) 
     """Decode one Avro event written under `schema` itself (by default Confluent-framed).
 
     The framing's schema id is not looked at here: the shell checks it (registry, or the
-    pinned writer schema) before calling this, see `streams.runtime.avro_input`.
+    pinned writer schema) before calling this, see `streams.runtime.kafka.avro_input`.
     """
     if not raw:
         return Malformed(raw or b"", "empty record")

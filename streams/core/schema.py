@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 EVENT_SCHEMA_FILE = "internal_event.avsc"
 
@@ -71,3 +72,15 @@ def privacy_tags_of(schema: dict[str, Any]) -> PrivacyTags:
 def privacy_tags() -> PrivacyTags:
     """The privacy tags of every field of the internal event schema shipped in the package."""
     return privacy_tags_of(load_schema_json())
+
+
+def schema_fingerprint(schema: dict[str, Any] | str) -> str:
+    """SHA-256 (hex) of an Avro schema's Parsing Canonical Form (docs and tags ignored)."""
+    parsed = fastavro.parse_schema(schema if isinstance(schema, dict) else json.loads(schema))
+    digest: str = fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
+    return digest
+
+
+def event_schema_fingerprint() -> str:
+    """The fingerprint of the guard's own event schema (what `avro_schema_fingerprint` must be)."""
+    return schema_fingerprint(load_schema_json())

@@ -7,7 +7,7 @@ Start it either way (both read the same settings: `--config`/`PARTNER_GUARD_CONF
     faust -A streams.engines.faust_app worker -l info
 
 Everything that decides what leaves is shared with the confluent-kafka job
-(`streams.runtime.decider`): the state tables and their catch-up, the decision core, the
+(`streams.runtime.pipeline.decider`): the state tables and their catch-up, the decision core, the
 partner and blocked record formats, payload modes and metrics. This module owns only the
 Faust wiring: one agent reads the input topics in batches (`take_events`), loads the state
 before its first batch, catches the state up after each fetch (read-your-revocation), and
@@ -43,15 +43,15 @@ from faust.types import EventT, StreamT
 from streams import exitcodes
 from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
-from streams.runtime.broker_watch import BrokerWatch, Readiness
-from streams.runtime.config import Settings
-from streams.runtime.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.kafka_io import Headers
-from streams.runtime.metrics import GuardMetrics, Heartbeat, serve_http
-from streams.runtime.preflight import kafka_client_config
-from streams.runtime.records import SourceRef
-from streams.runtime.startup import GuardSetup, StartupError
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.io import Headers
+from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
+from streams.runtime.ops.config import Settings
+from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.ops.preflight import kafka_client_config
+from streams.runtime.ops.startup import GuardSetup, StartupError
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.records import SourceRef
 
 log = logging.getLogger(__name__)
 AGENT_NAME = "partner-guard"
@@ -261,7 +261,7 @@ class FaustGuard:
 
 def run_worker(setup: GuardSetup) -> int:
     """Run the Faust worker in this process until SIGTERM/SIGINT; returns the exit code."""
-    from streams.runtime.logs import JsonFormatter
+    from streams.runtime.ops.logs import JsonFormatter
 
     guard = FaustGuard(setup)
     guard.create_topics()
@@ -286,7 +286,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     import sys
 
-    from streams.runtime.startup import prepare
+    from streams.runtime.ops.startup import prepare
 
     config = os.environ.get("PARTNER_GUARD_CONFIG")
     try:

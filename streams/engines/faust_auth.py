@@ -20,7 +20,7 @@ import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types.auth import CredentialsT
 
-from streams.runtime.startup import StartupError
+from streams.runtime.ops.startup import StartupError
 
 PROTOCOLS = frozenset({"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"})
 SASL_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})

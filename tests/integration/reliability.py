@@ -26,8 +26,8 @@ from streams.core.identifiers import pseudonym
 from streams.core.models import Event
 from streams.core.rules.loader import load_ruleset
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
-from streams.runtime.state import ConsentTable, SignupStatusTable, snapshot_for
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,

@@ -21,7 +21,7 @@ from streams.core.codec import decode_json
 from streams.core.identifiers import pseudonym
 from streams.core.models import Event
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,

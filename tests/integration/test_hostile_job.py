@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.identifiers import pseudonym
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import KEY_ENV, produce, read_blocked, read_topic, start_guard
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@ call, while `/healthz` still answers 200 (the liveness probe is not what catches
 
 The hang is injected (`hang@init`): librdkafka's own `init_transactions` honours its timeout on
 the embedded broker, so only the fault hook makes it block for good. What the fakes in
-`tests/test_transaction.py` cannot show is that the real job starts its producer through the
+`tests/runtime/pipeline/test_transaction.py` cannot show is that the real job starts its producer through the
 watchdog, and how the process looks from outside while it waits.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.runtime.transaction import EXIT_TRANSACTION_HUNG
+from streams.runtime.pipeline.transaction import EXIT_TRANSACTION_HUNG
 from tests.integration.kafka_helpers import start_guard
 from tests.integration.reliability import guard_env
 

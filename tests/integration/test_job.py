@@ -21,7 +21,7 @@ from streams.core.codec import decode_json
 from streams.core.identifiers import pseudonym
 from streams.core.models import Event
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
@@ -304,8 +304,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
 
 def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Path) -> None:
     from streams.core.codec import encode_avro
-    from streams.core.schema import event_schema
-    from streams.runtime.avro_input import event_schema_fingerprint
+    from streams.core.schema import event_schema, event_schema_fingerprint
 
     avro_topic = "internal.events.avro"
     ensure_topics({"bootstrap.servers": broker.bootstrap}, [avro_topic], STATE_TOPICS, 1)

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.harness import end_offsets, new_producer, read_topic
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 PARTITIONS = 3

@@ -11,7 +11,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import GuardProcess, produce, read_blocked, start_guard
 from tests.integration.records import app_install, consent, keyed_event
 

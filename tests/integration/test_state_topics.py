@@ -12,9 +12,9 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.runtime.metrics import GuardMetrics
-from streams.runtime.state import ConsentTable
-from streams.runtime.state_reader import StateReader
+from streams.runtime.ops.metrics import GuardMetrics
+from streams.runtime.state.reader import StateReader
+from streams.runtime.state.tables import ConsentTable
 
 pytestmark = pytest.mark.integration
 EXTERNAL = os.environ.get("PARTNER_GUARD_TEST_BOOTSTRAP")

@@ -1,0 +1,362 @@
+"""`partner-guard run`: consume, decide, produce and commit offsets in one transaction a batch.
+
+A batch is every record already fetched when the loop comes round (`kafka_io.next_batch`):
+only an empty buffer is waited on, so a batch never waits to fill, and the records that arrive
+while one batch commits make the next. The transaction's lifecycle (begin, produce, send
+offsets, commit, bounded retry, abort and rewind) lives in
+`streams.runtime.pipeline.transaction.BatchTransaction`; this loop only feeds it.
+
+The loop overlaps a batch's commit with the next batch's work. One round:
+
+1. fetch batch k+1 while batch k's send-offsets and commit run on the committer thread;
+2. catch the state up (after that fetch: read-your-revocation) and decide k+1 into a buffer
+   of output records (`DecidedBatch`), produced nowhere yet;
+3. wait for k's commit: committed, k+1 goes on; aborted, k+1's buffer is discarded and the
+   consumer rewound to the first offsets of both batches (k+1 alone may hold a partition);
+   failed for good, the job stops (exit 3);
+4. begin k+1's transaction, produce its buffer, start its commit, and come round.
+
+Every consumer call stays on the loop's thread. Rebalance callbacks run inside `consume()`,
+so with a commit in flight the revoke callback first waits for that commit to end: no
+transaction spans a revoke. A batch's metrics are counted on the committer thread the moment
+it commits. A fatal error stops the job with a non-zero exit (a supervisor restarts it and
+the transactional id fences the old instance): 3 for a fatal error (also an
+`init_transactions` that cannot succeed), 4 when a Kafka call hung past its timeout: a
+transactional one, `init_transactions` at start, or closing the clients on the way out.
+Every transactional call beats the `/healthz` heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from streams import exitcodes
+from streams.core.rules.ruleset import Ruleset
+from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
+from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
+from streams.runtime.ops.config import Settings
+from streams.runtime.ops.faults import BeforeCommitFault
+from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.ops.preflight import kafka_client_config
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.payload import PayloadProtector
+from streams.runtime.pipeline.records import SourceRef
+from streams.runtime.pipeline.transaction import (
+    BatchOffsets,
+    BatchTransaction,
+    CallWatchdog,
+    CommitInFlight,
+    Outcome,
+    RetryPolicy,
+    TransactionFatalError,
+    liveness_limit_s,
+    start_transactions,
+)
+from streams.runtime.state.reader import StateReader
+
+log = logging.getLogger(__name__)
+# Consumer-lag and state gauges are refreshed this often: each refresh asks the broker for
+# watermarks, which the hot loop should not do every batch.
+GAUGE_INTERVAL_S = 5.0
+# On the way out, how long the producer may take to deliver what is queued (records of a
+# committed transaction are already written; this only drains librdkafka's queue).
+STOP_FLUSH_TIMEOUT_S = 10.0
+# The transactional producer's linger. Nothing it sends is visible before the commit, and
+# commit_transaction flushes at once whatever linger says, so a long linger costs no latency;
+# it only spares the loop waking librdkafka's sender while a batch is decided. Measured against
+# 5 ms (py-spy, 2,000 records/s offered): produce() 9-10 % -> 6.6 % of the loop's samples (its
+# write() to the sender's wake-up pipe 4-5 % -> 1.7 %), the embedded broker 0.47-0.54 -> 0.38-0.40
+# of a core, the commit's p50 unchanged (~4 ms).
+TRANSACTION_LINGER_MS = 100
+# How long a thread holding the GIL runs before a waiting thread gets it (CPython's default is
+# 5 ms). The committer thread needs the GIL for a moment after each transactional call returns;
+# with the default it waited up to 5 ms each time behind the loop deciding the next batch, which
+# stretched every commit and gave back what the overlap saved. Measured at 4,300 records/s
+# against the sequential loop (benchmarks/RESULTS.md): 5 ms, p99 target met in 3 of 13 trials
+# (sequential 4 of 13); 0.5 ms, in 7 of 9 (sequential 5 of 9).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+@dataclass
+class DecidedBatch:
+    """A batch decided while the previous one commits: its outputs wait here, unproduced."""
+
+    started: float
+    offsets: BatchOffsets = field(default_factory=BatchOffsets)
+    outputs: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
+    tally: BatchTally = field(default_factory=BatchTally)
+
+    def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
+        """The decider's sink: keep one output record for the batch's transaction."""
+        self.outputs.append((topic, value, key, headers))
+
+
+class GuardJob:
+    """One guard instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Ruleset,
+        metrics: GuardMetrics | None = None,
+        payload: PayloadProtector | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.ruleset = ruleset
+        self.metrics = metrics or GuardMetrics()
+        self.payload = payload or PayloadProtector("full")
+        self.clock = clock
+        self.stopping = False
+        self._metrics_address = ""
+        self.readiness = Readiness(self.metrics.ready)
+        self.kafka_base: dict[str, Any] = kafka_client_config(settings)
+        self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
+        self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
+        self.revocations = Revocations()  # partitions revoked while a batch is collected
+        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
+        self.state = GuardState(settings, self.kafka_base, self.metrics)
+        self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
+        self._topic_by_partner = self.decider.topic_by_partner
+        self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
+        self.in_flight: CommitInFlight | None = None  # the commit the loop has not yet waited for
+        # Partitions revoked while `in_flight` ran: an abort must not rewind them to its offsets.
+        self.revoked_in_flight: set[tuple[str, int]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        """Signal handler: finish the open batch, then exit cleanly."""
+        log.info("signal %s received: finishing the current batch", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        try:
+            return self._run_with_metrics()
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    def _run_with_metrics(self) -> int:
+        settings = self.settings
+        self.metrics.ruleset.info(
+            {"digest": self.ruleset.digest, "partners": ",".join(self.ruleset.partners)}
+        )
+        server = serve_http(
+            self.metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            self.readiness.is_ready,
+            self.heartbeat.alive,
+        )
+        self._metrics_address = f"http://{settings.metrics_host}:{server.server_port}"
+        watch = BrokerWatch(self.kafka_base, self.readiness).start()
+        try:
+            if settings.create_topics:
+                ensure_topics(
+                    self.kafka_base,
+                    [*settings.input_topics, *self._topic_by_partner.values(), settings.blocked_topic],
+                    [settings.consent_topic, settings.signup_status_topic],
+                    settings.partitions,
+                )
+            return self._run_loop()
+        finally:
+            watch.stop()
+            server.shutdown()
+
+    def _load_state(self) -> StateReader:
+        return self.state.load(lambda: self.stopping, self.heartbeat.beat)
+
+    def _update_state_gauges(self) -> None:
+        self.state.update_gauges()
+
+    def _run_loop(self) -> int:
+        settings = self.settings
+        reader = self._load_state()
+        transactional_id = (
+            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+        )
+        producer = Producer(
+            {
+                "linger.ms": TRANSACTION_LINGER_MS,
+                "compression.type": "lz4",  # defaults: a librdkafka passthrough property wins
+                **self.kafka_base,
+                "transactional.id": transactional_id,
+                "enable.idempotence": True,
+            }
+        )
+        producer = self.fault.wrap_producer(producer)  # itself unless a reliability test arms a hang
+        try:  # fences an earlier instance with this id: waits while its open transaction aborts
+            start_transactions(producer, self.retry, self.clock, self.watchdog, self.heartbeat.beat)
+        except TransactionFatalError as exc:
+            log.error("fatal transaction error at start, stopping: %s", exc)
+            self._close(None, producer)
+            return exitcodes.JOB_FAILED
+        consumer = Consumer(
+            {
+                "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
+                **self.kafka_base,
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+        consumer.subscribe(settings.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.readiness.set_deciding(True)
+        log.info(
+            "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
+            "state %d consent entries and %d sign-up statuses",
+            self.ruleset.digest,
+            list(self.ruleset.partners),
+            settings.input_topics,
+            self._metrics_address,
+            len(self.state.consent),
+            len(self.state.signup_status),
+        )
+        exit_code = exitcodes.OK
+        last_lag_update = 0.0
+        transaction = BatchTransaction(
+            producer, consumer, self.clock, self.retry, self.watchdog, self.heartbeat.beat
+        )
+        try:
+            while not self.stopping:
+                self.heartbeat.beat()
+                messages = next_batch(  # 1. while the previous batch commits
+                    consumer, settings.batch_size, settings.batch_timeout_ms / 1000, self.revocations
+                )
+                decided = self._decide(messages) if messages else None  # 2.
+                if not messages:
+                    reader.poll()
+                if self._settle(decided) is Outcome.ABORTED:  # 3.
+                    decided = None  # rewound: decided again from its first offsets
+                if decided is not None:
+                    self._start_commit(decided, transaction)  # 4.
+                if self.clock() - last_lag_update > GAUGE_INTERVAL_S:
+                    last_lag_update = self.clock()
+                    self._update_consumer_lag(consumer)
+                    self._update_state_gauges()
+            self._settle(None)  # stopping: the last batch's commit ends before the clients close
+        except TransactionFatalError as exc:
+            log.error("fatal transaction error, stopping: %s", exc)
+            exit_code = exitcodes.JOB_FAILED
+        except KafkaException as exc:
+            log.error("fatal Kafka error, stopping: %s", exc.args[0].str())
+            exit_code = exitcodes.JOB_FAILED
+        finally:
+            self._settle_on_error()
+            self.readiness.set_deciding(False)
+            transaction.close()
+            self._close(consumer, producer)
+        return exit_code
+
+    def _close(self, consumer: Consumer | None, producer: Producer) -> None:
+        """Close the clients, each call watched: none takes a timeout that bounds it for sure
+        (closing a consumer leaves the group, librdkafka#4527), so one that hangs exits 4."""
+        limit = self.retry.hung_after_s
+        if consumer is not None:
+            with self.watchdog.watch("consumer close", limit):
+                consumer.close()
+        with self.watchdog.watch("producer flush", STOP_FLUSH_TIMEOUT_S + self.retry.hang_grace_s):
+            producer.flush(STOP_FLUSH_TIMEOUT_S)
+        with self.watchdog.watch("state close", limit):
+            self.state.close()
+        log.info("stopped")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Runs inside `consume()`; a commit in flight ends before the partitions are given up."""
+        in_flight = self.in_flight
+        if in_flight is not None:
+            in_flight.join()
+            self.revoked_in_flight.update((tp.topic, tp.partition) for tp in partitions)
+        self.revocations.add(partitions)
+        log.info("revoked %d partition(s)", len(partitions))
+
+    def _update_consumer_lag(self, consumer: Consumer) -> None:
+        try:
+            assignment = consumer.assignment()
+            for tp in consumer.position(assignment):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - tp.offset)
+                    )
+        except KafkaException:
+            pass  # a metric, never a reason to stop
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _decide(self, messages: list[Message]) -> DecidedBatch:
+        """Catch the state up (P9: after the fetch), then decide every input into a buffer."""
+        settings = self.settings
+        batch = DecidedBatch(self.clock())
+        stale = self.state.catch_up_before_batch(self.clock())
+        for message, topic, partition, offset in records_in(messages, log, "consume"):
+            batch.offsets.consumed(topic, partition, offset)
+            kind, ts = message.timestamp()
+            source = SourceRef(
+                topic, partition, offset, ts if kind else None, message.key(), settings.topic_format(topic)
+            )
+            self.decider.emit(message.value(), source, stale, batch.tally, batch.add)
+        return batch
+
+    def _settle(self, decided: DecidedBatch | None) -> Outcome | None:
+        """Wait for the commit in flight, if any; when it aborted, rewind `decided`'s partitions too."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return None
+        return in_flight.wait(decided.offsets.first if decided is not None else None, self.revoked_in_flight)
+
+    def _settle_on_error(self) -> None:
+        """Stopping on an error with a commit in flight: let it end before the clients close, and
+        say how it ended (its own fatal error would otherwise go unreported)."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return
+        try:
+            log.info("the last batch's transaction ended %s", in_flight.wait().value)
+        except TransactionFatalError as exc:
+            log.error("the last batch's transaction failed too: %s", exc)
+        except Exception as exc:  # already stopping on another error: log the kind only
+            log.error("the last batch's transaction failed too: %s", type(exc).__name__)
+
+    def _start_commit(self, batch: DecidedBatch, transaction: BatchTransaction) -> None:
+        """Begin the batch's transaction, produce its outputs, and start its commit."""
+        transaction.begin(batch.offsets)
+        for topic, value, key, headers in batch.outputs:
+            transaction.produce(topic, value, key, headers)
+        tally, started = batch.tally, batch.started
+        batch.outputs.clear()  # librdkafka holds them now: never a second copy while k+1 is decided
+        self.fault.before_commit()  # inert unless a reliability test arms it
+        self.revoked_in_flight.clear()
+        self.in_flight = transaction.start_commit(lambda outcome: self._committed(outcome, tally, started))
+
+    def _committed(self, outcome: Outcome, tally: BatchTally, started: float) -> None:
+        """On the committer thread, as the batch's transaction ends: its metrics, once committed."""
+        self.metrics.transactions.labels(outcome.value).inc()
+        if outcome is Outcome.COMMITTED:
+            self._record(tally, started)
+
+    def _record(self, tally: BatchTally, started: float) -> None:
+        tally.apply(self.metrics, self.clock() - started)

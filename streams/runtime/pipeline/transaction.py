@@ -1,0 +1,548 @@
+"""One batch's Kafka transaction: begin → produce → send offsets → commit, or abort and rewind.
+
+`BatchTransaction` owns the whole lifecycle of the transaction that makes consume-decide-
+produce exactly-once (P8), the way Quix Streams' `Checkpoint` and Kafka Streams'
+`StreamTask` do. The job only feeds it: `begin()`, then for every input `consumed()` and
+`produce()`, then `commit()`, which answers `COMMITTED` or `ABORTED` (the consumer has
+already been rewound to the first offset of the batch on every partition it still owns,
+so the next `consume()` decides the same records again). `start_commit()` runs the same
+commit on the transaction's one committer thread and returns a `CommitInFlight` at once, so
+the job can fetch and decide the next batch meanwhile; its `wait()` gives the outcome (and
+on `ABORTED` also rewinds the partitions of a batch fetched since). A fatal error raises
+`TransactionFatalError`: the producer is unusable (fenced, or the broker refused the
+transaction for good), the process must stop and a supervisor restart it; the transactional
+id fences this instance's zombie.
+
+Error handling follows librdkafka's transactional API:
+
+- retriable (`KafkaError.retriable()`): the same call is retried, at most
+  `RetryPolicy.attempts` times and never past `RetryPolicy.deadline_s` by the injected
+  clock; when the budget is spent the transaction is aborted and the batch rewound;
+- abortable (`txn_requires_abort()`): abort, rewind, replay the batch;
+- anything else (`fatal()`, or an abort that fails itself): `TransactionFatalError`;
+- a call that never returns (librdkafka can block in `send_offsets_to_transaction` past its
+  own timeout, confluentinc/librdkafka#5456): a `CallWatchdog` notices the call outlived its
+  timeout by `HANG_GRACE_S` and ends the process with exit code `EXIT_TRANSACTION_HUNG` (4).
+  The blocked call cannot be interrupted, and the producer it blocks cannot be closed or
+  reused while it does, so recovering in-process would mean abandoning a live librdkafka
+  handle (its threads and sockets) at every hang. A restart is clean: the new instance's
+  `init_transactions` under the same transactional id aborts the open transaction, and the
+  consumer group hands the batch's partitions back from their committed offsets.
+
+`start_transactions` runs that `init_transactions` the same way: watched (a hung init exits
+4 like any other hung call, at the first start as after a restart), retriable errors retried
+within the retry policy (the coordinator may still be aborting the previous instance's
+transaction), anything else, or a spent budget, `TransactionFatalError` (exit 3).
+
+Liveness. Every watched call first calls `beat` (the job's `/healthz` heartbeat): a commit
+retried within its budget is progress, not a stuck loop. The silence between two beats is
+then at most one call, which librdkafka bounds by `call_timeout_s` and the watchdog by
+`call_timeout_s + hang_grace_s`; `liveness_limit_s` keeps `/healthz` patient for longer
+than that, so a hung call is always reported by the watchdog (exit 4, naming the call),
+never by an anonymous liveness kill. The retry budget itself is the transaction's own
+timeout (`transaction.timeout.ms`, librdkafka's default 60 s), counted from `begin()`: past
+it the coordinator aborts the transaction anyway, so retrying longer would be futile.
+
+A rebalance runs inside `consume()`: between transactions, or while a commit is in flight,
+when the job's revoke callback first waits for it (`CommitInFlight.join`), so it never revokes
+a partition under an open transaction; but the consumer group generation can still move on
+while a batch is decided, and then `send_offsets_to_transaction` fails abortably. The rewind seeks
+only the partitions still assigned: a revoked partition is re-read by its new owner from
+the last committed offset.
+
+The clock is passed in (monotonic seconds) so the retry budget is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams import exitcodes
+from streams.runtime.kafka.io import Headers
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Beat = Callable[[], None]
+
+# librdkafka's own default for the transactional calls; a broker that needs longer is down.
+CALL_TIMEOUT_S = 30.0
+# librdkafka's default `transaction.timeout.ms`: the coordinator aborts a transaction open this
+# long, so a commit still retriable by then is aborted and the batch decided again (long
+# enough to ride out a leader election). A passthrough `transaction.timeout.ms` replaces it.
+RETRY_DEADLINE_S = 60.0
+# Retries of one call within the deadline; each waits up to CALL_TIMEOUT_S inside librdkafka.
+RETRY_ATTEMPTS = 5
+# A transactional call still blocked this long after its own timeout is hung (not slow): a
+# loaded machine schedules librdkafka's threads late by seconds, never by this much.
+HANG_GRACE_S = 10.0
+# `/healthz` turns 503 after this long without a beat, or later when one call may take longer
+# (`liveness_limit_s`): what a liveness probe restarts a stuck process on.
+LIVENESS_FLOOR_S = 60.0
+# How much longer than the longest watched call (timeout + grace) `/healthz` waits: the
+# watchdog's exit 4 must come first, with a log line naming the call.
+LIVENESS_MARGIN_S = 20.0
+# The process exit code when a transactional call hung (0 clean stop, 2 refused, 3 fatal).
+EXIT_TRANSACTION_HUNG = exitcodes.JOB_HUNG
+
+
+class TransactionFatalError(Exception):
+    """The transaction can neither commit nor abort: stop the process (exit non-zero)."""
+
+
+class Outcome(enum.Enum):
+    """How a batch's transaction ended."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class State(enum.Enum):
+    """Where the transaction is in its lifecycle; illegal transitions raise."""
+
+    IDLE = "idle"
+    OPEN = "open"
+    COMMITTING = "committing"  # the commit runs on the committer thread; nothing may begin
+    FAILED = "failed"
+
+
+def exit_hung(step: str, waited_s: float) -> None:
+    """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
+    log.critical(
+        "Kafka call '%s' still blocked after %.0f s, past its own timeout (librdkafka#5456 and kin): "
+        "exiting with code %d so a supervisor restarts the guard; the restart aborts any open transaction",
+        step,
+        waited_s,
+        EXIT_TRANSACTION_HUNG,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_TRANSACTION_HUNG)
+
+
+class CallWatchdog:
+    """Calls `on_hang(step, waited_s)` when a watched call outlives its limit; one thread.
+
+    Several calls may be watched at once (the loop's thread and the committer thread each make
+    one). `watch()` costs a lock and a notify; the thread sleeps until the nearest deadline, so
+    calls that return in time never wake it. It fires at most once per watched call.
+    """
+
+    def __init__(self, on_hang: Callable[[str, float], None] = exit_hung) -> None:
+        self.on_hang = on_hang
+        self._cond = threading.Condition()
+        self._watched: dict[int, tuple[str, float, float]] = {}  # token -> (step, started, deadline)
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, step: str, limit_s: float) -> Iterator[None]:
+        """Watch the calls made inside the block."""
+        with self._cond:
+            token, started = next(self._tokens), time.monotonic()
+            self._watched[token] = (step, started, started + limit_s)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="txn-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._watched.pop(token, None)
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if not self._watched:
+                    self._cond.wait()
+                    continue
+                token, (step, started, deadline) = min(self._watched.items(), key=lambda item: item[1][2])
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                del self._watched[token]
+                self.on_hang(step, time.monotonic() - started)
+
+
+def _no_beat() -> None:
+    return
+
+
+class TransactionStarter(Protocol):
+    """The part of `confluent_kafka.Producer` that starts its transactions."""
+
+    def init_transactions(self, timeout: float = ...) -> None: ...
+
+
+class TransactionalProducer(Protocol):
+    """The part of `confluent_kafka.Producer` a transaction uses."""
+
+    def begin_transaction(self) -> None: ...
+    def produce(self, topic: str, value: Any = ..., key: Any = ..., *, headers: Any = ...) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def send_offsets_to_transaction(
+        self, offsets: Any, group_metadata: Any, timeout: float = ...
+    ) -> None: ...
+    def commit_transaction(self, timeout: float = ...) -> None: ...
+    def abort_transaction(self, timeout: float = ...) -> None: ...
+
+
+class GroupConsumer(Protocol):
+    """The part of `confluent_kafka.Consumer` a transaction uses."""
+
+    def consumer_group_metadata(self) -> Any: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a retriable transactional call is retried before the batch is aborted."""
+
+    attempts: int = RETRY_ATTEMPTS
+    deadline_s: float = RETRY_DEADLINE_S
+    call_timeout_s: float = CALL_TIMEOUT_S
+    hang_grace_s: float = HANG_GRACE_S
+
+    @classmethod
+    def configured(cls, call_timeout_ms: int, kafka_config: Mapping[str, Any]) -> RetryPolicy:
+        """Calls time out after `call_timeout_ms`; retries stop at the transaction's own timeout
+        (`transaction.timeout.ms` when the librdkafka passthrough sets it)."""
+        configured_ms = kafka_config.get("transaction.timeout.ms")
+        deadline_s = RETRY_DEADLINE_S if configured_ms is None else int(configured_ms) / 1000
+        return cls(deadline_s=deadline_s, call_timeout_s=call_timeout_ms / 1000)
+
+    @property
+    def hung_after_s(self) -> float:
+        """How long one watched call may block before the watchdog ends the process."""
+        return self.call_timeout_s + self.hang_grace_s
+
+
+def liveness_limit_s(retry: RetryPolicy, longest_unwatched_s: float = 0.0) -> float:
+    """How long `/healthz` may go without a beat before it reports 503 (a stuck loop).
+
+    Longer than any single watched call can block (a hung one is the watchdog's: exit 4) and
+    than the longest stretch without a watched call (`longest_unwatched_s`: the state
+    catch-up before a batch), each by `LIVENESS_MARGIN_S`; never under `LIVENESS_FLOOR_S`.
+    """
+    longest = max(retry.hung_after_s, longest_unwatched_s)
+    return max(LIVENESS_FLOOR_S, longest + LIVENESS_MARGIN_S)
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+def _describe(exc: KafkaException) -> str:
+    error = _kafka_error(exc)
+    return error.str() if error is not None else str(exc)
+
+
+class _RetryBudgetSpentError(Exception):
+    """A retriable error outlived the retry policy."""
+
+
+class WatchedCalls:
+    """Runs librdkafka calls under the watchdog, beating the heartbeat before each one."""
+
+    def __init__(self, watchdog: CallWatchdog, retry: RetryPolicy, clock: Clock, beat: Beat) -> None:
+        self.watchdog = watchdog
+        self.retry = retry
+        self.clock = clock
+        self.beat = beat
+
+    def watched(self, step: str) -> AbstractContextManager[None]:
+        """Watch one call: hung once it outlives its timeout by the grace."""
+        self.beat()
+        return self.watchdog.watch(step, self.retry.hung_after_s)
+
+    def with_retry(self, step: str, deadline: float, call: Callable[[], None]) -> None:
+        """Run `call`, retrying retriable errors within the attempt count and the deadline.
+
+        Raises the `KafkaException` of a non-retriable error, `_RetryBudgetSpentError` when
+        the budget is spent."""
+        attempt = 1
+        while True:
+            try:
+                with self.watched(step):
+                    call()
+                return
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error is None or not error.retriable() or error.txn_requires_abort() or error.fatal():
+                    raise
+                if attempt >= self.retry.attempts or self.clock() >= deadline:
+                    raise _RetryBudgetSpentError(f"{step}: {error.str()} ({attempt} attempt(s))") from exc
+                log.warning("retrying %s (attempt %d): %s", step, attempt + 1, error.str())
+                attempt += 1
+
+
+def start_transactions(
+    producer: TransactionStarter,
+    retry: RetryPolicy = RetryPolicy(),
+    clock: Clock = time.monotonic,
+    watchdog: CallWatchdog | None = None,
+    beat: Beat = _no_beat,
+) -> None:
+    """`init_transactions`: fence earlier instances with this transactional id, abort their
+    open transaction. Watched and retried like a commit; `TransactionFatalError` when it
+    cannot succeed (fenced, refused, or still timing out when the retry budget is spent)."""
+    calls = WatchedCalls(watchdog or CallWatchdog(), retry, clock, beat)
+    try:
+        calls.with_retry(
+            "init transactions",
+            clock() + retry.deadline_s,
+            lambda: producer.init_transactions(retry.call_timeout_s),
+        )
+    except _RetryBudgetSpentError as exc:
+        raise TransactionFatalError(f"cannot initialise transactions: {exc}") from exc
+    except KafkaException as exc:
+        raise TransactionFatalError(f"cannot initialise transactions: {_describe(exc)}") from exc
+
+
+PartitionKey = tuple[str, int]
+
+
+class BatchOffsets:
+    """The input offsets of one batch: where each partition starts (the rewind target) and
+    the next offset to read (what the commit stores)."""
+
+    def __init__(self) -> None:
+        self.first: dict[PartitionKey, int] = {}
+        self.next: dict[PartitionKey, int] = {}
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """Note one input record."""
+        self.first.setdefault((topic, partition), offset)
+        self.next[(topic, partition)] = offset + 1
+
+    def committable(self) -> list[TopicPartition]:
+        """The next offset to read on every partition of the batch."""
+        return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+
+
+class CommitInFlight:
+    """One batch's send-offsets and commit (or abort), running on the committer thread.
+
+    `wait()` (the loop's thread) takes its outcome and, when it aborted, rewinds the consumer;
+    `join()` only waits for it to end (a rebalance callback: no transaction spans a revoke).
+    """
+
+    def __init__(
+        self, transaction: BatchTransaction, outcome: Future[Outcome], first: dict[PartitionKey, int]
+    ):
+        self._transaction = transaction
+        self._outcome = outcome
+        self._first = first
+
+    def done(self) -> bool:
+        """True once the commit (or its abort) has ended, however."""
+        return self._outcome.done()
+
+    def join(self) -> None:
+        """Wait until the commit has ended, leaving its outcome (or error) to `wait()`."""
+        futures.wait([self._outcome])
+
+    def wait(
+        self,
+        next_first: Mapping[PartitionKey, int] | None = None,
+        revoked: Collection[PartitionKey] = (),
+    ) -> Outcome:
+        """The commit's outcome; raises `TransactionFatalError` when it failed for good.
+
+        On `ABORTED` the consumer is rewound to this batch's first offsets and, for partitions
+        only in it, to `next_first`: the first offsets of a batch fetched since (its records are
+        discarded by the caller, so they must be read again too). A partition in `revoked` (given
+        up while this commit ran) may have been processed by another member and given back
+        since: this batch's offset there is no longer ours to return to, so it is rewound to
+        `next_first` when the next batch read it again, and otherwise left where the group's
+        committed offset puts it.
+        """
+        try:
+            outcome = self._outcome.result()
+        except TransactionFatalError:
+            self._transaction.state = State.FAILED
+            raise
+        if outcome is Outcome.ABORTED:
+            ours = {key: offset for key, offset in self._first.items() if key not in revoked}
+            self._transaction.rewind({**(next_first or {}), **ours})
+        self._transaction.state = State.IDLE
+        return outcome
+
+
+class BatchTransaction:
+    """The transaction of one batch, reused batch after batch by one job.
+
+    The commit runs on one committer thread that this object owns (`start_commit`), so the loop
+    can fetch and decide the next batch meanwhile: librdkafka's transactional calls release the
+    GIL while they wait for the broker. Every call on the consumer stays on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        consumer: GroupConsumer,
+        clock: Clock = time.monotonic,
+        retry: RetryPolicy = RetryPolicy(),
+        watchdog: CallWatchdog | None = None,
+        beat: Beat = _no_beat,
+    ) -> None:
+        """`beat`: the job's heartbeat, called before every transactional call (see Liveness)."""
+        self.producer = producer
+        self.consumer = consumer
+        self.clock = clock
+        self.retry = retry
+        self.watchdog = watchdog or CallWatchdog()
+        self._calls = WatchedCalls(self.watchdog, retry, clock, beat)
+        self.state = State.IDLE
+        self._offsets = BatchOffsets()
+        self._began = 0.0
+        self.produced = 0
+        self._committer: ThreadPoolExecutor | None = None
+
+    def begin(self, offsets: BatchOffsets | None = None) -> None:
+        """Open the transaction of a new batch; `offsets`: its inputs, when noted beforehand."""
+        if self.state is not State.IDLE:
+            raise RuntimeError(f"begin() while the transaction is {self.state.value}")
+        self._offsets = offsets if offsets is not None else BatchOffsets()
+        self.produced = 0
+        self._began = self.clock()
+        try:
+            with self._calls.watched("begin"):
+                self.producer.begin_transaction()
+        except KafkaException as exc:
+            self.state = State.FAILED
+            raise TransactionFatalError(f"cannot begin a transaction: {_describe(exc)}") from exc
+        self.state = State.OPEN
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """Note one input record: its offset is committed with the batch, or rewound to."""
+        self._offsets.consumed(topic, partition, offset)
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None
+    ) -> None:
+        """Produce one output record inside the transaction (waits for queue space).
+
+        librdkafka frees queue space at the latest when queued records time out, which for a
+        transactional producer is the transaction timeout (`retry.deadline_s`): the wait beats
+        like a retry, and one that outlasts that by the grace is hung (exit 4).
+        """
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"produce() while the transaction is {self.state.value}")
+        try:
+            self.producer.produce(topic, value, key, headers=headers)
+        except BufferError:
+            self._wait_for_queue_space(lambda: self.producer.produce(topic, value, key, headers=headers))
+        self.produced += 1
+
+    def _wait_for_queue_space(self, produce: Callable[[], None]) -> None:
+        limit = self.retry.deadline_s + self.retry.hang_grace_s
+        with self.watchdog.watch("produce: queue full", limit):
+            while True:
+                self._calls.beat()
+                self.producer.poll(0.05)
+                try:
+                    produce()
+                    return
+                except BufferError:
+                    continue
+
+    def commit(self) -> Outcome:
+        """Commit the open transaction and wait for it (`start_commit().wait()`)."""
+        return self.start_commit().wait()
+
+    def start_commit(self, then: Callable[[Outcome], None] | None = None) -> CommitInFlight:
+        """Start committing the open transaction on the committer thread; returns at once.
+
+        Until the handle's `wait()` the transaction is `COMMITTING`: nothing may begin. `then`
+        runs on the committer thread as soon as the transaction committed or aborted (not when
+        it failed for good): the job counts a batch's metrics there, the moment it committed.
+        """
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"commit() while the transaction is {self.state.value}")
+        offsets, first = self._offsets.committable(), dict(self._offsets.first)
+        group = self.consumer.consumer_group_metadata() if offsets else None  # the caller's thread
+        self.state = State.COMMITTING
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-commit")
+
+        def run() -> Outcome:
+            outcome = self._send_and_commit(offsets, group)
+            if then is not None:
+                then(outcome)
+            return outcome
+
+        return CommitInFlight(self, self._committer.submit(run), first)
+
+    def _send_and_commit(self, offsets: list[TopicPartition], group: Any) -> Outcome:
+        """Send the offsets and commit; on an abortable or exhausted error, abort (committer thread).
+
+        Step 1: send the input offsets into the transaction (skipped when nothing was consumed).
+        Step 2: commit the transaction, retrying retriable errors within the retry policy (its
+        deadline counts from `begin()`, like the coordinator's transaction timeout).
+        Step 3 (only on failure): abort the transaction; `CommitInFlight.wait` rewinds.
+        """
+        deadline, timeout = self._began + self.retry.deadline_s, self.retry.call_timeout_s
+        try:
+            if offsets:  # Step 1
+                self._calls.with_retry(
+                    "send offsets",
+                    deadline,
+                    lambda: self.producer.send_offsets_to_transaction(offsets, group, timeout),
+                )
+            self._calls.with_retry(  # Step 2
+                "commit", deadline, lambda: self.producer.commit_transaction(timeout)
+            )
+        except _RetryBudgetSpentError as exc:
+            log.warning("giving up on the transaction after retries: %s", exc)
+            return self._abort()  # Step 3
+        except KafkaException as exc:
+            error = _kafka_error(exc)
+            if error is not None and error.txn_requires_abort() and not error.fatal():
+                log.warning("aborting the transaction and replaying the batch: %s", error.str())
+                return self._abort()  # Step 3
+            raise TransactionFatalError(f"transaction failed: {_describe(exc)}") from exc
+        return Outcome.COMMITTED
+
+    def _abort(self) -> Outcome:
+        try:
+            with self._calls.watched("abort"):
+                self.producer.abort_transaction(self.retry.call_timeout_s)
+        except KafkaException as exc:
+            raise TransactionFatalError(f"abort failed: {_describe(exc)}") from exc
+        return Outcome.ABORTED
+
+    def rewind(self, first: Mapping[PartitionKey, int]) -> None:
+        """Seek every partition in `first` that is still assigned back to its offset there."""
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in owned:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            else:
+                log.info("not rewinding %s[%d]: revoked; its new owner re-reads it", topic, partition)
+
+    def close(self) -> None:
+        """Stop the committer thread (after the last commit was waited for)."""
+        if self._committer is not None:
+            self._committer.shutdown(wait=False)
+            self._committer = None
