@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -177,11 +178,13 @@ class KnownBugError(AssertionError):
 
 @dataclass(frozen=True)
 class KnownBug:
-    """A bug that makes a step fail in the cells it applies to."""
+    """A bug that makes a step fail in the cells it applies to. A failure is put down to it
+    only when `evidence` (a regular expression) is found in the error or the guard's logs."""
 
     name: str
     applies: Callable[[Cell], bool]
     steps: frozenset[str] | None  # None: any step (the bug takes the whole run down)
+    evidence: str
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
@@ -190,20 +193,25 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "state directory; the second cannot take its lock, deletes the first worker's live store",
         lambda c: c.workers > 1 and c.store == "rocksdb",
         None,
+        r"store cannot be opened|\.sst: No such file",
     ),
     KnownBug(
         "issue #25 'Registry x Avro depth': a writer-only recursive field nested 50,000 deep "
         "crashes the C decoder (SIGSEGV) before any bound applies",
         lambda c: c.input_format == "avro",
         frozenset({"avro_depth"}),
+        r"exited with -11\b|returned -11\b|code -11\b|\(-11,",
     ),
 )
 
 
-def known_bug(cell: Cell, step: str | None = None) -> KnownBug | None:
-    """The known bug that makes `step` (any step: None) fail in `cell`, if any."""
+def known_bug(cell: Cell, step: str | None = None, seen: str | None = None) -> KnownBug | None:
+    """The known bug that makes `step` (any step: None) fail in `cell`, if any; with `seen`
+    (the error and the logs), only one whose evidence is in it."""
     for bug in KNOWN_BUGS:
-        if bug.applies(cell) and (step is None or bug.steps is None or step in bug.steps):
+        if not bug.applies(cell) or (step is not None and bug.steps is not None and step not in bug.steps):
+            continue
+        if seen is None or re.search(bug.evidence, seen):
             return bug
     return None
 
@@ -237,6 +245,7 @@ class Row:
     duplicates: int = 0
     replayed: dict[str, int] = field(default_factory=dict)
     failed_step: str | None = None
+    known_bug: str | None = None  # the named bug the failure was put down to
     error: str | None = None
     seconds: float = 0.0
 
@@ -715,11 +724,15 @@ def run_cell(cell: Cell, broker: EmbeddedBroker, tmp_path: Path) -> Row:
                 run.row.error = f"{type(exc).__name__}: {exc}"[:2000]
                 if not isinstance(exc, Exception):
                     raise
-                bug = known_bug(cell, name)
+                logs = "\n".join(
+                    path.read_text(errors="replace") for path in sorted(tmp_path.glob("guard-*.log"))
+                )
+                bug = known_bug(cell, name, f"{run.row.error}\n{logs}")
                 message = f"cell {cell.id}: step '{name}' failed: {run.row.error}"
                 if run.guard is not None:
                     message += f"\nguard log (tail):\n{run.guard.log()}"
                 if bug is not None:
+                    run.row.known_bug = bug.name
                     raise KnownBugError(f"{message} (known bug: {bug.name})") from exc
                 raise AssertionError(message) from exc
     finally:
@@ -764,9 +777,8 @@ def render_table(rows: Iterator[dict[str, Any]]) -> str:
             lines.append(f"| {cell.id} | not run |" + " |" * 8)
             continue
         result = "pass" if row["failed_step"] is None else f"**failed at `{row['failed_step']}`**"
-        bug = known_bug(cell, row["failed_step"]) if row["failed_step"] else None
-        if bug is not None:
-            result += f" (known bug: {bug.name.split(':')[0]})"
+        if row.get("known_bug"):
+            result += f" (known bug: {row['known_bug'].split(':')[0]})"
         values = " | ".join(f"{row[c]:,}" for c in COLUMNS)
         lines.append(f"| {cell.id} | {values} | {result} | {row['seconds']:.0f} |")
     return "\n".join(lines)
