@@ -15,6 +15,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from tests.integration import matrix
+from tests.integration.kafka_helpers import PARTNERS
 from tests.integration.matrix import Cell
 
 FULL = os.environ.get("PARTNER_GUARD_TEST_MATRIX", "pairwise") == "full"
@@ -55,3 +56,54 @@ def test_pruned_cells_are_exactly_the_refused_ones() -> None:
         for payload in ("full", "reference")
     }
     assert len(matrix.valid_cells()) == 24
+
+
+class _Broker:
+    bootstrap = "127.0.0.1:1"  # never dialled: the checks below read only what a run collected
+
+
+def _collected(tmp_path: Path, outcomes: list[list[str]], forwarded: list[bytes] | None = None) -> matrix.Run:
+    """A run whose outputs are given: one input per outcome list (the same for both partners)."""
+    run = matrix.Run(Cell("kafka", "memory", 1, "json", "full"), _Broker(), tmp_path)  # type: ignore[arg-type]
+    encoder = matrix.Encoder("json")
+    run.inputs = [
+        encoder.event(b"a", {"event_id": f"ev-{n}", "event_type": "app_open", "event_time": 1}, "traffic")
+        for n in range(len(outcomes))
+    ]
+    run.outcomes = {p: [list(o) for o in outcomes] for p in PARTNERS}
+    run.forwarded = {p: list(forwarded or []) for p in PARTNERS}
+    run.phantoms = []
+    return run
+
+
+def test_conservation_fails_on_a_lost_input_and_counts_duplicates(tmp_path: Path) -> None:
+    run = _collected(tmp_path, [["forward"], ["malformed", "malformed"]])
+    matrix.conservation(run)
+    assert run.row.lost == 0 and run.row.duplicates == 2  # one extra output per partner
+    lost = _collected(tmp_path, [["forward"], []])
+    with pytest.raises(AssertionError):
+        matrix.conservation(lost)
+    assert lost.row.lost == len(PARTNERS)
+
+
+def test_conservation_fails_on_a_forwarded_poison_record(tmp_path: Path) -> None:
+    run = _collected(tmp_path, [["forward"]])
+    run.inputs[0].role = "poison:undecodable"
+    with pytest.raises(AssertionError, match="was forwarded"):
+        matrix.conservation(run)
+
+
+def test_the_leak_audit_fails_on_a_raw_identifier(tmp_path: Path) -> None:
+    run = _collected(tmp_path, [["event_type_not_allowed"]], forwarded=[b'{"account": "acct-0000042"}'])
+    with pytest.raises(AssertionError, match="acct-0000042"):
+        matrix.leaks(run)
+    assert run.row.leaked == len(PARTNERS)
+
+
+def test_a_failure_is_put_down_to_a_known_bug_only_with_its_evidence() -> None:
+    cell = Cell("kafka", "rocksdb", 2, "json", "full")
+    assert matrix.known_bug(cell, "restart", "state store x: rebuilding (store cannot be opened (Exception))")
+    assert matrix.known_bug(cell, "restart", "AssertionError: lost 3 inputs") is None
+    avro = Cell("kafka", "memory", 1, "avro", "full")
+    assert matrix.known_bug(avro, "avro_depth", "guard exited with -11: ...")
+    assert matrix.known_bug(avro, "replay", "guard exited with -11: ...") is None  # not that step
