@@ -202,6 +202,13 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         r"store cannot be opened|\.sst: No such file",
     ),
     KnownBug(
+        "issue #25 'Reference mode x audit': a reference past the partition's end or to a partition "
+        "the topic does not have is reported as source_expired (replay exits 0), not invalid_record",
+        lambda c: c.payload == "reference",
+        frozenset({"replay_tampered"}),
+        r"'source_expired'",
+    ),
+    KnownBug(
         "issue #25 'Registry x Avro depth': a writer-only recursive field nested 50,000 deep "
         "crashes the C decoder (SIGSEGV) before any bound applies",
         lambda c: c.input_format == "avro",
@@ -519,12 +526,13 @@ class Run:
         self.send(controls_events)
         return events + controls_events
 
-    def replay(self, report: Path) -> tuple[int, Counter[str], str]:
+    def replay(self, report: Path, *args: str) -> tuple[int, Counter[str], str]:
+        """`partner-guard replay` with the job's settings: exit code, outcomes by status, output tail."""
         env = {**os.environ, **self.env, "PARTNER_GUARD_BOOTSTRAP_SERVERS": self.bootstrap}
         if self.registry is not None:
             env |= self._registry_env()
         done = subprocess.run(
-            [sys.executable, "-m", "streams", "replay", "--no-git", "--jsonl", str(report)],
+            [sys.executable, "-m", "streams", "replay", "--no-git", "--jsonl", str(report), *args],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -684,15 +692,52 @@ def replay(run: Run) -> None:
     assert code == 0 and run.row.replay_mismatches == 0, (code, dict(statuses), output)
 
 
+def replay_tampered(run: Run) -> None:
+    """Blocked records altered after the fact, replayed from an exported file: never a pass.
+
+    Every cell: a record whose reasons were rewritten must be a mismatch. Reference cells: a
+    reference moved past the partition's end, and one to a partition the topic does not
+    have, must be `invalid_record` (`source_expired` is only for offsets below the log start).
+    """
+    views = read_blocked(run.bootstrap)
+    forged = copy.deepcopy(
+        next(v for v in views if v["payload_mode"] == "full" and v["reasons"] != ["consent_gpc"])
+    )
+    forged["reasons"] = ["consent_gpc"]
+    tampered = [("reasons rewritten", forged, {"mismatch"})]
+    if run.cell.payload == "reference":
+        reference = next(v for v in views if v["payload_mode"] == "reference")
+        future, nowhere = copy.deepcopy(reference), copy.deepcopy(reference)
+        future["source"]["offset"] += 1_000_000
+        nowhere["source"]["partition"] = 99
+        tampered += [
+            ("reference past the end", future, {"invalid_record"}),
+            ("reference to no partition", nowhere, {"invalid_record"}),
+        ]
+    exported = run.tmp / "tampered.jsonl"
+    exported.write_bytes(b"".join(orjson.dumps(view) + b"\n" for _, view, _ in tampered))
+    report = run.tmp / "replay-tampered.jsonl"
+    code, _, output = run.replay(report, "--from-file", str(exported))
+    rows = [orjson.loads(line) for line in report.read_bytes().splitlines()] if report.exists() else []
+    got = [row["status"] for row in rows]
+    wrong = [
+        f"{what}: {status}"
+        for (what, _, wanted), status in zip(tampered, got, strict=False)
+        if status not in wanted
+    ]
+    assert len(got) == len(tampered) and not wrong and code != 0, (code, got, wrong, output)
+
+
 def avro_depth(run: Run) -> None:
-    """Avro only: the recursive writer schema's record, then replay again."""
+    """Avro only: the guard again, the recursive writer schema's record, then replay again."""
     if run.cell.input_format != "avro":
         return
+    run.guard = run.start()
     deep = run.encoder.deep_avro()
     run.send([deep])
     run.committed_all()
     guard = run.guard
-    assert guard is not None and guard.process.poll() is None, guard and guard.log()
+    assert guard.process.poll() is None, guard.log()
     views = [
         v
         for v in read_blocked(run.bootstrap)
@@ -702,6 +747,7 @@ def avro_depth(run: Run) -> None:
     assert deep.reasons is not None and all(set(v["reasons"]) & deep.reasons for v in views), views
     code, statuses, output = run.replay(run.tmp / "replay-deep.jsonl")
     assert code == 0 and set(statuses) <= REPLAY_OK, (code, dict(statuses), output)
+    stop(run)
 
 
 def stop(run: Run) -> None:
@@ -723,47 +769,72 @@ STEPS: tuple[tuple[str, Callable[[Run], None]], ...] = (
     ("leaks", leaks),
     ("read_your_revocation", read_your_revocation),
     ("replay", replay),
-    ("avro_depth", avro_depth),
     ("stop", stop),
+)
+# Probes after the scenario: each runs whatever the others did (one failing does not hide the
+# next), so a cell a known bug breaks in one probe still reports the rest.
+PROBES: tuple[tuple[str, Callable[[Run], None]], ...] = (
+    ("replay_tampered", replay_tampered),
+    ("avro_depth", avro_depth),
 )
 
 
 def run_cell(cell: Cell, broker: EmbeddedBroker, tmp_path: Path) -> Row:
-    """Run every step in order; the first failure names its step (and the known bug, if any).
+    """Run the steps in order (the first failure ends the cell), then every probe.
 
-    The row is printed (`MATRIX {...}`) and appended to $PARTNER_GUARD_TEST_MATRIX_LOG either way.
+    A failure names its step; it is a `KnownBugError` only when every failure is put down to a
+    known bug by its evidence. The row is printed (`MATRIX {...}`) and appended to
+    $PARTNER_GUARD_TEST_MATRIX_LOG either way.
     """
     run = Run(cell, broker, tmp_path)
     started = time.monotonic()
+    failures: list[tuple[str, str, KnownBug | None]] = []  # step, message, known bug
     try:
-        for name, step in STEPS:
+        for name, step in (*STEPS, *PROBES):
+            if failures and (name not in dict(PROBES) or failures[0][0] not in dict(PROBES)):
+                break  # a failed step ends the cell; a failed probe does not end the probes
             print(f"[{cell.id}] {time.monotonic() - started:6.1f} s: {name}", flush=True)
             try:
                 step(run)
-            except BaseException as exc:  # a pytest timeout too: the row names the step
+            except Exception as exc:
+                failures.append(_failure(run, name, exc))
+                if run.guard is not None and name in dict(PROBES):
+                    run.guard.stop(timeout_s=60)
+                    run.guard = None
+            except BaseException as exc:  # a pytest timeout: the row still names the step
                 run.row.failed_step = name
                 run.row.error = f"{type(exc).__name__}: {exc}"[:2000]
-                if not isinstance(exc, Exception):
-                    raise
-                logs = "\n".join(
-                    path.read_text(errors="replace") for path in sorted(tmp_path.glob("guard-*.log"))
-                )
-                bug = known_bug(cell, name, f"{run.row.error}\n{logs}")
-                message = f"cell {cell.id}: step '{name}' failed: {run.row.error}"
-                if run.guard is not None:
-                    message += f"\nguard log (tail):\n{run.guard.log()}"
-                if bug is not None:
-                    run.row.known_bug = bug.name
-                    raise KnownBugError(f"{message} (known bug: {bug.name})") from exc
-                raise AssertionError(message) from exc
+                raise
     finally:
         if run.guard is not None:
             run.guard.stop(timeout_s=60)
         if run.registry is not None:
             run.registry.shutdown()
         run.row.seconds = round(time.monotonic() - started, 1)
+        if failures:
+            run.row.failed_step = ", ".join(name for name, _, _ in failures)
+            run.row.error = "\n".join(message for _, message, _ in failures)[:4000]
+            bugs = [bug for _, _, bug in failures]
+            if all(bugs):
+                run.row.known_bug = "; ".join(dict.fromkeys(bug.name for bug in bugs if bug))
         _report(run.row)
+    if failures:
+        message = "\n\n".join(message for _, message, _ in failures)
+        if run.row.known_bug:
+            raise KnownBugError(f"{message}\n(known bug: {run.row.known_bug})")
+        raise AssertionError(message)
     return run.row
+
+
+def _failure(run: Run, name: str, exc: Exception) -> tuple[str, str, KnownBug | None]:
+    """A failed step: its message (with the guard's log tail) and the known bug it shows, if any."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    logs = "\n".join(path.read_text(errors="replace") for path in sorted(run.tmp.glob("guard-*.log")))
+    bug = known_bug(run.cell, name, f"{error}\n{logs}")
+    message = f"cell {run.cell.id}: step '{name}' failed: {error}"
+    if run.guard is not None:
+        message += f"\nguard log (tail):\n{run.guard.log()}"
+    return name, message, bug
 
 
 def _report(row: Row) -> None:
