@@ -633,6 +633,21 @@ def restart(run: Run) -> None:
     run.read_outputs()
 
 
+def store_intact(run: Run) -> None:
+    """Disk-store cells: no guard of this run found a store of this run damaged (nothing here
+    damages one: SIGTERM closes it cleanly, so a store that "cannot be opened" was broken by
+    the guard itself)."""
+    if run.cell.store != "rocksdb":
+        return
+    damaged = [
+        line[:300]
+        for path in sorted(run.tmp.glob("guard-*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if "cannot be opened" in line
+    ]
+    assert not damaged, damaged[:4]
+
+
 def conservation(run: Run) -> None:
     lost: list[str] = []
     misdecided: list[str] = []  # a poison record forwarded, or blocked for another reason
@@ -762,6 +777,7 @@ STEPS: tuple[tuple[str, Callable[[Run], None]], ...] = (
     ("poison", poison),
     ("revocation", revocation),
     ("restart", restart),
+    ("store_intact", store_intact),
     ("conservation", conservation),
     ("leaks", leaks),
     ("read_your_revocation", read_your_revocation),
