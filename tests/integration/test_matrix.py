@@ -106,4 +106,6 @@ def test_a_failure_is_put_down_to_a_known_bug_only_with_its_evidence() -> None:
     assert matrix.known_bug(cell, "restart", "AssertionError: lost 3 inputs") is None
     avro = Cell("kafka", "memory", 1, "avro", "full")
     assert matrix.known_bug(avro, "avro_depth", "guard exited with -11: ...")
+    assert matrix.known_bug(avro, "avro_depth", "guard exited with 11: ...")  # through --workers
+    assert matrix.known_bug(avro, "avro_depth", "guard exited with 1: ...") is None
     assert matrix.known_bug(avro, "replay", "guard exited with -11: ...") is None  # not that step
