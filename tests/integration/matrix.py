@@ -50,7 +50,7 @@ from typing import Any
 
 import fastavro
 import orjson
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.codec import decode_json, encode_avro
@@ -64,6 +64,7 @@ from streams.runtime.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     PARTNERS,
     ROOT,
+    committed_offsets,
     read_blocked,
     read_topic,
     start_guard,
@@ -483,15 +484,14 @@ class Run:
 
     # -- helpers --
 
-    def start(self, workers: int | None = None) -> GuardProcess:
-        """Start the guard with the cell's settings (`workers` overrides the cell's)."""
-        env = self.env if workers is None else {**self.env, "PARTNER_GUARD_WORKERS": str(workers)}
+    def start(self) -> GuardProcess:
+        """Start the guard with the cell's settings, until /readyz."""
         guard = start_guard(
             self.bootstrap,
             self.tmp,
             INPUT,
             self.group,
-            extra_env=env,
+            extra_env=self.env,
             transactional_id=f"mx-{self.cell.id}" if self.cell.engine == "kafka" else None,
             engine=self.cell.engine,
         )
@@ -622,10 +622,11 @@ def revocation(run: Run) -> None:
 def restart(run: Run) -> None:
     """SIGTERM mid-stream, more input (and revocations) while down, start again, drain.
 
-    A cell with two workers comes back as one: the embedded broker's group coordinator stalls
-    (minutes, no member assigned) when two members rejoin a group whose last generation had
-    two, seen with plain confluent-kafka consumers and no guard code; two to one rejoins
-    reliably. (docs/matrix.md, "Where the embedded broker limits the matrix".)
+    A two-worker cell restarts in a fresh consumer group that starts at exactly the offsets
+    the stopped workers committed (read back from the broker, committed again under the new
+    group id): the embedded broker's group coordinator stalls (minutes, no member assigned)
+    when members rejoin a group that last had two, seen with plain confluent-kafka consumers
+    and no guard code (docs/matrix.md, "Where the embedded broker limits the matrix").
     """
     guard = run.guard
     assert guard is not None
@@ -633,11 +634,26 @@ def restart(run: Run) -> None:
     _wait(lambda: guard.metric_value("partner_guard_records_in_total") >= half, "half the input", guard)
     code = guard.stop(timeout_s=120)
     assert code == 0, f"SIGTERM: exit {code}: {guard.log()}"
+    if run.cell.workers > 1:
+        run.group = _moved_group(run.bootstrap, run.group)
     run.send([run.encoder.generated(r) for r in run.generator.events(TRAFFIC_WHILE_DOWN)])
     run.revocation_round("b")
-    run.guard = run.start(workers=1 if run.cell.workers > 1 else None)
+    run.guard = run.start()
     run.committed_all()
     run.read_outputs()
+
+
+def _moved_group(bootstrap: str, group: str) -> str:
+    """A new consumer group holding exactly the committed input offsets of `group`."""
+    offsets = committed_offsets(bootstrap, group, INPUT)
+    moved = f"{group}-restarted"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": moved, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(INPUT, p, o) for p, o in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+    assert committed_offsets(bootstrap, moved, INPUT) == offsets
+    return moved
 
 
 def store_intact(run: Run) -> None:
