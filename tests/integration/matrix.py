@@ -15,6 +15,7 @@ against a fresh embedded broker and the real `partner-guard run` process:
                  of its subject; control subjects' events alongside
     restart      SIGTERM mid-stream (exit 0), more traffic and revocations while it is down,
                  start again, until every input is committed
+    store_intact (rocksdb cells) no guard found a store of this run damaged
     conservation every input ends, for every partner, forwarded or blocked (lost = none);
                  each poison record blocked for every partner; duplicates counted
     leaks        the independent leak audit (`streams.gen.leak_audit`) over every partner
@@ -22,12 +23,17 @@ against a fresh embedded broker and the real `partner-guard run` process:
     read_your_revocation  revoked subjects' later events blocked, controls' forwarded
     replay       `partner-guard replay` over the blocked topic: exit 0, every record matches
                  (or is unverifiable because its original was dropped for size)
-    avro_depth   (Avro cells) a record nesting a recursive writer-only field 50,000 deep: blocked,
-                 the guard alive, and replay still exits 0
     stop         SIGTERM: exit 0
 
+then the probes, each run whatever the others did:
+
+    reference_mode   (reference cells) inputs no rule can receive kept by reference
+    replay_tampered  altered blocked records replayed from a file: never a pass
+    avro_depth       (Avro cells) a record nesting a recursive writer-only field 50,000 deep:
+                     blocked, the guard alive, and replay still exits 0
+
 A new capability joins as an axis (a field of `Cell` and a value list in `AXES`) or as a step
-(a function in `STEPS`). A combination the settings refuse is pruned in `refusal`, with the
+(a function in `STEPS` or `PROBES`). A combination the settings refuse is pruned in `refusal`, with the
 refusal it meets. A step that fails because of a known, named bug is reported as
 `KnownBugError` so the test can mark exactly that cell and step `xfail(strict=True)`.
 """
