@@ -776,14 +776,19 @@ def replay_tampered(run: Run) -> None:
 
 
 def reference_mode(run: Run) -> None:
-    """Reference cells: an input no rule can receive (blocked only as `event_type_not_allowed`)
-    is kept by reference, never as a copy of the original."""
+    """Reference cells: an input no rule can receive (blocked for every partner, only as
+    `event_type_not_allowed`) is kept by reference, never as a copy of the original."""
     if run.cell.payload != "reference":
         return
+    by_input: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for view in read_blocked(run.bootstrap):
+        by_input.setdefault((view["source"]["partition"], view["source"]["offset"]), []).append(view)
     copied = [
-        f"{v['source']['format']} input at {v['source']['partition']}:{v['source']['offset']}"
-        for v in read_blocked(run.bootstrap)
-        if v["reasons"] == ["event_type_not_allowed"] and v["payload_mode"] != "reference"
+        f"{views[0]['source']['format']} input at {partition}:{offset}"
+        for (partition, offset), views in sorted(by_input.items())
+        if len(views) == len(PARTNERS)
+        and all(v["reasons"] == ["event_type_not_allowed"] for v in views)
+        and any(v["payload_mode"] != "reference" for v in views)
     ]
     assert not copied, f"{len(copied)} inputs no rule can receive kept as a copy: {copied[:3]}"
 
