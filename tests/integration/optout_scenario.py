@@ -12,11 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from typer.testing import CliRunner
 
+from streams.cli import app
 from streams.core.identifiers import normalize_email, normalize_phone, pseudonym, sha256_hex
 from streams.core.notices import NOTICE_FORMAT, Marker
 from streams.gen.traffic import KeyedRecord
@@ -227,4 +230,26 @@ def optout_scenario(bootstrap: str, tmp: Path, env: dict[str, str] | None = None
         assert replayer.metric_value("partner_guard_optout_notices_total") == 0
     finally:
         assert replayer.stop() == 0, replayer.log()
+    audited(bootstrap, tmp, deleted, start)
     return {"notices": deleted, "received": received}
+
+
+def audited(bootstrap: str, tmp: Path, expected: Counter[tuple[str, str]], start_ms: int) -> None:
+    """`replay optouts` counts exactly the notices sent, and its HTML section lists them."""
+    since = datetime.fromtimestamp(start_ms / 1000 - 60, tz=UTC).isoformat()
+    report = tmp / "optouts.html"
+    result = CliRunner().invoke(
+        app,
+        ["replay", "optouts", "--since", since, "--list", "--html", str(report)],
+        env={"PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap},
+    )
+    assert result.exit_code == 0, result.output
+    for (partner, kind), count in expected.items():
+        assert f"{partner}: " in result.output and f"{kind} {count}" in result.output, result.output
+    assert result.output.count("id=") == sum(expected.values()), result.output
+    assert "acct-" not in result.output and "acct-" not in report.read_text()  # no raw identifier
+    future = datetime.fromtimestamp(time.time() + 3600, tz=UTC).isoformat()
+    later = CliRunner().invoke(
+        app, ["replay", "optouts", "--since", future], env={"PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap}
+    )
+    assert "opt_out 0, deletion 0" in later.output, later.output
