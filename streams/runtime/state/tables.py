@@ -410,6 +410,9 @@ def dumps_snapshot(snapshot: StateSnapshot) -> bytes:
 
 
 PROGRESS_PREFIX = b"p|"
+# Markers are read on every forward that carries an identifier, and most are read again
+# unchanged: decoded once per distinct value (a marker is immutable; bounded memory).
+_decoded_marker = lru_cache(maxsize=16_384)(decode_marker)
 
 
 class ForwardedTable:
@@ -453,8 +456,8 @@ class ForwardedTable:
         try:
             if key.startswith(MARKER_PREFIX.encode()):
                 old_raw = self._store.get(key)
-                old = decode_marker(old_raw) if old_raw is not None else None
-                self._store[key] = merge_markers(old, decode_marker(value)).encode()
+                old = _decoded_marker(old_raw) if old_raw is not None else None
+                self._store[key] = merge_markers(old, _decoded_marker(value)).encode()
             else:
                 new = decode_state(value)
                 old_raw = self._store.get(key)
@@ -472,7 +475,7 @@ class ForwardedTable:
     def marker(self, partner: str, subject: str) -> Marker | None:
         """The marker of (partner, subject), staged writes first."""
         raw = self._raw(marker_key(partner, subject))
-        return decode_marker(raw) if raw is not None else None
+        return _decoded_marker(raw) if raw is not None else None
 
     def notice_state(self, subject: str) -> NoticeState | None:
         """The notice state of one subject, staged writes first."""
