@@ -75,6 +75,7 @@ class BatchTally:
     timestamps_ms: list[int] = field(default_factory=list)
     notices: Counter[tuple[str, str]] = field(default_factory=Counter)  # (partner, kind)
     consent_changes: int = 0
+    notice_errors: int = 0  # consent records whose notices could not be built
     # Inputs whose decisions are one shared list (the gated ones), counted per list: expanded
     # into `blocked` once per batch.
     shared: Counter[tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=Counter)
@@ -118,6 +119,8 @@ class BatchTally:
             metrics.optout_notices.labels(partner, kind).inc(count)
         if self.consent_changes:
             metrics.consent_changes.labels("read").inc(self.consent_changes)
+        if self.notice_errors:
+            metrics.consent_changes.labels("error").inc(self.notice_errors)
         now_ms = time.time() * 1000
         observe_all(metrics.end_to_end_seconds, [max(0.0, (now_ms - ts) / 1000) for ts in self.timestamps_ms])
         metrics.batch_seconds.observe(batch_seconds)

@@ -351,9 +351,23 @@ class GuardJob:
             batch.offsets.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
             if notifier is not None and topic == settings.consent_topic:  # a consent change: P12
-                notifier.on_record(
-                    message.key(), message.value(), ts if kind else None, batch.tally.notices, batch.add_keyed
-                )
+                try:
+                    notifier.on_record(
+                        message.key(),
+                        message.value(),
+                        ts if kind else None,
+                        batch.tally.notices,
+                        batch.add_keyed,
+                    )
+                except Exception as exc:  # one consent record never stops the job: logged, counted
+                    log.error(
+                        "consent record %s[%d]@%d: notices not built (%s)",
+                        topic,
+                        partition,
+                        offset,
+                        type(exc).__name__,
+                    )
+                    batch.tally.notice_errors += 1
                 batch.tally.consent_changes += 1
                 continue
             source = SourceRef(

@@ -37,7 +37,7 @@ from streams.core.notices import (
     opt_out_choices,
     state_key,
 )
-from streams.runtime.state.tables import ForwardedTable, canonical_subject, updated_at_ms
+from streams.runtime.state.tables import MAX_FUTURE_SKEW_MS, ForwardedTable, canonical_subject, updated_at_ms
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
@@ -156,7 +156,9 @@ class OptoutNotifier:
             self.invalid_records += 1
             return  # names no subject a marker is kept under
         now_ms = int(self._clock() * 1000)
-        change = self.change_of(subject, value, timestamp_ms or now_ms, now_ms)
+        if timestamp_ms is None or not 0 <= timestamp_ms <= now_ms + MAX_FUTURE_SKEW_MS:
+            timestamp_ms = now_ms  # a producer sets the timestamp: never trust one out of range
+        change = self.change_of(subject, value, timestamp_ms, now_ms)
         markers = {}
         for partner in self.plans:
             marker = self.table.marker(partner, subject)
@@ -168,15 +170,20 @@ class OptoutNotifier:
         outcome = decide_notices(
             change, previous, markers, self.plans, self.digest, now_ms, self._lookback_ms, self._refresh_ms
         )
+        outputs: list[tuple[str, bytes | None, bytes]] = []  # all built before any is sent
         for notice in outcome.notices:
             notice_key, notice_value = notice.record()
-            sink(notice.topic, notice_value, notice_key)
-            notices[(notice.partner, notice.kind)] += 1
-        for partner in dict.fromkeys([*outcome.delete_markers, *outcome.expired_markers]):
-            self._write(marker_key(partner, subject), None, sink)
+            outputs.append((notice.topic, notice_value, notice_key))
+        writes: list[tuple[bytes, bytes | None]] = [
+            (marker_key(partner, subject), None)
+            for partner in dict.fromkeys([*outcome.delete_markers, *outcome.expired_markers])
+        ]
         if outcome.write_state:
-            self._write(state_key(subject), outcome.state.encode() if outcome.state else None, sink)
-
-    def _write(self, key: bytes, value: bytes | None, sink: NoticeSink) -> None:
-        sink(self.forwarded_topic, value, key)
-        self.table.stage(key, value)
+            writes.append((state_key(subject), outcome.state.encode() if outcome.state else None))
+        for topic, value, key in outputs:
+            sink(topic, value, key)
+        for key, value in writes:
+            sink(self.forwarded_topic, value, key)
+            self.table.stage(key, value)
+        for notice in outcome.notices:
+            notices[(notice.partner, notice.kind)] += 1
