@@ -121,7 +121,7 @@ def test_hostile_consent_records_never_raise(ruleset: Ruleset) -> None:
     for key, value in _forward(ruleset, table)[0]:
         table.stage(key, value)
     notifier = OptoutNotifier(plans_of(ruleset), ruleset.digest, table, "guard.forwarded", LOOKBACK, _clock)
-    hostile = [
+    hostile: list[tuple[bytes | None, bytes | None, int | None]] = [
         (b"account:a-1", None, 10**18),  # a tombstone stamped far in the future
         (b"account:a-1", None, -5),
         (b"account:a-1", b"{not json", None),
