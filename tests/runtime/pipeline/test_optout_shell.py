@@ -131,8 +131,8 @@ def test_hostile_consent_records_never_raise(ruleset: Ruleset) -> None:
         (None, None, None),
         (b"account:" + b"x" * 5000, None, None),
     ]
-    for key, value, stamp in hostile:
-        notifier.on_record(key, value, stamp, Counter(), Sent())
+    for hostile_key, hostile_value, stamp in hostile:
+        notifier.on_record(hostile_key, hostile_value, stamp, Counter(), Sent())
 
 
 def test_an_unreadable_record_fails_closed_and_a_deletion_request_deletes(ruleset: Ruleset) -> None:
