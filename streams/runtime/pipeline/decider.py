@@ -228,11 +228,16 @@ class GuardState:
         settings, metrics = self.settings, self.metrics
         metrics.state_entries.labels("consent").set(len(self.consent))
         metrics.state_entries.labels("signup_status").set(len(self.signup_status))
+        if self.track_forwards:
+            metrics.state_entries.labels("forwarded").set(len(self.tables.forwarded))
         report_store_metrics(self.tables, metrics, time.time())
-        for topic, table in (
+        tables: list[tuple[str, ConsentTable | SignupStatusTable | ForwardedTable]] = [
             (settings.consent_topic, self.consent),
             (settings.signup_status_topic, self.signup_status),
-        ):
+        ]
+        if self.track_forwards:
+            tables.append((settings.forwarded_topic, self.tables.forwarded))
+        for topic, table in tables:
             counted = metrics.state_invalid.labels(topic)
             counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
             self._invalid_reported[topic] = table.invalid_records
