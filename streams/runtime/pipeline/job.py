@@ -45,7 +45,7 @@ from streams import exitcodes
 from streams.core.notices import plans_of
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
-from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
 from streams.runtime.ops.config import Settings
 from streams.runtime.ops.faults import BeforeCommitFault
@@ -182,22 +182,8 @@ class GuardJob:
         watch = BrokerWatch(self.kafka_base, self.readiness).start()
         try:
             if settings.create_topics:
-                notices_on = self.state.track_forwards
-                ensure_topics(
-                    self.kafka_base,
-                    [
-                        *settings.input_topics,
-                        *self._topic_by_partner.values(),
-                        settings.blocked_topic,
-                        *(plan.topic for plan in self.plans.values() if plan.kinds),
-                    ],
-                    [
-                        settings.consent_topic,
-                        settings.signup_status_topic,
-                        *([settings.forwarded_topic] if notices_on else []),
-                    ],
-                    settings.partitions,
-                )
+                plain, compacted = guard_topic_layout(settings, self.ruleset)
+                ensure_topics(self.kafka_base, plain, compacted, settings.partitions)
             return self._run_loop()
         finally:
             watch.stop()
