@@ -203,3 +203,19 @@ def test_the_default_leaves_the_ruleset_digest_as_it_was(tmp_path: Path) -> None
     before = _rule(tmp_path, "").digest  # as written before notices existed
     assert _rule(tmp_path, "optout_notices: {kinds: [opt_out, deletion]}\n").digest == before
     assert _rule(tmp_path, "optout_notices: {kinds: [opt_out, deletion], topic: t.x}\n").digest != before
+
+
+def test_a_notice_topic_can_never_be_another_partners_topic(tmp_path: Path) -> None:
+    (tmp_path / "_leak-scan.yaml").write_text((RULES_DIR / "_leak-scan.yaml").read_text())
+    (tmp_path / "install-attribution.yaml").write_text((RULES_DIR / "install-attribution.yaml").read_text())
+    text = (RULES_DIR / "signup-conversions.yaml").read_text()
+    (tmp_path / "signup-conversions.yaml").write_text(
+        text + "optout_notices: {topic: partner.install-attribution.events}\n"
+    )
+    with pytest.raises(RulesetError, match="also written by partner 'install-attribution'"):
+        load_ruleset(tmp_path)
+    (tmp_path / "signup-conversions.yaml").write_text(
+        text + "optout_notices: {topic: partner.signup-conversions.events}\n"
+    )
+    with pytest.raises(RulesetError, match="the rule's own event topic"):
+        load_ruleset(tmp_path)

@@ -239,6 +239,23 @@ def _check_optout_notices(
         )
 
 
+def _shared_topics(rules: list[RuleFile], files: list[Path]) -> Iterator[RuleProblem]:
+    """No two rules write to one topic: a partner's notices never land on another partner's topic."""
+    owner: dict[str, str] = {}
+    by_partner = {path.stem: path for path in files}
+    for rule in rules:
+        topics = [rule.output_topic, *([rule.optout_topic] if rule.optout_notices.sends else [])]
+        for topic in topics:
+            other = owner.setdefault(topic, rule.partner)
+            if other != rule.partner:
+                yield RuleProblem(
+                    str(by_partner.get(rule.partner, rule.partner)),
+                    1,
+                    f"topic '{topic}' is also written by partner '{other}'",
+                    "give every partner its own event and notice topics",
+                )
+
+
 def _unreadable(tag: str) -> bool:
     """Tags a condition may never read (P11): what partners may not learn, and raw consent."""
     return tag in FORBIDDEN_TAGS or tag == "consent" or tag.startswith("pii:")
@@ -474,6 +491,7 @@ def load_ruleset(
             )
         seen[rule.partner] = str(path)
         rules.append(rule)
+    problems.extend(_shared_topics(rules, files))
     if not files:
         problems.append(RuleProblem(str(directory), 1, "no partner rules found", "add <partner>.yaml files"))
     if problems or leak_scan is None:
