@@ -219,3 +219,36 @@ def test_a_notice_topic_can_never_be_another_partners_topic(tmp_path: Path) -> N
     )
     with pytest.raises(RulesetError, match="the rule's own event topic"):
         load_ruleset(tmp_path)
+
+
+changes_st = st.lists(
+    st.tuples(st.integers(1, 50), st.frozensets(st.sampled_from(CHOICES), max_size=2)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(changes_st)
+def test_notices_follow_new_opt_outs_once_and_a_replay_adds_none(
+    steps: list[tuple[int, frozenset[str]]],
+) -> None:
+    """In time order, a notice for every change that adds an opt-out; the same records read
+    again (a replay, a restart) add nothing."""
+    markers = {"both": _marker(external_id="pa", em="ea")}
+    state: NoticeState | None = None
+    sent = 0
+    expected, before, at = 0, frozenset[str](), 0
+    for gap, choices in steps:
+        at += gap
+        expected += bool(choices - before)
+        before = choices
+        out = _decide(ConsentChange("account:a", "update", NOW - 10_000 + at, choices), state, markers)
+        sent += sum(n.kind == "opt_out" and n.partner == "both" for n in out.notices)
+        if out.write_state:
+            state = out.state
+    assert sent == expected
+    at = 0
+    for gap, choices in steps:  # the whole history again
+        at += gap
+        replayed = _decide(ConsentChange("account:a", "update", NOW - 10_000 + at, choices), state, markers)
+        assert replayed.notices == [] and not replayed.write_state
