@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.notices import decode_state
@@ -100,3 +101,35 @@ def test_a_crash_between_the_consent_change_and_its_commit_sends_one_notice(
         assert again.metric_value("partner_guard_optout_notices_total") == 1
     finally:
         assert again.stop() == 0, again.log()
+
+
+def test_hostile_consent_records_neither_stop_the_job_nor_block_the_next_opt_out(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    bootstrap, group = broker.bootstrap, "optout-hostile"
+    guard = start_guard(bootstrap, tmp_path, INPUT, group, transactional_id="optout-hostile-0")
+    consent = Consent(bootstrap, group, [guard])
+    start = now_ms()
+    try:
+        guard.wait_ready()
+        consent.send(consent_record("acct-h", start))
+        produce(bootstrap, INPUT, [keyed_event(app_install("ev-h1", "acct-h"))])
+        wait_all_committed(bootstrap, group, INPUT, 1, guards=[guard])
+        producer = Producer({"bootstrap.servers": bootstrap})
+        hostile = [
+            (b"account:acct-h", b"{not json", 10**15),  # a garbled record stamped far ahead
+            (b"\xff\xfe", b"{}", None),
+            (None, b"{}", None),
+            (b"account:" + b"x" * 2000, None, None),
+            (b"account:acct-h", b'{"subject": "account:acct-h", "subject": "account:other"}', None),
+        ]
+        for key, value, stamp in hostile:
+            producer.produce(CONSENT, value, key, timestamp=stamp or 0)
+        producer.flush(10)
+        consent.produced += len(hostile)
+        consent.send(consent_record("acct-x", start + 1000, do_not_sell_or_share=True))  # no marker: nothing
+        assert guard.process.poll() is None, guard.log()
+        # the garbled record on a canonical key was read as every opt-out (fail closed): one notice
+        assert guard.metric_value("partner_guard_optout_notices_total", partner="install-attribution") == 1
+    finally:
+        assert guard.stop() == 0, guard.log()
