@@ -205,12 +205,33 @@ def replay_command(
             given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
             whatif_label = f"{given} (digest {whatif.digest})"
         run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
-        write_html(result, html_out, run, whatif is not None)
+        optouts = _optouts_section(settings, since, (verify_rules or [Path("rules")])[0])
+        write_html(result, html_out, run, whatif is not None, optouts)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
     if result.failed:
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _optouts_section(settings: Any, since: str | None, rules: Path) -> Any:
+    """The report's notices section, read from the partners' notice topics (None without Kafka
+    settings, as for `--from-file`; a note when they cannot be read)."""
+    from streams.audit.optouts import NoticeReport, read_notices, report_section
+    from streams.audit.source import parse_time
+    from streams.core.rules.loader import load_ruleset
+
+    if settings is None:
+        return None
+    try:
+        ruleset = load_ruleset(rules)
+        topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
+        report = read_notices(settings.kafka_base(), topics, parse_time(since))
+    except (RulesetError, RuntimeError, KafkaException, ValueError) as exc:
+        section = report_section(NoticeReport(), [], since)
+        section.notes.append(f"notices could not be read: {type(exc).__name__}")
+        return section
+    return report_section(report, list(topics), since)
 
 
 def _topic_source(settings: Any) -> str:

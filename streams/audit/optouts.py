@@ -109,6 +109,24 @@ def read_notices(
     return report
 
 
+@dataclass
+class NoticeSection:
+    """What the replay report's notices section shows."""
+
+    since: str | None
+    rows: list[tuple[str, int, int]]  # partner, opt_out, deletion
+    notes: list[str]
+
+
+def report_section(report: NoticeReport, partners: list[str], since: str | None) -> NoticeSection:
+    """The replay report's section: counts per partner and kind."""
+    counts = report.counts()
+    rows = [(p, counts[(p, "opt_out")], counts[(p, "deletion")]) for p in partners]
+    notes = [f"records that are not notices: {report.invalid:,}"] if report.invalid else []
+    notes += [f"topic {t} not found: no notice sent there yet" for t in report.missing_topics]
+    return NoticeSection(since, rows, notes)
+
+
 def summary_lines(report: NoticeReport, partners: list[str]) -> Iterator[str]:
     """One line per partner: notices by kind (every partner listed, zero included)."""
     counts = report.counts()

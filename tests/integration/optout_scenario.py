@@ -253,3 +253,14 @@ def audited(bootstrap: str, tmp: Path, expected: Counter[tuple[str, str]], start
         app, ["replay", "optouts", "--since", future], env={"PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap}
     )
     assert "opt_out 0, deletion 0" in later.output, later.output
+    page = tmp / "replay.html"  # the replay report gains the section too
+    replayed = CliRunner().invoke(
+        app,
+        ["replay", "--since", since, "--html", str(page), "--no-git", "--allow-empty"],
+        env={"PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap},
+    )
+    assert page.exists(), replayed.output
+    section = page.read_text().split('<section id="optout-notices">')[1]
+    for (partner, kind), count in expected.items():
+        assert partner in section and f"<td>{count}</td>" in section, section
+    assert "acct-" not in section
