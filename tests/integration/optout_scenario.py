@@ -261,6 +261,6 @@ def audited(bootstrap: str, tmp: Path, expected: Counter[tuple[str, str]], start
     )
     assert page.exists(), replayed.output
     section = page.read_text().split('<section id="optout-notices">')[1]
-    for (partner, kind), count in expected.items():
+    for (partner, _kind), count in expected.items():
         assert partner in section and f"<td>{count}</td>" in section, section
     assert "acct-" not in section
