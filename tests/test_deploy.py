@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from streams.core.rules.loader import load_ruleset
-from streams.runtime.ops.config import Settings, load_settings
+from streams.runtime.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = re.compile(r"^[\w./-]+:(?!latest$)[\w.-]*\d[\w.-]*$")
