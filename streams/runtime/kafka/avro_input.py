@@ -8,8 +8,8 @@ under ours. Two ways to learn the writer schema:
 - **Schema Registry** (`schema_registry_url`): the id is looked up with confluent-kafka's
   `SchemaRegistryClient` and the parsed result cached per id. An id the registry does not
   know blocks as `schema_unknown`; a schema the guard cannot read (another record name, a
-  field the guard needs removed without a default, not Avro) blocks as
-  `schema_incompatible`. A registry that cannot be reached blocks the record as
+  field the guard needs removed without a default, not Avro, a recursive schema: see
+  `recursion`) blocks as `schema_incompatible`. A registry that cannot be reached blocks the record as
   `schema_unknown` too (fail closed) and is asked again after `RETRY_AFTER_S`; an unknown
   id is asked about again after `UNKNOWN_RECHECK_S`.
 - **Pinned** (no registry): the operator states the one id producers use
@@ -26,6 +26,7 @@ record decided before a schema change is the schema of that commit.
 
 from __future__ import annotations
 
+import graphlib
 import json
 import logging
 import time
@@ -70,6 +71,48 @@ def _full_name(schema: dict[str, Any], name: str | None = None) -> str:
 
 def _fields_without_default(schema: dict[str, Any]) -> list[str]:
     return [f["name"] for f in schema.get("fields", []) if "default" not in f]
+
+
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+
+
+def _referenced_names(body: Any, named: Container[str]) -> set[str]:
+    """The named types a named type's body refers to: by name, or defined inline (not entered)."""
+    found: set[str] = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node in named:
+                found.add(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node is not body and node.get("type") in _NAMED:
+                found.add(str(node.get("name")))
+                continue
+            stack.extend(field.get("type") for field in node.get("fields", ()) if isinstance(field, dict))
+            stack.extend(node[key] for key in ("items", "values") if key in node)
+            if "type" in node:
+                stack.append(node["type"])  # {"type": "x.A"} refers to x.A as "x.A" does
+    return found
+
+
+def recursion(parsed: Any) -> list[str] | None:
+    """A cycle of named types in a parsed schema (`fastavro.parse_schema`), or None.
+
+    A recursive schema is legal Avro, but a record under it can nest as deep as its bytes
+    allow, and fastavro's C reader recurses once per level: tens of thousands of levels end
+    the process with SIGSEGV, where no `except` runs. The guard's own schema is not recursive,
+    so no field it reads needs one: a recursive writer schema is refused as a whole.
+    """
+    named: dict[str, Any] = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    graph = {name: _referenced_names(body, named) for name, body in named.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return [str(name) for name in exc.args[1]]
+    return None
 
 
 def incompatibility(writer: dict[str, Any], reader: dict[str, Any]) -> str | None:
@@ -164,6 +207,10 @@ class AvroDecoder:
             writer = fastavro.parse_schema(writer_json)
         except Exception:  # the registry's text is input too: any parse failure is a verdict
             return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, f"schema id {schema_id} is not valid Avro")
+        cycle = recursion(writer)
+        if cycle is not None:
+            detail = f"schema id {schema_id}: writer schema is recursive ({' -> '.join(cycle)})"
+            return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, detail)
         problem = incompatibility(writer_json, self._reader_json) if isinstance(writer_json, dict) else None
         if problem is not None or not isinstance(writer_json, dict):
             detail = f"schema id {schema_id}: {problem or 'not a record schema'}"
