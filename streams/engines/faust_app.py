@@ -108,7 +108,7 @@ class FaustGuard:
         self.kafka_base: dict[str, Any] = kafka_client_config(s)
         self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)
-        self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state)
+        self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state, self.heartbeat.beat)
         self._state_lock = asyncio.Lock()
         self._loaded = False
         self._last_gauges = 0.0
@@ -219,6 +219,7 @@ class FaustGuard:
         async with self._state_lock:  # P9: caught up after the batch was fetched
             stale = await asyncio.to_thread(self.state.catch_up_before_batch, time.monotonic())
         tally = BatchTally()
+        self.decider.start_batch()
         outputs: list[tuple[str, bytes, bytes | None, Headers | None, str | None]] = []
         for event in events:
             message = event.message

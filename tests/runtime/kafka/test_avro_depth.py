@@ -109,8 +109,9 @@ def test_the_deep_record_is_what_it_claims(tmp_path: Path) -> None:
     writer = fastavro.parse_schema(recursive_writer())
     shallow = deep_record(depth=3)
     decoded = fastavro.schemaless_reader(io.BytesIO(shallow[5:]), writer, None)
-    assert decoded["nest"] == {"next": {"next": {"next": None}}}  # type: ignore[index]
-    assert decoded["event_id"] == "deep-1"  # type: ignore[index]
+    assert isinstance(decoded, dict)
+    assert decoded["nest"] == {"next": {"next": {"next": None}}}
+    assert decoded["event_id"] == "deep-1"
 
 
 @pytest.mark.parametrize(
