@@ -64,7 +64,7 @@ from pathlib import Path
 from streams.audit.replay import replay
 from streams.audit.rulesets import RulesetLibrary
 from streams.runtime.kafka.avro_input import ReplayAvro
-from streams.runtime.ops.config import load_settings
+from streams.runtime.config import load_settings
 from tests.audit.test_replay_avro import _as_the_job_blocked_it
 from tests.conftest import RULES_DIR
 

@@ -17,6 +17,7 @@ from streams.broker.embedded import free_port
 from streams.core.codec import encode_avro
 from streams.core.models import Event, Malformed
 from streams.core.schema import event_schema, load_schema_json
+from streams.runtime.config import Settings
 from streams.runtime.kafka.avro_input import (
     CIRCUIT_MAX_OPEN_S,
     LOOKUPS_SPENT,
@@ -30,7 +31,6 @@ from streams.runtime.kafka.avro_input import (
     registry_client,
     registry_lookup,
 )
-from streams.runtime.ops.config import Settings
 from tests.runtime.kafka.fake_registry import FakeRegistry, fake_registry
 
 KNOWN_ID = 7
