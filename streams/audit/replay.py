@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
-from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
+from streams.audit.source import SOURCE_EXPIRED, SOURCE_INVALID, SOURCE_MISMATCH
 from streams.core.codec import decode_avro, decode_json
 from streams.core.consent import subjects_of
 from streams.core.decide import decide, receivable_types
@@ -49,6 +49,7 @@ READER_MEMBERS = (
     "_invalid",
     SOURCE_EXPIRED,
     SOURCE_MISMATCH,
+    SOURCE_INVALID,
     FETCHED_ORIGINAL,
 )
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
@@ -288,8 +289,10 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    if blocked.get(SOURCE_INVALID):
+        return Outcome(blocked, "invalid_record", f"reference to no record: {blocked[SOURCE_INVALID]}")
     if blocked.get(SOURCE_EXPIRED):
-        return Outcome(blocked, "source_expired", "the referenced source record is past retention")
+        return Outcome(blocked, "source_expired", "the referenced source record is below its log start")
     if blocked.get(SOURCE_MISMATCH):
         return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
     ruleset = library.find(str(blocked.get("ruleset_digest")))
