@@ -9,6 +9,7 @@ counted and listed, never a crash.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -34,7 +35,7 @@ from streams.runtime.formats.payload import (
     unhash_key,
 )
 from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
-from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
+from streams.runtime.kafka.avro_input import LOOKUPS_SPENT, REGISTRY_UNAVAILABLE, ReplayAvro, decode_input
 
 log = logging.getLogger(__name__)
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]
@@ -55,6 +56,7 @@ READER_MEMBERS = (
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+REGISTRY_TIME = "blocked while the Schema Registry did not answer the job; it answers now"
 UNCONFIGURED_AVRO = (
     "Avro read without the job's schema registry or pinned id: every id as the guard's own schema; "
     "give replay the job's settings (--config or PARTNER_GUARD_*)"
@@ -342,9 +344,28 @@ def _verify_one(
         "rule_id"
     ):
         outcome.status, outcome.why = "mismatch", "details or rule id differ"
-    if outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
+    if outcome.status == "mismatch" and _blocked_for_registry_time(blocked):
+        outcome.status, outcome.why = "unverifiable", f"{outcome.why}: {REGISTRY_TIME}"
+    elif outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
         outcome.why += f" ({UNCONFIGURED_AVRO})"
     return outcome
+
+
+def _blocked_for_registry_time(blocked: dict[str, Any]) -> bool:
+    """True when the job blocked an Avro record only because the Schema Registry did not answer
+    (or was not asked, its batch's lookups spent): that decision depended on the registry's
+    state at the time, which replay cannot reproduce."""
+    details = blocked.get("details")
+    if record_format(blocked) != "avro" or blocked.get("reasons") != [Reason.SCHEMA_UNKNOWN.value]:
+        return False
+    if not isinstance(details, list) or len(details) != 1 or not isinstance(details[0], str):
+        return False
+    return (
+        re.fullmatch(
+            rf"schema id \d+: ({re.escape(REGISTRY_UNAVAILABLE)}|{re.escape(LOOKUPS_SPENT)})", details[0]
+        )
+        is not None
+    )
 
 
 def record_format(blocked: dict[str, Any]) -> str:
