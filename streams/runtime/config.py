@@ -263,10 +263,16 @@ def topic_role_clash(roles: list[TopicRole]) -> str | None:
 
     A topic in two roles loops or leaks: the blocked topic as an input re-reads every blocked
     record as new input (without end); a partner topic as the consent topic feeds partner
-    records into the state.
+    records into the state. An input named by a pattern (`^...`) is refused for the same
+    reason: it could match any of them.
     """
     seen: dict[str, TopicRole] = {}
     for role in roles:
+        if role.where == "input_topics" and role.topic.startswith("^"):
+            return (
+                f"input topic '{role.topic}' is a pattern: librdkafka would subscribe to every topic it "
+                "matches, now or later, the guard's own outputs too; name each input topic"
+            )
         first = seen.setdefault(role.topic, role)
         if first is not role:
             return (

@@ -108,3 +108,10 @@ def test_a_partner_writing_to_the_republish_marker_topic_is_refused(tmp_path: Pa
     path.write_text(path.read_text().replace("partner.signup-conversions.events", REPUBLISHED_TOPIC))
     with pytest.raises(StartupError, match="republish marker topic"):
         check_topic_roles(_settings(dev=True), load_ruleset(rules))
+
+
+def test_an_input_pattern_is_refused_it_could_match_the_guards_own_topics() -> None:
+    """librdkafka reads a name starting with ^ as a regex subscription: `^guard\\..*` would
+    subscribe to the blocked topic, and to every partner topic of that prefix."""
+    clash = topic_role_clash(_settings(input_topics=["internal.events", r"^guard\..*"]).topic_roles())
+    assert clash is not None and clash.startswith(r"input topic '^guard\..*' is a pattern")
