@@ -202,3 +202,22 @@ def test_one_request_at_a_time_while_a_given_up_lookup_is_pending(stalled: FakeR
     assert circuit.requests == 1 and stalled.requests == 1
     clock.now += CIRCUIT_MAX_OPEN_S  # a request that never ends is let go after the longest pause
     assert not circuit.is_open
+
+
+def test_whatever_schema_the_registry_answers_with_is_a_verdict_never_an_outage() -> None:
+    """Producers can often register schemas: one nested too deep to parse, one that is not
+    JSON, or a recursive one blocks its own records as schema_incompatible, and leaves the
+    circuit closed for everyone else's ids."""
+    depth = 5_000
+    deep = '{"type": "record", "name": "R", "fields": [{"name": "x", "type": '
+    deep += '{"type": "array", "items": ' * depth + '"int"' + "}" * depth + "}]}"
+    recursive = {"type": "record", "name": "N", "fields": [{"name": "n", "type": ["null", "N"]}]}
+    schemas = {21: deep, 22: "{not json", 23: json.dumps(recursive), KNOWN_ID: json.dumps(load_schema_json())}
+    with fake_registry(schemas) as registry:
+        circuit = RegistryCircuit(registry_lookup(registry_client({"url": registry.url, "timeout": 5})), 10.0)
+        decoder = AvroDecoder(circuit)
+        for schema_id in (21, 22, 23):
+            result = decoder.decode(framed(schema_id))
+            assert isinstance(result, Malformed) and result.reason == "schema_incompatible", result
+        assert circuit.failures == 0 and not circuit.is_open
+        assert isinstance(decoder.decode(framed(KNOWN_ID)), Event)
