@@ -392,7 +392,8 @@ class AvroDecoder:
             detail = f"schema id {schema_id}: {LOOKUPS_SPENT}"
             return _Resolved(None, Reason.SCHEMA_UNKNOWN, detail, self._clock() + RETRY_AFTER_S)
         except SchemaLookupError as exc:
-            log.warning("schema registry lookup of id %d failed: %s", schema_id, exc)
+            if not isinstance(exc, CircuitOpenError):  # (the circuit logs once when it opens)
+                log.warning("schema registry lookup of id %d failed: %s", schema_id, exc)
             return _Resolved(
                 None,
                 Reason.SCHEMA_UNKNOWN,

@@ -221,3 +221,15 @@ def test_whatever_schema_the_registry_answers_with_is_a_verdict_never_an_outage(
             assert isinstance(result, Malformed) and result.reason == "schema_incompatible", result
         assert circuit.failures == 0 and not circuit.is_open
         assert isinstance(decoder.decode(framed(KNOWN_ID)), Event)
+
+
+def test_an_open_circuit_logs_once_not_once_per_id(
+    stalled: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    decoder = avro_decoder(settings_for(stalled.url))
+    assert decoder is not None
+    decoder.start_batch()
+    with caplog.at_level("INFO", logger="streams.runtime.kafka.avro_input"):
+        for schema_id in MADE_UP_IDS:
+            decoder.decode(framed(schema_id))
+    assert len(caplog.records) <= 2  # the lookup that failed, and the circuit opening
