@@ -32,7 +32,10 @@ MADE_UP = 300
 PATIENCE_S = 240.0  # far above the bounded time; on a guard without the circuit, ~450 s
 
 
-def test_a_stalled_registry_and_made_up_ids_cost_bounded_time(broker: EmbeddedBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["kafka", "faust"])
+def test_a_stalled_registry_and_made_up_ids_cost_bounded_time(
+    broker: EmbeddedBroker, tmp_path: Path, engine: str
+) -> None:
     ensure_topics(
         {"bootstrap.servers": broker.bootstrap}, [TOPIC], ["privacy.consent", "member.signup-status"], 1
     )
@@ -47,6 +50,7 @@ def test_a_stalled_registry_and_made_up_ids_cost_bounded_time(broker: EmbeddedBr
             TOPIC,
             GROUP,
             transactional_id="guard-registry-stall-0",
+            engine=engine,
             extra_env={
                 "PARTNER_GUARD_INPUT_FORMATS": f"{TOPIC}=avro",
                 "PARTNER_GUARD_SCHEMA_REGISTRY_URL": stalled.url,
