@@ -45,6 +45,7 @@ from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
 from streams.runtime.config import Settings
 from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
 from streams.runtime.kafka.io import Headers
 from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
@@ -60,6 +61,9 @@ COMMIT_INTERVAL_S = 1.0
 # How often the idle worker applies new state records (between batches the agent waits).
 STATE_POLL_INTERVAL_S = 0.5
 GAUGE_INTERVAL_S = 5.0
+# /healthz's silence limit: 60 s, or longer than one batch's Schema Registry lookups may take.
+FAUST_LIVENESS_S = 60.0
+LIVENESS_MARGIN_S = 20.0
 EXIT_BATCH_FAILED = 3  # as the kafka engine's fatal errors: a supervisor restarts the worker
 # aiokafka's timestamp types: 0 CreateTime, 1 LogAppendTime, -1 (or None) no timestamp.
 NO_TIMESTAMP_MS = -1
@@ -101,7 +105,7 @@ class FaustGuard:
         s = self.settings = setup.settings
         self.ruleset = setup.ruleset
         self.metrics = metrics or GuardMetrics()
-        self.heartbeat = Heartbeat()
+        self.heartbeat = Heartbeat(max(FAUST_LIVENESS_S, registry_wait_per_batch_s(s) + LIVENESS_MARGIN_S))
         self.readiness = Readiness(self.metrics.ready)
         self.stopping = False
         credentials = broker_credentials(s.kafka)

@@ -233,3 +233,34 @@ def test_an_open_circuit_logs_once_not_once_per_id(
         for schema_id in MADE_UP_IDS:
             decoder.decode(framed(schema_id))
     assert len(caplog.records) <= 2  # the lookup that failed, and the circuit opening
+
+
+@pytest.mark.parametrize("engine", ["kafka", "faust"])
+def test_healthz_outlasts_the_longest_batch_of_registry_lookups(engine: str) -> None:
+    """With a long registry timeout a batch may wait longer than the default silence limit:
+    `/healthz` allows for it on both engines (built here without connecting anywhere)."""
+    from streams.core.rules.loader import load_ruleset
+    from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
+    from streams.runtime.ops.startup import keyed_setup
+    from tests.conftest import RULES_DIR
+
+    settings = Settings(
+        bootstrap_servers="127.0.0.1:1",
+        input_formats={"internal.events": "avro"},
+        schema_registry_url="http://127.0.0.1:1",
+        schema_registry_timeout_ms=60_000,
+        dev=True,
+        engine=engine,
+        faust_accepted_gaps=["P8"],
+    )
+    setup = keyed_setup(settings, load_ruleset(RULES_DIR))
+    if engine == "kafka":
+        from streams.runtime.pipeline.job import GuardJob
+
+        heartbeat = GuardJob(settings, setup.ruleset, payload=setup.payload).heartbeat
+    else:
+        from streams.engines.faust_app import FaustGuard
+
+        heartbeat = FaustGuard(setup).heartbeat
+    assert registry_wait_per_batch_s(settings) == 120.0
+    assert heartbeat.max_silence_s > 120.0
