@@ -113,6 +113,7 @@ class FaustGuard:
         self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)
         self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._state_lock = asyncio.Lock()
         self._loaded = False
         self._last_gauges = 0.0

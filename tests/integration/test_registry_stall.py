@@ -71,6 +71,8 @@ def test_a_stalled_registry_and_made_up_ids_cost_bounded_time(
                 time.sleep(0.25)
             health.add(guard.status("/healthz"))
             assert health == {200}
+            opened = guard.log().count("schema registry unavailable")
+            assert 1 <= opened <= 20  # the circuit opened, and said so once per pause, not per id
             asked = stalled.requests
         finally:
             assert guard.stop() == 0

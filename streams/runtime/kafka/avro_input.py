@@ -334,6 +334,11 @@ class AvroDecoder:
         self._reader = fastavro.parse_schema(self._reader_json)
         self._by_id: dict[int, _Resolved] = {}
 
+    @property
+    def registry_open(self) -> bool:
+        """True while this decoder's registry circuit is open (False without a registry)."""
+        return isinstance(self._lookup, RegistryCircuit) and self._lookup.is_open
+
     def start_batch(self) -> None:
         """A new batch: its registry budget starts afresh."""
         if self._budget is not None:

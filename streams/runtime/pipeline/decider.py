@@ -259,6 +259,10 @@ class RecordDecider:
             return None
         return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
 
+    def registry_open(self) -> float:
+        """1.0 while the Schema Registry circuit is open, else 0.0 (a gauge's callback)."""
+        return 1.0 if self._avro is not None and self._avro.registry_open else 0.0
+
     def start_batch(self) -> None:
         """Called before each batch: the Schema Registry budget is per batch."""
         if self._avro is not None:

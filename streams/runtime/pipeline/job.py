@@ -129,6 +129,7 @@ class GuardJob:
         self.heartbeat = Heartbeat(liveness_limit_s(self.retry, unwatched_s))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
         self.decider = RecordDecider(settings, ruleset, self.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._topic_by_partner = self.decider.topic_by_partner
         self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.in_flight: CommitInFlight | None = None  # the commit the loop has not yet waited for

@@ -264,3 +264,24 @@ def test_healthz_outlasts_the_longest_batch_of_registry_lookups(engine: str) -> 
         heartbeat = FaustGuard(setup).heartbeat
     assert registry_wait_per_batch_s(settings) == 120.0
     assert heartbeat.max_silence_s > 120.0
+
+
+def test_the_open_circuit_is_a_gauge_read_at_scrape_time(stalled: FakeRegistry) -> None:
+    from prometheus_client import generate_latest
+
+    from streams.core.rules.loader import load_ruleset
+    from streams.runtime.ops.startup import keyed_setup
+    from streams.runtime.pipeline.job import GuardJob
+    from tests.conftest import RULES_DIR
+
+    settings = settings_for(stalled.url).model_copy(update={"dev": True})
+    setup = keyed_setup(settings, load_ruleset(RULES_DIR))
+    job = GuardJob(settings, setup.ruleset, payload=setup.payload)
+
+    def scraped() -> bytes:
+        return generate_latest(job.metrics.registry)
+
+    assert b"partner_guard_schema_registry_open 0.0" in scraped()
+    job.decider.start_batch()
+    job.decider.decode(framed(4_000), "avro")
+    assert b"partner_guard_schema_registry_open 1.0" in scraped()
