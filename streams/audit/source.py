@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from streams.runtime.formats.payload import FETCHED_ORIGINAL
 from streams.runtime.formats.records import partner_views
@@ -250,6 +250,7 @@ def fetch_sources(kafka_config: dict[str, Any], wanted: set[tuple[str, int, int]
         bounds: dict[tuple[str, int], tuple[int, int]] = {}
         for (topic, partition), offsets in by_partition.items():
             if topic not in listed:
+                _check_missing(consumer, topic)
                 why = f"source topic '{topic}' does not exist"
             elif partition not in listed[topic]:
                 why = f"source topic '{topic}' has no partition {partition} (it has {len(listed[topic])})"
@@ -281,6 +282,15 @@ def fetch_sources(kafka_config: dict[str, Any], wanted: set[tuple[str, int, int]
     finally:
         consumer.close()
     return sources
+
+
+def _check_missing(consumer: Consumer, topic: str) -> None:
+    """Raise `RuntimeError` (replay cannot run) unless the broker says `topic` does not exist:
+    a topic this client may not describe is not a reference to nothing."""
+    described = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    error = described.error if described is not None else None
+    if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise RuntimeError(f"cannot read source topic '{topic}': {error.str()}")
 
 
 SOURCE_EXPIRED = "_source_expired"  # view member: the referenced source record is gone
