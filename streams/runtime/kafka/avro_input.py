@@ -69,6 +69,8 @@ CIRCUIT_MAX_OPEN_S = 60.0
 MAX_FETCHES_PER_BATCH = 16
 # ... and waits for it at most this long in total (or one whole lookup, when that is longer).
 MAX_WAIT_PER_BATCH_S = 10.0
+# A lookup is not sent with less than this left of the batch's wait.
+MIN_LOOKUP_WAIT_S = 0.05
 # The detail of a record blocked because the registry did not answer (or was not asked).
 REGISTRY_UNAVAILABLE = "registry unavailable"
 LOOKUPS_SPENT = "registry not asked: this batch's lookups are spent"
@@ -299,10 +301,13 @@ class FetchBudget:
         self.fetches, self.waited_s = 0, 0.0
 
     def allowance(self) -> float | None:
-        """How long the next lookup may wait, or None when this batch may send no more."""
-        if self.fetches >= self.max_fetches or self.waited_s >= self.max_wait_s:
+        """How long the next lookup may wait, or None when this batch may send no more (also
+        when too little time is left for an answer: a request sent then would only be left
+        pending, holding the circuit)."""
+        left = self.max_wait_s - self.waited_s
+        if self.fetches >= self.max_fetches or left < MIN_LOOKUP_WAIT_S:
             return None
-        return self.max_wait_s - self.waited_s
+        return left
 
     def spend(self, waited_s: float) -> None:
         """Count one lookup and its wait."""
