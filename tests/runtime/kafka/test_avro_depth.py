@@ -19,6 +19,8 @@ from typing import Any
 
 import fastavro
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.core.codec import encode_avro
 from streams.core.schema import load_schema_json
@@ -166,3 +168,50 @@ def test_a_recursive_writer_is_refused_once_for_its_id() -> None:
     decoder = AvroDecoder(lambda _id: json.dumps(recursive_writer()))
     blocked = decoder.decode(deep_record(depth=2))
     assert getattr(blocked, "reason", None) == "schema_incompatible"
+
+
+@st.composite
+def named_schemas(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
+    """A record schema of nested inline records, each field a reference to a type already
+    defined, to one still being defined (an ancestor: recursion), a primitive, or a new record;
+    wrapped in unions, arrays and maps at random. Returns it and whether it is recursive."""
+    counter = iter(range(1_000))
+    defined: list[str] = []
+    recursive = False
+
+    def wrap(schema: Any) -> Any:
+        kind = draw(st.sampled_from(["plain", "union", "array", "map"]))
+        if kind == "union":
+            return ["null", schema]
+        if kind in ("array", "map"):
+            return {"type": kind, "items" if kind == "array" else "values": schema}
+        return schema
+
+    def record(open_names: list[str], depth: int) -> dict[str, Any]:
+        nonlocal recursive
+        name = f"R{next(counter)}"
+        fields = []
+        for index in range(draw(st.integers(0, 3))):
+            choice = draw(st.sampled_from(["primitive", "defined", "open", "new"]))
+            if choice == "new" and depth < 3:
+                target: Any = record([*open_names, name], depth + 1)
+            elif choice == "open":
+                target = draw(st.sampled_from([*open_names, name]))
+                recursive = True
+            elif choice == "defined" and defined:
+                target = draw(st.sampled_from(defined))
+            else:
+                target = "int"
+            fields.append({"name": f"f{index}", "type": wrap(target)})
+        defined.append(name)
+        return {"type": "record", "name": name, "fields": fields}
+
+    return record([], 0), recursive
+
+
+@given(named_schemas())
+def test_recursion_is_found_exactly_when_a_type_refers_to_itself_or_an_enclosing_type(
+    case: tuple[dict[str, Any], bool],
+) -> None:
+    schema, recursive = case
+    assert (recursion(fastavro.parse_schema(schema)) is not None) == recursive
