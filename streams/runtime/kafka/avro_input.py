@@ -65,6 +65,9 @@ UNKNOWN_RECHECK_S = 60.0
 MAX_CACHED_UNKNOWN = 10_000
 # While the registry stays down, the circuit's pause doubles from RETRY_AFTER_S up to this.
 CIRCUIT_MAX_OPEN_S = 60.0
+# Requests let go after CIRCUIT_MAX_OPEN_S that have still not returned: at this many, no
+# more are sent (each holds a thread), until one returns.
+MAX_LET_GO = 4
 # One batch of the job asks the registry about at most this many new ids ...
 MAX_FETCHES_PER_BATCH = 16
 # ... and waits for it at most this long in total (or one whole lookup, when that is longer).
@@ -206,7 +209,8 @@ class RegistryCircuit:
     `CIRCUIT_MAX_OPEN_S`; while open, every lookup fails at once. The first lookup after the
     pause goes through; any answer from the registry (a schema, "unknown", another type)
     closes the circuit. At most one request is pending at a time: one given up still holds
-    the circuit until it returns (or for `CIRCUIT_MAX_OPEN_S`, if it never does).
+    the circuit until it returns (or for `CIRCUIT_MAX_OPEN_S`, if it never does; at most
+    `MAX_LET_GO` such requests, each holding a thread, are left behind).
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class RegistryCircuit:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: _Call | None = None
+        self._let_go: list[_Call] = []  # given up for good, their threads still blocked
         self._open_until: float | None = None
         self._failures = 0
         self.requests = 0  # lookups sent, for tests and logs
@@ -239,8 +244,14 @@ class RegistryCircuit:
 
     def _refusal(self, now: float) -> str | None:
         pending = self._pending
-        if pending is not None and not pending.done.is_set() and now - pending.started < CIRCUIT_MAX_OPEN_S:
-            return "an earlier lookup is still waiting for the registry"  # (one that never ends is let go)
+        if pending is not None and not pending.done.is_set():
+            if now - pending.started < CIRCUIT_MAX_OPEN_S:
+                return "an earlier lookup is still waiting for the registry"
+            self._let_go.append(pending)  # one that never ends is let go: its thread lives on
+            self._pending = None
+        self._let_go = [call for call in self._let_go if not call.done.is_set()]
+        if len(self._let_go) >= MAX_LET_GO:
+            return f"{len(self._let_go)} requests to the registry never returned"
         if self._open_until is not None and now < self._open_until:
             return f"circuit open for {self._open_until - now:.1f} s more"
         return None

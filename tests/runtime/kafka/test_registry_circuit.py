@@ -22,6 +22,7 @@ from streams.runtime.kafka.avro_input import (
     CIRCUIT_MAX_OPEN_S,
     LOOKUPS_SPENT,
     MAX_FETCHES_PER_BATCH,
+    MAX_LET_GO,
     REGISTRY_UNAVAILABLE,
     RETRY_AFTER_S,
     AvroDecoder,
@@ -202,6 +203,13 @@ def test_one_request_at_a_time_while_a_given_up_lookup_is_pending(stalled: FakeR
     assert circuit.requests == 1 and stalled.requests == 1
     clock.now += CIRCUIT_MAX_OPEN_S  # a request that never ends is let go after the longest pause
     assert not circuit.is_open
+    for sent in range(2, MAX_LET_GO + 1):  # each let go holds a thread: only so many are left behind
+        assert isinstance(decoder.decode(framed(3_000 + sent)), Malformed)
+        assert circuit.requests == sent
+        clock.now += CIRCUIT_MAX_OPEN_S
+    assert circuit.is_open
+    assert isinstance(decoder.decode(framed(3_100)), Malformed)
+    assert circuit.requests == MAX_LET_GO and stalled.requests == MAX_LET_GO
 
 
 def test_whatever_schema_the_registry_answers_with_is_a_verdict_never_an_outage() -> None:
