@@ -45,6 +45,7 @@ from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
 from streams.runtime.config import Settings
 from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
 from streams.runtime.kafka.io import Headers
 from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
@@ -60,6 +61,9 @@ COMMIT_INTERVAL_S = 1.0
 # How often the idle worker applies new state records (between batches the agent waits).
 STATE_POLL_INTERVAL_S = 0.5
 GAUGE_INTERVAL_S = 5.0
+# /healthz's silence limit: 60 s, or longer than one batch's Schema Registry lookups may take.
+FAUST_LIVENESS_S = 60.0
+LIVENESS_MARGIN_S = 20.0
 EXIT_BATCH_FAILED = 3  # as the kafka engine's fatal errors: a supervisor restarts the worker
 # aiokafka's timestamp types: 0 CreateTime, 1 LogAppendTime, -1 (or None) no timestamp.
 NO_TIMESTAMP_MS = -1
@@ -101,14 +105,15 @@ class FaustGuard:
         s = self.settings = setup.settings
         self.ruleset = setup.ruleset
         self.metrics = metrics or GuardMetrics()
-        self.heartbeat = Heartbeat()
+        self.heartbeat = Heartbeat(max(FAUST_LIVENESS_S, registry_wait_per_batch_s(s) + LIVENESS_MARGIN_S))
         self.readiness = Readiness(self.metrics.ready)
         self.stopping = False
         credentials = broker_credentials(s.kafka)
         self.kafka_base: dict[str, Any] = kafka_client_config(s)
         self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)
-        self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state)
+        self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._state_lock = asyncio.Lock()
         self._loaded = False
         self._last_gauges = 0.0
@@ -219,6 +224,7 @@ class FaustGuard:
         async with self._state_lock:  # P9: caught up after the batch was fetched
             stale = await asyncio.to_thread(self.state.catch_up_before_batch, time.monotonic())
         tally = BatchTally()
+        self.decider.start_batch()
         outputs: list[tuple[str, bytes, bytes | None, Headers | None, str | None]] = []
         for event in events:
             message = event.message
