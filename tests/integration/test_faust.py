@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
@@ -193,6 +195,52 @@ def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
     test_job.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a /metrics text, or None when it is not exported."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None
+
+
+def test_faust_sigterm_finishes_the_open_batch_and_exits_0(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """SIGTERM mid-stream: exit 0 with every batch it took sent and its offsets committed, so the
+    restart decides each input exactly once (no re-delivery, at least once or not)."""
+    generator = seed_population(broker.bootstrap, INPUT, 500, 13)
+    stopped_in_s = test_job.sigterm_and_restart(
+        broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust"
+    )
+    print(f"the Faust worker stopped {stopped_in_s:.1f} s after SIGTERM")
+
+
+def test_faust_exports_consumer_and_state_lag(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """`partner_guard_consumer_lag_records` for every input partition (0 once all is decided) and
+    `partner_guard_state_lag_records` for both state topics, as on the kafka engine."""
+    generator = seed_population(broker.bootstrap, INPUT, 200, 17)
+    events = list(generator.events(600))
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag-metrics", engine="faust")
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, events)
+        _wait_consumed(guard, len(events))
+        deadline = time.monotonic() + 60
+        while True:  # the gauges refresh every 5 s
+            text = guard.metrics()
+            lag = {
+                p: _sample(text, "partner_guard_consumer_lag_records", topic=INPUT, partition=str(p))
+                for p in range(3)
+            }
+            if all(value == 0 for value in lag.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert lag == {0: 0, 1: 0, 2: 0}, text
+        for topic in test_job.STATE_TOPICS:
+            assert _sample(text, "partner_guard_state_lag_records", topic=topic) == 0, text
+    finally:
+        assert guard.stop() == 0
 
 
 def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:

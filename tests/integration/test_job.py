@@ -221,15 +221,34 @@ def sigkill_and_restart(
 
 def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBroker, tmp_path: Path) -> None:
     generator = _prepare(broker, population=500, seed=13)
-    events = list(generator.events(12_000))
-    first = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
+    stopped_in_s = sigterm_and_restart(
+        broker, tmp_path, list(generator.events(12_000)), 3_000, 10, transactional_id="guard-term-0"
+    )
+    assert stopped_in_s < 10
+
+
+def sigterm_and_restart(
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+    events: list[KeyedRecord],
+    stop_after: int,
+    stop_timeout_s: float = 60.0,
+    **guard_options: Any,
+) -> float:
+    """SIGTERM the guard once `stop_after` inputs are consumed (exit 0), restart it: every input
+    has exactly one output per partner, so the first instance committed all it wrote.
+
+    Shared by both engines' tests; returns how long the first instance took to stop (SIGKILL,
+    and a failure, after `stop_timeout_s`).
+    """
+    first = start_guard(broker.bootstrap, tmp_path, INPUT, "term", **guard_options)
     first.wait_ready()
     produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 3_000)
+    _wait_consumed(first, stop_after)
     started = time.monotonic()
-    assert first.stop(timeout_s=10) == 0
-    assert time.monotonic() - started < 10
-    second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
+    assert first.stop(timeout_s=stop_timeout_s) == 0, first.log()
+    stopped_in_s = time.monotonic() - started
+    second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", **guard_options)
     try:
         second.wait_ready()
         wait_all_committed(broker.bootstrap, "term", INPUT, len(events), guards=[second])
@@ -239,6 +258,7 @@ def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBr
             assert max(outcomes[partner].values()) == 1, partner
     finally:
         assert second.stop() == 0
+    return stopped_in_s
 
 
 def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBroker, tmp_path: Path) -> None:

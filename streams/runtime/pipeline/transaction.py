@@ -56,23 +56,26 @@ The clock is passed in (monotonic seconds) so the retry budget is testable witho
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
-import os
-import sys
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streams import exitcodes
 from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.watchdog import EXIT_HUNG, liveness_limit
+
+# Re-exported: the watchdog lives in `streams.runtime.ops.watchdog`, shared by both engines.
+from streams.runtime.ops.watchdog import HANG_GRACE_S as HANG_GRACE_S
+from streams.runtime.ops.watchdog import LIVENESS_FLOOR_S as LIVENESS_FLOOR_S
+from streams.runtime.ops.watchdog import LIVENESS_MARGIN_S as LIVENESS_MARGIN_S
+from streams.runtime.ops.watchdog import CallWatchdog as CallWatchdog
+from streams.runtime.ops.watchdog import exit_hung as exit_hung
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +90,8 @@ CALL_TIMEOUT_S = 30.0
 RETRY_DEADLINE_S = 60.0
 # Retries of one call within the deadline; each waits up to CALL_TIMEOUT_S inside librdkafka.
 RETRY_ATTEMPTS = 5
-# A transactional call still blocked this long after its own timeout is hung (not slow): a
-# loaded machine schedules librdkafka's threads late by seconds, never by this much.
-HANG_GRACE_S = 10.0
-# `/healthz` turns 503 after this long without a beat, or later when one call may take longer
-# (`liveness_limit_s`): what a liveness probe restarts a stuck process on.
-LIVENESS_FLOOR_S = 60.0
-# How much longer than the longest watched call (timeout + grace) `/healthz` waits: the
-# watchdog's exit 4 must come first, with a log line naming the call.
-LIVENESS_MARGIN_S = 20.0
 # The process exit code when a transactional call hung (0 clean stop, 2 refused, 3 fatal).
-EXIT_TRANSACTION_HUNG = exitcodes.JOB_HUNG
+EXIT_TRANSACTION_HUNG = EXIT_HUNG
 
 
 class TransactionFatalError(Exception):
@@ -118,68 +112,6 @@ class State(enum.Enum):
     OPEN = "open"
     COMMITTING = "committing"  # the commit runs on the committer thread; nothing may begin
     FAILED = "failed"
-
-
-def exit_hung(step: str, waited_s: float) -> None:
-    """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
-    log.critical(
-        "Kafka call '%s' still blocked after %.0f s, past its own timeout (librdkafka#5456 and kin): "
-        "exiting with code %d so a supervisor restarts the guard; the restart aborts any open transaction",
-        step,
-        waited_s,
-        EXIT_TRANSACTION_HUNG,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_TRANSACTION_HUNG)
-
-
-class CallWatchdog:
-    """Calls `on_hang(step, waited_s)` when a watched call outlives its limit; one thread.
-
-    Several calls may be watched at once (the loop's thread and the committer thread each make
-    one). `watch()` costs a lock and a notify; the thread sleeps until the nearest deadline, so
-    calls that return in time never wake it. It fires at most once per watched call.
-    """
-
-    def __init__(self, on_hang: Callable[[str, float], None] = exit_hung) -> None:
-        self.on_hang = on_hang
-        self._cond = threading.Condition()
-        self._watched: dict[int, tuple[str, float, float]] = {}  # token -> (step, started, deadline)
-        self._tokens = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def watch(self, step: str, limit_s: float) -> Iterator[None]:
-        """Watch the calls made inside the block."""
-        with self._cond:
-            token, started = next(self._tokens), time.monotonic()
-            self._watched[token] = (step, started, started + limit_s)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="txn-watchdog", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._watched.pop(token, None)
-                self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                if not self._watched:
-                    self._cond.wait()
-                    continue
-                token, (step, started, deadline) = min(self._watched.items(), key=lambda item: item[1][2])
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                del self._watched[token]
-                self.on_hang(step, time.monotonic() - started)
 
 
 def _no_beat() -> None:
@@ -237,14 +169,9 @@ class RetryPolicy:
 
 
 def liveness_limit_s(retry: RetryPolicy, longest_unwatched_s: float = 0.0) -> float:
-    """How long `/healthz` may go without a beat before it reports 503 (a stuck loop).
-
-    Longer than any single watched call can block (a hung one is the watchdog's: exit 4) and
-    than the longest stretch without a watched call (`longest_unwatched_s`: the state
-    catch-up before a batch), each by `LIVENESS_MARGIN_S`; never under `LIVENESS_FLOOR_S`.
-    """
-    longest = max(retry.hung_after_s, longest_unwatched_s)
-    return max(LIVENESS_FLOOR_S, longest + LIVENESS_MARGIN_S)
+    """How long `/healthz` may go without a beat: `liveness_limit` for the retry policy's
+    longest watched call and `longest_unwatched_s` (the state catch-up before a batch)."""
+    return liveness_limit(retry.hung_after_s, longest_unwatched_s)
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:
