@@ -97,15 +97,25 @@ def check_promises(settings: Settings) -> None:
 
 
 def consumer_lag(
-    ends: Mapping[tuple[str, int], int | None], next_offsets: Mapping[tuple[str, int], int | None]
+    ends: Mapping[tuple[str, int], int | None],
+    positions: Mapping[tuple[str, int], int | None],
+    decided: Mapping[tuple[str, int], int],
 ) -> dict[tuple[str, int], int]:
-    """Input records not yet decided, per partition: its end offset minus the next offset the
-    guard will decide there; partitions where either is unknown (None or negative) are left out."""
+    """Input records not yet decided, per partition.
+
+    The end is the larger of the listed end offset and the consumer's fetch position (it has
+    fetched that far, so the log is at least that long: the embedded broker lists the base
+    offset of the last record batch + 1, short of the true end); from it is subtracted the next
+    offset the guard will decide there (`decided`), or the fetch position where it has decided
+    nothing yet. A partition whose end or position is unknown (None or negative) is left out.
+    """
     lag = {}
-    for partition, end in ends.items():
-        next_offset = next_offsets.get(partition)
-        if end is not None and end >= 0 and next_offset is not None and next_offset >= 0:
-            lag[partition] = max(0, end - next_offset)
+    for partition, listed in ends.items():
+        position = positions.get(partition)
+        if position is None or position < 0:
+            continue
+        end = max(position, listed if listed is not None else -1)
+        lag[partition] = max(0, end - decided.get(partition, position))
     return lag
 
 
@@ -233,16 +243,14 @@ class FaustGuard:
             if not assigned:
                 return
             ends = await asyncio.wait_for(consumer.highwaters(*assigned), GAUGE_TIMEOUT_S)
-            next_offsets: dict[tuple[str, int], int | None] = {}
-            for tp in assigned:
-                decided = self._next_offsets.get((tp.topic, tp.partition))
-                next_offsets[(tp.topic, tp.partition)] = (
-                    decided
-                    if decided is not None
-                    else await asyncio.wait_for(consumer.position(tp), GAUGE_TIMEOUT_S)
-                )
-            ends_by_partition = {(tp.topic, tp.partition): end for tp, end in ends.items()}
-            for (topic, partition), lag in consumer_lag(ends_by_partition, next_offsets).items():
+            positions = {
+                (tp.topic, tp.partition): await asyncio.wait_for(consumer.position(tp), GAUGE_TIMEOUT_S)
+                for tp in assigned
+            }
+            listed = {(tp.topic, tp.partition): ends.get(tp) for tp in assigned}
+            for revoked in self._next_offsets.keys() - positions.keys():  # another worker's now
+                del self._next_offsets[revoked]
+            for (topic, partition), lag in consumer_lag(listed, positions, self._next_offsets).items():
                 self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
         except Exception as exc:  # a metric, never a reason to stop
             log.debug("consumer lag not refreshed: %s", type(exc).__name__)

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
 from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.ops.watchdog import EXIT_HUNG
 from streams.runtime.pipeline.records import partner_views
 from tests.integration import test_hostile_job, test_job
 from tests.integration.kafka_helpers import (
@@ -44,6 +45,7 @@ from tests.integration.test_job import INPUT, _wait_consumed
 from tests.integration.test_replay import _cli, _jsonl
 
 pytestmark = pytest.mark.integration
+HTTP_OK = 200
 ENGINE_SPECIFIC_SOURCE = frozenset({"partition", "offset", "timestamp_ms"})
 ENGINE_SPECIFIC_HEADERS = frozenset({"pg-source-partition", "pg-source-offset"})
 _OVERSIZED = {
@@ -206,6 +208,16 @@ def _sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _lag_samples(text: str) -> dict[str, float]:
+    """`partner_guard_consumer_lag_records` of the input topic, by partition."""
+    return {
+        found.labels["partition"]: float(found.value)
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == "partner_guard_consumer_lag_records" and found.labels.get("topic") == INPUT
+    }
+
+
 def test_faust_sigterm_finishes_the_open_batch_and_exits_0(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """SIGTERM mid-stream: exit 0 with every batch it took sent and its offsets committed, so the
     restart decides each input exactly once (no re-delivery, at least once or not)."""
@@ -229,18 +241,50 @@ def test_faust_exports_consumer_and_state_lag(broker: EmbeddedBroker, tmp_path: 
         deadline = time.monotonic() + 60
         while True:  # the gauges refresh every 5 s
             text = guard.metrics()
-            lag = {
-                p: _sample(text, "partner_guard_consumer_lag_records", topic=INPUT, partition=str(p))
-                for p in range(3)
-            }
-            if all(value == 0 for value in lag.values()) or time.monotonic() > deadline:
+            lag = _lag_samples(text)
+            if lag == {"0": 0, "1": 0, "2": 0} or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert lag == {0: 0, 1: 0, 2: 0}, text
+        assert lag == {"0": 0, "1": 0, "2": 0}, text
         for topic in test_job.STATE_TOPICS:
             assert _sample(text, "partner_guard_state_lag_records", topic=topic) == 0, text
     finally:
         assert guard.stop() == 0
+
+
+def test_faust_hung_acknowledgements_exit_4_and_lag_shows_the_backlog(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """`hang@2`: batch 2's acknowledgements never arrive. While it hangs the worker is alive
+    (`/healthz` 200) and its consumer-lag gauge shows the undecided inputs; the watchdog ends
+    it with exit 4 once the wait is 10 s past `transaction_call_timeout_ms`, naming the call."""
+    generator = seed_population(broker.bootstrap, INPUT, 200, 19)
+    env = {
+        "PARTNER_GUARD_FAULT_BEFORE_COMMIT": "hang@2",
+        "PARTNER_GUARD_BATCH_SIZE": "100",
+        "PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS": "20000",  # hung = unacknowledged 20 s + 10 s
+    }
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "hung-acks", env, engine="faust")
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, list(generator.events(1_000)))
+        lags: list[float] = []  # while batch 2 hangs and /healthz answers 200
+        while guard.process.poll() is None:
+            if "acknowledgements never arrive" in guard.log_path.read_text(errors="replace"):
+                try:
+                    text = guard.metrics() if guard.status("/healthz") == HTTP_OK else None
+                except OSError:  # exited meanwhile
+                    text = None
+                if text is not None:
+                    lags.append(sum(_lag_samples(text).values()))
+            time.sleep(0.5)
+        assert guard.process.returncode == EXIT_HUNG, guard.log()
+    finally:
+        guard.stop()
+    print(f"consumer lag while batch 2 hung: {sorted(set(lags))}")
+    assert lags, "never seen alive while hanging"
+    assert max(lags) > 0, "the lag gauge never showed the undecided inputs"
+    assert "'produce: acknowledgements' still blocked" in guard.log()
 
 
 def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:
