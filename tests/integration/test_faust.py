@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,14 +219,17 @@ def _lag_samples(text: str) -> dict[str, float]:
     }
 
 
-def test_faust_sigterm_finishes_the_open_batch_and_exits_0(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    """SIGTERM mid-stream: exit 0 with every batch it took sent and its offsets committed, so the
-    restart decides each input exactly once (no re-delivery, at least once or not)."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_faust_sigterm_finishes_the_open_batch_and_exits_0(
+    broker: EmbeddedBroker, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """SIGTERM (or SIGINT) mid-stream: exit 0 with every batch it took sent and its offsets
+    committed, so the restart decides each input exactly once (no re-delivery, at least once or not)."""
     generator = seed_population(broker.bootstrap, INPUT, 500, 13)
     stopped_in_s = test_job.sigterm_and_restart(
-        broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust"
+        broker, tmp_path, list(generator.events(4_000)), 1_000, stop_signal=stop_signal, engine="faust"
     )
-    print(f"the Faust worker stopped {stopped_in_s:.1f} s after SIGTERM")
+    print(f"the Faust worker stopped {stopped_in_s:.1f} s after {stop_signal.name}")
 
 
 def test_faust_exports_consumer_and_state_lag(broker: EmbeddedBroker, tmp_path: Path) -> None:

@@ -233,10 +233,11 @@ def sigterm_and_restart(
     events: list[KeyedRecord],
     stop_after: int,
     stop_timeout_s: float = 60.0,
+    stop_signal: int = signal.SIGTERM,
     **guard_options: Any,
 ) -> float:
-    """SIGTERM the guard once `stop_after` inputs are consumed (exit 0), restart it: every input
-    has exactly one output per partner, so the first instance committed all it wrote.
+    """SIGTERM (or `stop_signal`) the guard once `stop_after` inputs are consumed (exit 0), restart
+    it: every input has exactly one output per partner, so the first instance committed all it wrote.
 
     Shared by both engines' tests; returns how long the first instance took to stop (SIGKILL,
     and a failure, after `stop_timeout_s`).
@@ -246,7 +247,7 @@ def sigterm_and_restart(
     produce(broker.bootstrap, INPUT, events)
     _wait_consumed(first, stop_after)
     started = time.monotonic()
-    assert first.stop(timeout_s=stop_timeout_s) == 0, first.log()
+    assert first.stop(stop_timeout_s, stop_signal) == 0, first.log()
     stopped_in_s = time.monotonic() - started
     second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", **guard_options)
     try:
