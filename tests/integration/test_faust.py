@@ -232,12 +232,15 @@ def test_faust_sigterm_finishes_the_open_batch_and_exits_0(
     print(f"the Faust worker stopped {stopped_in_s:.1f} s after {stop_signal.name}")
 
 
-def test_faust_exports_consumer_and_state_lag(broker: EmbeddedBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["faust", "kafka"])
+def test_both_engines_export_consumer_and_state_lag(
+    broker: EmbeddedBroker, tmp_path: Path, engine: str
+) -> None:
     """`partner_guard_consumer_lag_records` for every input partition (0 once all is decided) and
-    `partner_guard_state_lag_records` for both state topics, as on the kafka engine."""
+    `partner_guard_state_lag_records` for both state topics, on either engine."""
     generator = seed_population(broker.bootstrap, INPUT, 200, 17)
     events = list(generator.events(600))
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag-metrics", engine="faust")
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag-metrics", engine=engine)
     try:
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, events)
