@@ -27,23 +27,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.ops.watchdog import EXIT_HUNG
 from streams.runtime.pipeline.records import partner_views
-from tests.integration import test_hostile_job, test_job
-from tests.integration.kafka_helpers import (
-    KEY_ENV,
-    PARTNERS,
-    ROOT,
-    GuardProcess,
-    produce,
-    read_blocked,
-    read_topic,
-    seed_population,
-    start_guard,
-)
-from tests.integration.test_job import INPUT, _wait_consumed
-from tests.integration.test_replay import _cli, _jsonl
+from tests.integration import engine_scenarios as scenarios
+from tests.integration import kafka_helpers, test_hostile_job, test_job
+from tests.integration.engine_scenarios import INPUT, wait_consumed
+from tests.integration.kafka_helpers import PARTNERS, produce, seed_population, start_guard
 
 pytestmark = pytest.mark.integration
 HTTP_OK = 200
@@ -122,7 +111,9 @@ def _views(canonical: bytes) -> list[dict[str, Any]]:
 
 def _outputs(bootstrap: str, expect: dict[str, int | None]) -> dict[str, Counter[bytes]]:
     return {
-        topic: Counter(_canonical(topic, *record) for record in read_topic(bootstrap, topic, expect=count))
+        topic: Counter(
+            _canonical(topic, *record) for record in kafka_helpers.read_topic(bootstrap, topic, expect=count)
+        )
         for topic, count in expect.items()
     }
 
@@ -148,7 +139,7 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
             for guard in guards:
                 guard.wait_ready()
             for guard in guards:
-                _wait_consumed(guard, len(inputs))
+                wait_consumed(guard, len(inputs))
             counts = []
             for guard in guards:  # the engines agree on every count before a record is compared
                 per_partner = {
@@ -174,15 +165,15 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
             views = [view for record in kafka_out["guard.blocked"].elements() for view in _views(record)]
             for partner in PARTNERS:
                 assert sum(1 for v in views if v["partner"] == partner) == counts[0][(partner, "block")]
-            sources = [view["source"] for view in read_blocked(faust_broker.bootstrap)]
+            sources = [view["source"] for view in kafka_helpers.read_blocked(faust_broker.bootstrap)]
             assert all(isinstance(s["timestamp_ms"], int) for s in sources)  # kept, just not compared
             assert {"malformed", "record_too_large", "event_type_not_allowed"} <= {
                 r for v in views for r in v["reasons"]
             }
             assert {"reference", "full"} <= {v["payload_mode"] for v in views}
             report = tmp_path / "faust-replay.jsonl"
-            replay = _cli(faust_broker, "replay", "--no-git", "--jsonl", str(report))
-            statuses = Counter(row["status"] for row in _jsonl(report))
+            replay = kafka_helpers.run_cli(faust_broker, "replay", "--no-git", "--jsonl", str(report))
+            statuses = Counter(row["status"] for row in kafka_helpers.read_jsonl(report))
             assert sum(statuses.values()) == len(views), replay.stdout + replay.stderr
             cannot_redecide = [v for v in views if v["reduced"] or "internal_error" in v["reasons"]]
             assert statuses == Counter(
@@ -197,7 +188,7 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
 def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
-    test_job.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
+    scenarios.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
 
 
 def _sample(text: str, name: str, **labels: str) -> float | None:
@@ -226,7 +217,7 @@ def test_faust_sigterm_finishes_the_open_batch_and_exits_0(
     """SIGTERM (or SIGINT) mid-stream: exit 0 with every batch it took sent and its offsets
     committed, so the restart decides each input exactly once (no re-delivery, at least once or not)."""
     generator = seed_population(broker.bootstrap, INPUT, 500, 13)
-    stopped_in_s = test_job.sigterm_and_restart(
+    stopped_in_s = scenarios.sigterm_and_restart(
         broker, tmp_path, list(generator.events(4_000)), 1_000, stop_signal=stop_signal, engine="faust"
     )
     print(f"the Faust worker stopped {stopped_in_s:.1f} s after {stop_signal.name}")
@@ -244,7 +235,7 @@ def test_both_engines_export_consumer_and_state_lag(
     try:
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, events)
-        _wait_consumed(guard, len(events))
+        wait_consumed(guard, len(events))
         deadline = time.monotonic() + 60
         while True:  # the gauges refresh every 5 s
             text = guard.metrics()
@@ -253,7 +244,7 @@ def test_both_engines_export_consumer_and_state_lag(
                 break
             time.sleep(0.5)
         assert lag == {"0": 0, "1": 0, "2": 0}, text
-        for topic in test_job.STATE_TOPICS:
+        for topic in scenarios.STATE_TOPICS:
             assert _sample(text, "partner_guard_state_lag_records", topic=topic) == 0, text
     finally:
         assert guard.stop() == 0
@@ -294,20 +285,20 @@ def test_faust_hung_acknowledgements_exit_4_and_lag_shows_the_backlog(
     assert "'produce: acknowledgements' still blocked" in guard.log()
 
 
-def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:
+def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> kafka_helpers.GuardProcess:
     """`faust -A streams.engines.faust_app worker`, configured by YAML and PARTNER_GUARD_* only."""
     port = free_port()
     config = tmp_path / "guard.yaml"
     config.write_text(f"group_id: {group}\nmetrics_port: {port}\nfaust_accepted_gaps: [P8]\n{settings}")
     env = {
         **os.environ,
-        **KEY_ENV,
+        **kafka_helpers.KEY_ENV,
         "PARTNER_GUARD_CONFIG": str(config),
         "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
         "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
         "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
         "PARTNER_GUARD_CREATE_TOPICS": "true",
-        "PARTNER_GUARD_RULES_DIR": str(ROOT / "rules"),
+        "PARTNER_GUARD_RULES_DIR": str(kafka_helpers.ROOT / "rules"),
     }
     log_path = tmp_path / "faust-cli.log"
     process = subprocess.Popen(
@@ -320,11 +311,11 @@ def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) 
             "info",
         ],
         env=env,
-        cwd=ROOT,
+        cwd=kafka_helpers.ROOT,
         stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
     )
-    return GuardProcess(process, port, log_path)
+    return kafka_helpers.GuardProcess(process, port, log_path)
 
 
 def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -332,9 +323,7 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
 
     Started as `faust -A streams.engines.faust_app worker`: the app is built from the settings.
     """
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], list(test_job.STATE_TOPICS), 3)
-    grant = {"subject": "account:lag-1", "interest_based_ads": "granted"}
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:lag-1", orjson.dumps(grant))])
+    scenarios.seed_lagging_account(broker.bootstrap)
     guard = _start_faust_cli(broker.bootstrap, tmp_path, "lag", "state_catchup_timeout_ms: 1\n")
     try:
         guard.wait_ready()
@@ -343,23 +332,10 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
             for i in range(100_000)
         )
         produce(broker.bootstrap, "privacy.consent", burst)
-        install = {
-            "event_type": "app_install",
-            "event_time": 1,
-            "account_id": "lag-1",
-            "device": {"platform": "ios"},
-            "context": {"country": "US"},
-        }
-        events = [KeyedRecord(b"lag-1", orjson.dumps(install | {"event_id": f"lag-{i}"})) for i in range(100)]
+        events = scenarios.lagging_installs(100)
         produce(broker.bootstrap, INPUT, events)
-        _wait_consumed(guard, len(events))
-        blocked = read_blocked(broker.bootstrap)
-        mine = [b for b in blocked if b["partner"] == "install-attribution"]
-        stale = [b for b in mine if "consent_stale" in b["reasons"]]
-        assert stale, "the state was behind, yet nothing was blocked as consent_stale"
-        assert all(b["snapshot"]["stale"] for b in stale)
-        forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
-        assert len(forwarded) + len(mine) == len(events)
+        wait_consumed(guard, len(events))
+        scenarios.assert_blocked_as_stale(broker.bootstrap, events)
         decided = guard.metric_value("partner_guard_decisions_total")
         assert decided == len(events) * len(PARTNERS)
     finally:

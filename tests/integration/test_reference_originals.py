@@ -10,8 +10,8 @@ import pytest
 
 from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH, resolve_references
 from streams.broker.embedded import EmbeddedBroker
-from tests.integration.kafka_helpers import read_blocked
-from tests.integration.test_replay import _cli, _jsonl, _run_guard_once
+from tests.integration.kafka_helpers import read_blocked, read_jsonl, run_cli
+from tests.integration.test_replay import _run_guard_once
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,9 @@ def test_references_replay_exactly_and_report_what_the_source_no_longer_has(tmp_
         assert all(len(v["original_sha256"]) == 64 and v["original_size"] > 0 for v in references)
 
         report = tmp_path / "verify.jsonl"
-        result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--no-git", "--jsonl", str(report))
         assert result.returncode == 0, result.stdout + result.stderr
-        rows = _jsonl(report)
+        rows = read_jsonl(report)
         assert len(rows) == len(views) and {r["status"] for r in rows} == {"match"}
 
         expired, forged = copy.deepcopy(references[0]), copy.deepcopy(references[1])
@@ -45,6 +45,6 @@ def test_references_replay_exactly_and_report_what_the_source_no_longer_has(tmp_
         assert forged.get(SOURCE_MISMATCH) and forged["original_b64"] is None
 
         report = tmp_path / "altered-report.jsonl"
-        result = _cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
         assert result.returncode == 1  # the forged reference fails the run; the expired one is reported
-        assert [r["status"] for r in _jsonl(report)] == ["source_expired", "mismatch"]
+        assert [r["status"] for r in read_jsonl(report)] == ["source_expired", "mismatch"]
