@@ -1,7 +1,8 @@
 """Other engines that run the shared decision path (the Faust app), and what every engine owes.
 
 An engine feeds input records to `streams.runtime.pipeline.decider.RecordDecider` and delivers
-what it returns. It owes, built from `streams.runtime.ops` (never copied; docs/engines.md):
+what it returns. It owes, built from `streams.runtime.ops` and `streams.runtime.kafka.calls`
+(never copied; docs/engines.md):
 
 - readiness and liveness: `/metrics`, `/readyz` (state loaded, deciding, broker answering) and
   `/healthz` (the loop's `Heartbeat`) on one port (`serve_http`, `Readiness`, `BrokerWatch`);

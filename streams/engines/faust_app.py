@@ -44,17 +44,17 @@ from faust.types import EventT, StreamT
 from streams import exitcodes
 from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
+from streams.runtime.config import Settings
+from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.calls import CallWatchdog, RetryPolicy, exit_hung, liveness_limit_s
 from streams.runtime.kafka.io import Headers
 from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.faults import BeforeCommitFault
 from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.ops.preflight import kafka_client_config
 from streams.runtime.ops.startup import GuardSetup, StartupError
-from streams.runtime.ops.watchdog import HANG_GRACE_S, CallWatchdog, exit_hung, liveness_limit
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.records import SourceRef
 
 log = logging.getLogger(__name__)
 AGENT_NAME = "partner-guard"
@@ -134,16 +134,18 @@ class FaustGuard:
         s = self.settings = setup.settings
         self.ruleset = setup.ruleset
         self.metrics = metrics or GuardMetrics()
-        # A batch whose sends the broker has not acknowledged this long after the call timeout
-        # is hung: the watchdog ends the worker (exit 4), as the kafka engine's hung calls do.
-        self.hung_after_s = s.transaction_call_timeout_ms / 1000 + HANG_GRACE_S
-        self.watchdog = CallWatchdog(functools.partial(exit_hung, restart=RESTART_REDELIVERS))
-        self.heartbeat = Heartbeat(liveness_limit(self.hung_after_s, s.state_catchup_timeout_ms / 1000))
-        self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.readiness = Readiness(self.metrics.ready)
         self.stopping = False
         credentials = broker_credentials(s.kafka)
         self.kafka_base: dict[str, Any] = kafka_client_config(s)
+        # A batch whose sends the broker has not acknowledged `transaction_call_timeout_ms` + 10 s
+        # after they were handed over is hung: the watchdog ends the worker (exit 4), as the
+        # kafka engine's hung calls do.
+        retry = RetryPolicy.configured(s.transaction_call_timeout_ms, self.kafka_base)
+        self.hung_after_s = retry.hung_after_s
+        self.watchdog = CallWatchdog(functools.partial(exit_hung, restart=RESTART_REDELIVERS))
+        self.heartbeat = Heartbeat(liveness_limit_s(retry, s.state_catchup_timeout_ms / 1000))
+        self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self._watch: BrokerWatch | None = None
         self.state = GuardState(s, self.kafka_base, self.metrics)
         self.decider = RecordDecider(s, setup.ruleset, setup.payload, self.state)

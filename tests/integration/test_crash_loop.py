@@ -20,7 +20,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.ops.watchdog import EXIT_HUNG
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
 from tests.integration.kafka_helpers import GuardProcess, read_topic
 from tests.integration.reliability import LONG, SOAK, TIMEOUT_S, Scenario, conclude, guard_env
 
@@ -174,7 +174,7 @@ def test_a_hung_commit_exits_4_and_the_restart_redoes_the_batch(
     )
     scenario.send(scenario.generate(4000))
     guard = scenario.start(env)
-    assert guard.process.wait(timeout=300) == EXIT_HUNG, guard.log()
+    assert guard.process.wait(timeout=300) == EXIT_TRANSACTION_HUNG, guard.log()
     assert "still blocked" in guard.log()
     assert 0 < scenario.committed() <= 2 * 200
 

@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.ops.watchdog import EXIT_HUNG
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.records import partner_views
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
 from tests.integration import engine_scenarios as scenarios
 from tests.integration import kafka_helpers, test_hostile_job, test_job
 from tests.integration.engine_scenarios import INPUT, wait_consumed
@@ -276,7 +276,7 @@ def test_faust_hung_acknowledgements_exit_4_and_lag_shows_the_backlog(
                 if text is not None:
                     lags.append(sum(_lag_samples(text).values()))
             time.sleep(0.5)
-        assert guard.process.returncode == EXIT_HUNG, guard.log()
+        assert guard.process.returncode == EXIT_TRANSACTION_HUNG, guard.log()
     finally:
         guard.stop()
     print(f"consumer lag while batch 2 hung: {sorted(set(lags))}")
