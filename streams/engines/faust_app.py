@@ -13,6 +13,12 @@ Faust wiring: one agent reads the input topics in batches (`take_events`), loads
 before its first batch, catches the state up after each fetch (read-your-revocation), and
 sends each input's outputs before the batch is acknowledged.
 
+The engine contract (`streams.engines`): the guard's own `/metrics`, `/healthz`, `/readyz`; a
+`CallWatchdog` on each batch's wait for the broker's acknowledgements (exit 4 once it is 10 s
+past `transaction_call_timeout_ms`); the heartbeat beaten by the batch while one runs, by the
+idle timer otherwise; state and consumer lag (inputs not yet decided); SIGTERM/SIGINT finish
+the open batch and commit it (`stream_wait_empty`), exit 0. Named gap: no transaction metrics.
+
 Delivery, measured against the embedded broker (Tansu 0.6, aiokafka 0.14):
 
 - `at_least_once` (Faust's default): Faust commits only acknowledged offsets, after
