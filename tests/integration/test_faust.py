@@ -230,7 +230,8 @@ def test_both_engines_export_consumer_and_state_lag(
     broker: EmbeddedBroker, tmp_path: Path, engine: str
 ) -> None:
     """`partner_guard_consumer_lag_records` for every input partition (0 once all is decided) and
-    `partner_guard_state_lag_records` for both state topics, on either engine."""
+    `partner_guard_state_lag_records` for both state topics, on either engine; transaction
+    metrics on the kafka engine, and on the Faust engine none, the gap its start line names."""
     generator = seed_population(broker.bootstrap, INPUT, 200, 17)
     events = list(generator.events(600))
     guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag-metrics", engine=engine)
@@ -248,6 +249,12 @@ def test_both_engines_export_consumer_and_state_lag(
         assert lag == {"0": 0, "1": 0, "2": 0}, text
         for topic in scenarios.STATE_TOPICS:
             assert _sample(text, "partner_guard_state_lag_records", topic=topic) == 0, text
+        committed = _sample(text, "partner_guard_transactions_total", outcome="committed")
+        if engine == "kafka":
+            assert committed is not None and committed > 0, text
+        else:
+            assert committed is None, text
+            assert "gaps: no transaction metrics" in guard.log_path.read_text(errors="replace")
     finally:
         assert guard.stop() == 0
 
