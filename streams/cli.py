@@ -6,6 +6,7 @@ import contextlib
 import enum
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,9 +19,11 @@ from streams.audit.commands import replay_app
 from streams.cli_support import (
     RulesDir,
     RulesOpt,
+    Stopped,
     err,
     load_ruleset_or_exit,
     report_error,
+    stop_signals_interrupt,
     version_text,
 )
 from streams.core.errors import RefusalError
@@ -270,26 +273,32 @@ def demo_command(
     from streams.demo.run import run_demo
 
     load_ruleset_or_exit(rules)
-    raise typer.Exit(run_demo(events, rate, keep_running, metrics_port, rules, seed, engine.value))
+    try:
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP stop the broker and the guard, as Ctrl-C does
+            code = run_demo(events, rate, keep_running, metrics_port, rules, seed, engine.value)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        err.print(f"demo stopped by {signal.Signals(signum).name}; its broker and guard are stopped")
+        raise typer.Exit(128 + signum) from None
+    raise typer.Exit(code)
 
 
 @app.command("broker")
 def broker_command(
     port: Annotated[int, typer.Option("--port", help="loopback port")] = 9092,
 ) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
-    import signal
-
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C, SIGTERM or
+    SIGHUP stops it (exit 0)."""
     from streams.broker.embedded import EmbeddedBroker
 
-    def stop_on_sigterm(_signum: int, _frame: object) -> None:
-        raise SystemExit(0)  # unwinds out of wait(); the context manager stops the broker once
-
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    with EmbeddedBroker.start(port) as broker:
+    # A stop signal unwinds out of start() or wait(); the context manager stops the broker once.
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        stop_signals_interrupt(),
+        EmbeddedBroker.start(port) as broker,
+    ):
         print(f"embedded broker on {broker.bootstrap} (memory only); Ctrl-C stops it", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            broker.process.wait()
+        broker.process.wait()
 
 
 def main() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import signal
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -23,6 +26,39 @@ RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]
 
 class RulesDirMissingError(RefusalError):
     """No rules directory where one was asked for."""
+
+
+# Signals that stop a command the way Ctrl-C (SIGINT) does: a supervisor's or `kill`'s
+# SIGTERM, and SIGHUP when the terminal goes away.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises `KeyboardInterrupt`; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise `Stopped` (a `KeyboardInterrupt`), so every
+    `with` and `finally` runs and the child processes the command started are stopped, as on
+    Ctrl-C. After the first, further SIGTERM/SIGHUP are ignored so the cleanup runs to its
+    end (its waits are bounded; SIGKILL still ends it); a second Ctrl-C still interrupts."""
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {stop: signal.signal(stop, interrupt) for stop in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 def report_error(exc: RefusalError) -> int:

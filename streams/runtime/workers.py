@@ -13,8 +13,8 @@ promise holds per worker. The supervisor:
 - serves `/metrics` on the configured port: every worker's series, each labelled
   `worker="<i>"` (sum over `worker` in queries); `/readyz` when every worker is ready,
   `/healthz` when every worker is alive and healthy;
-- forwards SIGTERM/SIGINT to every worker and exits with the worst exit code; when a
-  worker dies on its own, it stops the others and exits non-zero, so the supervisor's
+- on SIGTERM, SIGINT or SIGHUP stops every worker (SIGTERM to each) and exits with the
+  worst exit code; when a worker dies on its own, it stops the others and exits non-zero, so the supervisor's
   supervisor (systemd, Kubernetes) restarts the set.
 """
 
@@ -177,8 +177,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Run the workers until a signal or until one of them exits; the worst exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         s = self.settings
         if s.create_topics:
             kafka = s.kafka_base()
