@@ -112,15 +112,6 @@ def worker_environment(settings: Settings, index: int) -> dict[str, str]:
     return env
 
 
-def worker_arguments(config: Path | None, rules: Path | None, dev: bool, keys_dir: Path | None) -> list[str]:
-    """The `run` options every worker gets (topics are created once, by the supervisor)."""
-    args = []
-    for option, value in (("--config", config), ("--rules", rules), ("--keys-dir", keys_dir)):
-        if value is not None:
-            args += [option, str(value)]
-    return [*args, "--dev"] if dev else args
-
-
 def shared_dev_secrets(settings: Settings, partners: Iterable[str]) -> dict[str, str]:
     """Ephemeral keys made once for every worker of a `--dev` run (none otherwise)."""
     if not settings.dev:

@@ -61,33 +61,46 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     bootstrap_servers: str = Field(min_length=1, description="Kafka bootstrap servers")
-    input_topics: Annotated[list[str], NoDecode] = Field(["internal.events"], min_length=1)
-    input_formats: Annotated[dict[str, Literal["json", "avro"]], NoDecode] = Field(
-        default_factory=dict, description="per input topic: json (default) or avro (Confluent framing)"
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        ["internal.events"], min_length=1, description="internal event topics to guard (comma-separated)"
     )
-    rules_dir: Path = Path("rules")
-    consent_topic: str = "privacy.consent"
-    signup_status_topic: str = "member.signup-status"
-    blocked_topic: str = "guard.blocked"
-    group_id: str = "partner-guard"
-    transactional_id: str | None = Field(None, description="unique per instance; default group-host-pid")
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = Field(9108, ge=0, le=65535)
-    batch_size: int = Field(2000, ge=1, le=100_000)
+    input_formats: Annotated[dict[str, Literal["json", "avro"]], NoDecode] = Field(
+        default_factory=dict,
+        description="per input topic: json (default) or avro (Confluent framing), as topic=avro,...",
+    )
+    rules_dir: Path = Field(Path("rules"), description="the partner allow-rules (the ruleset)")
+    consent_topic: str = Field("privacy.consent", description="consent records (compacted)")
+    signup_status_topic: str = Field("member.signup-status", description="sign-up statuses (compacted)")
+    blocked_topic: str = Field("guard.blocked", description="every withheld input, with reason codes")
+    group_id: str = Field("partner-guard", description="the consumer group of every instance")
+    transactional_id: str | None = Field(
+        None,
+        description="unique per instance and stable across its restarts (a restart fences the old one);"
+        " default group-host-pid",
+    )
+    metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz and /readyz")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0: free)"
+    )
+    batch_size: int = Field(2000, ge=1, le=100_000, description="most records in one transaction")
     batch_timeout_ms: int = Field(
         25,
         ge=1,
         description="longest wait for a batch (the kafka engine waits only for its first record)",
     )
-    session_timeout_ms: int = Field(10_000, ge=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000, description="consumer group session timeout")
     transaction_call_timeout_ms: int = Field(
         30_000, ge=1000, description="each transactional call (init too); one blocked 10 s past it exits 4"
     )
     bootstrap_timeout_ms: int = Field(10_000, ge=100, description="refuse start when no broker answers")
     max_state_lag_records: int = Field(0, ge=0, description="state records still unread before blocking")
-    state_catchup_timeout_ms: int = Field(2000, ge=1)
+    state_catchup_timeout_ms: int = Field(
+        2000, ge=1, description="longest wait for the state to catch up before a batch is decided"
+    )
     max_state_silence_ms: int = Field(30_000, ge=100, description="block when state unconfirmed this long")
-    max_record_bytes: int = Field(900_000, ge=10_000)
+    max_record_bytes: int = Field(
+        900_000, ge=10_000, description="larger outputs are blocked in reduced form (record_too_large)"
+    )
     state_store: Literal["memory", "rocksdb"] = Field(
         "memory", description="memory: rebuilt from the topics at every start; rocksdb: on disk, checkpointed"
     )
@@ -104,14 +117,20 @@ class Settings(BaseSettings):
         description="inputs no rule can receive: keep a copy of the original, or only a reference"
         " (source topic/partition/offset, SHA-256, size) that replay fetches from the source topic",
     )
-    keys_dir: Path | None = None
+    keys_dir: Path | None = Field(None, description="directory of <partner>.key files (HMAC keys)")
     workers: int = Field(1, ge=1, le=64, description="guard processes on this host (one per core)")
-    dev: bool = False
-    create_topics: bool = False
-    partitions: int = Field(3, ge=1)
-    kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough")
+    dev: bool = Field(False, description="local run only: ephemeral keys where none are set, said so")
+    create_topics: bool = Field(False, description="create missing topics at start")
+    partitions: int = Field(3, ge=1, description="partitions of the topics --create-topics creates")
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka passthrough (security.protocol, sasl.*, ssl.*, ...); in the environment"
+        " one variable a property, PARTNER_GUARD_KAFKA_<PROPERTY> with _ read as .",
+    )
     schema_registry_url: str | None = Field(None, description="Schema Registry URL(s) for Avro input")
-    schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
+    schema_registry_basic_auth: SecretStr | None = Field(
+        None, description="registry user:password (or API key:secret); never printed"
+    )
     schema_registry_ca_file: Path | None = Field(None, description="CA bundle to verify the registry")
     schema_registry_cert_file: Path | None = Field(None, description="client certificate (PEM)")
     schema_registry_key_file: Path | None = Field(None, description="client private key (PEM)")
@@ -119,7 +138,9 @@ class Settings(BaseSettings):
     avro_schema_id: int | None = Field(None, ge=0, description="without a registry: the one writer id")
     avro_schema_fingerprint: str | None = Field(None, description="without a registry: its SHA-256 PCF")
     engine: Literal["kafka", "faust"] = Field("kafka", description="kafka (confluent-kafka) or faust")
-    faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    faust_processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "at_least_once", description="the Faust engine's delivery guarantee"
+    )
     faust_accepted_gaps: Annotated[list[Literal["P8"]], NoDecode] = Field(
         default_factory=list, description="promises the operator accepts the Faust engine cannot keep"
     )
@@ -153,6 +174,25 @@ class Settings(BaseSettings):
                 f"schema ({own}): records written under another schema revision would be misread; "
                 "set schema_registry_url, or run a guard built with the producers' schema"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_role_per_topic(self) -> Self:
+        """An input topic may not also be a state or the blocked topic (the guard would read
+        its own output, or decide state records as events)."""
+        roles: dict[str, list[str]] = {}
+        named = [("input_topics", t) for t in self.input_topics]
+        named += [("consent_topic", self.consent_topic), ("signup_status_topic", self.signup_status_topic)]
+        named += [("blocked_topic", self.blocked_topic)]
+        for setting, topic in named:
+            if setting not in roles.setdefault(topic, []):
+                roles[topic].append(setting)
+        for topic, settings in roles.items():
+            if len(settings) > 1:
+                raise ValueError(
+                    f"topic {topic!r} is named by {' and '.join(settings)}: each topic has one role; "
+                    "rename one of them"
+                )
         return self
 
     def registry_config(self) -> dict[str, Any]:
