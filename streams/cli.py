@@ -298,6 +298,111 @@ def check_config_command(
     print(f"not checked: the broker ({settings.bootstrap_servers}) and metrics port {settings.metrics_port}")
 
 
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML settings file (as for run)")]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers", "-b", help="Kafka bootstrap servers (default: PARTNER_GUARD_BOOTSTRAP_SERVERS)"
+    ),
+]
+
+
+def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Any:
+    """`run`'s settings (file, environment, librdkafka passthrough) for a Kafka tool."""
+    from streams.runtime.ops.config import load_settings
+
+    return load_settings(config, bootstrap_servers=bootstrap_servers)
+
+
+@app.command("produce")
+def produce_command(
+    topic: Annotated[str, typer.Option("--topic", "-t", help="topic to send to")],
+    source: Annotated[
+        str, typer.Argument(help="JSON Lines file, or - for standard input", show_default=False)
+    ] = "-",
+    key_path: Annotated[
+        str | None,
+        typer.Option(
+            "--key-path", "-k", help="JSON path of the key in each line, e.g. account_id, $.device.device_id"
+        ),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="NAME=VALUE header on every record (repeatable)"),
+    ] = None,
+    avro: Annotated[
+        bool,
+        typer.Option(
+            "--avro/--json",
+            help="encode each line as an event in the Confluent Avro wire format (schema id from the "
+            "registry, or the pinned avro_schema_id); default: send each line as it is",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """Send JSON Lines to a topic, one record a line (like kcat -P), with run's Kafka settings."""
+    from streams.tools.produce import KeyPath, parse_header, produce_lines
+
+    refusal_words("produce")
+    settings = _kafka_settings(config, bootstrap_servers)
+    path = KeyPath.parse(key_path) if key_path is not None else None
+    headers = [parse_header(h) for h in header or []]
+    if source == "-":
+        result = produce_lines(settings, topic, sys.stdin.buffer, "stdin", path, list(headers), avro)
+    else:
+        try:
+            with open(source, "rb") as lines:
+                result = produce_lines(settings, topic, lines, source, path, list(headers), avro)
+        except OSError as exc:
+            err.print(f"produce: cannot read {source}: {exc.strerror}", highlight=False, markup=False)
+            raise typer.Exit(exitcodes.REFUSED) from None
+    keyless = f", {result.without_key} without a value at --key-path {key_path}" if result.without_key else ""
+    err.print(f"produced {result.sent} record(s) to {topic}{keyless}", highlight=False, markup=False)
+    for failure in result.failed[:10]:
+        err.print(f"not delivered: {failure}", highlight=False, markup=False)
+    raise typer.Exit(exitcodes.CHECK_FAILED if result.failed else exitcodes.OK)
+
+
+@app.command("tail")
+def tail_command(
+    topic: Annotated[str, typer.Argument(help="topic to read")],
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning/--from-end", help="start at the first record, or after the last")
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="keep waiting for new records (always, when starting from the end)"
+        ),
+    ] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="stop after N records")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON document a record, in full (key, headers, value)")
+    ] = False,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """Read a topic and show each record decoded (like kcat -C): blocked records, notices,
+    partner records, Avro events. Without --follow, stops at the end offsets listed at start."""
+    from streams.runtime.kafka.avro_input import ReplayAvro
+    from streams.tools.tail import describe, read, render
+
+    refusal_words("tail")
+    settings = _kafka_settings(config, bootstrap_servers)
+    replay_avro = ReplayAvro(settings)
+    avro = replay_avro.decoder() if replay_avro.configured else None
+
+    def on_error(text: str) -> None:
+        err.print(f"tail: {text}", highlight=False, markup=False)
+
+    out = sys.stdout
+    with contextlib.suppress(KeyboardInterrupt), stop_signals_interrupt():
+        for message in read(settings, topic, from_beginning, follow or not from_beginning, count, on_error):
+            out.write(render(message, describe(message.value(), avro), as_json) + "\n")
+            out.flush()
+
+
 @app.command("settings-doc")
 def settings_doc_command() -> None:
     """Print the settings reference (docs/settings.md) generated from the settings model."""
