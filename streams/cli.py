@@ -308,10 +308,14 @@ BootstrapOption = Annotated[
 
 
 def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Any:
-    """`run`'s settings (file, environment, librdkafka passthrough) for a Kafka tool."""
+    """`run`'s settings (file, environment, librdkafka passthrough) for a Kafka tool; a
+    passthrough property librdkafka rejects is refused here, as `run` refuses it."""
     from streams.runtime.ops.config import load_settings
+    from streams.runtime.ops.preflight import check_kafka_properties
 
-    return load_settings(config, bootstrap_servers=bootstrap_servers)
+    settings = load_settings(config, bootstrap_servers=bootstrap_servers)
+    check_kafka_properties(settings)
+    return settings
 
 
 @app.command("produce")

@@ -42,7 +42,7 @@ class KeyPath:
     @classmethod
     def parse(cls, text: str) -> KeyPath:
         """Parse a path of names and `[index]` steps, with or without a leading `$`."""
-        body = text.strip().removeprefix("$")
+        body = text.removeprefix("$")
         steps: list[str | int] = []
         position = 0
         while position < len(body):
