@@ -11,11 +11,18 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
@@ -36,6 +43,13 @@ OWNED_KAFKA_PROPERTIES = frozenset(
         "enable.idempotence",
     }
 )
+
+
+# The settings given as command-line flags while `load_settings` builds a `Settings`: the
+# first source, so a flag wins over an environment variable even when the variable's value
+# is invalid (it is never read). Mappings merge member by member (`--kafka` with the
+# PARTNER_GUARD_KAFKA_* variables).
+_FLAGS: ContextVar[dict[str, Any]] = ContextVar("partner_guard_flags", default={})  # noqa: B039
 
 
 class ConfigError(RefusalError):
@@ -226,8 +240,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Explicit values, then the environment, then the YAML file (passed as init)."""
-        return env_settings, init_settings
+        """Command-line flags, then the environment, then the YAML file (passed as init)."""
+        flags = InitSettingsSource(settings_cls, init_kwargs=_FLAGS.get())
+        return flags, env_settings, init_settings
 
     def redacted_kafka(self) -> dict[str, str]:
         """Passthrough properties with secret values masked, for logs."""
@@ -310,17 +325,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     env_kafka = _kafka_from_env(os.environ)
     if env_kafka:
         values["kafka"] = {**values.get("kafka", {}), **env_kafka}
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    token = _FLAGS.set(explicit)
     try:
-        explicit = {k: v for k, v in overrides.items() if v is not None}
-        settings = Settings(**{**values, **explicit})  # the environment wins over these ...
-        return (
-            Settings.model_validate({**settings.model_dump(), **explicit}) if explicit else settings
-        )  # ... not these
+        return Settings(**values)
     except ValidationError as exc:
-        problems = [_describe(err, values, config_file) for err in exc.errors()]
+        problems = [_describe(err, values, config_file, explicit) for err in exc.errors()]
         problems += _unknown_env_hints(os.environ)
         where = f" (file {config_file})" if config_file else ""
         raise ConfigError("invalid configuration" + where + ": " + "; ".join(problems)) from None
+    finally:
+        _FLAGS.reset(token)
 
 
 def _is_secret(setting: str) -> bool:
@@ -333,7 +348,9 @@ def did_you_mean(name: str, known: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _describe(err: Any, file_values: Mapping[str, Any], config_file: Path | None) -> str:
+def _describe(
+    err: Any, file_values: Mapping[str, Any], config_file: Path | None, flags: Mapping[str, Any]
+) -> str:
     """One problem: the setting, where it came from, the value (unless secret), what is wrong."""
     loc = [str(p) for p in err["loc"]]
     message = str(err["msg"]).removeprefix("Value error, ")
@@ -345,7 +362,9 @@ def _describe(err: Any, file_values: Mapping[str, Any], config_file: Path | None
     if err["type"] == "extra_forbidden":
         where = f" in {config_file}" if config_file else ""
         return f"unknown setting '{setting}'{where}{did_you_mean(top, list(Settings.model_fields))}"
-    if top in ("kafka",) and len(loc) > 1 and _kafka_env_name(loc[1]) in os.environ:
+    if top in flags and (top != "kafka" or (len(loc) > 1 and loc[1] in flags[top])):
+        source = f" (flag --{top.replace('_', '-')})"
+    elif top in ("kafka",) and len(loc) > 1 and _kafka_env_name(loc[1]) in os.environ:
         source = f" (env {_kafka_env_name(loc[1])})"
     elif top and env_name in os.environ:
         source = f" (env {env_name})"
