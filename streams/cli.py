@@ -238,16 +238,13 @@ def run_command(
 
         raise typer.Exit(run_worker(setup))
     if settings.workers > 1:
-        from streams.runtime.workers import Supervisor
+        from streams.runtime.workers import SUPERVISOR_SETTINGS, Supervisor
 
-        # every worker gets the same flags, but for the ones the supervisor acts on itself
-        args = [*(["--config", str(config)] if config else []), *setting_arguments(explicit, WORKER_OWN)]
+        # every worker gets the same flags, but for the settings the supervisor sets per worker
+        own = setting_arguments(explicit, SUPERVISOR_SETTINGS)
+        args = [*(["--config", str(config)] if config else []), *own]
         raise typer.Exit(Supervisor(settings, list(ruleset.partners), args).run())
     raise typer.Exit(GuardJob(setup.settings, setup.ruleset, payload=setup.payload).run())
-
-
-# Settings the supervisor of `run --workers N` handles for its workers (N, topic creation).
-WORKER_OWN = ("workers", "create_topics")
 
 
 def _rules_source(explicit: dict[str, Any]) -> str | None:

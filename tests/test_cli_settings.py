@@ -87,6 +87,19 @@ def test_flags_given_to_workers_parse_back_to_the_same_settings() -> None:
     assert reread == {k: v for k, v in explicit.items() if k not in ("workers", "create_topics")}
 
 
+def test_workers_never_get_the_settings_the_supervisor_sets_for_each() -> None:
+    """A worker's metrics port and transactional id come from its environment (one each): a
+    flag handed on would win, and every worker would bind one port and share one id."""
+    from streams.runtime.workers import SUPERVISOR_SETTINGS, worker_environment
+
+    explicit: dict[str, object] = {"metrics_port": "9200", "metrics_host": "0.0.0.0", "workers": "2"}
+    explicit |= {"transactional_id": "g", "create_topics": True, "batch_size": "5"}
+    assert setting_arguments(explicit, SUPERVISOR_SETTINGS) == ["--batch-size", "5"]
+    settings = Settings(bootstrap_servers="k:9092", transactional_id="g", workers=2)
+    per_worker = {name.removeprefix("PARTNER_GUARD_").lower() for name in worker_environment(settings, 1)}
+    assert per_worker <= set(SUPERVISOR_SETTINGS)
+
+
 def test_a_malformed_kafka_flag_is_refused() -> None:
     with pytest.raises(ConfigError, match="--kafka 'acks': expected PROPERTY=VALUE"):
         explicit_settings({"kafka": ["acks"]})

@@ -100,6 +100,11 @@ class WorkersCollector:
         yield from families.values()
 
 
+# Settings the supervisor sets for each worker itself (through the worker's environment, or
+# by acting once for all): never handed on to a worker as command-line flags, which would win.
+SUPERVISOR_SETTINGS = ("workers", "create_topics", "metrics_host", "metrics_port", "transactional_id")
+
+
 def worker_environment(settings: Settings, index: int) -> dict[str, str]:
     """The environment of worker `index`: its own transactional id, loopback metrics port, keys."""
     env = {

@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.core.codec import encode_avro
 from streams.core.errors import RefusalError
 from streams.core.schema import event_schema, event_schema_text
 from streams.runtime.kafka.io import Headers, produce
-from streams.runtime.ops.config import Settings
+from streams.runtime.ops.config import Settings, did_you_mean
 
 FLUSH_TIMEOUT_S = 60.0
+METADATA_TIMEOUT_S = 15.0
 _STEP = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -134,6 +135,21 @@ def avro_schema_id(settings: Settings, topic: str) -> int:
     )
 
 
+def _require_topic(producer: Producer, topic: str, bootstrap: str) -> None:
+    """Refuse a topic the broker does not have (a typo would otherwise wait for delivery
+    timeouts, or create a topic where the broker creates them on first use)."""
+    try:
+        topics = producer.list_topics(timeout=METADATA_TIMEOUT_S).topics
+    except KafkaException as exc:
+        raise ProduceError(f"cannot reach bootstrap {bootstrap} ({exc.args[0]})") from None
+    if topic not in topics:
+        known = sorted(t for t in topics if not t.startswith("__"))
+        raise ProduceError(
+            f"no topic {topic!r} on the broker{did_you_mean(topic, known)}; create it first "
+            "(`partner-guard run --create-topics` creates the guard's own)"
+        )
+
+
 def numbered_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     """Non-empty lines, without their line ends, with their 1-based line numbers."""
     for number, line in enumerate(lines, start=1):
@@ -186,6 +202,7 @@ def produce_lines(
     producer = Producer(
         {**settings.kafka_base(), "enable.idempotence": True, "linger.ms": 5, "on_delivery": delivered}
     )
+    _require_topic(producer, topic, settings.bootstrap_servers)
     try:
         for number, line in numbered_lines(lines):
             try:

@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, IsolationLevel, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    IsolationLevel,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
@@ -130,8 +138,11 @@ def render(message: Message, shown: Shown, as_json: bool) -> str:
     return f"{message.topic()}[{message.partition()}]@{message.offset()} {when}{keyed} {shown.summary}"
 
 
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    metadata = consumer.list_topics(timeout=METADATA_TIMEOUT_S)
+def _partitions(consumer: Consumer, topic: str, bootstrap: str) -> list[int]:
+    try:
+        metadata = consumer.list_topics(timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise TailError(f"cannot reach bootstrap {bootstrap} ({exc.args[0]})") from None
     if topic not in metadata.topics or metadata.topics[topic].error is not None:
         known = sorted(t for t in metadata.topics if not t.startswith("__"))
         raise TailError(f"no topic {topic!r} on the broker{did_you_mean(topic, known)}")
@@ -167,7 +178,7 @@ def read(
         }
     )
     try:
-        partitions = _partitions(consumer, topic)
+        partitions = _partitions(consumer, topic, settings.bootstrap_servers)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         pending: dict[int, int] = {}
         if not follow:

@@ -44,8 +44,12 @@ INSTALL = {
 }
 
 
-def _topic(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
+def _topic(name: str, broker: EmbeddedBroker | None = None) -> str:
+    """A fresh topic name; created (one partition) when a broker is given."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    if broker is not None:
+        ensure_topics({"bootstrap.servers": broker.bootstrap}, [topic], [], 1)
+    return topic
 
 
 def _cli(
@@ -70,7 +74,7 @@ def _lines(*documents: Any) -> bytes:
 def test_produce_sends_each_line_as_it_is_with_key_and_headers(
     session_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    topic = _topic("produce-json")
+    topic = _topic("produce-json", session_broker)
     source = tmp_path / "events.jsonl"
     nested = {**INSTALL, "event_id": "ev-2", "account_id": None}
     source.write_bytes(_lines(INSTALL, nested) + b"\n")  # a blank line is skipped
@@ -96,7 +100,7 @@ def test_produce_sends_each_line_as_it_is_with_key_and_headers(
 
 
 def test_produce_sends_malformed_lines_unless_it_must_read_them(session_broker: EmbeddedBroker) -> None:
-    topic = _topic("produce-raw")
+    topic = _topic("produce-raw", session_broker)
     raw = _cli(session_broker, "produce", "--topic", topic, stdin=b'{not json\n{"a": 1}\n')
     assert raw.returncode == 0, raw.stderr  # the guard's `malformed` can be tried on purpose
     keyed = _cli(
@@ -110,7 +114,7 @@ def test_produce_sends_malformed_lines_unless_it_must_read_them(session_broker: 
 
 
 def test_produce_avro_with_the_pinned_schema_id(session_broker: EmbeddedBroker) -> None:
-    topic = _topic("produce-avro")
+    topic = _topic("produce-avro", session_broker)
     sent = _cli(
         session_broker, "produce", "-t", topic, "--avro", stdin=_lines(INSTALL),
         env={"PARTNER_GUARD_AVRO_SCHEMA_ID": "7"},
@@ -140,7 +144,7 @@ def test_produce_avro_through_the_schema_registry(
     monkeypatch.setattr(avro_input, "registry_client", lambda _conf: registry)  # an in-memory registry
     monkeypatch.setenv("PARTNER_GUARD_BOOTSTRAP_SERVERS", session_broker.bootstrap)
     monkeypatch.setenv("PARTNER_GUARD_SCHEMA_REGISTRY_URL", "http://registry.invalid:8081")
-    topic = _topic("produce-registry")
+    topic = _topic("produce-registry", session_broker)
     runner = CliRunner()
     for _ in range(2):
         result = runner.invoke(app, ["produce", "-t", topic, "--avro"], input=_lines(INSTALL))
@@ -225,7 +229,7 @@ def test_tail_decodes_what_the_guard_writes(session_broker: EmbeddedBroker) -> N
 
 
 def test_tail_decodes_avro_events_with_the_jobs_settings(session_broker: EmbeddedBroker) -> None:
-    topic = _topic("tail-avro")
+    topic = _topic("tail-avro", session_broker)
     avro_env = {
         "PARTNER_GUARD_AVRO_SCHEMA_ID": "3",
         "PARTNER_GUARD_INPUT_FORMATS": f"{topic}=avro",
@@ -300,12 +304,12 @@ def test_tail_follow_stops_cleanly_on_sigterm(session_broker: EmbeddedBroker, tm
             tail.wait()
 
 
-def test_tail_of_a_missing_topic_names_the_near_one(session_broker: EmbeddedBroker) -> None:
-    topic = _topic("tail-named")
-    ensure_topics({"bootstrap.servers": session_broker.bootstrap}, [topic], [], 1)
-    result = _cli(session_broker, "tail", topic[:-1], "--from-beginning")
+@pytest.mark.parametrize("command", ["tail", "produce"])
+def test_a_missing_topic_is_refused_naming_the_near_one(session_broker: EmbeddedBroker, command: str) -> None:
+    topic = _topic(f"{command}-named", session_broker)
+    args = ["tail", topic[:-1], "--from-beginning"] if command == "tail" else ["produce", "-t", topic[:-1]]
+    result = _cli(session_broker, *args, stdin=b'{"a": 1}\n')
     assert result.returncode == 2
-    assert (
-        result.stderr.decode().strip()
-        == f"tail: no topic {topic[:-1]!r} on the broker (did you mean {topic!r}?)"
-    )
+    expected = f"{command}: no topic {topic[:-1]!r} on the broker (did you mean {topic!r}?)"
+    assert result.stderr.decode().strip().startswith(expected)
+    assert read_topic(session_broker.bootstrap, topic) == []  # nothing sent anywhere
