@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker, free_port, wait_for_port
-from streams.harness import start_guard
+from streams.harness import GuardProcess, start_guard
 
 pytestmark = pytest.mark.integration
 
@@ -103,30 +103,42 @@ def test_the_broker_command_stops_its_broker(stop: signal.Signals) -> None:
 
 
 def test_run_with_workers_stops_every_worker_on_sighup(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Settings given as flags reach every worker, but for the ones set per worker."""
     name = f"sighup-{uuid.uuid4().hex[:8]}"
-    guard = start_guard(
-        broker.bootstrap,
-        f"{name}.events",
-        tmp_path / "guard.log",
-        {
-            "PARTNER_GUARD_WORKERS": "2",
-            "PARTNER_GUARD_GROUP_ID": name,
-            "PARTNER_GUARD_TRANSACTIONAL_ID": name,
-            "PARTNER_GUARD_RULES_DIR": str(ROOT / "rules"),
-        },
-        dev=True,
-        cwd=tmp_path,
-    )
+    port = free_port()
+    flags = [
+        "--workers", "2", "--dev", "--create-topics", "--bootstrap-servers", broker.bootstrap,
+        "--input-topics", f"{name}.events", "--group-id", name, "--transactional-id", name,
+        "--rules", str(ROOT / "rules"), "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+        "--session-timeout-ms", "6000", "--batch-size", "50",
+    ]  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARTNER_GUARD_")}
+    log = tmp_path / "guard.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "run", *flags],
+            env=clean,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=sink,
+        )
+    guard = GuardProcess(process, port, log)
     children: list[psutil.Process] = []
     try:
         guard.wait_ready(timeout_s=START_TIMEOUT_S)
-        children = psutil.Process(guard.process.pid).children(recursive=True)
+        children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) == 2, [p.cmdline() for p in children]
-        guard.process.send_signal(signal.SIGHUP)
-        assert _children_gone(guard.process, children) == []
-        assert guard.process.returncode == 0, guard.log()
+        for child in children:
+            line = child.cmdline()
+            assert "--batch-size" in line and "--group-id" in line, line
+            assert not {"--metrics-port", "--transactional-id", "--workers", "--create-topics"} & set(line), (
+                line
+            )
+        process.send_signal(signal.SIGHUP)
+        assert _children_gone(process, children) == []
+        assert process.returncode == 0, guard.log()
     finally:
-        _kill_all(guard.process, children)
+        _kill_all(process, children)
 
 
 def test_a_worker_stops_cleanly_on_sighup(broker: EmbeddedBroker, tmp_path: Path) -> None:
