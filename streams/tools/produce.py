@@ -209,7 +209,14 @@ def produce_lines(
                 key, value, missing = record_of(line, f"{source}:{number}", key_path, schema_id)
             except ProduceError as exc:
                 raise ProduceError(f"{exc} ({result.sent} record(s) before it sent)") from None
-            produce(producer, topic, value, key, list(headers or []) or None)
+            try:
+                produce(producer, topic, value, key, list(headers or []) or None)
+            except KafkaException as exc:  # refused before sending: too large, a bad header, ...
+                error = exc.args[0].str() if hasattr(exc.args[0], "str") else str(exc)
+                raise ProduceError(
+                    f"{source}:{number}: the Kafka client refused the record ({error}); "
+                    f"{result.sent} record(s) before it sent"
+                ) from None
             result.sent += 1
             result.without_key += missing
             producer.poll(0)

@@ -135,7 +135,17 @@ def render(message: Message, shown: Shown, as_json: bool) -> str:
         return orjson.dumps(document).decode()
     when = datetime.fromtimestamp(stamp / 1000, UTC).isoformat(timespec="milliseconds") if stamp > 0 else "-"
     keyed = f" key={key}" if key is not None else ""
-    return f"{message.topic()}[{message.partition()}]@{message.offset()} {when}{keyed} {shown.summary}"
+    line = f"{message.topic()}[{message.partition()}]@{message.offset()} {when}{keyed} {shown.summary}"
+    return printable(line)
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape sequences, line breaks,
+    bidirectional overrides) written as its escape: a record's key or id is input, and
+    must not be able to rewrite the operator's screen or forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _partitions(consumer: Consumer, topic: str, bootstrap: str) -> list[int]:

@@ -313,3 +313,28 @@ def test_a_missing_topic_is_refused_naming_the_near_one(session_broker: Embedded
     expected = f"{command}: no topic {topic[:-1]!r} on the broker (did you mean {topic!r}?)"
     assert result.stderr.decode().strip().startswith(expected)
     assert read_topic(session_broker.bootstrap, topic) == []  # nothing sent anywhere
+
+
+def test_tail_never_writes_control_characters_from_a_record(session_broker: EmbeddedBroker) -> None:
+    """Keys and ids are input: an escape sequence or a line break in one is shown escaped."""
+    topic = _topic("tail-hostile", session_broker)
+    blocked = {**_blocked_v2("x"), "event_id": "e\x1b]0;pwned\x07\nguard.blocked[0]@9 forged"}
+    producer = Producer({"bootstrap.servers": session_broker.bootstrap})
+    producer.produce(topic, orjson.dumps(blocked), "k\x1b[2J\r\n\u202e".encode())
+    producer.produce(topic, b"\x1b[31m not json\n")
+    producer.flush(30)
+    shown = _cli(session_broker, "tail", topic, "--from-beginning")
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.decode()
+    assert len(text.splitlines()) == 2
+    assert not any(c in text for c in "\x1b\x07\r\u202e")
+    assert "key=k\\x1b[2J\\r\\n\\u202e" in text and "e\\x1b]0;pwned\\x07\\nguard.blocked[0]@9 forged" in text
+
+
+def test_produce_refuses_a_record_the_client_cannot_send(session_broker: EmbeddedBroker) -> None:
+    topic = _topic("produce-large", session_broker)
+    huge = b'{"a": "' + b"x" * 1_200_000 + b'"}\n'  # past librdkafka's message.max.bytes
+    result = _cli(session_broker, "produce", "-t", topic, stdin=b'{"a": 1}\n' + huge)
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().startswith("produce: stdin:2: the Kafka client refused the record")
+    assert len(read_topic(session_broker.bootstrap, topic, expect=1, timeout_s=60)) == 1
