@@ -204,7 +204,9 @@ def decide_command(
 
 
 def run_command(
-    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file", metavar="FILE")
+    ] = None,
     **options: Any,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch.
@@ -260,7 +262,9 @@ app.command("run", epilog=settings_epilog())(with_setting_options(run_command))
 @app.command("check-config", epilog=settings_epilog())
 @with_setting_options
 def check_config_command(
-    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file", metavar="FILE")
+    ] = None,
     **options: Any,
 ) -> None:
     """Check what `run` checks at start (settings, rules, keys, topic roles), without a broker.
@@ -295,11 +299,16 @@ def check_config_command(
     print(f"not checked: the broker ({settings.bootstrap_servers}) and metrics port {settings.metrics_port}")
 
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML settings file (as for run)")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML settings file (as for run)", metavar="FILE")
+]
 BootstrapOption = Annotated[
     str | None,
     typer.Option(
-        "--bootstrap-servers", "-b", help="Kafka bootstrap servers (default: PARTNER_GUARD_BOOTSTRAP_SERVERS)"
+        "--bootstrap-servers",
+        "-b",
+        metavar="HOST:PORT,...",
+        help="Kafka bootstrap servers (default: PARTNER_GUARD_BOOTSTRAP_SERVERS)",
     ),
 ]
 
@@ -317,19 +326,22 @@ def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Any:
 
 @app.command("produce")
 def produce_command(
-    topic: Annotated[str, typer.Option("--topic", "-t", help="topic to send to")],
-    source: Annotated[
-        str, typer.Argument(help="JSON Lines file, or - for standard input", show_default=False)
-    ] = "-",
+    topic: Annotated[str, typer.Option("--topic", "-t", help="topic to send to", metavar="TOPIC")],
+    source: Annotated[str, typer.Argument(help="JSON Lines file, or - for standard input")] = "-",
     key_path: Annotated[
         str | None,
         typer.Option(
-            "--key-path", "-k", help="JSON path of the key in each line, e.g. account_id, $.device.device_id"
+            "--key-path",
+            "-k",
+            metavar="PATH",
+            help="JSON path of the key in each line, e.g. account_id, $.device.device_id",
         ),
     ] = None,
     header: Annotated[
         list[str] | None,
-        typer.Option("--header", "-H", help="NAME=VALUE header on every record (repeatable)"),
+        typer.Option(
+            "--header", "-H", metavar="NAME=VALUE", help="NAME=VALUE header on every record (repeatable)"
+        ),
     ] = None,
     avro: Annotated[
         bool,
@@ -377,7 +389,9 @@ def tail_command(
             "--follow", "-f", help="keep waiting for new records (always, when starting from the end)"
         ),
     ] = False,
-    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="stop after N records")] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, metavar="N", help="stop after N records")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="one JSON document a record, in full (key, headers, value)")
     ] = False,

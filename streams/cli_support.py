@@ -25,7 +25,9 @@ RULES_ENV = "PARTNER_GUARD_RULES_DIR"
 DEFAULT_RULES_DIR = Path("rules")
 _RULES_HELP = f"rules directory (default: {RULES_ENV}, else ./rules)"
 RulesDir = Annotated[Path | None, typer.Argument(help=_RULES_HELP, show_default=False)]
-RulesOpt = Annotated[Path | None, typer.Option("--rules", help=_RULES_HELP, show_default=False)]
+RulesOpt = Annotated[
+    Path | None, typer.Option("--rules", help=_RULES_HELP, show_default=False, metavar="DIR")
+]
 
 # How a refusal begins: `run`, `demo`, `broker` and `check-config` refuse to start; a command
 # that starts nothing names itself (`rules check: rules refused ...`).

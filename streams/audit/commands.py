@@ -124,6 +124,7 @@ def replay_command(
         list[Path] | None,
         typer.Option(
             "--verify-rules",
+            metavar="DIR",
             help="rules directories to find recorded digests in"
             " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
         ),
