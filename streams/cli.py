@@ -77,7 +77,7 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    from streams.runtime.ops.config import guard_topics_from_env
+    from streams.runtime.config import guard_topics_from_env
 
     refusal_words("rules check")
     directory, source = rules_dir_from(rules_dir, rules)
@@ -92,7 +92,7 @@ def rules_check(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
 def rules_test(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
-    from streams.runtime.ops.config import guard_topics_from_env
+    from streams.runtime.config import guard_topics_from_env
 
     refusal_words("rules test")
     directory, source = rules_dir_from(rules_dir, rules)
@@ -215,7 +215,7 @@ def run_command(
     (flags win over the environment, the environment over the file).
     """
     from streams.cli_settings import explicit_settings, setting_arguments
-    from streams.runtime.ops.config import load_settings, unknown_env_warnings
+    from streams.runtime.config import load_settings, unknown_env_warnings
     from streams.runtime.ops.logs import configure_logging
     from streams.runtime.ops.preflight import preflight
     from streams.runtime.ops.startup import keyed_setup
@@ -273,7 +273,7 @@ def check_config_command(
     metrics port, which `run` checks on the host it starts on.
     """
     from streams.cli_settings import explicit_settings
-    from streams.runtime.ops.config import load_settings, unknown_env_warnings
+    from streams.runtime.config import load_settings, unknown_env_warnings
     from streams.runtime.ops.preflight import check_kafka_properties
     from streams.runtime.ops.startup import keyed_setup
 
@@ -316,7 +316,7 @@ BootstrapOption = Annotated[
 def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Any:
     """`run`'s settings (file, environment, librdkafka passthrough) for a Kafka tool; a
     passthrough property librdkafka rejects is refused here, as `run` refuses it."""
-    from streams.runtime.ops.config import load_settings
+    from streams.runtime.config import load_settings
     from streams.runtime.ops.preflight import check_kafka_properties
 
     settings = load_settings(config, bootstrap_servers=bootstrap_servers)

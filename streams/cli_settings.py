@@ -24,7 +24,7 @@ import typer
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from streams.runtime.ops.config import ENV_PREFIX, KAFKA_ENV_PREFIX, ConfigError, Settings
+from streams.runtime.config import ENV_PREFIX, KAFKA_ENV_PREFIX, ConfigError, Settings
 
 # Flags whose names predate the generated ones (kept as aliases).
 ALIASES = {"rules_dir": ("--rules",)}
@@ -203,7 +203,7 @@ def settings_markdown() -> str:
     lines = [
         "# Settings reference",
         "",
-        "<!-- generated from the settings model (streams/runtime/ops/config.py) by",
+        "<!-- generated from the settings model (streams/runtime/config.py) by",
         "     `partner-guard settings-doc > docs/settings.md`; a test fails when it is stale -->",
         "",
         "`partner-guard run` and `partner-guard check-config` read every setting from, in order of",

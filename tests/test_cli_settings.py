@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.cli_settings import explicit_settings, setting_arguments, setting_specs, settings_markdown
-from streams.runtime.ops.config import ConfigError, Settings
+from streams.runtime.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
@@ -246,7 +246,7 @@ def test_rules_refusals_are_in_the_commands_words(tmp_path: Path) -> None:
 
 
 def test_flags_merge_with_the_environment_and_are_named_when_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from streams.runtime.ops.config import load_settings
+    from streams.runtime.config import load_settings
 
     monkeypatch.setenv("PARTNER_GUARD_BOOTSTRAP_SERVERS", "k:9092")
     monkeypatch.setenv("PARTNER_GUARD_KAFKA_LINGER_MS", "5")

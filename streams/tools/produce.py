@@ -21,8 +21,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from streams.core.codec import encode_avro
 from streams.core.errors import RefusalError
 from streams.core.schema import event_schema, event_schema_text
+from streams.runtime.config import Settings, did_you_mean
 from streams.runtime.kafka.io import Headers, produce
-from streams.runtime.ops.config import Settings, did_you_mean
 
 FLUSH_TIMEOUT_S = 60.0
 METADATA_TIMEOUT_S = 15.0

@@ -39,9 +39,9 @@ from confluent_kafka.admin._listoffsets import OffsetSpec
 from streams.core.codec import CONFLUENT_HEADER_BYTES, CONFLUENT_MAGIC
 from streams.core.errors import RefusalError
 from streams.core.models import Malformed
+from streams.runtime.config import Settings, did_you_mean
+from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, partner_views
 from streams.runtime.kafka.avro_input import AvroDecoder
-from streams.runtime.ops.config import Settings, did_you_mean
-from streams.runtime.pipeline.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, partner_views
 
 METADATA_TIMEOUT_S = 15.0
 # Without --follow: an end held back by a transaction still open is waited for this long

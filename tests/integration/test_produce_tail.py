@@ -24,9 +24,9 @@ from streams.core.codec import split_confluent_frame
 from streams.core.models import Event
 from streams.core.schema import event_schema_fingerprint
 from streams.harness import read_topic
+from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1
 from streams.runtime.kafka.avro_input import AvroDecoder, pinned_lookup, registry_lookup
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1
 
 pytestmark = pytest.mark.integration
 

@@ -69,6 +69,10 @@ def _split_pairs(value: Any) -> Any:
     return value
 
 
+# The one placeholder `transactional_id` may hold (a stable per-instance name).
+HOSTNAME_PLACEHOLDER = "{hostname}"
+
+
 class Settings(BaseSettings):
     """Everything `partner-guard run` needs."""
 
@@ -89,8 +93,8 @@ class Settings(BaseSettings):
     group_id: str = Field("partner-guard", description="the consumer group of every instance")
     transactional_id: str | None = Field(
         None,
-        description="unique per instance and stable across its restarts (a restart fences the old one);"
-        " default group-host-pid",
+        description="stable per instance, distinct between instances; `{hostname}` is replaced by the "
+        "host (pod) name; default group-host-pid",
     )
     metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz and /readyz")
     metrics_port: int = Field(
@@ -162,6 +166,26 @@ class Settings(BaseSettings):
     _split_topics = field_validator("input_topics", mode="before")(_split_csv)
     _split_formats = field_validator("input_formats", mode="before")(_split_pairs)
     _split_gaps = field_validator("faust_accepted_gaps", mode="before")(_split_csv)
+
+    @field_validator("transactional_id")
+    @classmethod
+    def _only_the_hostname_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and {"{", "}"} & set(value.replace(HOSTNAME_PLACEHOLDER, "")):
+            raise ValueError(
+                f"transactional_id {value!r}: the only placeholder it may hold is {HOSTNAME_PLACEHOLDER}"
+            )
+        return value
+
+    def resolved_transactional_id(self, hostname: str, pid: int) -> str:
+        """This instance's transactional id: the setting with `{hostname}` filled in, or group-host-pid.
+
+        A StatefulSet pod's or a compose container's hostname is stable across restarts and
+        distinct between replicas, so `partner-guard-{hostname}` scales out and still fences
+        the zombie of a restarted instance; `--workers N` appends `-w<i>` for each worker.
+        """
+        if self.transactional_id is None:
+            return f"{self.group_id}-{hostname}-{pid}"
+        return self.transactional_id.replace(HOSTNAME_PLACEHOLDER, hostname)
 
     @field_validator("kafka")
     @classmethod
