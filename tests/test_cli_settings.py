@@ -163,7 +163,7 @@ def _first_refusal(result: subprocess.CompletedProcess[str]) -> str:
         (
             "topic in two roles",
             {**KEYS, "PARTNER_GUARD_INPUT_TOPICS": "internal.events,guard.blocked"},
-            "topic 'guard.blocked' is named by input_topics and blocked_topic",
+            "topic 'guard.blocked' is both",
         ),
         (
             "rule writing to a guard topic",

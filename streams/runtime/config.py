@@ -12,6 +12,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -30,6 +31,8 @@ from streams.core.errors import RefusalError
 from streams.core.schema import event_schema_fingerprint
 
 ENV_PREFIX = "PARTNER_GUARD_"
+# The compacted topic where `replay --republish` marks what it republished (not a setting).
+REPUBLISHED_TOPIC = "guard.republished"
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 SECRET_MARKERS = ("password", "secret", "key", "token", "credentials")
 # Settings the guard owns: a passthrough property may not override them.
@@ -214,25 +217,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _one_role_per_topic(self) -> Self:
-        """An input topic may not also be a state or the blocked topic (the guard would read
-        its own output, or decide state records as events)."""
-        roles: dict[str, list[str]] = {}
-        named = [("input_topics", t) for t in self.input_topics]
-        named += [("consent_topic", self.consent_topic), ("signup_status_topic", self.signup_status_topic)]
-        named += [("blocked_topic", self.blocked_topic)]
-        for setting, topic in named:
-            if setting not in roles.setdefault(topic, []):
-                roles[topic].append(setting)
-        for topic, settings in roles.items():
-            if len(settings) > 1:
-                raise ValueError(
-                    f"topic {topic!r} is named by {' and '.join(settings)}: each topic has one role; "
-                    "rename one of them"
-                )
-        return self
-
     def registry_config(self) -> dict[str, Any]:
         """The confluent-kafka `SchemaRegistryClient` configuration.
 
@@ -285,6 +269,49 @@ class Settings(BaseSettings):
     def topic_format(self, topic: str) -> str:
         """The input format of a topic."""
         return self.input_formats.get(topic, "json")
+
+    def topic_roles(self) -> list[TopicRole]:
+        """Every topic the guard reads or writes by its settings, with its role and setting."""
+        return [
+            TopicRole(REPUBLISHED_TOPIC, "the republish marker topic", "a fixed name"),
+            *(TopicRole(t, "an input topic", "input_topics") for t in dict.fromkeys(self.input_topics)),
+            TopicRole(self.consent_topic, "the consent state topic", "consent_topic"),
+            TopicRole(self.signup_status_topic, "the sign-up status state topic", "signup_status_topic"),
+            TopicRole(self.blocked_topic, "the blocked-event topic", "blocked_topic"),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRole:
+    """One topic the guard reads or writes: its name, what it is, and where it is set."""
+
+    topic: str
+    role: str
+    where: str
+
+
+def topic_role_clash(roles: list[TopicRole]) -> str | None:
+    """Why two roles share a topic (the first such pair), or None when every topic has one role.
+
+    A topic in two roles loops or leaks: the blocked topic as an input re-reads every blocked
+    record as new input (without end); a partner topic as the consent topic feeds partner
+    records into the state. An input named by a pattern (`^...`) is refused for the same
+    reason: it could match any of them.
+    """
+    seen: dict[str, TopicRole] = {}
+    for role in roles:
+        if role.where == "input_topics" and role.topic.startswith("^"):
+            return (
+                f"input topic '{role.topic}' is a pattern: librdkafka would subscribe to every topic it "
+                "matches, now or later, the guard's own outputs too; name each input topic"
+            )
+        first = seen.setdefault(role.topic, role)
+        if first is not role:
+            return (
+                f"topic '{role.topic}' is both {first.role} ({first.where}) and {role.role} ({role.where}); "
+                f"every topic has one role: change {role.where}"
+            )
+    return None
 
 
 def guard_topics(
