@@ -35,6 +35,13 @@ def _children_gone(parent: subprocess.Popen[bytes], children: list[psutil.Proces
     return alive
 
 
+def _command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
+
+
 def _kill_all(parent: subprocess.Popen[bytes], children: list[psutil.Process]) -> None:
     for process in children:
         if process.is_running():
@@ -75,6 +82,31 @@ def test_the_demo_stops_its_broker_and_guard(stop: signal.Signals, tmp_path: Pat
         assert _children_gone(demo, children) == []
         assert demo.returncode == 128 + stop
         assert "its broker and guard are stopped" in out.read_text(errors="replace")
+    finally:
+        _kill_all(demo, children)
+
+
+def test_the_demo_stopped_while_its_guard_starts_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM as soon as the guard process exists, before it is ready."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streams", "demo", "--events", "5000", "--rate", "50"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and demo.poll() is None:
+            children = psutil.Process(demo.pid).children(recursive=True)
+            if any("streams run" in _command_line(p) for p in children):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the demo never started its guard")
+        demo.send_signal(signal.SIGTERM)
+        assert _children_gone(demo, children) == []
+        assert demo.returncode == 128 + signal.SIGTERM
     finally:
         _kill_all(demo, children)
 
