@@ -36,13 +36,13 @@ import time
 from benchmarks.common import population
 from streams.core.decide import receivable_types
 from streams.core.notices import plans_of
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import SourceRef
 from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
 from streams.runtime.pipeline.notices import ForwardTracker
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import SourceRef
 from streams.runtime.state.tables import ForwardedTable
 
 WARM_UP = 300

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit
+from streams.cli_support import default_rules_dir, err, load_ruleset_or_exit, refusal_words
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -44,7 +44,7 @@ PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="k
 
 def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, progress: Any = None) -> Any:
     from streams.audit.source import read_file, read_topic
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if from_file is not None:
         return read_file(from_file, wanted), None
@@ -122,7 +122,12 @@ def replay_command(
     rule: RuleOpt = None,
     verify_rules: Annotated[
         list[Path] | None,
-        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+        typer.Option(
+            "--verify-rules",
+            metavar="DIR",
+            help="rules directories to find recorded digests in"
+            " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
     ] = None,
     git_history: Annotated[
         bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
@@ -166,7 +171,8 @@ def replay_command(
     from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    refusal_words("replay")
+    library = RulesetLibrary(verify_rules or [default_rules_dir()[0]], git_dir if git_history else None)
     _check_filter_values(library, partner, reason, rule)
     bar, on_progress = _progress_bar()
     wanted = _filter(since, until, partner, reason, rule)
@@ -242,7 +248,7 @@ def _topic_source(settings: Any) -> str:
 def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
     """Fetch originals kept by reference from their source topics (when Kafka is configured)."""
     from streams.audit.source import resolve_references
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if not any(isinstance(r, dict) and r.get("payload_mode") == "reference" for r in records):
         return records
@@ -262,8 +268,8 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
     An exported file is read without settings: they are loaded here if they can be (the
     `--config` file, the environment); without them every schema id reads as the guard's own.
     """
+    from streams.runtime.config import ConfigError, load_settings
     from streams.runtime.kafka.avro_input import ReplayAvro
-    from streams.runtime.ops.config import ConfigError, load_settings
 
     if settings is None:
         try:
@@ -274,7 +280,7 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:
-    from streams.runtime.pipeline.payload import Keyring, PayloadKeyError
+    from streams.runtime.formats.payload import Keyring, PayloadKeyError
 
     try:
         return Keyring.load(keys_file)
@@ -292,7 +298,7 @@ def _republish(
     console: Console,
 ) -> None:
     from streams.audit.republish import republish
-    from streams.runtime.pipeline.transaction import TransactionFatalError
+    from streams.runtime.kafka.calls import TransactionFatalError
 
     if whatif is None or settings is None:
         err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")
@@ -358,7 +364,7 @@ def replay_optouts(
     """List the opt-out and deletion notices sent, per partner, with counts."""
     from streams.audit.optouts import read_notices, summary_lines, write_html
     from streams.audit.source import parse_time
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     ruleset = load_ruleset_or_exit(rules)
     topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}

@@ -25,9 +25,9 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.leak_audit import find_leaks
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.harness import LOOPBACK, GuardProcess, new_producer, produce_all, read_topic, start_guard
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.io import produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 
 INPUT_TOPIC = "internal.events"
 STATE_TOPICS = ("privacy.consent", "member.signup-status")
@@ -216,15 +216,16 @@ def run_demo(
             f"seeded {consents:,} consent records and {statuses:,} "
             f"sign-up statuses for {len(generator.people):,} people"
         )
-        guard = start_guard(
-            broker.bootstrap,
-            INPUT_TOPIC,
-            workdir / "guard.log",
-            _guard_env(rules, engine),
-            dev=True,
-            metrics_port=metrics_port,
-        )
-        try:
+        guard: GuardProcess | None = None
+        try:  # started inside the try: a stop signal while it starts still stops it
+            guard = start_guard(
+                broker.bootstrap,
+                INPUT_TOPIC,
+                workdir / "guard.log",
+                _guard_env(rules, engine),
+                dev=True,
+                metrics_port=metrics_port,
+            )
             guard.wait_ready()
             console.print(
                 f"guard ready ({engine} engine); metrics on http://{LOOPBACK}:{guard.metrics_port}/metrics"
@@ -239,7 +240,8 @@ def run_demo(
             if keep_running:
                 _keep_running(console, producer, generator, rate or 200.0, guard.metrics_port)
         finally:
-            guard.stop()
+            if guard is not None:
+                guard.stop()
             del producer  # disconnect before the broker stops, so librdkafka has nothing to report
     return exitcodes.OK if summary.conserved and not summary.leak_count else exitcodes.CHECK_FAILED
 

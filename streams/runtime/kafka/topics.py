@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.ops.config import Settings
+from streams.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 COMPACT = {"cleanup.policy": "compact"}

@@ -70,6 +70,11 @@ class GuardMetrics:
             ["path"],
             registry=r,
         )
+        self.registry_open = Gauge(
+            "partner_guard_schema_registry_open",
+            "1 while the Schema Registry circuit is open (new schema ids blocked as schema_unknown).",
+            registry=r,
+        )
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
         )
@@ -137,6 +142,11 @@ class GuardMetrics:
             "partner_guard_ready", "1 when state is loaded and the job is deciding.", registry=r
         )
         self.ruleset = Info("partner_guard_ruleset", "The ruleset in force.", registry=r)
+        # When this process started: the crash-loop alert counts its changes.
+        self.start_time = Gauge(
+            "partner_guard_start_time_seconds", "Unix time this guard process started.", registry=r
+        )
+        self.start_time.set_to_current_time()
 
 
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:

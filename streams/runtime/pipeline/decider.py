@@ -30,13 +30,9 @@ from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
-from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import GuardMetrics, observe_all
-from streams.runtime.pipeline.notices import ForwardTracker
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
     DecisionsPart,
@@ -47,6 +43,10 @@ from streams.runtime.pipeline.records import (
     blocked_record,
     partner_record,
 )
+from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
+from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.metrics import GuardMetrics, observe_all
+from streams.runtime.pipeline.notices import ForwardTracker
 from streams.runtime.state.reader import Applier, StateReader
 from streams.runtime.state.store import StateTables, open_configured_tables, report_store_metrics
 from streams.runtime.state.tables import ConsentTable, ForwardedTable, SignupStatusTable, snapshot_for
@@ -252,12 +252,20 @@ class GuardState:
 class RecordDecider:
     """Decode, decide and render the outputs of one input record, for every partner."""
 
-    def __init__(self, settings: Settings, ruleset: Ruleset, payload: PayloadProtector, state: GuardState):
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Ruleset,
+        payload: PayloadProtector,
+        state: GuardState,
+        beat: Callable[[], None] | None = None,
+    ):
+        """`beat`: the engine's heartbeat, beaten after every Schema Registry lookup."""
         self.settings = settings
         self.ruleset = ruleset
         self.payload = payload
         self.state = state
-        self._avro: AvroDecoder | None = avro_decoder(settings)
+        self._avro: AvroDecoder | None = avro_decoder(settings, beat)
         self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
@@ -280,6 +288,15 @@ class RecordDecider:
         if not self.ruleset.rules or probe.event_type in self._receivable:
             return None
         return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
+
+    def registry_open(self) -> float:
+        """1.0 while the Schema Registry circuit is open, else 0.0 (a gauge's callback)."""
+        return 1.0 if self._avro is not None and self._avro.registry_open else 0.0
+
+    def start_batch(self) -> None:
+        """Called before each batch: the Schema Registry budget is per batch."""
+        if self._avro is not None:
+            self._avro.start_batch()
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""

@@ -44,28 +44,26 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from streams import exitcodes
 from streams.core.notices import plans_of
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
-from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
-from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.faults import BeforeCommitFault
-from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
-from streams.runtime.ops.preflight import kafka_client_config
-from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.notices import ForwardTracker, OptoutNotifier
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef
-from streams.runtime.pipeline.transaction import (
-    BatchOffsets,
-    BatchTransaction,
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
+from streams.runtime.kafka.calls import (
     CallWatchdog,
-    CommitInFlight,
-    Outcome,
     RetryPolicy,
     TransactionFatalError,
     liveness_limit_s,
     start_transactions,
 )
+from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
+from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
+from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
+from streams.runtime.ops.faults import BeforeCommitFault
+from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.ops.preflight import kafka_client_config
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.notices import ForwardTracker, OptoutNotifier
+from streams.runtime.pipeline.transaction import BatchOffsets, BatchTransaction, CommitInFlight, Outcome
 from streams.runtime.state.reader import StateReader
 
 log = logging.getLogger(__name__)
@@ -133,9 +131,12 @@ class GuardJob:
         self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
         self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
         self.revocations = Revocations()  # partitions revoked while a batch is collected
-        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
+        # Between two beats: the state catch-up, then the registry lookups of one batch (bounded).
+        unwatched_s = settings.state_catchup_timeout_ms / 1000 + registry_wait_per_batch_s(settings)
+        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, unwatched_s))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
-        self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
+        self.decider = RecordDecider(settings, ruleset, self.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._topic_by_partner = self.decider.topic_by_partner
         # Opt-out notices (P12): on when some rule sends them; the consent topic is then also
         # a group input, and forwards are remembered in the forwarded topic.
@@ -156,9 +157,9 @@ class GuardJob:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """Run until SIGTERM, SIGINT or SIGHUP; returns the process exit code."""
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
@@ -207,9 +208,7 @@ class GuardJob:
     def _run_loop(self) -> int:
         settings = self.settings
         reader = self._load_state()
-        transactional_id = (
-            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
-        )
+        transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
                 "linger.ms": TRANSACTION_LINGER_MS,
@@ -331,6 +330,7 @@ class GuardJob:
         settings, notifier = self.settings, self.notifier
         batch = DecidedBatch(self.clock())
         stale = self.state.catch_up_before_batch(self.clock())
+        self.decider.start_batch()
         if notifier is not None:
             batch.layer = self.state.forwarded.open_layer()
         for message, topic, partition, offset in records_in(messages, log, "consume"):
