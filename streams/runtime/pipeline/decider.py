@@ -46,8 +46,9 @@ from streams.runtime.pipeline.records import (
     blocked_record,
     partner_record,
 )
+from streams.runtime.state.layout import open_configured_tables
 from streams.runtime.state.reader import StateReader
-from streams.runtime.state.store import StateTables, open_configured_tables, report_store_metrics
+from streams.runtime.state.store import StateTables, report_store_metrics
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 
 log = logging.getLogger(__name__)
