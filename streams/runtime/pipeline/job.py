@@ -199,7 +199,8 @@ class GuardJob:
 
     def _run_loop(self) -> int:
         settings = self.settings
-        reader = self._load_state()
+        self.state.on_reload = self.readiness.set_deciding
+        self._load_state()
         transactional_id = (
             settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
         )
@@ -257,7 +258,7 @@ class GuardJob:
                 )
                 decided = self._decide(messages) if messages else None  # 2.
                 if not messages:
-                    reader.poll()
+                    self.state.poll()
                 if self._settle(decided) is Outcome.ABORTED:  # 3.
                     decided = None  # rewound: decided again from its first offsets
                 if decided is not None:

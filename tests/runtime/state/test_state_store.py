@@ -315,7 +315,10 @@ def test_a_hand_edited_checkpoint_rebuilds(tmp_path: Path, edited: object) -> No
 
 
 def test_a_topic_recreated_under_the_same_name_rebuilds(tmp_path: Path) -> None:
-    ids = {"consent": StateTopic("privacy.consent", 3, "id-1"), "signup_status": TOPICS["signup_status"]}
+    ids: dict[str, StateTopic] = {
+        "consent": StateTopic("privacy.consent", 3, "id-1"),
+        "signup_status": StateTopic(*TOPICS["signup_status"]),
+    }
     tables = open_state_tables("rocksdb", tmp_path, ids, "cluster-a", TUNING)
     tables.consent.apply(b"account:a", _consent("account:a", "2026-11-01T00:00:00Z"))
     tables.checkpoint({("privacy.consent", 0): 1})
