@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker, free_port
+from streams.runtime.config import Settings
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics
 from streams.runtime.pipeline.decider import GuardState
 from tests.integration.kafka_helpers import produce
