@@ -5,6 +5,7 @@
 - A consent topic deleted and recreated under the same name (a restore, a migration, a
   mistake) holding a denial: the restarted guard rebuilds its store and blocks the subject.
 - A checkpoint whose offsets were edited past the topic's end: rebuilt, never resumed.
+(A topic changing under a running guard: test_state_reload.py.)
 """
 
 from __future__ import annotations
@@ -209,40 +210,3 @@ def test_a_checkpoint_edited_past_the_end_rebuilds(broker: EmbeddedBroker, tmp_p
         assert second.metric_value("partner_guard_state_rebuilds_total", table="consent") == 1
     finally:
         assert second.stop() == 0, second.log()
-
-
-@pytest.mark.parametrize("store", ["memory", "rocksdb"])
-def test_a_consent_topic_recreated_under_a_running_guard_is_read_again(
-    broker: EmbeddedBroker, tmp_path: Path, store: str
-) -> None:
-    bootstrap = broker.bootstrap
-    ensure_topics({"bootstrap.servers": bootstrap}, [INPUT], STATE_TOPICS, 3)
-    accounts = [f"ru-{i:03d}" for i in range(30)]
-    produce(bootstrap, CONSENT, [_consent(a, "granted") for a in accounts])
-    env = {"PARTNER_GUARD_STATE_STORE": store, "PARTNER_GUARD_STATE_DIR": str(tmp_path / "state")}
-    guard = start_guard(
-        bootstrap, tmp_path, INPUT, f"running-{store}", env, transactional_id=f"running-{store}"
-    )
-    try:
-        guard.wait_ready()
-        produce(bootstrap, INPUT, [_install("ru-000", "1")])
-        _wait_records_in(guard, 1)
-        assert _install_outcome(broker, "ev-ru-000-1") == "forward"
-
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        for future in admin.delete_topics([CONSENT]).values():
-            future.result()
-        deadline = time.monotonic() + 30
-        while CONSENT in admin.list_topics(timeout=10).topics:  # hang guard
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        ensure_topics({"bootstrap.servers": bootstrap}, [], [CONSENT], 3)
-        produce(bootstrap, CONSENT, [_consent("ru-000", "denied"), _consent("ru-001", "granted")])
-        # produced after the denial was acknowledged (read-your-revocation), the control after it
-        produce(bootstrap, INPUT, [_install("ru-000", "2"), _install("ru-001", "2")])
-        _wait_records_in(guard, 3)
-        assert _install_outcome(broker, "ev-ru-000-2") == [DENIED]  # forwarded, were the positions kept
-        assert _install_outcome(broker, "ev-ru-001-2") == "forward"
-        assert "reading the state again from the beginning" in guard.log()
-    finally:
-        assert guard.stop() == 0, guard.log()

@@ -13,8 +13,8 @@ does not flap readiness; the next successful probe marks it ready again (and log
 Readiness therefore follows a lost broker within
 FAILED_PROBES_NOT_READY × (PROBE_INTERVAL_S + PROBE_TIMEOUT_S) = 10 s, and a returning one
 within PROBE_INTERVAL_S + PROBE_TIMEOUT_S plus librdkafka's reconnect backoff
-(`reconnect.backoff.max.ms`, 10 s by default). With a `GroupLag`, every successful probe at
-most every `GROUP_INTERVAL_S` also looks the group up and sets the group lag gauge.
+(`reconnect.backoff.max.ms`, 10 s by default). The group's view comes from
+`group_lag.GroupLag`, on a thread of its own so that slow group lookups never delay a probe.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._metadata import ClusterMetadata
 from prometheus_client import Gauge
 
-from streams.runtime.ops.group_lag import GroupLag, GroupView, TopicPart
+from streams.runtime.ops.group_lag import GroupView, TopicPart
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class Readiness:
             self._judge()
 
     def set_group(self, view: GroupView | None) -> None:
-        """The group's latest view (from the broker watch); None: unknown (the broker was lost)."""
+        """The group's latest view (from `GroupLag`); None: unknown (the broker was lost)."""
         with self._lock:
             self._group = view
             self._judge()
@@ -113,21 +112,13 @@ class Readiness:
 
 
 class BrokerWatch:
-    """Probes the broker in a daemon thread and feeds `Readiness`.
+    """Probes the broker in a daemon thread and feeds `Readiness`."""
 
-    `group_lag`: a `GroupLag` to refresh after successful probes (the kafka engine's input
-    group); its views go to `Readiness.set_group`.
-    """
-
-    def __init__(
-        self, kafka_config: dict[str, Any], readiness: Readiness, group_lag: GroupLag | None = None
-    ) -> None:
+    def __init__(self, kafka_config: dict[str, Any], readiness: Readiness) -> None:
         self._admin = AdminClient(kafka_config)
         self._readiness = readiness
-        self._group_lag = group_lag
         self._stop = threading.Event()
         self._failed_in_a_row = 0
-        self._metadata: ClusterMetadata | None = None
         self._thread = threading.Thread(target=self._loop, name="broker-watch", daemon=True)
 
     def start(self) -> BrokerWatch:
@@ -138,26 +129,10 @@ class BrokerWatch:
     def probe(self) -> bool:
         """One metadata request; True when a broker answered."""
         try:
-            self._metadata = self._admin.list_topics(timeout=PROBE_TIMEOUT_S)
+            self._admin.list_topics(timeout=PROBE_TIMEOUT_S)
             return True
         except KafkaException:
-            self._metadata = None
             return False
-
-    def look_at_group(self) -> None:
-        """Refresh the group's view when one is due (after a successful probe). A failed probe
-        forgets it: what the group was before the broker was lost says nothing about after."""
-        if self._group_lag is None:
-            return
-        if self._metadata is None:
-            self._group_lag.forget()
-            self._readiness.set_group(None)
-            return
-        if not self._group_lag.due():
-            return
-        view = self._group_lag.refresh(self._metadata)
-        if view is not None:
-            self._readiness.set_group(view)
 
     def record_probe(self, answered: bool) -> None:
         """Feed one probe's outcome: not ready after FAILED_PROBES_NOT_READY failures in a row."""
@@ -167,10 +142,6 @@ class BrokerWatch:
     def _loop(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_S):
             self.record_probe(self.probe())
-            try:
-                self.look_at_group()
-            except Exception as exc:  # a bug here must not end the watch (readiness would freeze)
-                log.error("group view failed: %s", type(exc).__name__)
             self._admin.poll(0)  # serves queued librdkafka log lines (they wait for a poll)
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@ client is therefore replaced after every failed lookup and every lost broker.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,9 +41,10 @@ TopicPart = tuple[str, int]
 # is not consuming it. Longer than any healthy batch's commit (the transaction timeout is 60 s
 # at most, a batch normally commits in milliseconds), short enough to show a stall quickly.
 STALL_AFTER_S = 30.0
-# How often the view is looked up (three admin requests; the broker watch probes every 2 s).
+# How often the view is looked up (a metadata request and three admin requests).
 GROUP_INTERVAL_S = 5.0
 REQUEST_TIMEOUT_S = 5.0
+ViewSink = Callable[["GroupView | None"], None]
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ def input_partitions(metadata: ClusterMetadata, topics: Iterable[str]) -> frozen
 
 
 class GroupLag:
-    """Looks the group's view up (on the broker watch's thread) and exports the lag gauge."""
+    """Looks the group's view up every `GROUP_INTERVAL_S` on a daemon thread of its own, exports
+    the lag gauge, and hands every view to `on_view` (None when the broker did not answer: what
+    the group was before the broker was lost says nothing about after)."""
 
     def __init__(
         self,
@@ -124,18 +128,46 @@ class GroupLag:
         self._clock = clock
         self._progress: dict[TopicPart, _Progress] = {}
         self._exported: set[TopicPart] = set()
-        self._looked_up = float("-inf")
         self._failure: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_view: ViewSink) -> GroupLag:
+        """Look the group up every `GROUP_INTERVAL_S` until `stop`."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    on_view(self.look())
+                    if self._client is not None:
+                        self._client.poll(0)  # serves queued librdkafka log lines
+                except Exception as exc:  # a bug here must not freeze readiness silently
+                    log.error("group view failed: %s", type(exc).__name__)
+                if self._stop.wait(GROUP_INTERVAL_S):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="group-lag", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop looking (returns without waiting for a lookup in flight)."""
+        self._stop.set()
+
+    def look(self) -> GroupView | None:
+        """The group's view now; None (and a new client next time) when the broker is lost."""
+        try:
+            metadata = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
+        except KafkaException:
+            self.forget()
+            return None
+        return self.refresh(metadata)
 
     def _unavailable(self, why: str) -> None:
         """Log a failed lookup once per distinct reason (the gauge keeps its last values)."""
         if why != self._failure:
             log.warning("group lag unavailable: %s", why)
         self._failure = why
-
-    def due(self) -> bool:
-        """Whether the last lookup is older than `GROUP_INTERVAL_S`."""
-        return self._clock() - self._looked_up >= GROUP_INTERVAL_S
 
     @property
     def _admin(self) -> AdminClient:
@@ -145,13 +177,11 @@ class GroupLag:
         return self._client
 
     def forget(self) -> None:
-        """Make the next refresh due at once, on a new client (the broker was lost)."""
-        self._looked_up = float("-inf")
+        """Look up with a new client next time (the broker was lost)."""
         self._client = None
 
     def refresh(self, metadata: ClusterMetadata) -> GroupView | None:
         """The group's view now, and the gauge set from it; None when the broker did not answer."""
-        self._looked_up = self._clock()
         partitions = input_partitions(metadata, self._topics)
         try:
             bounds = self._bounds(partitions)

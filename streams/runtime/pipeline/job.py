@@ -170,11 +170,9 @@ class GuardJob:
             self.heartbeat.alive,
         )
         self._metrics_address = f"http://{settings.metrics_host}:{server.server_port}"
-        watch = BrokerWatch(
-            self.kafka_base,
-            self.readiness,
-            GroupLag(self.kafka_base, settings.group_id, settings.input_topics, self.metrics.group_lag),
-        ).start()
+        watch = BrokerWatch(self.kafka_base, self.readiness).start()
+        group = GroupLag(self.kafka_base, settings.group_id, settings.input_topics, self.metrics.group_lag)
+        group.start(self.readiness.set_group)
         try:
             if settings.create_topics:
                 ensure_topics(
@@ -185,6 +183,7 @@ class GuardJob:
                 )
             return self._run_loop()
         finally:
+            group.stop()
             watch.stop()
             server.shutdown()
 

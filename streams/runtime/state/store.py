@@ -72,7 +72,8 @@ class StoreCorruptError(PartnerGuardError, RuntimeError):
 
 
 class StoreLockedError(RefusalError):
-    """Another live process holds the state directory: never damage, never deleted."""
+    """The state directory cannot be taken: another live process holds it (never damage, never
+    deleted), or it cannot be created or written."""
 
 
 # partition -> (log start offset, end offset) of one topic, as the cluster reports them now.
@@ -117,9 +118,15 @@ def lock_state_dir(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> DirLock:
     The flock dies with its process (kill -9 included), so a lock found held always belongs to
     a live process: refuse (`StoreLockedError`), never treat it as damage.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreLockedError(
+            f"state_dir {state_dir} cannot be used ({exc.strerror}): "
+            "point PARTNER_GUARD_STATE_DIR at a directory this user can write"
+        ) from None
     deadline = time.monotonic() + wait_s
     waited = False
     while True:

@@ -339,3 +339,11 @@ def test_property_offsets_fit_only_inside_every_partition(
 ) -> None:
     fits = all(p in bounds and p < 3 and bounds[p][0] <= o <= bounds[p][1] for p, o in saved.items())
     assert (offsets_misfit(saved, 3, bounds) is None) == fits
+
+
+def test_a_state_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreLockedError) as refused:
+        open_state_tables("rocksdb", blocker / "state", TOPICS, "cluster-a", TUNING, lock_wait_s=0)
+    assert "cannot be used" in str(refused.value) and "\n" not in str(refused.value)
