@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # How long a start may spend learning the true end of partitions whose saved offset lies past
 # the listed end (one fetch each, normally well under a second).
 END_PROBE_TIMEOUT_S = 5.0
+# Unknown bounds rebuild the store (hours for a big table): a broker that did not answer in
+# time is asked again first.
+BOUNDS_ATTEMPTS = 3
+BOUNDS_RETRY_PAUSE_S = 1.0
 
 
 def topic_ids(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, str | None]:
@@ -108,14 +112,30 @@ def partition_bounds(kafka_config: dict[str, Any], timeout_s: float = 10.0) -> B
     """A `BoundsLookup` on the cluster (None when it does not answer: the store is rebuilt)."""
     admin = AdminClient(kafka_config)
 
+    def listed(topic: str, partitions: list[int]) -> tuple[dict[int, int], dict[int, int]] | None:
+        for attempt in range(1, BOUNDS_ATTEMPTS + 1):
+            try:
+                lows = _listed(admin, topic, partitions, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
+                ends = _listed(admin, topic, partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+                return lows, ends
+            except KafkaException as exc:
+                log.warning(
+                    "state topic %s: partition bounds unavailable (attempt %d of %d): %s",
+                    topic,
+                    attempt,
+                    BOUNDS_ATTEMPTS,
+                    exc.args[0].str(),
+                )
+            if attempt < BOUNDS_ATTEMPTS:
+                time.sleep(BOUNDS_RETRY_PAUSE_S)
+        return None
+
     def lookup(topic: str, saved: Mapping[int, int]) -> Bounds | None:
         partitions = sorted(saved)
-        try:
-            lows = _listed(admin, topic, partitions, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
-            ends = _listed(admin, topic, partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
-        except KafkaException as exc:
-            log.warning("state topic %s: partition bounds unavailable: %s", topic, exc.args[0].str())
+        found = listed(topic, partitions)
+        if found is None:
             return None
+        lows, ends = found
         if any(offset < 0 for offset in (*lows.values(), *ends.values())):
             return None  # an unknown partition, or no answer (-1001)
         past = {p: ends[p] for p in partitions if saved[p] > ends[p]}

@@ -388,7 +388,8 @@ def open_table_store(
             elif offsets is None:
                 why = "checkpoint offsets unreadable"
             elif bounds is not None and offsets:
-                why = offsets_misfit(offsets, topic.partitions, bounds(topic.name, offsets))
+                exists = all(0 <= p < topic.partitions for p in offsets)  # else no lookup: it misfits
+                why = offsets_misfit(offsets, topic.partitions, bounds(topic.name, offsets) if exists else {})
         except Exception as exc:  # open or meta read failed: damaged files, or a live holder
             if any(marker in str(exc) for marker in _ROCKSDB_LOCK_ERRORS):
                 if store is not None:
