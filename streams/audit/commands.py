@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit
+from streams.cli_support import default_rules_dir, err, load_ruleset_or_exit, refusal_words
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -122,7 +122,12 @@ def replay_command(
     rule: RuleOpt = None,
     verify_rules: Annotated[
         list[Path] | None,
-        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+        typer.Option(
+            "--verify-rules",
+            metavar="DIR",
+            help="rules directories to find recorded digests in"
+            " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
     ] = None,
     git_history: Annotated[
         bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
@@ -166,7 +171,8 @@ def replay_command(
     from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    refusal_words("replay")
+    library = RulesetLibrary(verify_rules or [default_rules_dir()[0]], git_dir if git_history else None)
     _check_filter_values(library, partner, reason, rule)
     bar, on_progress = _progress_bar()
     wanted = _filter(since, until, partner, reason, rule)

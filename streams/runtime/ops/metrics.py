@@ -70,6 +70,11 @@ class GuardMetrics:
             ["path"],
             registry=r,
         )
+        self.registry_open = Gauge(
+            "partner_guard_schema_registry_open",
+            "1 while the Schema Registry circuit is open (new schema ids blocked as schema_unknown).",
+            registry=r,
+        )
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
         )

@@ -256,12 +256,20 @@ class GuardState:
 class RecordDecider:
     """Decode, decide and render the outputs of one input record, for every partner."""
 
-    def __init__(self, settings: Settings, ruleset: Ruleset, payload: PayloadProtector, state: GuardState):
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Ruleset,
+        payload: PayloadProtector,
+        state: GuardState,
+        beat: Callable[[], None] | None = None,
+    ):
+        """`beat`: the engine's heartbeat, beaten after every Schema Registry lookup."""
         self.settings = settings
         self.ruleset = ruleset
         self.payload = payload
         self.state = state
-        self._avro: AvroDecoder | None = avro_decoder(settings)
+        self._avro: AvroDecoder | None = avro_decoder(settings, beat)
         self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
@@ -279,6 +287,15 @@ class RecordDecider:
         if not self.ruleset.rules or probe.event_type in self._receivable:
             return None
         return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
+
+    def registry_open(self) -> float:
+        """1.0 while the Schema Registry circuit is open, else 0.0 (a gauge's callback)."""
+        return 1.0 if self._avro is not None and self._avro.registry_open else 0.0
+
+    def start_batch(self) -> None:
+        """Called before each batch: the Schema Registry budget is per batch."""
+        if self._avro is not None:
+            self._avro.start_batch()
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""

@@ -46,6 +46,7 @@ from streams.core.rules.ruleset import Ruleset
 from streams.runtime.config import Settings
 from streams.runtime.formats.payload import PayloadProtector
 from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
 from streams.runtime.kafka.calls import (
     CallWatchdog,
     RetryPolicy,
@@ -130,9 +131,12 @@ class GuardJob:
         self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
         self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
         self.revocations = Revocations()  # partitions revoked while a batch is collected
-        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
+        # Between two beats: the state catch-up, then the registry lookups of one batch (bounded).
+        unwatched_s = settings.state_catchup_timeout_ms / 1000 + registry_wait_per_batch_s(settings)
+        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, unwatched_s))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
-        self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
+        self.decider = RecordDecider(settings, ruleset, self.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._topic_by_partner = self.decider.topic_by_partner
         self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.in_flight: CommitInFlight | None = None  # the commit the loop has not yet waited for
@@ -147,9 +151,9 @@ class GuardJob:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """Run until SIGTERM, SIGINT or SIGHUP; returns the process exit code."""
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
@@ -327,6 +331,7 @@ class GuardJob:
         settings = self.settings
         batch = DecidedBatch(self.clock())
         stale = self.state.catch_up_before_batch(self.clock())
+        self.decider.start_batch()
         for message, topic, partition, offset in records_in(messages, log, "consume"):
             batch.offsets.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
