@@ -347,3 +347,14 @@ def test_a_state_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path: Pat
     with pytest.raises(StoreLockedError) as refused:
         open_state_tables("rocksdb", blocker / "state", TOPICS, "cluster-a", TUNING, lock_wait_s=0)
     assert "cannot be used" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_every_worker_gets_its_own_state_dir() -> None:
+    from streams.runtime.config import Settings
+    from streams.runtime.workers import worker_environment
+
+    settings = Settings(
+        bootstrap_servers="k:9092", workers=3, state_store="rocksdb", state_dir=Path("/var/x")
+    )
+    dirs = [worker_environment(settings, i)["PARTNER_GUARD_STATE_DIR"] for i in range(3)]
+    assert dirs == ["/var/x/worker-0", "/var/x/worker-1", "/var/x/worker-2"]
