@@ -250,7 +250,7 @@ class FaustGuard:
         if not self._in_batch:
             self.heartbeat.beat()
         async with self._state_lock:
-            await asyncio.to_thread(self.state.reader.poll)
+            await asyncio.to_thread(self.state.poll)
         if time.monotonic() - self._last_gauges > GAUGE_INTERVAL_S:
             self._last_gauges = time.monotonic()
             self.state.update_gauges()

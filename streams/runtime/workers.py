@@ -3,7 +3,9 @@
 One Python process decides on one core (the GIL), so a host with several cores runs several
 workers. Each worker is a complete `partner-guard run` in the same consumer group, with its
 own transactional id (`<transactional_id>-w<i>`, or the default group-host-pid, unique per
-process), its own state tables and its own share of the input partitions; the broker
+process), its own state tables (with `state_store: rocksdb`, in its own directory
+`<state_dir>/worker-<i>`: a store is written by one process), and its own share of the input
+partitions; the broker
 balances partitions between them exactly as between instances on different hosts, so every
 promise holds per worker. The supervisor:
 
@@ -102,19 +104,33 @@ class WorkersCollector:
 
 # Settings the supervisor sets for each worker itself (through the worker's environment, or
 # by acting once for all): never handed on to a worker as command-line flags, which would win.
-SUPERVISOR_SETTINGS = ("workers", "create_topics", "metrics_host", "metrics_port", "transactional_id")
+SUPERVISOR_SETTINGS = (
+    "workers",
+    "create_topics",
+    "metrics_host",
+    "metrics_port",
+    "transactional_id",
+    "state_dir",  # worker i's is <state_dir>/worker-<i>
+)
 
 
 def worker_environment(settings: Settings, index: int) -> dict[str, str]:
-    """The environment of worker `index`: its own transactional id, loopback metrics port, keys."""
+    """The environment of worker `index`: its own transactional id, loopback metrics port, keys,
+    and state directory."""
     env = {
         ENV_PREFIX + "METRICS_HOST": "127.0.0.1",
         ENV_PREFIX + "METRICS_PORT": str(free_port()),
         ENV_PREFIX + "WORKERS": "1",
+        ENV_PREFIX + "STATE_DIR": str(worker_state_dir(settings, index)),
     }
     if settings.transactional_id:
         env[ENV_PREFIX + "TRANSACTIONAL_ID"] = f"{settings.transactional_id}-w{index}"
     return env
+
+
+def worker_state_dir(settings: Settings, index: int) -> Path:
+    """Worker `index`'s own state directory: two processes never share a disk store."""
+    return Path(settings.state_dir) / f"worker-{index}"
 
 
 def shared_dev_secrets(settings: Settings, partners: Iterable[str]) -> dict[str, str]:

@@ -123,6 +123,16 @@ class GuardMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.group_lag = Gauge(
+            "partner_guard_group_lag_records",
+            "End offset minus the consumer group's committed offset, per input partition, whoever "
+            "owns it (take max over instances, not sum).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "partner_guard_assigned_partitions", "Input partitions this instance owns.", registry=r
+        )
         self.state_store_bytes = Gauge(
             "partner_guard_state_store_bytes", "Bytes of the disk state store on disk", ["table"], registry=r
         )

@@ -47,8 +47,9 @@ from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_i
 from streams.runtime.kafka.io import Headers
 from streams.runtime.ops.metrics import GuardMetrics, observe_all
 from streams.runtime.pipeline.notices import ForwardTracker
-from streams.runtime.state.reader import Applier, StateReader
-from streams.runtime.state.store import StateTables, open_configured_tables, report_store_metrics
+from streams.runtime.state.layout import open_configured_tables
+from streams.runtime.state.reader import Applier, StateReader, StateTopicChangedError
+from streams.runtime.state.store import StateTables, report_store_metrics
 from streams.runtime.state.tables import ConsentTable, ForwardedTable, SignupStatusTable, snapshot_for
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class GuardState:
         self._invalid_reported: dict[str, int] = {}
         self._reader: StateReader | None = None
         self.track_forwards = False  # also read the forwarded topic (opt-out notices on)
+        self._load_args: tuple[Callable[[], bool], Callable[[], None]] = (lambda: False, lambda: None)
+        # Told False while the state is read again from the beginning, True after (readiness).
+        self.on_reload: Callable[[bool], None] = lambda _ready: None
 
     @property
     def forwarded(self) -> ForwardedTable:
@@ -175,6 +179,7 @@ class GuardState:
     def load(self, stopping: Callable[[], bool], beat: Callable[[], None]) -> StateReader:
         """Read both compacted topics to their end before anything is decided (readiness)."""
         settings = self.settings
+        self._load_args = (stopping, beat)
         self.tables = open_configured_tables(settings, self._kafka_config, self.track_forwards)
         self.consent, self.signup_status = self.tables.consent, self.tables.signup_status
         for name, table_store in self.tables.stores.items():
@@ -214,14 +219,38 @@ class GuardState:
         than allowed, or no complete catch-up for longer than allowed; the batch is then
         blocked as `consent_stale` (fail closed).
         """
-        settings, reader = self.settings, self.reader
-        missing = reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        settings = self.settings
+        try:
+            missing = self.reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        except StateTopicChangedError as exc:
+            self._reload(exc)
+            missing = self.reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        reader = self.reader
         stale = missing > settings.max_state_lag_records or (
             now - reader.last_caught_up > settings.max_state_silence_ms / 1000
         )
         if stale:
             log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
         return stale
+
+    def poll(self) -> int:
+        """Apply whatever state records have arrived, without waiting."""
+        try:
+            return self.reader.poll()
+        except StateTopicChangedError as exc:
+            self._reload(exc)
+            return 0
+
+    def _reload(self, why: StateTopicChangedError) -> None:
+        """A state topic changed under the guard: read the state again from the beginning (the
+        disk store rebuilds: its identity or offsets no longer fit), not ready meanwhile."""
+        log.warning("%s: reading the state again from the beginning before deciding more", why)
+        self.on_reload(False)
+        try:
+            self.close()
+            self.load(*self._load_args)
+        finally:
+            self.on_reload(True)
 
     def update_gauges(self) -> None:
         """Table sizes, store metrics and newly seen invalid state records."""

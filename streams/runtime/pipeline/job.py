@@ -59,6 +59,7 @@ from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_i
 from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
 from streams.runtime.ops.faults import BeforeCommitFault
+from streams.runtime.ops.group_lag import GroupLag
 from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.ops.preflight import kafka_client_config
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
@@ -87,6 +88,11 @@ TRANSACTION_LINGER_MS = 100
 # against the sequential loop (benchmarks/RESULTS.md): 5 ms, p99 target met in 3 of 13 trials
 # (sequential 4 of 13); 0.5 ms, in 7 of 9 (sequential 5 of 9).
 GIL_SWITCH_INTERVAL_S = 0.0005
+# How often the input consumer refreshes topic metadata (librdkafka's default is 5 min). An
+# input topic recreated after the consumer rejoined its group (a broker restored or restarted
+# empty) is seen, and its partitions assigned, only at the next refresh: measured on the
+# embedded broker, 3.5 minutes of nothing decided with the default. A passthrough value wins.
+INPUT_METADATA_REFRESH_MS = 10_000
 
 
 @dataclass
@@ -126,7 +132,8 @@ class GuardJob:
         self.clock = clock
         self.stopping = False
         self._metrics_address = ""
-        self.readiness = Readiness(self.metrics.ready)
+        self.readiness = Readiness(self.metrics.ready, track_partitions=True)
+        self.owned: set[tuple[str, int]] = set()  # input partitions assigned to this instance
         self.kafka_base: dict[str, Any] = kafka_client_config(settings)
         self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
         self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
@@ -181,17 +188,31 @@ class GuardJob:
         )
         self._metrics_address = f"http://{settings.metrics_host}:{server.server_port}"
         watch = BrokerWatch(self.kafka_base, self.readiness).start()
+        group = GroupLag(self.kafka_base, settings.group_id, settings.input_topics, self.metrics.group_lag)
+        group.start(self.readiness.set_group)
         try:
             if settings.create_topics:
                 plain, compacted = guard_topic_layout(settings, self.ruleset)
                 ensure_topics(self.kafka_base, plain, compacted, settings.partitions)
             return self._run_loop()
         finally:
+            group.stop()
             watch.stop()
             server.shutdown()
 
     def _load_state(self) -> StateReader:
         reader = self.state.load(lambda: self.stopping, self.heartbeat.beat)
+        self._track_forwards()
+        return reader
+
+    def _state_reloaded(self, ready: bool) -> None:
+        """The state is read again (a state topic changed under the guard): not ready meanwhile,
+        and the forward tracker and notifier follow the newly opened forwarded table."""
+        self.readiness.set_deciding(ready)
+        if ready:
+            self._track_forwards()
+
+    def _track_forwards(self) -> None:
         if self.state.track_forwards:
             settings, table = self.settings, self.state.forwarded
             self.decider.track(
@@ -200,14 +221,14 @@ class GuardJob:
             self.notifier = OptoutNotifier(
                 self.plans, self.ruleset.digest, table, settings.forwarded_topic, settings.optout_lookback
             )
-        return reader
 
     def _update_state_gauges(self) -> None:
         self.state.update_gauges()
 
     def _run_loop(self) -> int:
         settings = self.settings
-        reader = self._load_state()
+        self.state.on_reload = self._state_reloaded
+        self._load_state()
         transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
@@ -228,6 +249,7 @@ class GuardJob:
         consumer = Consumer(
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
+                "topic.metadata.refresh.interval.ms": INPUT_METADATA_REFRESH_MS,
                 **self.kafka_base,
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
@@ -263,7 +285,7 @@ class GuardJob:
                 )
                 decided = self._decide(messages) if messages else None  # 2.
                 if not messages:
-                    reader.poll()
+                    self.state.poll()
                 if self._settle(decided) is Outcome.ABORTED:  # 3.
                     decided = None  # rewound: decided again from its first offsets
                 if decided is not None:
@@ -301,6 +323,12 @@ class GuardJob:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %d partition(s)", len(partitions))
+        self.owned.update((tp.topic, tp.partition) for tp in partitions)
+        self._owned_changed()
+
+    def _owned_changed(self) -> None:
+        self.metrics.assigned_partitions.set(len(self.owned))
+        self.readiness.set_owned(frozenset(self.owned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Runs inside `consume()`; a commit in flight ends before the partitions are given up."""
@@ -309,6 +337,8 @@ class GuardJob:
             in_flight.join()
             self.revoked_in_flight.update((tp.topic, tp.partition) for tp in partitions)
         self.revocations.add(partitions)
+        self.owned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        self._owned_changed()
         log.info("revoked %d partition(s)", len(partitions))
 
     def _update_consumer_lag(self, consumer: Consumer) -> None:
