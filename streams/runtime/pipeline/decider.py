@@ -41,6 +41,7 @@ from streams.runtime.formats.records import (
     Withheld,
     blocked_input,
     blocked_record,
+    partner_headers,
     partner_record,
 )
 from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
@@ -334,7 +335,9 @@ class RecordDecider:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
             topic = self.topic_by_partner[decision.partner]
-            outputs.records.append((topic, value, key, None))  # its size is checked above
+            outputs.records.append(
+                (topic, value, key, partner_headers(decision, source))
+            )  # size checked above
             outputs.forwarded.append(decision)
         if outputs.withheld:
             self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)
