@@ -317,3 +317,94 @@ def replay_export(
         err.print(f"export could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     print(f"exported {count:,} blocked record(s) to {out}")
+
+
+@replay_app.command("forwarded")
+def replay_forwarded(
+    config: ConfigOpt = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time: written at or after")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time: written before")] = None,
+    partner: Partner = None,
+    rules: Annotated[
+        Path, typer.Option("--rules", help="today's rules: partner topics and the leak re-scan's vocabulary")
+    ] = Path("rules"),
+    verify_rules: Annotated[
+        list[Path] | None,
+        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+    ] = None,
+    git_history: Annotated[
+        bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
+    ] = True,
+    git_dir: Annotated[
+        Path, typer.Option("--git-dir", help="repository whose rules/ and schema history holds past rulesets")
+    ] = Path("."),
+    inputs: Annotated[
+        bool,
+        typer.Option("--inputs/--no-inputs", help="cross-check against the source topics (conservation)"),
+    ] = True,
+    jsonl: Annotated[Path | None, typer.Option("--jsonl", help="one JSON line per partner record")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained HTML report")
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="exit 0 when no partner record is in the range")
+    ] = False,
+) -> None:
+    """What each partner received: leak re-scan, projection at the recorded digest, conservation.
+
+    Exit 0 green or amber, 1 a finding (a leak today's scan flags, a record its rule could not
+    produce, an input not forwarded or blocked exactly once), 4 no partner record in the
+    range, 2 could not run.
+    """
+    from streams.audit.forwarded import audit_forwarded
+    from streams.audit.report import print_forwarded, write_forwarded_html, write_forwarded_jsonl
+    from streams.audit.report_model import ReplayRun
+    from streams.audit.rulesets import RulesetLibrary, with_replay_keys
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    today = with_replay_keys(load_ruleset_or_exit(rules))
+    if partner is not None and partner not in today.partners:
+        err.print(f"--partner {partner}: unknown; valid: {', '.join(today.partners)}", highlight=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    try:
+        since_ms, until_ms = parse_time(since), parse_time(until)
+    except ValueError as exc:
+        err.print(f"--since/--until: {exc}")
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    library = RulesetLibrary(verify_rules or [rules], git_dir if git_history else None)
+    range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
+    try:
+        audit = audit_forwarded(
+            settings.kafka_base(),
+            today,
+            library,
+            partner,
+            list(settings.input_topics) if inputs else None,
+            settings.blocked_topic,
+            since_ms,
+            until_ms,
+            range_text,
+        )
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"replay forwarded could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    console = Console()
+    print_forwarded(console, audit)
+    if jsonl:
+        write_forwarded_jsonl(audit, jsonl)
+    if html_out:
+        filters = {"--since": since, "--until": until, "--partner": partner}
+        source = f"partner topics on {settings.bootstrap_servers}"
+        run = ReplayRun.describe(source, filters, library.searched(), None, datetime.now(UTC))
+        write_forwarded_html(audit, html_out, run)
+    if audit.level == "red":
+        raise typer.Exit(EXIT_MISMATCH)
+    if audit.total == 0 and not allow_empty:
+        raise typer.Exit(EXIT_NOTHING_SELECTED)
+    raise typer.Exit(0)

@@ -136,7 +136,7 @@ def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_g
         (
             [_outcome(1), _outcome(2, "ruleset_not_found"), _outcome(3, "unverifiable")],
             "amber",
-            "No mismatch, but not verified: 1 ruleset not found, 1 unverifiable record. "
+            "No mismatch, but not verified: 1 record whose ruleset was not found (1 distinct digest), 1 unverifiable record. "
             "1 of 3 selected records verified.",
         ),
         (
@@ -273,7 +273,7 @@ def test_examples_put_failures_first_grouped_by_kind_and_state_constant_columns_
     text = sections(page)
     assert text["examples"].index("2 mismatches") < text["examples"].index("Verified")
     assert "In every row: partner install-attribution" in text["examples-mismatch"]
-    assert "1 ruleset not found" in text["examples-ruleset_not_found"]
+    assert "1 record whose ruleset was not found" in text["examples-ruleset_not_found"]
 
 
 def test_hostile_values_are_escaped_and_the_page_is_self_contained(tmp_path: Path) -> None:

@@ -281,14 +281,14 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
     assert f"What-if ruleset --rules {proposed} (digest sha256:" in header and "by partner-guard" in header
     assert '<p id="verdict-line" class="verdict red">' in dom.stdout
     assert shown["verdict-line"] == (
-        "1 mismatch: re-decided differently from the record. Also not verified: 1 ruleset not found. "
+        "1 mismatch: re-decided differently from the record. Also not verified: 1 record whose ruleset was not found (1 distinct digest). "
         f"{total - 2:,} of {total:,} selected records verified."
     )
     assert re.search(r"install-attribution app_install [1-9][\d,]* [a-z_, ]*event_id", shown["whatif"])
     partners = {r["partner"] for r in records}
     assert dom.stdout.count('<svg class="chart"') == len(partners)  # one small chart per partner
     examples = shown["examples"]
-    assert examples.index("1 mismatch") < examples.index("1 ruleset not found") < examples.index("Verified")
+    assert examples.index("1 mismatch") < examples.index("1 record whose ruleset was not found") < examples.index("Verified")
     assert records[tampered_index]["event_id"] in shown["examples-mismatch"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "replay-report.png"
