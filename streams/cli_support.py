@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,12 @@ from streams.core.rules.ruleset import Ruleset
 
 # soft_wrap: messages are never hard-wrapped (a terminal wraps them; logs and pipes get one line)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """The console for tables on stdout: the terminal's width, or never cut when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=1000)
+
 
 RulesDir = Annotated[Path, typer.Argument(help="rules directory")]
 RulesOpt = Annotated[Path, typer.Option("--rules", help="rules directory")]

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit
+from streams.cli_support import err, load_ruleset_or_exit, stdout_console
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -155,6 +155,12 @@ def replay_command(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="exit 0 when the filters select no record")
     ] = False,
+    with_forwarded: Annotated[
+        bool,
+        typer.Option(
+            "--forwarded", help="also check what partners received (as `replay forwarded`; first in --html)"
+        ),
+    ] = False,
 ) -> None:
     """Re-decide blocked records under the ruleset that decided them; exit 1 on any mismatch."""
     if ctx.invoked_subcommand is not None:
@@ -184,15 +190,25 @@ def replay_command(
     try:
         with bar:
             records = _with_originals(list(records), settings, config)
-            result = replay(records, library, keyring, whatif, _job_avro_decoder(settings, config))
+            avro = _job_avro_decoder(settings, config)
+            result = replay(records, library, keyring, whatif, avro)
+            if whatif is not None:
+                result.new_partners = _new_partners(
+                    result, library, whatif, settings, keyring, avro, since, until
+                )
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    console = Console()
+    console = stdout_console()
+    received = _received(settings, config, library, partner, since, until) if with_forwarded else None
     if not result.outcomes:
         console.print("no blocked record selected: nothing was verified")
         if not allow_empty:
             raise typer.Exit(EXIT_NOTHING_SELECTED)
+    if received is not None:
+        from streams.audit.report import print_forwarded
+
+        print_forwarded(console, received)
     print_summary(console, result, whatif is not None)
     if jsonl:
         write_jsonl(result, jsonl)
@@ -205,12 +221,95 @@ def replay_command(
             given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
             whatif_label = f"{given} (digest {whatif.digest})"
         run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
-        write_html(result, html_out, run, whatif is not None)
+        write_html(result, html_out, run, whatif is not None, received)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
-    if result.failed:
+    if result.failed or (received is not None and received.level == "red"):
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _received(
+    settings: Any,
+    config: Path | None,
+    library: Any,
+    partner: str | None,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    """`replay --forwarded`: what the partners received, with today's rules/ as the leak scan's vocabulary."""
+    from streams.audit.forwarded import audit_forwarded
+    from streams.audit.rulesets import with_replay_keys
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            err.print(f"--forwarded reads the partner topics: {exc}", highlight=False, markup=False)
+            raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    today = with_replay_keys(load_ruleset_or_exit(Path("rules")))
+    range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
+    try:
+        return audit_forwarded(
+            settings.kafka_base(),
+            today,
+            library,
+            partner,
+            list(settings.input_topics),
+            settings.blocked_topic,
+            parse_time(since),
+            parse_time(until),
+            range_text,
+        )
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"--forwarded could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+
+
+def _new_partners(
+    result: Any,
+    library: Any,
+    whatif: Ruleset,
+    settings: Any,
+    keyring: Any,
+    avro: Any,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    """What-if for partners the proposed ruleset adds: every input decided (None when it adds none)."""
+    from streams.audit.newpartners import added_partners, decide_new_partners, read_source_inputs, redecoder
+    from streams.audit.republish import _current_state
+    from streams.audit.source import parse_time
+    from streams.runtime.kafka.avro_input import decode_input
+    from streams.runtime.state.tables import snapshot_for
+
+    digests = {o.blocked.get("ruleset_digest") for o in result.outcomes}
+    recorded = [r for d in digests if isinstance(d, str) and (r := library.find(d)) is not None]
+    added = added_partners(whatif, recorded or library.known())
+    if not added:
+        return None
+    if settings is None:
+        why = "an exported file was replayed (--from-file): no source topics or state to read"
+        return decide_new_partners(result.outcomes, whatif, added, redecoder(keyring, avro), None, None, why)
+    consent, status = _current_state(settings.kafka_base(), settings)
+    decoder = avro.decoder(whatif.event_schema)
+
+    def decode(topic: str, raw: bytes | None) -> Any:
+        return decode_input(raw, settings.topic_format(topic), decoder, None)
+
+    inputs = read_source_inputs(
+        settings.kafka_base(), settings.input_topics, parse_time(since), parse_time(until), decode
+    )
+    return decide_new_partners(
+        result.outcomes,
+        whatif,
+        added,
+        redecoder(keyring, avro),
+        lambda record: snapshot_for(record, consent, status, False),
+        inputs,
+    )
 
 
 def _topic_source(settings: Any) -> str:
@@ -394,7 +493,7 @@ def replay_forwarded(
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay forwarded could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    console = Console()
+    console = stdout_console()
     print_forwarded(console, audit)
     if jsonl:
         write_forwarded_jsonl(audit, jsonl)

@@ -478,7 +478,7 @@ def _consumer(kafka: dict[str, Any]) -> Consumer:
     )
 
 
-def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition] | None:
+def topic_partitions(consumer: Consumer, topic: str) -> list[TopicPartition] | None:
     metadata = consumer.list_topics(topic, timeout=10)
     described = metadata.topics.get(topic)
     if described is None or described.error is not None:
@@ -486,7 +486,7 @@ def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition] | None:
     return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in described.partitions]
 
 
-def _in_range(stamp: int | None, since_ms: int | None, until_ms: int | None) -> bool:
+def in_range(stamp: int | None, since_ms: int | None, until_ms: int | None) -> bool:
     if since_ms is not None and (stamp is None or stamp < since_ms):
         return False
     return not (until_ms is not None and (stamp is None or stamp >= until_ms))
@@ -502,14 +502,14 @@ def read_partner_topics(
         partner_of = {topic: partner for partner, topic in topics.items()}
         partitions = []
         for topic in partner_of:
-            found = _partitions(consumer, topic)
+            found = topic_partitions(consumer, topic)
             if found is None:
                 raise RuntimeError(f"partner topic '{topic}' not found")
             partitions += found
         for message in read_to_end(consumer, partitions) if partitions else ():
             kind, stamp = message.timestamp()
             when = stamp if kind else None
-            if not _in_range(when, since_ms, until_ms):
+            if not in_range(when, since_ms, until_ms):
                 continue
             at, partition, offset = message.topic(), message.partition(), message.offset()
             if at is None or partition is None or offset is None:
@@ -534,7 +534,7 @@ def read_inputs(
     try:
         partitions = []
         for topic in topics:
-            found = _partitions(consumer, topic)
+            found = topic_partitions(consumer, topic)
             if found is None:
                 raise RuntimeError(f"source topic '{topic}' not found")
             for tp in found:
@@ -548,7 +548,7 @@ def read_inputs(
             at, partition, offset = message.topic(), message.partition(), message.offset()
             if at is None or partition is None or offset is None:
                 continue
-            if _in_range(when, since_ms, until_ms):
+            if in_range(when, since_ms, until_ms):
                 inputs[(at, partition, offset)] = when
             else:
                 outside.add((at, partition, offset))

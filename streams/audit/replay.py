@@ -144,6 +144,8 @@ class Outcome:
     redecided: Decision | None = None
     whatif: Decision | None = None
     event_type: str | None = None  # of the decoded original (reports group by it); None when not decoded
+    # Every partner's decision under the proposed ruleset (new partners included); () when none
+    whatif_all: tuple[Decision, ...] = ()
 
     @property
     def partner(self) -> str:
@@ -323,7 +325,8 @@ def _verify_one(
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match", event_type=getattr(full, "event_type", None))
     if whatif is not None:
-        outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
+        outcome.whatif_all = tuple(decide(full, snapshot, whatif))
+        outcome.whatif = _decision_for(list(outcome.whatif_all), partner)
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",
@@ -378,6 +381,8 @@ class ReplayResult:
     """All outcomes of a replay."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    # What-if: partners the proposed ruleset adds, decided on every input (`newpartners.NewPartners`)
+    new_partners: Any = None
 
     def count(self, status: Status) -> int:
         """How many outcomes have this status."""

@@ -86,6 +86,27 @@ def _print_whatif(console: Console, result: ReplayResult) -> None:
         console.print(what)
     if summary.unchanged_note:
         console.print(summary.unchanged_note, highlight=False, markup=False)
+    if summary.new is not None:
+        added = Table(title=f"what-if: new partners {', '.join(summary.new.partners)}, every input decided")
+        for column in (
+            "new partner",
+            "event type",
+            "would forward",
+            "fields that would leave",
+            "would block",
+        ):
+            added.add_column(column, justify="right" if column.startswith("would") else "left")
+        for new_row in summary.new.rows:
+            added.add_row(
+                new_row.partner,
+                new_row.event_type,
+                f"{new_row.would_forward:,}",
+                ", ".join(new_row.fields),
+                f"{new_row.would_block:,}",
+            )
+        console.print(added)
+        for note in summary.new.notes():
+            console.print(f"new partners: {note}", highlight=False, markup=False, soft_wrap=True)
     if summary.not_redecided:
         console.print(f"{summary.not_redecided:,} record(s) not re-decided under the proposed ruleset")
 

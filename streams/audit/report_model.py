@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from streams.audit.newpartners import NewPartners
 from streams.audit.replay import STATUSES, Outcome, ReplayResult, Status, safe_timestamp
 from streams.core.reasons import explain
 
@@ -249,6 +250,12 @@ class WhatIf:
 
     rows: tuple[WhatIfRow, ...]
     not_redecided: int
+    new: NewPartners | None = None  # partners the proposed ruleset adds, decided on every input
+
+    @property
+    def new_forwards(self) -> int:
+        """Inputs the added partners would receive."""
+        return sum(row.would_forward for row in self.new.rows) if self.new else 0
 
     @property
     def changed(self) -> tuple[WhatIfRow, ...]:
@@ -264,6 +271,10 @@ class WhatIf:
         count = sum(row.unchanged for row in quiet)
         stay = f"{plural(count, ('record stays', 'records stay'))} blocked for the same reasons"
         if len(quiet) == len(self.rows):
+            if self.new is not None:
+                added = ", ".join(self.new.partners)
+                head = "For the partners the records were withheld from, no decision changes"
+                return f"{head}: {stay}; the new partners ({added}) are below."
             return f"The proposed ruleset changes no decision: {stay}."
         pairs = plural(len(quiet), ("other partner and event type", "other partner and event type pairs"))
         return f"Nothing changes for {pairs}: {stay}."
@@ -303,7 +314,7 @@ def whatif_of(result: ReplayResult) -> WhatIf:
         )
         for partner, event_type in sorted(counts)
     )
-    return WhatIf(rows, not_redecided)
+    return WhatIf(rows, not_redecided, result.new_partners)
 
 
 # ---- blocks over time -------------------------------------------------------------------------

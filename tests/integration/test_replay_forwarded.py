@@ -1,0 +1,109 @@
+"""`replay forwarded` on the partner topics a real guard run wrote (embedded broker): green on
+the run as written, red after a vocabulary change flags yesterday's output, red with a planted
+leak (which is also a record its rule could not produce, and a second output for one input)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from streams.broker.embedded import EmbeddedBroker
+from tests.integration.kafka_helpers import ROOT, read_topic
+from tests.integration.test_replay import _cli, _jsonl, _run_guard_once
+from tests.report_dom import loading_attributes, sections
+
+pytestmark = pytest.mark.integration
+PARTNER_TOPIC = "partner.install-attribution.events"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedBroker, Path]]:
+    """A broker holding a real run's inputs, partner records and blocked records."""
+    tmp = tmp_path_factory.mktemp("forwarded")
+    with EmbeddedBroker.start(log_path=tmp / "tansu.log") as broker:
+        _run_guard_once(broker, tmp, 1200)
+        yield broker, tmp
+
+
+def _dom(page: Path, tmp: Path) -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:  # the page is still read by the HTML parser below
+        return page.read_text()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ]
+    dumped = subprocess.run(
+        [chromium, *flags, f"--user-data-dir={tmp / 'chromium-forwarded'}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return dumped.stdout
+
+
+def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = written
+    # 1. green: every record as its rule produced it, nothing flagged, every input once per partner
+    page, rows_file = tmp / "green.html", tmp / "green.jsonl"
+    green = _cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(rows_file))
+    assert green.returncode == 0, green.stdout + green.stderr
+    rows = _jsonl(rows_file)
+    forwarded = read_topic(broker.bootstrap, PARTNER_TOPIC)
+    assert len([r for r in rows if r["partner"] == "install-attribution"]) == len(forwarded) > 0
+    assert all(not r["leaks"] and r["projection"] is None and r["unverified"] is None for r in rows)
+    assert {r["fields"]["event_id"] for r in rows} == {"pseudonym"}
+    assert "every one of" in green.stdout and "missing 0, duplicated 0" in green.stdout
+    shown = sections(_dom(page, tmp))
+    assert "What did each partner receive" in shown["questions"] and "Not answered" in shown["questions"]
+    assert "event_hour (coarsened time" in shown["received"] and "ad_id (ad id" in shown["received"]
+    assert "missing 0, duplicated 0, outputs naming no input 0" in shown["conservation"]
+    assert 'id="received-line" class="verdict green"' in page.read_text()
+
+    # 2. today's vocabulary names a campaign as a title: yesterday's records become findings
+    today = tmp / "today-rules"
+    shutil.copytree(ROOT / "rules", today, dirs_exist_ok=True)
+    vocabulary = today / "_leak-scan.yaml"
+    vocabulary.write_text(
+        vocabulary.read_text().replace("  - Stranger Things\n", "  - Stranger Things\n  - Holiday\n")
+    )
+    flagged_file = tmp / "flagged.jsonl"
+    flagged = _cli(
+        broker, "replay", "forwarded", "--no-git", "--rules", str(today), "--verify-rules", "rules",
+        "--jsonl", str(flagged_file),
+    )  # fmt: skip
+    assert flagged.returncode == 1, flagged.stdout + flagged.stderr
+    leaky = [r for r in _jsonl(flagged_file) if r["leaks"]]
+    assert leaky and all(r["projection"] is None for r in leaky)  # as the rule produced them, then
+    assert all(any(f.startswith("campaign_id:") for f in r["leaks"]) for r in leaky)
+
+    # 3. a planted record: a copy of a real one, with a URL where a campaign id goes
+    key, value, headers = forwarded[0]
+    planted = {**orjson.loads(value or b"{}"), "campaign_id": "https://evil.example/title/80057281"}
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce(PARTNER_TOPIC, orjson.dumps(planted), key, headers=headers)
+    producer.flush(30)
+    page, red_rows = tmp / "red.html", tmp / "red.jsonl"
+    red = _cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(red_rows))
+    assert red.returncode == 1, red.stdout + red.stderr
+    bad = [r for r in _jsonl(red_rows) if r["leaks"] or r["projection"]]
+    assert len(bad) == 1 and any("campaign_id" in f for f in bad[0]["leaks"])
+    assert "campaign_id" in bad[0]["projection"]
+    assert "duplicated 1" in red.stdout
+    text = page.read_text()
+    assert "evil.example" not in text and not loading_attributes(text)  # values never shown
+    shown = sections(_dom(page, tmp))
+    assert 'id="received-line" class="verdict red"' in text
+    assert "1 record carries a value today's leak scan flags" in shown["received"]
+    assert "duplicated 1" in shown["conservation"]
+    assert bad[0]["where"] in shown["received"]
