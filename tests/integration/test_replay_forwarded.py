@@ -4,6 +4,7 @@ leak (which is also a record its rule could not produce, and a second output for
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -107,3 +108,46 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
     assert "1 record carries a value today's leak scan flags" in shown["received"]
     assert "duplicated 1" in shown["conservation"]
     assert bad[0]["where"] in shown["received"]
+
+
+VISIT_MEASURE = """partner: visit-measure
+rule_id: visit-measure-v1
+jurisdictions: [US, CA]
+consent: {interest_based_ads: required, ad_cookies_on_web: not_required}
+events:
+  site_visit:
+    fields:
+      visit_id: {from: event_id, transform: pseudonym, required: true}
+      country: {from: context.country, pattern: '[A-Z]{2}'}
+      platform: {from: device.platform, values: [web]}
+"""
+
+
+def _would_forward(stdout: str) -> int:
+    match = re.search(r"visit-measure\s*│\s*site_visit\s*│\s*([\d,]+)\s*│", stdout)
+    assert match, stdout[-3000:]
+    return int(match.group(1).replace(",", ""))
+
+
+def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = written
+    proposed = tmp / "proposed-with-new-partner"
+    shutil.copytree(ROOT / "rules", proposed, dirs_exist_ok=True)
+    shutil.rmtree(proposed / "tests")
+    (proposed / "visit-measure.yaml").write_text(VISIT_MEASURE)
+    page = tmp / "whatif-new.html"
+    every = _cli(broker, "replay", "--no-git", "--rules", str(proposed), "--html", str(page))
+    assert every.returncode == 0, every.stdout + every.stderr
+    forwards = _would_forward(every.stdout)
+    assert forwards > 0 and "visit_id" in every.stdout
+    assert "changes no decision" not in every.stdout  # the old message, blind to new partners
+    assert "from blocked records, with the state recorded there" in every.stdout
+    shown = sections(_dom(page, tmp))
+    assert f"would receive {forwards:,} input" in shown["whatif-new"]
+    assert re.search(r"visit-measure site_visit [\d,]+ country, platform, visit_id", shown["whatif-new"])
+    # Blocked records for signup-conversions only: site visits it received leave no blocked record
+    # there, so they are read from the source topic, decided with today's state (unchanged since).
+    some = _cli(broker, "replay", "--no-git", "--rules", str(proposed), "--partner", "signup-conversions")
+    assert some.returncode == 0, some.stdout + some.stderr
+    assert re.search(r"[1-9][\d,]* input\(s\) from the source topics", some.stdout), some.stdout[-2000:]
+    assert _would_forward(some.stdout) == forwards
