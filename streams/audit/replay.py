@@ -340,13 +340,22 @@ def _verify_one(
     if decision is None:
         outcome.status, outcome.why = "mismatch", f"the ruleset has no rule for partner {partner}"
     elif decision.verdict != "block":
-        outcome.status, outcome.why = "mismatch", "re-decided as forward"
+        outcome.status, outcome.why = "mismatch", "recorded: block; re-decided: forward"
     elif list(decision.reasons) != recorded_reasons:
-        outcome.status, outcome.why = "mismatch", f"reasons {list(decision.reasons)} != {recorded_reasons}"
-    elif list(decision.details) != list(blocked.get("details", [])) or decision.rule_id != blocked.get(
-        "rule_id"
-    ):
-        outcome.status, outcome.why = "mismatch", "details or rule id differ"
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded reasons {recorded_reasons}; re-decided reasons {list(decision.reasons)}",
+        )
+    elif decision.rule_id != blocked.get("rule_id"):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded rule id {str(blocked.get('rule_id'))[:100]!r}; re-decided {decision.rule_id!r}",
+        )
+    elif list(decision.details) != list(blocked.get("details", [])):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded details {str(blocked.get('details'))[:300]}; re-decided {list(decision.details)}",
+        )
     if outcome.status == "mismatch" and _blocked_for_registry_time(blocked):
         outcome.status, outcome.why = "unverifiable", f"{outcome.why}: {REGISTRY_TIME}"
     elif outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):

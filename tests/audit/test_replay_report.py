@@ -136,7 +136,8 @@ def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_g
         (
             [_outcome(1), _outcome(2, "ruleset_not_found"), _outcome(3, "unverifiable")],
             "amber",
-            "No mismatch, but not verified: 1 record whose ruleset was not found (1 distinct digest), 1 unverifiable record. "
+            "No mismatch, but not verified: 1 record whose ruleset was not found (1 distinct digest), "
+            "1 unverifiable record. "
             "1 of 3 selected records verified.",
         ),
         (

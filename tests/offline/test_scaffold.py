@@ -88,3 +88,21 @@ def test_a_typo_in_a_source_path_gets_a_did_you_mean(tmp_path: Path) -> None:
         load_ruleset(rules)
     text = str(refused.value.problems[0])
     assert "did you mean 'device.platform'?" in text and text.index("did you mean") < text.index("declare it")
+
+
+def test_a_verdict_mismatch_names_the_reasons_the_core_gave(tmp_path: Path) -> None:
+    rules = _rules_without_tests(tmp_path)
+    ruleset = load_ruleset(rules)
+    path = rules / "tests" / "install-attribution.yaml"
+    text = scaffold(ruleset, "install-attribution").text
+    kids = text.split('- name: "kids_profile"', 1)[1].split("- name:", 1)[0]
+    path.write_text(
+        text.replace(
+            kids, kids.replace('{"verdict":"block","reasons":["kids_profile"]}', '{"verdict":"forward"}')
+        )
+    )
+    failures = run_file(path, ruleset).failures
+    assert (
+        len(failures) == 1 and "verdict 'block' (reasons ['kids_profile']), expected 'forward'" in failures[0]
+    )
+    assert "details: []" not in failures[0]
