@@ -106,3 +106,22 @@ def test_a_verdict_mismatch_names_the_reasons_the_core_gave(tmp_path: Path) -> N
         len(failures) == 1 and "verdict 'block' (reasons ['kids_profile']), expected 'forward'" in failures[0]
     )
     assert "details: []" not in failures[0]
+
+
+def test_rules_diff_shows_a_new_partner_as_a_readable_block(tmp_path: Path) -> None:
+    rules = _rules_without_tests(tmp_path)
+    (rules / "visit-measure.yaml").write_text(
+        "partner: visit-measure\njurisdictions: [US]\nconsent: {ad_cookies_on_web: not_required}\n"
+        "signup_status: {allowed: [prospect]}\nevents:\n  site_visit:\n    fields:\n"
+        "      visit_id: {from: event_id, transform: pseudonym, required: true}\n"
+        "      visit_day: {from: event_time, transform: coarsen_time, granularity: day}\n"
+        "      country: {from: context.country, pattern: '[A-Z]{2}'}\n"
+    )
+    shown = _cli("rules", "diff", str(RULES_DIR), str(rules))
+    assert shown.returncode == 0, shown.stderr
+    block = shown.stdout.split("visit-measure: added\n", 1)[1]
+    assert "+ new partner visit-measure (rule visit-measure) -> topic partner.visit-measure.events" in block
+    assert "consent needed: interest-based ads granted\n" in block and "sign-up status: prospect" in block
+    assert "visit_day <- event_time (coarsened time; day)" in block
+    assert "country <- context.country (kept; pattern [A-Z]{2})\n" in block  # no time granularity on it
+    assert "visit_id <- event_id (keyed pseudonym; required)" in block and '{"' not in block
