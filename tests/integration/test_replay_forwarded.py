@@ -92,7 +92,9 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
     key, value, headers = forwarded[0]
     planted = {**orjson.loads(value or b"{}"), "campaign_id": "https://evil.example/title/80057281"}
     producer = Producer({"bootstrap.servers": broker.bootstrap})
-    producer.produce(PARTNER_TOPIC, orjson.dumps(planted), key, headers=headers)
+    producer.produce(
+        PARTNER_TOPIC, orjson.dumps(planted), key, headers=list[tuple[str, str | bytes | None]](headers)
+    )
     producer.flush(30)
     page, red_rows = tmp / "red.html", tmp / "red.jsonl"
     red = _cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(red_rows))
