@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -494,10 +494,9 @@ def in_range(stamp: int | None, since_ms: int | None, until_ms: int | None) -> b
 
 def read_partner_topics(
     kafka: dict[str, Any], topics: Mapping[str, str], since_ms: int | None, until_ms: int | None
-) -> list[ForwardedRecord]:
+) -> Iterator[ForwardedRecord]:
     """Every record on the partner topics (partner -> topic) in the time range, read_committed."""
     consumer = _consumer(kafka)
-    records = []
     try:
         partner_of = {topic: partner for partner, topic in topics.items()}
         partitions = []
@@ -516,10 +515,9 @@ def read_partner_topics(
                 continue
             headers = message.headers()
             listed = headers if isinstance(headers, list) else []
-            records.append(parse_record(partner_of[at], at, partition, offset, when, message.value(), listed))
+            yield parse_record(partner_of[at], at, partition, offset, when, message.value(), listed)
     finally:
         consumer.close()
-    return records
 
 
 def read_inputs(
@@ -575,6 +573,13 @@ def blocked_outputs(
     return out
 
 
+def _checked(record: ForwardedRecord, today: Ruleset, library: RulesetLibrary) -> ForwardedRecord:
+    """The record checked, its value dropped (millions of records: only what was found is kept)."""
+    check_record(record, today, library)
+    record.value = None
+    return record
+
+
 def audit_forwarded(
     kafka: dict[str, Any],
     today: Ruleset,
@@ -591,9 +596,7 @@ def audit_forwarded(
     `input_topics` None: the cross-check is not run (said so in the result).
     """
     topics = {r.partner: r.topic for r in today.rules if partner is None or r.partner == partner}
-    records = [
-        check_record(r, today, library) for r in read_partner_topics(kafka, topics, since_ms, until_ms)
-    ]
+    records = [_checked(r, today, library) for r in read_partner_topics(kafka, topics, since_ms, until_ms)]
     if input_topics is None:
         conservation = Conservation(ran=False, why_not="--no-inputs given")
     else:

@@ -26,6 +26,7 @@ from streams.audit.report_model import (
     verdict_of,
     whatif_of,
 )
+from streams.core.reasons import explain
 
 __all__ = ["print_forwarded", "print_summary", "write_forwarded_html", "write_html", "write_jsonl"]
 VERDICT_STYLES = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
@@ -45,19 +46,22 @@ def print_summary(console: Console, result: ReplayResult, whatif: bool) -> None:
         for reason in reasons_of(outcome):
             reasons[(outcome.partner, reason)] += 1
     table = Table(title="withheld, by partner and reason")
-    for column in ("partner", "reason", "records"):
+    for column in ("partner", "reason", "records", "means: withheld because"):
         table.add_column(column, justify="right" if column == "records" else "left")
     for (partner, reason), count in sorted(reasons.items()):
-        table.add_row(partner, reason, f"{count:,}")
+        table.add_row(partner, reason, f"{count:,}", explain(reason))
     console.print(table)
     problems = (*RED_STATUSES, *AMBER_STATUSES)
-    for outcome in [o for o in result.outcomes if o.status in problems][:PROBLEMS_LISTED]:
+    listed = [o for o in result.outcomes if o.status in problems]
+    for outcome in listed[:PROBLEMS_LISTED]:
         console.print(
             f"{outcome.status} {outcome.partner} {source_text(outcome)}: {outcome.why}",
             style="red" if outcome.status in RED_STATUSES else "yellow",
             highlight=False,
             markup=False,
         )
+    if len(listed) > PROBLEMS_LISTED:
+        console.print(f"{len(listed) - PROBLEMS_LISTED:,} more; all in --jsonl", highlight=False)
     if whatif:
         _print_whatif(console, result)
     verdict = verdict_of(result)

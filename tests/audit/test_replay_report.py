@@ -314,3 +314,33 @@ def test_time_labels_never_overlap() -> None:
         assert timeline is not None
         ticks = lay_out(timeline)[0].ticks
         assert len(ticks) >= 2 and all(b.x - a.x >= LABEL_WIDTH for a, b in itertools.pairwise(ticks))
+
+
+def test_the_dull_reason_is_counted_apart_and_every_reason_is_explained() -> None:
+    outcomes = [_outcome(i, reasons=["event_type_not_allowed"]) for i in range(30)]
+    outcomes += [
+        _outcome(40, reasons=["consent_gpc"]),
+        _outcome(41, reasons=["event_type_not_allowed", "minor"]),
+    ]
+    result = ReplayResult(outcomes)
+    timeline = timeline_of(result)
+    assert timeline is not None and timeline.apart == 30 and timeline.partners[0].apart == 30
+    assert [name for name, _ in timeline.legend] == ["consent_gpc", "minor"]  # never charted
+    page = render_html(result, RUN, whatif=False)
+    shown = sections(page)
+    assert "Not charted: 30 records blocked only for event_type_not_allowed" in shown["apart"]
+    assert "2 blocked records charted, and 30 only for event_type_not_allowed" in shown["timeline"]
+    assert "consent_gpc 1 the browser sent Global Privacy Control" in shown["reasons"]
+    console = Console(record=True, width=300)
+    print_summary(console, result, whatif=False)
+    assert "the browser sent Global Privacy Control" in console.export_text()
+
+
+def test_left_out_rows_are_counted() -> None:
+    outcomes = [_outcome(i, "mismatch") for i in range(140)]
+    result = ReplayResult(outcomes)
+    shown = sections(render_html(result, RUN, whatif=False))
+    assert "115 more; all in --jsonl" in shown["examples-mismatch"]
+    console = Console(record=True, width=300)
+    print_summary(console, result, whatif=False)
+    assert "120 more; all in --jsonl" in console.export_text()

@@ -153,3 +153,17 @@ def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBro
     assert some.returncode == 0, some.stdout + some.stderr
     assert re.search(r"[1-9][\d,]* input\(s\) from the source topics", some.stdout), some.stdout[-2000:]
     assert _would_forward(some.stdout) == forwards
+
+
+def test_one_page_answers_both_questions(written: tuple[EmbeddedBroker, Path]) -> None:
+    broker, tmp = written
+    page = tmp / "both.html"
+    both = _cli(broker, "replay", "--no-git", "--forwarded", "--html", str(page))
+    planted = "duplicated 1" in both.stdout  # the planted record of the test above, when it ran first
+    assert both.returncode == (1 if planted else 0), both.stdout + both.stderr
+    shown = sections(page.read_text())
+    assert shown["questions"].count("Answered") == 2 and "Not answered" in shown["questions"]  # not what-if
+    assert "install-attribution" in shown["received"] and "conservation" in shown["received"].lower()
+    assert "every decision reproduced" in shown["verdict"]
+    text = page.read_text()
+    assert text.index('id="received"') < text.index('id="verdict"')  # what partners received comes first
