@@ -372,6 +372,7 @@ class PartnerReceived:
     leaks: list[ForwardedRecord] = field(default_factory=list)
     projection: list[ForwardedRecord] = field(default_factory=list)
     unverified: list[ForwardedRecord] = field(default_factory=list)
+    topic_missing: bool = False  # the topic does not exist: the partner received nothing
 
     @property
     def level(self) -> Level:
@@ -493,17 +494,24 @@ def in_range(stamp: int | None, since_ms: int | None, until_ms: int | None) -> b
 
 
 def read_partner_topics(
-    kafka: dict[str, Any], topics: Mapping[str, str], since_ms: int | None, until_ms: int | None
+    kafka: dict[str, Any],
+    topics: Mapping[str, str],
+    since_ms: int | None,
+    until_ms: int | None,
+    missing: set[str] | None = None,
 ) -> Iterator[ForwardedRecord]:
-    """Every record on the partner topics (partner -> topic) in the time range, read_committed."""
+    """Every record on the partner topics (partner -> topic) in the time range, read_committed;
+    topics that do not exist are added to `missing`."""
     consumer = _consumer(kafka)
     try:
         partner_of = {topic: partner for partner, topic in topics.items()}
         partitions = []
         for topic in partner_of:
             found = topic_partitions(consumer, topic)
-            if found is None:
-                raise RuntimeError(f"partner topic '{topic}' not found")
+            if found is None:  # the partner received nothing (said so in the result)
+                if missing is not None:
+                    missing.add(topic)
+                continue
             partitions += found
         for message in read_to_end(consumer, partitions) if partitions else ():
             kind, stamp = message.timestamp()
@@ -596,7 +604,9 @@ def audit_forwarded(
     `input_topics` None: the cross-check is not run (said so in the result).
     """
     topics = {r.partner: r.topic for r in today.rules if partner is None or r.partner == partner}
-    records = [_checked(r, today, library) for r in read_partner_topics(kafka, topics, since_ms, until_ms)]
+    missing: set[str] = set()
+    reader = read_partner_topics(kafka, topics, since_ms, until_ms, missing)
+    records = [_checked(r, today, library) for r in reader]
     if input_topics is None:
         conservation = Conservation(ran=False, why_not="--no-inputs given")
     else:
@@ -607,9 +617,13 @@ def audit_forwarded(
             ruleset = library.find(digest) if digest else None
             return (ruleset or today).partners
 
-        forwarded = [(r.partner, r.source) for r in records]
+        forwarded = [(r.partner, r.source, r.digest) for r in records]
         # A record outside the time range may still be the output of an input inside it.
         if since_ms is not None or until_ms is not None:
-            forwarded = [(r.partner, r.source) for r in read_partner_topics(kafka, topics, None, None)]
-        conservation = conserve(inputs, held, forwarded, blocked, partners_of, topics, outside)
-    return summarize(records, topics, conservation, today, range_text)
+            every = read_partner_topics(kafka, topics, None, None)
+            forwarded = [(r.partner, r.source, r.digest) for r in every]
+        conservation = conserve(inputs, held, [], [*forwarded, *blocked], partners_of, topics, outside)
+    audit = summarize(records, topics, conservation, today, range_text)
+    for summary in audit.partners:
+        summary.topic_missing = summary.topic in missing
+    return audit

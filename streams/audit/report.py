@@ -129,12 +129,16 @@ def _fields_text(fields: Counter[tuple[str, str]]) -> str:
 def print_forwarded(console: Console, audit: ForwardedAudit) -> None:
     """Per partner: what it received (events, fields and transforms), the findings; then the verdict."""
     for summary in audit.partners:
-        table = Table(title=f"{summary.partner}: {summary.records:,} record(s) on {summary.topic}")
+        missing = " (the topic does not exist: nothing was sent)" if summary.topic_missing else ""
+        heading = f"{summary.partner}: {summary.records:,} record(s) on {summary.topic}{missing}"
+        console.print(heading, style="bold", highlight=False, markup=False, soft_wrap=True)
+        table = Table()
         for column in ("event type", "records", "fields (transform)"):
             table.add_column(column, justify="right" if column == "records" else "left")
         for event_type, count in sorted(summary.by_event_type.items()):
             table.add_row(event_type, f"{count:,}", _fields_text(Counter(summary.fields[event_type])))
-        console.print(table)
+        if summary.records:
+            console.print(table)
         for kind, records in (
             ("leak", summary.leaks),
             ("projection", summary.projection),

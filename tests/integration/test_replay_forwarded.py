@@ -153,6 +153,15 @@ def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBro
     assert some.returncode == 0, some.stdout + some.stderr
     assert re.search(r"[1-9][\d,]* input\(s\) from the source topics", some.stdout), some.stdout[-2000:]
     assert _would_forward(some.stdout) == forwards
+    # today's rules name a partner that received nothing yet: no topic, nothing sent, not an error;
+    # its inputs were decided under a ruleset without it, so conservation does not expect it
+    today = _cli(
+        broker, "replay", "forwarded", "--no-git", "--rules", str(proposed), "--verify-rules", "rules"
+    )
+    assert (
+        "visit-measure: 0 record(s) on partner.visit-measure.events (the topic does not exist" in today.stdout
+    )
+    assert "missing 0" in today.stdout, today.stdout[-2000:]
 
 
 def test_one_page_answers_both_questions(written: tuple[EmbeddedBroker, Path]) -> None:
