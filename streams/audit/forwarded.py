@@ -284,15 +284,20 @@ class Conservation:
     undecided: int = 0  # inputs with no output for any partner (not decided yet, or lost)
     orphans: list[tuple[str, Position]] = field(default_factory=list)  # outputs naming no input held
     not_held: int = 0  # outputs whose input is below its partition's log start
+    unplaced: int = 0  # outputs that name no input (no pg-source-* headers)
     ran: bool = True
     why_not: str = ""
 
     @property
     def level(self) -> Level:
-        """Red for a missing, duplicated or orphan output; amber when not run or inputs undecided."""
-        if self.missing or self.duplicated or self.orphans:
+        """Red for a duplicated or orphan output, and for a missing one unless some output names
+        no input (it may be that one: not verifiable, amber); amber when not run or inputs undecided.
+
+        An output without headers can never make an incomplete range green.
+        """
+        if self.duplicated or self.orphans or (self.missing and not self.unplaced):
             return "red"
-        if not self.ran or self.undecided or self.not_held:
+        if self.missing or self.unplaced or not self.ran or self.undecided or self.not_held:
             return "amber"
         return "green"
 
@@ -338,10 +343,7 @@ def conserve(
         counts[(source, partner)] += 1
         if digest is not None:
             digests.setdefault(source, digest)
-    if unplaced:
-        result.ran = False
-        result.why_not = f"{unplaced:,} output(s) name no input (no pg-source-* headers)"
-        return result
+    result.unplaced = unplaced
     decided = {position for position, _ in counts}
     for position in sorted(inputs):
         if position not in decided:
@@ -409,7 +411,7 @@ class ForwardedAudit:
         wrong = sum(len(p.projection) for p in self.partners)
         unverified = sum(len(p.unverified) for p in self.partners)
         c = self.conservation
-        broken = len(c.missing) + len(c.duplicated) + len(c.orphans)
+        broken = len(c.duplicated) + len(c.orphans) + (0 if c.unplaced else len(c.missing))
         head = f"{self.total:,} partner records read. "
         if self.level == "red":
             parts = []
@@ -429,6 +431,10 @@ class ForwardedAudit:
             notes.append(f"{c.undecided:,} input(s) with no output yet")
         if c.not_held:
             notes.append(f"{c.not_held:,} output(s) whose input is past retention")
+        if c.unplaced:
+            notes.append(f"{c.unplaced:,} output(s) name no input (no pg-source-* headers)")
+        if c.missing:
+            notes.append(f"{len(c.missing):,} input/partner pair(s) with no output found (maybe those)")
         if notes:
             return head + "No leak, no projection mismatch, but: " + "; ".join(notes) + "."
         return (

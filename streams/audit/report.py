@@ -155,7 +155,8 @@ def print_forwarded(console: Console, audit: ForwardedAudit) -> None:
         console.print(
             f"conservation: {c.inputs:,} input(s) in range, {c.checked_pairs:,} (input, partner) pairs; "
             f"missing {len(c.missing):,}, duplicated {len(c.duplicated):,}, outputs naming no input "
-            f"{len(c.orphans):,}, no output yet {c.undecided:,}, input past retention {c.not_held:,}",
+            f"{len(c.orphans):,}, no output yet {c.undecided:,}, input past retention {c.not_held:,}, "
+            f"outputs without source headers {c.unplaced:,}",
             highlight=False,
             markup=False,
         )

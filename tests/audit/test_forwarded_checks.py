@@ -137,4 +137,11 @@ def test_conservation_finds_exactly_the_missing_duplicated_and_orphan_outputs(
     )
     assert forged.orphans == [("p1", ("in.a", 0, 999))] and forged.level == "red"
     unplaced = conserve(stamps, held, [*forwarded, ("p1", None)], blocked, lambda _d: partners, partners)
-    assert not unplaced.ran and unplaced.level == "amber"
+    assert unplaced.unplaced == 1 and unplaced.level == "amber"  # never green, still checked
+    # an output without headers cannot hide a duplicate, and turns a missing pair amber, not green
+    hidden = conserve(stamps, held, [*fewer, ("p1", None)], fewer_blocked, lambda _d: partners, partners)
+    assert hidden.missing == [(lost, "p1")] and hidden.level == "amber"
+    both = conserve(
+        stamps, held, [*forwarded, ("p2", lost), ("p1", None)], blocked, lambda _d: partners, partners
+    )
+    assert both.level == "red"
