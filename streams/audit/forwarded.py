@@ -53,6 +53,9 @@ TRANSFORM_NAMES: Mapping[str, str] = {
 NO_EVENT_TYPE = "—"
 # Findings listed per kind in the report and the terminal; --jsonl has them all.
 FINDINGS_SHOWN = 25
+# Per record: at most this many findings, each at most this long (keys are hostile input).
+MAX_FINDINGS = 20
+MAX_FINDING_CHARS = 300
 
 
 @dataclass
@@ -249,8 +252,11 @@ def check_projection(record: ForwardedRecord, ruleset: Ruleset) -> str | None:
 def check_record(record: ForwardedRecord, today: Ruleset, library: RulesetLibrary) -> ForwardedRecord:
     """Run the leak re-scan and the projection check on one record (in place); never raises."""
     try:
-        record.leaks = rescan(record, today)
-    except Exception as exc:  # a hostile record must never stop the audit
+        found = rescan(record, today)
+        record.leaks = [_bounded(f) for f in found[:MAX_FINDINGS]]
+        if len(found) > MAX_FINDINGS:
+            record.leaks.append(f"and {len(found) - MAX_FINDINGS:,} more findings")
+    except Exception as exc:  # a hostile record must never stop the audit (RecursionError too)
         record.leaks = [f"record: could not be scanned ({type(exc).__name__})"]
     if record.digest is None or record.rule_id is None:
         record.unverified = "no pg-ruleset-digest/pg-rule-id headers (written before they were added?)"
@@ -264,10 +270,16 @@ def check_record(record: ForwardedRecord, today: Ruleset, library: RulesetLibrar
         record.unverified = f"ruleset {record.digest[:80]} not found ({library.searched()})"
         return record
     try:
-        record.projection = check_projection(record, ruleset)
+        projection = check_projection(record, ruleset)
     except Exception as exc:
-        record.projection = f"could not be checked ({type(exc).__name__})"
+        projection = f"could not be checked ({type(exc).__name__})"
+    record.projection = None if projection is None else _bounded(projection, MAX_FINDING_CHARS * 2)
     return record
+
+
+def _bounded(text: str, limit: int = MAX_FINDING_CHARS) -> str:
+    """Hostile keys appear in findings: at most `limit` characters of them."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---- conservation (pure) ----------------------------------------------------------------------

@@ -145,3 +145,16 @@ def test_conservation_finds_exactly_the_missing_duplicated_and_orphan_outputs(
         stamps, held, [*forwarded, ("p2", lost), ("p1", None)], blocked, lambda _d: partners, partners
     )
     assert both.level == "red"
+
+
+def test_findings_about_hostile_keys_are_bounded() -> None:
+    library = RulesetLibrary([RULES_DIR])
+    many = {**_genuine(), **{f"k{i}-" + "x" * 5000: f"https://e.example/{i}" for i in range(100)}}
+    checked = check_record(_record(many), RULESET, library)
+    assert len(checked.leaks) == 21 and checked.leaks[-1].startswith("and ")
+    assert all(len(f) <= 300 for f in checked.leaks) and checked.projection and len(checked.projection) <= 600
+    deep: Any = "v"
+    for _ in range(250):
+        deep = {"k": deep}
+    nested = check_record(_record({**_genuine(), "campaign_id": deep}), RULESET, library)
+    assert nested.leaks and nested.projection  # flagged, never a crash
