@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit, stdout_console
+from streams.cli_support import default_rules_dir, err, load_ruleset_or_exit, refusal_words, stdout_console
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -122,7 +122,12 @@ def replay_command(
     rule: RuleOpt = None,
     verify_rules: Annotated[
         list[Path] | None,
-        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+        typer.Option(
+            "--verify-rules",
+            metavar="DIR",
+            help="rules directories to find recorded digests in"
+            " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
     ] = None,
     git_history: Annotated[
         bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
@@ -172,7 +177,8 @@ def replay_command(
     from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    refusal_words("replay")
+    library = RulesetLibrary(verify_rules or [default_rules_dir()[0]], git_dir if git_history else None)
     _check_filter_values(library, partner, reason, rule)
     bar, on_progress = _progress_bar()
     wanted = _filter(since, until, partner, reason, rule)
@@ -249,7 +255,7 @@ def _received(
         except ConfigError as exc:
             err.print(f"--forwarded reads the partner topics: {exc}", highlight=False, markup=False)
             raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    today = with_replay_keys(load_ruleset_or_exit(Path("rules")))
+    today = with_replay_keys(load_ruleset_or_exit(*default_rules_dir()))
     range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
     try:
         return audit_forwarded(
@@ -425,8 +431,13 @@ def replay_forwarded(
     until: Annotated[str | None, typer.Option("--until", help="ISO time: written before")] = None,
     partner: Partner = None,
     rules: Annotated[
-        Path, typer.Option("--rules", help="today's rules: partner topics and the leak re-scan's vocabulary")
-    ] = Path("rules"),
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="today's rules: partner topics and the leak re-scan's vocabulary "
+            "(default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
+    ] = None,
     verify_rules: Annotated[
         list[Path] | None,
         typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
@@ -462,7 +473,9 @@ def replay_forwarded(
     from streams.audit.source import parse_time
     from streams.runtime.config import ConfigError, load_settings
 
-    today = with_replay_keys(load_ruleset_or_exit(rules))
+    refusal_words("replay forwarded")
+    rules_dir, source = (rules, "--rules") if rules is not None else default_rules_dir()
+    today = with_replay_keys(load_ruleset_or_exit(rules_dir, source))
     if partner is not None and partner not in today.partners:
         err.print(f"--partner {partner}: unknown; valid: {', '.join(today.partners)}", highlight=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN)
@@ -476,7 +489,7 @@ def replay_forwarded(
     except ConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    library = RulesetLibrary(verify_rules or [rules], git_dir if git_history else None)
+    library = RulesetLibrary(verify_rules or [rules_dir], git_dir if git_history else None)
     range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
     try:
         audit = audit_forwarded(

@@ -159,15 +159,16 @@ def run_demo(
             f"seeded {consents:,} consent records and {statuses:,} "
             f"sign-up statuses for {len(generator.people):,} people"
         )
-        guard = start_guard(
-            broker.bootstrap,
-            INPUT_TOPIC,
-            workdir / "guard.log",
-            _guard_env(rules, engine),
-            dev=True,
-            metrics_port=metrics_port,
-        )
-        try:
+        guard: GuardProcess | None = None
+        try:  # started inside the try: a stop signal while it starts still stops it
+            guard = start_guard(
+                broker.bootstrap,
+                INPUT_TOPIC,
+                workdir / "guard.log",
+                _guard_env(rules, engine),
+                dev=True,
+                metrics_port=metrics_port,
+            )
             guard.wait_ready()
             console.print(
                 f"guard ready ({engine} engine); metrics on http://{LOOPBACK}:{guard.metrics_port}/metrics"
@@ -178,7 +179,8 @@ def run_demo(
             if keep_running:
                 _keep_running(console, producer, generator, rate or 200.0, guard.metrics_port)
         finally:
-            guard.stop()
+            if guard is not None:
+                guard.stop()
             del producer  # disconnect before the broker stops, so librdkafka has nothing to report
     return exitcodes.OK if summary.conserved and not summary.leak_count else exitcodes.CHECK_FAILED
 

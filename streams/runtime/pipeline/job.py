@@ -144,9 +144,9 @@ class GuardJob:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """Run until SIGTERM, SIGINT or SIGHUP; returns the process exit code."""
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
