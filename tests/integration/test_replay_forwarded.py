@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
-from tests.integration.kafka_helpers import ROOT, read_topic
-from tests.integration.test_replay import _cli, _jsonl, _run_guard_once
+from tests.integration.kafka_helpers import ROOT, read_jsonl, read_topic, run_cli
+from tests.integration.test_replay import _run_guard_once
 from tests.report_dom import loading_attributes, sections
 
 pytestmark = pytest.mark.integration
@@ -57,9 +57,9 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
     broker, tmp = written
     # 1. green: every record as its rule produced it, nothing flagged, every input once per partner
     page, rows_file = tmp / "green.html", tmp / "green.jsonl"
-    green = _cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(rows_file))
+    green = run_cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(rows_file))
     assert green.returncode == 0, green.stdout + green.stderr
-    rows = _jsonl(rows_file)
+    rows = read_jsonl(rows_file)
     forwarded = read_topic(broker.bootstrap, PARTNER_TOPIC)
     assert len([r for r in rows if r["partner"] == "install-attribution"]) == len(forwarded) > 0
     assert all(not r["leaks"] and r["projection"] is None and r["unverified"] is None for r in rows)
@@ -79,12 +79,12 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
         vocabulary.read_text().replace("  - Stranger Things\n", "  - Stranger Things\n  - Holiday\n")
     )
     flagged_file = tmp / "flagged.jsonl"
-    flagged = _cli(
+    flagged = run_cli(
         broker, "replay", "forwarded", "--no-git", "--rules", str(today), "--verify-rules", "rules",
         "--jsonl", str(flagged_file),
     )  # fmt: skip
     assert flagged.returncode == 1, flagged.stdout + flagged.stderr
-    leaky = [r for r in _jsonl(flagged_file) if r["leaks"]]
+    leaky = [r for r in read_jsonl(flagged_file) if r["leaks"]]
     assert leaky and all(r["projection"] is None for r in leaky)  # as the rule produced them, then
     assert all(any(f.startswith("campaign_id:") for f in r["leaks"]) for r in leaky)
 
@@ -97,9 +97,9 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
     )
     producer.flush(30)
     page, red_rows = tmp / "red.html", tmp / "red.jsonl"
-    red = _cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(red_rows))
+    red = run_cli(broker, "replay", "forwarded", "--no-git", "--html", str(page), "--jsonl", str(red_rows))
     assert red.returncode == 1, red.stdout + red.stderr
-    bad = [r for r in _jsonl(red_rows) if r["leaks"] or r["projection"]]
+    bad = [r for r in read_jsonl(red_rows) if r["leaks"] or r["projection"]]
     assert len(bad) == 1 and any("campaign_id" in f for f in bad[0]["leaks"])
     assert "campaign_id" in bad[0]["projection"]
     assert "duplicated 1" in red.stdout
@@ -138,7 +138,7 @@ def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBro
     shutil.rmtree(proposed / "tests")
     (proposed / "visit-measure.yaml").write_text(VISIT_MEASURE)
     page = tmp / "whatif-new.html"
-    every = _cli(broker, "replay", "--no-git", "--rules", str(proposed), "--html", str(page))
+    every = run_cli(broker, "replay", "--no-git", "--rules", str(proposed), "--html", str(page))
     assert every.returncode == 0, every.stdout + every.stderr
     forwards = _would_forward(every.stdout)
     assert forwards > 0 and "visit_id" in every.stdout
@@ -149,13 +149,13 @@ def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBro
     assert re.search(r"visit-measure site_visit [\d,]+ country, platform, visit_id", shown["whatif-new"])
     # Blocked records for signup-conversions only: site visits it received leave no blocked record
     # there, so they are read from the source topic, decided with today's state (unchanged since).
-    some = _cli(broker, "replay", "--no-git", "--rules", str(proposed), "--partner", "signup-conversions")
+    some = run_cli(broker, "replay", "--no-git", "--rules", str(proposed), "--partner", "signup-conversions")
     assert some.returncode == 0, some.stdout + some.stderr
     assert re.search(r"[1-9][\d,]* input\(s\) from the source topics", some.stdout), some.stdout[-2000:]
     assert _would_forward(some.stdout) == forwards
     # today's rules name a partner that received nothing yet: no topic, nothing sent, not an error;
     # its inputs were decided under a ruleset without it, so conservation does not expect it
-    today = _cli(
+    today = run_cli(
         broker, "replay", "forwarded", "--no-git", "--rules", str(proposed), "--verify-rules", "rules"
     )
     assert (
@@ -167,7 +167,7 @@ def test_whatif_decides_every_input_for_a_new_partner(written: tuple[EmbeddedBro
 def test_one_page_answers_both_questions(written: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = written
     page = tmp / "both.html"
-    both = _cli(broker, "replay", "--no-git", "--forwarded", "--html", str(page))
+    both = run_cli(broker, "replay", "--no-git", "--forwarded", "--html", str(page))
     planted = "duplicated 1" in both.stdout  # the planted record of the test above, when it ran first
     assert both.returncode == (1 if planted else 0), both.stdout + both.stderr
     shown = sections(page.read_text())
