@@ -311,6 +311,8 @@ class Conservation:
             return "red"
         if self.missing or self.unplaced or not self.ran or self.undecided or self.not_held:
             return "amber"
+        if self.inputs == 0:
+            return "amber"  # nothing in the range: nothing was shown to be conserved
         return "green"
 
 
@@ -443,6 +445,8 @@ class ForwardedAudit:
             notes.append(f"{c.undecided:,} input(s) with no output yet")
         if c.not_held:
             notes.append(f"{c.not_held:,} output(s) whose input is past retention")
+        if c.ran and c.inputs == 0:
+            notes.append("no input held in the range, so conservation showed nothing")
         if c.unplaced:
             notes.append(f"{c.unplaced:,} output(s) name no input (no pg-source-* headers)")
         if c.missing:
@@ -452,7 +456,7 @@ class ForwardedAudit:
         return (
             head + "No record carries a value today's leak scan flags; every record matches its rule "
             f"at its recorded digest; every one of {c.inputs:,} inputs is forwarded or blocked exactly "
-            "once for every partner."
+            "once for every partner checked."
         )
 
 
