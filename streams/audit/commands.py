@@ -452,6 +452,10 @@ def replay_forwarded(
         bool,
         typer.Option("--inputs/--no-inputs", help="cross-check against the source topics (conservation)"),
     ] = True,
+    sample_every: Annotated[
+        int,
+        typer.Option("--sample-every", min=1, help="conservation on inputs whose offset is a multiple of N"),
+    ] = 1,
     jsonl: Annotated[Path | None, typer.Option("--jsonl", help="one JSON line per partner record")] = None,
     html_out: Annotated[
         Path | None, typer.Option("--html", help="write a self-contained HTML report")
@@ -491,6 +495,8 @@ def replay_forwarded(
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     library = RulesetLibrary(verify_rules or [rules_dir], git_dir if git_history else None)
     range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
+    if sample_every > 1:
+        range_text += f"; conservation on a sample: inputs whose offset is a multiple of {sample_every}"
     try:
         audit = audit_forwarded(
             settings.kafka_base(),
@@ -502,6 +508,7 @@ def replay_forwarded(
             since_ms,
             until_ms,
             range_text,
+            sample_every,
         )
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay forwarded could not run: {exc}", highlight=False, markup=False)

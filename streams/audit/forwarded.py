@@ -551,10 +551,16 @@ def read_partner_topics(
 
 
 def read_inputs(
-    kafka: dict[str, Any], topics: Iterable[str], since_ms: int | None, until_ms: int | None
+    kafka: dict[str, Any],
+    topics: Iterable[str],
+    since_ms: int | None,
+    until_ms: int | None,
+    sample_every: int = 1,
 ) -> tuple[dict[Position, int | None], dict[tuple[str, int], tuple[int, int]], set[Position]]:
     """Every input position still held in the range (with its timestamp), each source
-    partition's (log start, end), and the positions held outside the range."""
+    partition's (log start, end), and the positions held outside the range. With
+    `sample_every` N > 1 only inputs whose offset is a multiple of N are in the range (the
+    others count as outside it: a deterministic sample, the same on every run)."""
     consumer = _consumer(kafka)
     inputs: dict[Position, int | None] = {}
     held: dict[tuple[str, int], tuple[int, int]] = {}
@@ -576,7 +582,7 @@ def read_inputs(
             at, partition, offset = message.topic(), message.partition(), message.offset()
             if at is None or partition is None or offset is None:
                 continue
-            if in_range(when, since_ms, until_ms):
+            if in_range(when, since_ms, until_ms) and offset % sample_every == 0:
                 inputs[(at, partition, offset)] = when
             else:
                 outside.add((at, partition, offset))
@@ -620,6 +626,7 @@ def audit_forwarded(
     since_ms: int | None = None,
     until_ms: int | None = None,
     range_text: str = "every record held",
+    sample_every: int = 1,
 ) -> ForwardedAudit:
     """Read and check the partner topics (all, or one partner), and cross-check the inputs.
 
@@ -632,7 +639,7 @@ def audit_forwarded(
     if input_topics is None:
         conservation = Conservation(ran=False, why_not="--no-inputs given")
     else:
-        inputs, held, outside = read_inputs(kafka, input_topics, since_ms, until_ms)
+        inputs, held, outside = read_inputs(kafka, input_topics, since_ms, until_ms, sample_every)
         blocked = blocked_outputs(kafka, blocked_topic)
 
         def partners_of(digest: str | None) -> Iterable[str]:
