@@ -53,6 +53,12 @@ def _dom(page: Path, tmp: Path) -> str:
     return dumped.stdout
 
 
+def _inputs_checked(stdout: str) -> int:
+    match = re.search(r"conservation: ([\d,]+) input", stdout)
+    assert match, stdout[-2000:]
+    return int(match.group(1).replace(",", ""))
+
+
 def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = written
     # 1. green: every record as its rule produced it, nothing flagged, every input once per partner
@@ -65,10 +71,10 @@ def test_green_then_a_vocabulary_change_then_a_planted_leak(written: tuple[Embed
     assert all(not r["leaks"] and r["projection"] is None and r["unverified"] is None for r in rows)
     assert {r["fields"]["event_id"] for r in rows} == {"pseudonym"}
     assert "every one of" in green.stdout and "missing 0, duplicated 0" in green.stdout
-    inputs = int(re.search(r"conservation: ([\d,]+) input", green.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+    inputs = _inputs_checked(green.stdout)
     sampled = run_cli(broker, "replay", "forwarded", "--no-git", "--sample-every", "7")
     assert sampled.returncode == 0, sampled.stdout + sampled.stderr
-    sample = int(re.search(r"conservation: ([\d,]+) input", sampled.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+    sample = _inputs_checked(sampled.stdout)
     assert 0 < sample < inputs / 3 and "missing 0, duplicated 0, outputs naming no input 0" in sampled.stdout
     shown = sections(_dom(page, tmp))
     assert "What did each partner receive" in shown["questions"] and "Not answered" in shown["questions"]
