@@ -28,7 +28,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded
     """A broker holding a real run's inputs, partner records and blocked records."""
     tmp = tmp_path_factory.mktemp("forwarded")
     with EmbeddedBroker.start(log_path=tmp / "tansu.log") as broker:
-        _run_guard_once(broker, tmp, 1200)
+        _run_guard_once(broker, tmp, 600)
         yield broker, tmp
 
 
