@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -196,8 +197,10 @@ def render_html(
     whatif: bool,
     forwarded: ForwardedAudit | None = None,
     verified: bool = True,
+    optouts: Any = None,
 ) -> str:
-    """The report page for a replay (and, when given, what the partners received)."""
+    """The report page for a replay (and, when given, what the partners received);
+    `optouts` (`audit.optouts.NoticeSection`) adds the notices section."""
     timeline = timeline_of(result)
     return (
         _environment()
@@ -221,12 +224,18 @@ def render_html(
             reasons=reasons_explained(result),
             apart_reason=APART_REASON,
             findings_shown=FINDINGS_SHOWN,
+            optouts=optouts,
         )
     )
 
 
 def write_html(
-    result: ReplayResult, path: Path, run: ReplayRun, whatif: bool, forwarded: ForwardedAudit | None = None
+    result: ReplayResult,
+    path: Path,
+    run: ReplayRun,
+    whatif: bool,
+    forwarded: ForwardedAudit | None = None,
+    optouts: Any = None,
 ) -> None:
     """Write the self-contained report page."""
-    path.write_text(render_html(result, run, whatif, forwarded), encoding="utf-8")
+    path.write_text(render_html(result, run, whatif, forwarded, optouts=optouts), encoding="utf-8")

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -93,6 +94,15 @@ class Settings(BaseSettings):
     consent_topic: str = Field("privacy.consent", description="consent records (compacted)")
     signup_status_topic: str = Field("member.signup-status", description="sign-up statuses (compacted)")
     blocked_topic: str = Field("guard.blocked", description="every withheld input, with reason codes")
+    forwarded_topic: str = Field(
+        "guard.forwarded", description="compacted: forwarded markers and notice state (opt-out notices)"
+    )
+    optout_lookback: timedelta = Field(
+        timedelta(days=396),
+        gt=timedelta(0),
+        description="opt-out notices reach partners that received data this recently (default 13 months;"
+        " seconds or an ISO 8601 duration such as P396D)",
+    )
     group_id: str = Field("partner-guard", description="the consumer group of every instance")
     transactional_id: str | None = Field(
         None,
@@ -263,7 +273,11 @@ class Settings(BaseSettings):
     def guard_topics(self) -> dict[str, str]:
         """The topics the guard itself reads or writes, each with what it is (no rule may write there)."""
         return guard_topics(
-            self.input_topics, self.consent_topic, self.signup_status_topic, self.blocked_topic
+            self.input_topics,
+            self.consent_topic,
+            self.signup_status_topic,
+            self.blocked_topic,
+            self.forwarded_topic,
         )
 
     def topic_format(self, topic: str) -> str:
@@ -278,6 +292,7 @@ class Settings(BaseSettings):
             TopicRole(self.consent_topic, "the consent state topic", "consent_topic"),
             TopicRole(self.signup_status_topic, "the sign-up status state topic", "signup_status_topic"),
             TopicRole(self.blocked_topic, "the blocked-event topic", "blocked_topic"),
+            TopicRole(self.forwarded_topic, "the forwarded-marker topic", "forwarded_topic"),
         ]
 
 
@@ -315,13 +330,18 @@ def topic_role_clash(roles: list[TopicRole]) -> str | None:
 
 
 def guard_topics(
-    input_topics: list[str], consent_topic: str, signup_status_topic: str, blocked_topic: str
+    input_topics: list[str],
+    consent_topic: str,
+    signup_status_topic: str,
+    blocked_topic: str,
+    forwarded_topic: str = "guard.forwarded",
 ) -> dict[str, str]:
     """Topic name -> what it is, for the topics the guard itself reads or writes."""
     topics = {topic: "an input topic" for topic in input_topics}
     topics[consent_topic] = "the consent state topic"
     topics[signup_status_topic] = "the sign-up status state topic"
     topics[blocked_topic] = "the blocked-event topic"
+    topics[forwarded_topic] = "the forwarded-marker topic"
     return topics
 
 
@@ -340,7 +360,11 @@ def guard_topics_from_env(environ: Mapping[str, str] | None = None) -> dict[str,
 
     inputs = _split_csv(setting("input_topics"))
     return guard_topics(
-        inputs, setting("consent_topic"), setting("signup_status_topic"), setting("blocked_topic")
+        inputs,
+        setting("consent_topic"),
+        setting("signup_status_topic"),
+        setting("blocked_topic"),
+        setting("forwarded_topic"),
     )
 
 

@@ -44,7 +44,7 @@ from prometheus_client.samples import Sample
 from streams.broker.embedded import free_port
 from streams.runtime.config import ENV_PREFIX, Settings
 from streams.runtime.formats.payload import KEYS_ENV
-from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
 from streams.runtime.ops.metrics import serve_http
 from streams.runtime.ops.secrets import env_name
 
@@ -178,12 +178,10 @@ class Supervisor:
         s = self.settings
         if s.create_topics:
             kafka = s.kafka_base()
-            ensure_topics(
-                kafka,
-                [*s.input_topics, *self._partner_topics(), s.blocked_topic],
-                [s.consent_topic, s.signup_status_topic],
-                s.partitions,
-            )
+            from streams.core.rules.loader import load_ruleset
+
+            plain, compacted = guard_topic_layout(s, load_ruleset(Path(s.rules_dir)))
+            ensure_topics(kafka, plain, compacted, s.partitions)
         server = self._serve()
         self._start_workers()
         try:
@@ -202,11 +200,6 @@ class Supervisor:
             server.shutdown()
         worst = max(codes, default=0)
         return worst if self.stopping else max(worst, 1)
-
-    def _partner_topics(self) -> list[str]:
-        from streams.core.rules.loader import load_ruleset
-
-        return [rule.topic for rule in load_ruleset(Path(self.settings.rules_dir)).rules]
 
     def _stop_workers(self) -> list[int]:
         for worker in self.workers:

@@ -78,6 +78,18 @@ class GuardMetrics:
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
         )
+        self.optout_notices = Counter(
+            "partner_guard_optout_notices_total",
+            "Opt-out and deletion notices sent (committed), by partner and kind.",
+            ["partner", "kind"],
+            registry=r,
+        )
+        self.consent_changes = Counter(
+            "partner_guard_consent_changes_total",
+            "Consent-topic records the notice path acted on (committed), by what they were.",
+            ["kind"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "partner_guard_batch_duration_seconds",
             "Time to decide and commit one batch.",
