@@ -89,7 +89,18 @@ def rules_check(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
 
 
 @rules_app.command("test")
-def rules_test(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
+def rules_test(
+    rules_dir: RulesDir = None,
+    rules: RulesOpt = None,
+    scaffold: Annotated[
+        str | None,
+        typer.Option("--scaffold", help="write PARTNER's test file: one case per reachable reason"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="with --scaffold: where (default RULES_DIR/tests/PARTNER.yaml)"),
+    ] = None,
+) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
     from streams.runtime.config import guard_topics_from_env
@@ -97,6 +108,8 @@ def rules_test(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
     refusal_words("rules test")
     directory, source = rules_dir_from(rules_dir, rules)
     ruleset = load_ruleset_or_exit(directory, source, guard_topics_from_env())
+    if scaffold is not None:
+        raise typer.Exit(_write_scaffold(ruleset, scaffold, out or directory / "tests" / f"{scaffold}.yaml"))
     results = run_rule_tests(directory, ruleset)
     failed = False
     for result in results:
@@ -111,6 +124,29 @@ def rules_test(rules_dir: RulesDir = None, rules: RulesOpt = None) -> None:
                 print(f"       {reason}: reachable because {why}")
         failed = failed or not result.ok
     raise typer.Exit(exitcodes.CHECK_FAILED if failed else exitcodes.OK)
+
+
+def _write_scaffold(ruleset: Ruleset, partner: str, path: Path) -> int:
+    """`rules test --scaffold`: write the file (never over an existing one); exit code."""
+    from streams.offline.scaffold import scaffold
+
+    if partner not in ruleset.partners:
+        err.print(
+            f"--scaffold {partner}: no such partner; rules: {', '.join(ruleset.partners)}", highlight=False
+        )
+        return exitcodes.REFUSED
+    if path.exists():
+        err.print(f"{path} exists: not overwritten (pass --out FILE)", highlight=False, markup=False)
+        return exitcodes.REFUSED
+    written = scaffold(ruleset, partner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(written.text, encoding="utf-8")
+    print(f"wrote {path}: {written.cases} case(s); check every `expect`, then run `partner-guard rules test`")
+    if not written.base_forwards:
+        print("  the defaults are not forwarded: edit them until they are (the cases change them)")
+    for reason, why in written.not_found.items():
+        print(f"  no small change found for {reason} (reachable because {why}): write that case by hand")
+    return exitcodes.OK
 
 
 def _diff_side(rules: Path) -> Ruleset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,12 @@ from streams.core.rules.ruleset import Ruleset
 
 # soft_wrap: messages are never hard-wrapped (a terminal wraps them; logs and pipes get one line)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """The console for tables on stdout: the terminal's width, or never cut when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=1000)
+
 
 RULES_ENV = "PARTNER_GUARD_RULES_DIR"
 DEFAULT_RULES_DIR = Path("rules")

@@ -86,6 +86,9 @@ def test_verify_catches_a_tampered_record_and_an_unknown_ruleset(
     bad = {(i, r["status"]) for i, r in enumerate(rows) if r["status"] != "match"}
     assert bad == {(tampered_index, "mismatch"), (tampered_index + 1, "ruleset_not_found")}
     assert "mismatch" in result.stdout
+    # the line says which side is the record and which the recomputed decision
+    assert "recorded reasons ['consent_gpc']; re-decided reasons ['kids_profile']" in result.stdout
+    assert "1 record whose ruleset was not found (1 distinct digest)" in result.stdout
 
 
 def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
@@ -260,15 +263,35 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
     assert f"What-if ruleset --rules {proposed} (digest sha256:" in header and "by partner-guard" in header
     assert '<p id="verdict-line" class="verdict red">' in dom.stdout
     assert shown["verdict-line"] == (
-        "1 mismatch: re-decided differently from the record. Also not verified: 1 ruleset not found. "
+        "1 mismatch: re-decided differently from the record. "
+        "Also not verified: 1 record whose ruleset was not found (1 distinct digest). "
         f"{total - 2:,} of {total:,} selected records verified."
     )
     assert re.search(r"install-attribution app_install [1-9][\d,]* [a-z_, ]*event_id", shown["whatif"])
     partners = {r["partner"] for r in records}
     assert dom.stdout.count('<svg class="chart"') == len(partners)  # one small chart per partner
     examples = shown["examples"]
-    assert examples.index("1 mismatch") < examples.index("1 ruleset not found") < examples.index("Verified")
+    assert (
+        examples.index("1 mismatch")
+        < examples.index("1 record whose ruleset was not found")
+        < examples.index("Verified")
+    )
     assert records[tampered_index]["event_id"] in shown["examples-mismatch"]
+    # which questions the page answers: the partner topics were not read, so it says so
+    questions = shown["questions"]
+    assert "What did each partner receive" in questions and "Not answered" in questions
+    assert 'does not mean "nothing leaked"' in questions
+    assert "Not checked: the partner topics were not read" in shown["received"]
+    # the dull reason is counted apart, every reason explained in one line, left-out rows counted
+    dull = sum(1 for r in records if r["reasons"] == ["event_type_not_allowed"])
+    assert f"Not charted: {dull:,} records blocked only for event_type_not_allowed" in shown["apart"]
+    assert "event_type_not_allowed" not in re.sub(
+        r"<h3.*?</h3>", "", shown["timeline"].split("Not charted")[0]
+    )
+    assert "consent_gpc" in shown["reasons"] and "the browser sent Global Privacy Control" in shown["reasons"]
+    assert re.search(
+        r"[\d,]+ more verified \(one example per partner and reasons shown\); all in --jsonl", examples
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "replay-report.png"
     subprocess.run(

@@ -6,6 +6,7 @@ the guard refuses to start with a ruleset that has any.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -311,6 +312,15 @@ def _check_condition(expression: str, file: str, line: int, tags: PrivacyTags) -
         yield RuleProblem(file, line, message, fix)
 
 
+def _did_you_mean_path(source: str, tag_of: Any) -> str:
+    """`did you mean 'device.platform'? else ` for a source close to a declared path, or ""."""
+    declared = getattr(getattr(tag_of, "__self__", None), "tags", None)
+    if not isinstance(declared, Mapping):
+        return ""
+    close = difflib.get_close_matches(source, [str(p) for p in declared], n=1, cutoff=0.75)
+    return f"did you mean '{close[0]}'? if it is a new field, " if close else ""
+
+
 def _check_field(
     file: str,
     doc: CommentedMap,
@@ -329,7 +339,8 @@ def _check_field(
             file,
             at,
             f"field '{name}' reads '{spec.source}', which the event schema does not declare",
-            "declare it with a privacy tag in schemas/internal_event.avsc first",
+            _did_you_mean_path(spec.source, tag_of)
+            + "declare it with a privacy tag in schemas/internal_event.avsc first",
         )
         return
     if tag in FORBIDDEN_TAGS:

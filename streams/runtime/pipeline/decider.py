@@ -41,6 +41,7 @@ from streams.runtime.formats.records import (
     Withheld,
     blocked_input,
     blocked_record,
+    partner_headers,
     partner_record,
 )
 from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
@@ -395,7 +396,9 @@ class RecordDecider:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
             topic = self.topic_by_partner[decision.partner]
-            outputs.records.append((topic, value, key, None))  # its size is checked above
+            outputs.records.append(
+                (topic, value, key, partner_headers(decision, source))
+            )  # size checked above
             outputs.forwarded.append(decision)
             if self._tracker is not None and isinstance(record, Event):
                 self._add_markers(self._tracker, record, decision, outputs)
