@@ -6,7 +6,6 @@ the guard refuses to start with a ruleset that has any.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from streams.core.consent import GDPR_REGIONS
 from streams.core.errors import RefusalError
 from streams.core.leakscan import LeakScanner, scanner_for
+from streams.core.regions import AREAS, did_you_mean, is_country, is_jurisdiction
 from streams.core.regex import LinearRegexError, compile_linear
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.boundedyaml import line_of as _line_of
@@ -154,11 +154,12 @@ def _check_rule(
             f"file name does not match partner '{rule.partner}'",
             f"rename the file to {rule.partner}.yaml",
         )
-    if rule.output_topic in reserved_topics:
+    reserved = {_kafka_name(t): what for t, what in reserved_topics.items()}
+    if _kafka_name(rule.output_topic) in reserved:
         yield RuleProblem(
             file,
             _line_of(doc, ("topic",)),
-            f"topic '{rule.output_topic}' is {reserved_topics[rule.output_topic]}",
+            f"topic '{rule.output_topic}' is {reserved[_kafka_name(rule.output_topic)]}",
             "use partner.<id>.events",
         )
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
@@ -169,14 +170,8 @@ def _check_rule(
             f"jurisdictions {gdpr} fall under the GDPR but consent.tcf is not set",
             "add consent.tcf.vendor_id (the partner's GVL id) and purposes, or drop those jurisdictions",
         )
-    for code in rule.jurisdictions:
-        if not re.fullmatch(r"[A-Z]{2}|EEA", code):
-            yield RuleProblem(
-                file,
-                _line_of(doc, ("jurisdictions",)),
-                f"jurisdiction '{code}' is not an ISO country code",
-                "use two-letter upper-case codes (US, GB, DE) or EEA",
-            )
+    for index, code in enumerate(rule.jurisdictions):
+        yield from _jurisdiction_problems(code, file, _line_of(doc, ("jurisdictions", index)))
     if rule.condition:
         yield from _check_condition(rule.condition, file, _line_of(doc, ("condition",)), tags)
     for linkage in ad_id_linkages(rule, tags.tag, field_spec):  # P10
@@ -202,6 +197,80 @@ def _check_rule(
             yield from _check_field(
                 file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, vocabulary, rule.events
             )
+
+
+def _kafka_name(topic: str) -> str:
+    """A topic as Kafka tells topics apart: `.` and `_` collide (Kafka refuses such a pair)."""
+    return topic.replace(".", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A rule as loaded, with where it came from (for ruleset-wide checks)."""
+
+    rule: RuleFile
+    path: Path
+    doc: CommentedMap
+
+
+def _topic_problems(loaded: list[_Loaded]) -> Iterator[RuleProblem]:
+    """Every output topic belongs to exactly one partner, across all rule files.
+
+    A topic is refused when another partner writes to it (explicitly, or as its default
+    `partner.<id>.events`), when it is another partner's default topic, or when it collides
+    with one of those the way Kafka sees names (`.` and `_` are the same).
+    """
+    owners: dict[str, _Loaded] = {}
+    for entry in loaded:
+        owners.setdefault(_kafka_name(entry.rule.output_topic), entry)
+    for entry in loaded:
+        rule, topic = entry.rule, entry.rule.output_topic
+        where = ("topic",) if rule.topic is not None else ("partner",)
+        line = _line_of(entry.doc, where)
+        owner = owners[_kafka_name(topic)]
+        if owner.rule.partner != rule.partner:
+            yield RuleProblem(
+                str(entry.path),
+                line,
+                f"topic '{topic}' is also the output topic of partner '{owner.rule.partner}' "
+                f"({owner.path}:{_line_of(owner.doc, ('topic',) if owner.rule.topic else ('partner',))}): "
+                "each partner would read the other's records",
+                f"give each partner its own topic (partner.{rule.partner}.events)",
+            )
+            continue
+        default_of = topic.removeprefix("partner.").removesuffix(".events")
+        if topic.startswith("partner.") and topic.endswith(".events") and default_of != rule.partner:
+            yield RuleProblem(
+                str(entry.path),
+                line,
+                f"topic '{topic}' is the default topic of partner '{default_of}', not of '{rule.partner}'",
+                f"use partner.{rule.partner}.events, or a name no other partner's default can take",
+            )
+
+
+def _jurisdiction_problems(code: str, file: str, line: int) -> Iterator[RuleProblem]:
+    """A rule's jurisdiction must be an ISO 3166-1 country or EU/EEA, as the data names it."""
+    if code in AREAS or is_country(code):
+        return
+    if code != code.strip().upper() and (code.strip().upper() in AREAS or is_country(code.strip().upper())):
+        yield RuleProblem(
+            file, line, f"jurisdiction '{code}' is not written as the code", f"write '{code.strip().upper()}'"
+        )
+        return
+    meant = did_you_mean(code)
+    if "-" in code and is_jurisdiction(code.upper()):
+        fix = f"list the country ('{meant}'): events are placed by country"
+    elif meant is not None:
+        fix = f"did you mean '{meant}'? (ISO 3166-1 alpha-2 codes, or EU / EEA)"
+    else:
+        fix = "use an ISO 3166-1 alpha-2 country code (US, GB, DE), or EU / EEA"
+    yield RuleProblem(
+        file,
+        line,
+        f"jurisdiction '{code}' is not an ISO 3166-1 country code; events from a code the guard "
+        "cannot place are read as the strictest jurisdiction",
+        fix,
+    )
 
 
 def _unreadable(tag: str) -> bool:
@@ -416,6 +485,7 @@ def load_ruleset(
     vocabulary = _Vocabulary(str(leak_path), leak_doc)
 
     rules: list[RuleFile] = []
+    loaded: list[_Loaded] = []
     seen: dict[str, str] = {}
     files = sorted(
         p for p in directory.glob("*.y*ml") if p.name != LEAK_SCAN_FILE and p.suffix in (".yaml", ".yml")
@@ -439,6 +509,8 @@ def load_ruleset(
             )
         seen[rule.partner] = str(path)
         rules.append(rule)
+        loaded.append(_Loaded(rule, path, doc))
+    problems.extend(_topic_problems(loaded))
     if not files:
         problems.append(RuleProblem(str(directory), 1, "no partner rules found", "add <partner>.yaml files"))
     if problems or leak_scan is None:
