@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from streams.core.identifiers import ZERO_AD_ID
+from streams.core.identifiers import is_zero_ad_id
 from streams.core.models import ConsentRecord, Event, StateSnapshot
 from streams.core.regions import UNPLACED, placed
 from streams.core.signals.bits import SignalError
@@ -237,7 +237,7 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
             tcf.append(decoded)
 
     ad_id = device.ad_id if device else None
-    limit_ad_tracking = bool(device and device.limit_ad_tracking) or ad_id == ZERO_AD_ID
+    limit_ad_tracking = bool(device and device.limit_ad_tracking) or is_zero_ad_id(ad_id)
     event_cookies = signals.ad_cookies if signals else None
     return EffectiveConsent(
         records_found=len(records),

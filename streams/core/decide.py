@@ -7,7 +7,7 @@ from typing import Any
 
 from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
 from streams.core.leakscan import raw_values_of
-from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
+from streams.core.models import APP_PLATFORMS, Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.condition import ConditionError
 from streams.core.rules.ruleset import CompiledRule, Ruleset
@@ -97,7 +97,8 @@ def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent
     elif consent.interest_based_ads is None and need.interest_based_ads == "required":
         found.append((Reason.CONSENT_MISSING, "consent_missing: interest_based_ads"))
     signals = event.context.consent if event.context else None
-    web = bool(event.device and event.device.platform == "web")
+    # strictest reading: a platform missing or unknown may be a browser (`APP_PLATFORMS`)
+    web = not (event.device and event.device.platform in APP_PLATFORMS)
     if consent.ad_cookies == "denied" and (web or (signals and signals.ad_cookies == "denied")):
         found.append((Reason.CONSENT_AD_COOKIES_DECLINED, None))
     elif web and consent.ad_cookies is None and need.ad_cookies_on_web == "required":

@@ -94,9 +94,26 @@ def truncate_ip(raw: str) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
+_UUID_SPELLING_NOISE = str.maketrans("", "", "-{}() \t")
+
+
+def is_zero_ad_id(raw: str | None) -> bool:
+    """True for every spelling of the all-zero advertising id, which means limit-ad-tracking.
+
+    With or without hyphens, braces or parentheses, a `urn:uuid:` prefix, in either case,
+    fullwidth or ASCII: `00000000-0000-0000-0000-000000000000`, `{00000000000000000000000000000000}`,
+    `URN:UUID:00000000-...`.
+    """
+    if not raw or len(raw) > 128:
+        return False
+    text = unicodedata.normalize("NFKC", raw).strip().lower().translate(_UUID_SPELLING_NOISE)
+    text = text.removeprefix("urn:").removeprefix("uuid:")
+    return len(text) == 32 and not text.strip("0")
+
+
 def usable_ad_id(raw: str, limit_ad_tracking: bool) -> str | None:
     """The ad id when it may leave: a real UUID, not zeroed, tracking not limited."""
-    if limit_ad_tracking:
+    if limit_ad_tracking or is_zero_ad_id(raw):
         return None
     try:
         parsed = uuid.UUID(raw.strip())
