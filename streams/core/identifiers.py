@@ -48,6 +48,18 @@ def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | N
     return e164 if style == "e164" else e164.lstrip("+")
 
 
+@lru_cache(maxsize=65536)
+def national_digits(raw: str, default_region: str) -> str | None:
+    """The national significant number's digits (`6505551212`); None when not a valid number."""
+    try:
+        number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.national_significant_number(number))
+
+
 def pseudonym(key: bytes, domain: str, value: str) -> str:
     """A per-partner keyed pseudonym: HMAC-SHA-256 over the field domain and the value."""
     return hmac.new(key, f"{domain}\x00{value}".encode(), hashlib.sha256).hexdigest()

@@ -23,17 +23,20 @@ Every pattern runs on RE2 (linear time, `streams.core.regex`); values longer tha
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
-import unicodedata
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from streams.core.identifiers import embedded_ipv4, normalize_email, normalize_phone
+from streams.core.identifiers import embedded_ipv4, national_digits, normalize_email, normalize_phone
 from streams.core.memo import remember
+from streams.core.models import MAX_ID_CHARS as _MAX_ID_CHARS
 from streams.core.models import Event
+from streams.core.reading import fold, reader_form
 from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.model import LeakScanFile, RuleFile
 
@@ -52,6 +55,7 @@ _PHONE_MIN_DIGITS = 7
 _UUID_CHARS = 36
 # byte tables: `bytes.translate` is several times faster than `str.translate`
 _DIGIT_BYTES = b"0123456789"
+_NON_DIGIT_ASCII = bytes(c for c in range(128) if not 48 <= c <= 57)
 _NON_ALNUM_ASCII = bytes(c for c in range(128) if not chr(c).isalnum())
 _ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 # attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
@@ -75,31 +79,32 @@ MAX_SCANNED_CHARS = 4096  # no partner attribute is this long; longer values are
 _MEMO_MAX_CHARS = 256  # memoize only short texts: stream values repeat, long ones rarely do
 _MEMO_LIMIT = 100_000
 _HASHES = (hashlib.sha256, hashlib.sha1, hashlib.md5)  # the digests partners match on
-
-
-def _fold(text: str) -> str:
-    """NFKC, drop invisible format characters, read every script's digits as ASCII digits."""
-    out = []
-    for char in unicodedata.normalize("NFKC", text):
-        if unicodedata.category(char) == "Cf":  # zero-width space, soft hyphen, bidi marks
-            continue
-        out.append(str(unicodedata.decimal(char)) if char.isdecimal() else char)
-    return "".join(out)
+# Marks a raw value that is a digit run of the person's phone: compared with a value's digits
+# alone (`650*555*1212`). No compacted value holds it (compact forms are letters and digits).
+DIGITS_MARK = "#"
+_LONG_RAW = 20  # compacted digests are longer: a value shorter than this is never compared with them
 
 
 def _decoded(text: str) -> str:
     """Percent-decode (double encoding included) and Unicode-fold until stable; case kept."""
-    out = text if text.isascii() else _fold(text)
+    out = text if text.isascii() else fold(text)
     for _ in range(_MAX_DECODE_ROUNDS):
         if "%" not in out:
             break
         decoded = unquote(out)
         if not decoded.isascii():
-            decoded = _fold(decoded)
+            decoded = fold(decoded)
         if decoded == out:
             break
         out = decoded
     return out
+
+
+def _digits_of(text: str) -> str:
+    """The ASCII digits of a text, in order, whatever separates them."""
+    if text.isascii():
+        return text.encode("ascii").translate(None, _NON_DIGIT_ASCII).decode("ascii")
+    return "".join(c for c in text if "0" <= c <= "9")
 
 
 def _compact(lowered: str) -> str:
@@ -157,7 +162,7 @@ def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
     """
     forms: set[str] = set()
     for name in names:
-        words = _letter_runs(_fold(name).lower()).split()
+        words = _letter_runs(reader_form(fold(name))).split()
         if words:
             forms.add(" ?".join(words))
     if not forms:
@@ -166,8 +171,23 @@ def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
 
 
 def _digests(text: str) -> tuple[str, ...]:
+    """SHA-256, SHA-1 and MD5 of the text, as hex and as base64 (compacted: either case, and
+    standard or URL-safe base64, with or without padding, compact to the same letters)."""
     data = text.encode("utf-8")
-    return tuple(h(data).hexdigest() for h in _HASHES)
+    out = []
+    for h in _HASHES:
+        digest = h(data).digest()
+        out.append(digest.hex())
+        out.append(_compact(base64.b64encode(digest).decode("ascii").lower()))
+    return tuple(out)
+
+
+@lru_cache(maxsize=65536)
+def _id_spellings(identifier: str) -> tuple[str, ...]:
+    """Unkeyed digests of one of the person's ids, as written and lower-cased: the same for
+    every partner, so partners could join on them (unlike the keyed pseudonym)."""
+    forms = dict.fromkeys((identifier, identifier.strip(), identifier.strip().lower()))
+    return tuple(d for form in forms if form for d in _digests(form))
 
 
 @lru_cache(maxsize=65536)
@@ -179,13 +199,24 @@ def _email_spellings(email: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65536)
 def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
-    """Digests of the phone in E.164 and as digits, parsed in each region."""
+    """Digests of the phone in E.164 and as digits, parsed in each region; and its digit runs
+    (marked `DIGITS_MARK`): the national number, and E.164 without `+`, compared with the
+    digits of every value whatever separates them."""
     forms: set[str] = set()
+    runs: set[str] = set()
     for region in regions:
         e164 = normalize_phone(phone, region, "e164")
         if e164:
             forms.update((e164, e164.lstrip("+")))
-    return tuple(d for form in sorted(forms) for d in _digests(form))
+            runs.add(e164.lstrip("+"))
+            national = national_digits(phone, region)
+            if national:
+                runs.add(national)
+    own = _digits_of(fold(phone))
+    if len(own) >= _PHONE_MIN_DIGITS:
+        runs.add(own)
+    digests = tuple(d for form in sorted(forms) for d in _digests(form))
+    return digests + tuple(DIGITS_MARK + r for r in sorted(runs) if len(r) >= _PHONE_MIN_DIGITS)
 
 
 @lru_cache(maxsize=65536)
@@ -246,7 +277,7 @@ class LeakScanner:
         self.max_tokens = max_tokens
         self.vocabulary = vocabulary
         self.phone_regions = phone_regions
-        self._memo: dict[str, tuple[str | None, str]] = {}
+        self._memo: dict[str, tuple[str | None, tuple[str, ...]]] = {}
 
     @classmethod
     def from_config(
@@ -312,32 +343,46 @@ class LeakScanner:
                 return "free_text"
         return None
 
-    def _text_finding(self, text: str, words_are_text: bool) -> tuple[str | None, str]:
-        """(pattern finding, compacted form) of a key or value."""
+    def _text_finding(self, text: str, words_are_text: bool) -> tuple[str | None, tuple[str, ...]]:
+        """(pattern finding, compacted forms) of a key or value.
+
+        ASCII text is read as it is; other text once folded, and, when that finds nothing,
+        once more as a reader takes it (`reading.reader_form`: no combining marks, look-alike
+        letters and dots read as ASCII). Both forms are compared with the raw values.
+        """
         if len(text) > MAX_SCANNED_CHARS:
-            return "oversized_value", ""
+            return "oversized_value", ()
         decoded = _decoded(text)
         if len(decoded) > MAX_SCANNED_CHARS:  # NFKC can expand a character up to 18 times
-            return "oversized_value", ""
+            return "oversized_value", ()
         lowered = decoded.lower()
         finding = self._pattern_finding(decoded, lowered, words_are_text)
         # a value the rules enumerate says nothing beyond the rule's own choice: not compared
         # with the event's raw values (an empty compact form never matches one)
-        return finding, "" if lowered in self.vocabulary else _compact(lowered)
+        if lowered in self.vocabulary:
+            return finding, ()
+        if decoded.isascii():
+            return finding, (_compact(lowered),)
+        reader = reader_form(decoded)
+        if reader == lowered:
+            return finding, (_compact(lowered),)
+        if finding is None and len(reader) <= MAX_SCANNED_CHARS:
+            finding = self._pattern_finding(reader, reader, words_are_text)
+        return finding, (_compact(lowered), _compact(reader))
 
-    def _scan_value(self, text: str, raw_values: frozenset[str], check_raw: bool = True) -> str | None:
+    def _scan_value(self, text: str, raw: _RawValues, check_raw: bool = True) -> str | None:
         if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
             # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
-            return "raw_value" if check_raw and _has_raw(text.lower(), raw_values) else None
+            return "raw_value" if check_raw and raw.in_compact(text.lower()) else None
         try:
-            finding, compact = self._memo[text]
+            finding, compacts = self._memo[text]
         except KeyError:
-            finding, compact = self._text_finding(text, words_are_text=True)
+            finding, compacts = self._text_finding(text, words_are_text=True)
             if len(text) <= _MEMO_MAX_CHARS:
-                remember(self._memo, text, (finding, compact), _MEMO_LIMIT)
+                remember(self._memo, text, (finding, compacts), _MEMO_LIMIT)
         if finding is not None or not check_raw:
             return finding
-        return "raw_value" if _has_raw(compact, raw_values) else None
+        return "raw_value" if raw.in_any(compacts) else None
 
     def forbidden_key_token(self, key: str) -> str | None:
         """The first token of a key (split at separators and camelCase) that is a forbidden key token."""
@@ -346,21 +391,34 @@ class LeakScanner:
 
     def key_finding(self, key: str, raw_values: frozenset[str] = frozenset()) -> str | None:
         """Why a key is forbidden: a content token (`page_url`) or a forbidden value shape."""
+        return self._key_finding(key, _RawValues.of(raw_values))
+
+    def _key_finding(self, key: str, raw: _RawValues) -> str | None:
         if self.forbidden_key_token(key) is not None:
             return "forbidden_key"
-        finding, compact = self._text_finding(key, words_are_text=False)
-        if finding is None and _has_raw(compact, raw_values):
+        finding, compacts = self._text_finding(key, words_are_text=False)
+        if finding is None and raw.in_any(compacts):
             return "raw_value"
         return finding
 
     def spellings(self, event: Event) -> frozenset[str]:
         """Other spellings of the person's identifiers a partner could join on, compacted.
 
-        Hashed email and phone (normalized as the hashing transforms would, in every phone
-        region the rules use) and the IP address as an integer or hex digits; `raw_values_of`
-        covers the raw values themselves.
+        Unkeyed digests (SHA-256, SHA-1, MD5; hex and base64) of the account, profile,
+        device and advertising ids; hashed email and phone (normalized as the hashing
+        transforms would, in every phone region the rules use); the phone's digit runs
+        (marked `DIGITS_MARK`); and the IP address as an integer or hex digits.
+        `raw_values_of` covers the raw values themselves.
         """
         spellings: list[str] = []  # lowercase letters and digits already
+        for identifier in (event.account_id, event.profile_id):
+            if identifier:
+                spellings.extend(_id_spellings(identifier))
+        device = event.device
+        if device is not None:
+            for identifier in (device.device_id, device.ad_id):
+                if identifier and len(identifier) <= _MAX_ID_CHARS:
+                    spellings.extend(_id_spellings(identifier))
         if event.user is not None:
             if event.user.email:
                 spellings.extend(_email_spellings(event.user.email))
@@ -385,15 +443,14 @@ class LeakScanner:
         the event's raw values they were derived from.
         """
         findings: list[str] = []
+        raw = _RawValues.of(raw_values)
         for key, value in record.items():
-            self._walk(value, str(key), raw_values, findings, check_raw=key not in derived)
+            self._walk(value, str(key), raw, findings, check_raw=key not in derived)
         return findings
 
-    def _walk(
-        self, value: Any, path: str, raw_values: frozenset[str], out: list[str], check_raw: bool = True
-    ) -> None:
+    def _walk(self, value: Any, path: str, raw: _RawValues, out: list[str], check_raw: bool = True) -> None:
         if isinstance(value, str):
-            finding = self._scan_value(value, raw_values, check_raw)
+            finding = self._scan_value(value, raw, check_raw)
             if finding:
                 out.append(f"{path}: {finding}")
         elif isinstance(value, bool) or value is None:
@@ -404,33 +461,76 @@ class LeakScanner:
             except ValueError:  # an int too long for its decimal text
                 out.append(f"{path}: oversized_value")
                 return
-            finding = self._scan_value(text, raw_values, check_raw)
+            finding = self._scan_value(text, raw, check_raw)
             if finding:
                 out.append(f"{path}: {finding}")
         elif isinstance(value, dict):
             out.append(f"{path}: nested_value")
             for key, item in value.items():
                 child = f"{path}.{key}"
-                finding = self.key_finding(str(key), raw_values)
+                finding = self._key_finding(str(key), raw)
                 if finding:
                     out.append(f"{child}: key_{finding}")
-                self._walk(item, child, raw_values, out)
+                self._walk(item, child, raw, out)
         elif isinstance(value, list | tuple):
             out.append(f"{path}: nested_value")
             for index, item in enumerate(value):
-                self._walk(item, f"{path}[{index}]", raw_values, out)
+                self._walk(item, f"{path}[{index}]", raw, out)
         else:
             out.append(f"{path}: unknown_type")
 
 
-def _has_raw(compact: str, raw_values: frozenset[str]) -> bool:
-    if not compact:
+@dataclass(frozen=True, slots=True)
+class _RawValues:
+    """The event's raw values and spellings, sorted once per record for the comparisons.
+
+    A compacted value is a raw one when it equals one, or holds one of at least
+    `_SUBSTRING_MIN` characters; its digits alone are compared with the phone's digit runs.
+    """
+
+    exact: frozenset[str]
+    short: tuple[str, ...]  # _SUBSTRING_MIN .. _LONG_RAW characters: searched in every value
+    long: tuple[str, ...]  # digests: searched only in values at least as long
+    digit_runs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, raw_values: frozenset[str]) -> _RawValues:
+        short, long, runs = [], [], []
+        for raw in raw_values:
+            if raw.startswith(DIGITS_MARK):
+                runs.append(raw[len(DIGITS_MARK) :])
+            elif len(raw) >= _LONG_RAW:
+                long.append(raw)
+            elif len(raw) >= _SUBSTRING_MIN:
+                short.append(raw)
+        return cls(raw_values, tuple(short), tuple(long), tuple(runs))
+
+    def in_compact(self, compact: str) -> bool:
+        """True when the compacted text is, or holds, a raw value."""
+        if not compact:
+            return False
+        if compact in self.exact:
+            return True
+        size = len(compact)
+        if size < _SUBSTRING_MIN:
+            return False
+        if any(raw in compact for raw in self.short):
+            return True
+        return size >= _LONG_RAW and any(raw in compact for raw in self.long if len(raw) <= size)
+
+    def in_any(self, compacts: tuple[str, ...]) -> bool:
+        """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
+        if any(self.in_compact(c) for c in compacts):
+            return True
+        if self.digit_runs and compacts:
+            digits = _digits_of(compacts[-1])
+            return len(digits) >= _PHONE_MIN_DIGITS and any(run in digits for run in self.digit_runs)
         return False
-    if compact in raw_values:
-        return True
-    if len(compact) < _SUBSTRING_MIN:
-        return False
-    return any(raw in compact for raw in raw_values if len(raw) >= _SUBSTRING_MIN)
+
+
+def contains_raw(text: str, raw_values: frozenset[str]) -> bool:
+    """True when `text`, compacted, is or holds one of `raw_values` (as `raw_values_of` made them)."""
+    return any(_RawValues.of(raw_values).in_compact(c) for c in raw_values_of([text]))
 
 
 def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:

@@ -36,7 +36,7 @@ def is_jurisdiction(code: str) -> bool:
         return True
     if len(code) > _MAX_CODE_CHARS or "-" not in code or not code.isascii() or code != code.upper():
         return False
-    return pycountry.subdivisions.get(code=code) is not None
+    return pycountry.subdivisions.get(code=code) is not None  # type: ignore[no-untyped-call]
 
 
 def normalize_code(text: str) -> str:

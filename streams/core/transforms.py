@@ -17,12 +17,16 @@ from streams.core.identifiers import (
     truncate_ip,
     usable_ad_id,
 )
+from streams.core.leakscan import contains_raw, raw_values_of
 from streams.core.models import Event
 from streams.core.rules.model import IdentifierStyle
 from streams.core.rules.ruleset import CompiledField
 
 _SCALARS = (str, int, float, bool)
 _ONE_WAY = frozenset({"sha256_email", "sha256_phone", "pseudonym", "truncate_ip"})
+# The person's own identifiers: pseudonymized as what they are. Any other pseudonymized field
+# (the event id) is refused when it equals or contains one of them.
+SUBJECT_ID_PATHS = frozenset({"account_id", "profile_id", "device.device_id"})
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
@@ -53,6 +57,24 @@ def read_path(event: Event, path: tuple[str, ...]) -> Any:
         else:
             return None
     return node
+
+
+def subject_identifiers(event: Event) -> frozenset[str]:
+    """The person's own identifiers on the event, compacted (see `leakscan.raw_values_of`)."""
+    device, user = event.device, event.user
+    values = [event.account_id, event.profile_id]
+    if device is not None:
+        values += [device.device_id, device.ad_id]
+    if user is not None:
+        values += [user.email, user.phone]
+    return raw_values_of(values)
+
+
+def links_to_subject(value: str, event: Event) -> bool:
+    """True when a value that should name only the event (its `event_id`) equals or contains
+    one of the person's identifiers: its pseudonym would then be the same across the
+    person's events, and link them (P10)."""
+    return contains_raw(value, subject_identifiers(event))
 
 
 def _apply(
@@ -88,6 +110,8 @@ def _apply(
     if transform == "pseudonym":
         if key is None:
             return None, "no_partner_key"
+        if spec.spec.source not in SUBJECT_ID_PATHS and links_to_subject(value, event):
+            return None, "names_the_subject"
         return pseudonym(key, spec.spec.source, value), None
     if transform == "truncate_ip":
         truncated = truncate_ip(value)

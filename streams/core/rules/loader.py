@@ -18,8 +18,8 @@ from ruamel.yaml.error import MarkedYAMLError
 from streams.core.consent import GDPR_REGIONS
 from streams.core.errors import RefusalError
 from streams.core.leakscan import LeakScanner, scanner_for
-from streams.core.regions import AREAS, did_you_mean, is_country, is_jurisdiction
 from streams.core.regex import LinearRegexError, compile_linear
+from streams.core.regions import AREAS, did_you_mean, is_country, is_jurisdiction
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
