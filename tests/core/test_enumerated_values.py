@@ -5,7 +5,6 @@ limit-ad-tracking."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -84,7 +83,9 @@ def test_an_app_platform_is_not_web(visits: Ruleset, platform: str) -> None:
 
 
 def test_the_platform_is_normalized_once_at_decode() -> None:
-    raw = orjson.dumps({"event_id": "e", "event_type": "app_open", "event_time": 1, "device": {"platform": "iOS"}})
+    raw = orjson.dumps(
+        {"event_id": "e", "event_type": "app_open", "event_time": 1, "device": {"platform": "iOS"}}
+    )
     event = decode_json(raw)
     assert isinstance(event, Event) and event.device is not None and event.device.platform == "ios"
 
@@ -124,7 +125,9 @@ def test_the_zero_ad_id_never_leaves(ruleset: Ruleset, ad_id: str) -> None:
         assert "ad_id" not in (decision.record or {})
 
 
-@pytest.mark.parametrize("ad_id", ["6d2c9e1a-6f0b-4c47-9b8e-3f1f6a1c2b3d", "0000000-0000", "00000000-0000-0000-0000-000000000001"])
+@pytest.mark.parametrize(
+    "ad_id", ["6d2c9e1a-6f0b-4c47-9b8e-3f1f6a1c2b3d", "0000000-0000", "00000000-0000-0000-0000-000000000001"]
+)
 def test_a_real_ad_id_is_not_zero(ad_id: str) -> None:
     event = Event.model_validate(
         {"event_id": "e", "event_type": "app_install", "event_time": 1, "device": {"ad_id": ad_id}}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streams.core.consent import effective_consent
@@ -109,7 +108,13 @@ def test_real_codes_load(tmp_path: Path, codes: str) -> None:
 def _event(country: str | None) -> Event:
     context = {"country": country} if country is not None else {}
     return Event.model_validate(
-        {"event_id": "e1", "event_type": "app_install", "event_time": 1, "account_id": "a1", "context": context}
+        {
+            "event_id": "e1",
+            "event_type": "app_install",
+            "event_time": 1,
+            "account_id": "a1",
+            "context": context,
+        }
     )
 
 
@@ -134,7 +139,3 @@ def test_known_countries_are_placed(country: str, gdpr: bool) -> None:
 def test_a_known_subdivision_is_placed_by_its_country() -> None:
     record = ConsentRecord(subject="account:a1", jurisdiction="US-CA")
     assert not effective_consent(_event("US"), StateSnapshot(consent=(record,))).gdpr_applies
-
-
-def test_orjson_is_used() -> None:  # keeps the import honest for helpers below
-    assert orjson.dumps({"a": 1}) == b'{"a":1}'
