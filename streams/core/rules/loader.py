@@ -278,6 +278,11 @@ def _unreadable(tag: str) -> bool:
     return tag in FORBIDDEN_TAGS or tag == "consent" or tag.startswith("pii:")
 
 
+def _protected(tag: str) -> bool:
+    """Tags whose presence, too, partners may not learn (P11): content, URLs, searches, PII."""
+    return tag in FORBIDDEN_TAGS or tag.startswith("pii:")
+
+
 def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple[str, str]]:
     """(message, fix) for every field the condition can read but may not (P11)."""
     for path in sorted(reach.values | reach.presence):
@@ -301,8 +306,18 @@ def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple
             hidden = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t))
             if hidden:
                 yield (
-                    f"condition reads the whole record event.{dotted}, reaching {', '.join(hidden)} (P11)",
-                    f"read only the fields needed (event.{dotted}.<field>) or test has(event.{dotted})",
+                    f"condition reads the whole record event.{dotted} (its value, size or keys), "
+                    f"reaching {', '.join(hidden)} (P11)",
+                    f"read only the fields needed (event.{dotted}.<field>)",
+                )
+        elif tag == RECORD_TAG:  # presence only: present when any member is, protected ones too
+            held = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _protected(t))
+            if held:
+                yield (
+                    f"condition tests the presence of event.{dotted}, a record holding {', '.join(held)}: "
+                    "it is there when any of them is, so partners would learn it from which events "
+                    "arrive (P11)",
+                    f"test the presence of the untagged field you need (has(event.{dotted}.<field>))",
                 )
 
 
