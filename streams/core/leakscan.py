@@ -361,14 +361,19 @@ class LeakScanner:
         # with the event's raw values (an empty compact form never matches one)
         if lowered in self.vocabulary:
             return finding, ()
-        if decoded.isascii():
-            return finding, (_compact(lowered),)
-        reader = reader_form(decoded)
-        if reader == lowered:
-            return finding, (_compact(lowered),)
-        if finding is None and len(reader) <= MAX_SCANNED_CHARS:
-            finding = self._pattern_finding(reader, reader, words_are_text)
-        return finding, (_compact(lowered), _compact(reader))
+        forms = [lowered]
+        if "%" in text:  # read undecoded too: `650555%1212` decodes to `650555\x1212`
+            undecoded = text if text.isascii() else fold(text)
+            forms.append(undecoded.lower())
+            if finding is None:
+                finding = self._pattern_finding(undecoded, forms[-1], words_are_text)
+        if not decoded.isascii():
+            reader = reader_form(decoded)
+            if reader != lowered:
+                forms.append(reader)
+                if finding is None and len(reader) <= MAX_SCANNED_CHARS:
+                    finding = self._pattern_finding(reader, reader, words_are_text)
+        return finding, tuple(_compact(form) for form in forms)
 
     def _scan_value(self, text: str, raw: _RawValues, check_raw: bool = True) -> str | None:
         if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
@@ -522,9 +527,10 @@ class _RawValues:
         """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
         if any(self.in_compact(c) for c in compacts):
             return True
-        if self.digit_runs and compacts:
-            digits = _digits_of(compacts[-1])
-            return len(digits) >= _PHONE_MIN_DIGITS and any(run in digits for run in self.digit_runs)
+        for compact in compacts if self.digit_runs else ():
+            digits = _digits_of(compact)
+            if len(digits) >= _PHONE_MIN_DIGITS and any(run in digits for run in self.digit_runs):
+                return True
         return False
 
 

@@ -44,12 +44,13 @@ def fold(text: str) -> str:
 
 
 def _ascii_preference(char: str) -> tuple[int, str]:
-    """Which member names a skeleton class: an ASCII lower-case letter, then any ASCII, then any."""
-    if char.isascii() and char.isalpha():
-        return (0, char.lower())
+    """Which member names a skeleton class: an ASCII lower-case letter, an upper-case one, an
+    ASCII digit, any other ASCII character, then any character."""
     if char.isascii():
-        return (1 if char.isdigit() else 2, char)
-    return (3, char)
+        if char.isalpha():
+            return (0 if char.islower() else 1, char)
+        return (2 if char.isdigit() else 3, char)
+    return (4, char)
 
 
 @cache
