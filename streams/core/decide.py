@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
-from streams.core.leakscan import raw_values_of
+from streams.core.leakscan import RawValues, raw_values_of
 from streams.core.models import APP_PLATFORMS, Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.condition import ConditionError
@@ -142,7 +142,7 @@ def decide_for_rule(
     rule: CompiledRule,
     ruleset: Ruleset,
     consent: EffectiveConsent,
-    raw_values: Callable[[], frozenset[str]],
+    raw_values: Callable[[], RawValues],
 ) -> Decision:
     """The decision of one partner for one valid event whose type this rule allows."""
     event_spec = rule.events[event.event_type]
@@ -213,11 +213,11 @@ class _Lazy:
 
     __slots__ = ("_compute", "_value")
 
-    def __init__(self, compute: Callable[[], frozenset[str]]) -> None:
+    def __init__(self, compute: Callable[[], RawValues]) -> None:
         self._compute = compute
-        self._value: frozenset[str] | None = None
+        self._value: RawValues | None = None
 
-    def __call__(self) -> frozenset[str]:
+    def __call__(self) -> RawValues:
         if self._value is None:
             self._value = self._compute()
         return self._value
@@ -256,7 +256,7 @@ def decide(record: Event | Envelope | Malformed, snapshot: StateSnapshot, rulese
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
         raw_values = _Lazy(
-            lambda: sensitive_values(record, ruleset.tags) | ruleset.leak_scanner.spellings(record)
+            lambda: ruleset.leak_scanner.raw_values(record, sensitive_values(record, ruleset.tags))
         )
         for rule in ruleset.rules:
             if record.event_type not in rule.events:  # most traffic: content the partners never see

@@ -26,8 +26,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+from bisect import bisect_right
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -82,7 +83,6 @@ _HASHES = (hashlib.sha256, hashlib.sha1, hashlib.md5)  # the digests partners ma
 # Marks a raw value that is a digit run of the person's phone: compared with a value's digits
 # alone (`650*555*1212`). No compacted value holds it (compact forms are letters and digits).
 DIGITS_MARK = "#"
-_LONG_RAW = 20  # compacted digests are longer: a value shorter than this is never compared with them
 
 
 def _decoded(text: str) -> str:
@@ -198,10 +198,10 @@ def _email_spellings(email: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=65536)
-def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
-    """Digests of the phone in E.164 and as digits, parsed in each region; and its digit runs
-    (marked `DIGITS_MARK`): the national number, and E.164 without `+`, compared with the
-    digits of every value whatever separates them."""
+def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(digests of the phone in E.164 and as digits, parsed in each region; its digit runs:
+    the national number, E.164 without `+` and the digits as written), the runs compared with
+    the digits of every value whatever separates them."""
     forms: set[str] = set()
     runs: set[str] = set()
     for region in regions:
@@ -212,11 +212,9 @@ def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
             national = national_digits(phone, region)
             if national:
                 runs.add(national)
-    own = _digits_of(fold(phone))
-    if len(own) >= _PHONE_MIN_DIGITS:
-        runs.add(own)
+    runs.add(_digits_of(fold(phone)))
     digests = tuple(d for form in sorted(forms) for d in _digests(form))
-    return digests + tuple(DIGITS_MARK + r for r in sorted(runs) if len(r) >= _PHONE_MIN_DIGITS)
+    return digests, tuple(sorted(r for r in runs if len(r) >= _PHONE_MIN_DIGITS))
 
 
 @lru_cache(maxsize=65536)
@@ -375,7 +373,7 @@ class LeakScanner:
                     finding = self._pattern_finding(reader, reader, words_are_text)
         return finding, tuple(_compact(form) for form in forms)
 
-    def _scan_value(self, text: str, raw: _RawValues, check_raw: bool = True) -> str | None:
+    def _scan_value(self, text: str, raw: RawValues, check_raw: bool = True) -> str | None:
         if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
             # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
             return "raw_value" if check_raw and raw.in_compact(text.lower()) else None
@@ -396,15 +394,38 @@ class LeakScanner:
 
     def key_finding(self, key: str, raw_values: frozenset[str] = frozenset()) -> str | None:
         """Why a key is forbidden: a content token (`page_url`) or a forbidden value shape."""
-        return self._key_finding(key, _RawValues.of(raw_values))
+        return self._key_finding(key, RawValues.of(raw_values))
 
-    def _key_finding(self, key: str, raw: _RawValues) -> str | None:
+    def _key_finding(self, key: str, raw: RawValues) -> str | None:
         if self.forbidden_key_token(key) is not None:
             return "forbidden_key"
         finding, compacts = self._text_finding(key, words_are_text=False)
         if finding is None and raw.in_any(compacts):
             return "raw_value"
         return finding
+
+    def _spellings(self, event: Event) -> tuple[list[str], list[str], tuple[str, ...]]:
+        """(digests, other spellings, phone digit runs) of the person's identifiers."""
+        digests: list[str] = []  # lowercase letters and digits already
+        other: list[str] = []
+        runs: tuple[str, ...] = ()
+        for identifier in (event.account_id, event.profile_id):
+            if identifier:
+                digests.extend(_id_spellings(identifier))
+        device = event.device
+        if device is not None:
+            for identifier in (device.device_id, device.ad_id):
+                if identifier and len(identifier) <= _MAX_ID_CHARS:
+                    digests.extend(_id_spellings(identifier))
+        if event.user is not None:
+            if event.user.email:
+                digests.extend(_email_spellings(event.user.email))
+            if event.user.phone:
+                phone_digests, runs = _phone_spellings(event.user.phone, self.phone_regions)
+                digests.extend(phone_digests)
+        if event.context is not None and event.context.ip:
+            other.extend(_ip_spellings(event.context.ip))
+        return digests, other, runs
 
     def spellings(self, event: Event) -> frozenset[str]:
         """Other spellings of the person's identifiers a partner could join on, compacted.
@@ -413,30 +434,24 @@ class LeakScanner:
         device and advertising ids; hashed email and phone (normalized as the hashing
         transforms would, in every phone region the rules use); the phone's digit runs
         (marked `DIGITS_MARK`); and the IP address as an integer or hex digits.
-        `raw_values_of` covers the raw values themselves.
+        `raw_values_of` covers the raw values themselves; `raw_values` builds both at once,
+        ready for the scan.
         """
-        spellings: list[str] = []  # lowercase letters and digits already
-        for identifier in (event.account_id, event.profile_id):
-            if identifier:
-                spellings.extend(_id_spellings(identifier))
-        device = event.device
-        if device is not None:
-            for identifier in (device.device_id, device.ad_id):
-                if identifier and len(identifier) <= _MAX_ID_CHARS:
-                    spellings.extend(_id_spellings(identifier))
-        if event.user is not None:
-            if event.user.email:
-                spellings.extend(_email_spellings(event.user.email))
-            if event.user.phone:
-                spellings.extend(_phone_spellings(event.user.phone, self.phone_regions))
-        if event.context is not None and event.context.ip:
-            spellings.extend(_ip_spellings(event.context.ip))
-        return frozenset(spellings)
+        digests, other, runs = self._spellings(event)
+        return frozenset((*digests, *other, *(DIGITS_MARK + r for r in runs)))
+
+    def raw_values(self, event: Event, own: frozenset[str]) -> RawValues:
+        """What the scan compares a record with: the event's own values (`own`, made by
+        `raw_values_of`) and every spelling of the person's identifiers (`spellings`)."""
+        digests, other, runs = self._spellings(event)
+        contained = [raw for raw in own if len(raw) >= _SUBSTRING_MIN]
+        contained.extend(raw for raw in other if len(raw) >= _SUBSTRING_MIN)
+        return RawValues(own.union(digests, other), tuple(contained), tuple(digests), runs)
 
     def scan(
         self,
         record: dict[str, Any],
-        raw_values: frozenset[str] = frozenset(),
+        raw_values: RawValues | frozenset[str] = frozenset(),
         derived: Collection[str] = frozenset(),
     ) -> list[str]:
         """Findings as `path: kind`; an empty list means the record may leave.
@@ -448,12 +463,12 @@ class LeakScanner:
         the event's raw values they were derived from.
         """
         findings: list[str] = []
-        raw = _RawValues.of(raw_values)
+        raw = raw_values if isinstance(raw_values, RawValues) else RawValues.of(raw_values)
         for key, value in record.items():
             self._walk(value, str(key), raw, findings, check_raw=key not in derived)
         return findings
 
-    def _walk(self, value: Any, path: str, raw: _RawValues, out: list[str], check_raw: bool = True) -> None:
+    def _walk(self, value: Any, path: str, raw: RawValues, out: list[str], check_raw: bool = True) -> None:
         if isinstance(value, str):
             finding = self._scan_value(value, raw, check_raw)
             if finding:
@@ -486,29 +501,35 @@ class LeakScanner:
 
 
 @dataclass(frozen=True, slots=True)
-class _RawValues:
-    """The event's raw values and spellings, sorted once per record for the comparisons.
+class RawValues:
+    """The event's raw values and spellings, sorted for the comparisons (`LeakScanner.raw_values`).
 
     A compacted value is a raw one when it equals one, or holds one of at least
-    `_SUBSTRING_MIN` characters; its digits alone are compared with the phone's digit runs.
+    `_SUBSTRING_MIN` characters (`contained`; the digests, longer, only in values at least
+    as long); its digits alone are compared with the phone's digit runs.
     """
 
     exact: frozenset[str]
-    short: tuple[str, ...]  # _SUBSTRING_MIN .. _LONG_RAW characters: searched in every value
-    long: tuple[str, ...]  # digests: searched only in values at least as long
-    digit_runs: tuple[str, ...]
+    contained: tuple[str, ...]
+    digests: tuple[str, ...] = ()
+    digit_runs: tuple[str, ...] = ()
+    _lengths: tuple[int, ...] = field(init=False)  # of the digests, sorted (shortest first)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.digests, key=len))
+        object.__setattr__(self, "digests", ordered)
+        object.__setattr__(self, "_lengths", tuple(map(len, ordered)))
 
     @classmethod
-    def of(cls, raw_values: frozenset[str]) -> _RawValues:
-        short, long, runs = [], [], []
+    def of(cls, raw_values: frozenset[str]) -> RawValues:
+        """Sort a set of raw values and spellings (`raw_values_of` | `LeakScanner.spellings`)."""
+        contained, runs = [], []
         for raw in raw_values:
             if raw.startswith(DIGITS_MARK):
                 runs.append(raw[len(DIGITS_MARK) :])
-            elif len(raw) >= _LONG_RAW:
-                long.append(raw)
             elif len(raw) >= _SUBSTRING_MIN:
-                short.append(raw)
-        return cls(raw_values, tuple(short), tuple(long), tuple(runs))
+                contained.append(raw)
+        return cls(raw_values, tuple(contained), (), tuple(runs))
 
     def in_compact(self, compact: str) -> bool:
         """True when the compacted text is, or holds, a raw value."""
@@ -519,9 +540,10 @@ class _RawValues:
         size = len(compact)
         if size < _SUBSTRING_MIN:
             return False
-        if any(raw in compact for raw in self.short):
+        if any(raw in compact for raw in self.contained):
             return True
-        return size >= _LONG_RAW and any(raw in compact for raw in self.long if len(raw) <= size)
+        fitting = bisect_right(self._lengths, size)  # only a digest no longer than the value fits in it
+        return fitting > 0 and any(raw in compact for raw in self.digests[:fitting])
 
     def in_any(self, compacts: tuple[str, ...]) -> bool:
         """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
@@ -534,9 +556,14 @@ class _RawValues:
         return False
 
 
-def contains_raw(text: str, raw_values: frozenset[str]) -> bool:
-    """True when `text`, compacted, is or holds one of `raw_values` (as `raw_values_of` made them)."""
-    return any(_RawValues.of(raw_values).in_compact(c) for c in raw_values_of([text]))
+def contains_raw(text: str, raw_values: Iterable[str]) -> bool:
+    """True when `text`, compacted, is or holds one of `raw_values` (as `raw_values_of` made them):
+    equal to one, or holding one of at least `_SUBSTRING_MIN` characters."""
+    for compact in raw_values_of([text]):
+        for raw in raw_values:
+            if raw == compact or (len(raw) >= _SUBSTRING_MIN and raw in compact):
+                return True
+    return False
 
 
 def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
@@ -551,7 +578,7 @@ def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
         regions.append(rule.identifiers.default_region)
         for event_type, spec in rule.events.items():
             vocabulary.add(event_type)
-            for field in spec.fields.values():
-                if not isinstance(field, str) and field.values:
-                    vocabulary.update(field.values)
+            for spec_field in spec.fields.values():
+                if not isinstance(spec_field, str) and spec_field.values:
+                    vocabulary.update(spec_field.values)
     return LeakScanner.from_config(config, vocabulary, regions or ["US"])
