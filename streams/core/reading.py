@@ -31,6 +31,7 @@ from confusable_homoglyphs import confusables
 _URL_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 _MARKS = regex.compile(r"\p{M}+")
+_SMALL_CAPITAL = "LATIN LETTER SMALL CAPITAL "
 _LRM = "\u200e"  # the data wraps right-to-left characters in LEFT-TO-RIGHT MARKs
 _MEMO_MAX_CHARS = 256  # short texts repeat (titles, names); long ones would pin memory
 
@@ -82,10 +83,18 @@ def _skeleton_map() -> dict[int, str]:
                 sequences.setdefault(other, source)
             elif len(source) == 1 and len(other) > 1:
                 sequences.setdefault(source, other)
-    table: dict[int, str] = {}
+    # Small capitals (`ᴅ`, what Cherokee `ꭰ` is confusable with) read as their letter, as the
+    # Unicode names say (LATIN LETTER SMALL CAPITAL D); TS #39 leaves some without one.
+    small_capitals: dict[str, str] = {}
+    for code in range(0x80, 0x10000):
+        name = unicodedata.name(chr(code), "")
+        if name.startswith(_SMALL_CAPITAL) and len(name) == len(_SMALL_CAPITAL) + 1:
+            small_capitals[chr(code)] = name[-1].lower()
+    table: dict[int, str] = {ord(c): letter for c, letter in small_capitals.items()}
     for char in parent:
         root = find(char)
         if not char.isascii() and root != char:
+            root = small_capitals.get(root, root)
             table[ord(char)] = root.lower() if root.isascii() else root
     for char, target in sequences.items():
         if not char.isascii() and ord(char) not in table:
