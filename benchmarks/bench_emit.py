@@ -31,12 +31,12 @@ import time
 
 from benchmarks.common import population
 from streams.core.decide import receivable_types
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import SourceRef
 from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import SourceRef
 
 WARM_UP = 300
 TOPIC = "internal.events"

@@ -69,7 +69,7 @@ def main_options(
 @rules_app.command("check")
 def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
     """Validate rules; refuse any that could forward a tagged field or a content event type."""
-    from streams.runtime.ops.config import guard_topics_from_env
+    from streams.runtime.config import guard_topics_from_env
 
     ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     for rule in ruleset.rules:
@@ -82,7 +82,7 @@ def rules_check(rules_dir: RulesDir = Path("rules")) -> None:
 def rules_test(rules_dir: RulesDir = Path("rules")) -> None:
     """Run the golden cases in RULES_DIR/tests and check every reason code is covered."""
     from streams.offline.ruletests import run_rule_tests
-    from streams.runtime.ops.config import guard_topics_from_env
+    from streams.runtime.config import guard_topics_from_env
 
     ruleset = load_ruleset_or_exit(rules_dir, reserved_topics=guard_topics_from_env())
     results = run_rule_tests(rules_dir, ruleset)
@@ -212,7 +212,7 @@ def run_command(
     ] = None,
 ) -> None:
     """The streaming job: consume, decide, produce and commit in one transaction per batch."""
-    from streams.runtime.ops.config import load_settings, unknown_env_warnings
+    from streams.runtime.config import load_settings, unknown_env_warnings
     from streams.runtime.ops.logs import configure_logging
     from streams.runtime.ops.preflight import preflight
     from streams.runtime.ops.startup import keyed_setup

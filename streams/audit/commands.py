@@ -44,7 +44,7 @@ PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="k
 
 def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, progress: Any = None) -> Any:
     from streams.audit.source import read_file, read_topic
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if from_file is not None:
         return read_file(from_file, wanted), None
@@ -221,7 +221,7 @@ def _topic_source(settings: Any) -> str:
 def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
     """Fetch originals kept by reference from their source topics (when Kafka is configured)."""
     from streams.audit.source import resolve_references
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if not any(isinstance(r, dict) and r.get("payload_mode") == "reference" for r in records):
         return records
@@ -241,8 +241,8 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
     An exported file is read without settings: they are loaded here if they can be (the
     `--config` file, the environment); without them every schema id reads as the guard's own.
     """
+    from streams.runtime.config import ConfigError, load_settings
     from streams.runtime.kafka.avro_input import ReplayAvro
-    from streams.runtime.ops.config import ConfigError, load_settings
 
     if settings is None:
         try:
@@ -253,7 +253,7 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:
-    from streams.runtime.pipeline.payload import Keyring, PayloadKeyError
+    from streams.runtime.formats.payload import Keyring, PayloadKeyError
 
     try:
         return Keyring.load(keys_file)
@@ -271,7 +271,7 @@ def _republish(
     console: Console,
 ) -> None:
     from streams.audit.republish import republish
-    from streams.runtime.pipeline.transaction import TransactionFatalError
+    from streams.runtime.kafka.calls import TransactionFatalError
 
     if whatif is None or settings is None:
         err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")

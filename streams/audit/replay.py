@@ -24,8 +24,7 @@ from streams.core.models import Decision, Envelope, Event, Malformed, StateSnaps
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
-from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
-from streams.runtime.pipeline.payload import (
+from streams.runtime.formats.payload import (
     FETCHED_ORIGINAL,
     Keyring,
     PayloadKeyError,
@@ -34,7 +33,8 @@ from streams.runtime.pipeline.payload import (
     reveal,
     unhash_key,
 )
-from streams.runtime.pipeline.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
+from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
+from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
 
 log = logging.getLogger(__name__)
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]

@@ -38,14 +38,14 @@ from streams.audit.source import fetch_records, read_to_end
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import Keyring, reveal
+from streams.runtime.formats.records import partner_record
 from streams.runtime.kafka.avro_input import AvroDecoder, ReplayAvro, decode_input
+from streams.runtime.kafka.calls import CallWatchdog, RetryPolicy, start_transactions
 from streams.runtime.kafka.io import produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics
-from streams.runtime.pipeline.payload import Keyring, reveal
-from streams.runtime.pipeline.records import partner_record
-from streams.runtime.pipeline.transaction import CallWatchdog, RetryPolicy, start_transactions
 from streams.runtime.state.reader import StateReader
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 

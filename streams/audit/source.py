@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from streams.runtime.pipeline.payload import FETCHED_ORIGINAL
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.payload import FETCHED_ORIGINAL
+from streams.runtime.formats.records import partner_views
 
 # How long a reader waits for a slow broker before it gives up (and the command cannot run).
 READ_TIMEOUT_S = 120.0

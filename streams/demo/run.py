@@ -25,9 +25,9 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.leak_audit import find_leaks
 from streams.gen.traffic import TrafficGenerator
 from streams.harness import LOOPBACK, GuardProcess, new_producer, produce_all, read_topic, start_guard
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.io import produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 
 INPUT_TOPIC = "internal.events"
 STATE_TOPICS = ("privacy.consent", "member.signup-status")

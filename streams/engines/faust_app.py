@@ -43,15 +43,15 @@ from faust.types import EventT, StreamT
 from streams import exitcodes
 from streams.core.errors import RefusalError
 from streams.engines.faust_auth import broker_credentials
+from streams.runtime.config import Settings
+from streams.runtime.formats.records import SourceRef
 from streams.runtime.kafka.io import Headers
 from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
 from streams.runtime.ops.preflight import kafka_client_config
 from streams.runtime.ops.startup import GuardSetup, StartupError
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.records import SourceRef
 
 log = logging.getLogger(__name__)
 AGENT_NAME = "partner-guard"

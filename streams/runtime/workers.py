@@ -42,11 +42,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from streams.broker.embedded import free_port
+from streams.runtime.config import ENV_PREFIX, Settings
+from streams.runtime.formats.payload import KEYS_ENV
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.config import ENV_PREFIX, Settings
 from streams.runtime.ops.metrics import serve_http
 from streams.runtime.ops.secrets import env_name
-from streams.runtime.pipeline.payload import KEYS_ENV
 
 log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0

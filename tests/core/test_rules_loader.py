@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.core.rules.loader import RulesetError, load_ruleset
-from streams.runtime.ops.config import Settings, guard_topics_from_env
+from streams.runtime.config import Settings, guard_topics_from_env
 from tests.conftest import RULES_DIR
 
 BASE_RULE = """\

@@ -14,7 +14,7 @@ from streams.core.errors import RefusalError
 from streams.core.rules.loader import load_ruleset
 from streams.engines.faust_app import _timestamp_ms, check_promises
 from streams.engines.faust_auth import broker_credentials
-from streams.runtime.ops.config import load_settings
+from streams.runtime.config import load_settings
 from streams.runtime.ops.startup import StartupError, keyed_setup, prepare
 
 ROOT = Path(__file__).resolve().parents[2]

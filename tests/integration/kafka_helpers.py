@@ -16,8 +16,8 @@ from streams import harness
 from streams.gen.traffic import TrafficGenerator
 from streams.harness import GuardProcess, read_topic
 from streams.harness import produce_records as produce
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 
 __all__ = [
     "KEY_ENV",

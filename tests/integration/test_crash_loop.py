@@ -20,7 +20,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.transaction import EXIT_TRANSACTION_HUNG
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
 from tests.integration.kafka_helpers import (
     GuardProcess,
     committed_offsets,

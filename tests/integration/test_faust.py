@@ -24,8 +24,8 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 from tests.integration import test_hostile_job, test_job
 from tests.integration.kafka_helpers import (
     KEY_ENV,

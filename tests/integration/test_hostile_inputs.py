@@ -10,7 +10,7 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.records import partner_views
 from tests.integration.kafka_helpers import produce, read_topic, seed_population, start_guard
 from tests.integration.test_job import _wait_consumed
 

@@ -16,8 +16,8 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import partner_views
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,

@@ -39,7 +39,7 @@ from streams.core.codec import decode_avro_body, decode_json, decode_json_gated,
 from streams.core.models import Envelope, Event, Malformed
 from streams.core.reasons import Reason
 from streams.core.schema import load_schema_json, schema_fingerprint
-from streams.runtime.ops.config import Settings
+from streams.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 

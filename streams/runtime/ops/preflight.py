@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streams.core.errors import RefusalError
-from streams.runtime.ops.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
+from streams.runtime.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
 from streams.runtime.ops.logs import librdkafka_logger
 
 

@@ -17,10 +17,10 @@ from typing import Any
 from streams.core.errors import RefusalError
 from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.ops.config import Settings, load_settings, unknown_env_warnings
+from streams.runtime.config import Settings, load_settings, unknown_env_warnings
+from streams.runtime.formats.payload import Keyring, PayloadKeyError, PayloadProtector
 from streams.runtime.ops.preflight import preflight
 from streams.runtime.ops.secrets import load_keys
-from streams.runtime.pipeline.payload import Keyring, PayloadKeyError, PayloadProtector
 
 log = logging.getLogger(__name__)
 

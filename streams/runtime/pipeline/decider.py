@@ -30,12 +30,9 @@ from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
-from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import GuardMetrics, observe_all
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
     DecisionsPart,
@@ -46,6 +43,9 @@ from streams.runtime.pipeline.records import (
     blocked_record,
     partner_record,
 )
+from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
+from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.metrics import GuardMetrics, observe_all
 from streams.runtime.state.reader import StateReader
 from streams.runtime.state.store import StateTables, open_configured_tables, report_store_metrics
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for

@@ -43,27 +43,24 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from streams import exitcodes
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
-from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.faults import BeforeCommitFault
-from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
-from streams.runtime.ops.preflight import kafka_client_config
-from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef
-from streams.runtime.pipeline.transaction import (
-    BatchOffsets,
-    BatchTransaction,
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.calls import (
     CallWatchdog,
-    CommitInFlight,
-    Outcome,
     RetryPolicy,
     TransactionFatalError,
     liveness_limit_s,
     start_transactions,
 )
+from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
+from streams.runtime.kafka.topics import ensure_topics
+from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
+from streams.runtime.ops.faults import BeforeCommitFault
+from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.ops.preflight import kafka_client_config
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.transaction import BatchOffsets, BatchTransaction, CommitInFlight, Outcome
 from streams.runtime.state.reader import StateReader
 
 log = logging.getLogger(__name__)
@@ -189,9 +186,7 @@ class GuardJob:
     def _run_loop(self) -> int:
         settings = self.settings
         reader = self._load_state()
-        transactional_id = (
-            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
-        )
+        transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
                 "linger.ms": TRANSACTION_LINGER_MS,

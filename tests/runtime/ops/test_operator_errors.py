@@ -190,7 +190,7 @@ def test_librdkafka_lines_are_rate_limited_and_the_drop_is_counted() -> None:
     "name", ["PARTNER_GUARD_KEY_ACME", "PARTNER_GUARD_TEST_BOOTSTRAP", "PARTNER_GUARD_KAFKA_ACKS"]
 )
 def test_variables_read_elsewhere_are_not_called_typos(name: str) -> None:
-    from streams.runtime.ops.config import unknown_env_settings
+    from streams.runtime.config import unknown_env_settings
 
     assert unknown_env_settings({name: "x", "PARTNER_GUARD_GROUPID": "g"}) == ["PARTNER_GUARD_GROUPID"]
 
@@ -213,7 +213,7 @@ def test_librdkafka_lines_arrive_as_json_log_records(caplog: pytest.LogCaptureFi
 
 
 def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     for name in [n for n in os.environ if n.startswith("PARTNER_GUARD_")]:
         monkeypatch.delenv(name)
@@ -250,7 +250,7 @@ def test_the_projects_errors_share_one_base() -> None:
     from streams.core.errors import PartnerGuardError, RefusalError
     from streams.core.rules.loader import RulesetError
     from streams.core.signals.bits import SignalError
-    from streams.runtime.ops.config import ConfigError
+    from streams.runtime.config import ConfigError
     from streams.runtime.ops.faults import InjectedFaultError
     from streams.runtime.ops.preflight import StartupRefusedError
     from streams.runtime.ops.secrets import KeysDirError, MissingKeyError

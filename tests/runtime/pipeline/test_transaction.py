@@ -12,22 +12,19 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import Heartbeat
-from streams.runtime.pipeline.transaction import (
+from streams.runtime.config import Settings
+from streams.runtime.kafka.calls import (
     EXIT_TRANSACTION_HUNG,
     LIVENESS_FLOOR_S,
     RETRY_DEADLINE_S,
-    BatchOffsets,
-    BatchTransaction,
     CallWatchdog,
-    Outcome,
     RetryPolicy,
-    State,
     TransactionFatalError,
     liveness_limit_s,
     start_transactions,
 )
+from streams.runtime.ops.metrics import Heartbeat
+from streams.runtime.pipeline.transaction import BatchOffsets, BatchTransaction, Outcome, State
 
 
 def retriable() -> KafkaException:

@@ -8,14 +8,14 @@ import orjson
 import pytest
 
 from streams.core.models import ConsentRecord, Decision, SignupStatus, StateSnapshot
-from streams.runtime.pipeline.payload import (
+from streams.runtime.formats.payload import (
     MAX_KEY_BYTES,
     Keyring,
     PayloadProtector,
     PayloadTamperedError,
     reveal,
 )
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 
 KEYRING = Keyring({"k1": b"\x01" * 32}, "k1")
 EMAIL = "jane.doe@example.com"

@@ -21,12 +21,9 @@ from streams.core.decide import decide, receivable_types
 from streams.core.models import ConsentRecord, Decision, Envelope, SignupStatus, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
 from streams.gen.traffic import TrafficGenerator
-from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import GuardMetrics
-from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import (
     BLOCKED_FORMAT,
     MAX_REMEMBERED_PART_BYTES,
     DecisionsPart,
@@ -36,6 +33,9 @@ from streams.runtime.pipeline.records import (
     blocked_input,
     blocked_record,
 )
+from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.metrics import GuardMetrics
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
 from tests.hostile import hostile_case
 
 KEYRING = Keyring({"k1": b"\x02" * 32}, "k1")

@@ -59,8 +59,8 @@ from pydantic_core import PydanticSerializationError
 
 from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
+from streams.runtime.formats.payload import PayloadProtector
 from streams.runtime.kafka.io import Headers
-from streams.runtime.pipeline.payload import PayloadProtector
 
 BLOCKED_FORMAT_V1 = "partner-guard.blocked.v1"
 BLOCKED_FORMAT = "partner-guard.blocked.v2"
@@ -119,7 +119,7 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
     """`orjson.dumps` of the snapshot's JSON-mode dump (identifiers hashed unless full mode).
 
     In full mode nothing is hashed: pydantic writes the same bytes straight from the model,
-    without the intermediate dicts (`tests/runtime/pipeline/test_blocked_assembly.py` pins the equality).
+    without the intermediate dicts (`tests/runtime/formats/test_blocked_assembly.py` pins the equality).
     """
     if snapshot is None:
         return b"null"
