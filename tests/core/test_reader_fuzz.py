@@ -6,20 +6,16 @@ person's phone number or account id), apply random transformations a reader does
 script, a dot written as another script's full stop, fullwidth forms, case, a percent-
 encoded character, the phone's separators changed), and assert the scan still finds it.
 
-The look-alikes come from the Unicode confusables data (`confusable_homoglyphs`), the
-invisible characters from the Unicode property `Default_Ignorable_Code_Point` (`regex`):
-the same sources the scan reads, but drawn here independently of its folding code.
+The changes are `make fuzz`'s (`tests.fuzzing.reader_invisible`): look-alikes from the
+Unicode confusables data (`confusable_homoglyphs`), invisible characters from the Unicode
+property `Default_Ignorable_Code_Point` (`regex`), the same sources the scan reads, but
+drawn there independently of its folding code.
 """
 
 from __future__ import annotations
 
-import string
-import unicodedata
-from functools import cache
 from typing import Any
 
-import regex
-from confusable_homoglyphs import confusables
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +23,7 @@ from streams.core.decide import sensitive_values
 from streams.core.leakscan import LeakScanner
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
+from tests.fuzzing import reader_invisible
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PHONE_DIGITS = ("650", "555", "1212")
@@ -41,112 +38,6 @@ EVENT = Event.model_validate(
         "context": {"ip": "203.0.113.195", "country": "US"},
     }
 )
-WHATWG_DOTS = ["\u3002", "\uff0e", "\uff61"]
-
-
-@cache
-def invisible_characters() -> list[str]:
-    """Every assigned Default_Ignorable_Code_Point outside the tag/unassigned planes' bulk,
-    plus a sample of those (they are as invisible)."""
-    ignorable = regex.compile(r"\p{Default_Ignorable_Code_Point}")
-    chars = [chr(c) for c in range(0x30000) if ignorable.match(chr(c))]
-    return chars + [chr(c) for c in (0xE0001, 0xE0020, 0xE007F, 0xE0100, 0xE01EF, 0xE0FFF)]
-
-
-@cache
-def look_alikes() -> dict[str, list[str]]:
-    """ASCII letter -> letters of other scripts the Unicode confusables data says look like it.
-
-    Left out: digits and marks (a digit is read as a digit), and compatibility characters
-    whose NFKC form is another script's letter (NFKC is applied before the skeleton)."""
-    out: dict[str, list[str]] = {}
-    for letter in string.ascii_letters:
-        for entry in confusables.confusables_data.get(letter, []):
-            char = str(entry["c"]).replace("\u200e", "")
-            if len(char) != 1 or char.isascii() or not unicodedata.category(char).startswith("L"):
-                continue
-            folded = unicodedata.normalize("NFKC", char)
-            if folded != char and not folded.isascii():
-                continue
-            if folded.isascii() and folded.lower() != letter.lower():
-                continue  # NFKC makes it another ASCII letter: what a reader sees is that one
-            out.setdefault(letter, []).append(char)
-    return out
-
-
-@st.composite
-def invisible_change(draw: st.DrawFn, value: str) -> str:
-    """Insert 1-3 default-ignorable characters anywhere."""
-    chars = list(value)
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(chars)))
-        chars.insert(at, draw(st.sampled_from(invisible_characters())))
-    return "".join(chars)
-
-
-@st.composite
-def look_alike_change(draw: st.DrawFn, value: str) -> str:
-    """Swap 1-2 ASCII letters for look-alikes from another script."""
-    chars = list(value)
-    swappable = [i for i, c in enumerate(chars) if c in look_alikes()]
-    for _ in range(min(len(swappable), draw(st.integers(1, 2)))):
-        at = draw(st.sampled_from(swappable))
-        chars[at] = draw(st.sampled_from(look_alikes()[value[at]]))
-    return "".join(chars)
-
-
-@st.composite
-def width_and_case_change(draw: st.DrawFn, value: str) -> str:
-    """Change the case of some letters and write some characters fullwidth."""
-    out = []
-    for char in value:
-        if char.isalpha() and draw(st.booleans()):
-            char = char.swapcase()
-        if "!" <= char <= "~" and draw(st.integers(0, 3)) == 0:
-            char = chr(ord(char) + 0xFEE0)
-        out.append(char)
-    return "".join(out)
-
-
-@st.composite
-def dot_change(draw: st.DrawFn, value: str) -> str:
-    """Write each dot as another script's full stop (what WHATWG URL parsing reads as `.`)."""
-    return "".join(draw(st.sampled_from([".", *WHATWG_DOTS])) if c == "." else c for c in value)
-
-
-@st.composite
-def percent_change(draw: st.DrawFn, value: str) -> str:
-    """Percent-encode one character (UTF-8), as a URL would carry it."""
-    at = draw(st.integers(0, len(value) - 1))
-    encoded = "".join(f"%{b:02X}" for b in value[at].encode("utf-8"))
-    return value[:at] + encoded + value[at + 1 :]
-
-
-def reader_invisible(value: str) -> st.SearchStrategy[str]:
-    """One to three reader-invisible changes, applied in turn."""
-
-    @st.composite
-    def changed(draw: st.DrawFn) -> str:
-        out = value
-        kinds = draw(
-            st.lists(
-                st.sampled_from(["invisible", "look", "width", "dot", "percent"]), min_size=1, max_size=3
-            )
-        )
-        for kind in kinds:
-            if kind == "invisible":
-                out = draw(invisible_change(out))
-            elif kind == "look":
-                out = draw(look_alike_change(out))
-            elif kind == "width":
-                out = draw(width_and_case_change(out))
-            elif kind == "dot":
-                out = draw(dot_change(out))
-            elif "%" not in out:
-                out = draw(percent_change(out))
-        return out
-
-    return changed()
 
 
 def protected(ruleset: Ruleset) -> st.SearchStrategy[str]:
