@@ -2,8 +2,10 @@
 
 Default-deny projection should already have removed everything sensitive; the scan sees
 what the partner would see and checks keys and values at any depth — numbers as their
-decimal text, strings percent-decoded, Unicode-folded (NFKC, invisible format characters
-dropped, every script's digits read as ASCII digits) and lowercased — for:
+decimal text, strings percent-decoded and lowercased, and non-ASCII strings also folded the
+way readers, browsers and URL parsers read them (`streams.core.reading`: NFKC, WHATWG full
+stops, default-ignorable characters dropped, every script's digits as ASCII digits; then
+without combining marks and with TS #39 look-alikes read as ASCII) — for:
 
 - URLs (with or without scheme, app deep links), raw email, phone-shaped digit runs, IP
   addresses not truncated to /24 (IPv4, or the IPv4 an IPv6 address carries) or /48;
@@ -14,8 +16,9 @@ dropped, every script's digits read as ASCII digits) and lowercased — for:
   types, `values:` lists) are vocabulary, not text;
 - the event's own identifiers in every spelling a partner could join on: compared after
   compaction (letters and digits only, so a UUID with or without hyphens, any case), plus
-  SHA-256/SHA-1/MD5 of the normalized email and phone (as a hashing transform would send
-  them) and an IPv4 address as an integer.
+  unkeyed SHA-256/SHA-1/MD5 digests (hex and base64) of the person's ids, of the
+  normalized email and phone (as a hashing transform would send them), the phone's digits
+  whatever separates them, and an IPv4 address as an integer.
 
 Every pattern runs on RE2 (linear time, `streams.core.regex`); values longer than
 `MAX_SCANNED_CHARS` are refused unread.
