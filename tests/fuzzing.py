@@ -494,8 +494,8 @@ def _swap_look_alikes(draw: st.DrawFn, value: str) -> str:
 @st.composite
 def _width_and_case(draw: st.DrawFn, value: str) -> str:
     out = []
-    for char in value:
-        if char.isalpha() and draw(st.booleans()):
+    for char in value:  # the case of ASCII letters only: another script's capital is another letter
+        if char.isascii() and char.isalpha() and draw(st.booleans()):
             char = char.swapcase()
         if "!" <= char <= "~" and draw(st.integers(0, 3)) == 0:
             char = chr(ord(char) + 0xFEE0)  # the fullwidth form

@@ -13,6 +13,8 @@ from typing import Literal
 
 import phonenumbers
 
+from streams.core.reading import fold
+
 ZERO_AD_ID = "00000000-0000-0000-0000-000000000000"
 PhoneStyle = Literal["e164", "digits"]
 Granularity = Literal["minute", "hour", "day"]
@@ -114,11 +116,11 @@ def is_zero_ad_id(raw: str | None) -> bool:
 
     With or without hyphens, braces or parentheses, a `urn:uuid:` prefix, in either case,
     fullwidth or ASCII: `00000000-0000-0000-0000-000000000000`, `{00000000000000000000000000000000}`,
-    `URN:UUID:00000000-...`.
+    `URN:UUID:00000000-...`; invisible characters inside are not read (`reading.fold`).
     """
     if not raw or len(raw) > 128:
         return False
-    text = unicodedata.normalize("NFKC", raw).strip().lower().translate(_UUID_SPELLING_NOISE)
+    text = fold(raw).strip().lower().translate(_UUID_SPELLING_NOISE)
     text = text.removeprefix("urn:").removeprefix("uuid:")
     return len(text) == 32 and not text.strip("0")
 

@@ -84,17 +84,19 @@ def _skeleton_map() -> dict[int, str]:
             elif len(source) == 1 and len(other) > 1:
                 sequences.setdefault(source, other)
     # Small capitals (`ᴅ`, what Cherokee `ꭰ` is confusable with) read as their letter, as the
-    # Unicode names say (LATIN LETTER SMALL CAPITAL D); TS #39 leaves some without one.
-    small_capitals: dict[str, str] = {}
+    # Unicode names say (LATIN LETTER SMALL CAPITAL D): TS #39 leaves some, and what looks
+    # like them, without an ASCII one.
     for code in range(0x80, 0x10000):
         name = unicodedata.name(chr(code), "")
         if name.startswith(_SMALL_CAPITAL) and len(name) == len(_SMALL_CAPITAL) + 1:
-            small_capitals[chr(code)] = name[-1].lower()
-    table: dict[int, str] = {ord(c): letter for c, letter in small_capitals.items()}
+            small, letter = chr(code), name[-1].lower()
+            parent.setdefault(small, small)
+            parent.setdefault(letter, letter)
+            union(small, letter)
+    table: dict[int, str] = {}
     for char in parent:
         root = find(char)
         if not char.isascii() and root != char:
-            root = small_capitals.get(root, root)
             table[ord(char)] = root.lower() if root.isascii() else root
     for char, target in sequences.items():
         if not char.isascii() and ord(char) not in table:

@@ -99,6 +99,8 @@ ZERO_SPELLINGS = [
     "{00000000000000000000000000000000}",
     " 00000000-0000-0000-0000-000000000000 ",
     "\uff10" * 32,  # fullwidth digits
+    "00000000-0000-0000-0000-000000000000\u200b",  # a zero-width space after it
+    "\u0660" * 32,  # Arabic-Indic zeros
 ]
 
 
