@@ -52,6 +52,8 @@ _URL = (
 )
 _EMAIL = compile_linear(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _IPV4 = compile_linear(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+# dotted hosts with a hex (`0x..`) or octal (`0..`) part, as URL parsers read IPv4 addresses
+_WHATWG_IPV4 = compile_linear(r"\b(?:0x[0-9a-f]*|\d+)(?:\.(?:0x[0-9a-f]*|\d+)){1,3}\b")
 _IPV6_CANDIDATE = compile_linear(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 # 7 to 15 digits with only separators between them, anywhere in the text
 _PHONE = compile_linear(r"\d(?:[\s().\-/_~+]*\d){6,14}")
@@ -140,12 +142,48 @@ def _leaky_ipv6(address: ipaddress.IPv6Address) -> bool:
     return bool(int(address) & ((1 << 80) - 1))
 
 
+def _whatwg_ipv4(candidate: str) -> int | None:
+    """The IPv4 address a URL parser reads in a host written with hex or octal parts
+    (`0xcb.0.0x71.0xc3`, `0313.0.0161.0303`, `0xcb.0.29123`), per the WHATWG URL standard's
+    IPv4 parser; None when it is not one, or uses neither (plain dotted decimal is `_IPV4`'s)."""
+    parts = candidate.split(".")
+    if not 2 <= len(parts) <= 4:
+        return None
+    numbers, hexadecimal, octal = [], False, False
+    for part in parts:
+        if part.startswith("0x"):
+            digits, base, hexadecimal = part[2:] or "0", 16, True
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base, octal = part[1:], 8, True
+        else:
+            digits, base = part, 10
+        try:
+            numbers.append(int(digits, base))
+        except ValueError:
+            return None
+    # an octal part alone is not enough in fewer than three parts: `1.05` is a number
+    if not (hexadecimal or (octal and len(parts) >= 3)):
+        return None
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    address = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        address += number << (8 * (3 - index))
+    return address
+
+
 def _leaky_ip(text: str) -> bool:
-    """True when the text holds an IP address that is not truncated to /24 or /48."""
+    """True when the text holds an IP address that is not truncated to /24 or /48 (IPv4 also
+    as a URL parser reads hex and octal parts)."""
     for match in _IPV4.finditer(text):
         octets = [int(g) for g in match.groups()]
         if all(o <= 255 for o in octets) and octets[3] != 0:
             return True
+    if "0" in text:
+        for candidate in _WHATWG_IPV4.finditer(text):
+            parsed = _whatwg_ipv4(candidate.group(0))
+            if parsed is not None and parsed & 0xFF:
+                return True
     if ":" in text:
         for candidate in _IPV6_CANDIDATE.finditer(text):
             try:

@@ -190,3 +190,25 @@ def test_raw_values_still_include_the_event_id(ruleset: Ruleset) -> None:
     event = Event.model_validate(_install("ev-5b1f0e2c", AD_ID)["event"])
     assert "ev5b1f0e2c" in sensitive_values(event, ruleset.tags)
     assert decide(event, StateSnapshot(), ruleset)
+
+
+# -- an IPv4 address as URL parsers read it (WHATWG): hex and octal parts --------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0xcb.0.0x71.0xc3",
+        "0313.0.0161.0303",
+        "0xcb.0.29123",
+        "0xCB.0X0.0x71.195",
+        "0xcb\u30020\u3002113\u3002195",
+    ],
+)
+def test_an_ipv4_address_in_hex_or_octal_parts(scanner: LeakScanner, value: str) -> None:
+    assert scanner.scan({"campaign_id": value}) == ["campaign_id: ip"]
+
+
+@pytest.mark.parametrize("value", ["0.05", "1.05", "0.5", "0xcb.0.0x71.0x0", "v1.02", "2.0"])
+def test_numbers_and_truncated_hex_addresses_pass(scanner: LeakScanner, value: str) -> None:
+    assert scanner.scan({"campaign_id": value}) == []
