@@ -194,7 +194,9 @@ def decide_for_rule(
             [Reason.REQUIRED_FIELD_MISSING],
             [f"required: {', '.join(projection.missing_required)}", *projection.stripped],
         )
-    findings = ruleset.leak_scanner.scan(projection.record, raw_values(), projection.derived)
+    findings = projection.leaks + ruleset.leak_scanner.scan(
+        projection.record, raw_values(), projection.derived
+    )
     if findings:
         return _block(rule, ruleset, event.event_id, [Reason.LEAK_DETECTED], findings)
     return Decision(

@@ -36,12 +36,15 @@ class Projection:
 
     `derived` names the fields a one-way transform (hash, pseudonym, IP truncation) made
     from the event's own value: the leak scan does not compare those with the raw values.
+    `leaks` names pseudonymized fields (an event id) whose value is, or holds, the person's
+    email or phone: the record is blocked as the leak scan would block it (`raw_value`).
     """
 
     record: dict[str, Any] = field(default_factory=dict)
     derived: set[str] = field(default_factory=set)
     stripped: list[str] = field(default_factory=list)
     missing_required: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)  # `name: raw_value` findings of the projection
 
 
 def read_path(event: Event, path: tuple[str, ...]) -> Any:
@@ -60,20 +63,26 @@ def read_path(event: Event, path: tuple[str, ...]) -> Any:
 
 
 def subject_identifiers(event: Event) -> frozenset[str]:
-    """The person's own identifiers on the event, compacted (see `leakscan.raw_values_of`)."""
-    device, user = event.device, event.user
+    """The person's own ids on the event (account, profile, device, advertising), compacted
+    (see `leakscan.raw_values_of`)."""
+    device = event.device
     values = [event.account_id, event.profile_id]
     if device is not None:
         values += [device.device_id, device.ad_id]
-    if user is not None:
-        values += [user.email, user.phone]
     return raw_values_of(values)
+
+
+def contact_points(event: Event) -> frozenset[str]:
+    """The person's email and phone, compacted: PII, whose value a decision may not depend on
+    beyond the leak scan's stated block (P11)."""
+    user = event.user
+    return raw_values_of([user.email, user.phone]) if user is not None else frozenset()
 
 
 def links_to_subject(value: str, event: Event) -> bool:
     """True when a value that should name only the event (its `event_id`) equals or contains
-    one of the person's identifiers: its pseudonym would then be the same across the
-    person's events, and link them (P10)."""
+    one of the person's ids: its pseudonym would then be the same across the person's
+    events, and link them (P10)."""
     return contains_raw(value, subject_identifiers(event))
 
 
@@ -146,4 +155,13 @@ def project(
         out.record[spec.name] = result
         if spec.spec.transform in _ONE_WAY:
             out.derived.add(spec.name)
+        if _names_a_contact_point(spec, value, event):
+            out.leaks.append(f"{spec.name}: raw_value")
     return out
+
+
+def _names_a_contact_point(spec: CompiledField, value: Any, event: Event) -> bool:
+    """A pseudonymized event id that is, or holds, the person's email or phone (P10)."""
+    if spec.spec.transform != "pseudonym" or spec.spec.source in SUBJECT_ID_PATHS or event.user is None:
+        return False
+    return isinstance(value, str) and contains_raw(value, contact_points(event))

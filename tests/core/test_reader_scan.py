@@ -212,3 +212,14 @@ def test_an_ipv4_address_in_hex_or_octal_parts(scanner: LeakScanner, value: str)
 @pytest.mark.parametrize("value", ["0.05", "1.05", "0.5", "0xcb.0.0x71.0x0", "v1.02", "2.0"])
 def test_numbers_and_truncated_hex_addresses_pass(scanner: LeakScanner, value: str) -> None:
     assert scanner.scan({"campaign_id": value}) == []
+
+
+@pytest.mark.parametrize("event_id", ["person@example.com", "ev-6505551212", "16505551212"])
+def test_an_event_id_holding_the_persons_email_or_phone_blocks_as_a_leak(
+    permissive: Ruleset, event_id: str
+) -> None:
+    """The same P10 risk with PII: blocked as the leak scan blocks (`raw_value`), the one way
+    P11 lets a protected value change a decision."""
+    case = _case({"campaign_id": "winter"}, event_id=event_id)
+    (decision,) = _decide(permissive, case)
+    assert decision.reasons == ("leak_detected",) and "event_id: raw_value" in decision.details
