@@ -40,7 +40,7 @@ from streams.core.identifiers import embedded_ipv4, national_digits, normalize_e
 from streams.core.memo import remember
 from streams.core.models import MAX_ID_CHARS as _MAX_ID_CHARS
 from streams.core.models import Event
-from streams.core.reading import fold, reader_form
+from streams.core.reading import fold, prepare, reader_form
 from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.model import LeakScanFile, RuleFile
 
@@ -92,13 +92,13 @@ DIGITS_MARK = "#"
 
 def _decoded(text: str) -> str:
     """Percent-decode (double encoding included) and Unicode-fold until stable; case kept."""
-    out = text if text.isascii() else fold(text)
+    out = text if text.isascii() else fold(text, MAX_SCANNED_CHARS)
     for _ in range(_MAX_DECODE_ROUNDS):
         if "%" not in out:
             break
         decoded = unquote(out)
         if not decoded.isascii():
-            decoded = fold(decoded)
+            decoded = fold(decoded, MAX_SCANNED_CHARS)
         if decoded == out:
             break
         out = decoded
@@ -330,6 +330,7 @@ class LeakScanner:
         `vocabulary` holds the values the rules themselves enumerate (never free text);
         `phone_regions` the regions the rules parse national phone numbers in.
         """
+        prepare()  # the folding tables, before the first value is scanned
         title_ids = "|".join(f"(?:{p})" for p in config.title_id_patterns)
         names = [n for n in config.title_names if n.strip()]
         return cls(

@@ -32,16 +32,34 @@ _URL_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 _MARKS = regex.compile(r"\p{M}+")
 _SMALL_CAPITAL = "LATIN LETTER SMALL CAPITAL "
+_DIGIT_RANGE = range(0x80, 0x20000)
 _LRM = "\u200e"  # the data wraps right-to-left characters in LEFT-TO-RIGHT MARKs
 _MEMO_MAX_CHARS = 256  # short texts repeat (titles, names); long ones would pin memory
 
 
-def fold(text: str) -> str:
-    """NFKC, WHATWG dots as `.`, no default-ignorable or format characters, ASCII digits."""
-    out: str = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text).translate(_URL_DOTS))
-    if out.isascii():
-        return out
-    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in out)
+def fold(text: str, limit: int | None = None) -> str:
+    """NFKC, WHATWG dots as `.`, no default-ignorable or format characters, ASCII digits.
+
+    With `limit`, a text NFKC makes longer than that comes back as NFKC made it (the caller
+    refuses it unread; NFKC can make a character 18 long).
+    """
+    normalized = unicodedata.normalize("NFKC", text)
+    if limit is not None and len(normalized) > limit:
+        return normalized
+    out: str = _INVISIBLE.sub("", normalized.translate(_URL_DOTS))
+    return out if out.isascii() else out.translate(_digit_table())
+
+
+@cache
+def _digit_table() -> dict[int, str]:
+    """Every other script's decimal digit (Unicode `Nd`, all below U+20000) -> its ASCII digit."""
+    return {code: str(unicodedata.decimal(chr(code))) for code in _DIGIT_RANGE if chr(code).isdecimal()}
+
+
+def prepare() -> None:
+    """Build the folding tables now (about 0.2 s), not on the first non-ASCII value decided."""
+    _digit_table()
+    _skeleton_map()
 
 
 def _ascii_preference(char: str) -> tuple[int, str]:
