@@ -29,9 +29,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from bisect import bisect_right
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -219,27 +218,41 @@ def _digests(text: str) -> tuple[str, ...]:
     for h in _HASHES:
         digest = h(data).digest()
         out.append(digest.hex())
-        out.append(_compact(base64.b64encode(digest).decode("ascii").lower()))
+        out.append(base64.b64encode(digest).translate(_ASCII_LOWER, b"+/=").decode("ascii"))
     return tuple(out)
 
 
-@lru_cache(maxsize=65536)
-def _id_spellings(identifier: str) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True)
+class _Digests:
+    """The digests of one value, for the scan: as a tuple, a set, and the shortest's length."""
+
+    values: tuple[str, ...]
+    members: frozenset[str]
+    shortest: int
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> _Digests:
+        ordered = tuple(values)
+        return cls(ordered, frozenset(ordered), min(map(len, ordered), default=0))
+
+
+@lru_cache(maxsize=8192)  # about 2 KB each
+def _id_spellings(identifier: str) -> _Digests:
     """Unkeyed digests of one of the person's ids, as written and lower-cased: the same for
     every partner, so partners could join on them (unlike the keyed pseudonym)."""
     forms = dict.fromkeys((identifier, identifier.strip(), identifier.strip().lower()))
-    return tuple(d for form in forms if form for d in _digests(form))
+    return _Digests.of(d for form in forms if form for d in _digests(form))
 
 
-@lru_cache(maxsize=65536)
-def _email_spellings(email: str) -> tuple[str, ...]:
+@lru_cache(maxsize=16384)
+def _email_spellings(email: str) -> _Digests:
     """Digests of the normalized email, with and without gmail dot removal."""
     forms = {normalize_email(email, remove_dots) for remove_dots in (False, True)}
-    return tuple(d for form in sorted(f for f in forms if f) for d in _digests(form))
+    return _Digests.of(d for form in sorted(f for f in forms if f) for d in _digests(form))
 
 
-@lru_cache(maxsize=65536)
-def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+@lru_cache(maxsize=16384)
+def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[_Digests, tuple[str, ...]]:
     """(digests of the phone in E.164 and as digits, parsed in each region; its digit runs:
     the national number, E.164 without `+` and the digits as written), the runs compared with
     the digits of every value whatever separates them."""
@@ -254,7 +267,7 @@ def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[tuple[str, .
             if national:
                 runs.add(national)
     runs.add(_digits_of(fold(phone)))
-    digests = tuple(d for form in sorted(forms) for d in _digests(form))
+    digests = _Digests.of(d for form in sorted(forms) for d in _digests(form))
     return digests, tuple(sorted(r for r in runs if len(r) >= _PHONE_MIN_DIGITS))
 
 
@@ -446,27 +459,26 @@ class LeakScanner:
             return "raw_value"
         return finding
 
-    def _spellings(self, event: Event) -> tuple[list[str], list[str], tuple[str, ...]]:
-        """(digests, other spellings, phone digit runs) of the person's identifiers."""
-        digests: list[str] = []  # lowercase letters and digits already
-        other: list[str] = []
+    def _spellings(self, event: Event) -> tuple[list[_Digests], tuple[str, ...], tuple[str, ...]]:
+        """(digests of the person's ids, email and phone; the IP's other spellings; the phone's
+        digit runs)."""
+        digests: list[_Digests] = []
         runs: tuple[str, ...] = ()
         for identifier in (event.account_id, event.profile_id):
             if identifier:
-                digests.extend(_id_spellings(identifier))
-        device = event.device
+                digests.append(_id_spellings(identifier))
+        device, user, context = event.device, event.user, event.context
         if device is not None:
             for identifier in (device.device_id, device.ad_id):
                 if identifier and len(identifier) <= _MAX_ID_CHARS:
-                    digests.extend(_id_spellings(identifier))
-        if event.user is not None:
-            if event.user.email:
-                digests.extend(_email_spellings(event.user.email))
-            if event.user.phone:
-                phone_digests, runs = _phone_spellings(event.user.phone, self.phone_regions)
-                digests.extend(phone_digests)
-        if event.context is not None and event.context.ip:
-            other.extend(_ip_spellings(event.context.ip))
+                    digests.append(_id_spellings(identifier))
+        if user is not None:
+            if user.email:
+                digests.append(_email_spellings(user.email))
+            if user.phone:
+                phone_digests, runs = _phone_spellings(user.phone, self.phone_regions)
+                digests.append(phone_digests)
+        other = _ip_spellings(context.ip) if context is not None and context.ip else ()
         return digests, other, runs
 
     def spellings(self, event: Event) -> frozenset[str]:
@@ -480,7 +492,8 @@ class LeakScanner:
         ready for the scan.
         """
         digests, other, runs = self._spellings(event)
-        return frozenset((*digests, *other, *(DIGITS_MARK + r for r in runs)))
+        every = (d for group in digests for d in group.values)
+        return frozenset((*every, *other, *(DIGITS_MARK + r for r in runs)))
 
     def raw_values(self, event: Event, own: frozenset[str]) -> RawValues:
         """What the scan compares a record with: the event's own values (`own`, made by
@@ -488,7 +501,7 @@ class LeakScanner:
         digests, other, runs = self._spellings(event)
         contained = [raw for raw in own if len(raw) >= _SUBSTRING_MIN]
         contained.extend(raw for raw in other if len(raw) >= _SUBSTRING_MIN)
-        return RawValues(own.union(digests, other), tuple(contained), tuple(digests), runs)
+        return RawValues(own.union(other), tuple(contained), tuple(digests), runs)
 
     def scan(
         self,
@@ -553,14 +566,8 @@ class RawValues:
 
     exact: frozenset[str]
     contained: tuple[str, ...]
-    digests: tuple[str, ...] = ()
+    digests: tuple[_Digests, ...] = ()  # per id, email, phone: shared with the caches, not copied
     digit_runs: tuple[str, ...] = ()
-    _lengths: tuple[int, ...] = field(init=False)  # of the digests, sorted (shortest first)
-
-    def __post_init__(self) -> None:
-        ordered = tuple(sorted(self.digests, key=len))
-        object.__setattr__(self, "digests", ordered)
-        object.__setattr__(self, "_lengths", tuple(map(len, ordered)))
 
     @classmethod
     def of(cls, raw_values: frozenset[str]) -> RawValues:
@@ -577,15 +584,17 @@ class RawValues:
         """True when the compacted text is, or holds, a raw value."""
         if not compact:
             return False
-        if compact in self.exact:
+        if compact in self.exact or any(compact in group.members for group in self.digests):
             return True
         size = len(compact)
         if size < _SUBSTRING_MIN:
             return False
         if any(raw in compact for raw in self.contained):
             return True
-        fitting = bisect_right(self._lengths, size)  # only a digest no longer than the value fits in it
-        return fitting > 0 and any(raw in compact for raw in self.digests[:fitting])
+        for group in self.digests:  # a digest inside a longer value (`uid_…`)
+            if size >= group.shortest and any(raw in compact for raw in group.values if len(raw) <= size):
+                return True
+        return False
 
     def in_any(self, compacts: tuple[str, ...]) -> bool:
         """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
@@ -598,10 +607,11 @@ class RawValues:
         return False
 
 
-def contains_raw(text: str, raw_values: Iterable[str]) -> bool:
+def contains_raw(text: str, raw_values: Iterable[str], compacted: Iterable[str] | None = None) -> bool:
     """True when `text`, compacted, is or holds one of `raw_values` (as `raw_values_of` made them):
-    equal to one, or holding one of at least `_SUBSTRING_MIN` characters."""
-    for compact in raw_values_of([text]):
+    equal to one, or holding one of at least `_SUBSTRING_MIN` characters. `compacted` is
+    `raw_values_of([text])` when the caller has it."""
+    for compact in raw_values_of([text]) if compacted is None else compacted:
         for raw in raw_values:
             if raw == compact or (len(raw) >= _SUBSTRING_MIN and raw in compact):
                 return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,6 +29,7 @@ _ONE_WAY = frozenset({"sha256_email", "sha256_phone", "pseudonym", "truncate_ip"
 # (the event id) is refused when it equals or contains one of them.
 SUBJECT_ID_PATHS = frozenset({"account_id", "profile_id", "device.device_id"})
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_MEMO_MAX_CHARS = 512
 
 
 @dataclass(slots=True)
@@ -66,24 +68,41 @@ def subject_identifiers(event: Event) -> frozenset[str]:
     """The person's own ids on the event (account, profile, device, advertising), compacted
     (see `leakscan.raw_values_of`)."""
     device = event.device
-    values = [event.account_id, event.profile_id]
-    if device is not None:
-        values += [device.device_id, device.ad_id]
-    return raw_values_of(values)
+    if device is None:
+        return _compacted((event.account_id, event.profile_id))
+    return _compacted((event.account_id, event.profile_id, device.device_id, device.ad_id))
 
 
 def contact_points(event: Event) -> frozenset[str]:
     """The person's email and phone, compacted: PII, whose value a decision may not depend on
     beyond the leak scan's stated block (P11)."""
     user = event.user
-    return raw_values_of([user.email, user.phone]) if user is not None else frozenset()
+    return _compacted((user.email, user.phone)) if user is not None else frozenset()
 
 
-def links_to_subject(value: str, event: Event) -> bool:
-    """True when a value that should name only the event (its `event_id`) equals or contains
-    one of the person's ids: its pseudonym would then be the same across the person's
-    events, and link them (P10)."""
-    return contains_raw(value, subject_identifiers(event))
+def _compacted(values: tuple[str | None, ...]) -> frozenset[str]:
+    """`raw_values_of`, memoized for short values (a person's ids repeat across events and rules)."""
+    if sum(len(v) for v in values if v) > _MEMO_MAX_CHARS:
+        return raw_values_of(values)
+    return _compacted_memo(values)
+
+
+_compacted_memo = lru_cache(maxsize=16384)(raw_values_of)
+
+
+def links_to_subject(value: str, event: Event) -> str | None:
+    """What a value that should name only the event (its `event_id`) says of the person:
+    `names_the_subject` when it equals or contains one of the person's ids (its pseudonym
+    would be the same across the person's events and link them, P10), `raw_value` when it
+    does the person's email or phone (blocked as the leak scan blocks, P11's exception)."""
+    compact = raw_values_of([value])
+    if not compact:
+        return None
+    if contains_raw(value, subject_identifiers(event), compact):
+        return "names_the_subject"
+    if event.user is not None and contains_raw(value, contact_points(event), compact):
+        return "raw_value"
+    return None
 
 
 def _apply(
@@ -119,8 +138,6 @@ def _apply(
     if transform == "pseudonym":
         if key is None:
             return None, "no_partner_key"
-        if spec.spec.source not in SUBJECT_ID_PATHS and links_to_subject(value, event):
-            return None, "names_the_subject"
         return pseudonym(key, spec.spec.source, value), None
     if transform == "truncate_ip":
         truncated = truncate_ip(value)
@@ -146,7 +163,15 @@ def project(
             if spec.spec.required:
                 out.missing_required.append(spec.name)
             continue
-        result, why = _apply(spec, value, event, consent, style, key)
+        link: str | None = None
+        if spec.spec.transform == "pseudonym" and spec.spec.source not in SUBJECT_ID_PATHS:
+            link = links_to_subject(value, event) if isinstance(value, str) else None
+        result: Any
+        why: str | None
+        if link == "names_the_subject":
+            result, why = None, link
+        else:
+            result, why = _apply(spec, value, event, consent, style, key)
         if why is not None:
             out.stripped.append(f"{spec.name}: {why}")
             if spec.spec.required:
@@ -155,13 +180,6 @@ def project(
         out.record[spec.name] = result
         if spec.spec.transform in _ONE_WAY:
             out.derived.add(spec.name)
-        if _names_a_contact_point(spec, value, event):
+        if link == "raw_value":
             out.leaks.append(f"{spec.name}: raw_value")
     return out
-
-
-def _names_a_contact_point(spec: CompiledField, value: Any, event: Event) -> bool:
-    """A pseudonymized event id that is, or holds, the person's email or phone (P10)."""
-    if spec.spec.transform != "pseudonym" or spec.spec.source in SUBJECT_ID_PATHS or event.user is None:
-        return False
-    return isinstance(value, str) and contains_raw(value, contact_points(event))
