@@ -29,8 +29,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+from bisect import bisect_left
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -226,14 +227,30 @@ def _digests(text: str) -> tuple[str, ...]:
 class _Digests:
     """The digests of one value, for the scan: as a tuple, a set, and the shortest's length."""
 
-    values: tuple[str, ...]
+    values: tuple[str, ...]  # shortest first
+    lengths: tuple[int, ...]
     members: frozenset[str]
-    shortest: int
+    hexadecimal: tuple[str, ...]  # the hex ones, shortest first: all a hex value can hold
+    hex_lengths: tuple[int, ...]
+
+    @property
+    def shortest(self) -> int:
+        return self.lengths[0] if self.lengths else 1 << 30
 
     @classmethod
     def of(cls, values: Iterable[str]) -> _Digests:
-        ordered = tuple(values)
-        return cls(ordered, frozenset(ordered), min(map(len, ordered), default=0))
+        ordered = tuple(sorted(set(values), key=len))
+        hexadecimal = tuple(v for v in ordered if _HEX_DIGITS.issuperset(v))
+        return cls(
+            ordered, tuple(map(len, ordered)), frozenset(ordered), hexadecimal, tuple(map(len, hexadecimal))
+        )
+
+    def inside(self, compact: str, hexadecimal: bool) -> bool:
+        """True when a digest shorter than the compacted text is inside it."""
+        size = len(compact)
+        if hexadecimal:
+            return any(raw in compact for raw in self.hexadecimal[: bisect_left(self.hex_lengths, size)])
+        return any(raw in compact for raw in self.values[: bisect_left(self.lengths, size)])
 
 
 @lru_cache(maxsize=8192)  # about 2 KB each
@@ -431,7 +448,7 @@ class LeakScanner:
     def _scan_value(self, text: str, raw: RawValues, check_raw: bool = True) -> str | None:
         if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
             # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
-            return "raw_value" if check_raw and raw.in_compact(text.lower()) else None
+            return "raw_value" if check_raw and raw.in_compact(text.lower(), hexadecimal=True) else None
         try:
             finding, compacts = self._memo[text]
         except KeyError:
@@ -568,6 +585,10 @@ class RawValues:
     contained: tuple[str, ...]
     digests: tuple[_Digests, ...] = ()  # per id, email, phone: shared with the caches, not copied
     digit_runs: tuple[str, ...] = ()
+    shortest_digest: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shortest_digest", min((g.shortest for g in self.digests), default=1 << 30))
 
     @classmethod
     def of(cls, raw_values: frozenset[str]) -> RawValues:
@@ -580,21 +601,22 @@ class RawValues:
                 contained.append(raw)
         return cls(raw_values, tuple(contained), (), tuple(runs))
 
-    def in_compact(self, compact: str) -> bool:
-        """True when the compacted text is, or holds, a raw value."""
+    def in_compact(self, compact: str, hexadecimal: bool = False) -> bool:
+        """True when the compacted text is, or holds, a raw value (`hexadecimal`: the text is
+        hex digits, so only hex digests can be inside it)."""
         if not compact:
             return False
-        if compact in self.exact or any(compact in group.members for group in self.digests):
+        if compact in self.exact:
             return True
         size = len(compact)
         if size < _SUBSTRING_MIN:
             return False
         if any(raw in compact for raw in self.contained):
             return True
-        for group in self.digests:  # a digest inside a longer value (`uid_…`)
-            if size >= group.shortest and any(raw in compact for raw in group.values if len(raw) <= size):
-                return True
-        return False
+        if size < self.shortest_digest:
+            return False  # most values: shorter than any digest
+        # equal to a digest, or one inside a longer value (`uid_…`)
+        return any(compact in group.members or group.inside(compact, hexadecimal) for group in self.digests)
 
     def in_any(self, compacts: tuple[str, ...]) -> bool:
         """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
