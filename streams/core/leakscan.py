@@ -305,19 +305,16 @@ def _ip_spellings(ip: str) -> tuple[str, ...]:
     return (*forms, str(int(address)), address.packed.hex())  # 3405803971 for 203.0.113.195
 
 
+def compact_value(text: str) -> str:
+    """A raw value as `raw_values_of` keeps it: decoded, folded, letters and digits, lower case."""
+    if text.isascii() and "%" not in text:  # the common case, in one pass
+        return text.encode("ascii").translate(_ASCII_LOWER, _NON_ALNUM_ASCII).decode("ascii")
+    return _compact(_decoded(text).lower())
+
+
 def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
     """Normalize an event's raw sensitive values for `LeakScanner.scan` (compacted)."""
-    out = set()
-    for text in strings:
-        if not text:
-            continue
-        if text.isascii() and "%" not in text:  # the common case, in one pass
-            compact = text.encode("ascii").translate(_ASCII_LOWER, _NON_ALNUM_ASCII).decode("ascii")
-        else:
-            compact = _compact(_decoded(text).lower())
-        if compact:
-            out.add(compact)
-    return frozenset(out)
+    return frozenset(c for c in map(compact_value, filter(None, strings)) if c)
 
 
 class LeakScanner:
@@ -627,17 +624,6 @@ class RawValues:
             if len(digits) >= _PHONE_MIN_DIGITS and any(run in digits for run in self.digit_runs):
                 return True
         return False
-
-
-def contains_raw(text: str, raw_values: Iterable[str], compacted: Iterable[str] | None = None) -> bool:
-    """True when `text`, compacted, is or holds one of `raw_values` (as `raw_values_of` made them):
-    equal to one, or holding one of at least `_SUBSTRING_MIN` characters. `compacted` is
-    `raw_values_of([text])` when the caller has it."""
-    for compact in raw_values_of([text]) if compacted is None else compacted:
-        for raw in raw_values:
-            if raw == compact or (len(raw) >= _SUBSTRING_MIN and raw in compact):
-                return True
-    return False
 
 
 def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:

@@ -18,7 +18,7 @@ from streams.core.identifiers import (
     truncate_ip,
     usable_ad_id,
 )
-from streams.core.leakscan import contains_raw, raw_values_of
+from streams.core.leakscan import compact_value
 from streams.core.models import Event
 from streams.core.rules.model import IdentifierStyle
 from streams.core.rules.ruleset import CompiledField
@@ -29,7 +29,8 @@ _ONE_WAY = frozenset({"sha256_email", "sha256_phone", "pseudonym", "truncate_ip"
 # (the event id) is refused when it equals or contains one of them.
 SUBJECT_ID_PATHS = frozenset({"account_id", "profile_id", "device.device_id"})
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
-_MEMO_MAX_CHARS = 512
+_MEMO_MAX_CHARS = 256
+_HELD_MIN = 6  # as the leak scan: a shorter id is compared for equality only
 
 
 @dataclass(slots=True)
@@ -67,27 +68,35 @@ def read_path(event: Event, path: tuple[str, ...]) -> Any:
 def subject_identifiers(event: Event) -> frozenset[str]:
     """The person's own ids on the event (account, profile, device, advertising), compacted
     (see `leakscan.raw_values_of`)."""
+    return frozenset(c for c in map(_compacted, _ids_of(event)) if c)
+
+
+def _ids_of(event: Event) -> tuple[str, ...]:
     device = event.device
-    if device is None:
-        return _compacted((event.account_id, event.profile_id))
-    return _compacted((event.account_id, event.profile_id, device.device_id, device.ad_id))
+    ids = (event.account_id, event.profile_id, *((device.device_id, device.ad_id) if device else ()))
+    return tuple(i for i in ids if i)
 
 
-def contact_points(event: Event) -> frozenset[str]:
-    """The person's email and phone, compacted: PII, whose value a decision may not depend on
-    beyond the leak scan's stated block (P11)."""
+def _contacts_of(event: Event) -> tuple[str, ...]:
     user = event.user
-    return _compacted((user.email, user.phone)) if user is not None else frozenset()
+    return tuple(c for c in (user.email, user.phone) if c) if user is not None else ()
 
 
-def _compacted(values: tuple[str | None, ...]) -> frozenset[str]:
-    """`raw_values_of`, memoized for short values (a person's ids repeat across events and rules)."""
-    if sum(len(v) for v in values if v) > _MEMO_MAX_CHARS:
-        return raw_values_of(values)
-    return _compacted_memo(values)
+def _compacted(value: str) -> str:
+    """`leakscan.compact_value`, memoized for short values (a person's ids repeat)."""
+    return _compacted_memo(value) if len(value) <= _MEMO_MAX_CHARS else compact_value(value)
 
 
-_compacted_memo = lru_cache(maxsize=16384)(raw_values_of)
+_compacted_memo = lru_cache(maxsize=65536)(compact_value)
+
+
+def _held(compact: str, values: tuple[str, ...]) -> bool:
+    """True when `compact` equals one of `values` (compacted), or holds one of at least six."""
+    for value in values:
+        raw = _compacted(value)
+        if raw and (raw == compact or (len(raw) >= _HELD_MIN and raw in compact)):
+            return True
+    return False
 
 
 def links_to_subject(value: str, event: Event) -> str | None:
@@ -95,12 +104,12 @@ def links_to_subject(value: str, event: Event) -> str | None:
     `names_the_subject` when it equals or contains one of the person's ids (its pseudonym
     would be the same across the person's events and link them, P10), `raw_value` when it
     does the person's email or phone (blocked as the leak scan blocks, P11's exception)."""
-    compact = raw_values_of([value])
+    compact = compact_value(value)
     if not compact:
         return None
-    if contains_raw(value, subject_identifiers(event), compact):
+    if _held(compact, _ids_of(event)):
         return "names_the_subject"
-    if event.user is not None and contains_raw(value, contact_points(event), compact):
+    if _held(compact, _contacts_of(event)):
         return "raw_value"
     return None
 
