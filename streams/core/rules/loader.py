@@ -24,7 +24,7 @@ from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
-from streams.core.rules.linkage import ad_id_linkages
+from streams.core.rules.linkage import ad_id_linkages, is_person_derived, is_resettable_ad_id
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -162,6 +162,7 @@ def _check_rule(
             f"topic '{rule.output_topic}' is {reserved[_kafka_name(rule.output_topic)]}",
             "use partner.<id>.events",
         )
+    yield from _check_optout_notices(rule, file, doc, tags, reserved_topics)
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
     if gdpr and rule.consent.tcf is None:
         yield RuleProblem(
@@ -214,38 +215,53 @@ class _Loaded:
 
 
 def _topic_problems(loaded: list[_Loaded]) -> Iterator[RuleProblem]:
-    """Every output topic belongs to exactly one partner, across all rule files.
+    """Every topic a rule writes (its events, its opt-out notices) belongs to exactly one
+    partner, across all rule files.
 
     A topic is refused when another partner writes to it (explicitly, or as its default
-    `partner.<id>.events`), when it is another partner's default topic, or when it collides
-    with one of those the way Kafka sees names (`.` and `_` are the same).
+    `partner.<id>.events` / `partner.<id>.optouts`), when it is another partner's default
+    topic, or when it collides with one of those the way Kafka sees names (`.` and `_` are
+    the same).
     """
-    owners: dict[str, _Loaded] = {}
+    owners: dict[str, tuple[_Loaded, tuple[str, ...]]] = {}
     for entry in loaded:
-        owners.setdefault(_kafka_name(entry.rule.output_topic), entry)
-    for entry in loaded:
-        rule, topic = entry.rule, entry.rule.output_topic
-        where = ("topic",) if rule.topic is not None else ("partner",)
-        line = _line_of(entry.doc, where)
-        owner = owners[_kafka_name(topic)]
-        if owner.rule.partner != rule.partner:
-            yield RuleProblem(
-                str(entry.path),
-                line,
-                f"topic '{topic}' is also the output topic of partner '{owner.rule.partner}' "
-                f"({owner.path}:{_line_of(owner.doc, ('topic',) if owner.rule.topic else ('partner',))}): "
-                "each partner would read the other's records",
-                f"give each partner its own topic (partner.{rule.partner}.events)",
-            )
-            continue
-        default_of = topic.removeprefix("partner.").removesuffix(".events")
-        if topic.startswith("partner.") and topic.endswith(".events") and default_of != rule.partner:
-            yield RuleProblem(
-                str(entry.path),
-                line,
-                f"topic '{topic}' is the default topic of partner '{default_of}', not of '{rule.partner}'",
-                f"use partner.{rule.partner}.events, or a name no other partner's default can take",
-            )
+        for topic, where in _written_topics(entry.rule):
+            owner, owner_where = owners.setdefault(_kafka_name(topic), (entry, where))
+            line = _line_of(entry.doc, where)
+            if owner.rule.partner != entry.rule.partner:
+                yield RuleProblem(
+                    str(entry.path),
+                    line,
+                    f"topic '{topic}' is also written by partner '{owner.rule.partner}' "
+                    f"({owner.path}:{_line_of(owner.doc, owner_where)}): each partner would read the "
+                    "other's records",
+                    "give every partner its own event and notice topics "
+                    f"(partner.{entry.rule.partner}.events, partner.{entry.rule.partner}.optouts)",
+                )
+                continue
+            parts = topic.split(".")
+            if len(parts) >= 3 and parts[0] == "partner" and parts[-1] in ("events", "optouts"):
+                default_of = ".".join(parts[1:-1])
+                if default_of != entry.rule.partner:
+                    yield RuleProblem(
+                        str(entry.path),
+                        line,
+                        f"topic '{topic}' is a default topic of partner '{default_of}', not of "
+                        f"'{entry.rule.partner}'",
+                        f"use partner.{entry.rule.partner}.{parts[-1]}, or a name no other partner's default "
+                        "can take",
+                    )
+
+
+def _written_topics(rule: RuleFile) -> list[tuple[str, tuple[str, ...]]]:
+    """The topics a rule writes, each with the YAML place that names it."""
+    topics: list[tuple[str, tuple[str, ...]]] = [
+        (rule.output_topic, ("topic",) if rule.topic is not None else ("partner",))
+    ]
+    if rule.optout_notices.sends:
+        where = ("optout_notices", "topic") if rule.optout_notices.topic else ("partner",)
+        topics.append((rule.optout_topic, where))
+    return topics
 
 
 def _jurisdiction_problems(code: str, file: str, line: int) -> Iterator[RuleProblem]:
@@ -271,6 +287,40 @@ def _jurisdiction_problems(code: str, file: str, line: int) -> Iterator[RuleProb
         "cannot place are read as the strictest jurisdiction",
         fix,
     )
+
+
+def _projected_identifiers(rule: RuleFile, tags: PrivacyTags) -> list[str]:
+    """Output fields of any event type that carry an identifier of the person or device."""
+    found: dict[str, None] = {}
+    for spec in rule.events.values():
+        for name, raw in spec.fields.items():
+            source = field_spec(raw).source
+            tag = tags.tag(source)
+            if is_person_derived(source, tag) or is_resettable_ad_id(tag):
+                found[name] = None
+    return list(found)
+
+
+def _check_optout_notices(
+    rule: RuleFile, file: str, doc: CommentedMap, tags: PrivacyTags, reserved_topics: Mapping[str, str]
+) -> Iterator[RuleProblem]:
+    """P12: a partner that receives identifiers gets deletion notices, or the rule says why not."""
+    notices = rule.optout_notices
+    at = _line_of(doc, ("optout_notices",))
+    if notices.sends and rule.optout_topic in {*reserved_topics, rule.output_topic}:
+        what = reserved_topics.get(rule.optout_topic, "the rule's own event topic")
+        yield RuleProblem(
+            file, at, f"optout_notices topic '{rule.optout_topic}' is {what}", "use partner.<id>.optouts"
+        )
+    identifiers = _projected_identifiers(rule, tags)
+    if identifiers and "deletion" not in notices.sends and notices.reason is None:
+        yield RuleProblem(
+            file,
+            at,
+            f"the rule projects identifier field(s) {identifiers} but the partner gets no deletion notices",
+            "keep the default optout_notices (opt_out and deletion), or say why not: "
+            "optout_notices: {kinds: none, reason: '...'}",
+        )
 
 
 def _unreadable(tag: str) -> bool:
