@@ -139,3 +139,12 @@ def test_known_countries_are_placed(country: str, gdpr: bool) -> None:
 def test_a_known_subdivision_is_placed_by_its_country() -> None:
     record = ConsentRecord(subject="account:a1", jurisdiction="US-CA")
     assert not effective_consent(_event("US"), StateSnapshot(consent=(record,))).gdpr_applies
+
+
+def test_a_notice_topic_is_checked_across_partners_with_its_line(tmp_path: Path) -> None:
+    notices = "optout_notices: {kinds: [opt_out, deletion], topic: partner.acme.events}\n"
+    problems = _problems(_two_rules(tmp_path, BASE_RULE, OTHER_RULE + notices))
+    assert any("zeta.yaml:8:" in p and "also written by partner 'acme'" in p for p in problems), problems
+    notices = "optout_notices: {kinds: [opt_out, deletion], topic: partner.omega.optouts}\n"
+    problems = _problems(_two_rules(tmp_path, BASE_RULE, OTHER_RULE + notices))
+    assert any("zeta.yaml:8:" in p and "default topic of partner 'omega'" in p for p in problems), problems
