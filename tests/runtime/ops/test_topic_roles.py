@@ -8,6 +8,7 @@ guard reads. Each is refused before anything connects, in one line.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.broker.embedded import free_port
-from streams.core.rules.loader import load_ruleset
+from streams.core.rules.loader import RulesetError, load_ruleset
 from streams.runtime.config import REPUBLISHED_TOPIC, Settings, topic_role_clash
 from streams.runtime.ops.startup import StartupError, check_topic_roles, keyed_setup
 from tests.runtime.ops.test_operator_errors import KEYS, RULES, refusal, run_cli
@@ -90,7 +91,14 @@ def _two_partners_one_topic(tmp_path: Path) -> Path:
 
 
 def test_two_partners_writing_to_one_topic_are_refused_at_start(tmp_path: Path) -> None:
-    ruleset = load_ruleset(_two_partners_one_topic(tmp_path))
+    """`rules check` refuses it first (with file and line); the start refuses it again, for a
+    ruleset put together without the loader's checks."""
+    rules = _two_partners_one_topic(tmp_path)
+    with pytest.raises(RulesetError, match="is also written by partner 'install-attribution'"):
+        load_ruleset(rules)
+    shipped = load_ruleset(RULES)
+    shared = replace(shipped.rules[1], topic=shipped.rules[0].topic)
+    ruleset = replace(shipped, rules=(shipped.rules[0], shared))
     with pytest.raises(StartupError) as refused:
         keyed_setup(_settings(dev=True), ruleset)
     assert refused.value.report() == (
