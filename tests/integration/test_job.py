@@ -94,8 +94,8 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
     try:
         guard.wait_ready()
 
-        def install(account: str) -> KeyedRecord:
-            return keyed_event(app_install(f"ev-{account}", account, properties={"campaign_id": "ryr"}))
+        def install(account: str) -> KeyedRecord:  # an event id not made of the account id (P10)
+            return keyed_event(app_install(f"ev-{account[::-1]}", account, properties={"campaign_id": "ryr"}))
 
         consent_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
         event_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
@@ -111,7 +111,7 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
         blocked = read_blocked(broker.bootstrap)
         revoked = {b["event_id"]: b["reasons"] for b in blocked if b["partner"] == "install-attribution"}
         for account in accounts[:100]:
-            assert revoked.get(f"ev-{account}") == ["consent_interest_based_ads_denied"], account
+            assert revoked.get(f"ev-{account[::-1]}") == ["consent_interest_based_ads_denied"], account
         forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
         assert len(forwarded) == 20  # the controls, and only them
     finally:

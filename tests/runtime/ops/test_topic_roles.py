@@ -8,6 +8,7 @@ guard reads. Each is refused before anything connects, in one line.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,13 +90,22 @@ def _two_partners_one_topic(tmp_path: Path) -> Path:
     return rules
 
 
-def test_two_partners_writing_to_one_topic_are_refused_when_the_rules_load(tmp_path: Path) -> None:
-    """Refused before start, by the ruleset itself, naming the file and line (the start check's
-    own clash of output topics stays behind it for rulesets built in code)."""
-    with pytest.raises(RulesetError) as refused:
-        load_ruleset(_two_partners_one_topic(tmp_path))
-    assert "signup-conversions.yaml:1: topic 'partner.install-attribution.events' is also written by " in str(
-        refused.value
+def test_two_partners_writing_to_one_topic_are_refused_at_start(tmp_path: Path) -> None:
+    """`rules check` refuses it first (with file and line); the start refuses it again, for a
+    ruleset put together without the loader's checks."""
+    rules = _two_partners_one_topic(tmp_path)
+    with pytest.raises(RulesetError, match="is also written by partner 'install-attribution'"):
+        load_ruleset(rules)
+    shipped = load_ruleset(RULES)
+    shared = replace(shipped.rules[1], topic=shipped.rules[0].topic)
+    ruleset = replace(shipped, rules=(shipped.rules[0], shared))
+    with pytest.raises(StartupError) as refused:
+        keyed_setup(_settings(dev=True), ruleset)
+    assert refused.value.report() == (
+        "refusing to start: topic 'partner.install-attribution.events' is both the output topic of "
+        "partner 'install-attribution' (topic in install-attribution.yaml) and the output topic of "
+        "partner 'signup-conversions' (topic in signup-conversions.yaml); every topic has one role: "
+        "change topic in signup-conversions.yaml"
     )
 
 
