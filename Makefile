@@ -10,7 +10,7 @@ PEERS_STAMP := $(PEERS)/.installed
 # to one worker.
 PYTEST_WORKERS ?= 4
 
-.PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
+.PHONY: test lint typecheck unit demo bench fuzz soak reliability clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,5 +88,26 @@ reliability: $(STAMP)
 	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
 		-o timeout=3600 $(RELIABILITY_TESTS)
 
+# Tests that fail when a mechanism is taken out (not in CI): the promise mutants of
+# tests/mutants/catalogue.py, each applied to a copy of the tree and run against the tests that
+# name its promise, then mutmut over the core's consent, signals, leak scan, transforms and
+# decide modules with the score per module. mutmut 3.8 needs a newer click than faust-streaming
+# allows, so it gets its own venv. MUTMUT_CHILDREN mutants at once (the machine is shared).
+MUTMUT_VENV := .venv-mutmut
+MUTMUT_STAMP := $(MUTMUT_VENV)/.installed
+MUTMUT_CHILDREN ?= 1
+$(MUTMUT_STAMP): pyproject.toml
+	test -x $(MUTMUT_VENV)/bin/python || $(PYTHON) -m venv $(MUTMUT_VENV)
+	$(MUTMUT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUTMUT_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(MUTMUT_VENV)/bin/python -m pip install --quiet 'mutmut==3.8.1' 2>&1 | grep -v "faust-streaming\|dependency resolver" || true
+	touch $(MUTMUT_STAMP)
+
+mutants: $(STAMP) $(MUTMUT_STAMP)
+	@status=0; \
+	$(BIN)/python -m tests.mutants.run || status=1; \
+	MUTMUT_CHILDREN=$(MUTMUT_CHILDREN) $(MUTMUT_VENV)/bin/python -m tests.mutants.core || status=1; \
+	exit $$status
+
 clean:
-	rm -rf $(VENV) $(PEERS) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PEERS) $(MUTMUT_VENV) mutants .mypy_cache .pytest_cache .ruff_cache .hypothesis
