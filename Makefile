@@ -67,7 +67,7 @@ fuzz: $(STAMP)
 	exit $$status
 
 # Faults over time (not in CI). `make test` runs the fault scenarios short; `make reliability`
-# runs them at the sizes the README's reliability table reports (RELIABILITY=long); `make soak`
+# runs them at the sizes docs/reliability.md's table reports (RELIABILITY=long); `make soak`
 # runs the soak, then the scenarios longer still (RELIABILITY=soak).
 SOAK_MINUTES ?= 30
 SOAK_OUT ?= soak-results

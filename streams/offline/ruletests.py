@@ -128,7 +128,7 @@ def validate_test_file(path: Path, doc: Any) -> list[str]:
                 fix = _did_you_mean(_model_at(loc), str(loc[-1]))
                 message = f"unknown key `{loc[-1]}` at {where}"
             else:
-                fix = "correct the value (see README, 'Writing a rule')"
+                fix = "correct the value (see docs/rules.md)"
                 message = f"{where}: {error['msg']}"
             problems.append(f"{path}:{line_of(doc, loc)}: {message} — fix: {fix}")
         return problems

@@ -55,6 +55,10 @@ def _split_pairs(value: Any) -> Any:
     return value
 
 
+# The one placeholder `transactional_id` may hold (a stable per-instance name).
+HOSTNAME_PLACEHOLDER = "{hostname}"
+
+
 class Settings(BaseSettings):
     """Everything `partner-guard run` needs."""
 
@@ -70,7 +74,11 @@ class Settings(BaseSettings):
     signup_status_topic: str = "member.signup-status"
     blocked_topic: str = "guard.blocked"
     group_id: str = "partner-guard"
-    transactional_id: str | None = Field(None, description="unique per instance; default group-host-pid")
+    transactional_id: str | None = Field(
+        None,
+        description="stable per instance, distinct between instances; `{hostname}` is replaced by the "
+        "host (pod) name; default group-host-pid",
+    )
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9108, ge=0, le=65535)
     batch_size: int = Field(2000, ge=1, le=100_000)
@@ -127,6 +135,26 @@ class Settings(BaseSettings):
     _split_topics = field_validator("input_topics", mode="before")(_split_csv)
     _split_formats = field_validator("input_formats", mode="before")(_split_pairs)
     _split_gaps = field_validator("faust_accepted_gaps", mode="before")(_split_csv)
+
+    @field_validator("transactional_id")
+    @classmethod
+    def _only_the_hostname_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and {"{", "}"} & set(value.replace(HOSTNAME_PLACEHOLDER, "")):
+            raise ValueError(
+                f"transactional_id {value!r}: the only placeholder it may hold is {HOSTNAME_PLACEHOLDER}"
+            )
+        return value
+
+    def resolved_transactional_id(self, hostname: str, pid: int) -> str:
+        """This instance's transactional id: the setting with `{hostname}` filled in, or group-host-pid.
+
+        A StatefulSet pod's or a compose container's hostname is stable across restarts and
+        distinct between replicas, so `partner-guard-{hostname}` scales out and still fences
+        the zombie of a restarted instance; `--workers N` appends `-w<i>` for each worker.
+        """
+        if self.transactional_id is None:
+            return f"{self.group_id}-{hostname}-{pid}"
+        return self.transactional_id.replace(HOSTNAME_PLACEHOLDER, hostname)
 
     @field_validator("kafka")
     @classmethod

@@ -1,4 +1,4 @@
-"""The allow-rule file format, one YAML file per partner (see README, "Writing a rule")."""
+"""The allow-rule file format, one YAML file per partner (see docs/rules.md)."""
 
 from __future__ import annotations
 

@@ -125,6 +125,11 @@ class GuardMetrics:
             "partner_guard_ready", "1 when state is loaded and the job is deciding.", registry=r
         )
         self.ruleset = Info("partner_guard_ruleset", "The ruleset in force.", registry=r)
+        # When this process started: the crash-loop alert counts its changes.
+        self.start_time = Gauge(
+            "partner_guard_start_time_seconds", "Unix time this guard process started.", registry=r
+        )
+        self.start_time.set_to_current_time()
 
 
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:

@@ -186,9 +186,7 @@ class GuardJob:
     def _run_loop(self) -> int:
         settings = self.settings
         reader = self._load_state()
-        transactional_id = (
-            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
-        )
+        transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
                 "linger.ms": TRANSACTION_LINGER_MS,
