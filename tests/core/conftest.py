@@ -21,7 +21,7 @@ from streams.core.leakscan import LeakScanner
 
 MUTATION_RUN = os.environ.get("PARTNER_GUARD_MUTATION_RUN") == "1"
 if MUTATION_RUN:
-    settings.register_profile("mutation", deadline=None, max_examples=50, derandomize=True, database=None)
+    settings.register_profile("mutation", deadline=None, max_examples=10, derandomize=True, database=None)
     settings.load_profile("mutation")
 
 _emptied_in: list[int] = []  # the process whose memos were emptied

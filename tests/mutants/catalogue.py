@@ -11,6 +11,9 @@ fails the run. A new promise comes with its mutants here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every promise of docs/promises.md, and the fail-closed rule of "How hostile input is read".
 FAIL_CLOSED = "fail-closed"
@@ -29,12 +32,16 @@ class Mutant:
     old: str
     new: str
     tests: tuple[str, ...]
-    pending: str | None = None  # why it cannot be armed yet (its mechanism is not in the tree)
+    # Why it may not be armable yet: its mechanism is being built elsewhere. It arms itself as
+    # soon as its target text is in the tree (once, in `path`).
+    pending: str | None = None
 
-    @property
-    def armed(self) -> bool:
-        """True when the runner applies it."""
-        return self.pending is None
+    def armed(self, root: Path = ROOT) -> bool:
+        """True when the runner applies it: not pending, or its awaited target has landed."""
+        if self.pending is None:
+            return True
+        target = root / self.path
+        return target.is_file() and target.read_text().count(self.old) == 1
 
 
 _PROMISES_PY = "tests/core/test_promises.py"
@@ -246,13 +253,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "p12-notice-recipient-filter",
         "P12",
-        "the opt-out notice filter: a notice reaches only partners that received data about the person",
-        "",
-        "",
-        "",
-        (),
-        pending="P12 (opt-out and deletion notices) is being built on another branch; arm this mutant "
-        "(target file, text and tests) when it lands",
+        "a notice reaches only partners that received data about the person: one that received "
+        "nothing is sent another partner's identifiers",
+        "streams/core/notices.py",
+        '        found = live.get(partner)\n        if found is None or "opt_out" not in plan.kinds:',
+        "        found = live.get(partner) or next(iter(live.values()), None)\n"
+        '        if found is None or "opt_out" not in plan.kinds:',
+        (
+            "tests/core/test_notices.py::"
+            "test_an_opt_out_reaches_only_partners_with_a_marker_in_their_identifiers",
+            "tests/integration/test_optout_notices.py",
+        ),
+        pending="P12 (opt-out and deletion notices) is being built on another branch; aimed at its "
+        "current code (decide_notices), armed once that text is in the tree",
     ),
     # -- failing closed ---------------------------------------------------------------------------------
     Mutant(

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown mutant(s): {sorted(unknown)}")
     if args.list:
         for mutant in chosen:
-            state = "pending" if not mutant.armed else " ".join(mutant.tests)
+            state = "pending" if not mutant.armed() else " ".join(mutant.tests)
             print(f"{mutant.promise:12} {mutant.id:40} {state}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="partner-guard-mutants-"))
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tree = copy_tree(workdir)
         baseline: dict[tuple[str, ...], int] | None = None if args.no_baseline else {}
         for mutant in chosen:
-            if not mutant.armed:
+            if not mutant.armed(tree):
                 print(f"{mutant.promise:12} {mutant.id:40} pending: {mutant.pending}")
                 continue
             started = time.monotonic()
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"copy kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    armed = sum(1 for m in chosen if m.armed)
+    armed = sum(1 for m in chosen if m.armed())
     print(f"promise mutants: {armed - len(failed)} of {armed} killed")
     for line in failed:
         print(f"  not killed: {line}")
