@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from streams.core.consent import subjects_of
 from streams.core.decide import consults_state, decide, sensitive_values
 from streams.core.leakscan import raw_values_of
 from streams.core.models import ConsentRecord, Envelope, Event, Malformed, StateSnapshot
@@ -86,3 +87,45 @@ def test_consults_state_exactly_when_some_rule_receives_the_type(ruleset: Rulese
     assert not consults_state(_event(event_type="playback_started"), ruleset)
     assert not consults_state(Malformed(b"{", "malformed"), ruleset)
     assert not consults_state(Envelope.model_construct(event_id="e", event_type="app_install"), ruleset)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [({"a": 1}, "not_scalar"), (12345, "pattern_mismatch"), ("x" * 300, "too_long")],
+)
+def test_a_kept_value_that_fails_its_checks_is_stripped_and_says_why(
+    ruleset: Ruleset, value: Any, why: str
+) -> None:
+    install = decide(_event(properties={"campaign_id": value}), GRANTED, ruleset)[0]
+    assert install.partner == "install-attribution"
+    assert install.forwarded  # an optional field: the record leaves without it
+    assert install.stripped == (f"campaign_id: {why}",)
+    assert "campaign_id" not in (install.record or {})
+
+
+def test_the_leak_scan_names_what_it_found(ruleset: Ruleset) -> None:
+    scanner = ruleset.leak_scanner
+    assert scanner.scan({"campaign_id": "https://example.com/title/1"}) == ["campaign_id: url"]
+    found = scanner.scan({"extra": {"acct000123": 1}}, raw_values_of([ACCOUNT]))
+    assert found == ["extra: nested_value", "extra.acct000123: key_raw_value"]
+
+
+def test_nested_values_are_scanned_below_the_top_level(ruleset: Ruleset) -> None:
+    scanner = ruleset.leak_scanner
+    url = "https://example.com/title/1"
+    assert scanner.scan({"extra": {"k": url}}) == ["extra: nested_value", "extra.k: url"]
+    assert scanner.scan({"extra": [url]}) == ["extra: nested_value", "extra[0]: url"]
+
+
+def test_the_consent_subjects_of_an_event_with_and_without_a_device_id() -> None:
+    assert subjects_of(_event()) == (f"account:{ACCOUNT}",)  # a device without an id
+    bare = _event()
+    assert subjects_of(bare.model_copy(update={"device": None})) == (f"account:{ACCOUNT}",)
+    with_id = _event(device={"device_id": "dev-000123", "platform": "ios"})
+    assert subjects_of(with_id) == (f"account:{ACCOUNT}", "device:dev-000123")
+
+
+def test_a_missing_sign_up_status_blocks_with_its_own_reason(ruleset: Ruleset) -> None:
+    signup = _event(event_type="signup_started", properties={"campaign_id": "spring"})
+    conversions = next(d for d in decide(signup, GRANTED, ruleset) if d.partner == "signup-conversions")
+    assert conversions.reasons == ("signup_status_missing",)

@@ -11,7 +11,8 @@ over it (every k-th by name), for a score in minutes on a busy machine; the tabl
 were checked.
 
 Every survivor must be triaged in tests/mutants/core_survivors.txt: `equivalent` (no test can
-tell it from the original, with the reason) or `open` (a gap a test should close). A survivor
+tell it from the original, with the reason), `open` (a gap a test should close), or `killed`
+(a test added since kills it, checked by applying the mutant to a copy; the next run drops it). A survivor
 not listed there fails the run, so a new gap in the core's tests is noticed; a listed mutant
 that is now killed is reported, to be removed from the list. `--write-survivors` adds the
 unlisted survivors as `open` (review each before committing it).
@@ -34,7 +35,7 @@ RESULTS = ROOT / "mutants"
 TRIAGE = Path(__file__).with_name("core_survivors.txt")
 CAUGHT = {1, 3, 24, -24, 36, 152, 255}  # killed, pytest internal error, timeouts (mutmut's codes)
 SURVIVED = {0, 5, 33}  # survived, no test reached it
-VERDICTS = ("equivalent", "open")
+VERDICTS = ("equivalent", "open", "killed")
 # Run in this order (the decision first), so a run cut short has scored what matters most.
 ORDER = (
     "streams.core.decide.*",
@@ -77,7 +78,7 @@ def read_triage() -> dict[str, Triage]:
             continue
         name, verdict, reason = (part.strip() for part in [*line.split("|", 2), "", ""][:3])
         if verdict not in VERDICTS or not reason:
-            raise SystemExit(f"{TRIAGE}:{number}: expected 'name | equivalent|open | reason'")
+            raise SystemExit(f"{TRIAGE}:{number}: expected 'name | equivalent|open|killed | reason'")
         listed[name] = Triage(verdict, reason)
     return listed
 
