@@ -5,7 +5,9 @@ run (`make mutants`) found nothing checking it.
   blocked record under the ruleset its digest names (P7);
 - the values the leak scan must never see leave include every key, string and number
   nested in a property tagged content or search (P1);
-- `consults_state` is True exactly when some rule gets past the event-type check.
+- `consults_state` is True exactly when some rule gets past the event-type check;
+- labels of leak-scan findings and stripped fields, consent subjects, sign-up status, and
+  which legal basis a TCF publisher restriction requires.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from streams.core.decide import consults_state, decide, sensitive_values
 from streams.core.leakscan import raw_values_of
 from streams.core.models import ConsentRecord, Envelope, Event, Malformed, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
+from streams.core.signals.tcf import (
+    RESTRICTION_NOT_ALLOWED,
+    RESTRICTION_REQUIRE_CONSENT,
+    RESTRICTION_REQUIRE_LI,
+    PublisherRestriction,
+    TCString,
+    VendorSet,
+)
 
 ACCOUNT = "acct-000123"
 GRANTED = StateSnapshot(
@@ -129,3 +139,39 @@ def test_a_missing_sign_up_status_blocks_with_its_own_reason(ruleset: Ruleset) -
     signup = _event(event_type="signup_started", properties={"campaign_id": "spring"})
     conversions = next(d for d in decide(signup, GRANTED, ruleset) if d.partner == "signup-conversions")
     assert conversions.reasons == ("signup_status_missing",)
+
+
+def _tc(consent: bool, li: bool, restriction: int | None, vendor: int = 42, purpose: int = 7) -> TCString:
+    vendors = VendorSet(starts=(vendor,), ends=(vendor,))
+    return TCString(
+        version=2,
+        cmp_id=1,
+        cmp_version=1,
+        vendor_list_version=1,
+        policy_version=4,
+        publisher_cc="AA",
+        special_features=frozenset(),
+        purposes_consent=frozenset({purpose} if consent else ()),
+        purposes_li=frozenset({purpose} if li else ()),
+        vendor_consent=vendors if consent else VendorSet(),
+        vendor_li=vendors if li else VendorSet(),
+        restrictions=() if restriction is None else (PublisherRestriction(purpose, restriction, vendors),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("consent", "li", "restriction", "allowed"),
+    [
+        (True, False, None, True),
+        (False, True, None, True),  # purpose 7 may rest on legitimate interest
+        (True, True, RESTRICTION_NOT_ALLOWED, False),
+        (False, True, RESTRICTION_REQUIRE_CONSENT, False),
+        (True, False, RESTRICTION_REQUIRE_CONSENT, True),
+        (True, False, RESTRICTION_REQUIRE_LI, False),
+        (False, True, RESTRICTION_REQUIRE_LI, True),
+    ],
+)
+def test_a_publisher_restriction_decides_which_legal_basis_counts(
+    consent: bool, li: bool, restriction: int | None, allowed: bool
+) -> None:
+    assert _tc(consent, li, restriction).allows(42, 7) is allowed
