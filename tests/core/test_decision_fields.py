@@ -49,7 +49,7 @@ def _event(**changes: Any) -> Event:
     return Event.model_validate(event | changes)
 
 
-CASES = {
+CASES: dict[str, tuple[Event | Envelope | Malformed, StateSnapshot]] = {
     "forwarded": (_event(), GRANTED),
     "consent_missing": (_event(), StateSnapshot()),
     "stale": (_event(), StateSnapshot(consent=GRANTED.consent, stale=True)),
