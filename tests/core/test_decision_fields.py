@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from streams.core.consent import subjects_of
+from streams.core.consent import effective_consent, subjects_of
 from streams.core.decide import consults_state, decide, sensitive_values
+from streams.core.identifiers import pseudonym
 from streams.core.leakscan import raw_values_of
 from streams.core.models import ConsentRecord, Envelope, Event, Malformed, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
@@ -29,6 +30,7 @@ from streams.core.signals.tcf import (
     TCString,
     VendorSet,
 )
+from tests.conftest import TEST_KEYS
 
 ACCOUNT = "acct-000123"
 GRANTED = StateSnapshot(
@@ -175,3 +177,35 @@ def test_a_publisher_restriction_decides_which_legal_basis_counts(
     consent: bool, li: bool, restriction: int | None, allowed: bool
 ) -> None:
     assert _tc(consent, li, restriction).allows(42, 7) is allowed
+
+
+def test_an_envelope_is_blocked_as_not_allowed_or_as_not_decoded_in_full(ruleset: Ruleset) -> None:
+    content = decide(
+        Envelope.model_construct(event_id="e", event_type="title_selected"), StateSnapshot(), ruleset
+    )
+    assert [d.reasons for d in content] == [("event_type_not_allowed",)] * len(ruleset.rules)
+    receivable = decide(
+        Envelope.model_construct(event_id="e", event_type="app_install"), StateSnapshot(), ruleset
+    )
+    for decision, rule in zip(receivable, ruleset.rules, strict=True):
+        if "app_install" in rule.events:
+            assert (decision.reasons, decision.details) == (("internal_error",), ("not decoded in full",))
+        else:
+            assert decision.reasons == ("event_type_not_allowed",)
+
+
+def test_a_zeroed_ad_id_and_do_not_track_reach_the_effective_consent() -> None:
+    zeroed = _event(device={"platform": "ios", "ad_id": "00000000-0000-0000-0000-000000000000"})
+    assert effective_consent(zeroed, GRANTED).limit_ad_tracking
+    assert not effective_consent(_event(), GRANTED).limit_ad_tracking
+    dnt = _event(context={"country": "US", "consent": {"dnt": True}})
+    assert effective_consent(dnt, GRANTED).dnt is True
+    assert effective_consent(_event(), GRANTED).dnt is False
+
+
+def test_each_event_id_gets_its_own_keyed_pseudonym(ruleset: Ruleset) -> None:
+    key = TEST_KEYS["install-attribution"]
+    for event_id in ("ev-1", "ev-2"):
+        install = decide(_event(event_id=event_id), GRANTED, ruleset)[0]
+        assert install.forwarded and install.record is not None
+        assert install.record["event_id"] == pseudonym(key, "event_id", event_id)

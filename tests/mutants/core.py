@@ -5,8 +5,8 @@
 Runs `mutmut run` (its configuration, `[tool.mutmut]` in pyproject.toml, scopes it to the
 core's consent, signals, leak scan, transforms and decide modules, and to the unit and property
 tests of tests/core/), then prints the mutation score of each module from mutmut's results
-(`mutants/**/*.py.meta`). Killed and timed-out mutants count as caught; a mutant no test
-reaches counts as survived. `--sample N` checks only N mutants of each module, spread evenly
+(`mutants/**/*.py.meta`). Killed and timed-out mutants count as caught; every other checked
+one (survived, no test reached it, suspicious) counts as survived. `--sample N` checks only N mutants of each module, spread evenly
 over it (every k-th by name), for a score in minutes on a busy machine; the table says how many
 were checked.
 
@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "mutants"
 TRIAGE = Path(__file__).with_name("core_survivors.txt")
 CAUGHT = {1, 3, 24, -24, 36, 152, 255}  # killed, pytest internal error, timeouts (mutmut's codes)
-SURVIVED = {0, 5, 33}  # survived, no test reached it
 VERDICTS = ("equivalent", "open", "killed")
 # Run in this order (the decision first), so a run cut short has scored what matters most.
 ORDER = (
@@ -83,10 +82,17 @@ def read_triage() -> dict[str, Triage]:
     return listed
 
 
-def score_table(by_module: dict[str, dict[str, int | None]]) -> tuple[list[str], list[str]]:
-    """The printed table, and the names of every survivor."""
+def score_table(
+    by_module: dict[str, dict[str, int | None]], triage: dict[str, Triage]
+) -> tuple[list[str], list[str]]:
+    """The printed table, and the names of every survivor.
+
+    `score` is mutmut's (caught / judged); `triaged` counts the survivors a test added since
+    kills as caught and leaves the equivalent ones out.
+    """
     lines = [
-        f"{'module':36} {'mutants':>8} {'caught':>7} {'survived':>9} {'not run':>8} {'other':>6} {'score':>7}"
+        f"{'module':36} {'mutants':>8} {'caught':>7} {'survived':>9} {'not run':>8} {'score':>7} "
+        f"{'triaged':>8}"
     ]
     survivors: list[str] = []
     total: Counter[str] = Counter()
@@ -95,18 +101,12 @@ def score_table(by_module: dict[str, dict[str, int | None]]) -> tuple[list[str],
             continue
         counts: Counter[str] = Counter()
         for name, code in codes.items():
-            kind = (
-                "caught"
-                if code in CAUGHT
-                else "survived"
-                if code in SURVIVED
-                else "not run"
-                if code is None
-                else "other"
-            )
+            kind = "not run" if code is None else "caught" if code in CAUGHT else "survived"
             counts[kind] += 1
             if kind == "survived":
                 survivors.append(name)
+                verdict = triage[name].verdict if name in triage else "untriaged"
+                counts[verdict] += 1
         total.update(counts)
         lines.append(_row(module, counts))
     lines.append(_row("all", total))
@@ -116,10 +116,11 @@ def score_table(by_module: dict[str, dict[str, int | None]]) -> tuple[list[str],
 def _row(module: str, counts: Counter[str]) -> str:
     judged = counts["caught"] + counts["survived"]
     score = f"{100 * counts['caught'] / judged:.1f}%" if judged else "-"
-    all_ = sum(counts.values())
+    relevant = judged - counts["equivalent"]
+    triaged = f"{100 * (counts['caught'] + counts['killed']) / relevant:.1f}%" if relevant else "-"
     return (
-        f"{module:36} {all_:>8} {counts['caught']:>7} {counts['survived']:>9} {counts['not run']:>8} "
-        f"{counts['other']:>6} {score:>7}"
+        f"{module:36} {sum(counts[k] for k in ('caught', 'survived', 'not run')):>8} {counts['caught']:>7} "
+        f"{counts['survived']:>9} {counts['not run']:>8} {score:>7} {triaged:>8}"
     )
 
 
@@ -175,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     if not by_module:
         print("no mutmut results (run without --report-only first)")
         return 1
-    table, survivors = score_table(by_module)
-    print("\n".join(["mutation score of the core (mutmut; caught = killed or timed out):", *table]))
     listed = read_triage()
+    table, survivors = score_table(by_module, listed)
+    print("\n".join(["mutation score of the core (mutmut; caught = killed or timed out):", *table]))
     unlisted = [name for name in survivors if name not in listed]
     now_killed = sorted(set(listed) - set(survivors))
     verdicts = Counter(listed[name].verdict for name in survivors if name in listed)
     print(
-        f"survivors: {verdicts['equivalent']} equivalent, {verdicts['open']} open, {len(unlisted)} untriaged"
+        f"survivors: {verdicts['equivalent']} equivalent, {verdicts['open']} open, "
+        f"{verdicts['killed']} killed by tests added since, {len(unlisted)} untriaged"
     )
     for name in now_killed:
         print(f"  now killed (remove it from {TRIAGE.name}): {name}")
