@@ -6,9 +6,10 @@ Runs `mutmut run` (its configuration, `[tool.mutmut]` in pyproject.toml, scopes 
 core's consent, signals, leak scan, transforms and decide modules, and to the unit and property
 tests of tests/core/), then prints the mutation score of each module from mutmut's results
 (`mutants/**/*.py.meta`). Killed and timed-out mutants count as caught; every other checked
-one (survived, no test reached it, suspicious) counts as survived. `--sample N` checks only N mutants of each module, spread evenly
-over it (every k-th by name), for a score in minutes on a busy machine; the table says how many
-were checked.
+one (survived, no test reached it, suspicious) counts as survived. `--sample N` checks only
+N mutants of each module, spread evenly over it (every k-th by name), for a score in minutes
+on a busy machine; the table says how many were checked. `triaged` is the score with the
+equivalent survivors left out and those killed by tests added since counted as caught.
 
 Every survivor must be triaged in tests/mutants/core_survivors.txt: `equivalent` (no test can
 tell it from the original, with the reason), `open` (a gap a test should close), or `killed`
