@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit
+from streams.cli_support import default_rules_dir, err, load_ruleset_or_exit, refusal_words
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -122,7 +122,12 @@ def replay_command(
     rule: RuleOpt = None,
     verify_rules: Annotated[
         list[Path] | None,
-        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+        typer.Option(
+            "--verify-rules",
+            metavar="DIR",
+            help="rules directories to find recorded digests in"
+            " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
     ] = None,
     git_history: Annotated[
         bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
@@ -166,7 +171,8 @@ def replay_command(
     from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    refusal_words("replay")
+    library = RulesetLibrary(verify_rules or [default_rules_dir()[0]], git_dir if git_history else None)
     _check_filter_values(library, partner, reason, rule)
     bar, on_progress = _progress_bar()
     wanted = _filter(since, until, partner, reason, rule)
@@ -205,12 +211,33 @@ def replay_command(
             given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
             whatif_label = f"{given} (digest {whatif.digest})"
         run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
-        write_html(result, html_out, run, whatif is not None)
+        optouts = _optouts_section(settings, since, (verify_rules or [Path("rules")])[0])
+        write_html(result, html_out, run, whatif is not None, optouts)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
     if result.failed:
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _optouts_section(settings: Any, since: str | None, rules: Path) -> Any:
+    """The report's notices section, read from the partners' notice topics (None without Kafka
+    settings, as for `--from-file`; a note when they cannot be read)."""
+    from streams.audit.optouts import NoticeReport, read_notices, report_section
+    from streams.audit.source import parse_time
+    from streams.core.rules.loader import load_ruleset
+
+    if settings is None:
+        return None
+    try:
+        ruleset = load_ruleset(rules)
+        topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
+        report = read_notices(settings.kafka_base(), topics, parse_time(since))
+    except (RulesetError, RuntimeError, KafkaException, ValueError) as exc:
+        section = report_section(NoticeReport(), [], since)
+        section.notes.append(f"notices could not be read: {type(exc).__name__}")
+        return section
+    return report_section(report, list(topics), since)
 
 
 def _topic_source(settings: Any) -> str:
@@ -317,3 +344,61 @@ def replay_export(
         err.print(f"export could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     print(f"exported {count:,} blocked record(s) to {out}")
+
+
+@replay_app.command("optouts")
+def replay_optouts(
+    config: ConfigOpt = None,
+    since: Since = None,
+    partner: Partner = None,
+    rules: Annotated[Path, typer.Option("--rules", help="rules directory naming the notice topics")] = Path(
+        "rules"
+    ),
+    listing: Annotated[
+        bool, typer.Option("--list", help="also list every notice (no identifier values)")
+    ] = False,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write the notices as an HTML section")
+    ] = None,
+) -> None:
+    """List the opt-out and deletion notices sent, per partner, with counts."""
+    from streams.audit.optouts import read_notices, summary_lines, write_html
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    ruleset = load_ruleset_or_exit(rules)
+    topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
+    if partner is not None:
+        if partner not in topics:
+            err.print(
+                f"--partner {partner}: unknown or sent no notices; valid: {', '.join(topics) or 'none'}"
+            )
+            raise typer.Exit(EXIT_COULD_NOT_RUN)
+        topics = {partner: topics[partner]}
+    try:
+        since_ms = parse_time(since)
+        settings = load_settings(config)
+    except ValueError as exc:
+        err.print(f"--since: {exc}")
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    except ConfigError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    try:
+        report = read_notices(settings.kafka_base(), topics, since_ms)
+    except (RuntimeError, KafkaException) as exc:
+        err.print(f"replay optouts could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    console = Console()
+    for line in summary_lines(report, list(topics)):
+        console.print(line, highlight=False, markup=False)
+    if listing:
+        for n in report.notices:
+            console.print(
+                f"{n.partner} {n.kind} {n.changed_at} choices={','.join(n.choices) or '-'} "
+                f"fields={','.join(n.fields)} id={n.notice_id}",
+                highlight=False,
+                markup=False,
+            )
+    if html_out is not None:
+        write_html(report, list(topics), since, html_out)

@@ -9,6 +9,7 @@ counted and listed, never a crash.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -16,7 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
-from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
+from streams.audit.source import SOURCE_EXPIRED, SOURCE_INVALID, SOURCE_MISMATCH
 from streams.core.codec import decode_avro, decode_json
 from streams.core.consent import subjects_of
 from streams.core.decide import decide, receivable_types
@@ -34,7 +35,7 @@ from streams.runtime.formats.payload import (
     unhash_key,
 )
 from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
-from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
+from streams.runtime.kafka.avro_input import LOOKUPS_SPENT, REGISTRY_UNAVAILABLE, ReplayAvro, decode_input
 
 log = logging.getLogger(__name__)
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]
@@ -49,11 +50,13 @@ READER_MEMBERS = (
     "_invalid",
     SOURCE_EXPIRED,
     SOURCE_MISMATCH,
+    SOURCE_INVALID,
     FETCHED_ORIGINAL,
 )
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+REGISTRY_TIME = "blocked while the Schema Registry did not answer the job; it answers now"
 UNCONFIGURED_AVRO = (
     "Avro read without the job's schema registry or pinned id: every id as the guard's own schema; "
     "give replay the job's settings (--config or PARTNER_GUARD_*)"
@@ -288,8 +291,10 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    if blocked.get(SOURCE_INVALID):
+        return Outcome(blocked, "invalid_record", f"reference to no record: {blocked[SOURCE_INVALID]}")
     if blocked.get(SOURCE_EXPIRED):
-        return Outcome(blocked, "source_expired", "the referenced source record is past retention")
+        return Outcome(blocked, "source_expired", "the referenced source record is below its log start")
     if blocked.get(SOURCE_MISMATCH):
         return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
     ruleset = library.find(str(blocked.get("ruleset_digest")))
@@ -339,9 +344,28 @@ def _verify_one(
         "rule_id"
     ):
         outcome.status, outcome.why = "mismatch", "details or rule id differ"
-    if outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
+    if outcome.status == "mismatch" and _blocked_for_registry_time(blocked):
+        outcome.status, outcome.why = "unverifiable", f"{outcome.why}: {REGISTRY_TIME}"
+    elif outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
         outcome.why += f" ({UNCONFIGURED_AVRO})"
     return outcome
+
+
+def _blocked_for_registry_time(blocked: dict[str, Any]) -> bool:
+    """True when the job blocked an Avro record only because the Schema Registry did not answer
+    (or was not asked, its batch's lookups spent): that decision depended on the registry's
+    state at the time, which replay cannot reproduce."""
+    details = blocked.get("details")
+    if record_format(blocked) != "avro" or blocked.get("reasons") != [Reason.SCHEMA_UNKNOWN.value]:
+        return False
+    if not isinstance(details, list) or len(details) != 1 or not isinstance(details[0], str):
+        return False
+    return (
+        re.fullmatch(
+            rf"schema id \d+: ({re.escape(REGISTRY_UNAVAILABLE)}|{re.escape(LOOKUPS_SPENT)})", details[0]
+        )
+        is not None
+    )
 
 
 def record_format(blocked: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -157,8 +158,9 @@ def _environment() -> Environment:
     return environment
 
 
-def render_html(result: ReplayResult, run: ReplayRun, whatif: bool) -> str:
-    """The report page for a replay."""
+def render_html(result: ReplayResult, run: ReplayRun, whatif: bool, optouts: Any = None) -> str:
+    """The report page for a replay; `optouts` (`audit.optouts.NoticeSection`) adds the
+    notices section."""
     timeline = timeline_of(result)
     return (
         _environment()
@@ -176,10 +178,11 @@ def render_html(result: ReplayResult, run: ReplayRun, whatif: bool) -> str:
             charts=lay_out(timeline) if timeline else [],
             geometry={"width": CHART_WIDTH, "height": CHART_HEIGHT, "left": PLOT_LEFT, "top": PLOT_TOP},
             groups=example_groups(result, whatif),
+            optouts=optouts,
         )
     )
 
 
-def write_html(result: ReplayResult, path: Path, run: ReplayRun, whatif: bool) -> None:
+def write_html(result: ReplayResult, path: Path, run: ReplayRun, whatif: bool, optouts: Any = None) -> None:
     """Write the self-contained report page."""
-    path.write_text(render_html(result, run, whatif), encoding="utf-8")
+    path.write_text(render_html(result, run, whatif, optouts), encoding="utf-8")

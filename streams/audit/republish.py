@@ -38,7 +38,7 @@ from streams.audit.source import fetch_records, read_to_end
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.config import Settings
+from streams.runtime.config import REPUBLISHED_TOPIC, Settings
 from streams.runtime.formats.payload import Keyring, reveal
 from streams.runtime.formats.records import partner_record
 from streams.runtime.kafka.avro_input import AvroDecoder, ReplayAvro, decode_input
@@ -49,7 +49,6 @@ from streams.runtime.ops.metrics import GuardMetrics
 from streams.runtime.state.reader import StateReader
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 
-REPUBLISHED_TOPIC = "guard.republished"
 # The republish transaction's calls; one still blocked `hang_grace_s` past its timeout ends
 # the command (exit 2): librdkafka can block past its own timeouts (librdkafka#5456).
 SEND_POLICY = RetryPolicy(call_timeout_s=30.0)

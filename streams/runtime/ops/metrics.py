@@ -70,8 +70,25 @@ class GuardMetrics:
             ["path"],
             registry=r,
         )
+        self.registry_open = Gauge(
+            "partner_guard_schema_registry_open",
+            "1 while the Schema Registry circuit is open (new schema ids blocked as schema_unknown).",
+            registry=r,
+        )
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
+        )
+        self.optout_notices = Counter(
+            "partner_guard_optout_notices_total",
+            "Opt-out and deletion notices sent (committed), by partner and kind.",
+            ["partner", "kind"],
+            registry=r,
+        )
+        self.consent_changes = Counter(
+            "partner_guard_consent_changes_total",
+            "Consent-topic records the notice path acted on (committed), by what they were.",
+            ["kind"],
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "partner_guard_batch_duration_seconds",

@@ -4,7 +4,8 @@ The compacted topics stay the source of truth. The disk store (`state_store: roc
 local, checkpointed copy of them, the way Kafka Streams keeps a global table and Quix
 Streams keeps its state:
 
-- One RocksDB database per table under `state_dir` (`consent/`, `signup-status/`).
+- One RocksDB database per table under `state_dir` (`consent/`, `signup-status/`, and
+  `forwarded/` when opt-out notices are on).
 - Writes go to an in-memory pending layer; `checkpoint()` writes them, the topic offsets
   they reach and any new jurisdiction names in ONE write batch. After a crash the database
   therefore holds exactly the records up to its recorded offsets, never half a batch.
@@ -34,7 +35,7 @@ import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 from streams.core.errors import PartnerGuardError
-from streams.runtime.state.tables import ConsentTable, SignupStatusTable
+from streams.runtime.state.tables import ConsentTable, ForwardedTable, SignupStatusTable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class StoreTuning:
 class RocksStore(MutableMapping[bytes, int]):
     """A `KeyValueStore` on RocksDB: subject → packed int, with a pending layer and a cache."""
 
+    _pack = staticmethod(_pack)
+    _unpack = staticmethod(_unpack)
+
     def __init__(self, path: Path, tuning: StoreTuning) -> None:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
@@ -106,7 +110,7 @@ class RocksStore(MutableMapping[bytes, int]):
         except Exception as exc:  # rocksdict raises plain Exception("Corruption: ...")
             (self.path / REBUILD_MARKER).touch()
             raise StoreCorruptError(f"state store {self.path} is damaged; rebuilt at next start") from exc
-        value = _unpack(raw) if raw is not None else None
+        value = self._unpack(raw) if raw is not None else None
         if len(self._cache) >= self._cache_entries:
             self._cache.popitem(last=False)  # oldest first: bounded, O(1) (a dict's first key is not)
         self._cache[key] = value
@@ -176,7 +180,7 @@ class RocksStore(MutableMapping[bytes, int]):
             if value is None:
                 batch.delete(key)
             else:
-                batch.put(key, _pack(value))
+                batch.put(key, self._pack(value))
         for key, raw in self._meta_pending.items():
             batch.put(key, raw)
         batch.put(_OFFSETS_KEY, orjson.dumps({str(p): o for p, o in offsets.items()}))
@@ -198,6 +202,17 @@ class RocksStore(MutableMapping[bytes, int]):
         self._db.close()
 
 
+def _same(raw: bytes) -> bytes:
+    return raw
+
+
+class RocksBytesStore(RocksStore):
+    """The same store with bytes values (the forwarded table's records, as read)."""
+
+    _pack = staticmethod(_same)  # type: ignore[assignment]
+    _unpack = staticmethod(_same)  # type: ignore[assignment]
+
+
 @dataclass
 class TableStore:
     """One table's disk store and what is known about its checkpoint."""
@@ -215,7 +230,12 @@ def _identity(cluster_id: str | None, topic: str, partitions: int) -> dict[str, 
 
 
 def open_table_store(
-    path: Path, topic: str, partitions: int, cluster_id: str | None, tuning: StoreTuning
+    path: Path,
+    topic: str,
+    partitions: int,
+    cluster_id: str | None,
+    tuning: StoreTuning,
+    kind: type[RocksStore] = RocksStore,
 ) -> TableStore:
     """Open a table's store, or wipe and recreate it when it cannot be trusted (module docstring)."""
     expected = _identity(cluster_id, topic, partitions)
@@ -227,7 +247,7 @@ def open_table_store(
         why = "no local store"
     else:
         try:
-            store = RocksStore(path, tuning)
+            store = kind(path, tuning)
             found = store.meta(_IDENTITY_KEY)
             if found != expected:
                 why = f"store is from another cluster or topic layout ({found} != {expected})"
@@ -247,18 +267,19 @@ def open_table_store(
     log.warning("state store %s: rebuilding from topic %s (%s)", path, topic, why)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
-    store = RocksStore(path, tuning)
+    store = kind(path, tuning)
     store.put_meta(_IDENTITY_KEY, expected)
     return TableStore(topic, store, {}, why)
 
 
 @dataclass
 class StateTables:
-    """The two state tables and, for the disk store, their checkpoints."""
+    """The state tables and, for the disk store, their checkpoints."""
 
     consent: ConsentTable
     signup_status: SignupStatusTable
     stores: dict[str, TableStore] = field(default_factory=dict)
+    forwarded: ForwardedTable = field(default_factory=ForwardedTable)
 
     def start_offsets(self) -> dict[tuple[str, int], int]:
         """Where the reader resumes, per (topic, partition); absent means the beginning."""
@@ -290,9 +311,10 @@ def open_state_tables(
     cluster_id: str | None,
     tuning: StoreTuning,
 ) -> StateTables:
-    """The consent and sign-up tables on the configured store.
+    """The consent and sign-up tables (and the forwarded table) on the configured store.
 
-    `topics` maps "consent" and "signup_status" to (topic name, partition count).
+    `topics` maps "consent", "signup_status" (and "forwarded", when notices are on) to
+    (topic name, partition count).
     """
     if kind == "memory":
         return StateTables(ConsentTable(), SignupStatusTable())
@@ -304,10 +326,21 @@ def open_state_tables(
     )
     names = consent.store.jurisdictions()
     consent.jurisdictions_saved = len(names)
+    stores = {"consent": consent, "signup_status": status}
+    forwarded = ForwardedTable()
+    if "forwarded" in topics:
+        forwarded_topic, forwarded_partitions = topics["forwarded"]
+        stores["forwarded"] = open_table_store(
+            state_dir / "forwarded",
+            forwarded_topic,
+            forwarded_partitions,
+            cluster_id,
+            tuning,
+            RocksBytesStore,
+        )
+        forwarded = ForwardedTable(stores["forwarded"].store)  # type: ignore[arg-type]
     return StateTables(
-        ConsentTable(consent.store, jurisdictions=names),
-        SignupStatusTable(status.store),
-        {"consent": consent, "signup_status": status},
+        ConsentTable(consent.store, jurisdictions=names), SignupStatusTable(status.store), stores, forwarded
     )
 
 
@@ -322,19 +355,27 @@ def state_topic_layout(
     return metadata.cluster_id, counts
 
 
-def open_configured_tables(settings: Any, kafka_config: dict[str, Any]) -> StateTables:
-    """The state tables the settings ask for (`state_store`, `state_dir`, tuning)."""
+def open_configured_tables(
+    settings: Any, kafka_config: dict[str, Any], forwarded: bool = False
+) -> StateTables:
+    """The state tables the settings ask for (`state_store`, `state_dir`, tuning); with
+    `forwarded`, the forwarded table too (opt-out notices on)."""
     if settings.state_store == "memory":
         return StateTables(ConsentTable(), SignupStatusTable())
     topics = [settings.consent_topic, settings.signup_status_topic]
+    if forwarded:
+        topics.append(settings.forwarded_topic)
     cluster_id, counts = state_topic_layout(kafka_config, topics)
+    named = {
+        "consent": (settings.consent_topic, counts.get(settings.consent_topic, 0)),
+        "signup_status": (settings.signup_status_topic, counts.get(settings.signup_status_topic, 0)),
+    }
+    if forwarded:
+        named["forwarded"] = (settings.forwarded_topic, counts.get(settings.forwarded_topic, 0))
     return open_state_tables(
         settings.state_store,
         Path(settings.state_dir),
-        {
-            "consent": (settings.consent_topic, counts.get(settings.consent_topic, 0)),
-            "signup_status": (settings.signup_status_topic, counts.get(settings.signup_status_topic, 0)),
-        },
+        named,
         cluster_id,
         StoreTuning(
             settings.state_cache_entries, settings.state_block_cache_mb, settings.state_write_buffer_mb
