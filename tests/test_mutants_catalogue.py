@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.mutants.catalogue import MUTANTS, PROMISES, Mutant
+from tests.mutants.run import copy_tree, run_pytest, try_mutant
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMED = [m for m in MUTANTS if m.armed()]
@@ -62,3 +63,23 @@ def test_the_tests_it_names_exist(mutant: Mutant) -> None:
         assert (ROOT / path).is_file(), f"{mutant.id}: no test file {path}"
         if name:
             assert re.search(rf"^def {re.escape(name.split('[')[0])}\(", (ROOT / path).read_text(), re.M)
+
+
+def test_the_runner_tells_a_killed_mutant_from_a_survivor_and_runs_only_the_copy(tmp_path: Path) -> None:
+    """The runner itself can fail: a mutant its tests catch is killed, a harmless edit survives,
+    and pytest refuses to run when `streams` would come from outside the copy."""
+    tree = copy_tree(tmp_path)
+    memo, selection = "streams/core/memo.py", ("tests/core/test_memo.py",)
+    caught = Mutant(
+        "memo-bound", "P5", "", memo, "    if len(memo) >= limit:\n", "    if False:\n", selection
+    )
+    harmless = Mutant(
+        "memo-comment", "P5", "", memo, '    """Store `value`', '    """Keep `value`', selection
+    )
+    assert try_mutant(tree, caught, None).startswith("killed: FAILED tests/core/test_memo.py::")
+    assert try_mutant(tree, harmless, None) == "SURVIVED"
+    assert (tree / memo).read_text() == (ROOT / memo).read_text()  # restored after each
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _ = run_pytest(tree, selection, None, root_override=elsewhere)
+    assert code == pytest.ExitCode.USAGE_ERROR

@@ -259,13 +259,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '        found = live.get(partner)\n        if found is None or "opt_out" not in plan.kinds:',
         "        found = live.get(partner) or next(iter(live.values()), None)\n"
         '        if found is None or "opt_out" not in plan.kinds:',
-        (
-            "tests/core/test_notices.py::"
-            "test_an_opt_out_reaches_only_partners_with_a_marker_in_their_identifiers",
-            "tests/integration/test_optout_notices.py",
-        ),
-        pending="P12 (opt-out and deletion notices) is being built on another branch; aimed at its "
-        "current code (decide_notices), armed once that text is in the tree",
+        ("tests/core/test_notice_recipients.py", "tests/core/test_notices.py"),
     ),
     # -- failing closed ---------------------------------------------------------------------------------
     Mutant(

@@ -69,14 +69,16 @@ def target_text(tree: Path, mutant: Mutant) -> str:
     return text
 
 
-def run_pytest(tree: Path, selection: Sequence[str], mutant: Mutant | None) -> tuple[int, str]:
+def run_pytest(
+    tree: Path, selection: Sequence[str], mutant: Mutant | None, root_override: Path | None = None
+) -> tuple[int, str]:
     """pytest on `selection` in `tree`, importing only the copy; returns its exit code and the
     first failure's summary line ("" when none)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(tree),
         "PYTHONDONTWRITEBYTECODE": "1",  # a restored file must never be read from a mutant's .pyc
-        ROOT_ENV: str(tree),
+        ROOT_ENV: str(root_override or tree),  # an override only in the runner's own test
     }
     env.pop(FILE_ENV, None)
     env.pop(TEXT_ENV, None)
