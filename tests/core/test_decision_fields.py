@@ -12,15 +12,18 @@ run (`make mutants`) found nothing checking it.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streams.core.consent import effective_consent, subjects_of
 from streams.core.decide import consults_state, decide, sensitive_values
-from streams.core.identifiers import pseudonym
+from streams.core.identifiers import pseudonym, sha256_hex
 from streams.core.leakscan import raw_values_of
-from streams.core.models import ConsentRecord, Envelope, Event, Malformed, StateSnapshot
+from streams.core.models import ConsentRecord, Envelope, Event, Malformed, SignupStatus, StateSnapshot
+from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.core.signals.tcf import (
     RESTRICTION_NOT_ALLOWED,
@@ -29,8 +32,10 @@ from streams.core.signals.tcf import (
     PublisherRestriction,
     TCString,
     VendorSet,
+    decode_tc_string,
 )
-from tests.conftest import TEST_KEYS
+from streams.gen.signals import encode_tc_string
+from tests.conftest import RULES_DIR, TEST_KEYS
 
 ACCOUNT = "acct-000123"
 GRANTED = StateSnapshot(
@@ -209,3 +214,29 @@ def test_each_event_id_gets_its_own_keyed_pseudonym(ruleset: Ruleset) -> None:
         install = decide(_event(event_id=event_id), GRANTED, ruleset)[0]
         assert install.forwarded and install.record is not None
         assert install.record["event_id"] == pseudonym(key, "event_id", event_id)
+
+
+def test_vendor_ranges_one_id_apart_stay_apart() -> None:
+    decoded = decode_tc_string(encode_tc_string([1, 7], [1, 2, 3, 5, 6]))
+    assert [v for v in range(1, 8) if v in decoded.vendor_consent] == [1, 2, 3, 5, 6]
+
+
+def test_gmail_dots_are_removed_only_when_the_rule_says_so(tmp_path: Path) -> None:
+    shutil.copy(RULES_DIR / "_leak-scan.yaml", tmp_path / "_leak-scan.yaml")
+    text = (RULES_DIR / "signup-conversions.yaml").read_text()
+    assert "gmail_remove_dots: false" in text
+    (tmp_path / "signup-conversions.yaml").write_text(
+        text.replace("gmail_remove_dots: false", "gmail_remove_dots: true")
+    )
+    undotted = load_ruleset(tmp_path).with_keys({"signup-conversions": b"s" * 32})
+    status = SignupStatus(account_id=ACCOUNT, status="prospect")
+    matched = GRANTED.consent[0].model_copy(update={"matched_identifier_opt_out": False})
+    snapshot = StateSnapshot(consent=(matched,), signup_status=status)
+    signup = _event(event_type="signup_started", user={"email": "First.Last@gmail.com"})
+    for rules, local in (
+        (undotted, "firstlast"),
+        (load_ruleset(RULES_DIR).with_keys(TEST_KEYS), "first.last"),
+    ):
+        conversions = next(d for d in decide(signup, snapshot, rules) if d.partner == "signup-conversions")
+        assert conversions.forwarded and conversions.record is not None, conversions
+        assert conversions.record["em"] == sha256_hex(f"{local}@gmail.com")
