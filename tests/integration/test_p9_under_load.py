@@ -4,10 +4,12 @@ The guard also reads the state topics whenever it is idle (no input fetched), so
 leaves it idle between a revocation and its event passes even without the catch-up before
 each batch. Here the guard never is: it is paused (SIGSTOP) in the middle of a backlog, the
 revocations and their events are produced (each revocation acknowledged before its event),
-interleaved with more backlog, and it is resumed. Everything it then reads until the last
-event is already in the topic, so only the catch-up after each fetch can apply a revocation
-before its event is decided. The promise mutant `p9-catch-up-before-batch`
-(tests/mutants/catalogue.py) removes that catch-up, and this test fails with it.
+interleaved with more backlog, and it is resumed (the pause is kept short, one round trip a
+revocation, well inside the session timeout, so the group does not rebalance meanwhile).
+Everything it then reads until the last event is already in the topic, so only the catch-up
+after each fetch can apply a revocation before its event is decided. The promise mutant
+`p9-catch-up-before-batch` (tests/mutants/catalogue.py) removes that catch-up, and this test
+fails with it.
 """
 
 from __future__ import annotations
@@ -91,11 +93,10 @@ def test_read_your_revocation_while_busy_with_a_backlog(broker: EmbeddedBroker, 
             consent_producer.produce("privacy.consent", revocation.value, revocation.key)
             assert consent_producer.flush(10) == 0
             for record in [_install(account), *_filler(BACKLOG + n * BETWEEN, BETWEEN)]:
-                event_producer.produce(INPUT, record.value, record.key)
-            assert event_producer.flush(10) == 0
+                event_producer.produce(INPUT, record.value, record.key)  # acknowledged below, together
         for record in [_install(a) for a in CONTROLS]:  # still granted: forwarded
             event_producer.produce(INPUT, record.value, record.key)
-        assert event_producer.flush(10) == 0
+        assert event_producer.flush(30) == 0  # every event acknowledged before the guard resumes
         os.kill(guard.process.pid, signal.SIGCONT)
         paused = False
 
