@@ -56,8 +56,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "P1",
         "default-deny projection: every unlisted property is copied into the partner record",
         "streams/core/transforms.py",
-        "            out.derived.add(spec.name)\n    return out\n",
-        "            out.derived.add(spec.name)\n"
+        "            out.leaks.append(f\"{spec.name}: raw_value\")\n    return out\n",
+        "            out.leaks.append(f\"{spec.name}: raw_value\")\n"
         "    out.record.update({k: v for k, v in event.properties.items() if k not in out.record})\n"
         "    return out\n",
         (_PROMISES_PY, "tests/core/test_rules_loader.py", "tests/offline/test_rule_authoring.py"),
@@ -168,8 +168,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "P6",
         "the leak scan's compare with the event's own raw values",
         "streams/core/leakscan.py",
-        "    if not compact:\n        return False\n    if compact in raw_values:",
-        "    if compact or not compact:\n        return False\n    if compact in raw_values:",
+        "        if not compact:\n            return False\n        if compact in self.exact:",
+        "        if compact or not compact:\n            return False\n        if compact in self.exact:",
         (_PROMISES_PY, "tests/core/test_leakscan.py"),
     ),
     Mutant(
