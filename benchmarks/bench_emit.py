@@ -15,6 +15,12 @@ hold only what earlier inputs of the same pass put there, as in a long run over 
 then a second pass over the same inputs (warm, labelled so) and the best of 5 warm passes (the
 figure earlier rounds reported). Each is split into inputs no rule can receive and the others.
 
+For instruction counts of the cold pass (which the machine's load does not move):
+
+    valgrind --tool=cachegrind --cache-sim=no python -m benchmarks.bench_emit --cold --once 3000 [--kind=K]
+
+minus the same with `--dry` (everything but the pass), divided by the inputs it prints.
+
 `--once` runs the inputs once after 300 warm-up ones and prints nothing but the counts: the
 form to count instructions with, which unlike time does not move with the machine's load:
 
@@ -204,6 +210,18 @@ def cold(count: int) -> dict[str, float]:
     return figures
 
 
+def cold_once(count: int, kind: str, dry: bool) -> None:
+    """One cold pass and nothing else (for cachegrind: subtract the same command with `--dry`)."""
+    decider, inputs = build(size=COLD_POPULATION, events=WARM_UP + count)
+    run(decider, inputs[:WARM_UP], 0)
+    work = inputs[WARM_UP : WARM_UP + count]
+    if kind:
+        gated, others = _classified(decider, work)
+        work = gated if kind == "gated" else others
+    sink = run(decider, [] if dry else work, WARM_UP)
+    print(f"inputs {len(work)} records {sink.records} bytes {sink.bytes}")
+
+
 def print_cold(count: int) -> None:
     """Print the cold and warm figures, labelled."""
     f = cold(count)
@@ -227,6 +245,9 @@ def print_cold(count: int) -> None:
 
 def main(count: int, once: bool, split: bool, kind: str, repeat: int = 1) -> None:
     """Run and print the figures."""
+    if "--cold" in sys.argv and once:
+        cold_once(count, kind, "--dry" in sys.argv)
+        return
     if "--cold" in sys.argv:
         print_cold(count)
         return
