@@ -114,7 +114,11 @@ def _length_prefixed(*parts: bytes | str | None) -> bytes:
 
 
 # Metric families whose values are clock readings, not counts of what was decided.
-_TIMED_FAMILIES = ("partner_guard_end_to_end_latency_seconds", "partner_guard_batch_duration_seconds")
+_TIMED_FAMILIES = (
+    "partner_guard_end_to_end_latency_seconds",
+    "partner_guard_batch_duration_seconds",
+    "partner_guard_start_time_seconds",  # the process's start, a clock reading too
+)
 
 
 def digest(count: int) -> str:
