@@ -33,8 +33,8 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from quixstreams import Application  # noqa: E402
 
 from streams.core.codec import decode_json  # noqa: E402
-from streams.core.decide import decide  # noqa: E402
-from streams.core.models import StateSnapshot  # noqa: E402
+from streams.core.decide import consults_state, decide  # noqa: E402
+from streams.core.models import Event, StateSnapshot  # noqa: E402
 from streams.core.rules.loader import load_ruleset  # noqa: E402
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for  # noqa: E402
 
@@ -77,7 +77,9 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int, with_s
     def outputs(value: bytes) -> list[bytes]:
         out = []
         event = decode_json(value)
-        snapshot = snapshot_for(event, *tables, False) if tables is not None else empty
+        # as the guard: state is looked up only for an event some rule can receive
+        stateful = tables is not None and isinstance(event, Event) and consults_state(event, ruleset)
+        snapshot = snapshot_for(event, *tables, False) if tables is not None and stateful else empty
         for decision in decide(event, snapshot, ruleset):
             if decision.forwarded:
                 out.append(orjson.dumps(decision.record))
