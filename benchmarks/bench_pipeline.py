@@ -73,6 +73,8 @@ TARGET_VS_QUIX_STATE, STRETCH_VS_QUIX_STATE = 1.5, 2.0
 TARGET_VS_QUIX = 1.0
 TARGET_VS_STRIP = 0.2
 TARGET_CPU_US = 45.0
+# Decisions each peer forwarded in its last run: the fair peer's show it reached the forward path.
+PEER_FORWARDED: dict[str, int] = {}
 # The guard's metrics are scraped this often while it runs: each scrape costs the guard's
 # HTTP thread CPU, so scraping much more often than Prometheus would skews the figure.
 SCRAPE_INTERVAL_S = 1.0
@@ -357,6 +359,7 @@ def _quix_with_decide(bootstrap: str, count: int, with_state: bool = False) -> R
     if result.returncode != 0:
         raise RuntimeError("quix peer failed:\n" + result.stderr[-3000:])
     measured = orjson.loads(result.stdout.strip().splitlines()[-1])
+    PEER_FORWARDED["state" if with_state else "stateless"] = int(measured.get("forwarded", -1))
     return Rate(measured["wall_s"], measured["cpu_s"])
 
 
@@ -494,6 +497,12 @@ def main(count: int = 300_000, rounds: int = ROUNDS) -> None:
                 f" | {rate.per_cpu_s:,.0f} | {rate.per_cpu_s / strip.per_cpu_s:.2f}"
                 f" | {rate.cpu_s * 1e6:.1f} |"
             )
+    if PEER_FORWARDED:
+        print()
+        print(
+            "Decisions forwarded by the peers (last run): with the guard's state"
+            f" {PEER_FORWARDED.get('state', 0):,}, stateless {PEER_FORWARDED.get('stateless', 0):,}"
+        )
     print()
     print(_targets(guard, strip, quix_state, quix))
     faust = best["guard_faust"]

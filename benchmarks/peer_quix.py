@@ -13,7 +13,8 @@ work than the guard). With `--state` the consent and sign-up status topics are r
 beginning to their end into this project's state tables (plain in-memory dicts) before the
 run, outside the measured span, and each event's snapshot is looked up as the guard does: its
 decisions reach the forward path wherever the guard's do (the fair peer). Prints one JSON
-line: seconds per record, {"wall_s": ..., "cpu_s": ...} (CPU: all threads of the process).
+line: seconds per record, {"wall_s": ..., "cpu_s": ..., "forwarded": ...} (CPU: all threads of
+the process; forwarded: the decisions that forwarded, which only the fair peer has).
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int, with_s
     ruleset = load_ruleset(ROOT / "rules").with_keys(KEYS)
     empty = StateSnapshot()
     tables = load_state(bootstrap) if with_state else None
+    forwarded = 0
 
     def outputs(value: bytes) -> list[bytes]:
+        nonlocal forwarded
         out = []
         event = decode_json(value)
         # as the guard: state is looked up only for an event some rule can receive
@@ -82,6 +85,7 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int, with_s
         snapshot = snapshot_for(event, *tables, False) if tables is not None and stateful else empty
         for decision in decide(event, snapshot, ruleset):
             if decision.forwarded:
+                forwarded += 1
                 out.append(orjson.dumps(decision.record))
             else:
                 blocked = {
@@ -122,7 +126,8 @@ def main(bootstrap: str, input_topic: str, output_topic: str, count: int, with_s
     frame.to_topic(sink)
     app.run()
     done = seen - 1
-    print(orjson.dumps({"wall_s": (last - first) / done, "cpu_s": (last_cpu - first_cpu) / done}).decode())
+    rate = {"wall_s": (last - first) / done, "cpu_s": (last_cpu - first_cpu) / done, "forwarded": forwarded}
+    print(orjson.dumps(rate).decode())
 
 
 if __name__ == "__main__":
