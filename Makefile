@@ -10,7 +10,7 @@ PEERS_STAMP := $(PEERS)/.installed
 # to one worker.
 PYTEST_WORKERS ?= 4
 
-.PHONY: test lint typecheck unit demo bench fuzz soak reliability clean
+.PHONY: test lint typecheck unit demo bench fuzz soak reliability reason-docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ reliability: $(STAMP)
 	PARTNER_GUARD_RELIABILITY=$(RELIABILITY) \
 	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
 		-o timeout=3600 $(RELIABILITY_TESTS)
+
+# docs/reason-codes.md's table, from the one table of reason explanations in the code
+reason-docs: $(STAMP)
+	$(BIN)/python -m streams.offline.reasondoc --write
 
 clean:
 	rm -rf $(VENV) $(PEERS) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -30,6 +30,10 @@ form to count instructions with, which unlike time does not move with the machin
 kind of input; its classification costs instructions too, so subtract a run without `--twice`
 from one with it (`--once --twice` runs the inputs twice).
 
+`--notices` remembers forwards as `run` does when some rule sends opt-out notices (the
+forwarded-marker writes join the outputs; a repeat run over the same inputs finds its markers
+and writes none, as a steady stream of known people does).
+
 `--digest` prints one SHA-256 over every record the first INPUTS inputs produce (topic, key,
 value, headers, in order) and the counters their batch adds to the metrics, in `copy`,
 `reference` and redacted mode, with every seventh input decided on stale state: equal digests
@@ -46,12 +50,15 @@ import orjson
 
 from benchmarks.common import population
 from streams.core.decide import receivable_types
+from streams.core.notices import plans_of
 from streams.runtime.config import Settings
 from streams.runtime.formats.payload import Keyring, PayloadProtector
 from streams.runtime.formats.records import SourceRef
 from streams.runtime.kafka.io import Headers
 from streams.runtime.ops.metrics import GuardMetrics
 from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.notices import ForwardTracker
+from streams.runtime.state.tables import ForwardedTable
 
 WARM_UP = 300
 # `--cold`'s population: as `make bench`'s pipeline traffic, so a subject recurs ~once per
@@ -88,6 +95,12 @@ def build(
     state = GuardState(settings, {}, GuardMetrics())
     state.consent, state.signup_status = mix.consent, mix.signup_status
     decider = RecordDecider(settings, mix.ruleset, protector or PayloadProtector("full"), state)
+    if "--notices" in sys.argv:
+        table = ForwardedTable()
+        tracker = ForwardTracker(
+            plans_of(mix.ruleset), table, settings.forwarded_topic, settings.optout_lookback
+        )
+        decider.track(tracker)
     inputs = [(e.key, e.value) for e in mix.generator.events(events)]
     return decider, inputs
 
@@ -117,7 +130,7 @@ def _length_prefixed(*parts: bytes | str | None) -> bytes:
 _TIMED_FAMILIES = (
     "partner_guard_end_to_end_latency_seconds",
     "partner_guard_batch_duration_seconds",
-    "partner_guard_start_time_seconds",  # the process's start, a clock reading too
+    "partner_guard_start_time_seconds",  # when the process started: a clock reading too
 )
 
 

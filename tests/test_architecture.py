@@ -65,6 +65,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "harness": {"broker", "gen", "runtime.kafka"},
     "demo": {"core", "broker", "gen", "harness", "runtime.kafka", "runtime.formats"},
     "cli_support": {"core"},
+    # the settings model as the flags of `run` and `check-config`, and as docs/settings.md
+    "cli_settings": {"core", "runtime.config"},
+    # the operator's kcat: `produce` and `tail`, with the job's settings and record formats
+    "tools": {"core", "runtime.config", "runtime.kafka", "runtime.formats", "runtime.ops"},
     "exitcodes": set(),
     "runtime": set(),
 }

@@ -74,9 +74,11 @@ def test_topic_setup_creates_exactly_the_topics_the_guard_uses(monkeypatch: pyte
         settings.signup_status_topic,
         settings.blocked_topic,
         *(rule.topic for rule in ruleset.rules),
+        settings.forwarded_topic,
+        *(rule.source.optout_topic for rule in ruleset.rules if rule.source.optout_notices.sends),
     }
     assert set(created) == used
-    for compacted in (settings.consent_topic, settings.signup_status_topic):
+    for compacted in (settings.consent_topic, settings.signup_status_topic, settings.forwarded_topic):
         assert "cleanup.policy=compact" in created[compacted]
     assert _compose()["services"]["guard"]["depends_on"]["topic-setup"]["condition"] == (
         "service_completed_successfully"

@@ -144,6 +144,8 @@ class Outcome:
     redecided: Decision | None = None
     whatif: Decision | None = None
     event_type: str | None = None  # of the decoded original (reports group by it); None when not decoded
+    # Every partner's decision under the proposed ruleset (new partners included); () when none
+    whatif_all: tuple[Decision, ...] = ()
 
     @property
     def partner(self) -> str:
@@ -323,7 +325,8 @@ def _verify_one(
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match", event_type=getattr(full, "event_type", None))
     if whatif is not None:
-        outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
+        outcome.whatif_all = tuple(decide(full, snapshot, whatif))
+        outcome.whatif = _decision_for(list(outcome.whatif_all), partner)
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",
@@ -337,13 +340,22 @@ def _verify_one(
     if decision is None:
         outcome.status, outcome.why = "mismatch", f"the ruleset has no rule for partner {partner}"
     elif decision.verdict != "block":
-        outcome.status, outcome.why = "mismatch", "re-decided as forward"
+        outcome.status, outcome.why = "mismatch", "recorded: block; re-decided: forward"
     elif list(decision.reasons) != recorded_reasons:
-        outcome.status, outcome.why = "mismatch", f"reasons {list(decision.reasons)} != {recorded_reasons}"
-    elif list(decision.details) != list(blocked.get("details", [])) or decision.rule_id != blocked.get(
-        "rule_id"
-    ):
-        outcome.status, outcome.why = "mismatch", "details or rule id differ"
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded reasons {recorded_reasons}; re-decided reasons {list(decision.reasons)}",
+        )
+    elif decision.rule_id != blocked.get("rule_id"):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded rule id {str(blocked.get('rule_id'))[:100]!r}; re-decided {decision.rule_id!r}",
+        )
+    elif list(decision.details) != list(blocked.get("details", [])):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded details {str(blocked.get('details'))[:300]}; re-decided {list(decision.details)}",
+        )
     if outcome.status == "mismatch" and _blocked_for_registry_time(blocked):
         outcome.status, outcome.why = "unverifiable", f"{outcome.why}: {REGISTRY_TIME}"
     elif outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
@@ -378,6 +390,8 @@ class ReplayResult:
     """All outcomes of a replay."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    # What-if: partners the proposed ruleset adds, decided on every input (`newpartners.NewPartners`)
+    new_partners: Any = None
 
     def count(self, status: Status) -> int:
         """How many outcomes have this status."""

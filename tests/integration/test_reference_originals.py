@@ -11,8 +11,8 @@ import pytest
 from streams import exitcodes
 from streams.audit.source import SOURCE_EXPIRED, SOURCE_INVALID, SOURCE_MISMATCH, resolve_references
 from streams.broker.embedded import EmbeddedBroker
-from tests.integration.kafka_helpers import read_blocked
-from tests.integration.test_replay import _cli, _jsonl, _run_guard_once
+from tests.integration.kafka_helpers import read_blocked, read_jsonl, run_cli
+from tests.integration.test_replay import _run_guard_once
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +30,9 @@ def test_references_replay_exactly_and_report_what_the_source_no_longer_has(tmp_
         assert all(len(v["original_sha256"]) == 64 and v["original_size"] > 0 for v in references)
 
         report = tmp_path / "verify.jsonl"
-        result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--no-git", "--jsonl", str(report))
         assert result.returncode == 0, result.stdout + result.stderr
-        rows = _jsonl(report)
+        rows = read_jsonl(report)
         assert len(rows) == len(views) and {r["status"] for r in rows} == {"match"}
 
         future, forged = copy.deepcopy(references[0]), copy.deepcopy(references[1])
@@ -46,9 +46,9 @@ def test_references_replay_exactly_and_report_what_the_source_no_longer_has(tmp_
         assert forged.get(SOURCE_MISMATCH) and forged["original_b64"] is None
 
         report = tmp_path / "altered-report.jsonl"
-        result = _cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
         assert result.returncode == 1  # the forged reference fails the run
-        assert [r["status"] for r in _jsonl(report)] == ["invalid_record", "mismatch"]
+        assert [r["status"] for r in read_jsonl(report)] == ["invalid_record", "mismatch"]
 
         # Positions outside anything the topic ever held are invalid records, never "past retention"
         # (that is only a position below its partition's log start), and they change the exit code.
@@ -66,9 +66,9 @@ def test_references_replay_exactly_and_report_what_the_source_no_longer_has(tmp_
         exported = tmp_path / "nowhere.jsonl"
         exported.write_bytes(b"".join(orjson.dumps(v) + b"\n" for v in nowhere))
         report = tmp_path / "nowhere-report.jsonl"
-        result = _cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--from-file", str(exported), "--no-git", "--jsonl", str(report))
         assert result.returncode == exitcodes.REPLAY_INVALID_RECORDS, result.stdout + result.stderr
-        rows = _jsonl(report)
+        rows = read_jsonl(report)
         assert [r["status"] for r in rows] == ["invalid_record"] * len(nowhere)
         whys = [r["why"] for r in rows]
         assert "past the end of the partition" in whys[0]

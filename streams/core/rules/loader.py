@@ -6,6 +6,7 @@ the guard refuses to start with a ruleset that has any.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
-from streams.core.rules.linkage import ad_id_linkages
+from streams.core.rules.linkage import ad_id_linkages, is_person_derived, is_resettable_ad_id
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -161,6 +162,7 @@ def _check_rule(
             f"topic '{rule.output_topic}' is {reserved_topics[rule.output_topic]}",
             "use partner.<id>.events",
         )
+    yield from _check_optout_notices(rule, file, doc, tags, reserved_topics)
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
     if gdpr and rule.consent.tcf is None:
         yield RuleProblem(
@@ -202,6 +204,57 @@ def _check_rule(
             yield from _check_field(
                 file, doc, event_type, name, field_spec(raw_spec), tags.tag, scanner, vocabulary, rule.events
             )
+
+
+def _projected_identifiers(rule: RuleFile, tags: PrivacyTags) -> list[str]:
+    """Output fields of any event type that carry an identifier of the person or device."""
+    found: dict[str, None] = {}
+    for spec in rule.events.values():
+        for name, raw in spec.fields.items():
+            source = field_spec(raw).source
+            tag = tags.tag(source)
+            if is_person_derived(source, tag) or is_resettable_ad_id(tag):
+                found[name] = None
+    return list(found)
+
+
+def _check_optout_notices(
+    rule: RuleFile, file: str, doc: CommentedMap, tags: PrivacyTags, reserved_topics: Mapping[str, str]
+) -> Iterator[RuleProblem]:
+    """P12: a partner that receives identifiers gets deletion notices, or the rule says why not."""
+    notices = rule.optout_notices
+    at = _line_of(doc, ("optout_notices",))
+    if notices.sends and rule.optout_topic in {*reserved_topics, rule.output_topic}:
+        what = reserved_topics.get(rule.optout_topic, "the rule's own event topic")
+        yield RuleProblem(
+            file, at, f"optout_notices topic '{rule.optout_topic}' is {what}", "use partner.<id>.optouts"
+        )
+    identifiers = _projected_identifiers(rule, tags)
+    if identifiers and "deletion" not in notices.sends and notices.reason is None:
+        yield RuleProblem(
+            file,
+            at,
+            f"the rule projects identifier field(s) {identifiers} but the partner gets no deletion notices",
+            "keep the default optout_notices (opt_out and deletion), or say why not: "
+            "optout_notices: {kinds: none, reason: '...'}",
+        )
+
+
+def _shared_topics(rules: list[RuleFile], files: list[Path]) -> Iterator[RuleProblem]:
+    """No two rules write to one topic: a partner's notices never land on another partner's topic."""
+    owner: dict[str, str] = {}
+    by_partner = {path.stem: path for path in files}
+    for rule in rules:
+        topics = [rule.output_topic, *([rule.optout_topic] if rule.optout_notices.sends else [])]
+        for topic in topics:
+            other = owner.setdefault(topic, rule.partner)
+            if other != rule.partner:
+                yield RuleProblem(
+                    str(by_partner.get(rule.partner, rule.partner)),
+                    1,
+                    f"topic '{topic}' is also written by partner '{other}'",
+                    "give every partner its own event and notice topics",
+                )
 
 
 def _unreadable(tag: str) -> bool:
@@ -259,6 +312,15 @@ def _check_condition(expression: str, file: str, line: int, tags: PrivacyTags) -
         yield RuleProblem(file, line, message, fix)
 
 
+def _did_you_mean_path(source: str, tag_of: Any) -> str:
+    """`did you mean 'device.platform'? else ` for a source close to a declared path, or ""."""
+    declared = getattr(getattr(tag_of, "__self__", None), "tags", None)
+    if not isinstance(declared, Mapping):
+        return ""
+    close = difflib.get_close_matches(source, [str(p) for p in declared], n=1, cutoff=0.75)
+    return f"did you mean '{close[0]}'? if it is a new field, " if close else ""
+
+
 def _check_field(
     file: str,
     doc: CommentedMap,
@@ -277,7 +339,8 @@ def _check_field(
             file,
             at,
             f"field '{name}' reads '{spec.source}', which the event schema does not declare",
-            "declare it with a privacy tag in schemas/internal_event.avsc first",
+            _did_you_mean_path(spec.source, tag_of)
+            + "declare it with a privacy tag in schemas/internal_event.avsc first",
         )
         return
     if tag in FORBIDDEN_TAGS:
@@ -439,6 +502,7 @@ def load_ruleset(
             )
         seen[rule.partner] = str(path)
         rules.append(rule)
+    problems.extend(_shared_topics(rules, files))
     if not files:
         problems.append(RuleProblem(str(directory), 1, "no partner rules found", "add <partner>.yaml files"))
     if problems or leak_scan is None:

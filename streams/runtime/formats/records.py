@@ -36,7 +36,10 @@ Format v1 (written before v2; `replay` still reads it) held one record per block
 were always validated in full. `partner_views` turns either version into v1-shaped views,
 one per (input, partner), for the audit tools.
 
-Headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
+Partner record headers: pg-ruleset-digest, pg-rule-id, pg-source-topic, pg-source-partition,
+pg-source-offset (`partner_headers`).
+
+Blocked record headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
 pg-ruleset-digest, pg-source-topic, pg-source-partition, pg-source-offset. Input headers
 are not copied.
 
@@ -504,6 +507,29 @@ def partner_views(blocked: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(decisions, list) or not decisions or not all(isinstance(d, dict) for d in decisions):
         return [shared]
     return [{**shared, **{k: d[k] for k in PER_PARTNER_MEMBERS if k in d}} for d in decisions]
+
+
+# Headers of a forwarded partner record: which ruleset and rule decided it, and which input it
+# came from. `replay forwarded` re-checks the projection against the rule at that digest and
+# matches every input to exactly one output per partner (forwarded here, or blocked).
+PARTNER_HEADER_NAMES = (
+    "pg-ruleset-digest",
+    "pg-rule-id",
+    "pg-source-topic",
+    "pg-source-partition",
+    "pg-source-offset",
+)
+
+
+def partner_headers(decision: Decision, source: SourceRef) -> Headers:
+    """The headers of a forwarded record (`PARTNER_HEADER_NAMES`); never payload values."""
+    return [
+        ("pg-ruleset-digest", decision.ruleset_digest.encode()),
+        ("pg-rule-id", decision.rule_id.encode()),
+        ("pg-source-topic", source.topic.encode()),
+        ("pg-source-partition", b"%d" % source.partition),
+        ("pg-source-offset", b"%d" % source.offset),
+    ]
 
 
 def partner_record(decision: Decision) -> tuple[bytes | None, bytes]:

@@ -56,14 +56,20 @@ class TransactionFatalError(Exception):
     """The transaction can neither commit nor abort: stop the process (exit non-zero)."""
 
 
-def exit_hung(step: str, waited_s: float) -> None:
-    """Log why and end the process at once (a blocked librdkafka call cannot be unwound)."""
+# What the kafka engine's restart does about the hung call's batch (said in `exit_hung`'s line).
+RESTART_ABORTS = "the restart aborts any open transaction"
+
+
+def exit_hung(step: str, waited_s: float, restart: str = RESTART_ABORTS) -> None:
+    """Log why and end the process at once (a blocked client call cannot be unwound); `restart`
+    says what the restart does about the call's batch (the Faust engine re-delivers it)."""
     log.critical(
         "Kafka call '%s' still blocked after %.0f s, past its own timeout (librdkafka#5456 and kin): "
-        "exiting with code %d so a supervisor restarts the guard; the restart aborts any open transaction",
+        "exiting with code %d so a supervisor restarts the guard; %s",
         step,
         waited_s,
         EXIT_TRANSACTION_HUNG,
+        restart,
     )
     for handler in logging.getLogger().handlers:
         handler.flush()

@@ -78,6 +78,18 @@ class GuardMetrics:
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
         )
+        self.optout_notices = Counter(
+            "partner_guard_optout_notices_total",
+            "Opt-out and deletion notices sent (committed), by partner and kind.",
+            ["partner", "kind"],
+            registry=r,
+        )
+        self.consent_changes = Counter(
+            "partner_guard_consent_changes_total",
+            "Consent-topic records the notice path acted on (committed), by what they were.",
+            ["kind"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "partner_guard_batch_duration_seconds",
             "Time to decide and commit one batch.",
@@ -110,6 +122,16 @@ class GuardMetrics:
             "Input records not yet consumed.",
             ["topic", "partition"],
             registry=r,
+        )
+        self.group_lag = Gauge(
+            "partner_guard_group_lag_records",
+            "End offset minus the consumer group's committed offset, per input partition, whoever "
+            "owns it (take max over instances, not sum).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "partner_guard_assigned_partitions", "Input partitions this instance owns.", registry=r
         )
         self.state_store_bytes = Gauge(
             "partner_guard_state_store_bytes", "Bytes of the disk state store on disk", ["table"], registry=r

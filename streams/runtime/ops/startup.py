@@ -63,12 +63,22 @@ def partner_keys(
 
 def check_topic_roles(settings: Settings, ruleset: Ruleset) -> None:
     """Refuse a start where one topic has two roles: inputs, consent, sign-up status, blocked,
-    republish markers and every partner's output topic are all distinct (`StartupError`)."""
+    republish markers, forwarded markers and every partner's output and notice topic are all
+    distinct (`StartupError`)."""
     outputs = [
         TopicRole(
             rule.topic, f"the output topic of partner '{rule.partner}'", f"topic in {rule.partner}.yaml"
         )
         for rule in ruleset.rules
+    ]
+    outputs += [
+        TopicRole(
+            rule.source.optout_topic,
+            f"the notice topic of partner '{rule.partner}'",
+            f"optout_notices.topic in {rule.partner}.yaml",
+        )
+        for rule in ruleset.rules
+        if rule.source.optout_notices.sends
     ]
     clash = topic_role_clash([*settings.topic_roles(), *outputs])
     if clash is not None:

@@ -42,11 +42,11 @@ def run_cli(
     )
 
 
-def refusal(result: subprocess.CompletedProcess[str]) -> str:
+def refusal(result: subprocess.CompletedProcess[str], words: str = "refusing to start") -> str:
     """The single refusal line; every other stderr line must be JSON (no traceback)."""
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    refusals = [line for line in lines if line.startswith("refusing to start: ")]
+    refusals = [line for line in lines if line.startswith(f"{words}: ")]
     assert len(refusals) == 1, result.stderr
     for line in lines:
         if line not in refusals:
@@ -232,16 +232,17 @@ def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_every_command_reports_the_projects_errors_one_way(tmp_path: Path) -> None:
-    """A refused ruleset, a missing key, a bad setting: `refusing to start: ...`, exit 2, no traceback."""
+    """A refused ruleset, a missing key, a bad setting: one line in the command's words
+    (`refusing to start: ...` for `run`), exit 2, no traceback."""
     (tmp_path / "acme.yaml").write_text("partner: acme\njurisdictions: [US]\nevents: {}\n")
     (tmp_path / "_leak-scan.yaml").write_text((RULES / "_leak-scan.yaml").read_text())
     rules = run_cli(["rules", "check", str(tmp_path)])
     assert rules.returncode == 2 and "Traceback" not in rules.stderr
     first, *problems = rules.stderr.strip().splitlines()
-    assert first == "refusing to start: rules refused (1 problem(s)):"
+    assert first == "rules check: rules refused (1 problem(s)):"  # it checks; it starts nothing
     assert len(problems) == 1 and problems[0].startswith(f"  {tmp_path / 'acme.yaml'}:3: events:")
     no_key = run_cli(["decide", "--rules", str(RULES)])
-    assert "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION" in refusal(no_key)
+    assert "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION" in refusal(no_key, "decide")
     bad_setting = run_cli(["run", "--rules", str(RULES)], env={"PARTNER_GUARD_BATCH_SIZE": "lots"})
     assert "setting 'batch_size'" in refusal(bad_setting)
 
