@@ -426,6 +426,59 @@ def blocked_record(
     return shared.kafka_key, value, headers
 
 
+def content_blocked_record(
+    raw: bytes,
+    source: SourceRef,
+    event_id: str,
+    protector: PayloadProtector,
+    by_reference: bool,
+    part: DecisionsPart,
+    max_bytes: int,
+) -> tuple[bytes | None, bytes, Headers] | None:
+    """`blocked_record(part.withheld, blocked_input(source, raw, None, event_id, protector,
+    by_reference), source, max_bytes, part)` in one step, for an input no rule can receive in
+    full mode: the same bytes, without the intermediate `BlockedInput`.
+
+    None when the mode is not full or the record would exceed `max_bytes` (the general path
+    builds it, reduced); `tests/runtime/formats/test_blocked_assembly.py` pins the equality.
+    """
+    if protector.mode != "full":
+        return None
+    kafka_key, key_json = protector.input_key_serialized(source.key)
+    payload = _REFERENCE_PAYLOAD_JSON if by_reference else protector.protect_serialized(raw, {})[1]
+    partition, offset = str(source.partition).encode(), str(source.offset).encode()
+    topic = source.topic.encode()
+    value = b"".join(
+        (
+            _VALUE_HEAD,
+            orjson.dumps(event_id),
+            b",",
+            part.json,
+            b',"snapshot":null,"source":',
+            _source_json(source, key_json),
+            b",",
+            payload,
+            b',"original_size":',
+            str(len(raw)).encode(),
+            b',"original_sha256":"',
+            hashlib.sha256(raw).hexdigest().encode(),
+            b'","reduced":false}',
+        )
+    )
+    size = len(kafka_key or b"") + len(value) + part.headers_size + len(topic) + len(partition) + len(offset)
+    if size > max_bytes:
+        return None
+    headers: Headers = [
+        ("pg-partners", part.partners_header),
+        ("pg-reasons", part.reasons_header),
+        ("pg-ruleset-digest", part.digest_header),
+        ("pg-source-topic", topic),
+        ("pg-source-partition", partition),
+        ("pg-source-offset", offset),
+    ]
+    return kafka_key, value, headers
+
+
 def _headers(body: dict[str, Any], source: SourceRef) -> Headers:
     decisions = body["decisions"]
     reasons = dict.fromkeys([r for entry in decisions for r in entry["reasons"]])

@@ -41,6 +41,7 @@ from streams.runtime.formats.records import (
     Withheld,
     blocked_input,
     blocked_record,
+    content_blocked_record,
     partner_headers,
     partner_record,
 )
@@ -344,9 +345,12 @@ class RecordDecider:
         raw = value or b""
         outputs = _Outputs()
         record: Event | Envelope | Malformed | None = None
+        content: tuple[bytes | None, bytes, Headers] | None = None
         try:
             record = self.decode(value, source.input_format)
-            self._build_outputs(record, raw, source, stale, outputs)
+            content = self._content_record(record, raw, source) if type(record) is Envelope else None
+            if content is None:
+                self._build_outputs(record, raw, source, stale, outputs)
         except Exception as exc:
             log.warning(
                 "internal error building the outputs of %s[%d]@%d: %s; blocked for every partner",
@@ -357,6 +361,15 @@ class RecordDecider:
             )
             event_id = record.event_id if isinstance(record, _DECODED) else None
             outputs = self._contained_outputs(raw, source, event_id, exc)
+            content = None
+        if content is not None:  # the fused path: one blocked record, the shared decisions' counts
+            blocked_key, blocked_value, blocked_headers = content
+            sink(self.settings.blocked_topic, blocked_value, blocked_key, blocked_headers)
+            tally.shared[self._gated_blocks] += 1
+            tally.records_in[source.topic] += 1
+            if source.timestamp_ms is not None:
+                tally.timestamps_ms.append(source.timestamp_ms)
+            return
         for topic, output, key, headers in outputs.records:
             sink(topic, output, key, headers)
         if outputs.markers and self._tracker is not None:
@@ -368,6 +381,25 @@ class RecordDecider:
         tally.records_in[source.topic] += 1
         if source.timestamp_ms is not None:
             tally.timestamps_ms.append(source.timestamp_ms)
+
+    def _content_record(
+        self, record: Envelope, raw: bytes, source: SourceRef
+    ) -> tuple[bytes | None, bytes, Headers] | None:
+        """The fused path of an input no rule can receive (most traffic), full payload mode: its
+        blocked record (key, value, headers) in one step from the shared decisions, the same
+        bytes as the general path. None when the general path must build it."""
+        gated = self._gated
+        if gated is None or record.event_type in self._receivable:
+            return None
+        return content_blocked_record(
+            raw,
+            source,
+            record.event_id,
+            self.payload,
+            self._by_reference,
+            gated,
+            self.settings.max_record_bytes,
+        )
 
     def _build_outputs(
         self,
