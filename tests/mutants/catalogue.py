@@ -56,8 +56,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "P1",
         "default-deny projection: every unlisted property is copied into the partner record",
         "streams/core/transforms.py",
-        "            out.leaks.append(f\"{spec.name}: raw_value\")\n    return out\n",
-        "            out.leaks.append(f\"{spec.name}: raw_value\")\n"
+        '            out.leaks.append(f"{spec.name}: raw_value")\n    return out\n',
+        '            out.leaks.append(f"{spec.name}: raw_value")\n'
         "    out.record.update({k: v for k, v in event.properties.items() if k not in out.record})\n"
         "    return out\n",
         (_PROMISES_PY, "tests/core/test_rules_loader.py", "tests/offline/test_rule_authoring.py"),
