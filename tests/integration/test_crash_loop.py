@@ -176,7 +176,9 @@ def test_a_hung_commit_exits_4_and_the_restart_redoes_the_batch(
     guard = scenario.start(env)
     assert guard.process.wait(timeout=300) == EXIT_TRANSACTION_HUNG, guard.log()
     assert "still blocked" in guard.log()
-    assert 0 < scenario.committed() <= 2 * 200
+    # batches 1-2 committed, the hung third did not move the input offsets (the first batches may
+    # be the consent changes the guard also consumes for opt-out notices: then 0 inputs so far)
+    assert scenario.committed() <= 2 * 200
 
     again = scenario.start()
     try:

@@ -228,7 +228,6 @@ class GuardJob:
     def _run_loop(self) -> int:
         settings = self.settings
         self.state.on_reload = self._state_reloaded
-        self._load_state()
         transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
@@ -246,6 +245,10 @@ class GuardJob:
             log.error("fatal transaction error at start, stopping: %s", exc)
             self._close(None, producer)
             return exitcodes.JOB_FAILED
+        # The state is read only now: the forwarded topic is written in this id's transactions,
+        # and a transaction the previous instance left open (killed between produce and commit)
+        # holds back every read_committed reader of it until `init_transactions` aborted it.
+        self._load_state()
         consumer = Consumer(
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
