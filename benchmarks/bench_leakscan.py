@@ -44,7 +44,7 @@ def main(count: int = 50_000) -> None:
             if decision.forwarded and isinstance(record, Event):
                 forwarded.append((record, decision.record or {}))
     scanner = ruleset.leak_scanner
-    spellings = [sensitive_values(event, ruleset.tags) | scanner.spellings(event) for event, _ in forwarded]
+    spellings = [scanner.raw_values(event, sensitive_values(event, ruleset.tags)) for event, _ in forwarded]
 
     def warm() -> None:
         for (_, record), raw in zip(forwarded, spellings, strict=True):
@@ -57,7 +57,7 @@ def main(count: int = 50_000) -> None:
 
     def collect() -> None:
         for event, _ in forwarded:
-            sensitive_values(event, ruleset.tags) | scanner.spellings(event)
+            scanner.raw_values(event, sensitive_values(event, ruleset.tags))
 
     def decide_all() -> None:
         for record, snapshot in decided:

@@ -29,7 +29,8 @@ from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.core.models import Event
 from streams.runtime.kafka.io import produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.state.store import StoreTuning, open_state_tables, state_topic_layout
+from streams.runtime.state.layout import state_topic_layout
+from streams.runtime.state.store import StoreTuning, open_state_tables
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,14 +168,11 @@ def main(entries: int) -> None:
         process, port = _start_guard(broker.bootstrap, state_dir, work / "guard.log", "memory")
         memory_s, memory_rss = _time_to_ready(process, port)
         _stop(process)
-        cluster_id, counts = state_topic_layout(
+        cluster_id, layout = state_topic_layout(
             {"bootstrap.servers": broker.bootstrap}, ["privacy.consent", "member.signup-status"]
         )
 
-    topics = {
-        "consent": ("privacy.consent", counts["privacy.consent"]),
-        "signup_status": ("member.signup-status", counts["member.signup-status"]),
-    }
+    topics = {"consent": layout["privacy.consent"], "signup_status": layout["member.signup-status"]}
     disk_tables = open_state_tables("rocksdb", state_dir, topics, cluster_id, StoreTuning())
     if disk_tables.stores["consent"].rebuilt_because:
         disk_tables.close()

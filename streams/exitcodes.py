@@ -1,4 +1,4 @@
-"""Process exit codes of every `partner-guard` command, in one place (listed in the README).
+"""Process exit codes of every `partner-guard` command, in one place (docs/operations.md lists them).
 
 A supervisor, a CI job and a shell script read these; they are a stable API like reason codes.
 """

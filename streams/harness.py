@@ -10,6 +10,7 @@ command a user would start and looks at what an operator would look at (/readyz,
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -215,11 +216,11 @@ class GuardProcess:
         """The end of the process log so far."""
         return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout_s`: generous, a Faust worker on a busy machine
-        can take more than 15 s to stop); returns the exit code."""
+    def stop(self, timeout_s: float = 60.0, stop_signal: int = signal.SIGTERM) -> int:
+        """SIGTERM (or `stop_signal`) and wait (SIGKILL after `timeout_s`: generous, a Faust worker
+        on a busy machine can take more than 15 s to stop); returns the exit code."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(stop_signal)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -55,6 +55,16 @@ class GroupedScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has
         return ONE_WORKER_GROUPS.get(path.rsplit("/", 1)[-1], nodeid)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """On the controller (or a run without xdist), before any worker starts: resolve the
+    embedded broker's binary once, under its file lock. The path goes into the environment
+    the workers inherit, so four workers starting brokers at once never copy it at once."""
+    if not hasattr(config, "workerinput"):
+        from streams.broker.embedded import broker_binary
+
+        broker_binary()
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupedScheduling:
     """The scheduler of every `-n` run (xdist's hook, called on the controller)."""
     return GroupedScheduling(config, log)

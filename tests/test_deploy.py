@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from streams.core.rules.loader import load_ruleset
-from streams.runtime.ops.config import Settings, load_settings
+from streams.runtime.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = re.compile(r"^[\w./-]+:(?!latest$)[\w.-]*\d[\w.-]*$")
@@ -74,9 +74,11 @@ def test_topic_setup_creates_exactly_the_topics_the_guard_uses(monkeypatch: pyte
         settings.signup_status_topic,
         settings.blocked_topic,
         *(rule.topic for rule in ruleset.rules),
+        settings.forwarded_topic,
+        *(rule.source.optout_topic for rule in ruleset.rules if rule.source.optout_notices.sends),
     }
     assert set(created) == used
-    for compacted in (settings.consent_topic, settings.signup_status_topic):
+    for compacted in (settings.consent_topic, settings.signup_status_topic, settings.forwarded_topic):
         assert "cleanup.policy=compact" in created[compacted]
     assert _compose()["services"]["guard"]["depends_on"]["topic-setup"]["condition"] == (
         "service_completed_successfully"
@@ -85,12 +87,23 @@ def test_topic_setup_creates_exactly_the_topics_the_guard_uses(monkeypatch: pyte
 
 def test_ports_and_scrape_target_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _guard_settings(monkeypatch)
-    assert f"{settings.metrics_port}:{settings.metrics_port}" in _compose()["services"]["guard"]["ports"]
+    assert _compose()["services"]["guard"]["expose"] == [str(settings.metrics_port)]
+    assert "ports" not in _compose()["services"]["guard"]  # a fixed host port would stop --scale
     prometheus = YAML(typ="safe").load((ROOT / "deploy/prometheus.yml").read_text())
-    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == [f"guard:{settings.metrics_port}"]
+    (discovery,) = prometheus["scrape_configs"][0]["dns_sd_configs"]
+    assert discovery == {"names": ["guard"], "type": "A", "port": settings.metrics_port}
     mounted = _compose()["services"]["prometheus"]["volumes"][0].split(":")[0]
     assert (ROOT / mounted).resolve() == (ROOT / "deploy/prometheus.yml").resolve()
+
+
+def test_the_guard_scales_to_several_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each replica derives its own stable transactional id from its container's hostname."""
+    settings = _guard_settings(monkeypatch)
+    ids = {settings.resolved_transactional_id(host, 1) for host in ("3f2a9c1b", "7d0e44aa")}
+    assert len(ids) == 2
+    assert settings.resolved_transactional_id("3f2a9c1b", 1) == settings.resolved_transactional_id(
+        "3f2a9c1b", 2
+    )
 
 
 def test_dockerfile_shape() -> None:
@@ -134,11 +147,20 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
 
 
 def test_the_disk_state_store_lives_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's VOLUME holds the state dir: one anonymous volume per container, never shared."""
     settings = _guard_settings(monkeypatch)
     guard = _compose()["services"]["guard"]
-    mounts = {m.split(":")[1]: m.split(":")[0] for m in guard["volumes"]}
     assert settings.state_store == "rocksdb"
-    assert any(str(settings.state_dir).startswith(target) for target in mounts), (settings.state_dir, mounts)
-    assert all(name in _compose()["volumes"] for name in mounts.values())
+    assert "volumes" not in guard  # a named volume would be shared by every replica
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "VOLUME /var/lib/partner-guard" in dockerfile
+    assert str(settings.state_dir).startswith("/var/lib/partner-guard/")
+
+
+def test_a_transactional_id_placeholder_other_than_hostname_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PARTNER_GUARD_BOOTSTRAP_SERVERS", "kafka:19092")
+    monkeypatch.setenv("PARTNER_GUARD_TRANSACTIONAL_ID", "partner-guard-{pod}")
+    with pytest.raises(ConfigError, match="only placeholder"):
+        load_settings()

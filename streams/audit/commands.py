@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from streams import exitcodes
-from streams.cli_support import err, load_ruleset_or_exit
+from streams.cli_support import default_rules_dir, err, load_ruleset_or_exit, refusal_words, stdout_console
 from streams.core.rules.loader import RulesetError
 from streams.core.rules.ruleset import Ruleset
 from streams.runtime.ops.secrets import MissingKeyError, load_keys
@@ -44,7 +44,7 @@ PayloadKeys = Annotated[Path | None, typer.Option("--payload-keys-file", help="k
 
 def _blocked_records(from_file: Path | None, config: Path | None, wanted: Any, progress: Any = None) -> Any:
     from streams.audit.source import read_file, read_topic
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if from_file is not None:
         return read_file(from_file, wanted), None
@@ -122,7 +122,12 @@ def replay_command(
     rule: RuleOpt = None,
     verify_rules: Annotated[
         list[Path] | None,
-        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+        typer.Option(
+            "--verify-rules",
+            metavar="DIR",
+            help="rules directories to find recorded digests in"
+            " (default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
     ] = None,
     git_history: Annotated[
         bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
@@ -155,6 +160,12 @@ def replay_command(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="exit 0 when the filters select no record")
     ] = False,
+    with_forwarded: Annotated[
+        bool,
+        typer.Option(
+            "--forwarded", help="also check what partners received (as `replay forwarded`; first in --html)"
+        ),
+    ] = False,
 ) -> None:
     """Re-decide blocked records under the ruleset that decided them; exit 1 on any mismatch."""
     if ctx.invoked_subcommand is not None:
@@ -166,7 +177,8 @@ def replay_command(
     from streams.audit.report_model import ReplayRun
     from streams.audit.rulesets import RulesetLibrary, ruleset_at_ref, with_replay_keys
 
-    library = RulesetLibrary(verify_rules or [Path("rules")], git_dir if git_history else None)
+    refusal_words("replay")
+    library = RulesetLibrary(verify_rules or [default_rules_dir()[0]], git_dir if git_history else None)
     _check_filter_values(library, partner, reason, rule)
     bar, on_progress = _progress_bar()
     wanted = _filter(since, until, partner, reason, rule)
@@ -184,15 +196,25 @@ def replay_command(
     try:
         with bar:
             records = _with_originals(list(records), settings, config)
-            result = replay(records, library, keyring, whatif, _job_avro_decoder(settings, config))
+            avro = _job_avro_decoder(settings, config)
+            result = replay(records, library, keyring, whatif, avro)
+            if whatif is not None:
+                result.new_partners = _new_partners(
+                    result, library, whatif, settings, keyring, avro, since, until
+                )
     except (OSError, RuntimeError, KafkaException) as exc:
         err.print(f"replay could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    console = Console()
+    console = stdout_console()
+    received = _received(settings, config, library, partner, since, until) if with_forwarded else None
     if not result.outcomes:
         console.print("no blocked record selected: nothing was verified")
         if not allow_empty:
             raise typer.Exit(EXIT_NOTHING_SELECTED)
+    if received is not None:
+        from streams.audit.report import print_forwarded
+
+        print_forwarded(console, received)
     print_summary(console, result, whatif is not None)
     if jsonl:
         write_jsonl(result, jsonl)
@@ -205,12 +227,116 @@ def replay_command(
             given = f"--rules {whatif_rules}" if whatif_rules is not None else f"--rules-ref {whatif_ref}"
             whatif_label = f"{given} (digest {whatif.digest})"
         run = ReplayRun.describe(source, filters, library.searched(), whatif_label, datetime.now(UTC))
-        write_html(result, html_out, run, whatif is not None)
+        optouts = _optouts_section(settings, since, (verify_rules or [Path("rules")])[0])
+        write_html(result, html_out, run, whatif is not None, received, optouts)
     if republish_records:
         _republish(result, settings, whatif, keyring, keys_dir, dry_run, console)
-    if result.failed:
+    if result.failed or (received is not None and received.level == "red"):
         raise typer.Exit(EXIT_MISMATCH)
     raise typer.Exit(EXIT_INVALID_RECORDS if result.has_invalid else 0)
+
+
+def _received(
+    settings: Any,
+    config: Path | None,
+    library: Any,
+    partner: str | None,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    """`replay --forwarded`: what the partners received, with today's rules/ as the leak scan's vocabulary."""
+    from streams.audit.forwarded import audit_forwarded
+    from streams.audit.rulesets import with_replay_keys
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    if settings is None:
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            err.print(f"--forwarded reads the partner topics: {exc}", highlight=False, markup=False)
+            raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    today = with_replay_keys(load_ruleset_or_exit(*default_rules_dir()))
+    range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
+    try:
+        return audit_forwarded(
+            settings.kafka_base(),
+            today,
+            library,
+            partner,
+            list(settings.input_topics),
+            settings.blocked_topic,
+            parse_time(since),
+            parse_time(until),
+            range_text,
+        )
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"--forwarded could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+
+
+def _new_partners(
+    result: Any,
+    library: Any,
+    whatif: Ruleset,
+    settings: Any,
+    keyring: Any,
+    avro: Any,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    """What-if for partners the proposed ruleset adds: every input decided (None when it adds none)."""
+    from streams.audit.newpartners import added_partners, decide_new_partners, read_source_inputs, redecoder
+    from streams.audit.republish import _current_state
+    from streams.audit.source import parse_time
+    from streams.runtime.kafka.avro_input import decode_input
+    from streams.runtime.state.tables import snapshot_for
+
+    digests = {o.blocked.get("ruleset_digest") for o in result.outcomes}
+    recorded = [r for d in digests if isinstance(d, str) and (r := library.find(d)) is not None]
+    added = added_partners(whatif, recorded or library.known())
+    if not added:
+        return None
+    if settings is None:
+        why = "an exported file was replayed (--from-file): no source topics or state to read"
+        return decide_new_partners(result.outcomes, whatif, added, redecoder(keyring, avro), None, None, why)
+    consent, status = _current_state(settings.kafka_base(), settings)
+    decoder = avro.decoder(whatif.event_schema)
+
+    def decode(topic: str, raw: bytes | None) -> Any:
+        return decode_input(raw, settings.topic_format(topic), decoder, None)
+
+    inputs = read_source_inputs(
+        settings.kafka_base(), settings.input_topics, parse_time(since), parse_time(until), decode
+    )
+    return decide_new_partners(
+        result.outcomes,
+        whatif,
+        added,
+        redecoder(keyring, avro),
+        lambda record: snapshot_for(record, consent, status, False),
+        inputs,
+    )
+
+
+def _optouts_section(settings: Any, since: str | None, rules: Path) -> Any:
+    """The report's notices section, read from the partners' notice topics (None without Kafka
+    settings, as for `--from-file`; a note when they cannot be read)."""
+    from streams.audit.optouts import NoticeReport, read_notices, report_section
+    from streams.audit.source import parse_time
+    from streams.core.rules.loader import load_ruleset
+
+    if settings is None:
+        return None
+    try:
+        ruleset = load_ruleset(rules)
+        topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
+        report = read_notices(settings.kafka_base(), topics, parse_time(since))
+    except (RulesetError, RuntimeError, KafkaException, ValueError) as exc:
+        section = report_section(NoticeReport(), [], since)
+        section.notes.append(f"notices could not be read: {type(exc).__name__}")
+        return section
+    return report_section(report, list(topics), since)
 
 
 def _topic_source(settings: Any) -> str:
@@ -221,7 +347,7 @@ def _topic_source(settings: Any) -> str:
 def _with_originals(records: list[Any], settings: Any, config: Path | None) -> list[Any]:
     """Fetch originals kept by reference from their source topics (when Kafka is configured)."""
     from streams.audit.source import resolve_references
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     if not any(isinstance(r, dict) and r.get("payload_mode") == "reference" for r in records):
         return records
@@ -241,8 +367,8 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
     An exported file is read without settings: they are loaded here if they can be (the
     `--config` file, the environment); without them every schema id reads as the guard's own.
     """
+    from streams.runtime.config import ConfigError, load_settings
     from streams.runtime.kafka.avro_input import ReplayAvro
-    from streams.runtime.ops.config import ConfigError, load_settings
 
     if settings is None:
         try:
@@ -253,7 +379,7 @@ def _job_avro_decoder(settings: Any, config: Path | None) -> Any:
 
 
 def _replay_keyring(keys_file: Path | None) -> Any:
-    from streams.runtime.pipeline.payload import Keyring, PayloadKeyError
+    from streams.runtime.formats.payload import Keyring, PayloadKeyError
 
     try:
         return Keyring.load(keys_file)
@@ -271,7 +397,7 @@ def _republish(
     console: Console,
 ) -> None:
     from streams.audit.republish import republish
-    from streams.runtime.pipeline.transaction import TransactionFatalError
+    from streams.runtime.kafka.calls import TransactionFatalError
 
     if whatif is None or settings is None:
         err.print("--republish needs --rules (the corrected ruleset) and the blocked topic, not --from-file")
@@ -317,3 +443,166 @@ def replay_export(
         err.print(f"export could not run: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     print(f"exported {count:,} blocked record(s) to {out}")
+
+
+@replay_app.command("forwarded")
+def replay_forwarded(
+    config: ConfigOpt = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time: written at or after")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time: written before")] = None,
+    partner: Partner = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="today's rules: partner topics and the leak re-scan's vocabulary "
+            "(default: PARTNER_GUARD_RULES_DIR, else ./rules)",
+        ),
+    ] = None,
+    verify_rules: Annotated[
+        list[Path] | None,
+        typer.Option("--verify-rules", help="rules directories to find recorded digests in (default rules/)"),
+    ] = None,
+    git_history: Annotated[
+        bool, typer.Option("--git/--no-git", help="also search rules/ in git history")
+    ] = True,
+    git_dir: Annotated[
+        Path, typer.Option("--git-dir", help="repository whose rules/ and schema history holds past rulesets")
+    ] = Path("."),
+    inputs: Annotated[
+        bool,
+        typer.Option("--inputs/--no-inputs", help="cross-check against the source topics (conservation)"),
+    ] = True,
+    sample_every: Annotated[
+        int,
+        typer.Option("--sample-every", min=1, help="conservation on inputs whose offset is a multiple of N"),
+    ] = 1,
+    jsonl: Annotated[Path | None, typer.Option("--jsonl", help="one JSON line per partner record")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained HTML report")
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="exit 0 when no partner record is in the range")
+    ] = False,
+) -> None:
+    """What each partner received: leak re-scan, projection at the recorded digest, conservation.
+
+    Exit 0 green or amber, 1 a finding (a leak today's scan flags, a record its rule could not
+    produce, an input not forwarded or blocked exactly once), 4 no partner record in the
+    range, 2 could not run.
+    """
+    from streams.audit.forwarded import audit_forwarded
+    from streams.audit.report import print_forwarded, write_forwarded_html, write_forwarded_jsonl
+    from streams.audit.report_model import ReplayRun
+    from streams.audit.rulesets import RulesetLibrary, with_replay_keys
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    refusal_words("replay forwarded")
+    rules_dir, source = (rules, "--rules") if rules is not None else default_rules_dir()
+    today = with_replay_keys(load_ruleset_or_exit(rules_dir, source))
+    if partner is not None and partner not in today.partners:
+        err.print(f"--partner {partner}: unknown; valid: {', '.join(today.partners)}", highlight=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    try:
+        since_ms, until_ms = parse_time(since), parse_time(until)
+    except ValueError as exc:
+        err.print(f"--since/--until: {exc}")
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    library = RulesetLibrary(verify_rules or [rules_dir], git_dir if git_history else None)
+    range_text = f"written {since or 'from the start'} to {until or 'the end'} (UTC)"
+    if sample_every > 1:
+        range_text += f"; conservation on a sample: inputs whose offset is a multiple of {sample_every}"
+    try:
+        audit = audit_forwarded(
+            settings.kafka_base(),
+            today,
+            library,
+            partner,
+            list(settings.input_topics) if inputs else None,
+            settings.blocked_topic,
+            since_ms,
+            until_ms,
+            range_text,
+            sample_every,
+        )
+    except (OSError, RuntimeError, KafkaException) as exc:
+        err.print(f"replay forwarded could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    console = stdout_console()
+    print_forwarded(console, audit)
+    if jsonl:
+        write_forwarded_jsonl(audit, jsonl)
+    if html_out:
+        filters = {"--since": since, "--until": until, "--partner": partner}
+        source = f"partner topics on {settings.bootstrap_servers}"
+        run = ReplayRun.describe(source, filters, library.searched(), None, datetime.now(UTC))
+        write_forwarded_html(audit, html_out, run)
+    if audit.level == "red":
+        raise typer.Exit(EXIT_MISMATCH)
+    if audit.total == 0 and not allow_empty:
+        raise typer.Exit(EXIT_NOTHING_SELECTED)
+    raise typer.Exit(0)
+
+
+@replay_app.command("optouts")
+def replay_optouts(
+    config: ConfigOpt = None,
+    since: Since = None,
+    partner: Partner = None,
+    rules: Annotated[Path, typer.Option("--rules", help="rules directory naming the notice topics")] = Path(
+        "rules"
+    ),
+    listing: Annotated[
+        bool, typer.Option("--list", help="also list every notice (no identifier values)")
+    ] = False,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="write the notices as an HTML section")
+    ] = None,
+) -> None:
+    """List the opt-out and deletion notices sent, per partner, with counts."""
+    from streams.audit.optouts import read_notices, summary_lines, write_html
+    from streams.audit.source import parse_time
+    from streams.runtime.config import ConfigError, load_settings
+
+    ruleset = load_ruleset_or_exit(rules)
+    topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
+    if partner is not None:
+        if partner not in topics:
+            err.print(
+                f"--partner {partner}: unknown or sent no notices; valid: {', '.join(topics) or 'none'}"
+            )
+            raise typer.Exit(EXIT_COULD_NOT_RUN)
+        topics = {partner: topics[partner]}
+    try:
+        since_ms = parse_time(since)
+        settings = load_settings(config)
+    except ValueError as exc:
+        err.print(f"--since: {exc}")
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    except ConfigError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    try:
+        report = read_notices(settings.kafka_base(), topics, since_ms)
+    except (RuntimeError, KafkaException) as exc:
+        err.print(f"replay optouts could not run: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    console = Console()
+    for line in summary_lines(report, list(topics)):
+        console.print(line, highlight=False, markup=False)
+    if listing:
+        for n in report.notices:
+            console.print(
+                f"{n.partner} {n.kind} {n.changed_at} choices={','.join(n.choices) or '-'} "
+                f"fields={','.join(n.fields)} id={n.notice_id}",
+                highlight=False,
+                markup=False,
+            )
+    if html_out is not None:
+        write_html(report, list(topics), since, html_out)

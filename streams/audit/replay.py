@@ -9,6 +9,7 @@ counted and listed, never a crash.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -16,7 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.audit.rulesets import RulesetLibrary
-from streams.audit.source import SOURCE_EXPIRED, SOURCE_MISMATCH
+from streams.audit.source import SOURCE_EXPIRED, SOURCE_INVALID, SOURCE_MISMATCH
 from streams.core.codec import decode_avro, decode_json
 from streams.core.consent import subjects_of
 from streams.core.decide import decide, receivable_types
@@ -24,8 +25,7 @@ from streams.core.models import Decision, Envelope, Event, Malformed, StateSnaps
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import event_schema
-from streams.runtime.kafka.avro_input import ReplayAvro, decode_input
-from streams.runtime.pipeline.payload import (
+from streams.runtime.formats.payload import (
     FETCHED_ORIGINAL,
     Keyring,
     PayloadKeyError,
@@ -34,7 +34,8 @@ from streams.runtime.pipeline.payload import (
     reveal,
     unhash_key,
 )
-from streams.runtime.pipeline.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
+from streams.runtime.formats.records import BLOCKED_FORMAT, BLOCKED_FORMAT_V1, CONTAINED_ERROR_DETAIL
+from streams.runtime.kafka.avro_input import LOOKUPS_SPENT, REGISTRY_UNAVAILABLE, ReplayAvro, decode_input
 
 log = logging.getLogger(__name__)
 Status = Literal["match", "mismatch", "unverifiable", "ruleset_not_found", "invalid_record", "source_expired"]
@@ -49,11 +50,13 @@ READER_MEMBERS = (
     "_invalid",
     SOURCE_EXPIRED,
     SOURCE_MISMATCH,
+    SOURCE_INVALID,
     FETCHED_ORIGINAL,
 )
 _FORMATS = "|".join(f.replace(".", "[.]") for f in (BLOCKED_FORMAT_V1, BLOCKED_FORMAT))
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: anything later cannot be shown as a date
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+REGISTRY_TIME = "blocked while the Schema Registry did not answer the job; it answers now"
 UNCONFIGURED_AVRO = (
     "Avro read without the job's schema registry or pinned id: every id as the guard's own schema; "
     "give replay the job's settings (--config or PARTNER_GUARD_*)"
@@ -141,6 +144,8 @@ class Outcome:
     redecided: Decision | None = None
     whatif: Decision | None = None
     event_type: str | None = None  # of the decoded original (reports group by it); None when not decoded
+    # Every partner's decision under the proposed ruleset (new partners included); () when none
+    whatif_all: tuple[Decision, ...] = ()
 
     @property
     def partner(self) -> str:
@@ -288,8 +293,10 @@ def _verify_one(
         return Outcome(blocked, "unverifiable", "blocked by the job after an error outside the decision")
     if blocked.get("reduced"):
         return Outcome(blocked, "unverifiable", "original dropped: record was too large")
+    if blocked.get(SOURCE_INVALID):
+        return Outcome(blocked, "invalid_record", f"reference to no record: {blocked[SOURCE_INVALID]}")
     if blocked.get(SOURCE_EXPIRED):
-        return Outcome(blocked, "source_expired", "the referenced source record is past retention")
+        return Outcome(blocked, "source_expired", "the referenced source record is below its log start")
     if blocked.get(SOURCE_MISMATCH):
         return Outcome(blocked, "mismatch", str(blocked[SOURCE_MISMATCH]))
     ruleset = library.find(str(blocked.get("ruleset_digest")))
@@ -318,7 +325,8 @@ def _verify_one(
     partner = str(blocked.get("partner"))
     outcome = Outcome(blocked, "match", event_type=getattr(full, "event_type", None))
     if whatif is not None:
-        outcome.whatif = _decision_for(decide(full, snapshot, whatif), partner)
+        outcome.whatif_all = tuple(decide(full, snapshot, whatif))
+        outcome.whatif = _decision_for(list(outcome.whatif_all), partner)
     if ruleset is None:
         outcome.status, outcome.why = (
             "ruleset_not_found",
@@ -332,16 +340,44 @@ def _verify_one(
     if decision is None:
         outcome.status, outcome.why = "mismatch", f"the ruleset has no rule for partner {partner}"
     elif decision.verdict != "block":
-        outcome.status, outcome.why = "mismatch", "re-decided as forward"
+        outcome.status, outcome.why = "mismatch", "recorded: block; re-decided: forward"
     elif list(decision.reasons) != recorded_reasons:
-        outcome.status, outcome.why = "mismatch", f"reasons {list(decision.reasons)} != {recorded_reasons}"
-    elif list(decision.details) != list(blocked.get("details", [])) or decision.rule_id != blocked.get(
-        "rule_id"
-    ):
-        outcome.status, outcome.why = "mismatch", "details or rule id differ"
-    if outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded reasons {recorded_reasons}; re-decided reasons {list(decision.reasons)}",
+        )
+    elif decision.rule_id != blocked.get("rule_id"):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded rule id {str(blocked.get('rule_id'))[:100]!r}; re-decided {decision.rule_id!r}",
+        )
+    elif list(decision.details) != list(blocked.get("details", [])):
+        outcome.status, outcome.why = (
+            "mismatch",
+            f"recorded details {str(blocked.get('details'))[:300]}; re-decided {list(decision.details)}",
+        )
+    if outcome.status == "mismatch" and _blocked_for_registry_time(blocked):
+        outcome.status, outcome.why = "unverifiable", f"{outcome.why}: {REGISTRY_TIME}"
+    elif outcome.status == "mismatch" and record_format(blocked) == "avro" and not (avro and avro.configured):
         outcome.why += f" ({UNCONFIGURED_AVRO})"
     return outcome
+
+
+def _blocked_for_registry_time(blocked: dict[str, Any]) -> bool:
+    """True when the job blocked an Avro record only because the Schema Registry did not answer
+    (or was not asked, its batch's lookups spent): that decision depended on the registry's
+    state at the time, which replay cannot reproduce."""
+    details = blocked.get("details")
+    if record_format(blocked) != "avro" or blocked.get("reasons") != [Reason.SCHEMA_UNKNOWN.value]:
+        return False
+    if not isinstance(details, list) or len(details) != 1 or not isinstance(details[0], str):
+        return False
+    return (
+        re.fullmatch(
+            rf"schema id \d+: ({re.escape(REGISTRY_UNAVAILABLE)}|{re.escape(LOOKUPS_SPENT)})", details[0]
+        )
+        is not None
+    )
 
 
 def record_format(blocked: dict[str, Any]) -> str:
@@ -354,6 +390,8 @@ class ReplayResult:
     """All outcomes of a replay."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    # What-if: partners the proposed ruleset adds, decided on every input (`newpartners.NewPartners`)
+    new_partners: Any = None
 
     def count(self, status: Status) -> int:
         """How many outcomes have this status."""

@@ -14,11 +14,14 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from streams.audit.forwarded import FINDINGS_SHOWN, ForwardedAudit
 from streams.audit.replay import ReplayResult
 from streams.audit.report_model import (
+    APART_REASON,
     DIGESTS_SHOWN,
     OTHER,
     STATUS_NOUNS,
@@ -28,11 +31,13 @@ from streams.audit.report_model import (
     example_groups,
     format_time,
     plural,
+    reasons_explained,
     time_range,
     timeline_of,
     verdict_of,
     whatif_of,
 )
+from streams.core.reasons import explain
 
 # Tableau 10 without its grey, which is kept for OTHER: distinct hues for the charted reasons.
 REASON_COLOURS = (
@@ -87,6 +92,7 @@ class PartnerChart:
     peak: int
     bars: tuple[Bar, ...]
     ticks: tuple[Tick, ...]
+    apart: int = 0  # records blocked only for the reason counted apart (not charted)
 
 
 def reason_colours(timeline: Timeline) -> dict[str, str]:
@@ -137,7 +143,7 @@ def lay_out(timeline: Timeline) -> list[PartnerChart]:
                         f"{reason}: {n:,} (from {when})",
                     )
                 )
-        charts.append(PartnerChart(series.partner, series.records, peak, tuple(bars), ticks))
+        charts.append(PartnerChart(series.partner, series.records, peak, tuple(bars), ticks, series.apart))
     return charts
 
 
@@ -154,11 +160,47 @@ def _environment() -> Environment:
     environment.globals["status_nouns"] = STATUS_NOUNS
     environment.globals["nowrap"] = NOWRAP_COLUMNS
     environment.globals["digests_shown"] = DIGESTS_SHOWN
+    environment.globals["explain"] = explain
     return environment
 
 
-def render_html(result: ReplayResult, run: ReplayRun, whatif: bool) -> str:
-    """The report page for a replay."""
+def questions(forwarded: ForwardedAudit | None, verified: bool, whatif: bool) -> list[tuple[str, bool, str]]:
+    """The questions the page answers and does not: (question, answered, how or why not)."""
+    return [
+        (
+            "What did each partner receive, and was anything shared that should not have been?",
+            forwarded is not None,
+            "partner topics read: leak re-scan, projection at the recorded digest, conservation"
+            if forwarded is not None
+            else "not answered: the partner topics were not read (run `replay forwarded`)",
+        ),
+        (
+            "Did every block reproduce under the ruleset that decided it?",
+            verified,
+            "blocked records re-decided with their recorded state"
+            if verified
+            else "not answered: the blocked records were not re-decided (run `replay`)",
+        ),
+        (
+            "What would a proposed ruleset change?",
+            whatif,
+            "re-decided under the proposed ruleset"
+            if whatif
+            else "not answered: no --rules or --rules-ref given",
+        ),
+    ]
+
+
+def render_html(
+    result: ReplayResult,
+    run: ReplayRun,
+    whatif: bool,
+    forwarded: ForwardedAudit | None = None,
+    verified: bool = True,
+    optouts: Any = None,
+) -> str:
+    """The report page for a replay (and, when given, what the partners received);
+    `optouts` (`audit.optouts.NoticeSection`) adds the notices section."""
     timeline = timeline_of(result)
     return (
         _environment()
@@ -176,10 +218,24 @@ def render_html(result: ReplayResult, run: ReplayRun, whatif: bool) -> str:
             charts=lay_out(timeline) if timeline else [],
             geometry={"width": CHART_WIDTH, "height": CHART_HEIGHT, "left": PLOT_LEFT, "top": PLOT_TOP},
             groups=example_groups(result, whatif),
+            forwarded=forwarded,
+            verified=verified,
+            questions=questions(forwarded, verified, whatif),
+            reasons=reasons_explained(result),
+            apart_reason=APART_REASON,
+            findings_shown=FINDINGS_SHOWN,
+            optouts=optouts,
         )
     )
 
 
-def write_html(result: ReplayResult, path: Path, run: ReplayRun, whatif: bool) -> None:
+def write_html(
+    result: ReplayResult,
+    path: Path,
+    run: ReplayRun,
+    whatif: bool,
+    forwarded: ForwardedAudit | None = None,
+    optouts: Any = None,
+) -> None:
     """Write the self-contained report page."""
-    path.write_text(render_html(result, run, whatif), encoding="utf-8")
+    path.write_text(render_html(result, run, whatif, forwarded, optouts=optouts), encoding="utf-8")

@@ -18,7 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from streams.audit.newpartners import NewPartners
 from streams.audit.replay import STATUSES, Outcome, ReplayResult, Status, safe_timestamp
+from streams.core.reasons import explain
 
 Level = Literal["green", "amber", "red"]
 # Which statuses say "something is wrong" (red) and which say "not verified" (amber).
@@ -28,13 +30,16 @@ AMBER_STATUSES: tuple[Status, ...] = ("ruleset_not_found", "invalid_record", "un
 STATUS_NOUNS: dict[Status, tuple[str, str]] = {
     "match": ("verified record", "verified records"),
     "mismatch": ("mismatch", "mismatches"),
-    "ruleset_not_found": ("ruleset not found", "rulesets not found"),
+    "ruleset_not_found": ("record whose ruleset was not found", "records whose ruleset was not found"),
     "invalid_record": ("invalid record", "invalid records"),
     "unverifiable": ("unverifiable record", "unverifiable records"),
     "source_expired": ("original past retention", "originals past retention"),
 }
 # Top reasons charted by name; the rest are summed as OTHER (more colours stop being readable).
 TOP_REASONS = 7
+# The expected, dull reason (most traffic is not for partners): counted apart, never charted,
+# so that it does not drown the reasons an auditor looks for.
+APART_REASON = "event_type_not_allowed"
 OTHER = "other"
 # Bar widths a time chart may use: the smallest that gives at most MAX_BARS bars wins.
 # A hostile timestamp can be anywhere from 1970 to 9999: the widest bars keep that chart small too.
@@ -192,6 +197,15 @@ class Verdict:
     counts: tuple[tuple[Status, int], ...]
 
 
+def _not_verified_text(result: ReplayResult, status: Status, count: int) -> str:
+    """`3 unverifiable records`; for lost rulesets also how many distinct digests they name."""
+    text = plural(count, STATUS_NOUNS[status])
+    if status == "ruleset_not_found":
+        lost = {str(o.blocked.get("ruleset_digest")) for o in result.outcomes if o.status == status}
+        text += f" ({plural(len(lost), ('distinct digest', 'distinct digests'))})"
+    return text
+
+
 def verdict_of(result: ReplayResult) -> Verdict:
     """Red for mismatches; amber for records that could not be verified; green when all verified."""
     counts = {status: result.count(status) for status in STATUSES}
@@ -200,7 +214,7 @@ def verdict_of(result: ReplayResult) -> Verdict:
     if total == 0:
         return Verdict("amber", "No record selected: nothing was verified.", listed)
     verified = f"{counts['match']:,} of {total:,} selected records verified."
-    not_verified = ", ".join(plural(counts[s], STATUS_NOUNS[s]) for s in AMBER_STATUSES if counts[s])
+    not_verified = ", ".join(_not_verified_text(result, s, counts[s]) for s in AMBER_STATUSES if counts[s])
     mismatches = counts["mismatch"]
     if mismatches:
         text = f"{plural(mismatches, STATUS_NOUNS['mismatch'])}: re-decided differently from the record. "
@@ -236,6 +250,12 @@ class WhatIf:
 
     rows: tuple[WhatIfRow, ...]
     not_redecided: int
+    new: NewPartners | None = None  # partners the proposed ruleset adds, decided on every input
+
+    @property
+    def new_forwards(self) -> int:
+        """Inputs the added partners would receive."""
+        return sum(row.would_forward for row in self.new.rows) if self.new else 0
 
     @property
     def changed(self) -> tuple[WhatIfRow, ...]:
@@ -251,6 +271,10 @@ class WhatIf:
         count = sum(row.unchanged for row in quiet)
         stay = f"{plural(count, ('record stays', 'records stay'))} blocked for the same reasons"
         if len(quiet) == len(self.rows):
+            if self.new is not None:
+                added = ", ".join(self.new.partners)
+                head = "For the partners the records were withheld from, no decision changes"
+                return f"{head}: {stay}; the new partners ({added}) are below."
             return f"The proposed ruleset changes no decision: {stay}."
         pairs = plural(len(quiet), ("other partner and event type", "other partner and event type pairs"))
         return f"Nothing changes for {pairs}: {stay}."
@@ -290,7 +314,7 @@ def whatif_of(result: ReplayResult) -> WhatIf:
         )
         for partner, event_type in sorted(counts)
     )
-    return WhatIf(rows, not_redecided)
+    return WhatIf(rows, not_redecided, result.new_partners)
 
 
 # ---- blocks over time -------------------------------------------------------------------------
@@ -303,6 +327,7 @@ class PartnerSeries:
     partner: str
     records: int
     buckets: tuple[tuple[tuple[str, int], ...], ...]  # per bucket: (reason, count) in legend order
+    apart: int = 0  # records whose only reason is APART_REASON (not charted)
 
 
 @dataclass(frozen=True)
@@ -314,6 +339,7 @@ class Timeline:
     legend: tuple[tuple[str, int], ...]  # charted reasons (top ones, then OTHER) with their totals
     partners: tuple[PartnerSeries, ...]
     untimed: int  # records left out: no usable timestamp
+    apart: int = 0  # records whose only reason is APART_REASON, counted apart
 
     @property
     def bucket_text(self) -> str:
@@ -334,12 +360,17 @@ def bucket_size(span_ms: int) -> int:
 
 
 def timeline_of(result: ReplayResult) -> Timeline | None:
-    """Blocks per reason over time, one series per partner; None when no record has a time."""
+    """Blocks per reason over time, one series per partner; None when no record has a time.
+
+    `event_type_not_allowed` (APART_REASON) is counted apart per partner, never charted.
+    """
     with_reasons = [(o.partner, withheld_at(o), r) for o in result.outcomes if (r := reasons_of(o))]
     timed = [(partner, stamp, reasons) for partner, stamp, reasons in with_reasons if stamp is not None]
     if not timed:
         return None
-    totals = Counter(reason for _, _, reasons in timed for reason in reasons)
+    apart: Counter[str] = Counter(partner for partner, _, reasons in timed if reasons == [APART_REASON])
+    charted = [(p, s, [r for r in reasons if r != APART_REASON]) for p, s, reasons in timed]
+    totals = Counter(reason for _, _, reasons in charted for reason in reasons)
     by_count = sorted(totals, key=lambda reason: (-totals[reason], reason))
     # "other" standing for a single reason would hide its name for nothing: name it instead
     named = by_count if len(by_count) <= TOP_REASONS + 1 else by_count[:TOP_REASONS]
@@ -351,9 +382,11 @@ def timeline_of(result: ReplayResult) -> Timeline | None:
     count = (last - start) // size + 1
     per_partner: dict[str, list[Counter[str]]] = {}
     records: Counter[str] = Counter()
-    for partner, stamp, reasons in timed:
+    for partner, stamp, reasons in charted:
         if partner not in per_partner:
             per_partner[partner] = [Counter() for _ in range(count)]
+        if not reasons:
+            continue
         bucket = per_partner[partner][(stamp - start) // size]
         records[partner] += 1
         for reason in reasons:
@@ -367,11 +400,22 @@ def timeline_of(result: ReplayResult) -> Timeline | None:
             partner,
             records[partner],
             tuple(tuple((name, c[name]) for name in legend_names if c[name]) for c in series),
+            apart[partner],
         )
         for partner, series in sorted(per_partner.items())
     )
     untimed = len(with_reasons) - len(timed)
-    return Timeline(start, size, tuple((n, legend_totals[n]) for n in legend_names), partners, untimed)
+    legend = tuple((n, legend_totals[n]) for n in legend_names)
+    return Timeline(start, size, legend, partners, untimed, sum(apart.values()))
+
+
+def reasons_explained(result: ReplayResult) -> list[tuple[str, int, str]]:
+    """Every reason code the selected records carry: (code, records, its one-line explanation)."""
+    counts = Counter(reason for outcome in result.outcomes for reason in reasons_of(outcome))
+    return [
+        (reason, n, explain(reason) or "not a reason code the guard writes")
+        for reason, n in sorted(counts.items())
+    ]
 
 
 # ---- examples ---------------------------------------------------------------------------------

@@ -38,18 +38,17 @@ from streams.audit.source import fetch_records, read_to_end
 from streams.core.decide import decide
 from streams.core.models import Event
 from streams.core.rules.ruleset import Ruleset
+from streams.runtime.config import REPUBLISHED_TOPIC, Settings
+from streams.runtime.formats.payload import Keyring, reveal
+from streams.runtime.formats.records import SourceRef, partner_headers, partner_record
 from streams.runtime.kafka.avro_input import AvroDecoder, ReplayAvro, decode_input
-from streams.runtime.kafka.io import produce
+from streams.runtime.kafka.calls import CallWatchdog, RetryPolicy, start_transactions
+from streams.runtime.kafka.io import Headers, produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.config import Settings
 from streams.runtime.ops.metrics import GuardMetrics
-from streams.runtime.pipeline.payload import Keyring, reveal
-from streams.runtime.pipeline.records import partner_record
-from streams.runtime.pipeline.transaction import CallWatchdog, RetryPolicy, start_transactions
 from streams.runtime.state.reader import StateReader
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
 
-REPUBLISHED_TOPIC = "guard.republished"
 # The republish transaction's calls; one still blocked `hang_grace_s` past its timeout ends
 # the command (exit 2): librdkafka can block past its own timeouts (librdkafka#5456).
 SEND_POLICY = RetryPolicy(call_timeout_s=30.0)
@@ -121,6 +120,7 @@ class PlannedRecord:
     value: bytes
     event_id: str
     ruleset_digest: str
+    headers: Headers = field(default_factory=list)  # `partner_headers`
 
 
 def republish(
@@ -249,6 +249,8 @@ def _fresh_decision(
     if not fresh.forwarded:
         return None
     record_key, value = partner_record(fresh)
+    position = outcome.blocked["source"]
+    source = SourceRef(source_topic, position["partition"], position["offset"], None, None, "json")
     return PlannedRecord(
         marker=marker_key(outcome),
         topic=ruleset.rule(outcome.partner).topic,
@@ -256,6 +258,7 @@ def _fresh_decision(
         value=value,
         event_id=record.event_id,
         ruleset_digest=ruleset.digest,
+        headers=partner_headers(fresh, source),
     )
 
 
@@ -272,7 +275,13 @@ def _send(planned: list[PlannedRecord], settings: Settings) -> None:
     start_transactions(producer, SEND_POLICY, watchdog=watchdog)  # TransactionFatalError: nothing sent
     producer.begin_transaction()
     for record in planned:  # a plan larger than the producer's queue waits for space
-        produce(producer, record.topic, record.value, record.key, headers=[("pg-republished", b"1")])
+        produce(
+            producer,
+            record.topic,
+            record.value,
+            record.key,
+            headers=[("pg-republished", b"1"), *record.headers],
+        )
         marker = {
             "event_id": record.event_id,
             "ruleset_digest": record.ruleset_digest,

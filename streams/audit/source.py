@@ -18,16 +18,16 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from streams.runtime.pipeline.payload import FETCHED_ORIGINAL
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.payload import FETCHED_ORIGINAL
+from streams.runtime.formats.records import partner_views
 
 # How long a reader waits for a slow broker before it gives up (and the command cannot run).
 READ_TIMEOUT_S = 120.0
@@ -186,6 +186,36 @@ def export(records: Iterator[dict[str, Any]], path: Path) -> int:
     return count
 
 
+# The largest partition and offset Kafka can name: a reference past them names nothing.
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+
+
+@dataclass
+class Sources:
+    """What the source topics hold at wanted positions, and why each other position has nothing.
+
+    `values`: the record at each position read (None for a record without a value).
+    `absent`: every other position, with None when it lies below its partition's log start
+    (retention or deletion dropped it: the only way a real reference loses its record), or
+    with why it never named a record (no such topic or partition, past the end, no committed
+    record at that offset).
+    """
+
+    values: dict[tuple[str, int, int], bytes | None] = field(default_factory=dict)
+    absent: dict[tuple[str, int, int], str | None] = field(default_factory=dict)
+
+
+def absent_because(offset: int, low: int, high: int) -> str | None:
+    """Why a partition with log start `low` and end `high` has no record at `offset`: None
+    when it lies below the log start (expired), else why no record was ever there."""
+    if offset < low:
+        return None
+    if offset >= high:
+        return f"offset {offset} is past the end of the partition ({high}): it never held that record"
+    return f"no committed record at offset {offset} (log start {low}, end {high})"
+
+
 def fetch_records(
     kafka_config: dict[str, Any], wanted: set[tuple[str, int, int]]
 ) -> dict[tuple[str, int, int], bytes | None]:
@@ -193,11 +223,18 @@ def fetch_records(
 
     Positions that do not exist (any more, or not yet) are missing from the answer.
     """
+    return fetch_sources(kafka_config, wanted).values
+
+
+def fetch_sources(kafka_config: dict[str, Any], wanted: set[tuple[str, int, int]]) -> Sources:
+    """Read the records at exact (topic, partition, offset) positions, read_committed, and say
+    of every position with no record whether it expired or never existed (`Sources`)."""
     by_partition: dict[tuple[str, int], set[int]] = {}
     for topic, partition, offset in wanted:
         by_partition.setdefault((topic, partition), set()).add(offset)
+    sources = Sources()
     if not by_partition:
-        return {}
+        return sources
     consumer = Consumer(
         {
             **kafka_config,
@@ -207,26 +244,58 @@ def fetch_records(
             "auto.offset.reset": "latest",  # a position past the end yields nothing, not the start
         }
     )
-    found: dict[tuple[str, int, int], bytes | None] = {}
     try:
         metadata = consumer.list_topics(timeout=10)
         listed = {t: m.partitions for t, m in metadata.topics.items() if m.error is None}
-        assignable = {(t, p): o for (t, p), o in by_partition.items() if p in listed.get(t, {})}
-        partitions = [TopicPartition(t, p, min(o)) for (t, p), o in assignable.items()]
-        stop_at = {key: max(offsets) + 1 for key, offsets in assignable.items()}
+        bounds: dict[tuple[str, int], tuple[int, int]] = {}
+        for (topic, partition), offsets in by_partition.items():
+            if topic not in listed:
+                _check_missing(consumer, topic)
+                why = f"source topic '{topic}' does not exist"
+            elif partition not in listed[topic]:
+                why = f"source topic '{topic}' has no partition {partition} (it has {len(listed[topic])})"
+            else:
+                tp = TopicPartition(topic, partition)
+                bounds[(topic, partition)] = consumer.get_watermark_offsets(tp, timeout=10)
+                continue
+            sources.absent.update({(topic, partition, o): why for o in offsets})
+        partitions, stop_at = [], {}
+        for key, (low, high) in bounds.items():
+            # Read from the first wanted offset at or above the log start (one below it would
+            # reset the consumer past the others), and never from past the end (nothing would
+            # be fetched and the position never reach it): then from the last record, which
+            # also drains a last batch the broker counts short (see `read_to_end`).
+            readable = [o for o in by_partition[key] if o >= low]
+            if readable and high > low:
+                partitions.append(TopicPartition(*key, min(min(readable), high - 1)))
+                stop_at[key] = max(readable) + 1
         for message in read_to_end(consumer, partitions, stop_at=stop_at) if partitions else ():
             at_topic, at_partition, at = message.topic(), message.partition(), message.offset()
             if at_topic is None or at_partition is None or at is None:
                 continue
-            if at in assignable.get((at_topic, at_partition), ()):
-                found[(at_topic, at_partition, at)] = message.value()
+            if at in by_partition.get((at_topic, at_partition), ()):
+                sources.values[(at_topic, at_partition, at)] = message.value()
+        for (topic, partition), (low, high) in bounds.items():
+            for offset in by_partition[(topic, partition)]:
+                if (topic, partition, offset) not in sources.values:
+                    sources.absent[(topic, partition, offset)] = absent_because(offset, low, high)
     finally:
         consumer.close()
-    return found
+    return sources
+
+
+def _check_missing(consumer: Consumer, topic: str) -> None:
+    """Raise `RuntimeError` (replay cannot run) unless the broker says `topic` does not exist:
+    a topic this client may not describe is not a reference to nothing."""
+    described = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    error = described.error if described is not None else None
+    if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise RuntimeError(f"cannot read source topic '{topic}': {error.str()}")
 
 
 SOURCE_EXPIRED = "_source_expired"  # view member: the referenced source record is gone
 SOURCE_MISMATCH = "_source_mismatch"  # view member: what the source holds is not what was decided
+SOURCE_INVALID = "_source_invalid"  # view member: the reference names no record the topic ever held
 
 
 def _position(view: dict[str, Any]) -> tuple[str, int, int] | None:
@@ -246,8 +315,12 @@ def resolve_references(views: list[Any], kafka_config: dict[str, Any]) -> None:
     """Fetch the originals of `reference`-mode views from their source topics, in place.
 
     A fetched record whose SHA-256 and size match the reference is kept beside the view
-    (`FETCHED_ORIGINAL`; replay then verifies it like a copy); a record retention has dropped
-    marks the view `source_expired`; different bytes at that offset mark it a mismatch.
+    (`FETCHED_ORIGINAL`; replay then verifies it like a copy); different bytes at that
+    offset mark it a mismatch. A position below its partition's log start (retention
+    dropped the record) marks the view `source_expired`; any other position without a
+    record (a topic or partition that does not exist, an offset past the end or one that
+    holds no committed record) marks it invalid (`SOURCE_INVALID`): the guard never wrote
+    such a reference.
     """
     wanted: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for view in views:
@@ -258,19 +331,23 @@ def resolve_references(views: list[Any], kafka_config: dict[str, Any]) -> None:
         position = _position(view)
         if position is None:
             view[SOURCE_MISMATCH] = "reference without a valid source position"
+        elif not (0 <= position[1] <= MAX_PARTITION and 0 <= position[2] <= MAX_OFFSET):
+            view[SOURCE_INVALID] = f"partition {position[1]}, offset {position[2]} is no position in a topic"
         else:
             wanted.setdefault(position, []).append(view)
-    found = fetch_records(kafka_config, set(wanted)) if wanted else {}
+    sources = fetch_sources(kafka_config, set(wanted)) if wanted else Sources()
     for position, referring in wanted.items():
-        raw = found.get(position)
         for view in referring:
-            _resolve(view, raw)
+            if position in sources.values:
+                _resolve(view, sources.values[position] or b"")
+            elif (why := sources.absent.get(position)) is not None:
+                view[SOURCE_INVALID] = f"{position[0]}[{position[1]}]@{position[2]}: {why}"
+            else:
+                view[SOURCE_EXPIRED] = True
 
 
-def _resolve(view: dict[str, Any], raw: bytes | None) -> None:
-    if raw is None:
-        view[SOURCE_EXPIRED] = True
-    elif hashlib.sha256(raw).hexdigest() != view.get("original_sha256") or len(raw) != view.get(
+def _resolve(view: dict[str, Any], raw: bytes) -> None:
+    if hashlib.sha256(raw).hexdigest() != view.get("original_sha256") or len(raw) != view.get(
         "original_size"
     ):
         view[SOURCE_MISMATCH] = "the source record at that offset is not the one that was decided"

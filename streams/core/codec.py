@@ -178,9 +178,13 @@ def decode_avro(raw: bytes | None, schema: Any, confluent_framing: bool = True) 
     return decode_avro_body(raw, body, schema, None)
 
 
-def encode_avro(event: dict[str, Any], schema: Any, schema_id: int = 1) -> bytes:
-    """Encode an event in the Confluent wire format (used by tests, the demo and benchmarks)."""
+def encode_avro(event: dict[str, Any], schema: Any, schema_id: int = 1, strict: bool = False) -> bytes:
+    """Encode an event in the Confluent wire format (tests, the demo, benchmarks, `produce --avro`).
+
+    `strict`: a member the schema does not have is an error (`ValueError`), not silently left
+    out; a missing member with a default takes the default.
+    """
     buf = io.BytesIO()
     buf.write(bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big"))
-    fastavro.schemaless_writer(buf, schema, event)
+    fastavro.schemaless_writer(buf, schema, event, strict_allow_default=strict)
     return buf.getvalue()

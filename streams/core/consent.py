@@ -6,8 +6,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from streams.core.identifiers import ZERO_AD_ID
+from streams.core.identifiers import is_zero_ad_id
 from streams.core.models import ConsentRecord, Event, StateSnapshot
+from streams.core.regions import UNPLACED, placed
 from streams.core.signals.bits import SignalError
 from streams.core.signals.gpp import (
     SECTION_TCFEUV2,
@@ -91,8 +92,9 @@ class EffectiveConsent:
 
     @property
     def gdpr_applies(self) -> bool:
-        """True when any jurisdiction the event falls under is under the GDPR (EEA, UK, Switzerland)."""
-        return any(j in GDPR_REGIONS for j in self.jurisdictions)
+        """True when any jurisdiction the event falls under is under the GDPR (EEA, UK, Switzerland),
+        or is one the guard cannot place (the strictest reading)."""
+        return any(j in GDPR_REGIONS or j == UNPLACED for j in self.jurisdictions)
 
     @property
     def tcf_unparseable(self) -> bool:
@@ -127,14 +129,18 @@ def _any_true(values: Iterable[bool | None]) -> bool | None:
 
 
 def _jurisdictions(event: Event, records: Sequence[ConsentRecord]) -> tuple[str, ...]:
-    """Every jurisdiction the event's country and its matching stored records name (event first)."""
+    """Every jurisdiction the event's country and its matching stored records name (event first).
+
+    Each as its country (`US-CA` is `US`), checked against ISO 3166: a code the guard cannot
+    place (`UK`, `XX`) is `UNPLACED`, in no rule's scope and under the GDPR.
+    """
     found: list[str] = []
     country = event.context.country if event.context else None
     if country:
-        found.append(country.strip().upper())
+        found.append(placed(country))
     for record in records:
         if record.jurisdiction:
-            found.append(record.jurisdiction.split("-")[0].strip().upper())
+            found.append(placed(record.jurisdiction))
     return tuple(dict.fromkeys(found))
 
 
@@ -231,7 +237,7 @@ def effective_consent(event: Event, snapshot: StateSnapshot) -> EffectiveConsent
             tcf.append(decoded)
 
     ad_id = device.ad_id if device else None
-    limit_ad_tracking = bool(device and device.limit_ad_tracking) or ad_id == ZERO_AD_ID
+    limit_ad_tracking = bool(device and device.limit_ad_tracking) or is_zero_ad_id(ad_id)
     event_cookies = signals.ad_cookies if signals else None
     return EffectiveConsent(
         records_found=len(records),

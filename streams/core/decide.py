@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from streams.core.consent import EEA_REGIONS, EffectiveConsent, effective_consent
-from streams.core.leakscan import raw_values_of
-from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
+from streams.core.leakscan import RawValues, raw_values_of
+from streams.core.models import APP_PLATFORMS, Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.condition import ConditionError
 from streams.core.rules.ruleset import CompiledRule, Ruleset
@@ -97,7 +97,8 @@ def _consent_reasons(rule: CompiledRule, event: Event, consent: EffectiveConsent
     elif consent.interest_based_ads is None and need.interest_based_ads == "required":
         found.append((Reason.CONSENT_MISSING, "consent_missing: interest_based_ads"))
     signals = event.context.consent if event.context else None
-    web = bool(event.device and event.device.platform == "web")
+    # strictest reading: a platform missing or unknown may be a browser (`APP_PLATFORMS`)
+    web = not (event.device and event.device.platform in APP_PLATFORMS)
     if consent.ad_cookies == "denied" and (web or (signals and signals.ad_cookies == "denied")):
         found.append((Reason.CONSENT_AD_COOKIES_DECLINED, None))
     elif web and consent.ad_cookies is None and need.ad_cookies_on_web == "required":
@@ -141,7 +142,7 @@ def decide_for_rule(
     rule: CompiledRule,
     ruleset: Ruleset,
     consent: EffectiveConsent,
-    raw_values: Callable[[], frozenset[str]],
+    raw_values: Callable[[], RawValues],
 ) -> Decision:
     """The decision of one partner for one valid event whose type this rule allows."""
     event_spec = rule.events[event.event_type]
@@ -193,7 +194,9 @@ def decide_for_rule(
             [Reason.REQUIRED_FIELD_MISSING],
             [f"required: {', '.join(projection.missing_required)}", *projection.stripped],
         )
-    findings = ruleset.leak_scanner.scan(projection.record, raw_values(), projection.derived)
+    findings = projection.leaks + ruleset.leak_scanner.scan(
+        projection.record, raw_values(), projection.derived
+    )
     if findings:
         return _block(rule, ruleset, event.event_id, [Reason.LEAK_DETECTED], findings)
     return Decision(
@@ -212,11 +215,11 @@ class _Lazy:
 
     __slots__ = ("_compute", "_value")
 
-    def __init__(self, compute: Callable[[], frozenset[str]]) -> None:
+    def __init__(self, compute: Callable[[], RawValues]) -> None:
         self._compute = compute
-        self._value: frozenset[str] | None = None
+        self._value: RawValues | None = None
 
-    def __call__(self) -> frozenset[str]:
+    def __call__(self) -> RawValues:
         if self._value is None:
             self._value = self._compute()
         return self._value
@@ -255,7 +258,7 @@ def decide(record: Event | Envelope | Malformed, snapshot: StateSnapshot, rulese
         decisions: list[Decision] = []
         consent: EffectiveConsent | None = None
         raw_values = _Lazy(
-            lambda: sensitive_values(record, ruleset.tags) | ruleset.leak_scanner.spellings(record)
+            lambda: ruleset.leak_scanner.raw_values(record, sensitive_values(record, ruleset.tags))
         )
         for rule in ruleset.rules:
             if record.event_type not in rule.events:  # most traffic: content the partners never see

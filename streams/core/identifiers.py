@@ -13,6 +13,8 @@ from typing import Literal
 
 import phonenumbers
 
+from streams.core.reading import fold
+
 ZERO_AD_ID = "00000000-0000-0000-0000-000000000000"
 PhoneStyle = Literal["e164", "digits"]
 Granularity = Literal["minute", "hour", "day"]
@@ -36,8 +38,8 @@ def normalize_email(raw: str, gmail_remove_dots: bool = False) -> str | None:
 
 
 @lru_cache(maxsize=65536)
-def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | None:
-    """Parse to E.164 (`+16505551212`) or digits-only (`16505551212`); None when not valid."""
+def _e164(raw: str, default_region: str) -> str | None:
+    """The number in E.164, parsed once per (text, region) whichever style is asked for."""
     try:
         number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
     except phonenumbers.NumberParseException:
@@ -45,7 +47,31 @@ def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | N
     if not phonenumbers.is_valid_number(number):
         return None
     e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164 if style == "e164" else e164.lstrip("+")
+    return e164
+
+
+def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | None:
+    """Parse to E.164 (`+16505551212`) or digits-only (`16505551212`); None when not valid.
+
+    The projection (a rule's style) and the leak scan's spellings (E.164) of one phone share
+    one parse: phonenumbers is most of a forwarded event's cold cost.
+    """
+    e164 = _e164(raw, default_region)
+    if e164 is None or style == "e164":
+        return e164
+    return e164.lstrip("+")
+
+
+@lru_cache(maxsize=65536)
+def national_digits(raw: str, default_region: str) -> str | None:
+    """The national significant number's digits (`6505551212`); None when not a valid number."""
+    try:
+        number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.national_significant_number(number))
 
 
 def pseudonym(key: bytes, domain: str, value: str) -> str:
@@ -94,9 +120,28 @@ def truncate_ip(raw: str) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
+_UUID_SPELLING_NOISE = str.maketrans("", "", "-{}() \t")
+
+
+def is_zero_ad_id(raw: str | None) -> bool:
+    """True for every spelling of the all-zero advertising id, which means limit-ad-tracking.
+
+    With or without hyphens, braces or parentheses, a `urn:uuid:` prefix, in either case,
+    fullwidth or ASCII: `00000000-0000-0000-0000-000000000000`, `{00000000000000000000000000000000}`,
+    `URN:UUID:00000000-...`; invisible characters inside are not read (`reading.fold`).
+    """
+    if not raw or len(raw) > 128:
+        return False
+    if raw.isascii() and raw.count("0") < 32:
+        return False  # the common case, at C speed: every ASCII spelling of zero has 32 zeros
+    text = (raw if raw.isascii() else fold(raw)).strip().lower().translate(_UUID_SPELLING_NOISE)
+    text = text.removeprefix("urn:").removeprefix("uuid:")
+    return len(text) == 32 and not text.strip("0")
+
+
 def usable_ad_id(raw: str, limit_ad_tracking: bool) -> str | None:
     """The ad id when it may leave: a real UUID, not zeroed, tracking not limited."""
-    if limit_ad_tracking:
+    if limit_ad_tracking or is_zero_ad_id(raw):
         return None
     try:
         parsed = uuid.UUID(raw.strip())

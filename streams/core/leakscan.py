@@ -2,8 +2,10 @@
 
 Default-deny projection should already have removed everything sensitive; the scan sees
 what the partner would see and checks keys and values at any depth — numbers as their
-decimal text, strings percent-decoded, Unicode-folded (NFKC, invisible format characters
-dropped, every script's digits read as ASCII digits) and lowercased — for:
+decimal text, strings percent-decoded and lowercased, and non-ASCII strings also folded the
+way readers, browsers and URL parsers read them (`streams.core.reading`: NFKC, WHATWG full
+stops, default-ignorable characters dropped, every script's digits as ASCII digits; then
+without combining marks and with TS #39 look-alikes read as ASCII) — for:
 
 - URLs (with or without scheme, app deep links), raw email, phone-shaped digit runs, IP
   addresses not truncated to /24 (IPv4, or the IPv4 an IPv6 address carries) or /48;
@@ -14,8 +16,9 @@ dropped, every script's digits read as ASCII digits) and lowercased — for:
   types, `values:` lists) are vocabulary, not text;
 - the event's own identifiers in every spelling a partner could join on: compared after
   compaction (letters and digits only, so a UUID with or without hyphens, any case), plus
-  SHA-256/SHA-1/MD5 of the normalized email and phone (as a hashing transform would send
-  them) and an IPv4 address as an integer.
+  unkeyed SHA-256/SHA-1/MD5 digests (hex and base64) of the person's ids, of the
+  normalized email and phone (as a hashing transform would send them), the phone's digits
+  whatever separates them, and an IPv4 address as an integer.
 
 Every pattern runs on RE2 (linear time, `streams.core.regex`); values longer than
 `MAX_SCANNED_CHARS` are refused unread.
@@ -23,17 +26,21 @@ Every pattern runs on RE2 (linear time, `streams.core.regex`); values longer tha
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
-import unicodedata
+from bisect import bisect_left
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from streams.core.identifiers import embedded_ipv4, normalize_email, normalize_phone
+from streams.core.identifiers import embedded_ipv4, national_digits, normalize_email, normalize_phone
 from streams.core.memo import remember
+from streams.core.models import MAX_ID_CHARS as _MAX_ID_CHARS
 from streams.core.models import Event
+from streams.core.reading import fold, prepare, reader_form
 from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.model import LeakScanFile, RuleFile
 
@@ -45,6 +52,8 @@ _URL = (
 )
 _EMAIL = compile_linear(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _IPV4 = compile_linear(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+# dotted hosts with a hex (`0x..`) or octal (`0..`) part, as URL parsers read IPv4 addresses
+_WHATWG_IPV4 = compile_linear(r"\b(?:0x[0-9a-f]*|\d+)(?:\.(?:0x[0-9a-f]*|\d+)){1,3}\b")
 _IPV6_CANDIDATE = compile_linear(r"[0-9a-f]*:[0-9a-f:.]*:[0-9a-f.]*")
 # 7 to 15 digits with only separators between them, anywhere in the text
 _PHONE = compile_linear(r"\d(?:[\s().\-/_~+]*\d){6,14}")
@@ -52,6 +61,7 @@ _PHONE_MIN_DIGITS = 7
 _UUID_CHARS = 36
 # byte tables: `bytes.translate` is several times faster than `str.translate`
 _DIGIT_BYTES = b"0123456789"
+_NON_DIGIT_ASCII = bytes(c for c in range(128) if not 48 <= c <= 57)
 _NON_ALNUM_ASCII = bytes(c for c in range(128) if not chr(c).isalnum())
 _ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 # attribute shapes that are neither phone numbers nor free text: RFC 3339 times, UUIDs
@@ -75,31 +85,31 @@ MAX_SCANNED_CHARS = 4096  # no partner attribute is this long; longer values are
 _MEMO_MAX_CHARS = 256  # memoize only short texts: stream values repeat, long ones rarely do
 _MEMO_LIMIT = 100_000
 _HASHES = (hashlib.sha256, hashlib.sha1, hashlib.md5)  # the digests partners match on
-
-
-def _fold(text: str) -> str:
-    """NFKC, drop invisible format characters, read every script's digits as ASCII digits."""
-    out = []
-    for char in unicodedata.normalize("NFKC", text):
-        if unicodedata.category(char) == "Cf":  # zero-width space, soft hyphen, bidi marks
-            continue
-        out.append(str(unicodedata.decimal(char)) if char.isdecimal() else char)
-    return "".join(out)
+# Marks a raw value that is a digit run of the person's phone: compared with a value's digits
+# alone (`650*555*1212`). No compacted value holds it (compact forms are letters and digits).
+DIGITS_MARK = "#"
 
 
 def _decoded(text: str) -> str:
     """Percent-decode (double encoding included) and Unicode-fold until stable; case kept."""
-    out = text if text.isascii() else _fold(text)
+    out = text if text.isascii() else fold(text, MAX_SCANNED_CHARS)
     for _ in range(_MAX_DECODE_ROUNDS):
         if "%" not in out:
             break
         decoded = unquote(out)
         if not decoded.isascii():
-            decoded = _fold(decoded)
+            decoded = fold(decoded, MAX_SCANNED_CHARS)
         if decoded == out:
             break
         out = decoded
     return out
+
+
+def _digits_of(text: str) -> str:
+    """The ASCII digits of a text, in order, whatever separates them."""
+    if text.isascii():
+        return text.encode("ascii").translate(None, _NON_DIGIT_ASCII).decode("ascii")
+    return "".join(c for c in text if "0" <= c <= "9")
 
 
 def _compact(lowered: str) -> str:
@@ -132,12 +142,48 @@ def _leaky_ipv6(address: ipaddress.IPv6Address) -> bool:
     return bool(int(address) & ((1 << 80) - 1))
 
 
+def _whatwg_ipv4(candidate: str) -> int | None:
+    """The IPv4 address a URL parser reads in a host written with hex or octal parts
+    (`0xcb.0.0x71.0xc3`, `0313.0.0161.0303`, `0xcb.0.29123`), per the WHATWG URL standard's
+    IPv4 parser; None when it is not one, or uses neither (plain dotted decimal is `_IPV4`'s)."""
+    parts = candidate.split(".")
+    if not 2 <= len(parts) <= 4:
+        return None
+    numbers, hexadecimal, octal = [], False, False
+    for part in parts:
+        if part.startswith("0x"):
+            digits, base, hexadecimal = part[2:] or "0", 16, True
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base, octal = part[1:], 8, True
+        else:
+            digits, base = part, 10
+        try:
+            numbers.append(int(digits, base))
+        except ValueError:
+            return None
+    # an octal part alone is not enough in fewer than three parts: `1.05` is a number
+    if not (hexadecimal or (octal and len(parts) >= 3)):
+        return None
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    address = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        address += number << (8 * (3 - index))
+    return address
+
+
 def _leaky_ip(text: str) -> bool:
-    """True when the text holds an IP address that is not truncated to /24 or /48."""
+    """True when the text holds an IP address that is not truncated to /24 or /48 (IPv4 also
+    as a URL parser reads hex and octal parts)."""
     for match in _IPV4.finditer(text):
         octets = [int(g) for g in match.groups()]
         if all(o <= 255 for o in octets) and octets[3] != 0:
             return True
+    if "0" in text:
+        for candidate in _WHATWG_IPV4.finditer(text):
+            parsed = _whatwg_ipv4(candidate.group(0))
+            if parsed is not None and parsed & 0xFF:
+                return True
     if ":" in text:
         for candidate in _IPV6_CANDIDATE.finditer(text):
             try:
@@ -157,7 +203,7 @@ def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
     """
     forms: set[str] = set()
     for name in names:
-        words = _letter_runs(_fold(name).lower()).split()
+        words = _letter_runs(reader_form(fold(name))).split()
         if words:
             forms.add(" ?".join(words))
     if not forms:
@@ -166,26 +212,80 @@ def _title_name_pattern(names: Iterable[str]) -> LinearRegex | None:
 
 
 def _digests(text: str) -> tuple[str, ...]:
+    """SHA-256, SHA-1 and MD5 of the text, as hex and as base64 (compacted: either case, and
+    standard or URL-safe base64, with or without padding, compact to the same letters)."""
     data = text.encode("utf-8")
-    return tuple(h(data).hexdigest() for h in _HASHES)
+    out = []
+    for h in _HASHES:
+        digest = h(data).digest()
+        out.append(digest.hex())
+        out.append(base64.b64encode(digest).translate(_ASCII_LOWER, b"+/=").decode("ascii"))
+    return tuple(out)
 
 
-@lru_cache(maxsize=65536)
-def _email_spellings(email: str) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True)
+class _Digests:
+    """The digests of one value, for the scan: as a tuple, a set, and the shortest's length."""
+
+    values: tuple[str, ...]  # shortest first
+    lengths: tuple[int, ...]
+    members: frozenset[str]
+    hexadecimal: tuple[str, ...]  # the hex ones, shortest first: all a hex value can hold
+    hex_lengths: tuple[int, ...]
+
+    @property
+    def shortest(self) -> int:
+        return self.lengths[0] if self.lengths else 1 << 30
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> _Digests:
+        ordered = tuple(sorted(set(values), key=len))
+        hexadecimal = tuple(v for v in ordered if _HEX_DIGITS.issuperset(v))
+        return cls(
+            ordered, tuple(map(len, ordered)), frozenset(ordered), hexadecimal, tuple(map(len, hexadecimal))
+        )
+
+    def inside(self, compact: str, hexadecimal: bool) -> bool:
+        """True when a digest shorter than the compacted text is inside it."""
+        size = len(compact)
+        if hexadecimal:
+            return any(raw in compact for raw in self.hexadecimal[: bisect_left(self.hex_lengths, size)])
+        return any(raw in compact for raw in self.values[: bisect_left(self.lengths, size)])
+
+
+@lru_cache(maxsize=8192)  # about 2 KB each
+def _id_spellings(identifier: str) -> _Digests:
+    """Unkeyed digests of one of the person's ids, as written and lower-cased: the same for
+    every partner, so partners could join on them (unlike the keyed pseudonym)."""
+    forms = dict.fromkeys((identifier, identifier.strip(), identifier.strip().lower()))
+    return _Digests.of(d for form in forms if form for d in _digests(form))
+
+
+@lru_cache(maxsize=16384)
+def _email_spellings(email: str) -> _Digests:
     """Digests of the normalized email, with and without gmail dot removal."""
     forms = {normalize_email(email, remove_dots) for remove_dots in (False, True)}
-    return tuple(d for form in sorted(f for f in forms if f) for d in _digests(form))
+    return _Digests.of(d for form in sorted(f for f in forms if f) for d in _digests(form))
 
 
-@lru_cache(maxsize=65536)
-def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[str, ...]:
-    """Digests of the phone in E.164 and as digits, parsed in each region."""
+@lru_cache(maxsize=16384)
+def _phone_spellings(phone: str, regions: tuple[str, ...]) -> tuple[_Digests, tuple[str, ...]]:
+    """(digests of the phone in E.164 and as digits, parsed in each region; its digit runs:
+    the national number, E.164 without `+` and the digits as written), the runs compared with
+    the digits of every value whatever separates them."""
     forms: set[str] = set()
+    runs: set[str] = set()
     for region in regions:
         e164 = normalize_phone(phone, region, "e164")
         if e164:
             forms.update((e164, e164.lstrip("+")))
-    return tuple(d for form in sorted(forms) for d in _digests(form))
+            runs.add(e164.lstrip("+"))
+            national = national_digits(phone, region)
+            if national:
+                runs.add(national)
+    runs.add(_digits_of(fold(phone)))
+    digests = _Digests.of(d for form in sorted(forms) for d in _digests(form))
+    return digests, tuple(sorted(r for r in runs if len(r) >= _PHONE_MIN_DIGITS))
 
 
 @lru_cache(maxsize=65536)
@@ -205,19 +305,16 @@ def _ip_spellings(ip: str) -> tuple[str, ...]:
     return (*forms, str(int(address)), address.packed.hex())  # 3405803971 for 203.0.113.195
 
 
+def compact_value(text: str) -> str:
+    """A raw value as `raw_values_of` keeps it: decoded, folded, letters and digits, lower case."""
+    if text.isascii() and "%" not in text:  # the common case, in one pass
+        return text.encode("ascii").translate(_ASCII_LOWER, _NON_ALNUM_ASCII).decode("ascii")
+    return _compact(_decoded(text).lower())
+
+
 def raw_values_of(strings: Iterable[str | None]) -> frozenset[str]:
     """Normalize an event's raw sensitive values for `LeakScanner.scan` (compacted)."""
-    out = set()
-    for text in strings:
-        if not text:
-            continue
-        if text.isascii() and "%" not in text:  # the common case, in one pass
-            compact = text.encode("ascii").translate(_ASCII_LOWER, _NON_ALNUM_ASCII).decode("ascii")
-        else:
-            compact = _compact(_decoded(text).lower())
-        if compact:
-            out.add(compact)
-    return frozenset(out)
+    return frozenset(c for c in map(compact_value, filter(None, strings)) if c)
 
 
 class LeakScanner:
@@ -246,7 +343,7 @@ class LeakScanner:
         self.max_tokens = max_tokens
         self.vocabulary = vocabulary
         self.phone_regions = phone_regions
-        self._memo: dict[str, tuple[str | None, str]] = {}
+        self._memo: dict[str, tuple[str | None, tuple[str, ...]]] = {}
 
     @classmethod
     def from_config(
@@ -260,6 +357,7 @@ class LeakScanner:
         `vocabulary` holds the values the rules themselves enumerate (never free text);
         `phone_regions` the regions the rules parse national phone numbers in.
         """
+        prepare()  # the folding tables, before the first value is scanned
         title_ids = "|".join(f"(?:{p})" for p in config.title_id_patterns)
         names = [n for n in config.title_names if n.strip()]
         return cls(
@@ -312,32 +410,51 @@ class LeakScanner:
                 return "free_text"
         return None
 
-    def _text_finding(self, text: str, words_are_text: bool) -> tuple[str | None, str]:
-        """(pattern finding, compacted form) of a key or value."""
+    def _text_finding(self, text: str, words_are_text: bool) -> tuple[str | None, tuple[str, ...]]:
+        """(pattern finding, compacted forms) of a key or value.
+
+        ASCII text is read as it is; other text once folded, and, when that finds nothing,
+        once more as a reader takes it (`reading.reader_form`: no combining marks, look-alike
+        letters and dots read as ASCII). Both forms are compared with the raw values.
+        """
         if len(text) > MAX_SCANNED_CHARS:
-            return "oversized_value", ""
+            return "oversized_value", ()
         decoded = _decoded(text)
         if len(decoded) > MAX_SCANNED_CHARS:  # NFKC can expand a character up to 18 times
-            return "oversized_value", ""
+            return "oversized_value", ()
         lowered = decoded.lower()
         finding = self._pattern_finding(decoded, lowered, words_are_text)
         # a value the rules enumerate says nothing beyond the rule's own choice: not compared
         # with the event's raw values (an empty compact form never matches one)
-        return finding, "" if lowered in self.vocabulary else _compact(lowered)
+        if lowered in self.vocabulary:
+            return finding, ()
+        forms = [lowered]
+        if "%" in text:  # read undecoded too: `650555%1212` decodes to `650555\x1212`
+            undecoded = text if text.isascii() else fold(text)
+            forms.append(undecoded.lower())
+            if finding is None:
+                finding = self._pattern_finding(undecoded, forms[-1], words_are_text)
+        if not decoded.isascii():
+            reader = reader_form(decoded)
+            if reader != lowered:
+                forms.append(reader)
+                if finding is None and len(reader) <= MAX_SCANNED_CHARS:
+                    finding = self._pattern_finding(reader, reader, words_are_text)
+        return finding, tuple(_compact(form) for form in forms)
 
-    def _scan_value(self, text: str, raw_values: frozenset[str], check_raw: bool = True) -> str | None:
+    def _scan_value(self, text: str, raw: RawValues, check_raw: bool = True) -> str | None:
         if len(text) == 64 and _HEX_DIGITS.issuperset(text.lower()):
             # a hash or pseudonym (unique per event: not memoized); only a raw value can hide in it
-            return "raw_value" if check_raw and _has_raw(text.lower(), raw_values) else None
+            return "raw_value" if check_raw and raw.in_compact(text.lower(), hexadecimal=True) else None
         try:
-            finding, compact = self._memo[text]
+            finding, compacts = self._memo[text]
         except KeyError:
-            finding, compact = self._text_finding(text, words_are_text=True)
+            finding, compacts = self._text_finding(text, words_are_text=True)
             if len(text) <= _MEMO_MAX_CHARS:
-                remember(self._memo, text, (finding, compact), _MEMO_LIMIT)
+                remember(self._memo, text, (finding, compacts), _MEMO_LIMIT)
         if finding is not None or not check_raw:
             return finding
-        return "raw_value" if _has_raw(compact, raw_values) else None
+        return "raw_value" if raw.in_any(compacts) else None
 
     def forbidden_key_token(self, key: str) -> str | None:
         """The first token of a key (split at separators and camelCase) that is a forbidden key token."""
@@ -346,34 +463,64 @@ class LeakScanner:
 
     def key_finding(self, key: str, raw_values: frozenset[str] = frozenset()) -> str | None:
         """Why a key is forbidden: a content token (`page_url`) or a forbidden value shape."""
+        return self._key_finding(key, RawValues.of(raw_values))
+
+    def _key_finding(self, key: str, raw: RawValues) -> str | None:
         if self.forbidden_key_token(key) is not None:
             return "forbidden_key"
-        finding, compact = self._text_finding(key, words_are_text=False)
-        if finding is None and _has_raw(compact, raw_values):
+        finding, compacts = self._text_finding(key, words_are_text=False)
+        if finding is None and raw.in_any(compacts):
             return "raw_value"
         return finding
+
+    def _spellings(self, event: Event) -> tuple[list[_Digests], tuple[str, ...], tuple[str, ...]]:
+        """(digests of the person's ids, email and phone; the IP's other spellings; the phone's
+        digit runs)."""
+        digests: list[_Digests] = []
+        runs: tuple[str, ...] = ()
+        for identifier in (event.account_id, event.profile_id):
+            if identifier:
+                digests.append(_id_spellings(identifier))
+        device, user, context = event.device, event.user, event.context
+        if device is not None:
+            for identifier in (device.device_id, device.ad_id):
+                if identifier and len(identifier) <= _MAX_ID_CHARS:
+                    digests.append(_id_spellings(identifier))
+        if user is not None:
+            if user.email:
+                digests.append(_email_spellings(user.email))
+            if user.phone:
+                phone_digests, runs = _phone_spellings(user.phone, self.phone_regions)
+                digests.append(phone_digests)
+        other = _ip_spellings(context.ip) if context is not None and context.ip else ()
+        return digests, other, runs
 
     def spellings(self, event: Event) -> frozenset[str]:
         """Other spellings of the person's identifiers a partner could join on, compacted.
 
-        Hashed email and phone (normalized as the hashing transforms would, in every phone
-        region the rules use) and the IP address as an integer or hex digits; `raw_values_of`
-        covers the raw values themselves.
+        Unkeyed digests (SHA-256, SHA-1, MD5; hex and base64) of the account, profile,
+        device and advertising ids; hashed email and phone (normalized as the hashing
+        transforms would, in every phone region the rules use); the phone's digit runs
+        (marked `DIGITS_MARK`); and the IP address as an integer or hex digits.
+        `raw_values_of` covers the raw values themselves; `raw_values` builds both at once,
+        ready for the scan.
         """
-        spellings: list[str] = []  # lowercase letters and digits already
-        if event.user is not None:
-            if event.user.email:
-                spellings.extend(_email_spellings(event.user.email))
-            if event.user.phone:
-                spellings.extend(_phone_spellings(event.user.phone, self.phone_regions))
-        if event.context is not None and event.context.ip:
-            spellings.extend(_ip_spellings(event.context.ip))
-        return frozenset(spellings)
+        digests, other, runs = self._spellings(event)
+        every = (d for group in digests for d in group.values)
+        return frozenset((*every, *other, *(DIGITS_MARK + r for r in runs)))
+
+    def raw_values(self, event: Event, own: frozenset[str]) -> RawValues:
+        """What the scan compares a record with: the event's own values (`own`, made by
+        `raw_values_of`) and every spelling of the person's identifiers (`spellings`)."""
+        digests, other, runs = self._spellings(event)
+        contained = [raw for raw in own if len(raw) >= _SUBSTRING_MIN]
+        contained.extend(raw for raw in other if len(raw) >= _SUBSTRING_MIN)
+        return RawValues(own.union(other), tuple(contained), tuple(digests), runs)
 
     def scan(
         self,
         record: dict[str, Any],
-        raw_values: frozenset[str] = frozenset(),
+        raw_values: RawValues | frozenset[str] = frozenset(),
         derived: Collection[str] = frozenset(),
     ) -> list[str]:
         """Findings as `path: kind`; an empty list means the record may leave.
@@ -385,15 +532,14 @@ class LeakScanner:
         the event's raw values they were derived from.
         """
         findings: list[str] = []
+        raw = raw_values if isinstance(raw_values, RawValues) else RawValues.of(raw_values)
         for key, value in record.items():
-            self._walk(value, str(key), raw_values, findings, check_raw=key not in derived)
+            self._walk(value, str(key), raw, findings, check_raw=key not in derived)
         return findings
 
-    def _walk(
-        self, value: Any, path: str, raw_values: frozenset[str], out: list[str], check_raw: bool = True
-    ) -> None:
+    def _walk(self, value: Any, path: str, raw: RawValues, out: list[str], check_raw: bool = True) -> None:
         if isinstance(value, str):
-            finding = self._scan_value(value, raw_values, check_raw)
+            finding = self._scan_value(value, raw, check_raw)
             if finding:
                 out.append(f"{path}: {finding}")
         elif isinstance(value, bool) or value is None:
@@ -404,33 +550,80 @@ class LeakScanner:
             except ValueError:  # an int too long for its decimal text
                 out.append(f"{path}: oversized_value")
                 return
-            finding = self._scan_value(text, raw_values, check_raw)
+            finding = self._scan_value(text, raw, check_raw)
             if finding:
                 out.append(f"{path}: {finding}")
         elif isinstance(value, dict):
             out.append(f"{path}: nested_value")
             for key, item in value.items():
                 child = f"{path}.{key}"
-                finding = self.key_finding(str(key), raw_values)
+                finding = self._key_finding(str(key), raw)
                 if finding:
                     out.append(f"{child}: key_{finding}")
-                self._walk(item, child, raw_values, out)
+                self._walk(item, child, raw, out)
         elif isinstance(value, list | tuple):
             out.append(f"{path}: nested_value")
             for index, item in enumerate(value):
-                self._walk(item, f"{path}[{index}]", raw_values, out)
+                self._walk(item, f"{path}[{index}]", raw, out)
         else:
             out.append(f"{path}: unknown_type")
 
 
-def _has_raw(compact: str, raw_values: frozenset[str]) -> bool:
-    if not compact:
+@dataclass(frozen=True, slots=True)
+class RawValues:
+    """The event's raw values and spellings, sorted for the comparisons (`LeakScanner.raw_values`).
+
+    A compacted value is a raw one when it equals one, or holds one of at least
+    `_SUBSTRING_MIN` characters (`contained`; the digests, longer, only in values at least
+    as long); its digits alone are compared with the phone's digit runs.
+    """
+
+    exact: frozenset[str]
+    contained: tuple[str, ...]
+    digests: tuple[_Digests, ...] = ()  # per id, email, phone: shared with the caches, not copied
+    digit_runs: tuple[str, ...] = ()
+    shortest_digest: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shortest_digest", min((g.shortest for g in self.digests), default=1 << 30))
+
+    @classmethod
+    def of(cls, raw_values: frozenset[str]) -> RawValues:
+        """Sort a set of raw values and spellings (`raw_values_of` | `LeakScanner.spellings`)."""
+        contained, runs = [], []
+        for raw in raw_values:
+            if raw.startswith(DIGITS_MARK):
+                runs.append(raw[len(DIGITS_MARK) :])
+            elif len(raw) >= _SUBSTRING_MIN:
+                contained.append(raw)
+        return cls(raw_values, tuple(contained), (), tuple(runs))
+
+    def in_compact(self, compact: str, hexadecimal: bool = False) -> bool:
+        """True when the compacted text is, or holds, a raw value (`hexadecimal`: the text is
+        hex digits, so only hex digests can be inside it)."""
+        if not compact:
+            return False
+        if compact in self.exact:
+            return True
+        size = len(compact)
+        if size < _SUBSTRING_MIN:
+            return False
+        if any(raw in compact for raw in self.contained):
+            return True
+        if size < self.shortest_digest:
+            return False  # most values: shorter than any digest
+        # equal to a digest, or one inside a longer value (`uid_…`)
+        return any(compact in group.members or group.inside(compact, hexadecimal) for group in self.digests)
+
+    def in_any(self, compacts: tuple[str, ...]) -> bool:
+        """True when any compacted form of a value is, or holds, a raw value or a phone digit run."""
+        if any(self.in_compact(c) for c in compacts):
+            return True
+        for compact in compacts if self.digit_runs else ():
+            digits = _digits_of(compact)
+            if len(digits) >= _PHONE_MIN_DIGITS and any(run in digits for run in self.digit_runs):
+                return True
         return False
-    if compact in raw_values:
-        return True
-    if len(compact) < _SUBSTRING_MIN:
-        return False
-    return any(raw in compact for raw in raw_values if len(raw) >= _SUBSTRING_MIN)
 
 
 def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
@@ -445,7 +638,7 @@ def scanner_for(config: LeakScanFile, rules: Iterable[RuleFile]) -> LeakScanner:
         regions.append(rule.identifiers.default_region)
         for event_type, spec in rule.events.items():
             vocabulary.add(event_type)
-            for field in spec.fields.values():
-                if not isinstance(field, str) and field.values:
-                    vocabulary.update(field.values)
+            for spec_field in spec.fields.values():
+                if not isinstance(spec_field, str) and spec_field.values:
+                    vocabulary.update(spec_field.values)
     return LeakScanner.from_config(config, vocabulary, regions or ["US"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -72,11 +73,36 @@ def _undeclared(prefix: str, section: BaseModel | None) -> list[str]:
     return [f"{prefix}{reported_key(k)}" for k in extra] if extra else []
 
 
+# The platforms the guard knows. Platform names compare case- and width-insensitively
+# (`Web`, `ＷＥＢ`, ` web ` are `web`): normalized once, when the event is decoded. A platform
+# missing or outside this list is read the strictest way by the consent checks (as web).
+PLATFORMS = frozenset({"ios", "android", "tv", "web"})
+APP_PLATFORMS = PLATFORMS - {"web"}
+_MAX_PLATFORM_CHARS = 64
+
+
+def _normalized_enum(value: str | None) -> str | None:
+    """An enumerated value as compared: NFKC, no surrounding white space, case-folded.
+
+    Invisible format characters are removed (`w\u200beb` is `web`); a value longer than
+    any member of an enumeration is kept as it is (it matches none).
+    """
+    if value is None or (value.isascii() and value.islower() and value.strip() == value):
+        return value  # the common case: already normal
+    if len(value) > _MAX_PLATFORM_CHARS:
+        return value
+    text = "".join(c for c in unicodedata.normalize("NFKC", value) if unicodedata.category(c) != "Cf")
+    return text.strip().casefold()
+
+
+Platform = Annotated[str | None, AfterValidator(_normalized_enum)]
+
+
 class Device(_Section):
-    """The device an event came from."""
+    """The device an event came from (`platform` normalized: see `PLATFORMS`)."""
 
     device_id: InternalId | None = None
-    platform: str | None = None
+    platform: Platform = None
     ad_id: str | None = None
     limit_ad_tracking: bool | None = None
 

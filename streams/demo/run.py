@@ -23,11 +23,11 @@ from streams import exitcodes
 from streams.broker.embedded import EmbeddedBroker
 from streams.core.rules.loader import load_ruleset
 from streams.gen.leak_audit import find_leaks
-from streams.gen.traffic import TrafficGenerator
+from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.harness import LOOPBACK, GuardProcess, new_producer, produce_all, read_topic, start_guard
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.io import produce
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 
 INPUT_TOPIC = "internal.events"
 STATE_TOPICS = ("privacy.consent", "member.signup-status")
@@ -44,6 +44,7 @@ class Summary:
     blocked_records: dict[str, int] = field(default_factory=dict)
     stripped: dict[str, float] = field(default_factory=dict)
     leaks: dict[str, list[str]] = field(default_factory=dict)
+    notices: dict[str, Counter[str]] = field(default_factory=dict)  # partner -> kind -> count
 
     @property
     def conserved(self) -> bool:
@@ -52,8 +53,57 @@ class Summary:
 
     @property
     def leak_count(self) -> int:
-        """Partner records with a finding."""
+        """Partner records (and notices) with a finding."""
         return sum(len(v) for v in self.leaks.values())
+
+
+# The share of the population that opts out (do not sell or share) after the traffic, and the
+# share that asks for deletion: each partner that received data about them gets a notice.
+REVOKE_SHARE, DELETE_SHARE = 0.05, 0.01
+
+
+def _revocations(generator: TrafficGenerator) -> list[KeyedRecord]:
+    """Opt-outs and deletions for a slice of the population, stamped now."""
+    now_ms = int(time.time() * 1000)
+    people = generator.people
+    revoking = people[: int(len(people) * REVOKE_SHARE)]
+    deleting = people[len(revoking) : len(revoking) + int(len(people) * DELETE_SHARE)]
+    records = []
+    for person in revoking:
+        subject = f"account:{person.account_id}"
+        value = {"subject": subject, "updated_at": now_ms, "interest_based_ads": "granted"}
+        records.append(KeyedRecord(subject.encode(), orjson.dumps(value | {"do_not_sell_or_share": True})))
+    records += [KeyedRecord(f"account:{p.account_id}".encode(), None) for p in deleting]
+    return records
+
+
+def send_optouts(
+    console: Console, producer: Producer, generator: TrafficGenerator, guard: GuardProcess, seeded: int
+) -> None:
+    """Opt some people out and delete some, then wait until the guard acted on every consent record."""
+    records = _revocations(generator)
+    produce_all(producer, STATE_TOPICS[0], records)
+    producer.flush(30)
+    deadline = time.monotonic() + 120
+    while _consent_changes(guard) < seeded + len(records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    console.print(f"sent {len(records):,} opt-outs and deletions to {STATE_TOPICS[0]}")
+
+
+def _consent_changes(guard: GuardProcess) -> float:
+    try:
+        return guard.metric_value("partner_guard_consent_changes_total")
+    except OSError:
+        return 0.0
+
+
+def read_notices(bootstrap: str, topics: dict[str, str], summary: Summary) -> None:
+    """Count every partner's notices by kind, and scan them for leaks like partner records."""
+    for partner, topic in topics.items():
+        summary.notices[partner] = Counter()
+        for value in _read_values(bootstrap, topic):
+            summary.notices[partner][str(orjson.loads(value or b"{}").get("kind"))] += 1
+            summary.leaks[partner] += find_leaks(value)
 
 
 def _records_in(guard: GuardProcess) -> float:
@@ -118,6 +168,12 @@ def print_summary(console: Console, summary: Summary, elapsed: float) -> None:
         else ("[red]conservation FAILED[/red]")
     )
     console.print(f"conservation: {verdict}")
+    if summary.notices:
+        sent = sum(sum(c.values()) for c in summary.notices.values())
+        per_partner = "; ".join(
+            f"{p} {c['opt_out']:,} opt-out, {c['deletion']:,} deletion" for p, c in summary.notices.items()
+        )
+        console.print(f"opt-out notices sent: {sent:,} ({per_partner})", highlight=False)
     if summary.leak_count:
         console.print(f"[red]leak scan of partner topics: {summary.leak_count} finding(s)[/red]")
     else:
@@ -141,6 +197,7 @@ def run_demo(
     started = time.monotonic()
     ruleset = load_ruleset(rules)
     partners = {rule.partner: rule.topic for rule in ruleset.rules}
+    notice_topics = {r.partner: r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends}
     workdir = Path(tempfile.mkdtemp(prefix="partner-guard-demo-"))
     with EmbeddedBroker.start(log_path=workdir / "broker.log") as broker:
         console.print(f"embedded broker on {broker.bootstrap} (Tansu, memory only); logs in {workdir}")
@@ -159,26 +216,32 @@ def run_demo(
             f"seeded {consents:,} consent records and {statuses:,} "
             f"sign-up statuses for {len(generator.people):,} people"
         )
-        guard = start_guard(
-            broker.bootstrap,
-            INPUT_TOPIC,
-            workdir / "guard.log",
-            _guard_env(rules, engine),
-            dev=True,
-            metrics_port=metrics_port,
-        )
-        try:
+        guard: GuardProcess | None = None
+        try:  # started inside the try: a stop signal while it starts still stops it
+            guard = start_guard(
+                broker.bootstrap,
+                INPUT_TOPIC,
+                workdir / "guard.log",
+                _guard_env(rules, engine),
+                dev=True,
+                metrics_port=metrics_port,
+            )
             guard.wait_ready()
             console.print(
                 f"guard ready ({engine} engine); metrics on http://{LOOPBACK}:{guard.metrics_port}/metrics"
             )
             produced = _stream(console, producer, generator, events, rate, guard)
+            if engine == "kafka":
+                send_optouts(console, producer, generator, guard, consents)
             summary = summarize(broker.bootstrap, partners, produced, guard)
+            if engine == "kafka":
+                read_notices(broker.bootstrap, notice_topics, summary)
             print_summary(console, summary, time.monotonic() - started)
             if keep_running:
                 _keep_running(console, producer, generator, rate or 200.0, guard.metrics_port)
         finally:
-            guard.stop()
+            if guard is not None:
+                guard.stop()
             del producer  # disconnect before the broker stops, so librdkafka has nothing to report
     return exitcodes.OK if summary.conserved and not summary.leak_count else exitcodes.CHECK_FAILED
 

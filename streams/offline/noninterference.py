@@ -104,25 +104,47 @@ def protected_fields() -> Mapping[str, str]:
 def with_values(event: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of `event` with protected fields set (None removes them).
 
-    Only fields whose parent object exists are touched, so the presence of records
-    (`device`, `context`) — which conditions may test — stays as it was; a
-    `CONSENT_NEUTRAL` signal is touched only when it is absent or neutral already.
+    Presence is information too (P11): a protected field is added where it was absent,
+    creating the records that hold it (`user` for `user.email`), and a record that only
+    held protected fields goes when they are removed. A `CONSENT_NEUTRAL` signal is touched
+    only inside a `context.consent` that exists, and only when it is absent or neutral
+    already (a signal that says something is consent state, kept).
     """
     out = copy.deepcopy(dict(event))
+    emptied: list[tuple[str, ...]] = []
     for path, value in values.items():
         *parents, leaf = path.split(".")
+        consent_signal = path in CONSENT_NEUTRAL
         node: Any = out
         for part in parents:
+            if isinstance(node, dict) and part not in node and value is not None and not consent_signal:
+                node[part] = {}  # adding the field brings its record with it
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict):
             continue
-        if path in CONSENT_NEUTRAL and node.get(leaf) not in (None, CONSENT_NEUTRAL[path]):
+        if consent_signal and node.get(leaf) not in (None, CONSENT_NEUTRAL[path]):
             continue  # a signal that says something (gpc: true) is consent state: kept
         if value is None:
-            node.pop(leaf, None)
+            if leaf in node:
+                node.pop(leaf)
+                emptied.append(tuple(parents))
         else:
             node[leaf] = value
+    for record in sorted(set(emptied), key=len, reverse=True):
+        _drop_if_empty(out, record)
     return out
+
+
+def _drop_if_empty(event: dict[str, Any], parents: tuple[str, ...]) -> None:
+    """Remove the records along `parents` that removing protected fields left empty (deepest first)."""
+    for depth in range(len(parents), 0, -1):
+        *above, name = parents[:depth]
+        node: Any = event
+        for part in above:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not (isinstance(node, dict) and node.get(name) == {}):
+            return
+        node.pop(name)
 
 
 def random_values(rng: random.Random) -> dict[str, Any]:

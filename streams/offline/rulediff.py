@@ -17,12 +17,21 @@ from typing import Any, Literal
 import orjson
 
 from streams.core.models import Decision
-from streams.core.rules.model import RuleFile
+from streams.core.rules.model import FieldSpec, RuleFile
 from streams.core.rules.ruleset import Ruleset, field_spec
 from streams.offline.cases import decide_line
 
 Op = Literal["added", "removed", "changed"]
 _SIGNS: Mapping[str, str] = {"added": "+", "removed": "-", "changed": "~"}
+TRANSFORM_WORDS: Mapping[str, str] = {
+    "keep": "kept",
+    "pseudonym": "keyed pseudonym",
+    "sha256_email": "hashed email",
+    "sha256_phone": "hashed phone",
+    "truncate_ip": "truncated IP",
+    "coarsen_time": "coarsened time",
+    "ad_id": "ad id, dropped under limit-ad-tracking",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +59,58 @@ class PartnerDiff:
     partner: str
     status: str = "changed"  # added | removed | changed | unchanged
     changes: list[Change] = field(default_factory=list)
+    block: list[str] = field(default_factory=list)  # a new partner, as a readable block
 
     @property
     def lines(self) -> list[str]:
-        """The changes as readable lines."""
-        return [c.text() for c in self.changes]
+        """The changes as readable lines (a new partner as a block)."""
+        return self.block or [c.text() for c in self.changes]
+
+
+def _field_text(name: str, spec: FieldSpec) -> str:
+    """`visit_day <- event_time (coarsened time, day)`: only the attributes that apply."""
+    parts = [TRANSFORM_WORDS.get(spec.transform, spec.transform)]
+    if spec.transform == "coarsen_time":
+        parts.append(spec.granularity)
+    if spec.values is not None:
+        parts.append("values " + ", ".join(spec.values))
+    if spec.pattern is not None:
+        parts.append(f"pattern {spec.pattern}")
+    if spec.max_length is not None:
+        parts.append(f"max length {spec.max_length}")
+    if spec.required:
+        parts.append("required")
+    return f"{name} <- {spec.source} ({'; '.join(parts)})"
+
+
+def new_partner_block(rule: RuleFile) -> list[str]:
+    """A new partner as a reviewer reads it: events, fields and transforms, consent, scope."""
+    consent = rule.consent
+    needs = [
+        "interest-based ads granted" if consent.interest_based_ads == "required" else None,
+        "ad cookies accepted on the web" if consent.ad_cookies_on_web == "required" else None,
+        f"TCF vendor {consent.tcf.vendor_id}, purposes {list(consent.tcf.purposes)} where the GDPR applies"
+        if consent.tcf
+        else None,
+        "Do Not Track honoured" if consent.honour_dnt else None,
+    ]
+    lines = [
+        f"+ new partner {rule.partner} (rule {rule.rule_id or rule.partner}) -> topic "
+        f"{rule.topic or f'partner.{rule.partner}.events'}",
+        f"+   jurisdictions: {', '.join(rule.jurisdictions)}",
+        f"+   consent needed: {', '.join(n for n in needs if n) or 'only the opt-outs every rule honours'}",
+    ]
+    if rule.signup_status is not None:
+        allowed = ", ".join(rule.signup_status.allowed)
+        lines.append(f"+   sign-up status: {allowed} (missing: {rule.signup_status.when_missing})")
+    if rule.condition:
+        lines.append(f"+   condition: {rule.condition}")
+    lines.append(f"+   events ({len(rule.events)}):")
+    for event_type, event in rule.events.items():
+        status = f" (sign-up status {', '.join(event.signup_status)})" if event.signup_status else ""
+        lines.append(f"+     {event_type}{status}:")
+        lines += [f"+       {_field_text(n, field_spec(v))}" for n, v in event.fields.items()]
+    return lines
 
 
 def _json(value: Any) -> str:
@@ -102,8 +158,10 @@ def structural_diff(old: Ruleset, new: Ruleset) -> list[PartnerDiff]:
         if partner not in new.partners:
             diffs.append(PartnerDiff(partner, "removed", [Change("partner", "removed", before=partner)]))
         elif partner not in old.partners:
-            added = rule_document(new.rule(partner).source)
-            diffs.append(PartnerDiff(partner, "added", [Change("rule", "added", after=added)]))
+            source = new.rule(partner).source
+            added = rule_document(source)
+            change = [Change("rule", "added", after=added)]
+            diffs.append(PartnerDiff(partner, "added", change, new_partner_block(source)))
         else:
             changes = diff_rules(old.rule(partner).source, new.rule(partner).source)
             diffs.append(PartnerDiff(partner, "changed" if changes else "unchanged", changes))

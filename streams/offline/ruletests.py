@@ -128,7 +128,7 @@ def validate_test_file(path: Path, doc: Any) -> list[str]:
                 fix = _did_you_mean(_model_at(loc), str(loc[-1]))
                 message = f"unknown key `{loc[-1]}` at {where}"
             else:
-                fix = "correct the value (see README, 'Writing a rule')"
+                fix = "correct the value (see docs/rules.md)"
                 message = f"{where}: {error['msg']}"
             problems.append(f"{path}:{line_of(doc, loc)}: {message} — fix: {fix}")
         return problems
@@ -166,7 +166,8 @@ def _check(
 ) -> list[str]:
     problems = []
     if "verdict" in expect and got["verdict"] != expect["verdict"]:
-        problems.append(f"verdict {got['verdict']!r}, expected {expect['verdict']!r}")
+        because = f" (reasons {got['reasons']})" if got["reasons"] else ""
+        problems.append(f"verdict {got['verdict']!r}{because}, expected {expect['verdict']!r}")
     if "reasons" in expect and got["reasons"] != list(expect["reasons"]):
         problems.append(f"reasons {got['reasons']}, expected {list(expect['reasons'])}")
     record = got["record"] or {}
@@ -224,7 +225,8 @@ def run_file(path: Path, ruleset: Ruleset) -> PartnerResult:
         problems = _check(case.get("expect") or {}, got, ruleset.rule(partner), event_type)
         if problems:
             detail = "; ".join(problems)
-            result.failures.append(f"{path}:{line}: {name}: {detail} (details: {list(decision.details)})")
+            details = f" (details: {list(decision.details)})" if decision.details else ""
+            result.failures.append(f"{path}:{line}: {name}: {detail}{details}")
         else:
             result.passed += 1
     reachable = reachable_reasons(ruleset.rule(partner))

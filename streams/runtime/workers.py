@@ -3,7 +3,9 @@
 One Python process decides on one core (the GIL), so a host with several cores runs several
 workers. Each worker is a complete `partner-guard run` in the same consumer group, with its
 own transactional id (`<transactional_id>-w<i>`, or the default group-host-pid, unique per
-process), its own state tables and its own share of the input partitions; the broker
+process), its own state tables (with `state_store: rocksdb`, in its own directory
+`<state_dir>/worker-<i>`: a store is written by one process), and its own share of the input
+partitions; the broker
 balances partitions between them exactly as between instances on different hosts, so every
 promise holds per worker. The supervisor:
 
@@ -13,8 +15,8 @@ promise holds per worker. The supervisor:
 - serves `/metrics` on the configured port: every worker's series, each labelled
   `worker="<i>"` (sum over `worker` in queries); `/readyz` when every worker is ready,
   `/healthz` when every worker is alive and healthy;
-- forwards SIGTERM/SIGINT to every worker and exits with the worst exit code; when a
-  worker dies on its own, it stops the others and exits non-zero, so the supervisor's
+- on SIGTERM, SIGINT or SIGHUP stops every worker (SIGTERM to each) and exits with the
+  worst exit code; when a worker dies on its own, it stops the others and exits non-zero, so the supervisor's
   supervisor (systemd, Kubernetes) restarts the set.
 """
 
@@ -42,11 +44,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from streams.broker.embedded import free_port
-from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.config import ENV_PREFIX, Settings
+from streams.runtime.config import ENV_PREFIX, Settings
+from streams.runtime.formats.payload import KEYS_ENV
+from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
 from streams.runtime.ops.metrics import serve_http
 from streams.runtime.ops.secrets import env_name
-from streams.runtime.pipeline.payload import KEYS_ENV
 
 log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0
@@ -100,25 +102,35 @@ class WorkersCollector:
         yield from families.values()
 
 
+# Settings the supervisor sets for each worker itself (through the worker's environment, or
+# by acting once for all): never handed on to a worker as command-line flags, which would win.
+SUPERVISOR_SETTINGS = (
+    "workers",
+    "create_topics",
+    "metrics_host",
+    "metrics_port",
+    "transactional_id",
+    "state_dir",  # worker i's is <state_dir>/worker-<i>
+)
+
+
 def worker_environment(settings: Settings, index: int) -> dict[str, str]:
-    """The environment of worker `index`: its own transactional id, loopback metrics port, keys."""
+    """The environment of worker `index`: its own transactional id, loopback metrics port, keys,
+    and state directory."""
     env = {
         ENV_PREFIX + "METRICS_HOST": "127.0.0.1",
         ENV_PREFIX + "METRICS_PORT": str(free_port()),
         ENV_PREFIX + "WORKERS": "1",
+        ENV_PREFIX + "STATE_DIR": str(worker_state_dir(settings, index)),
     }
     if settings.transactional_id:
         env[ENV_PREFIX + "TRANSACTIONAL_ID"] = f"{settings.transactional_id}-w{index}"
     return env
 
 
-def worker_arguments(config: Path | None, rules: Path | None, dev: bool, keys_dir: Path | None) -> list[str]:
-    """The `run` options every worker gets (topics are created once, by the supervisor)."""
-    args = []
-    for option, value in (("--config", config), ("--rules", rules), ("--keys-dir", keys_dir)):
-        if value is not None:
-            args += [option, str(value)]
-    return [*args, "--dev"] if dev else args
+def worker_state_dir(settings: Settings, index: int) -> Path:
+    """Worker `index`'s own state directory: two processes never share a disk store."""
+    return Path(settings.state_dir) / f"worker-{index}"
 
 
 def shared_dev_secrets(settings: Settings, partners: Iterable[str]) -> dict[str, str]:
@@ -177,17 +189,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Run the workers until a signal or until one of them exits; the worst exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         s = self.settings
         if s.create_topics:
             kafka = s.kafka_base()
-            ensure_topics(
-                kafka,
-                [*s.input_topics, *self._partner_topics(), s.blocked_topic],
-                [s.consent_topic, s.signup_status_topic],
-                s.partitions,
-            )
+            from streams.core.rules.loader import load_ruleset
+
+            plain, compacted = guard_topic_layout(s, load_ruleset(Path(s.rules_dir)))
+            ensure_topics(kafka, plain, compacted, s.partitions)
         server = self._serve()
         self._start_workers()
         try:
@@ -206,11 +216,6 @@ class Supervisor:
             server.shutdown()
         worst = max(codes, default=0)
         return worst if self.stopping else max(worst, 1)
-
-    def _partner_topics(self) -> list[str]:
-        from streams.core.rules.loader import load_ruleset
-
-        return [rule.topic for rule in load_ruleset(Path(self.settings.rules_dir)).rules]
 
     def _stop_workers(self) -> list[int]:
         for worker in self.workers:

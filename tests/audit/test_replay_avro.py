@@ -14,10 +14,10 @@ from streams.core.decide import decide, receivable_types
 from streams.core.models import StateSnapshot
 from streams.core.rules.loader import load_ruleset
 from streams.core.schema import event_schema, event_schema_fingerprint
+from streams.runtime.config import Settings, load_settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from streams.runtime.kafka.avro_input import ReplayAvro, avro_decoder, decode_input
-from streams.runtime.ops.config import Settings, load_settings
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from tests.conftest import RULES_DIR, TEST_KEYS
 
 EVENT = {

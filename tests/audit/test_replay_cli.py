@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 
 from streams.core.models import Decision
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record
 from tests.conftest import ROOT, RULES_DIR
 
 EVENT = {

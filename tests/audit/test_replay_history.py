@@ -27,8 +27,8 @@ from streams.core.models import Decision, Event, StateSnapshot
 from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
 from streams.core.schema import load_schema_json
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from tests.conftest import RULES_DIR, TEST_KEYS
 
 PARTNER = "install-attribution"

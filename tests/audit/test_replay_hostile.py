@@ -16,8 +16,8 @@ from streams.core.codec import decode_json
 from streams.core.decide import decide
 from streams.core.models import StateSnapshot
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 from tests.conftest import ROOT
 
 KEYRING_TEXT = "k1:" + base64.b64encode(b"\x02" * 32).decode()

@@ -136,7 +136,8 @@ def test_the_run_description_carries_the_installed_version_and_the_clock_it_is_g
         (
             [_outcome(1), _outcome(2, "ruleset_not_found"), _outcome(3, "unverifiable")],
             "amber",
-            "No mismatch, but not verified: 1 ruleset not found, 1 unverifiable record. "
+            "No mismatch, but not verified: 1 record whose ruleset was not found (1 distinct digest), "
+            "1 unverifiable record. "
             "1 of 3 selected records verified.",
         ),
         (
@@ -273,7 +274,7 @@ def test_examples_put_failures_first_grouped_by_kind_and_state_constant_columns_
     text = sections(page)
     assert text["examples"].index("2 mismatches") < text["examples"].index("Verified")
     assert "In every row: partner install-attribution" in text["examples-mismatch"]
-    assert "1 ruleset not found" in text["examples-ruleset_not_found"]
+    assert "1 record whose ruleset was not found" in text["examples-ruleset_not_found"]
 
 
 def test_hostile_values_are_escaped_and_the_page_is_self_contained(tmp_path: Path) -> None:
@@ -313,3 +314,33 @@ def test_time_labels_never_overlap() -> None:
         assert timeline is not None
         ticks = lay_out(timeline)[0].ticks
         assert len(ticks) >= 2 and all(b.x - a.x >= LABEL_WIDTH for a, b in itertools.pairwise(ticks))
+
+
+def test_the_dull_reason_is_counted_apart_and_every_reason_is_explained() -> None:
+    outcomes = [_outcome(i, reasons=["event_type_not_allowed"]) for i in range(30)]
+    outcomes += [
+        _outcome(40, reasons=["consent_gpc"]),
+        _outcome(41, reasons=["event_type_not_allowed", "minor"]),
+    ]
+    result = ReplayResult(outcomes)
+    timeline = timeline_of(result)
+    assert timeline is not None and timeline.apart == 30 and timeline.partners[0].apart == 30
+    assert [name for name, _ in timeline.legend] == ["consent_gpc", "minor"]  # never charted
+    page = render_html(result, RUN, whatif=False)
+    shown = sections(page)
+    assert "Not charted: 30 records blocked only for event_type_not_allowed" in shown["apart"]
+    assert "2 blocked records charted, and 30 only for event_type_not_allowed" in shown["timeline"]
+    assert "consent_gpc 1 the browser sent Global Privacy Control" in shown["reasons"]
+    console = Console(record=True, width=300)
+    print_summary(console, result, whatif=False)
+    assert "the browser sent Global Privacy Control" in console.export_text()
+
+
+def test_left_out_rows_are_counted() -> None:
+    outcomes = [_outcome(i, "mismatch") for i in range(140)]
+    result = ReplayResult(outcomes)
+    shown = sections(render_html(result, RUN, whatif=False))
+    assert "115 more; all in --jsonl" in shown["examples-mismatch"]
+    console = Console(record=True, width=300)
+    print_summary(console, result, whatif=False)
+    assert "120 more; all in --jsonl" in console.export_text()

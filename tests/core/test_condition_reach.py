@@ -47,6 +47,15 @@ def _refusals(tmp_path: Path, condition: str) -> list[str]:
         ("has(event.context.consent)", "tagged 'consent'"),
         ("event.device.limit_ad_tracking == false", "tagged 'consent'"),
         ('size(event.context) > 3 || event.device.platform == "ios"', "reaching context.consent"),
+        # presence is information: a record is there when any protected member of it is
+        ("has(event.user)", "presence of event.user, a record holding user.email, user.phone"),
+        ("!has(event.properties)", "presence of event.properties, a record holding properties.position_ms"),
+        (
+            'has(event.context) || status == "member"',
+            "presence of event.context, a record holding context.ip",
+        ),
+        ('"title_id" in event.properties', "whole record event.properties (its value, size or keys)"),
+        ("size(event.user) == 0", "whole record event.user (its value, size or keys)"),
         ('event.properties.favourite_show == "x"', "does not declare"),
         ('event.device.platform.kind == "x"', "does not declare"),
         ("size(event) > 0", "whole event"),
@@ -70,7 +79,7 @@ def test_condition_reading_a_protected_or_unknown_field_is_refused(
         'has(event.device) && has(event.device.platform) && event.device.platform in ["ios", "android"]',
         'event.properties["campaign_id"].startsWith("spring") || event.context.country == "US"',
         '["ios", "tv"].exists(p, p == event.device.platform) && consent.jurisdiction != "EU"',
-        'has(event.context) && event.user.age_band == "adult" && status == "prospect"',
+        'has(event.context.country) && event.user.age_band == "adult" && status == "prospect"',
         'event.account_id.startsWith("test-") == false && size(event.event_type) < 40',
     ],
 )

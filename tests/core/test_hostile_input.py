@@ -29,8 +29,8 @@ from streams.core.signals.tcf import decode_tc_string
 from streams.core.signals.usprivacy import us_privacy_opted_out
 from streams.gen.signals import BitWriter, encode_gpp, encode_tc_string, encode_usnat
 from streams.offline.cases import decide_case, decide_line, decision_json
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import (
     CONTAINED_ERROR_DETAIL,
     SourceRef,
     Withheld,
@@ -539,7 +539,7 @@ class _RecordingSink:
 def test_the_job_blocks_an_input_whose_outputs_raise_for_every_partner(
     ruleset: Ruleset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streams.runtime.ops.config import Settings
+    from streams.runtime.config import Settings
     from streams.runtime.pipeline.decider import BatchTally
     from streams.runtime.pipeline.job import GuardJob
 

@@ -165,6 +165,8 @@ def _unreadable(path: str, value_read: bool) -> bool:
         return True
     if tag == RECORD_TAG and value_read:
         return any(p.startswith(path + ".") and (is_protected(t) or t == "consent") for p, t in TAGS.items())
+    if tag == RECORD_TAG:  # presence: a record is there when any of its protected members is
+        return any(p.startswith(path + ".") and is_protected(t) for p, t in TAGS.items())
     return False
 
 
@@ -258,3 +260,42 @@ def test_rules_test_reports_a_rule_that_interferes(tmp_path: Path, ruleset: Rule
     p11 = [f for f in result.failures if "P11 non-interference" in f]
     assert p11 and all("install-attribution.yaml:" in f for f in p11), result.failures
     assert run_file(RULES_DIR / "tests" / "install-attribution.yaml", ruleset).failures == []
+
+
+def test_variants_add_and_remove_protected_records() -> None:
+    """Presence is information: the variants add a protected field with the record holding
+    it, and take a record away once nothing but protected fields kept it there."""
+    event = {"event_id": "e", "event_type": "app_open", "event_time": 1, "user": {"email": "a@b.example"}}
+    assert with_values(event, {"user.email": None}) == {k: v for k, v in event.items() if k != "user"}
+    bare = {"event_id": "e", "event_type": "app_open", "event_time": 1}
+    assert with_values(bare, {"user.phone": "+1 650 555 1212"})["user"] == {"phone": "+1 650 555 1212"}
+    assert with_values(bare, {"context.consent.gpc": False}) == bare  # consent state is not invented
+    kept = {**bare, "user": {"email": "a@b.example", "age_band": "adult"}}
+    assert with_values(kept, {"user.email": None})["user"] == {"age_band": "adult"}
+
+
+def test_a_condition_on_the_presence_of_a_protected_record_is_caught(ruleset: Ruleset) -> None:
+    """Defense in depth behind `rules check`: a condition on whether `user` is there (compiled
+    here without the loader, which refuses it) changes verdicts when an email is added."""
+    from dataclasses import replace
+
+    from streams.core.rules.ruleset import compile_rule
+
+    rule = ruleset.rule("install-attribution").source
+    leaky = compile_rule(rule.model_copy(update={"condition": "!has(event.user)"}))
+    bad = replace(ruleset, rules=(leaky, *ruleset.rules[1:]))
+    case: dict[str, Any] = {
+        "event": {
+            "event_id": "ev-1",
+            "event_type": "app_install",
+            "event_time": "2026-11-28T10:42:17Z",
+            "account_id": ACCOUNT,
+            "device": {"platform": "ios"},
+            "context": {"country": "US"},
+            "properties": {"campaign_id": "spring"},
+        },
+        "consent": [{"subject": f"account:{ACCOUNT}", "interest_based_ads": "granted", "jurisdiction": "US"}],
+    }
+    assert decide_case(case, b"", bad)[0].forwarded
+    assert check_case(bad, case, {"user.email": "person@example.com"}) != []
+    assert check_case(ruleset, case, {"user.email": "person@example.com"}) == []

@@ -22,7 +22,7 @@ from tests.conftest import permissive_ruleset
 from tests.hostile import FORBIDDEN_TOKENS, hostile_case, opt_out_case
 
 PROPERTY_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-RAW_IDENTIFIERS = ("acct-000123", "acct-000777", "acct-000123-p1", "dev-acct-000123", "ev-acct")
+RAW_IDENTIFIERS = ("acct-000123", "acct-000777", "acct-000123-p1", "dev-acct-000123", "321000-tcca")
 
 
 def _strings(value: Any) -> list[str]:

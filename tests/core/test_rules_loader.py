@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.core.rules.loader import RulesetError, load_ruleset
-from streams.runtime.ops.config import Settings, guard_topics_from_env
+from streams.runtime.config import Settings, guard_topics_from_env
 from tests.conftest import RULES_DIR
 
 BASE_RULE = """\
@@ -219,7 +219,7 @@ def test_a_misspelled_required_key_is_one_problem_with_a_did_you_mean(tmp_path: 
     assert _problems(directory) == [
         f"{directory / 'acme.yaml'}:2: jurisdictons: unknown key 'jurisdictons' — fix: did you mean "
         "'jurisdictions'? (keys here: partner, rule_id, description, topic, jurisdictions, consent, "
-        "signup_status, identifiers, condition, events)"
+        "signup_status, identifiers, condition, events, optout_notices)"
     ]
 
 
@@ -296,6 +296,7 @@ def test_the_guard_topics_are_the_configured_names() -> None:
         "privacy.consent": "the consent state topic",
         "member.signup-status": "the sign-up status state topic",
         "audit.withheld": "the blocked-event topic",
+        "guard.forwarded": "the forwarded-marker topic",
     }
     environment = {
         "PARTNER_GUARD_INPUT_TOPICS": "web.events,app.events",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import faust
@@ -12,9 +14,10 @@ import pytest
 
 from streams.core.errors import RefusalError
 from streams.core.rules.loader import load_ruleset
-from streams.engines.faust_app import _timestamp_ms, check_promises
+from streams.engines.faust_app import FaustGuard, _timestamp_ms, check_promises, consumer_lag
 from streams.engines.faust_auth import broker_credentials
-from streams.runtime.ops.config import load_settings
+from streams.runtime.config import load_settings
+from streams.runtime.ops.metrics import Heartbeat
 from streams.runtime.ops.startup import StartupError, keyed_setup, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +129,55 @@ def test_run_engine_faust_refuses_before_connecting(env: dict[str, str], refusal
     )
     assert result.returncode == 2, result.stderr
     assert b"refusing to start" in result.stderr and refusal.encode() in result.stderr
+
+
+T0, T1, T2 = ("in", 0), ("in", 1), ("in", 2)
+
+
+def test_consumer_lag_counts_from_the_next_offset_to_decide() -> None:
+    # decided up to 100 of a listed end of 400; fetched to 350 (a prefetch is not decided)
+    assert consumer_lag({T0: 400}, {T0: 350}, {T0: 100}) == {T0: 300}
+    # nothing decided there yet: the fetch position is the next offset to decide
+    assert consumer_lag({T0: 400}, {T0: 350}, {}) == {T0: 50}
+    assert consumer_lag({T0: 400}, {T0: 400}, {T0: 400}) == {T0: 0}
+
+
+def test_consumer_lag_trusts_the_fetch_position_over_a_short_listed_end() -> None:
+    """The embedded broker lists the last record batch's base offset + 1 as the end: 1 for a
+    topic produced in one batch. What the consumer has fetched is in the log, so it bounds the end."""
+    assert consumer_lag({T0: 1}, {T0: 340}, {T0: 1}) == {T0: 339}
+    assert consumer_lag({T0: None}, {T0: 340}, {T0: 40}) == {T0: 300}
+
+
+def test_consumer_lag_leaves_out_what_it_cannot_know() -> None:
+    lag = consumer_lag({T0: 10, T1: 10, T2: 10}, {T0: None, T1: -1, T2: 5}, {T2: 7})
+    assert lag == {T2: 3}
+    assert consumer_lag({T0: 10}, {T0: 12}, {T0: 20}) == {T0: 0}  # never negative
+
+
+class _IdleReader:
+    """A state reader with nothing new to apply."""
+
+    def poll(self) -> int:
+        return 0
+
+
+def test_faust_heartbeat_is_beaten_by_the_idle_timer_only_between_batches() -> None:
+    """While a batch runs, only the batch beats `/healthz`: a batch stuck outside its watched
+    sends (the state catch-up) goes silent, as the kafka engine's loop does; between batches
+    the idle timer keeps the worker alive. (No broker: the app is built, never started.)"""
+    settings = load_settings(bootstrap_servers="127.0.0.1:1", dev=True, faust_accepted_gaps=["P8"])
+    guard = FaustGuard(keyed_setup(settings, load_ruleset(ROOT / "rules")))
+    now = [0.0]
+    guard.heartbeat = Heartbeat(max_silence_s=10.0, clock=lambda: now[0])
+    guard.state._reader = _IdleReader()  # type: ignore[assignment]  # loaded, nothing to apply
+    guard._loaded, guard._last_gauges = True, time.monotonic()  # gauges not due
+
+    guard._in_batch = True
+    now[0] = 11.0
+    asyncio.run(guard._keep_state_current())
+    assert not guard.heartbeat.alive()  # the timer did not beat for a batch in progress
+
+    guard._in_batch = False
+    asyncio.run(guard._keep_state_current())
+    assert guard.heartbeat.alive()

@@ -3,6 +3,9 @@ consumer group's committed offsets (how a test knows a guard is done with its in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -13,11 +16,12 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from streams import harness
+from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import TrafficGenerator
 from streams.harness import GuardProcess, read_topic
 from streams.harness import produce_records as produce
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 
 __all__ = [
     "KEY_ENV",
@@ -27,7 +31,9 @@ __all__ = [
     "committed_offsets",
     "produce",
     "read_blocked",
+    "read_jsonl",
     "read_topic",
+    "run_cli",
     "seed_population",
     "start_guard",
     "wait_all_committed",
@@ -138,3 +144,26 @@ def wait_all_committed(
                 raise AssertionError(f"guard exited with {guard.process.returncode}: {guard.log()}")
         time.sleep(0.25)
     raise AssertionError(f"committed {committed_offsets(bootstrap, group, topic)}, expected {total} in all")
+
+
+def run_cli(
+    broker: EmbeddedBroker | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m streams ARGS` with the tests' keys (and the broker's bootstrap, if any)."""
+    full_env = {**os.environ, **KEY_ENV, "COLUMNS": "200", **(env or {})}
+    if broker is not None:
+        full_env["PARTNER_GUARD_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

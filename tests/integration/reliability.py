@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,16 +30,16 @@ from streams.core.rules.loader import load_ruleset
 from streams.gen.traffic import KeyedRecord, TrafficGenerator
 from streams.runtime.kafka.topics import ensure_topics
 from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
+from tests.faultproxy import FaultProxy, broker_behind_proxy
+from tests.integration import kafka_helpers
+from tests.integration.engine_scenarios import FORBIDDEN
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
     ROOT,
     GuardProcess,
     produce,
-    read_blocked,
-    read_topic,
 )
-from tests.integration.test_job import FORBIDDEN
 
 # The guard's librdkafka client.id in these tests; the fault proxy aims at it.
 GUARD_CLIENT_ID = "guard"
@@ -190,8 +192,10 @@ def account(
     ledger = Ledger(scenario, len(events))
     outputs: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
     with ThreadPoolExecutor(len(PARTNERS) + 1) as pool:  # the reads overlap
-        blocked_views = pool.submit(read_blocked, bootstrap, blocked_topic)
-        partner_topics = {p: pool.submit(read_topic, bootstrap, f"partner.{p}.events") for p in PARTNERS}
+        blocked_views = pool.submit(kafka_helpers.read_blocked, bootstrap, blocked_topic)
+        partner_topics = {
+            p: pool.submit(kafka_helpers.read_topic, bootstrap, f"partner.{p}.events") for p in PARTNERS
+        }
     for partner in PARTNERS:
         back = {pseudonym(keys[partner], "event_id", i): i for i in ids}
         for _, value, _ in partner_topics[partner].result():
@@ -273,3 +277,94 @@ def installs(account: str, count: int, prefix: str) -> list[KeyedRecord]:
         KeyedRecord(account.encode(), orjson.dumps(event | {"event_id": f"{prefix}-{i}"}))
         for i in range(count)
     ]
+
+
+@dataclass
+class Scenario:
+    """One fault scenario's preamble and ledger: its broker, consumer group and directory, the
+    seeded population, and every input it sent, in order (`events`).
+
+    `start()` starts `partner-guard run` on the input topic in the scenario's group, with
+    `guard_env()` and the group as its transactional id unless told otherwise; `conclude()`
+    reads every output back into the ledger, prints it and asserts nothing was lost or leaked.
+    """
+
+    bootstrap: str
+    tmp_path: Path
+    group: str
+    seeded: Population
+    stream: InputStream
+
+    @classmethod
+    def seed(cls, bootstrap: str, tmp_path: Path, group: str, population: int, seed: int) -> Scenario:
+        """Create the topics and seed the state of a generated population (`seed_state`)."""
+        seeded = seed_state(bootstrap, INPUT, population, seed)
+        return cls(bootstrap, tmp_path, group, seeded, InputStream(bootstrap))
+
+    @property
+    def events(self) -> list[KeyedRecord]:
+        """Every input sent so far, in order."""
+        return self.stream.events
+
+    def generate(self, count: int) -> list[KeyedRecord]:
+        """`count` more events of the population (not sent)."""
+        return list(self.seeded.generator.events(count))
+
+    def send(self, batch: list[KeyedRecord]) -> None:
+        """Produce inputs (flushed) and keep them for the ledger."""
+        self.stream.send(batch)
+
+    def produce(self, topic: str, records: Iterable[KeyedRecord]) -> None:
+        """Produce records that are not inputs (consent, sign-up status)."""
+        produce(self.bootstrap, topic, records)
+
+    def start(self, env: dict[str, str] | None = None, transactional_id: str | None = None) -> GuardProcess:
+        """Start a guard in the scenario's group (`guard_env()` unless `env` is given)."""
+        return kafka_helpers.start_guard(
+            self.bootstrap,
+            self.tmp_path,
+            INPUT,
+            self.group,
+            guard_env() if env is None else env,
+            transactional_id=transactional_id or self.group,
+        )
+
+    def committed_offsets(self) -> dict[int, int]:
+        """The group's committed input offset per partition."""
+        return kafka_helpers.committed_offsets(self.bootstrap, self.group, INPUT)
+
+    def committed(self) -> int:
+        """The group's committed input offsets, summed over the partitions."""
+        return sum(self.committed_offsets().values())
+
+    def wait_all_committed(self, timeout_s: float = 240.0, guards: Iterable[GuardProcess] = ()) -> None:
+        """Block until the group has committed every input sent (`wait_all_committed`)."""
+        kafka_helpers.wait_all_committed(
+            self.bootstrap, self.group, INPUT, len(self.events), timeout_s, guards
+        )
+
+    def account(self, name: str, allowed: dict[str, set[str]], **options: Any) -> Ledger:
+        """The ledger of every input sent (`account`), without judging it."""
+        return account(self.bootstrap, name, self.events, allowed, **options)
+
+    def conclude(self, name: str, allowed: dict[str, set[str]], *notes: str, **options: Any) -> Ledger:
+        """The ledger of every input sent, with `notes`: printed, then nothing lost or leaked."""
+        return conclude(self.account(name, allowed, **options), *notes)
+
+
+def conclude(ledger: Ledger, *notes: str) -> Ledger:
+    """Add the notes, print the ledger and assert nothing was lost or leaked."""
+    ledger.notes.extend(notes)
+    ledger.report()
+    ledger.assert_sound()
+    return ledger
+
+
+@contextmanager
+def proxied_scenario(
+    tmp_path: Path, group: str, population: int, seed: int, client_id: str = GUARD_CLIENT_ID
+) -> Iterator[tuple[Scenario, FaultProxy]]:
+    """A seeded scenario on a fresh broker that advertises a fault proxy aimed at the clients
+    named `client_id` (the guard's, by default), and the proxy."""
+    with broker_behind_proxy(tmp_path / "tansu.log", client_id) as (broker, proxy):
+        yield Scenario.seed(broker.bootstrap, tmp_path, group, population, seed), proxy

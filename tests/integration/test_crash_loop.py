@@ -20,24 +20,9 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.transaction import EXIT_TRANSACTION_HUNG
-from tests.integration.kafka_helpers import (
-    GuardProcess,
-    committed_offsets,
-    produce,
-    read_topic,
-    start_guard,
-    wait_all_committed,
-)
-from tests.integration.reliability import (
-    INPUT,
-    LONG,
-    SOAK,
-    TIMEOUT_S,
-    account,
-    guard_env,
-    seed_state,
-)
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
+from tests.integration.kafka_helpers import GuardProcess, read_topic
+from tests.integration.reliability import LONG, SOAK, TIMEOUT_S, Scenario, conclude, guard_env
 
 pytestmark = pytest.mark.integration
 RECORDS = 500_000 if SOAK else 100_000 if LONG else 20_000
@@ -91,10 +76,10 @@ def _linger(guard: GuardProcess, committed_before: int, seconds: float, stop_at:
         time.sleep(0.02)
 
 
-def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
+def _kill_while_loading(scenario: Scenario) -> None:
     """Start a guard and SIGKILL it after its HTTP port is up but before the state is loaded."""
     for _ in range(5):
-        guard = start_guard(bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+        guard = scenario.start()
         while guard.status("/healthz") == 0 and guard.process.poll() is None:
             time.sleep(0.02)
         _kill(guard)
@@ -106,35 +91,34 @@ def _kill_while_loading(bootstrap: str, tmp_path: Path, group: str) -> None:
 @pytest.mark.timeout(TIMEOUT_S)
 def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: Path) -> None:
     phases = [("start", time.monotonic())]
-    seeded = seed_state(broker.bootstrap, INPUT, 2000, 41)
+    scenario = Scenario.seed(broker.bootstrap, tmp_path, "crash-loop", 2000, 41)
     filler = _filler()
-    produce(broker.bootstrap, "privacy.consent", filler)
-    events = list(seeded.generator.events(RECORDS))
-    produce(broker.bootstrap, INPUT, events)
-    group, rng = "crash-loop", random.Random(14)
+    scenario.produce("privacy.consent", filler)
+    scenario.send(scenario.generate(RECORDS))
+    events, rng = scenario.events, random.Random(14)
     reference = ThreadPoolExecutor(1)  # the core's own decisions, worked out while the guard runs
-    allowed_later = reference.submit(seeded.allowed, events, filler)
+    allowed_later = reference.submit(scenario.seeded.allowed, events, filler)
     phases.append(("produce", time.monotonic()))
 
-    _kill_while_loading(broker.bootstrap, tmp_path, group)
+    _kill_while_loading(scenario)
     phases.append(("kill while loading", time.monotonic()))
     progress = []
     for point in _kill_points(rng, len(events), KILLS):
-        before = sum(committed_offsets(broker.bootstrap, group, INPUT).values())
-        guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+        before = scenario.committed()
+        guard = scenario.start()
         guard.wait_ready(120)
         started = time.monotonic()
         _wait_progress(guard, before, point)
         _linger(guard, before, rng.uniform(0.0, 0.5), stop_at=len(events) * 3 // 4)
         _kill(guard)
-        progress.append(sum(committed_offsets(broker.bootstrap, group, INPUT).values()))
+        progress.append(scenario.committed())
         print(f"cycle: {time.monotonic() - started:.1f}s from ready to kill; committed {progress[-1]}")
     assert progress[-1] < len(events), "the kills came too late: all was committed before the last one"
     phases.append(("kills", time.monotonic()))
-    last = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+    last = scenario.start()
     try:
         last.wait_ready(120)
-        wait_all_committed(broker.bootstrap, group, INPUT, len(events), timeout_s=600)
+        scenario.wait_all_committed(timeout_s=600)
     finally:
         assert last.stop() == 0
     print(f"\ncommitted after each of the {KILLS} kills: {progress}")
@@ -143,42 +127,35 @@ def test_crash_loop_sigkill_at_random_moments(broker: EmbeddedBroker, tmp_path: 
     allowed = allowed_later.result()
     reference.shutdown()
     phases.append(("reference decisions (rest)", time.monotonic()))
-    ledger = account(broker.bootstrap, "crash loop", events, allowed)
+    ledger = scenario.account("crash loop", allowed)
     phases.append(("ledger", time.monotonic()))
     print("phases: " + ", ".join(f"{n} {t - b:.1f}s" for (_, b), (n, t) in itertools.pairwise(phases)))
-    ledger.notes.append(f"{KILLS + 1} SIGKILLs (1 while loading state), restarted each time")
-    ledger.report()
-    ledger.assert_sound()
+    conclude(ledger, f"{KILLS + 1} SIGKILLs (1 while loading state), restarted each time")
 
 
 @pytest.mark.timeout(TIMEOUT_S)
 def test_exception_before_commit_leaves_offsets_and_the_batch_is_redone(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    seeded = seed_state(broker.bootstrap, INPUT, 500, 43)
-    events = list(seeded.generator.events(6000))
-    group = "injected"
+    scenario = Scenario.seed(broker.bootstrap, tmp_path, "injected", 500, 43)
     env = guard_env(PARTNER_GUARD_BATCH_SIZE="200", PARTNER_GUARD_FAULT_BEFORE_COMMIT="raise@5")
-    produce(broker.bootstrap, INPUT, events)
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, env, transactional_id=group)
+    scenario.send(scenario.generate(6000))
+    guard = scenario.start(env)
     assert guard.process.wait(timeout=180) != 0  # an unexpected exception stops the job
     assert "InjectedFaultError" in guard.log()
 
-    committed = committed_offsets(broker.bootstrap, group, INPUT)
+    committed = scenario.committed_offsets()
     assert 0 < sum(committed.values()) <= 4 * 200  # four batches committed, the fifth did not move them
     before = len(read_topic(broker.bootstrap, "guard.blocked"))
     print(f"\ncommitted {committed}; {before} blocked outputs readable after the failure")
 
-    again = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+    again = scenario.start()
     try:
         again.wait_ready()
-        wait_all_committed(broker.bootstrap, group, INPUT, len(events))
+        scenario.wait_all_committed()
     finally:
         assert again.stop() == 0
-    allowed = seeded.allowed(events)
-    ledger = account(broker.bootstrap, "exception before commit", events, allowed)
-    ledger.report()
-    ledger.assert_sound()
+    ledger = scenario.conclude("exception before commit", scenario.seeded.allowed(scenario.events))
     for partner, duplicates in ledger.duplicated.items():  # the failed batch, and only it, was redone
         assert 0 < duplicates <= 200, partner
 
@@ -189,29 +166,30 @@ def test_a_hung_commit_exits_4_and_the_restart_redoes_the_batch(
 ) -> None:
     """Before: a send_offsets_to_transaction that never returned (librdkafka#5456) froze the loop
     until a liveness probe noticed the silent /healthz, 60 s later."""
-    seeded = seed_state(broker.bootstrap, INPUT, 500, 45)
-    events = list(seeded.generator.events(4000))
-    group = "hung"
+    scenario = Scenario.seed(broker.bootstrap, tmp_path, "hung", 500, 45)
     env = guard_env(
         PARTNER_GUARD_BATCH_SIZE="200",
         PARTNER_GUARD_FAULT_BEFORE_COMMIT="hang@3",
         PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="2000",  # hung = still blocked 2 s + 10 s later
     )
-    produce(broker.bootstrap, INPUT, events)
-    guard = start_guard(broker.bootstrap, tmp_path, INPUT, group, env, transactional_id=group)
+    scenario.send(scenario.generate(4000))
+    guard = scenario.start(env)
     assert guard.process.wait(timeout=300) == EXIT_TRANSACTION_HUNG, guard.log()
     assert "still blocked" in guard.log()
-    assert 0 < sum(committed_offsets(broker.bootstrap, group, INPUT).values()) <= 2 * 200
+    # batches 1-2 committed, the hung third did not move the input offsets (the first batches may
+    # be the consent changes the guard also consumes for opt-out notices: then 0 inputs so far)
+    assert scenario.committed() <= 2 * 200
 
-    again = start_guard(broker.bootstrap, tmp_path, INPUT, group, guard_env(), transactional_id=group)
+    again = scenario.start()
     try:
         again.wait_ready()
-        wait_all_committed(broker.bootstrap, group, INPUT, len(events), guards=[again])
+        scenario.wait_all_committed(guards=[again])
     finally:
         assert again.stop() == 0
-    ledger = account(broker.bootstrap, "hung commit", events, seeded.allowed(events))
-    ledger.notes.append("hang@3: send_offsets_to_transaction blocks for good; exit 4, restart")
-    ledger.report()
-    ledger.assert_sound()
+    ledger = scenario.conclude(
+        "hung commit",
+        scenario.seeded.allowed(scenario.events),
+        "hang@3: send_offsets_to_transaction blocks for good; exit 4, restart",
+    )
     for partner, duplicates in ledger.duplicated.items():  # only the hung batch was redone
         assert duplicates <= 200, partner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -27,3 +28,5 @@ def test_demo_runs_to_the_end_with_zero_leaks() -> None:
     assert "every input forwarded or blocked, for every partner" in result.stdout
     assert "0 leaks" in result.stdout
     assert "install-attribution" in result.stdout and "signup-conversions" in result.stdout
+    notices = re.search(r"opt-out notices sent: ([\d,]+)", result.stdout)
+    assert notices is not None and int(notices.group(1).replace(",", "")) > 0, result.stdout[-3000:]

@@ -21,7 +21,12 @@ from streams.core.codec import decode_json
 from streams.core.identifiers import pseudonym
 from streams.core.models import Event
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.kafka.topics import ensure_topics
+from tests.integration.engine_scenarios import (
+    assert_blocked_as_stale,
+    lagging_installs,
+    seed_lagging_account,
+    wait_consumed,
+)
 from tests.integration.kafka_helpers import (
     KEY_ENV,
     PARTNERS,
@@ -32,7 +37,6 @@ from tests.integration.kafka_helpers import (
     start_guard,
     wait_all_committed,
 )
-from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
 EXTERNAL = os.environ.get("PARTNER_GUARD_TEST_BOOTSTRAP")
@@ -80,12 +84,12 @@ def test_broker_paused_mid_stream(broker: EmbeddedBroker, tmp_path: Path) -> Non
     try:
         guard.wait_ready()
         produce(broker.bootstrap, "internal.events", events)
-        _wait_consumed(guard, 1500)
+        wait_consumed(guard, 1500)
         os.kill(broker.process.pid, signal.SIGSTOP)
         time.sleep(5)
         assert guard.process.poll() is None  # the guard waits; it does not crash
         os.kill(broker.process.pid, signal.SIGCONT)
-        _wait_consumed(guard, len(events))
+        wait_consumed(guard, len(events))
         wait_all_committed(broker.bootstrap, "pause", "internal.events", len(events), guards=[guard])
         outputs = _per_partner_outputs(broker.bootstrap, "guard.blocked", events)
         _assert_nothing_lost(outputs, events)
@@ -104,7 +108,7 @@ def test_rebalance_with_two_instances(broker: EmbeddedBroker, tmp_path: Path) ->
     try:
         first.wait_ready()
         produce(broker.bootstrap, "internal.events", events[:6000])
-        _wait_consumed(first, 2000)
+        wait_consumed(first, 2000)
         second = start_guard(
             broker.bootstrap, tmp_path, "internal.events", "pair", transactional_id="guard-pair-1"
         )
@@ -147,7 +151,7 @@ def test_sigkill_on_real_kafka_gives_exactly_once(tmp_path: Path) -> None:
     )
     first.wait_ready()
     produce(bootstrap, input_topic, events)
-    _wait_consumed(first, 3000)
+    wait_consumed(first, 3000)
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
     second = start_guard(
@@ -186,10 +190,7 @@ def test_a_fenced_instance_stops(tmp_path: Path) -> None:
 
 
 def test_state_lag_fails_closed(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    topics = ["privacy.consent", "member.signup-status"]
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, ["internal.events"], topics, 3)
-    grant = {"subject": "account:lag-1", "interest_based_ads": "granted"}
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:lag-1", orjson.dumps(grant))])
+    seed_lagging_account(broker.bootstrap)
     env = {"PARTNER_GUARD_STATE_CATCHUP_TIMEOUT_MS": "1"}
     guard = start_guard(
         broker.bootstrap, tmp_path, "internal.events", "lag", env, transactional_id="guard-lag-0"
@@ -210,24 +211,11 @@ def test_state_lag_fails_closed(broker: EmbeddedBroker, tmp_path: Path) -> None:
         threading.Thread(target=flood, daemon=True).start()
         started.wait()
         time.sleep(1.0)
-        install = {
-            "event_type": "app_install",
-            "event_time": 1,
-            "account_id": "lag-1",
-            "device": {"platform": "ios"},
-            "context": {"country": "US"},
-        }
-        events = [KeyedRecord(b"lag-1", orjson.dumps(install | {"event_id": f"lag-{i}"})) for i in range(200)]
+        events = lagging_installs(200)
         for start in range(0, len(events), 20):
             produce(broker.bootstrap, "internal.events", events[start : start + 20])
             time.sleep(0.2)
-        _wait_consumed(guard, len(events))
-        blocked = read_blocked(broker.bootstrap)
-        mine = [b for b in blocked if b["partner"] == "install-attribution"]
-        stale = [b for b in mine if "consent_stale" in b["reasons"]]
-        assert stale, "the state was behind, yet nothing was blocked as consent_stale"
-        assert all(b["snapshot"]["stale"] for b in stale)
-        forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
-        assert len(forwarded) + len(mine) == len(events)
+        wait_consumed(guard, len(events))
+        assert_blocked_as_stale(broker.bootstrap, events)
     finally:
         assert guard.stop() == 0

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +23,21 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker.embedded import EmbeddedBroker, free_port
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
-from tests.integration import test_hostile_job, test_job
-from tests.integration.kafka_helpers import (
-    KEY_ENV,
-    PARTNERS,
-    ROOT,
-    GuardProcess,
-    produce,
-    read_blocked,
-    read_topic,
-    seed_population,
-    start_guard,
-)
-from tests.integration.test_job import INPUT, _wait_consumed
-from tests.integration.test_replay import _cli, _jsonl
+from streams.runtime.formats.records import partner_views
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
+from tests.integration import engine_scenarios as scenarios
+from tests.integration import kafka_helpers, test_hostile_job, test_job
+from tests.integration.engine_scenarios import INPUT, wait_consumed
+from tests.integration.kafka_helpers import PARTNERS, produce, seed_population, start_guard
 
 pytestmark = pytest.mark.integration
+HTTP_OK = 200
+# Generous: hung is 20 + 10 s after batch 2's sends, on a loaded machine that also starts a worker.
+WAIT_HUNG_EXIT_S = 180.0
 ENGINE_SPECIFIC_SOURCE = frozenset({"partition", "offset", "timestamp_ms"})
 ENGINE_SPECIFIC_HEADERS = frozenset({"pg-source-partition", "pg-source-offset"})
 _OVERSIZED = {
@@ -117,7 +113,9 @@ def _views(canonical: bytes) -> list[dict[str, Any]]:
 
 def _outputs(bootstrap: str, expect: dict[str, int | None]) -> dict[str, Counter[bytes]]:
     return {
-        topic: Counter(_canonical(topic, *record) for record in read_topic(bootstrap, topic, expect=count))
+        topic: Counter(
+            _canonical(topic, *record) for record in kafka_helpers.read_topic(bootstrap, topic, expect=count)
+        )
         for topic, count in expect.items()
     }
 
@@ -143,7 +141,7 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
             for guard in guards:
                 guard.wait_ready()
             for guard in guards:
-                _wait_consumed(guard, len(inputs))
+                wait_consumed(guard, len(inputs))
             counts = []
             for guard in guards:  # the engines agree on every count before a record is compared
                 per_partner = {
@@ -169,15 +167,15 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
             views = [view for record in kafka_out["guard.blocked"].elements() for view in _views(record)]
             for partner in PARTNERS:
                 assert sum(1 for v in views if v["partner"] == partner) == counts[0][(partner, "block")]
-            sources = [view["source"] for view in read_blocked(faust_broker.bootstrap)]
+            sources = [view["source"] for view in kafka_helpers.read_blocked(faust_broker.bootstrap)]
             assert all(isinstance(s["timestamp_ms"], int) for s in sources)  # kept, just not compared
             assert {"malformed", "record_too_large", "event_type_not_allowed"} <= {
                 r for v in views for r in v["reasons"]
             }
             assert {"reference", "full"} <= {v["payload_mode"] for v in views}
             report = tmp_path / "faust-replay.jsonl"
-            replay = _cli(faust_broker, "replay", "--no-git", "--jsonl", str(report))
-            statuses = Counter(row["status"] for row in _jsonl(report))
+            replay = kafka_helpers.run_cli(faust_broker, "replay", "--no-git", "--jsonl", str(report))
+            statuses = Counter(row["status"] for row in kafka_helpers.read_jsonl(report))
             assert sum(statuses.values()) == len(views), replay.stdout + replay.stderr
             cannot_redecide = [v for v in views if v["reduced"] or "internal_error" in v["reasons"]]
             assert statuses == Counter(
@@ -192,23 +190,126 @@ def test_parity_same_input_same_outputs_on_both_engines(broker: EmbeddedBroker, 
 def test_faust_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """At least once: after SIGKILL and a restart every input has its outputs; duplicates counted."""
     generator = seed_population(broker.bootstrap, INPUT, 1000, 9)
-    test_job.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
+    scenarios.sigkill_and_restart(broker, tmp_path, list(generator.events(4_000)), 1_000, engine="faust")
 
 
-def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> GuardProcess:
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a /metrics text, or None when it is not exported."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None
+
+
+def _lag_samples(text: str) -> dict[str, float]:
+    """`partner_guard_consumer_lag_records` of the input topic, by partition."""
+    return {
+        found.labels["partition"]: float(found.value)
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == "partner_guard_consumer_lag_records" and found.labels.get("topic") == INPUT
+    }
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_faust_sigterm_finishes_the_open_batch_and_exits_0(
+    broker: EmbeddedBroker, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """SIGTERM (or SIGINT) mid-stream: exit 0 with every batch it took sent and its offsets
+    committed, so the restart decides each input exactly once (no re-delivery, at least once or not)."""
+    generator = seed_population(broker.bootstrap, INPUT, 500, 13)
+    stopped_in_s = scenarios.sigterm_and_restart(
+        broker, tmp_path, list(generator.events(4_000)), 1_000, stop_signal=stop_signal, engine="faust"
+    )
+    print(f"the Faust worker stopped {stopped_in_s:.1f} s after {stop_signal.name}")
+
+
+@pytest.mark.parametrize("engine", ["faust", "kafka"])
+def test_both_engines_export_consumer_and_state_lag(
+    broker: EmbeddedBroker, tmp_path: Path, engine: str
+) -> None:
+    """`partner_guard_consumer_lag_records` for every input partition (0 once all is decided) and
+    `partner_guard_state_lag_records` for both state topics, on either engine; transaction
+    metrics on the kafka engine, and on the Faust engine none, the gap its start line names."""
+    generator = seed_population(broker.bootstrap, INPUT, 200, 17)
+    events = list(generator.events(600))
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "lag-metrics", engine=engine)
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, events)
+        wait_consumed(guard, len(events))
+        deadline = time.monotonic() + 60
+        while True:  # the gauges refresh every 5 s
+            text = guard.metrics()
+            lag = _lag_samples(text)
+            if lag == {"0": 0, "1": 0, "2": 0} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert lag == {"0": 0, "1": 0, "2": 0}, text
+        for topic in scenarios.STATE_TOPICS:
+            assert _sample(text, "partner_guard_state_lag_records", topic=topic) == 0, text
+        committed = _sample(text, "partner_guard_transactions_total", outcome="committed")
+        if engine == "kafka":
+            assert committed is not None and committed > 0, text
+        else:
+            assert committed is None, text
+            assert "gaps: no transaction metrics" in guard.log_path.read_text(errors="replace")
+    finally:
+        assert guard.stop() == 0
+
+
+def test_faust_hung_acknowledgements_exit_4_and_lag_shows_the_backlog(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """`hang@2`: batch 2's acknowledgements never arrive. While it hangs the worker is alive
+    (`/healthz` 200) and its consumer-lag gauge shows the undecided inputs; the watchdog ends
+    it with exit 4 once the wait is 10 s past `transaction_call_timeout_ms`, naming the call."""
+    generator = seed_population(broker.bootstrap, INPUT, 200, 19)
+    env = {
+        "PARTNER_GUARD_FAULT_BEFORE_COMMIT": "hang@2",
+        "PARTNER_GUARD_BATCH_SIZE": "100",
+        "PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS": "20000",  # hung = unacknowledged 20 s + 10 s
+    }
+    guard = start_guard(broker.bootstrap, tmp_path, INPUT, "hung-acks", env, engine="faust")
+    try:
+        guard.wait_ready()
+        produce(broker.bootstrap, INPUT, list(generator.events(1_000)))
+        lags: list[float] = []  # while batch 2 hangs and /healthz answers 200
+        deadline = time.monotonic() + WAIT_HUNG_EXIT_S
+        while guard.process.poll() is None and time.monotonic() < deadline:
+            if "acknowledgements never arrive" in guard.log_path.read_text(errors="replace"):
+                try:
+                    text = guard.metrics() if guard.status("/healthz") == HTTP_OK else None
+                except OSError:  # exited meanwhile
+                    text = None
+                if text is not None:
+                    lags.append(sum(_lag_samples(text).values()))
+            time.sleep(0.5)
+        exited = guard.process.poll()  # None: never ended by the watchdog
+        assert exited == EXIT_TRANSACTION_HUNG, (exited, guard.log())
+    finally:
+        guard.stop()
+    print(f"consumer lag while batch 2 hung: {sorted(set(lags))}")
+    assert lags, "never seen alive while hanging"
+    assert max(lags) > 0, "the lag gauge never showed the undecided inputs"
+    assert "'produce: acknowledgements' still blocked" in guard.log()
+
+
+def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) -> kafka_helpers.GuardProcess:
     """`faust -A streams.engines.faust_app worker`, configured by YAML and PARTNER_GUARD_* only."""
     port = free_port()
     config = tmp_path / "guard.yaml"
     config.write_text(f"group_id: {group}\nmetrics_port: {port}\nfaust_accepted_gaps: [P8]\n{settings}")
     env = {
         **os.environ,
-        **KEY_ENV,
+        **kafka_helpers.KEY_ENV,
         "PARTNER_GUARD_CONFIG": str(config),
         "PARTNER_GUARD_BOOTSTRAP_SERVERS": bootstrap,
         "PARTNER_GUARD_METRICS_HOST": "127.0.0.1",
         "PARTNER_GUARD_SESSION_TIMEOUT_MS": "6000",
         "PARTNER_GUARD_CREATE_TOPICS": "true",
-        "PARTNER_GUARD_RULES_DIR": str(ROOT / "rules"),
+        "PARTNER_GUARD_RULES_DIR": str(kafka_helpers.ROOT / "rules"),
     }
     log_path = tmp_path / "faust-cli.log"
     process = subprocess.Popen(
@@ -221,11 +322,11 @@ def _start_faust_cli(bootstrap: str, tmp_path: Path, group: str, settings: str) 
             "info",
         ],
         env=env,
-        cwd=ROOT,
+        cwd=kafka_helpers.ROOT,
         stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
     )
-    return GuardProcess(process, port, log_path)
+    return kafka_helpers.GuardProcess(process, port, log_path)
 
 
 def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -233,9 +334,7 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
 
     Started as `faust -A streams.engines.faust_app worker`: the app is built from the settings.
     """
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, [INPUT], list(test_job.STATE_TOPICS), 3)
-    grant = {"subject": "account:lag-1", "interest_based_ads": "granted"}
-    produce(broker.bootstrap, "privacy.consent", [KeyedRecord(b"account:lag-1", orjson.dumps(grant))])
+    scenarios.seed_lagging_account(broker.bootstrap)
     guard = _start_faust_cli(broker.bootstrap, tmp_path, "lag", "state_catchup_timeout_ms: 1\n")
     try:
         guard.wait_ready()
@@ -244,23 +343,10 @@ def test_faust_state_behind_blocks_as_consent_stale(broker: EmbeddedBroker, tmp_
             for i in range(100_000)
         )
         produce(broker.bootstrap, "privacy.consent", burst)
-        install = {
-            "event_type": "app_install",
-            "event_time": 1,
-            "account_id": "lag-1",
-            "device": {"platform": "ios"},
-            "context": {"country": "US"},
-        }
-        events = [KeyedRecord(b"lag-1", orjson.dumps(install | {"event_id": f"lag-{i}"})) for i in range(100)]
+        events = scenarios.lagging_installs(100)
         produce(broker.bootstrap, INPUT, events)
-        _wait_consumed(guard, len(events))
-        blocked = read_blocked(broker.bootstrap)
-        mine = [b for b in blocked if b["partner"] == "install-attribution"]
-        stale = [b for b in mine if "consent_stale" in b["reasons"]]
-        assert stale, "the state was behind, yet nothing was blocked as consent_stale"
-        assert all(b["snapshot"]["stale"] for b in stale)
-        forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
-        assert len(forwarded) + len(mine) == len(events)
+        wait_consumed(guard, len(events))
+        scenarios.assert_blocked_as_stale(broker.bootstrap, events)
         decided = guard.metric_value("partner_guard_decisions_total")
         assert decided == len(events) * len(PARTNERS)
     finally:

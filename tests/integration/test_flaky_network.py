@@ -15,74 +15,54 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker.embedded import EmbeddedBroker
-from tests.faultproxy import FaultProxy, broker_behind_proxy
-from tests.integration.kafka_helpers import produce, read_blocked, start_guard, wait_all_committed
-from tests.integration.reliability import (
-    GUARD_CLIENT_ID,
-    INPUT,
-    LONG,
-    SOAK,
-    TIMEOUT_S,
-    InputStream,
-    Supervisor,
-    account,
-    consent_record,
-    guard_env,
-    installs,
-    seed_state,
-)
+from tests.faultproxy import FaultProxy
+from tests.integration import reliability
+from tests.integration.kafka_helpers import read_blocked
+from tests.integration.reliability import TIMEOUT_S, Scenario, Supervisor, consent_record, installs
 
 pytestmark = pytest.mark.integration
-ROUNDS = 5 if SOAK else 3 if LONG else 1
+ROUNDS = 5 if reliability.SOAK else 3 if reliability.LONG else 1
 BLACKHOLE_S = 10.0  # longer than the guard's 6 s session timeout
 
 
 @pytest.fixture
-def proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
-    """A fresh broker that advertises a fault proxy aimed at the guard's client.id."""
-    with broker_behind_proxy(tmp_path / "tansu.log", GUARD_CLIENT_ID) as pair:
+def flaky(tmp_path: Path) -> Iterator[tuple[Scenario, FaultProxy]]:
+    """The scenario on a fresh broker that advertises a fault proxy aimed at the guard's client.id."""
+    with reliability.proxied_scenario(tmp_path, "flaky", 500, 47) as pair:
         yield pair
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-def test_guard_recovers_from_latency_cuts_and_a_blackhole(
-    proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
-) -> None:
-    broker, proxy = proxied
-    bootstrap = broker.bootstrap
-    seeded = seed_state(bootstrap, INPUT, 500, 47)
+def test_guard_recovers_from_latency_cuts_and_a_blackhole(flaky: tuple[Scenario, FaultProxy]) -> None:
+    scenario, proxy = flaky
     grant = consent_record("flaky-revoked", "granted", "2026-11-01T00:00:00Z")
     revoke = consent_record("flaky-revoked", "denied", "2026-11-02T00:00:00Z")
-    produce(bootstrap, "privacy.consent", [grant])
-    stream = InputStream(bootstrap)
-    events, send = stream.events, stream.send
+    scenario.produce("privacy.consent", [grant])
+    send, generate = scenario.send, scenario.generate
 
-    env = guard_env(PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="5000")
-    supervisor = Supervisor(
-        lambda: start_guard(bootstrap, tmp_path, INPUT, "flaky", env, transactional_id="flaky-0")
-    )
+    env = reliability.guard_env(PARTNER_GUARD_TRANSACTION_CALL_TIMEOUT_MS="5000")
+    supervisor = Supervisor(lambda: scenario.start(env, transactional_id="flaky-0"))
     try:
         supervisor.guard.wait_ready()
-        send(list(seeded.generator.events(2000)))
+        send(generate(2000))
         for round_ in range(ROUNDS):
             proxy.set_latency(0.15)
-            send(list(seeded.generator.events(2000)))
+            send(generate(2000))
             time.sleep(3)
             proxy.set_latency(0.0)
             for _ in range(3):
                 proxy.cut()
-                send(list(seeded.generator.events(1000)))
+                send(generate(1000))
                 time.sleep(1)
             proxy.blackhole(True)
-            send(list(seeded.generator.events(1000)))
+            send(generate(1000))
             if round_ == 0:
-                produce(bootstrap, "privacy.consent", [revoke])  # acknowledged during the fault
+                scenario.produce("privacy.consent", [revoke])  # acknowledged during the fault
                 send(installs("flaky-revoked", 50, "flaky-after-revoke"))
             time.sleep(BLACKHOLE_S)
             proxy.blackhole(False)
-            send(list(seeded.generator.events(1000)))
-        wait_all_committed(bootstrap, "flaky", INPUT, len(events), 600)
+            send(generate(1000))
+        scenario.wait_all_committed(600)
         assert supervisor.guard.status("/healthz") == 200
         print(f"\nproxy: {proxy.stats}")
         print(f"restarts by the supervisor: {supervisor.restarts or 'none, recovered in-process'}")
@@ -93,17 +73,15 @@ def test_guard_recovers_from_latency_cuts_and_a_blackhole(
     # ended them itself: exit 4 on a call hung in the black-hole, then a supervisor restart
     assert proxy.stats.reset_after_blackhole >= 1 or supervisor.restarts, proxy.stats
 
-    allowed = seeded.allowed(events, [grant, revoke])
-    ledger = account(bootstrap, "flaky network", events, allowed)
-    ledger.notes.append(
-        f"{ROUNDS} round(s): 150 ms latency, 3 cuts mid-request, {BLACKHOLE_S:.0f} s black-hole"
+    scenario.conclude(
+        "flaky network",
+        scenario.seeded.allowed(scenario.events, [grant, revoke]),
+        f"{ROUNDS} round(s): 150 ms latency, 3 cuts mid-request, {BLACKHOLE_S:.0f} s black-hole",
+        f"restarts by the supervisor: {supervisor.restarts or 'none'}",
     )
-    ledger.notes.append(f"restarts by the supervisor: {supervisor.restarts or 'none'}")
-    ledger.report()
-    ledger.assert_sound()
     revoked = [
         b
-        for b in read_blocked(bootstrap)
+        for b in read_blocked(scenario.bootstrap)
         if b["partner"] == "install-attribution" and str(b["event_id"]).startswith("flaky-after-revoke")
     ]
     assert len({b["event_id"] for b in revoked}) == 50  # honoured for every install after it

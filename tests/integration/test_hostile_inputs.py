@@ -10,9 +10,9 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.records import partner_views
+from streams.runtime.formats.records import partner_views
+from tests.integration.engine_scenarios import wait_consumed
 from tests.integration.kafka_helpers import produce, read_topic, seed_population, start_guard
-from tests.integration.test_job import _wait_consumed
 
 pytestmark = pytest.mark.integration
 MAX_RECORD_BYTES = 300_000
@@ -52,7 +52,7 @@ def test_oversized_key_event_id_and_updated_at_are_blocked_not_fatal(
     try:
         guard.wait_ready()
         produce(broker.bootstrap, "internal.events", inputs)
-        _wait_consumed(guard, len(inputs))
+        wait_consumed(guard, len(inputs))
         guard_invalid_state = guard.metric_value("partner_guard_state_invalid_records_total")
     finally:
         assert guard.stop() == 0, guard.log()

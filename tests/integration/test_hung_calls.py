@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.runtime.pipeline.transaction import EXIT_TRANSACTION_HUNG
+from streams.runtime.kafka.calls import EXIT_TRANSACTION_HUNG
 from tests.integration.kafka_helpers import start_guard
 from tests.integration.reliability import guard_env
 

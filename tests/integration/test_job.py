@@ -3,102 +3,43 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Producer
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.core.codec import decode_json
-from streams.core.identifiers import pseudonym
-from streams.core.models import Event
-from streams.gen.traffic import KeyedRecord, TrafficGenerator
+from streams.gen.traffic import KeyedRecord
 from streams.runtime.kafka.topics import ensure_topics
-from tests.integration.kafka_helpers import (
-    KEY_ENV,
-    PARTNERS,
-    ROOT,
-    GuardProcess,
-    produce,
-    read_blocked,
-    read_topic,
-    seed_population,
-    start_guard,
-    wait_all_committed,
+from tests.integration.engine_scenarios import (
+    FORBIDDEN,
+    INPUT,
+    STATE_TOPICS,
+    prepare,
+    sigkill_and_restart,
+    sigterm_and_restart,
+    wait_consumed,
 )
+from tests.integration.kafka_helpers import PARTNERS, ROOT, produce, read_blocked, read_topic, start_guard
 from tests.integration.records import AD_ID, app_install, consent, keyed_event
 
 pytestmark = pytest.mark.integration
-
-INPUT = "internal.events"
-STATE_TOPICS = ["privacy.consent", "member.signup-status"]
-PARTNER_KEYS = {
-    "install-attribution": KEY_ENV["PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION"].encode(),
-    "signup-conversions": KEY_ENV["PARTNER_GUARD_KEY_SIGNUP_CONVERSIONS"].encode(),
-}
-FORBIDDEN = re.compile(
-    r"acct-\d|prof-\d|dev-[0-9a-f]|@|example\.com|https?:|/title/|stranger things|squid game|the crown"
-    r"|\b203\.0\.\d{1,3}\.(?!0\b)\d{1,3}\b|650 555|watch_history|search_query|title_id",
-    re.IGNORECASE,
-)
-
-
-def _prepare(broker: EmbeddedBroker, population: int = 2000, seed: int = 5) -> TrafficGenerator:
-    return seed_population(broker.bootstrap, INPUT, population, seed)
-
-
-def _wait_consumed(guard: GuardProcess, count: int, timeout_s: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if guard.metric_value("partner_guard_records_in_total") >= count:
-            return
-        if guard.process.poll() is not None:
-            raise AssertionError(f"guard died: {guard.log()}")
-        time.sleep(0.25)
-    raise AssertionError(f"guard consumed {guard.metric_value('partner_guard_records_in_total')} of {count}")
-
-
-def _event_ids(records: list[KeyedRecord]) -> list[str | None]:
-    """The event id of each valid input; None for malformed inputs (blocked by offset)."""
-    decoded = (decode_json(record.value) for record in records)
-    return [d.event_id if isinstance(d, Event) else None for d in decoded]
-
-
-def _outcomes(broker: EmbeddedBroker, inputs: list[KeyedRecord]) -> dict[str, Counter[str]]:
-    """Per partner: how often each input (by source offset-free identity) was forwarded or blocked."""
-    ids = [i for i in _event_ids(inputs) if isinstance(i, str)]
-    outcomes: dict[str, Counter[str]] = {p: Counter() for p in PARTNERS}
-    for partner in PARTNERS:
-        by_pseudonym = {pseudonym(PARTNER_KEYS[partner], "event_id", i): i for i in ids}
-        for _, value, _ in read_topic(broker.bootstrap, f"partner.{partner}.events"):
-            record = orjson.loads(value or b"{}")
-            outcomes[partner][by_pseudonym[record["event_id"]]] += 1
-    for blocked in read_blocked(broker.bootstrap):
-        source = blocked["source"]
-        outcomes[blocked["partner"]][
-            blocked["event_id"] or f"offset:{source['partition']}:{source['offset']}"
-        ] += 1
-    return outcomes
 
 
 def test_conservation_no_leaks_and_metrics_agree(
     broker: EmbeddedBroker, tmp_path: Path, count: int = 20_000
 ) -> None:
-    generator = _prepare(broker)
+    generator = prepare(broker)
     events = list(generator.events(count))
     guard = start_guard(broker.bootstrap, tmp_path, INPUT, "conservation", transactional_id="guard-c-0")
     try:
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, events)
-        _wait_consumed(guard, len(events))
+        wait_consumed(guard, len(events))
         forwarded = {p: read_topic(broker.bootstrap, f"partner.{p}.events") for p in PARTNERS}
         blocked = read_blocked(broker.bootstrap)
         blocked_by_partner = Counter(b["partner"] for b in blocked)
@@ -153,8 +94,8 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
     try:
         guard.wait_ready()
 
-        def install(account: str) -> KeyedRecord:
-            return keyed_event(app_install(f"ev-{account}", account, properties={"campaign_id": "ryr"}))
+        def install(account: str) -> KeyedRecord:  # an event id not made of the account id (P10)
+            return keyed_event(app_install(f"ev-{account[::-1]}", account, properties={"campaign_id": "ryr"}))
 
         consent_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
         event_producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
@@ -166,11 +107,11 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
             event_producer.produce(INPUT, event.value, event.key)
             assert event_producer.flush(10) == 0
         produce(broker.bootstrap, INPUT, [install(a) for a in accounts[100:]])  # controls: still granted
-        _wait_consumed(guard, len(accounts))
+        wait_consumed(guard, len(accounts))
         blocked = read_blocked(broker.bootstrap)
         revoked = {b["event_id"]: b["reasons"] for b in blocked if b["partner"] == "install-attribution"}
         for account in accounts[:100]:
-            assert revoked.get(f"ev-{account}") == ["consent_interest_based_ads_denied"], account
+            assert revoked.get(f"ev-{account[::-1]}") == ["consent_interest_based_ads_denied"], account
         forwarded = read_topic(broker.bootstrap, "partner.install-attribution.events")
         assert len(forwarded) == 20  # the controls, and only them
     finally:
@@ -178,67 +119,18 @@ def test_read_your_revocation_100_times(broker: EmbeddedBroker, tmp_path: Path, 
 
 
 def test_sigkill_mid_stream_loses_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    generator = _prepare(broker, population=1000, seed=9)
+    generator = prepare(broker, population=1000, seed=9)
     sigkill_and_restart(
         broker, tmp_path, list(generator.events(20_000)), 4_000, transactional_id="guard-kill-0"
     )
 
 
-def sigkill_and_restart(
-    broker: EmbeddedBroker, tmp_path: Path, events: list[KeyedRecord], kill_after: int, **guard_options: Any
-) -> None:
-    """SIGKILL the guard once `kill_after` inputs are consumed, restart it: every input has its outputs.
-
-    Shared by both engines' tests; duplicates are printed (the embedded broker does not hide
-    aborted transactions, and the Faust engine runs at least once).
-    """
-    first = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", **guard_options)
-    first.wait_ready()
-    produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, kill_after)
-    os.kill(first.process.pid, signal.SIGKILL)
-    first.process.wait()
-    second = start_guard(broker.bootstrap, tmp_path, INPUT, "kill", **guard_options)
-    try:
-        second.wait_ready()
-        wait_all_committed(broker.bootstrap, "kill", INPUT, len(events), guards=[second])
-        outcomes = _outcomes(broker, events)
-        ids = _event_ids(events)
-        malformed = sum(1 for i in ids if i is None)
-        for partner in PARTNERS:
-            seen = outcomes[partner]
-            missing = [i for i in ids if i is not None and seen[i] == 0]
-            assert not missing, (partner, len(missing))
-            assert sum(1 for key in seen if key.startswith("offset:")) == malformed
-            duplicates = sum(n - 1 for n in seen.values() if n > 1)
-            print(
-                f"{partner}: {duplicates} duplicate outputs of {len(events)} inputs "
-                f"after SIGKILL ({guard_options})"
-            )
-    finally:
-        assert second.stop() == 0
-
-
 def test_sigterm_exits_cleanly_and_leaves_no_open_transaction(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    generator = _prepare(broker, population=500, seed=13)
-    events = list(generator.events(12_000))
-    first = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
-    first.wait_ready()
-    produce(broker.bootstrap, INPUT, events)
-    _wait_consumed(first, 3_000)
-    started = time.monotonic()
-    assert first.stop(timeout_s=10) == 0
-    assert time.monotonic() - started < 10
-    second = start_guard(broker.bootstrap, tmp_path, INPUT, "term", transactional_id="guard-term-0")
-    try:
-        second.wait_ready()
-        wait_all_committed(broker.bootstrap, "term", INPUT, len(events), guards=[second])
-        outcomes = _outcomes(broker, events)
-        for partner in PARTNERS:  # every input exactly once: the first instance committed all it wrote
-            assert sum(outcomes[partner].values()) == len(events), partner
-            assert max(outcomes[partner].values()) == 1, partner
-    finally:
-        assert second.stop() == 0
+    generator = prepare(broker, population=500, seed=13)
+    stopped_in_s = sigterm_and_restart(
+        broker, tmp_path, list(generator.events(12_000)), 3_000, 10, transactional_id="guard-term-0"
+    )
+    assert stopped_in_s < 10
 
 
 def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -276,7 +168,7 @@ def test_poison_records_are_blocked_and_the_job_keeps_running(broker: EmbeddedBr
     try:
         guard.wait_ready()
         produce(broker.bootstrap, INPUT, [*poison, KeyedRecord(b"p1", orjson.dumps(good))])
-        _wait_consumed(guard, len(poison) + 1)
+        wait_consumed(guard, len(poison) + 1)
         blocked = read_blocked(broker.bootstrap)
         mine = [b for b in blocked if b["partner"] == "install-attribution"]
         by_offset = {b["source"]["offset"]: b for b in mine}
@@ -333,7 +225,7 @@ def test_avro_input_topic_decides_like_json(broker: EmbeddedBroker, tmp_path: Pa
     try:
         guard.wait_ready()
         produce(broker.bootstrap, avro_topic, records)
-        _wait_consumed(guard, len(records))
+        wait_consumed(guard, len(records))
         forwarded = [
             orjson.loads(v or b"")
             for _, v, _ in read_topic(broker.bootstrap, "partner.install-attribution.events", expect=1)

@@ -16,25 +16,10 @@ import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import partner_views
-from tests.integration.kafka_helpers import (
-    KEY_ENV,
-    PARTNERS,
-    produce,
-    read_topic,
-    start_guard,
-    wait_all_committed,
-)
-from tests.integration.reliability import (
-    INPUT,
-    TIMEOUT_S,
-    account,
-    consent_record,
-    guard_env,
-    installs,
-    seed_state,
-)
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import partner_views
+from tests.integration.kafka_helpers import KEY_ENV, PARTNERS, read_topic
+from tests.integration.reliability import TIMEOUT_S, Scenario, consent_record, guard_env, installs
 
 pytestmark = pytest.mark.integration
 # Event fields whose values are a small public vocabulary (they may well appear in a metric).
@@ -79,10 +64,10 @@ def _needles(records: list[KeyedRecord]) -> set[str]:
 @pytest.mark.timeout(TIMEOUT_S)
 def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBroker, tmp_path: Path) -> None:
     bootstrap = broker.bootstrap
-    seeded = seed_state(bootstrap, INPUT, 300, 61)
+    scenario = Scenario.seed(bootstrap, tmp_path, "secrets", 300, 61)
     grant = consent_record("secret-revoked", "granted", "2026-11-01T00:00:00Z")
     revoke = consent_record("secret-revoked", "denied", "2026-11-02T00:00:00Z")
-    produce(bootstrap, "privacy.consent", [grant])
+    scenario.produce("privacy.consent", [grant])
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
@@ -98,17 +83,17 @@ def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBrok
         PARTNER_GUARD_PAYLOAD_KEYS_FILE=str(payload_keys),
         **dict.fromkeys(KEY_ENV, ""),  # the keys come from the files, not the test constants
     )
-    events = [*seeded.generator.events(3000), *installs("secret-revoked", 10, "secret-before")]
-    after = [*installs("secret-revoked", 10, "secret-after"), *seeded.generator.events(1000)]
-    guard = start_guard(bootstrap, tmp_path, INPUT, "secrets", env, transactional_id="secrets-0")
+    before = [*scenario.generate(3000), *installs("secret-revoked", 10, "secret-before")]
+    after = [*installs("secret-revoked", 10, "secret-after"), *scenario.generate(1000)]
+    events = scenario.events
+    guard = scenario.start(env, transactional_id="secrets-0")
     try:
         guard.wait_ready()
-        produce(bootstrap, INPUT, events)
-        wait_all_committed(bootstrap, "secrets", INPUT, len(events), guards=[guard])
-        produce(bootstrap, "privacy.consent", [revoke])
-        produce(bootstrap, INPUT, after)
-        events += after
-        wait_all_committed(bootstrap, "secrets", INPUT, len(events), guards=[guard])
+        scenario.send(before)
+        scenario.wait_all_committed(guards=[guard])
+        scenario.produce("privacy.consent", [revoke])
+        scenario.send(after)
+        scenario.wait_all_committed(guards=[guard])
         metrics = guard.metrics()
     finally:
         assert guard.stop() == 0
@@ -149,12 +134,13 @@ def test_no_payload_value_or_key_in_logs_metrics_or_headers(broker: EmbeddedBrok
     assert len(revoked) == 10, len(revoked)
     assert all("consent_interest_based_ads_denied" in b["reasons"] for b in revoked), revoked[0]["reasons"]
     before_revocation, after_revocation = events[: -len(after)], events[-len(after) :]
-    allowed = seeded.allowed(before_revocation, [grant])
-    for partner, ids in seeded.allowed(after_revocation, [grant, revoke]).items():
+    allowed = scenario.seeded.allowed(before_revocation, [grant])
+    for partner, ids in scenario.seeded.allowed(after_revocation, [grant, revoke]).items():
         allowed[partner] |= ids
-    ledger = account(
-        bootstrap, "logs and secrets", events, allowed, keys=partner_keys, blocked_id=protector.identifier
+    scenario.conclude(
+        "logs and secrets",
+        allowed,
+        "real keys from files, encrypted blocked payloads, a revocation mid-stream",
+        keys=partner_keys,
+        blocked_id=protector.identifier,
     )
-    ledger.notes.append("real keys from files, encrypted blocked payloads, a revocation mid-stream")
-    ledger.report()
-    ledger.assert_sound()

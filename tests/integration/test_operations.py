@@ -25,8 +25,8 @@ from streams.broker.embedded import EmbeddedBroker, free_port, wait_for_port
 from streams.core.codec import encode_avro
 from streams.core.schema import load_schema_json
 from streams.gen.traffic import KeyedRecord
+from streams.runtime.formats.records import partner_views
 from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.pipeline.records import partner_views
 from tests.integration.kafka_helpers import ROOT, produce, read_topic, start_guard
 from tests.integration.records import AD_ID, app_install, consent
 

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
+from tests.integration.engine_scenarios import wait_consumed
 from tests.integration.kafka_helpers import (
-    KEY_ENV,
     ROOT,
     produce,
     read_blocked,
+    read_jsonl,
     read_topic,
+    run_cli,
     seed_population,
     start_guard,
 )
-from tests.integration.test_job import _wait_consumed
 from tests.report_dom import loading_attributes, sections
 
 pytestmark = pytest.mark.integration
@@ -45,30 +43,9 @@ def _run_guard_once(
     try:
         guard.wait_ready()
         produce(broker.bootstrap, "internal.events", generator.events(events))
-        _wait_consumed(guard, events)
+        wait_consumed(guard, events)
     finally:
         assert guard.stop() == 0
-
-
-def _cli(
-    broker: EmbeddedBroker | None, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **KEY_ENV, "COLUMNS": "200", **(env or {})}
-    if broker is not None:
-        full_env["PARTNER_GUARD_BOOTSTRAP_SERVERS"] = broker.bootstrap
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +60,9 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedde
 def test_verify_reproduces_every_decision(full_run: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = full_run
     report = tmp / "verify.jsonl"
-    result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+    result = run_cli(broker, "replay", "--no-git", "--jsonl", str(report))
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = _jsonl(report)
+    rows = read_jsonl(report)
     assert len(rows) > 2000 and {r["status"] for r in rows} == {"match"}
 
 
@@ -94,28 +71,31 @@ def test_verify_catches_a_tampered_record_and_an_unknown_ruleset(
 ) -> None:
     broker, tmp = full_run
     exported = tmp / "export.jsonl"
-    result = _cli(broker, "replay", "export", "--out", str(exported))
+    result = run_cli(broker, "replay", "export", "--out", str(exported))
     assert result.returncode == 0, result.stderr
-    records = _jsonl(exported)
+    records = read_jsonl(exported)
     tampered_index = next(i for i, r in enumerate(records) if r["reasons"] == ["kids_profile"])
     records[tampered_index]["reasons"] = ["consent_gpc"]
     records[tampered_index + 1]["ruleset_digest"] = "sha256:" + "0" * 64
     tampered = tmp / "tampered.jsonl"
     tampered.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     report = tmp / "tampered-report.jsonl"
-    result = _cli(None, "replay", "--from-file", str(tampered), "--no-git", "--jsonl", str(report))
+    result = run_cli(None, "replay", "--from-file", str(tampered), "--no-git", "--jsonl", str(report))
     assert result.returncode == 1
-    rows = _jsonl(report)
+    rows = read_jsonl(report)
     bad = {(i, r["status"]) for i, r in enumerate(rows) if r["status"] != "match"}
     assert bad == {(tampered_index, "mismatch"), (tampered_index + 1, "ruleset_not_found")}
     assert "mismatch" in result.stdout
+    # the line says which side is the record and which the recomputed decision
+    assert "recorded reasons ['consent_gpc']; re-decided reasons ['kids_profile']" in result.stdout
+    assert "1 record whose ruleset was not found (1 distinct digest)" in result.stdout
 
 
 def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
     broker, tmp = full_run
     out = tmp / "filtered.jsonl"
     assert (
-        _cli(
+        run_cli(
             broker,
             "replay",
             "export",
@@ -128,12 +108,12 @@ def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
         ).returncode
         == 0
     )
-    rows = _jsonl(out)
+    rows = read_jsonl(out)
     assert rows and all(r["partner"] == "signup-conversions" and "minor" in r["reasons"] for r in rows)
-    assert _cli(broker, "replay", "export", "--out", str(out), "--since", "2999-01-01").returncode == 0
-    assert _jsonl(out) == []
+    assert run_cli(broker, "replay", "export", "--out", str(out), "--since", "2999-01-01").returncode == 0
+    assert read_jsonl(out) == []
     assert (
-        _cli(
+        run_cli(
             broker,
             "replay",
             "export",
@@ -146,7 +126,7 @@ def test_filters(full_run: tuple[EmbeddedBroker, Path]) -> None:
         ).returncode
         == 0
     )
-    assert _jsonl(out) and all(r["rule_id"] == "install-attribution-v1" for r in _jsonl(out))
+    assert read_jsonl(out) and all(r["rule_id"] == "install-attribution-v1" for r in read_jsonl(out))
 
 
 def _rules_without_condition(tmp: Path) -> Path:
@@ -167,11 +147,11 @@ def test_whatif_reports_exactly_what_a_rule_change_lets_through(
 ) -> None:
     broker, tmp = full_run
     report = tmp / "whatif.jsonl"
-    result = _cli(
+    result = run_cli(
         broker, "replay", "--no-git", "--rules", str(_rules_without_condition(tmp)), "--jsonl", str(report)
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = _jsonl(report)
+    rows = read_jsonl(report)
     newly = [r for r in rows if r["whatif"]["change"] == "newly_forwarded"]
     only_condition = [r for r in rows if r["recorded_reasons"] == ["rule_condition_false"]]
     assert newly and {(r["source"]["partition"], r["source"]["offset"]) for r in newly} == {
@@ -198,7 +178,9 @@ def test_rules_diff_shows_the_change(full_run: tuple[EmbeddedBroker, Path]) -> N
         "consent": [{"subject": "account:a", "interest_based_ads": "granted"}],
     }
     sample.write_bytes(orjson.dumps(tv_install) + b"\n")
-    result = _cli(None, "rules", "diff", "rules", str(_rules_without_condition(tmp)), "--sample", str(sample))
+    result = run_cli(
+        None, "rules", "diff", "rules", str(_rules_without_condition(tmp)), "--sample", str(sample)
+    )
     assert result.returncode == 0, result.stderr
     assert "~ condition:" in result.stdout and "signup-conversions: unchanged" in result.stdout
     assert "1 decision(s) change" in result.stdout and '"verdict":"forward"' in result.stdout
@@ -208,17 +190,17 @@ def test_republish_twice_sends_each_record_once(full_run: tuple[EmbeddedBroker, 
     broker, tmp = full_run
     proposed = str(_rules_without_condition(tmp))
     before = len(read_topic(broker.bootstrap, "partner.install-attribution.events"))
-    dry = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish", "--dry-run")
+    dry = run_cli(broker, "replay", "--no-git", "--rules", proposed, "--republish", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "would send" in dry.stdout
     assert len(read_topic(broker.bootstrap, "partner.install-attribution.events")) == before
     # a producer queue far smaller than the plan: republish waits for space, never BufferError
     small_queue = {"PARTNER_GUARD_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES": "2"}
-    first = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish", env=small_queue)
+    first = run_cli(broker, "replay", "--no-git", "--rules", proposed, "--republish", env=small_queue)
     assert first.returncode == 0, first.stdout + first.stderr
     sent = int(first.stdout.split("; sent ")[1].split(";")[0])
     assert sent > 2
-    second = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
+    second = run_cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
     assert "; sent 0;" in second.stdout and f"already sent {sent}" in second.stdout, second.stdout[-600:]
     after = read_topic(broker.bootstrap, "partner.install-attribution.events")
     assert len(after) == before + sent
@@ -232,8 +214,8 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     exported = tmp / "report-export.jsonl"
-    assert _cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
-    records = _jsonl(exported)
+    assert run_cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
+    records = read_jsonl(exported)
     tampered_index = next(i for i, r in enumerate(records) if r["reasons"] == ["kids_profile"])
     records[tampered_index]["reasons"] = ["consent_gpc"]
     records[tampered_index + 1]["ruleset_digest"] = "sha256:" + "0" * 64
@@ -241,7 +223,7 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
     tampered.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     page = tmp / "report.html"
     proposed = _rules_without_condition(tmp)
-    result = _cli(
+    result = run_cli(
         None,
         "replay",
         "--from-file",
@@ -281,15 +263,35 @@ def test_html_report_renders_in_chromium(full_run: tuple[EmbeddedBroker, Path]) 
     assert f"What-if ruleset --rules {proposed} (digest sha256:" in header and "by partner-guard" in header
     assert '<p id="verdict-line" class="verdict red">' in dom.stdout
     assert shown["verdict-line"] == (
-        "1 mismatch: re-decided differently from the record. Also not verified: 1 ruleset not found. "
+        "1 mismatch: re-decided differently from the record. "
+        "Also not verified: 1 record whose ruleset was not found (1 distinct digest). "
         f"{total - 2:,} of {total:,} selected records verified."
     )
     assert re.search(r"install-attribution app_install [1-9][\d,]* [a-z_, ]*event_id", shown["whatif"])
     partners = {r["partner"] for r in records}
     assert dom.stdout.count('<svg class="chart"') == len(partners)  # one small chart per partner
     examples = shown["examples"]
-    assert examples.index("1 mismatch") < examples.index("1 ruleset not found") < examples.index("Verified")
+    assert (
+        examples.index("1 mismatch")
+        < examples.index("1 record whose ruleset was not found")
+        < examples.index("Verified")
+    )
     assert records[tampered_index]["event_id"] in shown["examples-mismatch"]
+    # which questions the page answers: the partner topics were not read, so it says so
+    questions = shown["questions"]
+    assert "What did each partner receive" in questions and "Not answered" in questions
+    assert 'does not mean "nothing leaked"' in questions
+    assert "Not checked: the partner topics were not read" in shown["received"]
+    # the dull reason is counted apart, every reason explained in one line, left-out rows counted
+    dull = sum(1 for r in records if r["reasons"] == ["event_type_not_allowed"])
+    assert f"Not charted: {dull:,} records blocked only for event_type_not_allowed" in shown["apart"]
+    assert "event_type_not_allowed" not in re.sub(
+        r"<h3.*?</h3>", "", shown["timeline"].split("Not charted")[0]
+    )
+    assert "consent_gpc" in shown["reasons"] and "the browser sent Global Privacy Control" in shown["reasons"]
+    assert re.search(
+        r"[\d,]+ more verified \(one example per partner and reasons shown\); all in --jsonl", examples
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "replay-report.png"
     subprocess.run(
@@ -313,7 +315,7 @@ def test_encrypted_payloads_replay_with_the_key_only(tmp_path: Path) -> None:
         assert blocked and all(b["original_b64"] is None and b["ciphertext_b64"] for b in blocked)
         assert all(b["key_id"] == "k1" and b["payload_mode"] == "encrypted" for b in blocked)
         with_key = tmp_path / "with-key.jsonl"
-        result = _cli(
+        result = run_cli(
             broker,
             "replay",
             "--no-git",
@@ -322,18 +324,18 @@ def test_encrypted_payloads_replay_with_the_key_only(tmp_path: Path) -> None:
             env={"PARTNER_GUARD_PAYLOAD_KEYS": PAYLOAD_KEYS},
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        assert {r["status"] for r in _jsonl(with_key)} == {"match"}
+        assert {r["status"] for r in read_jsonl(with_key)} == {"match"}
         without = tmp_path / "without-key.jsonl"
-        result = _cli(
+        result = run_cli(
             broker, "replay", "--no-git", "--jsonl", str(without), env={"PARTNER_GUARD_PAYLOAD_KEYS": ""}
         )
-        assert {r["status"] for r in _jsonl(without)} == {"unverifiable"}
+        assert {r["status"] for r in read_jsonl(without)} == {"unverifiable"}
         exported = tmp_path / "enc.jsonl"
-        _cli(broker, "replay", "export", "--out", str(exported))
-        records = _jsonl(exported)
+        run_cli(broker, "replay", "export", "--out", str(exported))
+        records = read_jsonl(exported)
         records[0]["ciphertext_b64"] = base64.b64encode(b"\x00" * 40).decode()
         exported.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-        result = _cli(
+        result = run_cli(
             None,
             "replay",
             "--no-git",
@@ -366,9 +368,9 @@ def test_redacted_payloads_hide_tagged_fields(tmp_path: Path) -> None:
         assert events and all(str(r["event_id"]).startswith("redacted:") for r in events)
         assert any(r.get("context", {}).get("country") for r in events)  # untagged attributes stay readable
         report = tmp_path / "redacted.jsonl"
-        result = _cli(broker, "replay", "--no-git", "--jsonl", str(report))
+        result = run_cli(broker, "replay", "--no-git", "--jsonl", str(report))
         assert result.returncode == 0
-        assert {r["status"] for r in _jsonl(report)} == {"unverifiable"}
+        assert {r["status"] for r in read_jsonl(report)} == {"unverifiable"}
 
 
 def test_republish_sends_only_verified_originals_once(tmp_path: Path) -> None:
@@ -376,10 +378,10 @@ def test_republish_sends_only_verified_originals_once(tmp_path: Path) -> None:
     with EmbeddedBroker.start(log_path=tmp_path / "tansu.log") as broker:
         _run_guard_once(broker, tmp_path, 600)
         exported = tmp_path / "export.jsonl"
-        assert _cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
+        assert run_cli(broker, "replay", "export", "--out", str(exported)).returncode == 0
         genuine = [
             {k: v for k, v in r.items() if not k.startswith("_")}
-            for r in _jsonl(exported)
+            for r in read_jsonl(exported)
             if r["reasons"] == ["rule_condition_false"] and r["partner"] == "install-attribution"
         ]
         assert genuine
@@ -406,7 +408,7 @@ def test_republish_sends_only_verified_originals_once(tmp_path: Path) -> None:
         )
         before = len(read_topic(broker.bootstrap, "partner.install-attribution.events"))
         proposed = str(_rules_without_condition(tmp_path))
-        first = _cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
+        first = run_cli(broker, "replay", "--no-git", "--rules", proposed, "--republish")
         assert first.returncode == 1, first.stdout + first.stderr  # the not-verified record is a mismatch
         sent = int(first.stdout.split("; sent ")[1].split(";")[0])
         assert sent == len(genuine)  # every genuine candidate, once, despite the two copies of one

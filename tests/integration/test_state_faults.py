@@ -13,36 +13,21 @@ from typing import Any
 
 import pytest
 
-from streams.broker.embedded import EmbeddedBroker
 from streams.gen.traffic import KeyedRecord
-from tests.faultproxy import FaultProxy, broker_behind_proxy
-from tests.integration.kafka_helpers import (
-    GuardProcess,
-    produce,
-    read_blocked,
-    start_guard,
-    wait_all_committed,
-)
-from tests.integration.reliability import (
-    GUARD_CLIENT_ID,
-    INPUT,
-    TIMEOUT_S,
-    InputStream,
-    account,
-    consent_record,
-    guard_env,
-    installs,
-    seed_state,
-)
+from tests.faultproxy import FaultProxy
+from tests.integration import reliability
+from tests.integration.kafka_helpers import GuardProcess, read_blocked
+from tests.integration.reliability import TIMEOUT_S, Scenario, conclude, consent_record, installs
 
 pytestmark = pytest.mark.integration
 UNREACHABLE_S = 10.0
 
 
 @pytest.fixture
-def state_proxied(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, FaultProxy]]:
-    """A fresh broker behind a proxy aimed only at the guard's state-reader clients."""
-    with broker_behind_proxy(tmp_path / "tansu.log", f"{GUARD_CLIENT_ID}-state") as pair:
+def state_proxied(tmp_path: Path) -> Iterator[tuple[Scenario, FaultProxy]]:
+    """The scenario on a fresh broker behind a proxy aimed only at the guard's state-reader clients."""
+    client_id = f"{reliability.GUARD_CLIENT_ID}-state"
+    with reliability.proxied_scenario(tmp_path, "state-faults", 500, 59, client_id) as pair:
         yield pair
 
 
@@ -64,50 +49,45 @@ def _install_outcomes(views: list[dict[str, Any]], prefix: str) -> tuple[int, Co
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-def test_unreadable_state_record_then_state_unreachable(
-    state_proxied: tuple[EmbeddedBroker, FaultProxy], tmp_path: Path
-) -> None:
-    broker, proxy = state_proxied
-    bootstrap = broker.bootstrap
-    seeded = seed_state(bootstrap, INPUT, 500, 59)
+def test_unreadable_state_record_then_state_unreachable(state_proxied: tuple[Scenario, FaultProxy]) -> None:
+    scenario, proxy = state_proxied
     extra_consent = [
         consent_record("state-garbled", "granted", "2026-11-01T00:00:00Z"),
         consent_record("state-fine", "granted", "2026-11-01T00:00:00Z"),
     ]
-    produce(bootstrap, "privacy.consent", extra_consent)
-    stream = InputStream(bootstrap)
-    events, send = stream.events, stream.send
+    scenario.produce("privacy.consent", extra_consent)
+    send, generate = scenario.send, scenario.generate
 
     marks = [("start", time.monotonic())]
-    guard = start_guard(bootstrap, tmp_path, INPUT, "state-faults", guard_env(), transactional_id="state-0")
+    guard = scenario.start(transactional_id="state-0")
     try:
         guard.wait_ready()
         marks.append(("ready", time.monotonic()))
-        send([*seeded.generator.events(2000), *installs("state-fine", 20, "fine-before")])
+        send([*generate(2000), *installs("state-fine", 20, "fine-before")])
 
         garbled = KeyedRecord(b"account:state-garbled", b"\xff{not json")  # mid-stream, unreadable
-        produce(bootstrap, "privacy.consent", [garbled])
+        scenario.produce("privacy.consent", [garbled])
         extra_consent.append(garbled)
-        send([*installs("state-garbled", 20, "garbled-after"), *seeded.generator.events(2000)])
-        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        send([*installs("state-garbled", 20, "garbled-after"), *generate(2000)])
+        scenario.wait_all_committed(guards=[guard])
         _wait_metric(guard, "partner_guard_state_invalid_records_total", 1, topic="privacy.consent")
         marks.append(("unreadable record", time.monotonic()))
 
         proxy.blackhole(True)  # the state topics become unreachable; the input stays reachable
-        send([*installs("state-fine", 20, "fine-during"), *seeded.generator.events(1000)])
+        send([*installs("state-fine", 20, "fine-during"), *generate(1000)])
         time.sleep(UNREACHABLE_S)
-        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        scenario.wait_all_committed(guards=[guard])
         marks.append(("unreachable", time.monotonic()))
         proxy.blackhole(False)
         time.sleep(2)  # the state reader reconnects by itself
-        send([*installs("state-fine", 20, "fine-after"), *seeded.generator.events(1000)])
-        wait_all_committed(bootstrap, "state-faults", INPUT, len(events), guards=[guard])
+        send([*installs("state-fine", 20, "fine-after"), *generate(1000)])
+        scenario.wait_all_committed(guards=[guard])
         assert guard.process.poll() is None and guard.status("/healthz") == 200
         marks.append(("back", time.monotonic()))
     finally:
         assert guard.stop() == 0
 
-    views = read_blocked(bootstrap)
+    views = read_blocked(scenario.bootstrap)
     garbled_blocked, garbled_reasons = _install_outcomes(views, "garbled-after")
     assert garbled_blocked == 20, garbled_reasons  # fail closed for that subject only
     during_blocked, during_reasons = _install_outcomes(views, "fine-during")
@@ -117,11 +97,7 @@ def test_unreadable_state_record_then_state_unreachable(
         assert blocked == 0, (phase, reasons)
     print(f"\nproxy: {proxy.stats}")
 
-    ledger = account(bootstrap, "state faults", events, seeded.allowed(events, extra_consent))
+    ledger = scenario.account("state faults", scenario.seeded.allowed(scenario.events, extra_consent))
     marks.append(("ledger", time.monotonic()))
     print("phases: " + ", ".join(f"{n} {t - b:.1f}s" for (_, b), (n, t) in itertools.pairwise(marks)))
-    ledger.notes.append(
-        f"unreadable consent record mid-stream; state topics unreachable {UNREACHABLE_S:.0f} s"
-    )
-    ledger.report()
-    ledger.assert_sound()
+    conclude(ledger, f"unreadable consent record mid-stream; state topics unreachable {UNREACHABLE_S:.0f} s")

@@ -17,30 +17,20 @@ import psutil
 import pytest
 
 from streams.broker.embedded import EmbeddedBroker
-from streams.gen.traffic import KeyedRecord
-from tests.integration.kafka_helpers import GuardProcess, committed_offsets, produce, start_guard
-from tests.integration.reliability import (
-    INPUT,
-    TIMEOUT_S,
-    Ledger,
-    account,
-    guard_env,
-    seed_state,
-)
-from tests.integration.test_job import _wait_consumed
+from tests.integration.engine_scenarios import wait_consumed
+from tests.integration.kafka_helpers import GuardProcess
+from tests.integration.reliability import TIMEOUT_S, Ledger, Scenario, conclude, guard_env
 
 pytestmark = pytest.mark.integration
 GROUP = "zombie"
 FROZEN_BATCH = 3
 
 
-def _wait_accounted(
-    bootstrap: str, events: list[KeyedRecord], allowed: dict[str, set[str]], timeout_s: float = 240.0
-) -> Ledger:
+def _wait_accounted(scenario: Scenario, allowed: dict[str, set[str]], timeout_s: float = 240.0) -> Ledger:
     """Poll the outputs until every input is accounted for (or time runs out); the last ledger."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ledger = account(bootstrap, "zombie", events, allowed)
+        ledger = scenario.account("zombie", allowed)
         if sum(ledger.lost.values()) == 0 or time.monotonic() > deadline:
             return ledger
         time.sleep(2)
@@ -75,29 +65,28 @@ def _resumed_outcome(zombie: GuardProcess, timeout_s: float = 120.0) -> str:
 
 @pytest.mark.timeout(TIMEOUT_S)
 def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    bootstrap = broker.bootstrap
-    seeded = seed_state(bootstrap, INPUT, 500, 53)
-    events = list(seeded.generator.events(8000))
-    produce(bootstrap, INPUT, events[:4000])
+    scenario = Scenario.seed(broker.bootstrap, tmp_path, GROUP, 500, 53)
+    events = scenario.generate(8000)
+    scenario.send(events[:4000])
     env = guard_env(
         PARTNER_GUARD_KAFKA_MAX_POLL_INTERVAL_MS="7000",
         PARTNER_GUARD_KAFKA_SESSION_TIMEOUT_MS="6000",  # state reader too (<= max poll interval)
         PARTNER_GUARD_BATCH_SIZE="500",
     )
     frozen_env = {**env, "PARTNER_GUARD_FAULT_BEFORE_COMMIT": f"stop@{FROZEN_BATCH}"}
-    zombie = start_guard(bootstrap, tmp_path, INPUT, GROUP, frozen_env, "zombie-a")
+    zombie = scenario.start(frozen_env, "zombie-a")
     survivor = None
     try:
         _wait_stopped(zombie)  # frozen after producing a batch, before committing it
-        committed_before_freeze = sum(committed_offsets(bootstrap, GROUP, INPUT).values())
-        survivor = start_guard(bootstrap, tmp_path, INPUT, GROUP, env, "zombie-b")
+        committed_before_freeze = scenario.committed()
+        survivor = scenario.start(env, "zombie-b")
         survivor.wait_ready()
-        produce(bootstrap, INPUT, events[4000:6000])
-        _wait_consumed(survivor, 6000 - committed_before_freeze)  # it took every partition
+        scenario.send(events[4000:6000])
+        wait_consumed(survivor, 6000 - committed_before_freeze)  # it took every partition
         os.kill(zombie.process.pid, signal.SIGCONT)
         outcome = _resumed_outcome(zombie)
-        produce(bootstrap, INPUT, events[6000:])
-        ledger = _wait_accounted(bootstrap, events, seeded.allowed(events))
+        scenario.send(events[6000:])
+        ledger = _wait_accounted(scenario, scenario.seeded.allowed(events))
     finally:
         for guard in (zombie, survivor):
             if guard is not None:
@@ -112,6 +101,4 @@ def test_a_resumed_zombie_commits_nothing_stale(broker: EmbeddedBroker, tmp_path
         # which makes the zombie abort. The embedded broker does not check, so the stale batch
         # commits there: it shows up as duplicates (that batch decided twice), never as a loss.
         print("STALE COMMIT ACCEPTED: the embedded broker does not check the group generation")
-    ledger.notes.append(f"SIGSTOP before commit past the session timeout, then SIGCONT: {outcome}")
-    ledger.report()
-    ledger.assert_sound()
+    conclude(ledger, f"SIGSTOP before commit past the session timeout, then SIGCONT: {outcome}")

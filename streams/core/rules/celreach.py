@@ -148,7 +148,7 @@ def _tokens(expression: str) -> list[tuple[str, str]]:
             raise CelSubsetError(
                 f"condition is not valid CEL here: unsupported character {expression[position]!r} "
                 f"at column {position + 1}",
-                "use only the CEL subset listed in README, 'Conditions'",
+                "use only the CEL subset listed in docs/rules.md, 'Conditions'",
             )
         kind = match.lastgroup or ""
         if kind != "space":

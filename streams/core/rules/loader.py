@@ -6,7 +6,7 @@ the guard refuses to start with a ruleset that has any.
 
 from __future__ import annotations
 
-import re
+import difflib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +20,12 @@ from streams.core.consent import GDPR_REGIONS
 from streams.core.errors import RefusalError
 from streams.core.leakscan import LeakScanner, scanner_for
 from streams.core.regex import LinearRegexError, compile_linear
+from streams.core.regions import AREAS, did_you_mean, is_country, is_jurisdiction
 from streams.core.rules.boundedyaml import YamlBoundError, load_bounded
 from streams.core.rules.boundedyaml import line_of as _line_of
 from streams.core.rules.celreach import CelSubsetError, Reach
 from streams.core.rules.condition import Condition
-from streams.core.rules.linkage import ad_id_linkages
+from streams.core.rules.linkage import ad_id_linkages, is_person_derived, is_resettable_ad_id
 from streams.core.rules.model import (
     ALLOWED_EVENT_TYPES,
     CONTENT_EVENT_TYPES,
@@ -154,13 +155,15 @@ def _check_rule(
             f"file name does not match partner '{rule.partner}'",
             f"rename the file to {rule.partner}.yaml",
         )
-    if rule.output_topic in reserved_topics:
+    reserved = {_kafka_name(t): what for t, what in reserved_topics.items()}
+    if _kafka_name(rule.output_topic) in reserved:
         yield RuleProblem(
             file,
             _line_of(doc, ("topic",)),
-            f"topic '{rule.output_topic}' is {reserved_topics[rule.output_topic]}",
+            f"topic '{rule.output_topic}' is {reserved[_kafka_name(rule.output_topic)]}",
             "use partner.<id>.events",
         )
+    yield from _check_optout_notices(rule, file, doc, tags, reserved_topics)
     gdpr = [j for j in rule.jurisdictions if j in GDPR_REGIONS]
     if gdpr and rule.consent.tcf is None:
         yield RuleProblem(
@@ -169,14 +172,8 @@ def _check_rule(
             f"jurisdictions {gdpr} fall under the GDPR but consent.tcf is not set",
             "add consent.tcf.vendor_id (the partner's GVL id) and purposes, or drop those jurisdictions",
         )
-    for code in rule.jurisdictions:
-        if not re.fullmatch(r"[A-Z]{2}|EEA", code):
-            yield RuleProblem(
-                file,
-                _line_of(doc, ("jurisdictions",)),
-                f"jurisdiction '{code}' is not an ISO country code",
-                "use two-letter upper-case codes (US, GB, DE) or EEA",
-            )
+    for index, code in enumerate(rule.jurisdictions):
+        yield from _jurisdiction_problems(code, file, _line_of(doc, ("jurisdictions", index)))
     if rule.condition:
         yield from _check_condition(rule.condition, file, _line_of(doc, ("condition",)), tags)
     for linkage in ad_id_linkages(rule, tags.tag, field_spec):  # P10
@@ -204,9 +201,137 @@ def _check_rule(
             )
 
 
+def _kafka_name(topic: str) -> str:
+    """A topic as Kafka tells topics apart: `.` and `_` collide (Kafka refuses such a pair)."""
+    return topic.replace(".", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A rule as loaded, with where it came from (for ruleset-wide checks)."""
+
+    rule: RuleFile
+    path: Path
+    doc: CommentedMap
+
+
+def _topic_problems(loaded: list[_Loaded]) -> Iterator[RuleProblem]:
+    """Every topic a rule writes (its events, its opt-out notices) belongs to exactly one
+    partner, across all rule files.
+
+    A topic is refused when another partner writes to it (explicitly, or as its default
+    `partner.<id>.events` / `partner.<id>.optouts`), when it is another partner's default
+    topic, or when it collides with one of those the way Kafka sees names (`.` and `_` are
+    the same).
+    """
+    owners: dict[str, tuple[_Loaded, tuple[str, ...]]] = {}
+    for entry in loaded:
+        for topic, where in _written_topics(entry.rule):
+            owner, owner_where = owners.setdefault(_kafka_name(topic), (entry, where))
+            line = _line_of(entry.doc, where)
+            if owner.rule.partner != entry.rule.partner:
+                yield RuleProblem(
+                    str(entry.path),
+                    line,
+                    f"topic '{topic}' is also written by partner '{owner.rule.partner}' "
+                    f"({owner.path}:{_line_of(owner.doc, owner_where)}): each partner would read the "
+                    "other's records",
+                    "give every partner its own event and notice topics "
+                    f"(partner.{entry.rule.partner}.events, partner.{entry.rule.partner}.optouts)",
+                )
+                continue
+            parts = topic.split(".")
+            if len(parts) >= 3 and parts[0] == "partner" and parts[-1] in ("events", "optouts"):
+                default_of = ".".join(parts[1:-1])
+                if default_of != entry.rule.partner:
+                    yield RuleProblem(
+                        str(entry.path),
+                        line,
+                        f"topic '{topic}' is a default topic of partner '{default_of}', not of "
+                        f"'{entry.rule.partner}'",
+                        f"use partner.{entry.rule.partner}.{parts[-1]}, or a name no other partner's default "
+                        "can take",
+                    )
+
+
+def _written_topics(rule: RuleFile) -> list[tuple[str, tuple[str, ...]]]:
+    """The topics a rule writes, each with the YAML place that names it."""
+    topics: list[tuple[str, tuple[str, ...]]] = [
+        (rule.output_topic, ("topic",) if rule.topic is not None else ("partner",))
+    ]
+    if rule.optout_notices.sends:
+        where = ("optout_notices", "topic") if rule.optout_notices.topic else ("partner",)
+        topics.append((rule.optout_topic, where))
+    return topics
+
+
+def _jurisdiction_problems(code: str, file: str, line: int) -> Iterator[RuleProblem]:
+    """A rule's jurisdiction must be an ISO 3166-1 country or EU/EEA, as the data names it."""
+    if code in AREAS or is_country(code):
+        return
+    if code != code.strip().upper() and (code.strip().upper() in AREAS or is_country(code.strip().upper())):
+        yield RuleProblem(
+            file, line, f"jurisdiction '{code}' is not written as the code", f"write '{code.strip().upper()}'"
+        )
+        return
+    meant = did_you_mean(code)
+    if "-" in code and is_jurisdiction(code.upper()):
+        fix = f"list the country ('{meant}'): events are placed by country"
+    elif meant is not None:
+        fix = f"did you mean '{meant}'? (ISO 3166-1 alpha-2 codes, or EU / EEA)"
+    else:
+        fix = "use an ISO 3166-1 alpha-2 country code (US, GB, DE), or EU / EEA"
+    yield RuleProblem(
+        file,
+        line,
+        f"jurisdiction '{code}' is not an ISO 3166-1 country code; events from a code the guard "
+        "cannot place are read as the strictest jurisdiction",
+        fix,
+    )
+
+
+def _projected_identifiers(rule: RuleFile, tags: PrivacyTags) -> list[str]:
+    """Output fields of any event type that carry an identifier of the person or device."""
+    found: dict[str, None] = {}
+    for spec in rule.events.values():
+        for name, raw in spec.fields.items():
+            source = field_spec(raw).source
+            tag = tags.tag(source)
+            if is_person_derived(source, tag) or is_resettable_ad_id(tag):
+                found[name] = None
+    return list(found)
+
+
+def _check_optout_notices(
+    rule: RuleFile, file: str, doc: CommentedMap, tags: PrivacyTags, reserved_topics: Mapping[str, str]
+) -> Iterator[RuleProblem]:
+    """P12: a partner that receives identifiers gets deletion notices, or the rule says why not."""
+    notices = rule.optout_notices
+    at = _line_of(doc, ("optout_notices",))
+    if notices.sends and rule.optout_topic in {*reserved_topics, rule.output_topic}:
+        what = reserved_topics.get(rule.optout_topic, "the rule's own event topic")
+        yield RuleProblem(
+            file, at, f"optout_notices topic '{rule.optout_topic}' is {what}", "use partner.<id>.optouts"
+        )
+    identifiers = _projected_identifiers(rule, tags)
+    if identifiers and "deletion" not in notices.sends and notices.reason is None:
+        yield RuleProblem(
+            file,
+            at,
+            f"the rule projects identifier field(s) {identifiers} but the partner gets no deletion notices",
+            "keep the default optout_notices (opt_out and deletion), or say why not: "
+            "optout_notices: {kinds: none, reason: '...'}",
+        )
+
+
 def _unreadable(tag: str) -> bool:
     """Tags a condition may never read (P11): what partners may not learn, and raw consent."""
     return tag in FORBIDDEN_TAGS or tag == "consent" or tag.startswith("pii:")
+
+
+def _protected(tag: str) -> bool:
+    """Tags whose presence, too, partners may not learn (P11): content, URLs, searches, PII."""
+    return tag in FORBIDDEN_TAGS or tag.startswith("pii:")
 
 
 def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple[str, str]]:
@@ -232,8 +357,18 @@ def _condition_reach_problems(reach: Reach, tags: PrivacyTags) -> Iterator[tuple
             hidden = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _unreadable(t))
             if hidden:
                 yield (
-                    f"condition reads the whole record event.{dotted}, reaching {', '.join(hidden)} (P11)",
-                    f"read only the fields needed (event.{dotted}.<field>) or test has(event.{dotted})",
+                    f"condition reads the whole record event.{dotted} (its value, size or keys), "
+                    f"reaching {', '.join(hidden)} (P11)",
+                    f"read only the fields needed (event.{dotted}.<field>)",
+                )
+        elif tag == RECORD_TAG:  # presence only: present when any member is, protected ones too
+            held = sorted(p for p, t in tags.tags.items() if p.startswith(dotted + ".") and _protected(t))
+            if held:
+                yield (
+                    f"condition tests the presence of event.{dotted}, a record holding {', '.join(held)}: "
+                    "it is there when any of them is, so partners would learn it from which events "
+                    "arrive (P11)",
+                    f"test the presence of the untagged field you need (has(event.{dotted}.<field>))",
                 )
 
 
@@ -259,6 +394,15 @@ def _check_condition(expression: str, file: str, line: int, tags: PrivacyTags) -
         yield RuleProblem(file, line, message, fix)
 
 
+def _did_you_mean_path(source: str, tag_of: Any) -> str:
+    """`did you mean 'device.platform'? else ` for a source close to a declared path, or ""."""
+    declared = getattr(getattr(tag_of, "__self__", None), "tags", None)
+    if not isinstance(declared, Mapping):
+        return ""
+    close = difflib.get_close_matches(source, [str(p) for p in declared], n=1, cutoff=0.75)
+    return f"did you mean '{close[0]}'? if it is a new field, " if close else ""
+
+
 def _check_field(
     file: str,
     doc: CommentedMap,
@@ -277,7 +421,8 @@ def _check_field(
             file,
             at,
             f"field '{name}' reads '{spec.source}', which the event schema does not declare",
-            "declare it with a privacy tag in schemas/internal_event.avsc first",
+            _did_you_mean_path(spec.source, tag_of)
+            + "declare it with a privacy tag in schemas/internal_event.avsc first",
         )
         return
     if tag in FORBIDDEN_TAGS:
@@ -416,6 +561,7 @@ def load_ruleset(
     vocabulary = _Vocabulary(str(leak_path), leak_doc)
 
     rules: list[RuleFile] = []
+    loaded: list[_Loaded] = []
     seen: dict[str, str] = {}
     files = sorted(
         p for p in directory.glob("*.y*ml") if p.name != LEAK_SCAN_FILE and p.suffix in (".yaml", ".yml")
@@ -439,6 +585,8 @@ def load_ruleset(
             )
         seen[rule.partner] = str(path)
         rules.append(rule)
+        loaded.append(_Loaded(rule, path, doc))
+    problems.extend(_topic_problems(loaded))
     if not files:
         problems.append(RuleProblem(str(directory), 1, "no partner rules found", "add <partner>.yaml files"))
     if problems or leak_scan is None:

@@ -1,10 +1,10 @@
-"""The allow-rule file format, one YAML file per partner (see README, "Writing a rule")."""
+"""The allow-rule file format, one YAML file per partner (see docs/rules.md)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Transform = Literal[
     "keep", "sha256_email", "sha256_phone", "pseudonym", "truncate_ip", "coarsen_time", "ad_id"
@@ -103,6 +103,27 @@ class IdentifierStyle(_Strict):
     gmail_remove_dots: bool = False
 
 
+NoticeKind = Literal["opt_out", "deletion"]
+NOTICE_KINDS: tuple[NoticeKind, ...] = ("opt_out", "deletion")
+
+
+class OptoutNotices(_Strict):
+    """Which opt-out and deletion notices the partner gets, and on which topic.
+
+    `kinds: none` (or `optout_notices: none`) sends none; a rule that projects an identifier
+    must then say why in `reason` (`rules check`).
+    """
+
+    kinds: tuple[NoticeKind, ...] | Literal["none"] = NOTICE_KINDS
+    topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+    @property
+    def sends(self) -> frozenset[str]:
+        """The kinds of notices the partner gets (empty for `none`)."""
+        return frozenset() if self.kinds == "none" else frozenset(self.kinds)
+
+
 class RuleFile(_Strict):
     """A partner's allow-rule."""
 
@@ -116,11 +137,23 @@ class RuleFile(_Strict):
     identifiers: IdentifierStyle = IdentifierStyle()
     condition: str | None = Field(None, description="optional CEL expression; false blocks")
     events: dict[str, EventSpec] = Field(min_length=1)
+    optout_notices: OptoutNotices = OptoutNotices()
+
+    @field_validator("optout_notices", mode="before")
+    @classmethod
+    def _none_shorthand(cls, value: object) -> object:
+        """`optout_notices: none` is `optout_notices: {kinds: none}`."""
+        return {"kinds": "none"} if value == "none" else value
 
     @property
     def output_topic(self) -> str:
         """The topic forwarded records go to: `topic`, or `partner.<partner>.events`."""
         return self.topic or f"partner.{self.partner}.events"
+
+    @property
+    def optout_topic(self) -> str:
+        """Where opt-out and deletion notices go: `optout_notices.topic`, or `partner.<partner>.optouts`."""
+        return self.optout_notices.topic or f"partner.{self.partner}.optouts"
 
 
 class LeakScanFile(_Strict):

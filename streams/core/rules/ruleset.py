@@ -18,7 +18,7 @@ import orjson
 from streams.core.leakscan import LeakScanner
 from streams.core.regex import LinearRegex, compile_linear
 from streams.core.rules.condition import Condition
-from streams.core.rules.model import FieldSpec, LeakScanFile, RuleFile
+from streams.core.rules.model import FieldSpec, LeakScanFile, OptoutNotices, RuleFile
 
 MAX_KEPT_LENGTH = 1_024  # longest kept string a rule may allow; longer values are dropped
 _UNBOUNDED = 1 << 32
@@ -138,10 +138,17 @@ def compile_rule(rule: RuleFile) -> CompiledRule:
     )
 
 
+def _rule_for_digest(rule: RuleFile) -> dict[str, Any]:
+    """The rule as the digest covers it. `optout_notices` is left out while it is the default,
+    so every ruleset written before notices existed keeps its digest (replay finds it)."""
+    default = rule.optout_notices == OptoutNotices()
+    return rule.model_dump(mode="json", by_alias=True, exclude={"optout_notices"} if default else None)
+
+
 def ruleset_digest(rules: tuple[RuleFile, ...], leak_scan: LeakScanFile, tags: Mapping[str, str]) -> str:
     """A hash of the normalized ruleset: rules, leak-scan vocabulary and schema tags."""
     normalized = {
-        "rules": [r.model_dump(mode="json", by_alias=True) for r in rules],
+        "rules": [_rule_for_digest(r) for r in rules],
         "leak_scan": leak_scan.model_dump(mode="json"),
         "tags": dict(tags),
     }

@@ -149,4 +149,4 @@ def _unknown_key_fix(allowed: list[str], key: str = "") -> str:
         return f"did you mean '{close[0]}'? (keys here: {', '.join(allowed)})"
     if allowed:
         return f"remove it or use one of: {', '.join(allowed)}"
-    return "remove the key or correct its spelling (see README, 'Writing a rule')"
+    return "remove the key or correct its spelling (see docs/rules.md)"

@@ -8,10 +8,20 @@ under ours. Two ways to learn the writer schema:
 - **Schema Registry** (`schema_registry_url`): the id is looked up with confluent-kafka's
   `SchemaRegistryClient` and the parsed result cached per id. An id the registry does not
   know blocks as `schema_unknown`; a schema the guard cannot read (another record name, a
-  field the guard needs removed without a default, not Avro) blocks as
-  `schema_incompatible`. A registry that cannot be reached blocks the record as
-  `schema_unknown` too (fail closed) and is asked again after `RETRY_AFTER_S`; an unknown
-  id is asked about again after `UNKNOWN_RECHECK_S`.
+  field the guard needs removed without a default, not Avro, a recursive schema: see
+  `recursion`) blocks as `schema_incompatible`. A registry that cannot be reached blocks
+  the record as `schema_unknown` too (fail closed) and is asked again after
+  `RETRY_AFTER_S`; an unknown id is asked about again after `UNKNOWN_RECHECK_S`.
+- **Time** (`RegistryCircuit`): the process has one circuit per registry. A lookup runs on
+  its own thread and is waited for at most `registry_call_limit_s` (then given up); a
+  lookup that fails or is given up opens the circuit, and while it is open every id not
+  already resolved blocks at once as `schema_unknown`, with no request. After a pause
+  (`RETRY_AFTER_S`, doubling up to `CIRCUIT_MAX_OPEN_S` while the registry stays down)
+  one lookup is let through; an answer closes the circuit. One lookup at a time: while a
+  given-up request is still pending, none other is sent. Each batch of the job may also
+  send at most `MAX_FETCHES_PER_BATCH` lookups and wait at most `registry_wait_per_batch_s`
+  for them in total (`FetchBudget`); an id past that blocks as `schema_unknown` and is asked
+  about in a later batch. The job's heartbeat beats after every lookup.
 - **Pinned** (no registry): the operator states the one id producers use
   (`avro_schema_id`) and the fingerprint of the schema behind it
   (`avro_schema_fingerprint`); start is refused when that fingerprint is not the guard's,
@@ -26,8 +36,10 @@ record decided before a schema change is the schema of that commit.
 
 from __future__ import annotations
 
+import graphlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
@@ -39,7 +51,7 @@ from streams.core.codec import decode_avro_body, decode_json, decode_json_gated,
 from streams.core.models import Envelope, Event, Malformed
 from streams.core.reasons import Reason
 from streams.core.schema import load_schema_json, schema_fingerprint
-from streams.runtime.ops.config import Settings
+from streams.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,20 @@ RETRY_AFTER_S = 5.0
 UNKNOWN_RECHECK_S = 60.0
 # Bounds the cache of unknown ids a hostile producer could fill with made-up ids.
 MAX_CACHED_UNKNOWN = 10_000
+# While the registry stays down, the circuit's pause doubles from RETRY_AFTER_S up to this.
+CIRCUIT_MAX_OPEN_S = 60.0
+# Requests let go after CIRCUIT_MAX_OPEN_S that have still not returned: at this many, no
+# more are sent (each holds a thread), until one returns.
+MAX_LET_GO = 4
+# One batch of the job asks the registry about at most this many new ids ...
+MAX_FETCHES_PER_BATCH = 16
+# ... and waits for it at most this long in total (or one whole lookup, when that is longer).
+MAX_WAIT_PER_BATCH_S = 10.0
+# A lookup is not sent with less than this left of the batch's wait.
+MIN_LOOKUP_WAIT_S = 0.05
+# The detail of a record blocked because the registry did not answer (or was not asked).
+REGISTRY_UNAVAILABLE = "registry unavailable"
+LOOKUPS_SPENT = "registry not asked: this batch's lookups are spent"
 
 
 class SchemaLookupError(Exception):
@@ -59,6 +85,14 @@ class SchemaLookupError(Exception):
 
 class NotAvroSchemaError(Exception):
     """The id names a schema of another type (Protobuf, JSON Schema)."""
+
+
+class _BudgetSpentError(Exception):
+    """This batch may send no more registry lookups."""
+
+
+class CircuitOpenError(SchemaLookupError):
+    """The circuit is open: the registry was not asked."""
 
 
 def _full_name(schema: dict[str, Any], name: str | None = None) -> str:
@@ -70,6 +104,48 @@ def _full_name(schema: dict[str, Any], name: str | None = None) -> str:
 
 def _fields_without_default(schema: dict[str, Any]) -> list[str]:
     return [f["name"] for f in schema.get("fields", []) if "default" not in f]
+
+
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+
+
+def _referenced_names(body: Any, named: Container[str]) -> set[str]:
+    """The named types a named type's body refers to: by name, or defined inline (not entered)."""
+    found: set[str] = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node in named:
+                found.add(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node is not body and node.get("type") in _NAMED:
+                found.add(str(node.get("name")))
+                continue
+            stack.extend(field.get("type") for field in node.get("fields", ()) if isinstance(field, dict))
+            stack.extend(node[key] for key in ("items", "values") if key in node)
+            if "type" in node:
+                stack.append(node["type"])  # {"type": "x.A"} refers to x.A as "x.A" does
+    return found
+
+
+def recursion(parsed: Any) -> list[str] | None:
+    """A cycle of named types in a parsed schema (`fastavro.parse_schema`), or None.
+
+    A recursive schema is legal Avro, but a record under it can nest as deep as its bytes
+    allow, and fastavro's C reader recurses once per level: tens of thousands of levels end
+    the process with SIGSEGV, where no `except` runs. The guard's own schema is not recursive,
+    so no field it reads needs one: a recursive writer schema is refused as a whole.
+    """
+    named: dict[str, Any] = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    graph = {name: _referenced_names(body, named) for name, body in named.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return [str(name) for name in exc.args[1]]
+    return None
 
 
 def incompatibility(writer: dict[str, Any], reader: dict[str, Any]) -> str | None:
@@ -101,6 +177,155 @@ class _Resolved:
     expires: float | None = None  # monotonic time after which a failed lookup is retried
 
 
+class _Call:
+    """One lookup on its own daemon thread, so that waiting for it can end before it does."""
+
+    def __init__(self, lookup: Callable[[int], str | None], schema_id: int, started: float) -> None:
+        self.started = started
+        self.done = threading.Event()
+        self.result: str | None = None
+        self.error: BaseException | None = None
+        thread = threading.Thread(
+            target=self._run, args=(lookup, schema_id), name="schema-registry-lookup", daemon=True
+        )
+        thread.start()
+
+    def _run(self, lookup: Callable[[int], str | None], schema_id: int) -> None:
+        try:
+            self.result = lookup(schema_id)
+        except BaseException as exc:  # handed to the waiting thread as it is
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class RegistryCircuit:
+    """The Schema Registry as the whole process sees it: a circuit breaker around `lookup`.
+
+    Closed, a lookup is sent and waited for at most `call_limit_s` (or less, when the
+    caller's budget says so: then it is not a failure, but still pending). A lookup that
+    raises `SchemaLookupError` or is not back within `call_limit_s` opens the circuit: for
+    `RETRY_AFTER_S` at first, twice as long after each further failure, at most
+    `CIRCUIT_MAX_OPEN_S`; while open, every lookup fails at once. The first lookup after the
+    pause goes through; any answer from the registry (a schema, "unknown", another type)
+    closes the circuit. At most one request is pending at a time: one given up still holds
+    the circuit until it returns (or for `CIRCUIT_MAX_OPEN_S`, if it never does; at most
+    `MAX_LET_GO` such requests, each holding a thread, are left behind).
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[int], str | None],
+        call_limit_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`lookup` as `AvroDecoder` takes it (usually `registry_lookup`)."""
+        self._lookup = lookup
+        self.call_limit_s = call_limit_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: _Call | None = None
+        self._let_go: list[_Call] = []  # given up for good, their threads still blocked
+        self._open_until: float | None = None
+        self._failures = 0
+        self.requests = 0  # lookups sent, for tests and logs
+
+    @property
+    def failures(self) -> int:
+        """Failed lookups in a row (0 while the registry answers)."""
+        with self._lock:
+            return self._failures
+
+    @property
+    def is_open(self) -> bool:
+        """True while lookups fail at once (the pause after a failure, or one still pending)."""
+        with self._lock:
+            return self._refusal(self._clock()) is not None
+
+    def _refusal(self, now: float) -> str | None:
+        pending = self._pending
+        if pending is not None and not pending.done.is_set():
+            if now - pending.started < CIRCUIT_MAX_OPEN_S:
+                return "an earlier lookup is still waiting for the registry"
+            self._let_go.append(pending)  # one that never ends is let go: its thread lives on
+            self._pending = None
+        self._let_go = [call for call in self._let_go if not call.done.is_set()]
+        if len(self._let_go) >= MAX_LET_GO:
+            return f"{len(self._let_go)} requests to the registry never returned"
+        if self._open_until is not None and now < self._open_until:
+            return f"circuit open for {self._open_until - now:.1f} s more"
+        return None
+
+    def __call__(self, schema_id: int, wait_s: float | None = None) -> str | None:
+        """The registry's answer for `schema_id`, waited for at most `wait_s` (and the call
+        limit); raises `SchemaLookupError` at once while the circuit is open."""
+        with self._lock:
+            refusal = self._refusal(self._clock())
+            if refusal is not None:
+                raise CircuitOpenError(refusal)
+            call = self._pending = _Call(self._lookup, schema_id, self._clock())
+            self.requests += 1
+        limit = self.call_limit_s if wait_s is None else max(0.0, min(wait_s, self.call_limit_s))
+        if not call.done.wait(limit):
+            if limit < self.call_limit_s:  # the caller's budget ran out first: no verdict yet
+                raise SchemaLookupError(f"no answer within the {limit:.1f} s left to wait")
+            self._trip(f"no answer within {limit:.1f} s")
+            raise SchemaLookupError(f"no answer within {limit:.1f} s")
+        if isinstance(call.error, SchemaLookupError):
+            self._trip(str(call.error))
+            raise call.error
+        self._answered()
+        if call.error is not None:
+            raise call.error  # NotAvroSchemaError: an answer, not an outage
+        return call.result
+
+    def _trip(self, why: str) -> None:
+        with self._lock:
+            self._failures += 1
+            pause = min(CIRCUIT_MAX_OPEN_S, RETRY_AFTER_S * 2 ** min(self._failures - 1, 16))
+            self._open_until = self._clock() + pause
+        log.warning(
+            "schema registry unavailable (%s): ids not yet resolved are blocked as schema_unknown "
+            "without asking for %.0f s",
+            why,
+            pause,
+        )
+
+    def _answered(self) -> None:
+        with self._lock:
+            recovered, self._failures, self._open_until = self._failures > 0, 0, None
+        if recovered:
+            log.info("schema registry answers again: circuit closed")
+
+
+@dataclass
+class FetchBudget:
+    """What one batch may spend on registry lookups: how many, and how long in total."""
+
+    max_fetches: int = MAX_FETCHES_PER_BATCH
+    max_wait_s: float = MAX_WAIT_PER_BATCH_S
+    fetches: int = 0
+    waited_s: float = 0.0
+
+    def start_batch(self) -> None:
+        """A new batch: nothing spent yet."""
+        self.fetches, self.waited_s = 0, 0.0
+
+    def allowance(self) -> float | None:
+        """How long the next lookup may wait, or None when this batch may send no more (also
+        when too little time is left for an answer: a request sent then would only be left
+        pending, holding the circuit)."""
+        left = self.max_wait_s - self.waited_s
+        if self.fetches >= self.max_fetches or left < MIN_LOOKUP_WAIT_S:
+            return None
+        return left
+
+    def spend(self, waited_s: float) -> None:
+        """Count one lookup and its wait."""
+        self.fetches += 1
+        self.waited_s += max(0.0, waited_s)
+
+
 class AvroDecoder:
     """Decodes Confluent-framed Avro records under their own writer schema, cached per id."""
 
@@ -109,15 +334,31 @@ class AvroDecoder:
         lookup: Callable[[int], str | None],
         clock: Callable[[], float] = time.monotonic,
         reader_schema: Mapping[str, Any] | None = None,
+        budget: FetchBudget | None = None,
+        beat: Callable[[], None] | None = None,
     ):
         """`lookup(id)` returns the writer schema text or None when the id is unknown; it
         raises `NotAvroSchemaError` for another schema type, `SchemaLookupError` when it
-        cannot tell. Records are read into `reader_schema` (default: the shipped event schema)."""
+        cannot tell. Records are read into `reader_schema` (default: the shipped event schema).
+        A `RegistryCircuit` lookup is waited for within `budget` (per batch: `start_batch`);
+        `beat` (the job's heartbeat) is called after every lookup."""
         self._lookup = lookup
         self._clock = clock
+        self._budget = budget
+        self._beat = beat
         self._reader_json = dict(reader_schema) if reader_schema is not None else load_schema_json()
         self._reader = fastavro.parse_schema(self._reader_json)
         self._by_id: dict[int, _Resolved] = {}
+
+    @property
+    def registry_open(self) -> bool:
+        """True while this decoder's registry circuit is open (False without a registry)."""
+        return isinstance(self._lookup, RegistryCircuit) and self._lookup.is_open
+
+    def start_batch(self) -> None:
+        """A new batch: its registry budget starts afresh."""
+        if self._budget is not None:
+            self._budget.start_batch()
 
     def decode(self, raw: bytes | None) -> Event | Malformed:
         """Decode one record; never raises."""
@@ -139,15 +380,45 @@ class AvroDecoder:
         self._by_id[schema_id] = resolved
         return resolved
 
+    def _ask(self, schema_id: int) -> str | None:
+        """The lookup, within this batch's budget when there is one (`_BudgetSpentError` past it)."""
+        lookup = self._lookup
+        if not isinstance(lookup, RegistryCircuit):
+            return lookup(schema_id)
+        budget = self._budget
+        wait_s = budget.allowance() if budget is not None else None
+        if budget is not None and wait_s is None:
+            raise _BudgetSpentError
+        started = self._clock()
+        try:
+            text = lookup(schema_id, wait_s)
+        except CircuitOpenError:
+            raise  # not asked: nothing spent, no wait
+        except BaseException:
+            self._spent(started)
+            raise
+        self._spent(started)
+        return text
+
+    def _spent(self, started: float) -> None:
+        if self._budget is not None:
+            self._budget.spend(self._clock() - started)
+        if self._beat is not None:
+            self._beat()
+
     def _fetch(self, schema_id: int) -> _Resolved:
         try:
-            text = self._lookup(schema_id)
+            text = self._ask(schema_id)
+        except _BudgetSpentError:
+            detail = f"schema id {schema_id}: {LOOKUPS_SPENT}"
+            return _Resolved(None, Reason.SCHEMA_UNKNOWN, detail, self._clock() + RETRY_AFTER_S)
         except SchemaLookupError as exc:
-            log.warning("schema registry lookup of id %d failed: %s", schema_id, exc)
+            if not isinstance(exc, CircuitOpenError):  # (the circuit logs once when it opens)
+                log.warning("schema registry lookup of id %d failed: %s", schema_id, exc)
             return _Resolved(
                 None,
                 Reason.SCHEMA_UNKNOWN,
-                f"schema id {schema_id}: registry unavailable",
+                f"schema id {schema_id}: {REGISTRY_UNAVAILABLE}",
                 self._clock() + RETRY_AFTER_S,
             )
         except NotAvroSchemaError as exc:
@@ -164,6 +435,10 @@ class AvroDecoder:
             writer = fastavro.parse_schema(writer_json)
         except Exception:  # the registry's text is input too: any parse failure is a verdict
             return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, f"schema id {schema_id} is not valid Avro")
+        cycle = recursion(writer)
+        if cycle is not None:
+            detail = f"schema id {schema_id}: writer schema is recursive ({' -> '.join(cycle)})"
+            return _Resolved(None, Reason.SCHEMA_INCOMPATIBLE, detail)
         problem = incompatibility(writer_json, self._reader_json) if isinstance(writer_json, dict) else None
         if problem is not None or not isinstance(writer_json, dict):
             detail = f"schema id {schema_id}: {problem or 'not a record schema'}"
@@ -211,23 +486,48 @@ def registry_client(conf: dict[str, Any]) -> Any:
     return SchemaRegistryClient.new_client(conf)
 
 
-def _configured_decoder(settings: Settings) -> AvroDecoder | None:
-    """The decoder the settings describe (registry, else pinned id), or None when neither is set."""
-    if settings.schema_registry_url:
-        return AvroDecoder(registry_lookup(registry_client(settings.registry_config())))
-    if settings.avro_schema_id is not None:
-        return AvroDecoder(pinned_lookup(settings.avro_schema_id))
-    return None
+_CIRCUITS: dict[str, RegistryCircuit] = {}
+_CIRCUITS_LOCK = threading.Lock()
 
 
-def avro_decoder(settings: Settings) -> AvroDecoder | None:
-    """The decoder for the job's Avro topics (None when every input is JSON)."""
+def registry_call_limit_s(settings: Settings) -> float:
+    """How long one lookup is waited for: the request timeout, and its one retry."""
+    return 2 * settings.schema_registry_timeout_ms / 1000
+
+
+def registry_wait_per_batch_s(settings: Settings) -> float:
+    """How long one batch of the job may wait for the registry in total (0 without one)."""
+    if not settings.schema_registry_url or "avro" not in settings.input_formats.values():
+        return 0.0
+    return max(MAX_WAIT_PER_BATCH_S, registry_call_limit_s(settings))
+
+
+def registry_circuit(settings: Settings) -> RegistryCircuit:
+    """The process's one circuit (and client) for the registry the settings name."""
+    config = settings.registry_config()
+    key = json.dumps(config, sort_keys=True, default=str)
+    with _CIRCUITS_LOCK:
+        circuit = _CIRCUITS.get(key)
+        if circuit is None:
+            lookup = registry_lookup(registry_client(config))
+            circuit = _CIRCUITS[key] = RegistryCircuit(lookup, registry_call_limit_s(settings))
+        return circuit
+
+
+def avro_decoder(settings: Settings, beat: Callable[[], None] | None = None) -> AvroDecoder | None:
+    """The decoder for the job's Avro topics (None when every input is JSON).
+
+    With a registry, lookups go through the process's `registry_circuit` within a
+    `FetchBudget` per batch (the job calls `start_batch`); `beat` is the job's heartbeat.
+    """
     if "avro" not in settings.input_formats.values():
         return None
-    decoder = _configured_decoder(settings)
-    if decoder is None:  # the settings model refuses this; never decode unpinned
-        raise ValueError("Avro input needs schema_registry_url or avro_schema_id")
-    return decoder
+    if settings.schema_registry_url:
+        budget = FetchBudget(max_wait_s=registry_wait_per_batch_s(settings))
+        return AvroDecoder(registry_circuit(settings), budget=budget, beat=beat)
+    if settings.avro_schema_id is not None:
+        return AvroDecoder(pinned_lookup(settings.avro_schema_id))
+    raise ValueError("Avro input needs schema_registry_url or avro_schema_id")  # refused by the settings
 
 
 class ReplayAvro:
@@ -246,7 +546,7 @@ class ReplayAvro:
         self._registry: Callable[[int], str | None] | None = None
         self._pinned_id: int | None = None
         if settings is not None and settings.schema_registry_url:
-            self._registry = registry_lookup(registry_client(settings.registry_config()))
+            self._registry = registry_circuit(settings)  # no budget: an audit is not a batch
         elif settings is not None:
             self._pinned_id = settings.avro_schema_id
         self._by_reader: dict[str, AvroDecoder] = {}

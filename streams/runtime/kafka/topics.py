@@ -9,6 +9,9 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from streams.core.rules.ruleset import Ruleset
+from streams.runtime.config import Settings
+
 log = logging.getLogger(__name__)
 COMPACT = {"cleanup.policy": "compact"}
 
@@ -36,3 +39,22 @@ def ensure_topics(
     if created:
         log.info("created topics %s", sorted(created))
     return created
+
+
+def guard_topic_layout(settings: Settings, ruleset: Ruleset) -> tuple[list[str], list[str]]:
+    """(plain, compacted): every topic `run` reads or writes under these settings and rules.
+
+    While some rule sends opt-out notices: every such rule's notice topic, and the compacted
+    forwarded-marker topic.
+    """
+    notice_topics = [r.source.optout_topic for r in ruleset.rules if r.source.optout_notices.sends]
+    plain = [
+        *settings.input_topics,
+        *(rule.topic for rule in ruleset.rules),
+        settings.blocked_topic,
+        *notice_topics,
+    ]
+    compacted = [settings.consent_topic, settings.signup_status_topic]
+    if notice_topics:
+        compacted.append(settings.forwarded_topic)
+    return plain, compacted

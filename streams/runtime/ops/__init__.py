@@ -1,1 +1,1 @@
-"""Running the guard: settings, start-up checks, secrets, logs, metrics, readiness, fault hook."""
+"""Running the guard: start-up checks, secrets, logs, metrics, readiness, fault hook."""

@@ -11,6 +11,10 @@ of this process from 1), or to `hang@init`:
   librdkafka#5456 does (the producer is wrapped by `wrap_producer`);
 - `hang@init` makes the start's `init_transactions` block for good (before any batch).
 
+The Faust engine calls the same hook after a batch's outputs were handed to its producer and
+before it waits for their acknowledgements; there `hang@N` holds batch N's acknowledgements
+back for good (`raise@N` and `stop@N` act as above; `hang@init` does nothing).
+
 It is read once at start, costs one integer comparison a batch, and never acts on its own.
 """
 

@@ -70,8 +70,25 @@ class GuardMetrics:
             ["path"],
             registry=r,
         )
+        self.registry_open = Gauge(
+            "partner_guard_schema_registry_open",
+            "1 while the Schema Registry circuit is open (new schema ids blocked as schema_unknown).",
+            registry=r,
+        )
         self.transactions = Counter(
             "partner_guard_transactions_total", "Transactions by outcome.", ["outcome"], registry=r
+        )
+        self.optout_notices = Counter(
+            "partner_guard_optout_notices_total",
+            "Opt-out and deletion notices sent (committed), by partner and kind.",
+            ["partner", "kind"],
+            registry=r,
+        )
+        self.consent_changes = Counter(
+            "partner_guard_consent_changes_total",
+            "Consent-topic records the notice path acted on (committed), by what they were.",
+            ["kind"],
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "partner_guard_batch_duration_seconds",
@@ -106,6 +123,16 @@ class GuardMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.group_lag = Gauge(
+            "partner_guard_group_lag_records",
+            "End offset minus the consumer group's committed offset, per input partition, whoever "
+            "owns it (take max over instances, not sum).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "partner_guard_assigned_partitions", "Input partitions this instance owns.", registry=r
+        )
         self.state_store_bytes = Gauge(
             "partner_guard_state_store_bytes", "Bytes of the disk state store on disk", ["table"], registry=r
         )
@@ -125,6 +152,11 @@ class GuardMetrics:
             "partner_guard_ready", "1 when state is loaded and the job is deciding.", registry=r
         )
         self.ruleset = Info("partner_guard_ruleset", "The ruleset in force.", registry=r)
+        # When this process started: the crash-loop alert counts its changes.
+        self.start_time = Gauge(
+            "partner_guard_start_time_seconds", "Unix time this guard process started.", registry=r
+        )
+        self.start_time.set_to_current_time()
 
 
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:

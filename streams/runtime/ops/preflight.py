@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streams.core.errors import RefusalError
-from streams.runtime.ops.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
+from streams.runtime.config import KAFKA_ENV_PREFIX, SECRET_MARKERS, Settings
 from streams.runtime.ops.logs import librdkafka_logger
 
 
@@ -72,6 +72,25 @@ def _describe_property(prop: str, value: str) -> str:
 def check_kafka_client(settings: Settings, timeout_s: float) -> None:
     """Build a client from the passthrough properties and ask the bootstrap servers for metadata."""
     logger, keeper = _quiet_logger()
+    admin = _admin_client(settings, logger)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        admin.poll(0)  # librdkafka's log lines wait in its queue until a poll serves them
+        cause = f": {keeper.last}" if keeper.last else ""
+        raise StartupRefusedError(
+            f"cannot reach bootstrap {settings.bootstrap_servers} "
+            f"(no broker answered after {timeout_s:g} s{cause})"
+        ) from None
+
+
+def check_kafka_properties(settings: Settings) -> None:
+    """Refuse passthrough properties librdkafka rejects, without connecting (`check-config`)."""
+    _admin_client(settings, _quiet_logger()[0])
+
+
+def _admin_client(settings: Settings, logger: logging.Logger) -> AdminClient:
+    """A client built from the passthrough properties (librdkafka validates them here)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         **settings.kafka,
@@ -86,15 +105,7 @@ def check_kafka_client(settings: Settings, timeout_s: float) -> None:
         raise StartupRefusedError(f"{what} is refused by librdkafka: {message}") from None
     except (TypeError, ValueError) as exc:
         raise StartupRefusedError(f"a librdkafka passthrough property is refused: {exc}") from None
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException:
-        admin.poll(0)  # librdkafka's log lines wait in its queue until a poll serves them
-        cause = f": {keeper.last}" if keeper.last else ""
-        raise StartupRefusedError(
-            f"cannot reach bootstrap {settings.bootstrap_servers} "
-            f"(no broker answered after {timeout_s:g} s{cause})"
-        ) from None
+    return admin
 
 
 def check_metrics_port(host: str, port: int) -> None:

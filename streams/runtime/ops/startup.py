@@ -17,10 +17,16 @@ from typing import Any
 from streams.core.errors import RefusalError
 from streams.core.rules.loader import load_ruleset
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.ops.config import Settings, load_settings, unknown_env_warnings
+from streams.runtime.config import (
+    Settings,
+    TopicRole,
+    load_settings,
+    topic_role_clash,
+    unknown_env_warnings,
+)
+from streams.runtime.formats.payload import Keyring, PayloadKeyError, PayloadProtector
 from streams.runtime.ops.preflight import preflight
 from streams.runtime.ops.secrets import load_keys
-from streams.runtime.pipeline.payload import Keyring, PayloadKeyError, PayloadProtector
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +61,37 @@ def partner_keys(
     return loaded.keys, notices
 
 
+def check_topic_roles(settings: Settings, ruleset: Ruleset) -> None:
+    """Refuse a start where one topic has two roles: inputs, consent, sign-up status, blocked,
+    republish markers, forwarded markers and every partner's output and notice topic are all
+    distinct (`StartupError`)."""
+    outputs = [
+        TopicRole(
+            rule.topic, f"the output topic of partner '{rule.partner}'", f"topic in {rule.partner}.yaml"
+        )
+        for rule in ruleset.rules
+    ]
+    outputs += [
+        TopicRole(
+            rule.source.optout_topic,
+            f"the notice topic of partner '{rule.partner}'",
+            f"optout_notices.topic in {rule.partner}.yaml",
+        )
+        for rule in ruleset.rules
+        if rule.source.optout_notices.sends
+    ]
+    clash = topic_role_clash([*settings.topic_roles(), *outputs])
+    if clash is not None:
+        raise StartupError(clash)
+
+
 def keyed_setup(settings: Settings, ruleset: Ruleset) -> GuardSetup:
     """The partners' keys and the blocked-payload protector, or a `RefusalError`.
 
     Missing keys refuse the start, except in a local run (`dev`), which makes ephemeral ones
-    and says so in `notices`.
+    and says so in `notices`. A topic in two roles refuses too (`check_topic_roles`).
     """
+    check_topic_roles(settings, ruleset)
     keys, notices = partner_keys(ruleset.partners, settings.keys_dir, settings.dev)
     mode = settings.blocked_payload
     if mode == "full":

@@ -30,12 +30,9 @@ from streams.core.decide import consults_state, decide, receivable_types
 from streams.core.models import Decision, Envelope, Event, Malformed, StateSnapshot
 from streams.core.reasons import Reason
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
-from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import GuardMetrics, observe_all
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import (
     CONTAINED_ERROR_DETAIL,
     BlockedInput,
     DecisionsPart,
@@ -44,11 +41,18 @@ from streams.runtime.pipeline.records import (
     Withheld,
     blocked_input,
     blocked_record,
+    content_blocked_record,
+    partner_headers,
     partner_record,
 )
-from streams.runtime.state.reader import StateReader
-from streams.runtime.state.store import StateTables, open_configured_tables, report_store_metrics
-from streams.runtime.state.tables import ConsentTable, SignupStatusTable, snapshot_for
+from streams.runtime.kafka.avro_input import AvroDecoder, avro_decoder, decode_input
+from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.metrics import GuardMetrics, observe_all
+from streams.runtime.pipeline.notices import ForwardTracker
+from streams.runtime.state.layout import open_configured_tables
+from streams.runtime.state.reader import Applier, StateReader, StateTopicChangedError
+from streams.runtime.state.store import StateTables, report_store_metrics
+from streams.runtime.state.tables import ConsentTable, ForwardedTable, SignupStatusTable, snapshot_for
 
 log = logging.getLogger(__name__)
 # Why 200: undeclared field paths are chosen by whoever produces the input; past this many
@@ -72,6 +76,9 @@ class BatchTally:
     stripped: Counter[str] = field(default_factory=Counter)
     undeclared: Counter[str] = field(default_factory=Counter)
     timestamps_ms: list[int] = field(default_factory=list)
+    notices: Counter[tuple[str, str]] = field(default_factory=Counter)  # (partner, kind)
+    consent_changes: int = 0
+    notice_errors: int = 0  # consent records whose notices could not be built
     # Inputs whose decisions are one shared list (the gated ones), counted per list: expanded
     # into `blocked` once per batch.
     shared: Counter[tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=Counter)
@@ -111,6 +118,12 @@ class BatchTally:
             metrics.fields_stripped.labels(partner).inc(count)
         for path, count in self.undeclared.items():
             metrics.undeclared_fields.labels(path).inc(count)
+        for (partner, kind), count in self.notices.items():
+            metrics.optout_notices.labels(partner, kind).inc(count)
+        if self.consent_changes:
+            metrics.consent_changes.labels("read").inc(self.consent_changes)
+        if self.notice_errors:
+            metrics.consent_changes.labels("error").inc(self.notice_errors)
         now_ms = time.time() * 1000
         observe_all(metrics.end_to_end_seconds, [max(0.0, (now_ms - ts) / 1000) for ts in self.timestamps_ms])
         metrics.batch_seconds.observe(batch_seconds)
@@ -129,6 +142,7 @@ class _Outputs:
     withheld: list[Withheld] = field(default_factory=list)
     # (partner, reasons) of `withheld` when they are the decider's shared ones (a gated input)
     shared_blocks: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    markers: list[tuple[bytes, bytes]] | None = None  # forwarded-marker writes (key, value)
 
     def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, limit: int) -> None:
         if len(value) + len(key or b"") > limit:
@@ -147,6 +161,15 @@ class GuardState:
         self._kafka_config = kafka_config
         self._invalid_reported: dict[str, int] = {}
         self._reader: StateReader | None = None
+        self.track_forwards = False  # also read the forwarded topic (opt-out notices on)
+        self._load_args: tuple[Callable[[], bool], Callable[[], None]] = (lambda: False, lambda: None)
+        # Told False while the state is read again from the beginning, True after (readiness).
+        self.on_reload: Callable[[bool], None] = lambda _ready: None
+
+    @property
+    def forwarded(self) -> ForwardedTable:
+        """The forwarded markers and notice state (read from the forwarded topic)."""
+        return self.tables.forwarded
 
     @property
     def reader(self) -> StateReader:
@@ -158,17 +181,21 @@ class GuardState:
     def load(self, stopping: Callable[[], bool], beat: Callable[[], None]) -> StateReader:
         """Read both compacted topics to their end before anything is decided (readiness)."""
         settings = self.settings
-        self.tables = open_configured_tables(settings, self._kafka_config)
+        self._load_args = (stopping, beat)
+        self.tables = open_configured_tables(settings, self._kafka_config, self.track_forwards)
         self.consent, self.signup_status = self.tables.consent, self.tables.signup_status
         for name, table_store in self.tables.stores.items():
             if table_store.rebuilt_because is not None:
                 self.metrics.state_rebuilds.labels(name).inc()
+        appliers: dict[str, Applier] = {
+            settings.consent_topic: self.consent.apply,
+            settings.signup_status_topic: self.signup_status.apply,
+        }
+        if self.track_forwards:
+            appliers[settings.forwarded_topic] = self.tables.forwarded.apply
         reader = self._reader = StateReader(
             self._kafka_config,
-            {
-                settings.consent_topic: self.consent.apply,
-                settings.signup_status_topic: self.signup_status.apply,
-            },
+            appliers,
             self.metrics,
             start_offsets=self.tables.start_offsets(),
             checkpoint=self.tables.checkpoint if self.tables.stores else None,
@@ -194,8 +221,13 @@ class GuardState:
         than allowed, or no complete catch-up for longer than allowed; the batch is then
         blocked as `consent_stale` (fail closed).
         """
-        settings, reader = self.settings, self.reader
-        missing = reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        settings = self.settings
+        try:
+            missing = self.reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        except StateTopicChangedError as exc:
+            self._reload(exc)
+            missing = self.reader.catch_up(settings.state_catchup_timeout_ms / 1000)
+        reader = self.reader
         stale = missing > settings.max_state_lag_records or (
             now - reader.last_caught_up > settings.max_state_silence_ms / 1000
         )
@@ -203,16 +235,40 @@ class GuardState:
             log.warning("state is behind by %d record(s): blocking this batch as consent_stale", missing)
         return stale
 
+    def poll(self) -> int:
+        """Apply whatever state records have arrived, without waiting."""
+        try:
+            return self.reader.poll()
+        except StateTopicChangedError as exc:
+            self._reload(exc)
+            return 0
+
+    def _reload(self, why: StateTopicChangedError) -> None:
+        """A state topic changed under the guard: read the state again from the beginning (the
+        disk store rebuilds: its identity or offsets no longer fit), not ready meanwhile."""
+        log.warning("%s: reading the state again from the beginning before deciding more", why)
+        self.on_reload(False)
+        try:
+            self.close()
+            self.load(*self._load_args)
+        finally:
+            self.on_reload(True)
+
     def update_gauges(self) -> None:
         """Table sizes, store metrics and newly seen invalid state records."""
         settings, metrics = self.settings, self.metrics
         metrics.state_entries.labels("consent").set(len(self.consent))
         metrics.state_entries.labels("signup_status").set(len(self.signup_status))
+        if self.track_forwards:
+            metrics.state_entries.labels("forwarded").set(len(self.tables.forwarded))
         report_store_metrics(self.tables, metrics, time.time())
-        for topic, table in (
+        tables: list[tuple[str, ConsentTable | SignupStatusTable | ForwardedTable]] = [
             (settings.consent_topic, self.consent),
             (settings.signup_status_topic, self.signup_status),
-        ):
+        ]
+        if self.track_forwards:
+            tables.append((settings.forwarded_topic, self.tables.forwarded))
+        for topic, table in tables:
             counted = metrics.state_invalid.labels(topic)
             counted.inc(table.invalid_records - self._invalid_reported.get(topic, 0))
             self._invalid_reported[topic] = table.invalid_records
@@ -227,12 +283,20 @@ class GuardState:
 class RecordDecider:
     """Decode, decide and render the outputs of one input record, for every partner."""
 
-    def __init__(self, settings: Settings, ruleset: Ruleset, payload: PayloadProtector, state: GuardState):
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Ruleset,
+        payload: PayloadProtector,
+        state: GuardState,
+        beat: Callable[[], None] | None = None,
+    ):
+        """`beat`: the engine's heartbeat, beaten after every Schema Registry lookup."""
         self.settings = settings
         self.ruleset = ruleset
         self.payload = payload
         self.state = state
-        self._avro: AvroDecoder | None = avro_decoder(settings)
+        self._avro: AvroDecoder | None = avro_decoder(settings, beat)
         self._receivable = receivable_types(ruleset)
         self._undeclared_labels: set[str] = set()
         self.topic_by_partner = {rule.partner: rule.topic for rule in ruleset.rules}
@@ -242,6 +306,11 @@ class RecordDecider:
         )
         self._parts = DecisionsParts()
         self._by_reference = settings.blocked_original == "reference"
+        self._tracker: ForwardTracker | None = None
+
+    def track(self, tracker: ForwardTracker) -> None:
+        """Remember forwards from now on (opt-out notices): marker writes join the outputs."""
+        self._tracker = tracker
 
     def _gated_decisions(self) -> DecisionsPart | None:
         """What `decide` answers for an envelope (an event type no rule can receive): the same
@@ -250,6 +319,15 @@ class RecordDecider:
         if not self.ruleset.rules or probe.event_type in self._receivable:
             return None
         return DecisionsPart.of([Withheld.of(d) for d in decide(probe, NO_STATE[False], self.ruleset)])
+
+    def registry_open(self) -> float:
+        """1.0 while the Schema Registry circuit is open, else 0.0 (a gauge's callback)."""
+        return 1.0 if self._avro is not None and self._avro.registry_open else 0.0
+
+    def start_batch(self) -> None:
+        """Called before each batch: the Schema Registry budget is per batch."""
+        if self._avro is not None:
+            self._avro.start_batch()
 
     def decode(self, raw: bytes | None, input_format: str) -> Event | Envelope | Malformed:
         """The event in a raw input value (only its envelope when no rule can receive it), or why not."""
@@ -267,9 +345,12 @@ class RecordDecider:
         raw = value or b""
         outputs = _Outputs()
         record: Event | Envelope | Malformed | None = None
+        content: tuple[bytes | None, bytes, Headers] | None = None
         try:
             record = self.decode(value, source.input_format)
-            self._build_outputs(record, raw, source, stale, outputs)
+            content = self._content_record(record, raw, source) if type(record) is Envelope else None
+            if content is None:
+                self._build_outputs(record, raw, source, stale, outputs)
         except Exception as exc:
             log.warning(
                 "internal error building the outputs of %s[%d]@%d: %s; blocked for every partner",
@@ -280,8 +361,19 @@ class RecordDecider:
             )
             event_id = record.event_id if isinstance(record, _DECODED) else None
             outputs = self._contained_outputs(raw, source, event_id, exc)
+            content = None
+        if content is not None:  # the fused path: one blocked record, the shared decisions' counts
+            blocked_key, blocked_value, blocked_headers = content
+            sink(self.settings.blocked_topic, blocked_value, blocked_key, blocked_headers)
+            tally.shared[self._gated_blocks] += 1
+            tally.records_in[source.topic] += 1
+            if source.timestamp_ms is not None:
+                tally.timestamps_ms.append(source.timestamp_ms)
+            return
         for topic, output, key, headers in outputs.records:
             sink(topic, output, key, headers)
+        if outputs.markers and self._tracker is not None:
+            self._tracker.stage(outputs.markers)
         tally.add(outputs)
         if isinstance(record, Event):
             for path in record.undeclared_fields:
@@ -289,6 +381,25 @@ class RecordDecider:
         tally.records_in[source.topic] += 1
         if source.timestamp_ms is not None:
             tally.timestamps_ms.append(source.timestamp_ms)
+
+    def _content_record(
+        self, record: Envelope, raw: bytes, source: SourceRef
+    ) -> tuple[bytes | None, bytes, Headers] | None:
+        """The fused path of an input no rule can receive (most traffic), full payload mode: its
+        blocked record (key, value, headers) in one step from the shared decisions, the same
+        bytes as the general path. None when the general path must build it."""
+        gated = self._gated
+        if gated is None or record.event_type in self._receivable:
+            return None
+        return content_blocked_record(
+            raw,
+            source,
+            record.event_id,
+            self.payload,
+            self._by_reference,
+            gated,
+            self.settings.max_record_bytes,
+        )
 
     def _build_outputs(
         self,
@@ -317,10 +428,23 @@ class RecordDecider:
                 outputs.withheld.append(Withheld.of(decision, (Reason.RECORD_TOO_LARGE.value,)))
                 continue
             topic = self.topic_by_partner[decision.partner]
-            outputs.records.append((topic, value, key, None))  # its size is checked above
+            outputs.records.append(
+                (topic, value, key, partner_headers(decision, source))
+            )  # size checked above
             outputs.forwarded.append(decision)
+            if self._tracker is not None and isinstance(record, Event):
+                self._add_markers(self._tracker, record, decision, outputs)
         if outputs.withheld:
             self._add_blocked(record, raw, source, snapshot, outputs.withheld, outputs)
+
+    @staticmethod
+    def _add_markers(tracker: ForwardTracker, event: Event, decision: Decision, outputs: _Outputs) -> None:
+        """The forwarded markers this forward changes, produced with it (and staged once sent)."""
+        writes = tracker.markers(event, decision)
+        if writes:
+            outputs.markers = [*(outputs.markers or ()), *writes]
+            for key, value in writes:
+                outputs.records.append((tracker.topic, value, key, None))
 
     def _add_blocked(
         self,

@@ -42,28 +42,29 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from streams import exitcodes
+from streams.core.notices import plans_of
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
-from streams.runtime.kafka.topics import ensure_topics
-from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.faults import BeforeCommitFault
-from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
-from streams.runtime.ops.preflight import kafka_client_config
-from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import SourceRef
-from streams.runtime.pipeline.transaction import (
-    BatchOffsets,
-    BatchTransaction,
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import SourceRef
+from streams.runtime.kafka.avro_input import registry_wait_per_batch_s
+from streams.runtime.kafka.calls import (
     CallWatchdog,
-    CommitInFlight,
-    Outcome,
     RetryPolicy,
     TransactionFatalError,
     liveness_limit_s,
     start_transactions,
 )
+from streams.runtime.kafka.io import Headers, Revocations, next_batch, records_in
+from streams.runtime.kafka.topics import ensure_topics, guard_topic_layout
+from streams.runtime.ops.broker_watch import BrokerWatch, Readiness
+from streams.runtime.ops.faults import BeforeCommitFault
+from streams.runtime.ops.group_lag import GroupLag
+from streams.runtime.ops.metrics import GuardMetrics, Heartbeat, serve_http
+from streams.runtime.ops.preflight import kafka_client_config
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
+from streams.runtime.pipeline.notices import ForwardTracker, OptoutNotifier
+from streams.runtime.pipeline.transaction import BatchOffsets, BatchTransaction, CommitInFlight, Outcome
 from streams.runtime.state.reader import StateReader
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,11 @@ TRANSACTION_LINGER_MS = 100
 # against the sequential loop (benchmarks/RESULTS.md): 5 ms, p99 target met in 3 of 13 trials
 # (sequential 4 of 13); 0.5 ms, in 7 of 9 (sequential 5 of 9).
 GIL_SWITCH_INTERVAL_S = 0.0005
+# How often the input consumer refreshes topic metadata (librdkafka's default is 5 min). An
+# input topic recreated after the consumer rejoined its group (a broker restored or restarted
+# empty) is seen, and its partitions assigned, only at the next refresh: measured on the
+# embedded broker, 3.5 minutes of nothing decided with the default. A passthrough value wins.
+INPUT_METADATA_REFRESH_MS = 10_000
 
 
 @dataclass
@@ -95,12 +101,17 @@ class DecidedBatch:
 
     started: float
     offsets: BatchOffsets = field(default_factory=BatchOffsets)
-    outputs: list[tuple[str, bytes, bytes | None, Headers | None]] = field(default_factory=list)
+    outputs: list[tuple[str, bytes | None, bytes | None, Headers | None]] = field(default_factory=list)
     tally: BatchTally = field(default_factory=BatchTally)
+    layer: dict[bytes, bytes | None] | None = None  # the forwarded table's writes of this batch
 
     def add(self, topic: str, value: bytes, key: bytes | None, headers: Headers | None) -> None:
         """The decider's sink: keep one output record for the batch's transaction."""
         self.outputs.append((topic, value, key, headers))
+
+    def add_keyed(self, topic: str, value: bytes | None, key: bytes) -> None:
+        """The notifier's sink: a notice, or a forwarded-topic record (None: a tombstone)."""
+        self.outputs.append((topic, value, key, None))
 
 
 class GuardJob:
@@ -121,15 +132,25 @@ class GuardJob:
         self.clock = clock
         self.stopping = False
         self._metrics_address = ""
-        self.readiness = Readiness(self.metrics.ready)
+        self.readiness = Readiness(self.metrics.ready, track_partitions=True)
+        self.owned: set[tuple[str, int]] = set()  # input partitions assigned to this instance
         self.kafka_base: dict[str, Any] = kafka_client_config(settings)
         self.retry = RetryPolicy.configured(settings.transaction_call_timeout_ms, self.kafka_base)
         self.watchdog = CallWatchdog()  # one thread: every librdkafka call that could hang
         self.revocations = Revocations()  # partitions revoked while a batch is collected
-        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, settings.state_catchup_timeout_ms / 1000))
+        # Between two beats: the state catch-up, then the registry lookups of one batch (bounded).
+        unwatched_s = settings.state_catchup_timeout_ms / 1000 + registry_wait_per_batch_s(settings)
+        self.heartbeat = Heartbeat(liveness_limit_s(self.retry, unwatched_s))
         self.state = GuardState(settings, self.kafka_base, self.metrics)
-        self.decider = RecordDecider(settings, ruleset, self.payload, self.state)
+        self.decider = RecordDecider(settings, ruleset, self.payload, self.state, self.heartbeat.beat)
+        self.metrics.registry_open.set_function(self.decider.registry_open)
         self._topic_by_partner = self.decider.topic_by_partner
+        # Opt-out notices (P12): on when some rule sends them; the consent topic is then also
+        # a group input, and forwards are remembered in the forwarded topic.
+        self.plans = plans_of(ruleset)
+        self.notifier: OptoutNotifier | None = None
+        self.state.track_forwards = any(plan.kinds for plan in self.plans.values())
+        self._in_flight_layer: dict[bytes, bytes | None] | None = None
         self.fault = BeforeCommitFault.from_env()  # inert unless a reliability test arms it
         self.in_flight: CommitInFlight | None = None  # the commit the loop has not yet waited for
         # Partitions revoked while `in_flight` ran: an abort must not rewind them to its offsets.
@@ -143,9 +164,9 @@ class GuardJob:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """Run until SIGTERM, SIGINT or SIGHUP; returns the process exit code."""
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, self.request_stop)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
@@ -167,31 +188,47 @@ class GuardJob:
         )
         self._metrics_address = f"http://{settings.metrics_host}:{server.server_port}"
         watch = BrokerWatch(self.kafka_base, self.readiness).start()
+        group = GroupLag(self.kafka_base, settings.group_id, settings.input_topics, self.metrics.group_lag)
+        group.start(self.readiness.set_group)
         try:
             if settings.create_topics:
-                ensure_topics(
-                    self.kafka_base,
-                    [*settings.input_topics, *self._topic_by_partner.values(), settings.blocked_topic],
-                    [settings.consent_topic, settings.signup_status_topic],
-                    settings.partitions,
-                )
+                plain, compacted = guard_topic_layout(settings, self.ruleset)
+                ensure_topics(self.kafka_base, plain, compacted, settings.partitions)
             return self._run_loop()
         finally:
+            group.stop()
             watch.stop()
             server.shutdown()
 
     def _load_state(self) -> StateReader:
-        return self.state.load(lambda: self.stopping, self.heartbeat.beat)
+        reader = self.state.load(lambda: self.stopping, self.heartbeat.beat)
+        self._track_forwards()
+        return reader
+
+    def _state_reloaded(self, ready: bool) -> None:
+        """The state is read again (a state topic changed under the guard): not ready meanwhile,
+        and the forward tracker and notifier follow the newly opened forwarded table."""
+        self.readiness.set_deciding(ready)
+        if ready:
+            self._track_forwards()
+
+    def _track_forwards(self) -> None:
+        if self.state.track_forwards:
+            settings, table = self.settings, self.state.forwarded
+            self.decider.track(
+                ForwardTracker(self.plans, table, settings.forwarded_topic, settings.optout_lookback)
+            )
+            self.notifier = OptoutNotifier(
+                self.plans, self.ruleset.digest, table, settings.forwarded_topic, settings.optout_lookback
+            )
 
     def _update_state_gauges(self) -> None:
         self.state.update_gauges()
 
     def _run_loop(self) -> int:
         settings = self.settings
-        reader = self._load_state()
-        transactional_id = (
-            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
-        )
+        self.state.on_reload = self._state_reloaded
+        transactional_id = settings.resolved_transactional_id(socket.gethostname(), os.getpid())
         producer = Producer(
             {
                 "linger.ms": TRANSACTION_LINGER_MS,
@@ -208,9 +245,14 @@ class GuardJob:
             log.error("fatal transaction error at start, stopping: %s", exc)
             self._close(None, producer)
             return exitcodes.JOB_FAILED
+        # The state is read only now: the forwarded topic is written in this id's transactions,
+        # and a transaction the previous instance left open (killed between produce and commit)
+        # holds back every read_committed reader of it until `init_transactions` aborted it.
+        self._load_state()
         consumer = Consumer(
             {
                 "fetch.wait.max.ms": 50,  # librdkafka default 500 ms costs latency; passthrough wins
+                "topic.metadata.refresh.interval.ms": INPUT_METADATA_REFRESH_MS,
                 **self.kafka_base,
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
@@ -220,7 +262,8 @@ class GuardJob:
                 "partition.assignment.strategy": "cooperative-sticky",
             }
         )
-        consumer.subscribe(settings.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        group_inputs = [*settings.input_topics, *([settings.consent_topic] if self.notifier else [])]
+        consumer.subscribe(group_inputs, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.readiness.set_deciding(True)
         log.info(
             "ready: ruleset %s, partners %s, input topics %s, metrics on %s, "
@@ -245,7 +288,7 @@ class GuardJob:
                 )
                 decided = self._decide(messages) if messages else None  # 2.
                 if not messages:
-                    reader.poll()
+                    self.state.poll()
                 if self._settle(decided) is Outcome.ABORTED:  # 3.
                     decided = None  # rewound: decided again from its first offsets
                 if decided is not None:
@@ -283,6 +326,12 @@ class GuardJob:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %d partition(s)", len(partitions))
+        self.owned.update((tp.topic, tp.partition) for tp in partitions)
+        self._owned_changed()
+
+    def _owned_changed(self) -> None:
+        self.metrics.assigned_partitions.set(len(self.owned))
+        self.readiness.set_owned(frozenset(self.owned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Runs inside `consume()`; a commit in flight ends before the partitions are given up."""
@@ -291,6 +340,8 @@ class GuardJob:
             in_flight.join()
             self.revoked_in_flight.update((tp.topic, tp.partition) for tp in partitions)
         self.revocations.add(partitions)
+        self.owned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        self._owned_changed()
         log.info("revoked %d partition(s)", len(partitions))
 
     def _update_consumer_lag(self, consumer: Consumer) -> None:
@@ -309,24 +360,66 @@ class GuardJob:
 
     def _decide(self, messages: list[Message]) -> DecidedBatch:
         """Catch the state up (P9: after the fetch), then decide every input into a buffer."""
-        settings = self.settings
+        settings, notifier = self.settings, self.notifier
         batch = DecidedBatch(self.clock())
         stale = self.state.catch_up_before_batch(self.clock())
+        self.decider.start_batch()
+        if notifier is not None:
+            batch.layer = self.state.forwarded.open_layer()
         for message, topic, partition, offset in records_in(messages, log, "consume"):
             batch.offsets.consumed(topic, partition, offset)
             kind, ts = message.timestamp()
+            if notifier is not None and topic == settings.consent_topic:  # a consent change: P12
+                try:
+                    notifier.on_record(
+                        message.key(),
+                        message.value(),
+                        ts if kind else None,
+                        batch.tally.notices,
+                        batch.add_keyed,
+                    )
+                except Exception as exc:  # one consent record never stops the job: logged, counted
+                    log.error(
+                        "consent record %s[%d]@%d: notices not built (%s)",
+                        topic,
+                        partition,
+                        offset,
+                        type(exc).__name__,
+                    )
+                    batch.tally.notice_errors += 1
+                batch.tally.consent_changes += 1
+                continue
             source = SourceRef(
                 topic, partition, offset, ts if kind else None, message.key(), settings.topic_format(topic)
             )
             self.decider.emit(message.value(), source, stale, batch.tally, batch.add)
+        if notifier is not None and not batch.outputs:
+            self._note_progress(batch)
         return batch
+
+    def _note_progress(self, batch: DecidedBatch) -> None:
+        """A batch of consent records that changed nothing still writes one record: the consent
+        offsets it reached, to the forwarded topic (`p|` keys, compacted away). Measured on the
+        embedded broker: a transaction with offsets and no record, after one with records, does
+        not commit its offsets."""
+        for (topic, partition), offset in batch.offsets.next.items():
+            key = f"p|{topic}|{partition}".encode()
+            batch.add_keyed(self.settings.forwarded_topic, b'{"next_offset":%d}' % offset, key)
 
     def _settle(self, decided: DecidedBatch | None) -> Outcome | None:
         """Wait for the commit in flight, if any; when it aborted, rewind `decided`'s partitions too."""
         in_flight, self.in_flight = self.in_flight, None
         if in_flight is None:
             return None
-        return in_flight.wait(decided.offsets.first if decided is not None else None, self.revoked_in_flight)
+        layer, self._in_flight_layer = self._in_flight_layer, None
+        outcome = in_flight.wait(
+            decided.offsets.first if decided is not None else None, self.revoked_in_flight
+        )
+        if outcome is Outcome.COMMITTED and layer is not None:
+            self.state.forwarded.fold(layer)  # its markers and notice states hold from now on
+        elif outcome is Outcome.ABORTED and self.notifier is not None:
+            self.state.forwarded.drop_layers()  # this batch's and `decided`'s: both are decided again
+        return outcome
 
     def _settle_on_error(self) -> None:
         """Stopping on an error with a commit in flight: let it end before the clients close, and
@@ -350,6 +443,7 @@ class GuardJob:
         batch.outputs.clear()  # librdkafka holds them now: never a second copy while k+1 is decided
         self.fault.before_commit()  # inert unless a reliability test arms it
         self.revoked_in_flight.clear()
+        self._in_flight_layer = batch.layer
         self.in_flight = transaction.start_commit(lambda outcome: self._committed(outcome, tally, started))
 
     def _committed(self, outcome: Outcome, tally: BatchTally, started: float) -> None:

@@ -13,6 +13,14 @@ The state topics are read `read_committed`, so a grant from a rolled-back transa
 applies (on a broker that implements it: Tansu 0.6 does not hide aborted records). Every
 `METADATA_REFRESH_S` the reader looks the topics up again and reads partitions added
 while running from their beginning.
+
+A state topic deleted and recreated under the running guard (or truncated) no longer holds
+what the tables were read from: resuming at the applied positions would skip everything the
+new topic holds up to them (a denial among it). The reader raises `StateTopicChangedError`
+when a fetch reports a partition ending below its applied position, when a partition's
+records start again below it (a broker that resets an out-of-range position), or when the
+topic id changed (checked every `METADATA_REFRESH_S`); the caller then reads the state again
+from the beginning before it decides anything more.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 
+from streams.core.errors import PartnerGuardError
 from streams.runtime.kafka.io import records_in
 from streams.runtime.ops.metrics import GuardMetrics
+from streams.runtime.state.layout import topic_ids
 
 log = logging.getLogger(__name__)
 Applier = Callable[[bytes | None, bytes | None], None]
@@ -43,6 +53,10 @@ UNKNOWN_LAG = 1 << 62
 # How often to look for partitions added to the state topics while running: often enough
 # that a new partition's records apply within seconds, rare enough to cost nothing.
 METADATA_REFRESH_S = 10.0
+
+
+class StateTopicChangedError(PartnerGuardError, RuntimeError):
+    """A state topic no longer holds what the tables were read from (recreated, truncated)."""
 
 
 def state_consumer_config(kafka_config: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +124,7 @@ class StateReader:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
                 raise RuntimeError(f"state topic '{topic}' does not exist (use --create-topics)")
         partitions = new_partitions(metadata, appliers, ())
+        self._topic_ids = self._ids()
         for tp in partitions:
             resume = (start_offsets or {}).get((tp.topic, tp.partition))
             if resume is not None:
@@ -118,11 +133,26 @@ class StateReader:
         self._consumer.assign(partitions)
         self._refreshed_at = time.monotonic()
 
+    def _ids(self) -> dict[str, str | None]:
+        """The state topics' ids now (empty when the broker does not answer)."""
+        try:
+            return topic_ids(self._admin, list(self._appliers), self._timeout)
+        except KafkaException:
+            return {}
+
+    def _check_topic_ids(self) -> None:
+        for topic, now in self._ids().items():
+            before = self._topic_ids.get(topic)
+            if before is not None and now is not None and now != before:
+                raise StateTopicChangedError(f"state topic {topic} was deleted and recreated (new topic id)")
+
     def _pick_up_new_partitions(self) -> None:
-        """Assign partitions added to the state topics since the last look (from the start)."""
+        """Assign partitions added to the state topics since the last look (from the start), and
+        check that the topics are still the ones the tables were read from."""
         if time.monotonic() - self._refreshed_at < self._refresh_s:
             return
         self._refreshed_at = time.monotonic()
+        self._check_topic_ids()
         try:
             metadata = self._consumer.list_topics(timeout=self._timeout)
         except KafkaException as exc:
@@ -138,6 +168,11 @@ class StateReader:
     def _apply(self, messages: list[Message]) -> int:
         applied = 0
         for message, topic, partition, offset in records_in(messages, log, "state topic"):
+            if offset < self.positions[(topic, partition)]:
+                raise StateTopicChangedError(
+                    f"state topic {topic} partition {partition} starts again at offset {offset}, "
+                    f"below the applied position {self.positions[(topic, partition)]}"
+                )
             self._appliers[topic](message.key(), message.value())
             self.positions[(topic, partition)] = offset + 1
             applied += 1
@@ -165,11 +200,31 @@ class StateReader:
                     )
                     return None
                 _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
+                applied = self.positions[(tp.topic, tp.partition)]
+                if 0 <= fetched < applied:
+                    raise StateTopicChangedError(
+                        f"state topic {tp.topic} partition {tp.partition} ends at {fetched}, "
+                        f"below the applied position {applied}"
+                    )
                 targets[(tp.topic, tp.partition)] = max(listed, fetched if fetched > 0 else 0)
         except KafkaException as exc:
             log.warning("state end offsets unavailable, deciding as stale: %s", exc.args[0].str())
             return None
         return targets
+
+    def _step_over_control_records(self, targets: dict[tuple[str, int], int]) -> None:
+        """Count a lagging partition's position as the consumer's own, which steps over the
+        commit markers of transactions: a topic written in transactions (the forwarded topic)
+        ends with one, which is never delivered as a record. (A local call, no request.)"""
+        behind = [TopicPartition(t, p) for (t, p), end in targets.items() if self.positions[(t, p)] < end]
+        if not behind:
+            return
+        try:
+            for tp in self._consumer.position(behind):
+                if tp.offset > self.positions[(tp.topic, tp.partition)]:
+                    self.positions[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException as exc:
+            log.warning("state positions unavailable: %s", exc.args[0].str())
 
     def lag(self, targets: dict[tuple[str, int], int]) -> int:
         """Records below the targets not yet applied."""
@@ -187,6 +242,7 @@ class StateReader:
         drained = 0  # the rest of the last record batch is already fetched: apply it, boundedly
         while drained < MAX_DRAIN and (applied := self._apply(self._consumer.consume(5000, 0))):
             drained += applied
+        self._step_over_control_records(targets)
         missing = self.lag(targets)
         by_topic: dict[str, int] = {}
         for (topic, partition), end in targets.items():

@@ -4,16 +4,23 @@ The compacted topics stay the source of truth. The disk store (`state_store: roc
 local, checkpointed copy of them, the way Kafka Streams keeps a global table and Quix
 Streams keeps its state:
 
-- One RocksDB database per table under `state_dir` (`consent/`, `signup-status/`).
+- One RocksDB database per table under `state_dir` (`consent/`, `signup-status/`, and
+  `forwarded/` when opt-out notices are on).
 - Writes go to an in-memory pending layer; `checkpoint()` writes them, the topic offsets
   they reach and any new jurisdiction names in ONE write batch. After a crash the database
   therefore holds exactly the records up to its recorded offsets, never half a batch.
-- On start the recorded identity (cluster id, topic, partition count, format) is compared
-  with the cluster's. A missing store, one from another cluster or topic layout, one that
-  cannot be opened (truncated or garbled files), or one marked for rebuild is wiped and
-  rebuilt from the beginning of the topic. Either way the reader then catches up to the
-  end offsets before the guard becomes ready: no decision is ever made from a half-built
-  store.
+- One process at a time: `state_dir/guard.lock` is held (flock) while the store is open. A
+  second process waits `LOCK_WAIT_S` for it, then refuses to start (`StoreLockedError`);
+  a lock held by a live process is never read as damage, so a live store is never deleted.
+  (`--workers N` gives worker i its own `state_dir/worker-<i>`.)
+- On start the recorded identity (cluster id, topic name, topic id where the broker has
+  one, partition count, format) is compared with the cluster's, and the saved offsets with
+  each partition's log start and end (`offsets_misfit`): a topic deleted and recreated under
+  the same name, or a checkpoint edited by hand, does not fit. A missing store, one that does
+  not fit, one that cannot be opened (truncated or garbled files), or one marked for rebuild
+  is wiped and rebuilt from the beginning of the topic. Either way the reader then catches
+  up to the end offsets before the guard becomes ready: no decision is ever made from a
+  half-built or foreign store.
 - Reads go through a bounded cache (hits and misses) in front of RocksDB's block cache;
   memory is bounded by `state_cache_entries`, `state_block_cache_mb` and
   `state_write_buffer_mb` whatever the table size.
@@ -21,24 +28,27 @@ Streams keeps its state:
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
-from streams.core.errors import PartnerGuardError
-from streams.runtime.state.tables import ConsentTable, SignupStatusTable
+from streams.core.errors import PartnerGuardError, RefusalError
+from streams.runtime.state.tables import ConsentTable, ForwardedTable, SignupStatusTable
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+# 2: the identity names the topic id, and saved offsets are checked against the partitions.
+STORE_FORMAT = 2
 # Metadata keys start with NUL; canonical subjects and account ids are printable, so they never do.
 _META_PREFIX = b"\x00"
 _IDENTITY_KEY = b"\x00identity"
@@ -48,10 +58,139 @@ _JURISDICTION_PREFIX = b"\x00jurisdiction:"
 # A file whose presence forces a rebuild at the next start (written when a read finds corruption).
 REBUILD_MARKER = "REBUILD"
 _MISSING = object()
+# The lock of a whole state directory (both tables); RocksDB's own LOCK files sit inside them.
+LOCK_FILE = "guard.lock"
+# How long a start waits for a state directory another live process holds (a restart whose
+# predecessor is still closing), before it refuses.
+LOCK_WAIT_S = 15.0
+_LOCK_POLL_S = 0.2
+# RocksDB's words for "another open handle holds this database" (a process, or this one).
+_ROCKSDB_LOCK_ERRORS = ("While lock file", "lock hold by current process")
 
 
 class StoreCorruptError(PartnerGuardError, RuntimeError):
     """A read found the local store damaged; it is rebuilt at the next start."""
+
+
+class StoreLockedError(RefusalError):
+    """The state directory cannot be taken: another live process holds it (never damage, never
+    deleted), or it cannot be created or written."""
+
+
+# partition -> (log start offset, end offset) of one topic, as the cluster reports them now.
+Bounds = Mapping[int, tuple[int, int]]
+# Looks up the bounds of a topic's partitions; None when the cluster does not answer.
+# (The lookup gets the saved offsets: the partitions to look up are their keys.)
+BoundsLookup = Callable[[str, Mapping[int, int]], Bounds | None]
+
+
+class StateTopic(NamedTuple):
+    """A state topic as the cluster describes it now: what a checkpoint must match."""
+
+    name: str
+    partitions: int
+    topic_id: str | None = None
+
+
+@dataclass
+class DirLock:
+    """An exclusive flock on `state_dir/guard.lock`, held while the store is open."""
+
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        """Give the directory up (closing the file releases the flock)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def lock_state_dir(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> DirLock:
+    """Take `state_dir` for this process, waiting up to `wait_s` for a live holder to let go.
+
+    The flock dies with its process (kill -9 included), so a lock found held always belongs to
+    a live process: refuse (`StoreLockedError`), never treat it as damage.
+    """
+    path = state_dir / LOCK_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreLockedError(
+            f"state_dir {state_dir} cannot be used ({exc.strerror}): "
+            "point PARTNER_GUARD_STATE_DIR at a directory this user can write"
+        ) from None
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StoreLockedError(
+                    f"state_dir {state_dir} is in use by another live process (pid {_lock_holder(path)}): "
+                    "give every instance its own state_dir (PARTNER_GUARD_STATE_DIR), or stop the other one"
+                ) from None
+            if not waited:
+                log.warning(
+                    "state_dir %s is held by pid %s: waiting up to %.0f s for it",
+                    state_dir,
+                    _lock_holder(path),
+                    wait_s,
+                )
+                waited = True
+            time.sleep(_LOCK_POLL_S)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return DirLock(path, fd)
+
+
+def offsets_misfit(saved: Mapping[int, int], partitions: int, bounds: Bounds | None) -> str | None:
+    """Why saved offsets cannot be resumed from on the topic as it is now; None when they can.
+
+    A saved offset is where the reader continues: it must name an existing partition and lie
+    within [log start, end]. Past the end, the topic was recreated (or the checkpoint edited)
+    and resuming would skip what it holds now; below the log start, records were deleted
+    unread. Either way the store is rebuilt, never resumed. Unknown bounds do not fit either.
+    """
+    if not saved:
+        return None
+    if bounds is None:
+        return "partition bounds unavailable"
+    for partition, offset in sorted(saved.items()):
+        if not 0 <= partition < partitions or partition not in bounds:
+            return f"saved offset for partition {partition}, which the topic does not have"
+        low, end = bounds[partition]
+        if offset > end:
+            return f"saved offset {offset} of partition {partition} is past its end {end}"
+        if offset < low:
+            return f"saved offset {offset} of partition {partition} is below its log start {low}"
+    return None
+
+
+def _saved_offsets(raw: Any) -> dict[int, int] | None:
+    """The checkpoint's offsets, or None when they are not a map of partition -> offset >= 0."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        return None
+    try:
+        offsets = {int(p): o for p, o in raw.items()}
+    except ValueError:
+        return None
+    if not all(type(o) is int and o >= 0 for o in offsets.values()):
+        return None
+    return offsets
 
 
 def _pack(value: int) -> bytes:
@@ -73,6 +212,9 @@ class StoreTuning:
 
 class RocksStore(MutableMapping[bytes, int]):
     """A `KeyValueStore` on RocksDB: subject → packed int, with a pending layer and a cache."""
+
+    _pack = staticmethod(_pack)
+    _unpack = staticmethod(_unpack)
 
     def __init__(self, path: Path, tuning: StoreTuning) -> None:
         options = Options(raw_mode=True)
@@ -106,7 +248,7 @@ class RocksStore(MutableMapping[bytes, int]):
         except Exception as exc:  # rocksdict raises plain Exception("Corruption: ...")
             (self.path / REBUILD_MARKER).touch()
             raise StoreCorruptError(f"state store {self.path} is damaged; rebuilt at next start") from exc
-        value = _unpack(raw) if raw is not None else None
+        value = self._unpack(raw) if raw is not None else None
         if len(self._cache) >= self._cache_entries:
             self._cache.popitem(last=False)  # oldest first: bounded, O(1) (a dict's first key is not)
         self._cache[key] = value
@@ -176,7 +318,7 @@ class RocksStore(MutableMapping[bytes, int]):
             if value is None:
                 batch.delete(key)
             else:
-                batch.put(key, _pack(value))
+                batch.put(key, self._pack(value))
         for key, raw in self._meta_pending.items():
             batch.put(key, raw)
         batch.put(_OFFSETS_KEY, orjson.dumps({str(p): o for p, o in offsets.items()}))
@@ -198,6 +340,17 @@ class RocksStore(MutableMapping[bytes, int]):
         self._db.close()
 
 
+def _same(raw: bytes) -> bytes:
+    return raw
+
+
+class RocksBytesStore(RocksStore):
+    """The same store with bytes values (the forwarded table's records, as read)."""
+
+    _pack = staticmethod(_same)  # type: ignore[assignment]
+    _unpack = staticmethod(_same)  # type: ignore[assignment]
+
+
 @dataclass
 class TableStore:
     """One table's disk store and what is known about its checkpoint."""
@@ -210,55 +363,83 @@ class TableStore:
     jurisdictions_saved: int = 0
 
 
-def _identity(cluster_id: str | None, topic: str, partitions: int) -> dict[str, Any]:
-    return {"format": STORE_FORMAT, "cluster_id": cluster_id, "topic": topic, "partitions": partitions}
+def _identity(cluster_id: str | None, topic: StateTopic) -> dict[str, Any]:
+    return {
+        "format": STORE_FORMAT,
+        "cluster_id": cluster_id,
+        "topic": topic.name,
+        "topic_id": topic.topic_id,
+        "partitions": topic.partitions,
+    }
 
 
 def open_table_store(
-    path: Path, topic: str, partitions: int, cluster_id: str | None, tuning: StoreTuning
+    path: Path,
+    topic: StateTopic,
+    cluster_id: str | None,
+    tuning: StoreTuning,
+    bounds: BoundsLookup | None = None,
+    kind: type[RocksStore] = RocksStore,
 ) -> TableStore:
-    """Open a table's store, or wipe and recreate it when it cannot be trusted (module docstring)."""
-    expected = _identity(cluster_id, topic, partitions)
+    """Open a table's store, or wipe and recreate it when it cannot be trusted (module docstring).
+
+    `bounds` looks up the topic's partition bounds for the offsets check (None: no check, for
+    tools that open a store without a broker).
+    """
+    expected = _identity(cluster_id, topic)
     why: str | None = None
     store: RocksStore | None = None
+    offsets: dict[int, int] | None = None
     if (path / REBUILD_MARKER).exists():
         why = "marked for rebuild after a damaged read"
     elif not (path / "CURRENT").exists():
         why = "no local store"
     else:
         try:
-            store = RocksStore(path, tuning)
+            store = kind(path, tuning)
             found = store.meta(_IDENTITY_KEY)
+            offsets = _saved_offsets(store.meta(_OFFSETS_KEY))
             if found != expected:
                 why = f"store is from another cluster or topic layout ({found} != {expected})"
-        except Exception as exc:  # open or meta read failed: damaged files
+            elif offsets is None:
+                why = "checkpoint offsets unreadable"
+            elif bounds is not None and offsets:
+                exists = all(0 <= p < topic.partitions for p in offsets)  # else no lookup: it misfits
+                why = offsets_misfit(offsets, topic.partitions, bounds(topic.name, offsets) if exists else {})
+        except Exception as exc:  # open or meta read failed: damaged files, or a live holder
+            if any(marker in str(exc) for marker in _ROCKSDB_LOCK_ERRORS):
+                if store is not None:
+                    store.close()
+                raise StoreLockedError(
+                    f"state store {path} is open in another live process: give every instance its own "
+                    "state_dir (PARTNER_GUARD_STATE_DIR), or stop the other one"
+                ) from None
             why = f"store cannot be opened ({type(exc).__name__})"
-    if why is None and store is not None:
-        offsets = store.meta(_OFFSETS_KEY) or {}
-        return TableStore(
-            topic,
-            store,
-            {int(p): int(o) for p, o in offsets.items()},
-            None,
-            store.meta(_CHECKPOINT_TIME_KEY),
-        )
+    if why is None and store is not None and offsets is not None:
+        return TableStore(topic.name, store, offsets, None, store.meta(_CHECKPOINT_TIME_KEY))
     if store is not None:
         store.close()
-    log.warning("state store %s: rebuilding from topic %s (%s)", path, topic, why)
+    log.warning("state store %s: rebuilding from topic %s (%s)", path, topic.name, why)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
-    store = RocksStore(path, tuning)
+    store = kind(path, tuning)
     store.put_meta(_IDENTITY_KEY, expected)
-    return TableStore(topic, store, {}, why)
+    return TableStore(topic.name, store, {}, why)
+
+
+# Each table's folder inside state_dir.
+TABLE_FOLDERS = {"consent": "consent", "signup_status": "signup-status", "forwarded": "forwarded"}
 
 
 @dataclass
 class StateTables:
-    """The two state tables and, for the disk store, their checkpoints."""
+    """The state tables and, for the disk store, their checkpoints."""
 
     consent: ConsentTable
     signup_status: SignupStatusTable
     stores: dict[str, TableStore] = field(default_factory=dict)
+    forwarded: ForwardedTable = field(default_factory=ForwardedTable)
+    lock: DirLock | None = None
 
     def start_offsets(self) -> dict[tuple[str, int], int]:
         """Where the reader resumes, per (topic, partition); absent means the beginning."""
@@ -278,67 +459,62 @@ class StateTables:
             table_store.checkpointed_at = now
 
     def close(self) -> None:
-        """Close the disk stores."""
+        """Close the disk stores, then give the state directory up."""
         for table_store in self.stores.values():
             table_store.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def open_state_tables(
     kind: str,
     state_dir: Path,
-    topics: dict[str, tuple[str, int]],
+    topics: Mapping[str, tuple[str, int] | StateTopic],
     cluster_id: str | None,
     tuning: StoreTuning,
+    bounds: BoundsLookup | None = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> StateTables:
-    """The consent and sign-up tables on the configured store.
+    """The consent and sign-up tables (and the forwarded table) on the configured store.
 
-    `topics` maps "consent" and "signup_status" to (topic name, partition count).
+    `topics` maps "consent", "signup_status" (and "forwarded", when opt-out notices are on)
+    to a `StateTopic` (or (name, partition count)); `bounds` checks saved offsets
+    (`open_table_store`). The disk store first takes `state_dir`'s lock (`lock_state_dir`).
     """
     if kind == "memory":
         return StateTables(ConsentTable(), SignupStatusTable())
-    consent_topic, consent_partitions = topics["consent"]
-    status_topic, status_partitions = topics["signup_status"]
-    consent = open_table_store(state_dir / "consent", consent_topic, consent_partitions, cluster_id, tuning)
-    status = open_table_store(
-        state_dir / "signup-status", status_topic, status_partitions, cluster_id, tuning
-    )
+    lock = lock_state_dir(state_dir, lock_wait_s)
+    opened: dict[str, TableStore] = {}
+    try:
+        for name, folder in (
+            ("consent", "consent"),
+            ("signup_status", "signup-status"),
+            ("forwarded", "forwarded"),
+        ):
+            if name in topics:
+                opened[name] = open_table_store(
+                    state_dir / folder,
+                    StateTopic(*topics[name]),
+                    cluster_id,
+                    tuning,
+                    bounds,
+                    RocksBytesStore if name == "forwarded" else RocksStore,
+                )
+    except BaseException:
+        for table_store in opened.values():
+            table_store.store.close()
+        lock.release()
+        raise
+    consent, status = opened["consent"], opened["signup_status"]
     names = consent.store.jurisdictions()
     consent.jurisdictions_saved = len(names)
+    forwarded = ForwardedTable(opened["forwarded"].store) if "forwarded" in opened else ForwardedTable()  # type: ignore[arg-type]
     return StateTables(
         ConsentTable(consent.store, jurisdictions=names),
         SignupStatusTable(status.store),
-        {"consent": consent, "signup_status": status},
-    )
-
-
-def state_topic_layout(
-    kafka_config: dict[str, Any], topics: list[str], timeout_s: float = 10.0
-) -> tuple[str | None, dict[str, int]]:
-    """The cluster id and the partition count of each state topic (what a checkpoint is valid for)."""
-    from confluent_kafka.admin import AdminClient
-
-    metadata = AdminClient(kafka_config).list_topics(timeout=timeout_s)
-    counts = {t: len(metadata.topics[t].partitions) for t in topics if t in metadata.topics}
-    return metadata.cluster_id, counts
-
-
-def open_configured_tables(settings: Any, kafka_config: dict[str, Any]) -> StateTables:
-    """The state tables the settings ask for (`state_store`, `state_dir`, tuning)."""
-    if settings.state_store == "memory":
-        return StateTables(ConsentTable(), SignupStatusTable())
-    topics = [settings.consent_topic, settings.signup_status_topic]
-    cluster_id, counts = state_topic_layout(kafka_config, topics)
-    return open_state_tables(
-        settings.state_store,
-        Path(settings.state_dir),
-        {
-            "consent": (settings.consent_topic, counts.get(settings.consent_topic, 0)),
-            "signup_status": (settings.signup_status_topic, counts.get(settings.signup_status_topic, 0)),
-        },
-        cluster_id,
-        StoreTuning(
-            settings.state_cache_entries, settings.state_block_cache_mb, settings.state_write_buffer_mb
-        ),
+        opened,
+        forwarded=forwarded,
+        lock=lock,
     )
 
 

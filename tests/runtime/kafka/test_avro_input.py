@@ -13,6 +13,7 @@ from confluent_kafka.schema_registry import Schema
 from streams.core.codec import decode_avro, encode_avro
 from streams.core.models import Event, Malformed
 from streams.core.schema import event_schema, event_schema_fingerprint, load_schema_json, schema_fingerprint
+from streams.runtime.config import ConfigError, load_settings
 from streams.runtime.kafka.avro_input import (
     AvroDecoder,
     SchemaLookupError,
@@ -20,7 +21,6 @@ from streams.runtime.kafka.avro_input import (
     registry_client,
     registry_lookup,
 )
-from streams.runtime.ops.config import ConfigError, load_settings
 
 EVENT: dict[str, Any] = {
     "event_id": "e-1",

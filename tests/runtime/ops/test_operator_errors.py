@@ -42,11 +42,11 @@ def run_cli(
     )
 
 
-def refusal(result: subprocess.CompletedProcess[str]) -> str:
+def refusal(result: subprocess.CompletedProcess[str], words: str = "refusing to start") -> str:
     """The single refusal line; every other stderr line must be JSON (no traceback)."""
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    refusals = [line for line in lines if line.startswith("refusing to start: ")]
+    refusals = [line for line in lines if line.startswith(f"{words}: ")]
     assert len(refusals) == 1, result.stderr
     for line in lines:
         if line not in refusals:
@@ -190,7 +190,7 @@ def test_librdkafka_lines_are_rate_limited_and_the_drop_is_counted() -> None:
     "name", ["PARTNER_GUARD_KEY_ACME", "PARTNER_GUARD_TEST_BOOTSTRAP", "PARTNER_GUARD_KAFKA_ACKS"]
 )
 def test_variables_read_elsewhere_are_not_called_typos(name: str) -> None:
-    from streams.runtime.ops.config import unknown_env_settings
+    from streams.runtime.config import unknown_env_settings
 
     assert unknown_env_settings({name: "x", "PARTNER_GUARD_GROUPID": "g"}) == ["PARTNER_GUARD_GROUPID"]
 
@@ -213,7 +213,7 @@ def test_librdkafka_lines_arrive_as_json_log_records(caplog: pytest.LogCaptureFi
 
 
 def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from streams.runtime.ops.config import ConfigError, load_settings
+    from streams.runtime.config import ConfigError, load_settings
 
     for name in [n for n in os.environ if n.startswith("PARTNER_GUARD_")]:
         monkeypatch.delenv(name)
@@ -232,16 +232,17 @@ def test_refusals_never_print_secret_values(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_every_command_reports_the_projects_errors_one_way(tmp_path: Path) -> None:
-    """A refused ruleset, a missing key, a bad setting: `refusing to start: ...`, exit 2, no traceback."""
+    """A refused ruleset, a missing key, a bad setting: one line in the command's words
+    (`refusing to start: ...` for `run`), exit 2, no traceback."""
     (tmp_path / "acme.yaml").write_text("partner: acme\njurisdictions: [US]\nevents: {}\n")
     (tmp_path / "_leak-scan.yaml").write_text((RULES / "_leak-scan.yaml").read_text())
     rules = run_cli(["rules", "check", str(tmp_path)])
     assert rules.returncode == 2 and "Traceback" not in rules.stderr
     first, *problems = rules.stderr.strip().splitlines()
-    assert first == "refusing to start: rules refused (1 problem(s)):"
+    assert first == "rules check: rules refused (1 problem(s)):"  # it checks; it starts nothing
     assert len(problems) == 1 and problems[0].startswith(f"  {tmp_path / 'acme.yaml'}:3: events:")
     no_key = run_cli(["decide", "--rules", str(RULES)])
-    assert "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION" in refusal(no_key)
+    assert "PARTNER_GUARD_KEY_INSTALL_ATTRIBUTION" in refusal(no_key, "decide")
     bad_setting = run_cli(["run", "--rules", str(RULES)], env={"PARTNER_GUARD_BATCH_SIZE": "lots"})
     assert "setting 'batch_size'" in refusal(bad_setting)
 
@@ -250,7 +251,7 @@ def test_the_projects_errors_share_one_base() -> None:
     from streams.core.errors import PartnerGuardError, RefusalError
     from streams.core.rules.loader import RulesetError
     from streams.core.signals.bits import SignalError
-    from streams.runtime.ops.config import ConfigError
+    from streams.runtime.config import ConfigError
     from streams.runtime.ops.faults import InjectedFaultError
     from streams.runtime.ops.preflight import StartupRefusedError
     from streams.runtime.ops.secrets import KeysDirError, MissingKeyError

@@ -12,22 +12,19 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import Heartbeat
-from streams.runtime.pipeline.transaction import (
+from streams.runtime.config import Settings
+from streams.runtime.kafka.calls import (
     EXIT_TRANSACTION_HUNG,
     LIVENESS_FLOOR_S,
     RETRY_DEADLINE_S,
-    BatchOffsets,
-    BatchTransaction,
     CallWatchdog,
-    Outcome,
     RetryPolicy,
-    State,
     TransactionFatalError,
     liveness_limit_s,
     start_transactions,
 )
+from streams.runtime.ops.metrics import Heartbeat
+from streams.runtime.pipeline.transaction import BatchOffsets, BatchTransaction, Outcome, State
 
 
 def retriable() -> KafkaException:
@@ -604,7 +601,9 @@ def test_the_commit_in_flight_is_watched_while_the_loop_watches_a_call_of_its_ow
     with transaction.watchdog.watch("the loop's own call", 600.0):  # e.g. a produce waiting for queue space
         assert producer.release.wait(10), "the hung send offsets was never reported"
     in_flight.wait()
-    assert hung == ["send offsets"]
+    # the hung send offsets is the first report; on a loaded machine the calls after it can
+    # outlive this test's 20 ms bound too and be reported after it
+    assert hung[:1] == ["send offsets"] and "the loop's own call" not in hung
     transaction.close()
 
 

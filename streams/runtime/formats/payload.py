@@ -3,7 +3,7 @@
 - full: the raw input bytes, base64.
 - redacted: the event as JSON with every tagged field (content, url, search, pii,
   identifier) and every undeclared property replaced by a keyed hash; undecodable input is
-  kept only as its SHA-256. Replay cannot re-decide these exactly (see README).
+  kept only as its SHA-256. Replay cannot re-decide these exactly (see docs/records.md).
 - encrypted: AES-256-GCM over the raw bytes, the source reference as associated data, the
   key id recorded so keys can rotate; replay decrypts with the keyring. Only the
   ciphertext counts: a record that also carries plaintext is treated as tampered.

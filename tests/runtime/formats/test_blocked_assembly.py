@@ -21,12 +21,9 @@ from streams.core.decide import decide, receivable_types
 from streams.core.models import ConsentRecord, Decision, Envelope, SignupStatus, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
 from streams.gen.traffic import TrafficGenerator
-from streams.runtime.kafka.io import Headers
-from streams.runtime.ops.config import Settings
-from streams.runtime.ops.metrics import GuardMetrics
-from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
-from streams.runtime.pipeline.payload import Keyring, PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.config import Settings
+from streams.runtime.formats.payload import Keyring, PayloadProtector
+from streams.runtime.formats.records import (
     BLOCKED_FORMAT,
     MAX_REMEMBERED_PART_BYTES,
     DecisionsPart,
@@ -35,7 +32,11 @@ from streams.runtime.pipeline.records import (
     Withheld,
     blocked_input,
     blocked_record,
+    content_blocked_record,
 )
+from streams.runtime.kafka.io import Headers
+from streams.runtime.ops.metrics import GuardMetrics
+from streams.runtime.pipeline.decider import BatchTally, GuardState, RecordDecider
 from tests.hostile import hostile_case
 
 KEYRING = Keyring({"k1": b"\x02" * 32}, "k1")
@@ -308,3 +309,48 @@ def test_a_large_part_is_built_but_not_remembered() -> None:
     assert len(part.json) > MAX_REMEMBERED_PART_BYTES
     assert _part_bytes(part) == _part_bytes(DecisionsPart.of(withheld))
     assert parts._parts == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(min_size=1, max_size=30),
+    st.integers(0, 2**31 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    st.one_of(st.none(), st.binary(max_size=1_100)),
+    st.sampled_from(["json", "avro", '\u00e9"\\']),
+    st.text(max_size=40),
+    st.binary(max_size=3_000),
+    st.booleans(),
+    st.integers(300, 12_000),
+)
+def test_the_fused_content_record_is_the_general_paths_record(
+    ruleset: Ruleset,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    input_format: str,
+    event_id: str,
+    raw: bytes,
+    by_reference: bool,
+    max_bytes: int,
+) -> None:
+    """The gated input's one-step record: the same key, value and headers as `blocked_input` then
+    `blocked_record`, or None exactly where the general path must reduce (or refuse) it."""
+    probe = Envelope.model_construct(event_id="-", event_type="")
+    part = DecisionsPart.of([Withheld.of(d) for d in decide(probe, StateSnapshot(), ruleset)])
+    source = SourceRef(topic, partition, offset, timestamp_ms, key, input_format)
+    protector = PayloadProtector("full")
+    fused = content_blocked_record(raw, source, event_id, protector, by_reference, part, max_bytes)
+    shared = blocked_input(source, raw, None, event_id, protector, by_reference)
+    unreduced = blocked_record(part.withheld, shared, source, 10**9, part)
+    size = len(unreduced[0] or b"") + len(unreduced[1]) + sum(len(n) + len(h or b"") for n, h in unreduced[2])
+    if size > max_bytes:
+        assert fused is None
+    else:
+        assert fused == unreduced == blocked_record(part.withheld, shared, source, max_bytes, part)
+    for mode in ("redacted", "encrypted"):  # only full mode is fused: the others go the general way
+        keyed = PayloadProtector(mode, KEYRING)
+        assert content_blocked_record(raw, source, event_id, keyed, by_reference, part, max_bytes) is None

@@ -17,8 +17,8 @@ from streams.core.codec import decode_json, decode_json_gated
 from streams.core.decide import decide, receivable_types
 from streams.core.models import Decision, Envelope, Malformed, StateSnapshot
 from streams.core.rules.ruleset import Ruleset
-from streams.runtime.pipeline.payload import PayloadProtector
-from streams.runtime.pipeline.records import (
+from streams.runtime.formats.payload import PayloadProtector
+from streams.runtime.formats.records import (
     BLOCKED_FORMAT,
     BLOCKED_FORMAT_V1,
     SourceRef,

@@ -36,7 +36,10 @@ Format v1 (written before v2; `replay` still reads it) held one record per block
 were always validated in full. `partner_views` turns either version into v1-shaped views,
 one per (input, partner), for the audit tools.
 
-Headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
+Partner record headers: pg-ruleset-digest, pg-rule-id, pg-source-topic, pg-source-partition,
+pg-source-offset (`partner_headers`).
+
+Blocked record headers: pg-partners (comma-separated), pg-reasons (comma-separated, every partner's),
 pg-ruleset-digest, pg-source-topic, pg-source-partition, pg-source-offset. Input headers
 are not copied.
 
@@ -59,8 +62,8 @@ from pydantic_core import PydanticSerializationError
 
 from streams.core.models import Decision, StateSnapshot
 from streams.core.reasons import Reason
+from streams.runtime.formats.payload import PayloadProtector
 from streams.runtime.kafka.io import Headers
-from streams.runtime.pipeline.payload import PayloadProtector
 
 BLOCKED_FORMAT_V1 = "partner-guard.blocked.v1"
 BLOCKED_FORMAT = "partner-guard.blocked.v2"
@@ -119,7 +122,7 @@ def _dumps_snapshot(snapshot: StateSnapshot | None, protector: PayloadProtector)
     """`orjson.dumps` of the snapshot's JSON-mode dump (identifiers hashed unless full mode).
 
     In full mode nothing is hashed: pydantic writes the same bytes straight from the model,
-    without the intermediate dicts (`tests/runtime/pipeline/test_blocked_assembly.py` pins the equality).
+    without the intermediate dicts (`tests/runtime/formats/test_blocked_assembly.py` pins the equality).
     """
     if snapshot is None:
         return b"null"
@@ -423,6 +426,59 @@ def blocked_record(
     return shared.kafka_key, value, headers
 
 
+def content_blocked_record(
+    raw: bytes,
+    source: SourceRef,
+    event_id: str,
+    protector: PayloadProtector,
+    by_reference: bool,
+    part: DecisionsPart,
+    max_bytes: int,
+) -> tuple[bytes | None, bytes, Headers] | None:
+    """`blocked_record(part.withheld, blocked_input(source, raw, None, event_id, protector,
+    by_reference), source, max_bytes, part)` in one step, for an input no rule can receive in
+    full mode: the same bytes, without the intermediate `BlockedInput`.
+
+    None when the mode is not full or the record would exceed `max_bytes` (the general path
+    builds it, reduced); `tests/runtime/formats/test_blocked_assembly.py` pins the equality.
+    """
+    if protector.mode != "full":
+        return None
+    kafka_key, key_json = protector.input_key_serialized(source.key)
+    payload = _REFERENCE_PAYLOAD_JSON if by_reference else protector.protect_serialized(raw, {})[1]
+    partition, offset = str(source.partition).encode(), str(source.offset).encode()
+    topic = source.topic.encode()
+    value = b"".join(
+        (
+            _VALUE_HEAD,
+            orjson.dumps(event_id),
+            b",",
+            part.json,
+            b',"snapshot":null,"source":',
+            _source_json(source, key_json),
+            b",",
+            payload,
+            b',"original_size":',
+            str(len(raw)).encode(),
+            b',"original_sha256":"',
+            hashlib.sha256(raw).hexdigest().encode(),
+            b'","reduced":false}',
+        )
+    )
+    size = len(kafka_key or b"") + len(value) + part.headers_size + len(topic) + len(partition) + len(offset)
+    if size > max_bytes:
+        return None
+    headers: Headers = [
+        ("pg-partners", part.partners_header),
+        ("pg-reasons", part.reasons_header),
+        ("pg-ruleset-digest", part.digest_header),
+        ("pg-source-topic", topic),
+        ("pg-source-partition", partition),
+        ("pg-source-offset", offset),
+    ]
+    return kafka_key, value, headers
+
+
 def _headers(body: dict[str, Any], source: SourceRef) -> Headers:
     decisions = body["decisions"]
     reasons = dict.fromkeys([r for entry in decisions for r in entry["reasons"]])
@@ -451,6 +507,29 @@ def partner_views(blocked: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(decisions, list) or not decisions or not all(isinstance(d, dict) for d in decisions):
         return [shared]
     return [{**shared, **{k: d[k] for k in PER_PARTNER_MEMBERS if k in d}} for d in decisions]
+
+
+# Headers of a forwarded partner record: which ruleset and rule decided it, and which input it
+# came from. `replay forwarded` re-checks the projection against the rule at that digest and
+# matches every input to exactly one output per partner (forwarded here, or blocked).
+PARTNER_HEADER_NAMES = (
+    "pg-ruleset-digest",
+    "pg-rule-id",
+    "pg-source-topic",
+    "pg-source-partition",
+    "pg-source-offset",
+)
+
+
+def partner_headers(decision: Decision, source: SourceRef) -> Headers:
+    """The headers of a forwarded record (`PARTNER_HEADER_NAMES`); never payload values."""
+    return [
+        ("pg-ruleset-digest", decision.ruleset_digest.encode()),
+        ("pg-rule-id", decision.rule_id.encode()),
+        ("pg-source-topic", source.topic.encode()),
+        ("pg-source-partition", b"%d" % source.partition),
+        ("pg-source-offset", b"%d" % source.offset),
+    ]
 
 
 def partner_record(decision: Decision) -> tuple[bytes | None, bytes]:

@@ -8,14 +8,14 @@ import orjson
 import pytest
 
 from streams.core.models import ConsentRecord, Decision, SignupStatus, StateSnapshot
-from streams.runtime.pipeline.payload import (
+from streams.runtime.formats.payload import (
     MAX_KEY_BYTES,
     Keyring,
     PayloadProtector,
     PayloadTamperedError,
     reveal,
 )
-from streams.runtime.pipeline.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
+from streams.runtime.formats.records import SourceRef, Withheld, blocked_input, blocked_record, partner_views
 
 KEYRING = Keyring({"k1": b"\x01" * 32}, "k1")
 EMAIL = "jane.doe@example.com"
@@ -99,3 +99,27 @@ def test_only_the_ciphertext_counts_in_encrypted_mode() -> None:
     for record in (damaged, planted, {**blocked, "original_b64": planted["original_b64"]}):
         with pytest.raises(PayloadTamperedError):
             reveal(record, KEYRING)
+
+
+def test_a_partner_record_names_its_ruleset_rule_and_input_in_headers_never_a_value() -> None:
+    from streams.runtime.formats.records import PARTNER_HEADER_NAMES, partner_headers
+
+    decision = Decision(
+        partner="p",
+        rule_id="p-v1",
+        ruleset_digest="sha256:" + "b" * 64,
+        event_id="ev-secret-1",
+        verdict="forward",
+        record={"event_id": "abc", "country": "US"},
+    )
+    source = SourceRef("internal.events", 2, 12345, 1_700_000_000_000, b"acct-secret", "json")
+    headers = partner_headers(decision, source)
+    assert tuple(name for name, _ in headers) == PARTNER_HEADER_NAMES
+    assert dict(headers) == {
+        "pg-ruleset-digest": ("sha256:" + "b" * 64).encode(),
+        "pg-rule-id": b"p-v1",
+        "pg-source-topic": b"internal.events",
+        "pg-source-partition": b"2",
+        "pg-source-offset": b"12345",
+    }
+    assert b"secret" not in b"".join(value for _, value in headers if isinstance(value, bytes))
