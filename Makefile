@@ -10,7 +10,7 @@ PEERS_STAMP := $(PEERS)/.installed
 # to one worker.
 PYTEST_WORKERS ?= 4
 
-.PHONY: test lint typecheck unit demo bench fuzz soak reliability reason-docs mutants clean
+.PHONY: test lint typecheck unit demo bench fuzz soak reliability matrix reason-docs mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,18 @@ reliability: $(STAMP)
 	PARTNER_GUARD_RELIABILITY=$(RELIABILITY) \
 	PARTNER_GUARD_RELIABILITY_LOG=$(abspath $(SOAK_OUT))/reliability.jsonl $(BIN)/pytest -q -s \
 		-o timeout=3600 $(RELIABILITY_TESTS)
+
+# The feature matrix in full: every cell of engine x state store x workers x input format x
+# payload mode (`make test` runs a pairwise subset), then its table in docs/matrix.md.
+MATRIX_OUT ?= matrix-results
+matrix: $(STAMP)
+	mkdir -p $(MATRIX_OUT)
+	rm -f $(MATRIX_OUT)/matrix.jsonl
+	@status=0; \
+	PARTNER_GUARD_TEST_MATRIX=full PARTNER_GUARD_TEST_MATRIX_LOG=$(abspath $(MATRIX_OUT))/matrix.jsonl \
+		$(BIN)/pytest -q -n $(PYTEST_WORKERS) -rxX tests/integration/test_matrix.py || status=1; \
+	$(BIN)/python -m tests.integration.matrix $(MATRIX_OUT)/matrix.jsonl docs/matrix.md; \
+	exit $$status
 
 # docs/reason-codes.md's table, from the one table of reason explanations in the code
 reason-docs: $(STAMP)

@@ -50,6 +50,8 @@ class GroupedScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has
 
     def _split_scope(self, nodeid: str) -> str:
         path = nodeid.split("::", 1)[0]
+        if path.endswith("test_matrix.py") and "[faust-" in nodeid:  # the matrix's Faust cells
+            return ONE_WORKER_GROUPS["test_faust.py"]
         return ONE_WORKER_GROUPS.get(path.rsplit("/", 1)[-1], nodeid)
 
 
