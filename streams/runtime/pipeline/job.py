@@ -326,7 +326,10 @@ class GuardJob:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %d partition(s)", len(partitions))
-        self.owned.update((tp.topic, tp.partition) for tp in partitions)
+        # readiness counts input partitions only: the consent topic, also consumed as a group input
+        # for opt-out notices, is not what "this instance is consuming" means
+        inputs = set(self.settings.input_topics)
+        self.owned.update((tp.topic, tp.partition) for tp in partitions if tp.topic in inputs)
         self._owned_changed()
 
     def _owned_changed(self) -> None:
