@@ -209,32 +209,11 @@ class KnownBug:
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
     KnownBug(
-        "issue #25 'Workers x disk store': every worker of `--workers 2` opens the same rocksdb "
-        "state directory; the second cannot take its lock, deletes the first worker's live store",
-        lambda c: c.workers > 1 and c.store == "rocksdb",
-        None,
-        r"store cannot be opened|\.sst: No such file",
-    ),
-    KnownBug(
-        "issue #25 'Reference mode x audit': a blocked record whose reference lies past the partition's "
-        "end is not reported as invalid_record (replay waits 120 s for the offset, then exits 2)",
-        lambda c: c.payload == "reference",
-        frozenset({"replay_tampered"}),
-        r"'source_expired'|no progress for \d+ s reading",
-    ),
-    KnownBug(
         "found by the matrix: `blocked_original: reference` keeps a full copy of every Avro input "
         "no rule can receive (only JSON inputs are decoded to an envelope and kept by reference)",
         lambda c: c.payload == "reference" and c.input_format == "avro",
         frozenset({"reference_mode"}),
         r"avro input at .* kept as a copy|kept as a copy: \['avro input",
-    ),
-    KnownBug(
-        "issue #25 'Registry x Avro depth': a writer-only recursive field nested 50,000 deep "
-        "crashes the C decoder (SIGSEGV) before any bound applies",
-        lambda c: c.input_format == "avro",
-        frozenset({"avro_depth"}),
-        r"exited with -?11\b|\(-?11,",  # SIGSEGV: -11, or 11 from the --workers supervisor
     ),
 )
 
