@@ -38,13 +38,20 @@ def normalize_email(raw: str, gmail_remove_dots: bool = False) -> str | None:
 
 
 @lru_cache(maxsize=65536)
-def _e164(raw: str, default_region: str) -> str | None:
-    """The number in E.164, parsed once per (text, region) whichever style is asked for."""
+def _valid_number(raw: str, default_region: str) -> phonenumbers.PhoneNumber | None:
+    """The number parsed once per (text, region), whichever form is asked for; None when not valid."""
     try:
         number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    return number if phonenumbers.is_valid_number(number) else None
+
+
+@lru_cache(maxsize=65536)
+def _e164(raw: str, default_region: str) -> str | None:
+    """The number in E.164, or None when not a valid number."""
+    number = _valid_number(raw, default_region)
+    if number is None:
         return None
     e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return e164
@@ -62,16 +69,10 @@ def normalize_phone(raw: str, default_region: str, style: PhoneStyle) -> str | N
     return e164.lstrip("+")
 
 
-@lru_cache(maxsize=65536)
 def national_digits(raw: str, default_region: str) -> str | None:
     """The national significant number's digits (`6505551212`); None when not a valid number."""
-    try:
-        number = phonenumbers.parse(unicodedata.normalize("NFC", raw), default_region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return str(phonenumbers.national_significant_number(number))
+    number = _valid_number(raw, default_region)
+    return None if number is None else str(phonenumbers.national_significant_number(number))
 
 
 def pseudonym(key: bytes, domain: str, value: str) -> str:

@@ -364,6 +364,18 @@ def _body(withheld: list[Withheld], shared: BlockedInput) -> dict[str, Any]:
     }
 
 
+def _blocked_headers(part: DecisionsPart, topic: bytes, partition: bytes, offset: bytes) -> Headers:
+    """A blocked record's headers: who withheld it, why, under which ruleset, from where."""
+    return [
+        ("pg-partners", part.partners_header),
+        ("pg-reasons", part.reasons_header),
+        ("pg-ruleset-digest", part.digest_header),
+        ("pg-source-topic", topic),
+        ("pg-source-partition", partition),
+        ("pg-source-offset", offset),
+    ]
+
+
 def blocked_record(
     withheld: list[Withheld],
     shared: BlockedInput,
@@ -399,14 +411,7 @@ def blocked_record(
             b'","reduced":false}',
         )
     )
-    headers: Headers = [
-        ("pg-partners", part.partners_header),
-        ("pg-reasons", part.reasons_header),
-        ("pg-ruleset-digest", part.digest_header),
-        ("pg-source-topic", topic),
-        ("pg-source-partition", partition),
-        ("pg-source-offset", offset),
-    ]
+    headers = _blocked_headers(part, topic, partition, offset)
     size = (
         len(shared.kafka_key or b"")
         + len(value)
@@ -468,14 +473,7 @@ def content_blocked_record(
     size = len(kafka_key or b"") + len(value) + part.headers_size + len(topic) + len(partition) + len(offset)
     if size > max_bytes:
         return None
-    headers: Headers = [
-        ("pg-partners", part.partners_header),
-        ("pg-reasons", part.reasons_header),
-        ("pg-ruleset-digest", part.digest_header),
-        ("pg-source-topic", topic),
-        ("pg-source-partition", partition),
-        ("pg-source-offset", offset),
-    ]
+    headers = _blocked_headers(part, topic, partition, offset)
     return kafka_key, value, headers
 
 
